@@ -1,0 +1,1 @@
+"""LLM training orchestrator."""

@@ -1,0 +1,178 @@
+"""Compose a job config: schema defaults <- job file <- scale overlay <- conf blocks <- overrides.
+
+A job file looks like::
+
+    job: vicuna
+    model: llama_13b            # a block: conf/model/llama_13b.yaml
+    train: {strategy: fsdp}     # inline keys
+    scales:
+      local:
+        model: {block: tiny_llama, num_layers: 2}   # a block plus overrides
+        train: {max_steps: 30}
+
+A section given as a string names a block in `conf/<dir>/`; a mapping may name one with `block:`
+and override its keys. The `scales.<scale>` overlay is merged over the common keys before blocks
+are resolved, so a scale can swap a block. Command-line overrides (`a.b=c`) come last.
+
+Errors name the file (or "command line") and the key, so a typo fails before any cluster starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from orchestrator.config.schema import SCALES, ConfigError, JobConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+JOBS_DIR = REPO_ROOT / "jobs"
+CONF_DIR = REPO_ROOT / "conf"
+
+# Job section -> folder of reusable blocks under conf/.
+BLOCK_DIRS = {"model": "model", "data": "data", "hardware": "hardware", "cost": "pricing"}
+# Every job gets the price catalog unless it names another one.
+DEFAULT_BLOCKS = {"cost": "catalog"}
+
+
+def job_path(job: str) -> Path:
+    path = Path(job)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return path
+    path = JOBS_DIR / f"{job}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in JOBS_DIR.glob("*.yaml"))
+        raise ConfigError(f"no job named {job!r}: {path} does not exist; known jobs: {known}")
+    return path
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def _split_block(section: str, value: Any, where: str) -> tuple[Path | None, dict[str, Any]]:
+    """Split a section value (block name, or mapping with optional `block:`) into (block file, overrides)."""
+    if isinstance(value, str):
+        value = {"block": value}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: '{section}' must be a block name or a mapping, got {value!r}")
+    value = dict(value)
+    name = value.pop("block", None)
+    if name is None:
+        return None, value
+    path = CONF_DIR / BLOCK_DIRS[section] / f"{name}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise ConfigError(f"{where}: {section} block {name!r} not found ({path}); known: {known}")
+    return path, value
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, val in over.items():
+        if isinstance(val, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], val)
+        else:
+            out[key] = val
+    return out
+
+
+def _merge_into(schema: DictConfig, data: dict[str, Any], where: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(schema, data)  # type: ignore[return-value]
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or ""
+        msg = str(e).splitlines()[0]
+        raise ConfigError(f"{where}: invalid key {key!r}: {msg}") from None
+
+
+def compose(
+    job: str,
+    scale: str | None = None,
+    overrides: list[str] | None = None,
+) -> JobConfig:
+    """Build and validate the config of `job` at `scale` (default: the job's `default_scale`, else local).
+
+    Raises:
+        ConfigError: naming the file/key at fault and what would be valid.
+    """
+    path = job_path(job)
+    raw = _read_yaml(path)
+    scales = raw.pop("scales", {}) or {}
+    default_scale = raw.pop("default_scale", "local")
+    scale = scale or default_scale
+    if scale not in SCALES:
+        raise ConfigError(f"scale={scale!r} is not valid; choose one of {list(SCALES)}")
+    if scale not in scales:
+        raise ConfigError(f"{path}: the job has no 'scales.{scale}' section; it has {sorted(scales)}")
+    unknown = set(scales) - set(SCALES)
+    if unknown:
+        raise ConfigError(f"{path}: unknown scales {sorted(unknown)}; valid: {list(SCALES)}")
+
+    merged = _deep_merge(raw, scales[scale] or {})
+    merged.setdefault("job", path.stem)
+    merged["scale"] = scale
+    for section, block in DEFAULT_BLOCKS.items():
+        merged.setdefault(section, block)
+
+    where = f"{path} (scale {scale})"
+    cfg: DictConfig = OmegaConf.structured(JobConfig)
+    for section in BLOCK_DIRS:
+        if section in merged:
+            block_path, merged[section] = _split_block(section, merged[section], where)
+            if block_path is not None:  # the block first, so its own errors name its file
+                cfg = _merge_into(cfg, {section: _read_yaml(block_path)}, str(block_path))
+    cfg = _merge_into(cfg, merged, where)
+
+    if overrides:
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"command line: override {item!r} must look like key=value")
+        cfg = _merge_into(cfg, OmegaConf.to_container(OmegaConf.from_dotlist(overrides)), "command line")
+
+    try:
+        obj = OmegaConf.to_object(cfg)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", "") or ""
+        raise ConfigError(f"{where}: {key}: {str(e).splitlines()[0]}") from None
+    assert isinstance(obj, JobConfig)
+    return obj
+
+
+def to_dict(cfg: JobConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+
+
+def to_yaml(cfg: JobConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def from_dict(data: dict[str, Any]) -> JobConfig:
+    obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(JobConfig), data))
+    assert isinstance(obj, JobConfig)
+    return obj
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1} (for MLflow params)."""
+    out: dict[str, Any] = {}
+    for key, val in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(val, dict) and val:
+            out.update(flatten(val, name + "."))
+        else:
+            out[name] = val
+    return out

@@ -1,0 +1,333 @@
+"""Typed schema of a job config.
+
+A job is composed from `jobs/<job>.yaml` (common keys + one `scales.<scale>` overlay), reusable
+blocks in `conf/<section>/<name>.yaml`, and command-line overrides (see `load.py`). OmegaConf
+merges everything onto these dataclasses, so an unknown key or a wrong type fails at merge time;
+cross-field rules live in each `__post_init__` and run in `OmegaConf.to_object()`.
+
+Every error says which key is wrong and what would be valid. Units are in the names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from omegaconf import MISSING
+
+STRATEGIES = ("ddp", "fsdp", "deepspeed")
+METHODS = ("full", "lora", "adapter")
+SCALES = ("local", "full")
+DATA_FORMATS = ("sharegpt",)
+TEMPLATES = ("vicuna_v1.1",)
+SCHEDULES = ("cosine", "linear", "constant")
+PRECISIONS = ("fp32", "bf16")
+RESUME_MODES = ("auto", "never", "must")
+MARKETS = ("spot", "on_demand")
+
+
+class ConfigError(ValueError):
+    """A job config is invalid. The message names the key (and file) and the valid choices."""
+
+
+def _choice(key: str, value: object, choices: tuple) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r} is not valid; choose one of {list(choices)}")
+
+
+def _positive(key: str, value: float | int | None, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{key}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
+
+
+@dataclass
+class ModelConfig:
+    """The network. At full scale `pretrained` names the weights; the architecture numbers are
+    still given so the parameter count (and so the bill) is known without downloading anything."""
+
+    arch: str = "llama"
+    """Architecture family: llama (LlamaForCausalLM)."""
+    pretrained: str | None = None
+    """Hugging Face model id or local folder to load weights from; None = random init from the numbers below."""
+    hidden_size: int = 64
+    intermediate_size: int = 172
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int | None = None
+    """Grouped-query attention heads; None = num_heads (plain multi-head attention)."""
+    vocab_size: int = 512
+    """For random-init models trained with our own tokenizer this is overwritten by the tokenizer size."""
+    max_position_embeddings: int = 2048
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    tie_word_embeddings: bool = False
+    init_seed: int = 0
+    """Seed of the random initialisation (random-init models only)."""
+
+    def __post_init__(self) -> None:
+        _choice("model.arch", self.arch, ("llama",))
+        for key in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "vocab_size"):
+            _positive(f"model.{key}", getattr(self, key))
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(
+                f"model.hidden_size={self.hidden_size} must be divisible by model.num_heads={self.num_heads}"
+            )
+        kv = self.num_kv_heads or self.num_heads
+        if self.num_heads % kv:
+            raise ConfigError(
+                f"model.num_heads={self.num_heads} must be divisible by model.num_kv_heads={kv}"
+            )
+
+
+@dataclass
+class DataConfig:
+    """Where the examples come from and how they become tokens and labels."""
+
+    format: str = "sharegpt"
+    """Row format: sharegpt ({"id", "conversations": [{"from": "human"|"gpt", "value"}]})."""
+    source: str = MISSING
+    """Hugging Face dataset id, or a local .json/.jsonl file (relative paths are from the repo root)."""
+    split: str = "train"
+    template: str = "vicuna_v1.1"
+    tokenizer: str | None = None
+    """Hugging Face tokenizer id/folder; None = train a byte-level BPE on the data (local scale)."""
+    tokenizer_vocab_size: int = 512
+    """Vocabulary size of the trained BPE (only when tokenizer is None)."""
+    max_seq_len: int = 2048
+    """Longer conversations are split into segments of whole rounds that fit (as FastChat did)."""
+    eval_fraction: float = 0.05
+    """Share of examples held out for the eval loss at the end."""
+    max_examples: int | None = None
+    """Use only the first N rows (quick runs)."""
+    shuffle_seed: int = 1234
+    on_error: str = "raise"
+    """raise: a bad row stops the run with its file and line; skip: bad rows are skipped and counted."""
+    num_examples: int | None = None
+    """Declared row count of the full dataset, used for bills before any data is read."""
+    tokens_per_example: float | None = None
+    """Declared tokens processed per example (after the original's padding), for bills."""
+
+    def __post_init__(self) -> None:
+        _choice("data.format", self.format, DATA_FORMATS)
+        _choice("data.template", self.template, TEMPLATES)
+        _choice("data.on_error", self.on_error, ("raise", "skip"))
+        _positive("data.max_seq_len", self.max_seq_len)
+        _positive("data.max_examples", self.max_examples)
+        if not 0.0 <= self.eval_fraction < 0.5:
+            raise ConfigError(f"data.eval_fraction={self.eval_fraction} must be in [0, 0.5)")
+        if self.tokenizer is None and self.tokenizer_vocab_size < 300:
+            raise ConfigError(
+                f"data.tokenizer_vocab_size={self.tokenizer_vocab_size} is too small for a byte-level "
+                "BPE (256 byte tokens + specials); use >= 300"
+            )
+
+
+@dataclass
+class TrainConfig:
+    """The training loop."""
+
+    strategy: str = "fsdp"
+    """How the model is spread over workers: ddp | fsdp (torch FSDP2) | deepspeed."""
+    method: str = "full"
+    """full fine-tune | lora | adapter."""
+    epochs: float = 3.0
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (overrides epochs)."""
+    micro_batch_size: int = 4
+    """Sequences per worker per forward pass."""
+    global_batch_size: int = 32
+    """Sequences per optimizer step over all workers; grad accumulation = global / (micro * workers)."""
+    activation_checkpointing: bool = False
+    precision: str = "fp32"
+    seed: int = 42
+    log_every_steps: int = 1
+    num_threads_per_worker: int = 1
+    """torch intra-op threads per worker (Ray sets OMP_NUM_THREADS=1)."""
+    max_failures: int = 3
+    """How many times Ray Train restarts the worker group after a failure before giving up."""
+
+    def __post_init__(self) -> None:
+        _choice("train.strategy", self.strategy, STRATEGIES)
+        _choice("train.method", self.method, METHODS)
+        _choice("train.precision", self.precision, PRECISIONS)
+        _positive("train.epochs", self.epochs)
+        _positive("train.max_steps", self.max_steps)
+        _positive("train.micro_batch_size", self.micro_batch_size)
+        _positive("train.global_batch_size", self.global_batch_size)
+        _positive("train.log_every_steps", self.log_every_steps)
+        _positive("train.num_threads_per_worker", self.num_threads_per_worker)
+        _positive("train.max_failures", self.max_failures, allow_zero=True)
+        if self.strategy != "fsdp":
+            raise ConfigError(
+                f"train.strategy={self.strategy!r} is not available yet in this version; use 'fsdp'"
+            )
+        if self.method != "full":
+            raise ConfigError(
+                f"train.method={self.method!r} is not available yet in this version; use 'full'"
+            )
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with warmup and a decay schedule."""
+
+    lr: float = 2e-5
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    warmup_ratio: float = 0.03
+    """Fraction of total steps spent in linear warmup (ignored when warmup_steps is set)."""
+    warmup_steps: int | None = None
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.0
+    """Final LR as a fraction of the peak (cosine / linear)."""
+    grad_clip: float | None = 1.0
+    """Max global gradient norm; None = no clipping."""
+
+    def __post_init__(self) -> None:
+        _positive("optim.lr", self.lr)
+        _positive("optim.weight_decay", self.weight_decay, allow_zero=True)
+        _choice("optim.schedule", self.schedule, SCHEDULES)
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"optim.betas={self.betas} must be two numbers in [0, 1)")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(f"optim.warmup_ratio={self.warmup_ratio} must be in [0, 1)")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"optim.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
+        _positive("optim.grad_clip", self.grad_clip)
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 50
+    keep_last: int = 2
+    """How many complete checkpoints to keep (older ones are deleted)."""
+    resume: str = "auto"
+    """auto: continue from the newest complete checkpoint if one exists; never: refuse an existing run; must: fail without one."""
+    dir: str | None = None
+    """Where checkpoints go; None = runs/<job>/<run>/checkpoints."""
+
+    def __post_init__(self) -> None:
+        _positive("checkpoint.every_steps", self.every_steps)
+        _positive("checkpoint.keep_last", self.keep_last)
+        _choice("checkpoint.resume", self.resume, RESUME_MODES)
+
+
+@dataclass
+class HardwareConfig:
+    """What the job runs on. One worker = one GPU (or one CPU process at local scale)."""
+
+    accelerator: str = "cpu"
+    """cpu, or a GPU model from conf/pricing (e.g. A100-80GB)."""
+    num_workers: int = 2
+    cpus_per_worker: int = 1
+    gpus_per_worker: int = 0
+    num_nodes: int = 1
+    instance_type: str = "local-2vcpu"
+    """Instance type from conf/pricing that prices this cluster (per node)."""
+    market: str = "on_demand"
+
+    def __post_init__(self) -> None:
+        _positive("hardware.num_workers", self.num_workers)
+        _positive("hardware.num_nodes", self.num_nodes)
+        _positive("hardware.cpus_per_worker", self.cpus_per_worker, allow_zero=True)
+        _positive("hardware.gpus_per_worker", self.gpus_per_worker, allow_zero=True)
+        _choice("hardware.market", self.market, MARKETS)
+        if self.accelerator == "cpu" and self.gpus_per_worker:
+            raise ConfigError("hardware.gpus_per_worker must be 0 when hardware.accelerator is 'cpu'")
+        if self.accelerator != "cpu" and not self.gpus_per_worker:
+            raise ConfigError(
+                f"hardware.accelerator={self.accelerator!r} needs hardware.gpus_per_worker >= 1"
+            )
+
+
+@dataclass
+class InstancePrice:
+    """One row of the price catalog."""
+
+    gpu: str | None = None
+    num_gpus: int = 0
+    vcpus: int = 0
+    on_demand_per_hour_usd: float = MISSING
+    spot_per_hour_usd: float | None = None
+    source: str = MISSING
+
+
+@dataclass
+class GpuSpec:
+    peak_flops: float = MISSING
+    """Dense bf16/fp16 tensor FLOP/s of one GPU."""
+    source: str = MISSING
+
+
+@dataclass
+class CostConfig:
+    """Prices and the throughput model that turns FLOPs into hours (refined by the cost issue)."""
+
+    instances: dict[str, InstancePrice] = field(default_factory=dict)
+    gpus: dict[str, GpuSpec] = field(default_factory=dict)
+    mfu: float = 0.3
+    """Model FLOPs utilisation assumed for full-scale projections."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.mfu <= 1.0:
+            raise ConfigError(f"cost.mfu={self.mfu} must be in (0, 1]")
+
+
+@dataclass
+class BudgetConfig:
+    max_usd: float | None = None
+    max_hours: float | None = None
+
+
+@dataclass
+class TrackingConfig:
+    experiment: str | None = None
+    """MLflow experiment; None = the job name."""
+
+
+@dataclass
+class JobConfig:
+    job: str = MISSING
+    """Recipe name (the file name under jobs/)."""
+    scale: str = "local"
+    description: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    cost: CostConfig = field(default_factory=CostConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self) -> None:
+        _choice("scale", self.scale, SCALES)
+        hw = self.hardware
+        if hw.instance_type not in self.cost.instances:
+            raise ConfigError(
+                f"hardware.instance_type={hw.instance_type!r} has no price in cost.instances; "
+                f"known: {sorted(self.cost.instances)}"
+            )
+        if hw.accelerator != "cpu" and hw.accelerator not in self.cost.gpus:
+            raise ConfigError(
+                f"hardware.accelerator={hw.accelerator!r} has no spec in cost.gpus; "
+                f"known: {sorted(self.cost.gpus)}"
+            )
+        per_step = self.train.micro_batch_size * hw.num_workers
+        if self.train.global_batch_size % per_step:
+            raise ConfigError(
+                f"train.global_batch_size={self.train.global_batch_size} must be a multiple of "
+                f"train.micro_batch_size * hardware.num_workers = {per_step}"
+            )
+        if self.data.max_seq_len > self.model.max_position_embeddings:
+            raise ConfigError(
+                f"data.max_seq_len={self.data.max_seq_len} exceeds "
+                f"model.max_position_embeddings={self.model.max_position_embeddings}"
+            )
+
+    @property
+    def grad_accum_steps(self) -> int:
+        return self.train.global_batch_size // (self.train.micro_batch_size * self.hardware.num_workers)

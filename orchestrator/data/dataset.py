@@ -1,0 +1,165 @@
+"""Prepare a job's data once (driver side): rows -> turns -> template -> token ids + labels.
+
+`prepare_data` reads and validates every row before any cluster starts, splits off the held-out
+eval set, and writes a small tokenized cache that the workers load. `StepBatches` is the
+deterministic, resumable order of batches: the batch of optimizer step s depends only on
+(seed, s), so a resumed run sees exactly the data an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from orchestrator.config.schema import DataConfig
+from orchestrator.data.formats import ADAPTERS, DataError, read_rows
+from orchestrator.data.templates import IGNORE_INDEX, TEMPLATES, Example
+from orchestrator.data.tokenizer import load_or_train_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedData:
+    train: list[Example]
+    eval: list[Example]
+    tokenizer_dir: str
+    vocab_size: int
+    pad_id: int
+    skipped_rows: int
+    num_rows: int
+
+    @property
+    def train_tokens(self) -> int:
+        return sum(len(e.input_ids) for e in self.train)
+
+
+def build_examples(cfg: DataConfig, tokenizer) -> tuple[list[Example], int, int]:
+    """All examples of the source, in file order. Returns (examples, rows read, rows skipped)."""
+    adapter = ADAPTERS[cfg.format]
+    template = TEMPLATES[cfg.template](tokenizer)
+    examples: list[Example] = []
+    rows = skipped = 0
+    for row in read_rows(cfg.source, cfg.split, cfg.max_examples):
+        rows += 1
+        try:
+            turns = adapter(row)
+        except DataError as e:
+            if cfg.on_error == "raise":
+                raise DataError(f"{e} (set data.on_error=skip to skip bad rows)") from None
+            skipped += 1
+            log.warning("skipping bad row: %s", e)
+            continue
+        examples.extend(template.examples(turns, cfg.max_seq_len))
+    if not examples:
+        raise DataError(f"data.source={cfg.source!r}: no usable examples in {rows} rows")
+    return examples, rows, skipped
+
+
+def prepare_data(cfg: DataConfig, work_dir: Path) -> PreparedData:
+    """Tokenize the job's data into `work_dir` (tokenizer/ and data.pt), reusing a previous cache."""
+    cache = work_dir / "data.pt"
+    if cache.exists():
+        return PreparedData(**torch.load(cache, weights_only=False))
+    tokenizer, tok_dir = load_or_train_tokenizer(cfg, work_dir / "tokenizer")
+    examples, rows, skipped = build_examples(cfg, tokenizer)
+    order = list(range(len(examples)))
+    random.Random(cfg.shuffle_seed).shuffle(order)
+    n_eval = int(round(len(examples) * cfg.eval_fraction))
+    if cfg.eval_fraction > 0:
+        n_eval = max(1, n_eval)
+    eval_idx, train_idx = sorted(order[:n_eval]), sorted(order[n_eval:])
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.unk_token_id
+    data = PreparedData(
+        train=[examples[i] for i in train_idx],
+        eval=[examples[i] for i in eval_idx],
+        tokenizer_dir=str(tok_dir),
+        vocab_size=len(tokenizer),
+        pad_id=int(pad_id if pad_id is not None else tokenizer.eos_token_id),
+        skipped_rows=skipped,
+        num_rows=rows,
+    )
+    work_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    torch.save(data.__dict__, tmp)
+    tmp.replace(cache)
+    return data
+
+
+def _n_targets(e: Example) -> int:
+    # Position t predicts token t+1, so the first label never counts.
+    return sum(1 for label in e.labels[1:] if label != IGNORE_INDEX)
+
+
+def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest example; padded positions get attention 0 and label -100."""
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[i, :n] = torch.tensor(e.input_ids)
+        labels[i, :n] = torch.tensor(e.labels)
+        mask[i, :n] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+class StepBatches:
+    """The micro-batches of each optimizer step, for one rank.
+
+    Every epoch is a fresh permutation seeded by (seed, epoch); step s of the run is step
+    s % steps_per_epoch of epoch s // steps_per_epoch. A global batch of `global_batch_size`
+    examples is split into `grad_accum` rounds of `micro_batch_size` examples per rank.
+    """
+
+    def __init__(self, examples: list[Example], *, global_batch_size: int, micro_batch_size: int,
+                 world_size: int, rank: int, seed: int, pad_id: int) -> None:
+        if len(examples) < global_batch_size:
+            raise DataError(
+                f"only {len(examples)} training examples, fewer than one global batch "
+                f"(train.global_batch_size={global_batch_size}); lower the batch size or add data"
+            )
+        self.examples = examples
+        self.global_batch_size = global_batch_size
+        self.micro = micro_batch_size
+        self.world = world_size
+        self.rank = rank
+        self.seed = seed
+        self.pad_id = pad_id
+        self.grad_accum = global_batch_size // (micro_batch_size * world_size)
+        self.steps_per_epoch = len(examples) // global_batch_size
+        self._perm_epoch = -1
+        self._perm: list[int] = []
+
+    def _permutation(self, epoch: int) -> list[int]:
+        if epoch != self._perm_epoch:
+            self._perm = list(range(len(self.examples)))
+            random.Random(self.seed * 100_003 + epoch).shuffle(self._perm)
+            self._perm_epoch = epoch
+        return self._perm
+
+    def global_examples(self, step: int) -> list[Example]:
+        """All examples of optimizer step `step` (0-based), on every rank."""
+        epoch, offset = divmod(step, self.steps_per_epoch)
+        perm = self._permutation(epoch)
+        idx = perm[offset * self.global_batch_size:(offset + 1) * self.global_batch_size]
+        return [self.examples[i] for i in idx]
+
+    def step_targets(self, step: int) -> int:
+        """Number of trained (next-token) positions in the whole global batch of `step`."""
+        return sum(_n_targets(e) for e in self.global_examples(step))
+
+    def step(self, step: int) -> tuple[list[dict[str, torch.Tensor]], int]:
+        """(this rank's micro-batches, number of trained tokens in the whole global batch)."""
+        batch = self.global_examples(step)
+        n_targets = self.step_targets(step)
+        micro_batches = []
+        for k in range(self.grad_accum):
+            start = (k * self.world + self.rank) * self.micro
+            micro_batches.append(collate(batch[start:start + self.micro], self.pad_id))
+        return micro_batches, n_targets

@@ -1,0 +1,115 @@
+"""Row formats -> conversations: a list of (role, text) turns with role "user" or "assistant".
+
+Bad rows raise `DataError` naming the file, the row (JSONL line number or JSON list index, plus its
+id) and the field, or are skipped and counted when the job sets `data.on_error: skip`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+Turn = tuple[str, str]  # (role, text), role in {"user", "assistant"}
+
+# FastChat maps ShareGPT speakers to roles like this (other speakers are bad rows).
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant",
+                  "assistant": "assistant"}
+
+
+class DataError(ValueError):
+    """A data row is bad. The message names the file, the row and the field."""
+
+
+@dataclass
+class Row:
+    data: Any
+    where: str
+    """Human-readable position, e.g. 'data/x.jsonl line 17 (id=abc)'."""
+
+
+def read_rows(source: str, split: str = "train", max_rows: int | None = None) -> Iterator[Row]:
+    """Rows of a local .json (list) / .jsonl file, or of a Hugging Face dataset id."""
+    path = Path(source)
+    if path.suffix in (".json", ".jsonl"):
+        if not path.exists():
+            raise DataError(f"data.source={source!r}: file not found")
+        yield from _read_file(path, max_rows)
+        return
+    if source.startswith("/") or source.startswith("."):
+        raise DataError(f"data.source={source!r}: not a .json/.jsonl file")
+    import datasets  # the full-scale path: a Hugging Face dataset id
+
+    ds = datasets.load_dataset(source, split=split)
+    for i, item in enumerate(ds):
+        if max_rows is not None and i >= max_rows:
+            return
+        yield Row(item, f"{source}[{split}] index {i}")
+
+
+def _read_file(path: Path, max_rows: int | None) -> Iterator[Row]:
+    if path.suffix == ".jsonl":
+        with path.open() as f:
+            for lineno, line in enumerate(f, start=1):
+                if max_rows is not None and lineno > max_rows:
+                    return
+                if not line.strip():
+                    continue
+                try:
+                    yield Row(json.loads(line), f"{path} line {lineno}")
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path} line {lineno}: not valid JSON: {e.msg}") from None
+        return
+    try:
+        items = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path} line {e.lineno}: not valid JSON: {e.msg}") from None
+    if not isinstance(items, list):
+        raise DataError(f"{path}: expected a JSON list of rows, got {type(items).__name__}")
+    for i, item in enumerate(items[:max_rows] if max_rows is not None else items):
+        yield Row(item, f"{path} row {i}")
+
+
+def sharegpt_turns(row: Row) -> list[Turn]:
+    """ShareGPT {"id", "conversations": [{"from", "value"}]} -> alternating user/assistant turns.
+
+    As FastChat did: a leading non-human turn is dropped; the conversation must then alternate
+    user/assistant and end on an assistant turn (a trailing user turn has nothing to learn and is
+    dropped).
+    """
+    data = row.data
+    rid = data.get("id") if isinstance(data, dict) else None
+    where = f"{row.where}" + (f" (id={rid})" if rid is not None else "")
+    if not isinstance(data, dict) or "conversations" not in data:
+        raise DataError(f"{where}: missing field 'conversations'")
+    conv = data["conversations"]
+    if not isinstance(conv, list):
+        raise DataError(f"{where}: field 'conversations' must be a list")
+    turns: list[Turn] = []
+    for j, msg in enumerate(conv):
+        if not isinstance(msg, dict) or "from" not in msg or "value" not in msg:
+            raise DataError(f"{where}: conversations[{j}] needs fields 'from' and 'value'")
+        role = SHAREGPT_ROLES.get(str(msg["from"]).lower())
+        if role is None:
+            raise DataError(
+                f"{where}: conversations[{j}].from={msg['from']!r}; valid: {sorted(SHAREGPT_ROLES)}"
+            )
+        if not isinstance(msg["value"], str):
+            raise DataError(f"{where}: conversations[{j}].value must be a string")
+        turns.append((role, msg["value"]))
+    if turns and turns[0][0] != "user":
+        turns = turns[1:]
+    if turns and turns[-1][0] == "user":
+        turns = turns[:-1]
+    if not turns:
+        raise DataError(f"{where}: empty conversation (no user/assistant round)")
+    for j, (role, _) in enumerate(turns):
+        expected = "user" if j % 2 == 0 else "assistant"
+        if role != expected:
+            raise DataError(f"{where}: roles must alternate user/assistant; turn {j} is {role}")
+    return turns
+
+
+ADAPTERS = {"sharegpt": sharegpt_turns}

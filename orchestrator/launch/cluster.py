@@ -1,0 +1,56 @@
+"""A Ray cluster for one launch: connect to RAY_ADDRESS, or start a private local one.
+
+A private cluster gets its own temp dir and a free dashboard port, so two launches (or a launch
+and the tests) on one host never collide, and it is always shut down by whoever started it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterator
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def ray_cluster(num_cpus: int, num_gpus: int = 0) -> Iterator[str]:
+    """Yields a description of the cluster in use; shuts down what it started."""
+    import ray
+
+    address = os.environ.get("RAY_ADDRESS")
+    if ray.is_initialized():
+        yield "existing Ray session"
+        return
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        try:
+            yield f"Ray cluster at {address}"
+        finally:
+            ray.shutdown()
+        return
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: socket paths are limited
+    dashboard_port = free_port()
+    ray.init(
+        address="local",
+        num_cpus=max(num_cpus, os.cpu_count() or 1),
+        num_gpus=num_gpus,
+        include_dashboard=True,
+        dashboard_port=dashboard_port,
+        _temp_dir=temp_dir,
+        log_to_driver=True,
+        configure_logging=True,
+        logging_level="warning",
+    )
+    try:
+        yield f"local Ray cluster (dashboard http://127.0.0.1:{dashboard_port}, temp {temp_dir})"
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)

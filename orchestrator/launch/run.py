@@ -1,0 +1,248 @@
+"""`launch`: config -> data -> MLflow run -> Ray cluster -> TorchTrainer -> bill.
+
+Everything that can fail on bad input (config, data rows, a full-scale job without its GPUs)
+fails here, before any cluster starts. A launch with the name of an existing run continues it:
+same run folder, same checkpoints, same MLflow run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from orchestrator.config.load import compose, to_dict, to_yaml
+from orchestrator.config.schema import ConfigError, JobConfig
+from orchestrator.cost.estimator import cluster_price_per_hour, project
+from orchestrator.data.dataset import prepare_data
+from orchestrator.tracking import runs as mlruns
+from orchestrator.tracking.mlflow_logger import replay_spill
+
+RUNS_DIR = Path("runs")
+
+
+@dataclass
+class LaunchResult:
+    job: str
+    run: str
+    run_dir: str
+    checkpoint_dir: str
+    mlflow_run_id: str
+    tracking_uri: str
+    attempt: int
+    step: int
+    total_steps: int
+    stop_reason: str
+    eval_loss: float | None
+    usd_total: float
+    usd_attempt: float
+    wall_s: float
+
+
+def _config_hash(cfg: JobConfig) -> str:
+    return hashlib.sha256(to_yaml(cfg).encode()).hexdigest()[:16]
+
+
+def _check_hardware(cfg: JobConfig) -> None:
+    """A full-scale job needs its GPUs: fail fast (with the bill) when they are not there."""
+    import os
+
+    if cfg.hardware.accelerator == "cpu" or os.environ.get("RAY_ADDRESS"):
+        return
+    import torch
+
+    need = cfg.hardware.num_workers * cfg.hardware.gpus_per_worker
+    have = torch.cuda.device_count()
+    if have < need:
+        p = project(cfg)
+        raise ConfigError(
+            f"job {cfg.job!r} at scale {cfg.scale!r} needs {need} x {cfg.hardware.accelerator} "
+            f"({cfg.hardware.instance_type}); this machine has {have} GPUs. Projected bill: "
+            f"{p.summary()}. Run it on a GPU cluster (RAY_ADDRESS=...) or use scale=local."
+        )
+
+
+class Ledger:
+    """First-cut ledger: each launch (attempt) of a run is billed for its wall time at the
+    cluster's $/h. Kept in runs/<job>/<run>/ledger.json; the cost issue refines it per node."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.attempts: list[dict[str, Any]] = []
+        if path.exists():
+            self.attempts = json.loads(path.read_text())["attempts"]
+
+    def _save(self) -> None:
+        total = sum(a["usd"] for a in self.attempts)
+        self.path.write_text(json.dumps({"attempts": self.attempts, "usd_total": total}, indent=1))
+
+    def close_dangling(self, events: Path) -> None:
+        """An attempt whose launcher died never got an end: bill it up to its last logged step."""
+        last_seen: dict[int, float] = {}
+        if events.exists():
+            for line in events.read_text().splitlines():
+                e = json.loads(line)
+                last_seen[e["attempt"]] = max(last_seen.get(e["attempt"], 0.0), e["time"])
+        for a in self.attempts:
+            if a.get("end") is None:
+                a["end"] = max(a["start"], last_seen.get(a["attempt"], a["start"]))
+                a["usd"] = (a["end"] - a["start"]) / 3600 * a["price_per_hour_usd"]
+                a["note"] = "launcher died; billed to the last logged step"
+        self._save()
+
+    def begin(self, price_per_hour_usd: float) -> dict[str, Any]:
+        a = {"attempt": len(self.attempts) + 1, "start": time.time(), "end": None,
+             "price_per_hour_usd": price_per_hour_usd, "usd": 0.0}
+        self.attempts.append(a)
+        self._save()
+        return a
+
+    def end(self, a: dict[str, Any]) -> None:
+        a["end"] = time.time()
+        a["usd"] = (a["end"] - a["start"]) / 3600 * a["price_per_hour_usd"]
+        self._save()
+
+    def usd_before(self, a: dict[str, Any]) -> float:
+        return sum(x["usd"] for x in self.attempts if x["attempt"] < a["attempt"])
+
+
+def launch(job: str, scale: str | None = None, overrides: list[str] | None = None,
+           run_name: str | None = None) -> LaunchResult:
+    """Run (or continue) a job on Ray and return where everything is."""
+    t_start = time.time()
+    cfg = compose(job, scale, overrides)  # bad config: fails here, before any cluster
+    _check_hardware(cfg)
+    _print_projection(cfg)
+
+    run_name = run_name or f"{cfg.job}-{cfg.scale}-{datetime.now():%Y%m%d-%H%M%S}"
+    run_dir = (RUNS_DIR / cfg.job / run_name).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    meta_path = run_dir / "run.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    if meta and meta.get("scale") != cfg.scale:
+        raise ConfigError(f"run {run_name!r} exists at scale {meta.get('scale')!r}; "
+                          f"cannot continue it at scale {cfg.scale!r} (pick another run=NAME)")
+    if meta and cfg.checkpoint.resume == "never":
+        raise ConfigError(f"run {run_name!r} already exists ({run_dir}) and checkpoint.resume=never")
+    ckpt_dir = Path(cfg.checkpoint.dir).resolve() if cfg.checkpoint.dir else run_dir / "checkpoints"
+
+    data = prepare_data(cfg.data, run_dir / "data")  # bad rows: fail here, before any cluster
+    print(f"data: {data.num_rows} rows -> {len(data.train)} train / {len(data.eval)} eval examples, "
+          f"{data.train_tokens:,} train tokens, vocab {data.vocab_size}"
+          + (f", {data.skipped_rows} bad rows skipped" if data.skipped_rows else ""))
+
+    uri = mlruns.tracking_uri()
+    experiment = cfg.tracking.experiment or cfg.job
+    run_id = mlruns.start_or_continue(uri, experiment, run_name, meta.get("mlflow_run_id"), tags={
+        "job": cfg.job, "scale": cfg.scale, "strategy": cfg.train.strategy,
+        "method": cfg.train.method, "instance_type": cfg.hardware.instance_type,
+        "market": cfg.hardware.market})
+    meta = {"job": cfg.job, "run": run_name, "scale": cfg.scale, "mlflow_run_id": run_id,
+            "tracking_uri": uri, "created": meta.get("created", time.time())}
+    meta_path.write_text(json.dumps(meta, indent=1))
+    if (run_dir / "mlflow_pending.jsonl").exists():
+        print(f"replayed {replay_spill(uri, run_dir / 'mlflow_pending.jsonl')} buffered metrics to MLflow")
+
+    ledger = Ledger(run_dir / "ledger.json")
+    ledger.close_dangling(run_dir / "events.jsonl")
+    attempt = ledger.begin(cluster_price_per_hour(cfg))
+    attempt["start"] = t_start  # the cluster is paid from the moment we start creating it
+    mlruns.log_config(uri, run_id, to_dict(cfg), to_yaml(cfg), attempt["attempt"])
+    (run_dir / "result.json").unlink(missing_ok=True)
+
+    context = {
+        "run_dir": str(run_dir), "checkpoint_dir": str(ckpt_dir),
+        "data_path": str(run_dir / "data" / "data.pt"), "tracking_uri": uri,
+        "mlflow_run_id": run_id, "attempt": attempt["attempt"], "attempt_start_time": t_start,
+        "usd_before_attempt": ledger.usd_before(attempt),
+        "price_per_hour_usd": attempt["price_per_hour_usd"], "config_hash": _config_hash(cfg),
+    }
+    status = "FAILED"
+    try:
+        _fit(cfg, context, run_dir)
+        status = "FINISHED"
+    finally:
+        ledger.end(attempt)
+        result = _read_result(run_dir)
+        usd_total = sum(a["usd"] for a in ledger.attempts)
+        tags = {"stop_reason": result.get("stop_reason", "failed"), "attempts": str(attempt["attempt"]),
+                "bill_usd": f"{usd_total:.6f}", "final_step": str(result.get("step", ""))}
+        try:
+            mlruns.client(uri).log_metric(run_id, "cost/usd_total", usd_total,
+                                          step=max(1, int(result.get("step", 1) or 1)))
+            mlruns.finish(uri, run_id, tags, status)
+        except Exception as e:  # noqa: BLE001 - a dead tracking server must not hide the result
+            print(f"warning: could not finalize the MLflow run: {e}", file=sys.stderr)
+
+    res = LaunchResult(
+        job=cfg.job, run=run_name, run_dir=str(run_dir), checkpoint_dir=str(ckpt_dir),
+        mlflow_run_id=run_id, tracking_uri=uri, attempt=attempt["attempt"],
+        step=int(result.get("step", 0)), total_steps=int(result.get("total_steps", 0)),
+        stop_reason=result.get("stop_reason", "unknown"), eval_loss=result.get("eval_loss"),
+        usd_total=usd_total, usd_attempt=attempt["usd"], wall_s=time.time() - t_start,
+    )
+    _print_summary(res)
+    (run_dir / "launch_result.json").write_text(json.dumps(asdict(res), indent=1))
+    return res
+
+
+def _fit(cfg: JobConfig, context: dict[str, Any], run_dir: Path) -> None:
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from orchestrator.launch.cluster import ray_cluster
+    from orchestrator.training.loop import train_fn
+
+    hw = cfg.hardware
+    on_gpu = hw.gpus_per_worker > 0
+    with ray_cluster(num_cpus=hw.num_workers * hw.cpus_per_worker,
+                     num_gpus=0 if not on_gpu else hw.num_workers * hw.gpus_per_worker) as where:
+        print(f"cluster: {where}")
+        trainer = TorchTrainer(
+            train_fn,
+            train_loop_config={"config": to_dict(cfg), "context": context},
+            scaling_config=ScalingConfig(
+                num_workers=hw.num_workers, use_gpu=on_gpu,
+                resources_per_worker={"CPU": hw.cpus_per_worker, **({"GPU": hw.gpus_per_worker} if on_gpu else {})},
+            ),
+            torch_config=TorchConfig(backend="nccl" if on_gpu else "gloo"),
+            run_config=RunConfig(
+                name=f"attempt-{context['attempt']}",
+                storage_path=str(run_dir / "ray"),
+                failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            ),
+        )
+        trainer.fit()
+
+
+def _read_result(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "result.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _print_projection(cfg: JobConfig) -> None:
+    """The projected full-scale bill of the recipe, before anything runs."""
+    try:
+        full = cfg if cfg.scale == "full" else compose(cfg.job, "full")
+        print(f"projected full-scale bill of {cfg.job!r}: {project(full).summary()}")
+    except ConfigError as e:
+        print(f"(no full-scale projection: {e})")
+
+
+def _print_summary(r: LaunchResult) -> None:
+    loss = f"{r.eval_loss:.4f}" if r.eval_loss is not None else "n/a"
+    print("\n" + "=" * 72)
+    print(f"run {r.run} ({r.job}): step {r.step}/{r.total_steps}, stop reason: {r.stop_reason}, "
+          f"eval loss {loss}")
+    print(f"  bill:        ${r.usd_total:.6f} total (this launch ${r.usd_attempt:.6f}, "
+          f"{r.wall_s:.0f} s, attempt {r.attempt})")
+    print(f"  checkpoints: {r.checkpoint_dir}")
+    print(f"  MLflow:      {r.tracking_uri}  run {r.mlflow_run_id}")
+    print(f"               view: make mlflow-ui, then open {mlruns.run_url(r.tracking_uri, r.mlflow_run_id)}")
+    print(f"  continue:    make launch job={r.job} run={r.run} set=\"train.max_steps=<more>\"")
+    print("=" * 72)

@@ -1,0 +1,68 @@
+"""The MLflow side of a launch (driver only): one experiment per job, one MLflow run per run.
+
+A relaunch of the same run name continues the same MLflow run (its id is kept in the run folder
+and in every checkpoint), so a run's metrics, params and bill stay in one place across attempts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from orchestrator.config.load import flatten
+
+MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db (absolute, so workers find it too)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def start_or_continue(uri: str, experiment: str, run_name: str, run_id: str | None,
+                      tags: dict[str, str]) -> str:
+    """The MLflow run id: `run_id` if given (and it exists), else a new run named `run_name`."""
+    c = client(uri)
+    if run_id is not None:
+        c.get_run(run_id)  # raises if it vanished
+        c.update_run(run_id, status="RUNNING")
+        return run_id
+    exp = c.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else c.create_experiment(experiment)
+    run = c.create_run(exp_id, run_name=run_name, tags=tags)
+    return run.info.run_id
+
+
+def log_config(uri: str, run_id: str, config: dict[str, Any], yaml_text: str, attempt: int) -> None:
+    """Params = the flattened resolved config (first attempt only: MLflow params are immutable);
+    the resolved config of every attempt as an artifact."""
+    from mlflow.entities import Param
+
+    c = client(uri)
+    if attempt == 1:
+        params = [Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in flatten(config).items()]
+        for i in range(0, len(params), 100):
+            c.log_batch(run_id, params=params[i:i + 100])
+    c.log_text(run_id, yaml_text, f"config/resolved_attempt{attempt}.yaml")
+
+
+def finish(uri: str, run_id: str, tags: dict[str, str], status: str) -> None:
+    c = client(uri)
+    for k, v in tags.items():
+        c.set_tag(run_id, k, v)
+    c.set_terminated(run_id, status=status)
+
+
+def run_url(uri: str, run_id: str) -> str:
+    exp_id = client(uri).get_run(run_id).info.experiment_id
+    return f"#/experiments/{exp_id}/runs/{run_id}"

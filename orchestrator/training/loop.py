@@ -1,0 +1,359 @@
+"""The worker-side training loop: one recipe class, read from top to bottom.
+
+Runs inside each Ray Train worker (`train_fn`). Ray has already set up the process group
+(gloo on CPU, NCCL on GPU); this file does everything else.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from orchestrator.checkpoint import dcp as ckpt
+from orchestrator.config.load import from_dict
+from orchestrator.config.schema import JobConfig
+from orchestrator.data.dataset import PreparedData, StepBatches, collate
+from orchestrator.data.templates import IGNORE_INDEX
+from orchestrator.tracking.mlflow_logger import BufferedMlflowLogger, MetricLogger, NullLogger
+from orchestrator.training.model import build_model
+from orchestrator.training.schedule import lr_at, warmup_steps_for
+
+# Keys of the training state stored in every checkpoint manifest.
+STEP_KEY = "step"
+RUN_ID_KEY = "mlflow_run_id"
+COST_KEY = "cost_usd_so_far"
+TOKENS_KEY = "tokens_so_far"
+CONFIG_HASH_KEY = "config_hash"
+
+
+@dataclass
+class RunContext:
+    """What the launcher tells the workers besides the job config."""
+
+    run_dir: str
+    checkpoint_dir: str
+    data_path: str
+    tracking_uri: str
+    mlflow_run_id: str
+    attempt: int
+    attempt_start_time: float
+    """When this launch started (the cluster is paid from then on)."""
+    usd_before_attempt: float
+    """What earlier launches of this run cost."""
+    price_per_hour_usd: float
+    config_hash: str
+
+
+class FullFinetuneRecipe:
+    """Full fine-tune of a causal LM with FSDP2, on CPU (gloo) or GPU.
+
+    Supports:
+        - FSDP2 (`fully_shard` on every decoder layer, then the root), fp32 or bf16 params.
+        - Gradient accumulation with an exact token-mean loss over the whole global batch.
+        - AdamW, warmup + cosine/linear/constant LR, global grad-norm clipping.
+        - Sharded checkpoints (torch.distributed.checkpoint) with a manifest; `resume: auto`
+          continues from the newest complete one with the same data order and MLflow run.
+        - Cost as a metric (`cost/usd_total`, `cost/usd_per_hour`, `cost/usd_per_1m_tokens`) and a
+          budget cap that saves and stops before the next step would cross it.
+        - Eval loss on the held-out split at the end.
+
+    Raises:
+        RuntimeError: `checkpoint.resume: must` without a checkpoint, or `never` with one.
+    """
+
+    def __init__(self, cfg: JobConfig, ctx: RunContext) -> None:
+        self.cfg = cfg
+        self.ctx = ctx
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        self.world = dist.get_world_size() if dist.is_initialized() else 1
+        self.step = 0
+        self.tokens_so_far = 0
+        self.stop_reason = "completed"
+        self.logger: MetricLogger = NullLogger()
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        cfg = self.cfg
+        torch.set_num_threads(cfg.train.num_threads_per_worker)
+        torch.manual_seed(cfg.train.seed + self.rank)
+
+        data = PreparedData(**torch.load(self.ctx.data_path, weights_only=False))
+        self.data = data
+        self.batches = StepBatches(
+            data.train, global_batch_size=cfg.train.global_batch_size,
+            micro_batch_size=cfg.train.micro_batch_size, world_size=self.world, rank=self.rank,
+            seed=cfg.train.seed, pad_id=data.pad_id,
+        )
+        if cfg.train.max_steps is not None:
+            self.total_steps = cfg.train.max_steps
+        else:
+            self.total_steps = math.ceil(cfg.train.epochs * self.batches.steps_per_epoch)
+        self.warmup = warmup_steps_for(self.total_steps, cfg.optim.warmup_ratio, cfg.optim.warmup_steps)
+
+        self.model = self._build_sharded_model(data.vocab_size)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]  # norms and biases, as in HF Trainer
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.optim.weight_decay},
+             {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
+        )
+        self._resume()
+        if self.rank == 0:
+            self.logger = BufferedMlflowLogger(
+                self.ctx.tracking_uri, self.ctx.mlflow_run_id,
+                spill_path=Path(self.ctx.run_dir) / "mlflow_pending.jsonl",
+                skip_through_step=self._last_logged_step(),
+            )
+
+    def _build_sharded_model(self, vocab_size: int):
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        model = build_model(self.cfg.model, vocab_size)
+        if self.cfg.train.activation_checkpointing:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        self.n_params = sum(p.numel() for p in model.parameters())  # before sharding: global count
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        mesh = init_device_mesh(device, (self.world,))
+        mp = None
+        if self.cfg.train.precision == "bf16":
+            mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        kwargs = {"mesh": mesh} if mp is None else {"mesh": mesh, "mp_policy": mp}
+        for layer in model.model.layers:
+            fully_shard(layer, **kwargs)
+        fully_shard(model, **kwargs)
+        return model
+
+    def _resume(self) -> None:
+        mode = self.cfg.checkpoint.resume
+        found = ckpt.find_latest(Path(self.ctx.checkpoint_dir)) if mode != "never" else None
+        if mode == "must" and found is None:
+            raise RuntimeError(f"checkpoint.resume=must but {self.ctx.checkpoint_dir} has no complete checkpoint")
+        if found is None:
+            return
+        path, state = found
+        ckpt.load(path, self.model, self.optimizer)
+        self.step = int(state[STEP_KEY])
+        self.tokens_so_far = int(state.get(TOKENS_KEY, 0))
+        if state.get(CONFIG_HASH_KEY) != self.ctx.config_hash:
+            self._print(f"warning: the config changed since {path.name}; the new config wins "
+                        "(weights, optimizer and data position come from the checkpoint)")
+        self._print(f"resumed from {path} at step {self.step}")
+
+    def _last_logged_step(self) -> int:
+        """The last step MLflow already has (so a resumed run logs no step twice)."""
+        try:
+            from mlflow.tracking import MlflowClient
+
+            hist = MlflowClient(self.ctx.tracking_uri).get_metric_history(self.ctx.mlflow_run_id, "loss")
+            return max((m.step for m in hist), default=0)
+        except Exception:  # noqa: BLE001 - MLflow down: may re-log steps after the checkpoint
+            return self.step
+
+    # ------------------------------------------------------------------ train
+    def train(self) -> None:
+        cfg = self.cfg
+        log_every = cfg.train.log_every_steps
+        loss_sum = torch.zeros(())
+        tokens_since_log = 0
+        t_log = time.perf_counter()
+        step_times: list[float] = []
+        if self.step >= self.total_steps:
+            self._print(f"nothing to do: already at step {self.step} of {self.total_steps}")
+        while self.step < self.total_steps:
+            if self._over_budget(step_times):
+                self.stop_reason = "budget"
+                break
+            t0 = time.perf_counter()
+            micro_batches, n_targets = self.batches.step(self.step)
+            lr = lr_at(self.step, peak_lr=cfg.optim.lr, total_steps=self.total_steps,
+                       warmup=self.warmup, schedule=cfg.optim.schedule, min_lr_ratio=cfg.optim.min_lr_ratio)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+
+            self.model.train()
+            for i, mb in enumerate(micro_batches):
+                # Reduce-scatter gradients only on the last micro-batch of the step.
+                self.model.set_requires_gradient_sync(i == len(micro_batches) - 1)
+                mb_loss_sum = self._loss_sum(mb)
+                # FSDP averages gradients over ranks: scale so the result is the exact mean
+                # over every trained token of the global batch.
+                (mb_loss_sum * self.world / max(1, n_targets)).backward()
+                loss_sum += mb_loss_sum.detach()
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                self.model.parameters(), cfg.optim.grad_clip if cfg.optim.grad_clip else float("inf"))
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+
+            self.step += 1
+            step_tokens = sum(len(e.input_ids) for e in self.batches.global_examples(self.step - 1))
+            tokens_since_log += step_tokens
+            self.tokens_so_far += step_tokens
+            step_times.append(time.perf_counter() - t0)
+
+            if self.step % log_every == 0 or self.step == self.total_steps:
+                loss_sum_all = loss_sum.clone()
+                dist.all_reduce(loss_sum_all)
+                # Each logged loss is the token mean over the last `log_every` steps' targets.
+                targets = sum(self.batches.step_targets(s) for s in range(self.step - log_every, self.step))
+                loss = (loss_sum_all / max(1, targets)).item()
+                elapsed = time.perf_counter() - t_log
+                self._log_step(loss, lr, _to_float(grad_norm), tokens_since_log / max(elapsed, 1e-9),
+                               step_times)
+                loss_sum.zero_()
+                tokens_since_log, t_log = 0, time.perf_counter()
+
+            if self.step % cfg.checkpoint.every_steps == 0 or self.step == self.total_steps:
+                self.save_checkpoint()
+
+        if self.stop_reason == "budget":
+            self.save_checkpoint()
+        self.eval_loss = self.evaluate()
+        self._finish()
+
+    def _loss_sum(self, mb: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Sum of next-token cross-entropy over trained (label != -100) positions."""
+        logits = self.model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"]).logits
+        return F.cross_entropy(
+            logits[:, :-1].float().reshape(-1, logits.size(-1)),
+            mb["labels"][:, 1:].reshape(-1),
+            ignore_index=IGNORE_INDEX, reduction="sum",
+        )
+
+    # ------------------------------------------------------------------ cost
+    def usd_total(self) -> float:
+        hours = (time.time() - self.ctx.attempt_start_time) / 3600.0
+        return self.ctx.usd_before_attempt + hours * self.ctx.price_per_hour_usd
+
+    def _over_budget(self, step_times: list[float]) -> bool:
+        """Would the next step cross budget.max_usd / max_hours? Decided on rank 0 for all ranks."""
+        b = self.cfg.budget
+        if b.max_usd is None and b.max_hours is None:
+            return False
+        decision = [False]
+        if self.rank == 0:
+            next_step_s = max(step_times[-5:]) if step_times else 0.0
+            next_usd = self.usd_total() + next_step_s / 3600.0 * self.ctx.price_per_hour_usd
+            spent_h = (next_usd / self.ctx.price_per_hour_usd) if self.ctx.price_per_hour_usd else 0.0
+            decision[0] = bool((b.max_usd is not None and next_usd > b.max_usd)
+                               or (b.max_hours is not None and spent_h > b.max_hours))
+            if decision[0]:
+                self._print(f"budget: the next step would cross the cap (spent ${self.usd_total():.4f}, "
+                            f"max_usd={b.max_usd}, max_hours={b.max_hours}); saving and stopping")
+        dist.broadcast_object_list(decision, src=0)
+        return decision[0]
+
+    # ------------------------------------------------------------------ logging
+    def _log_step(self, loss: float, lr: float, grad_norm: float, tokens_per_s: float,
+                  step_times: list[float]) -> None:
+        if self.rank != 0:
+            return
+        usd = self.usd_total()
+        metrics = {
+            "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens_per_s,
+            "cost/usd_total": usd, "cost/usd_per_hour": self.ctx.price_per_hour_usd,
+            "cost/usd_per_1m_tokens": usd / max(1, self.tokens_so_far) * 1e6,
+        }
+        self.logger.log(metrics, step=self.step)
+        recent = step_times[-20:]
+        eta_s = (self.total_steps - self.step) * (sum(recent) / len(recent))
+        _say(f"step {self.step}/{self.total_steps} | loss {loss:.4f} | lr {lr:.2e} | "
+              f"grad {grad_norm:.3f} | {tokens_per_s / 1e3:.1f}k tok/s | ${usd:.5f} | "
+              f"ETA {timedelta(seconds=round(eta_s))}")
+        with open(Path(self.ctx.run_dir) / "events.jsonl", "a") as f:
+            f.write(json.dumps({"attempt": self.ctx.attempt, "step": self.step, "loss": loss,
+                                "usd_total": usd, "time": time.time()}) + "\n")
+
+    def _print(self, msg: str) -> None:
+        if self.rank == 0:
+            _say(msg)
+
+    # ------------------------------------------------------------------ checkpoint / eval
+    def save_checkpoint(self) -> None:
+        state = {STEP_KEY: self.step, TOKENS_KEY: self.tokens_so_far, COST_KEY: self.usd_total(),
+                 RUN_ID_KEY: self.ctx.mlflow_run_id, CONFIG_HASH_KEY: self.ctx.config_hash,
+                 "data_position": {"epoch": self.step // self.batches.steps_per_epoch,
+                                   "step_in_epoch": self.step % self.batches.steps_per_epoch,
+                                   "seed": self.cfg.train.seed},
+                 "attempt": self.ctx.attempt}
+        path = ckpt.save(Path(self.ctx.checkpoint_dir), self.step, self.model, self.optimizer,
+                         state, self.cfg.checkpoint.keep_last)
+        self._print(f"checkpoint saved: {path}")
+
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        """Token-mean loss on the held-out split. Every rank runs the same number of forwards
+        (FSDP all-gathers are collective); ranks past the end run a dummy batch with weight 0."""
+        examples = self.data.eval
+        if not examples:
+            return None
+        self.model.eval()
+        micro = self.cfg.train.micro_batch_size
+        n_batches = math.ceil(len(examples) / (micro * self.world))
+        totals = torch.zeros(2)
+        for b in range(n_batches):
+            start = (b * self.world + self.rank) * micro
+            chunk = examples[start:start + micro]
+            weight = 1.0 if chunk else 0.0
+            mb = collate(chunk or examples[:1], self.data.pad_id)
+            totals[0] += weight * self._loss_sum(mb)
+            totals[1] += weight * (mb["labels"][:, 1:] != IGNORE_INDEX).sum()
+        dist.all_reduce(totals)
+        return (totals[0] / totals[1]).item()
+
+    def _finish(self) -> None:
+        if self.rank != 0:
+            return
+        final = {"eval_loss": self.eval_loss} if self.eval_loss is not None else {}
+        final["cost/usd_total"] = self.usd_total()
+        self.logger.log(final, step=max(self.step, 1))
+        if self.eval_loss is not None:
+            _say(f"eval loss {self.eval_loss:.4f} at step {self.step}")
+        result = {"step": self.step, "total_steps": self.total_steps, "eval_loss": self.eval_loss,
+                  "stop_reason": self.stop_reason, "usd_total": self.usd_total(),
+                  "tokens": self.tokens_so_far, "n_params": self.n_params, "attempt": self.ctx.attempt}
+        (Path(self.ctx.run_dir) / "result.json").write_text(json.dumps(result, indent=1))
+
+    def cleanup(self) -> None:
+        self.logger.close()
+        if dist.is_initialized():
+            dist.barrier()  # avoids gloo aborting at exit (see STACK.md)
+
+
+def _say(msg: str) -> None:
+    """Progress line to stdout. Not `print`: Ray Train patches print into logging, and the patched
+    print shows every line twice on the driver."""
+    sys.stdout.write(msg + "\n")
+    sys.stdout.flush()
+
+
+def _to_float(x: Any) -> float:
+    if hasattr(x, "full_tensor"):
+        x = x.full_tensor()
+    return float(x)
+
+
+def train_fn(loop_config: dict[str, Any]) -> None:
+    """Ray Train entry point, run by every worker."""
+    cfg = from_dict(loop_config["config"])
+    ctx = RunContext(**loop_config["context"])
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    recipe = FullFinetuneRecipe(cfg, ctx)
+    recipe.setup()
+    try:
+        recipe.train()
+    finally:
+        recipe.cleanup()

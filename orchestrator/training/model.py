@@ -1,0 +1,49 @@
+"""Build the network from a ModelConfig: load pretrained weights, or random-init from the numbers."""
+
+from __future__ import annotations
+
+import torch
+
+from orchestrator.config.schema import ModelConfig
+
+
+def hf_config(cfg: ModelConfig, vocab_size: int | None = None):
+    """The transformers config of the architecture (no weights, no download)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=vocab_size or cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads or cfg.num_heads,
+        max_position_embeddings=cfg.max_position_embeddings,
+        rms_norm_eps=cfg.rms_norm_eps,
+        rope_theta=cfg.rope_theta,
+        tie_word_embeddings=cfg.tie_word_embeddings,
+    )
+
+
+def count_params(cfg: ModelConfig, vocab_size: int | None = None) -> int:
+    """Exact parameter count, by building the model on the meta device (no memory, no download)."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(hf_config(cfg, vocab_size))
+    return sum(p.numel() for p in model.parameters())
+
+
+def build_model(cfg: ModelConfig, vocab_size: int | None = None, dtype=torch.float32):
+    """The model on CPU, before any sharding. Random init is seeded by `cfg.init_seed`."""
+    from transformers import AutoModelForCausalLM
+
+    if cfg.pretrained:
+        model = AutoModelForCausalLM.from_pretrained(cfg.pretrained, dtype=dtype)
+        if vocab_size and vocab_size > model.get_input_embeddings().num_embeddings:
+            model.resize_token_embeddings(vocab_size)
+        return model
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.init_seed)
+        model = AutoModelForCausalLM.from_config(hf_config(cfg, vocab_size), dtype=dtype)
+    return model
