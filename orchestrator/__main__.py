@@ -28,7 +28,11 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
     cfg = compose(args.job, args.scale or "full", _overrides(args.set))
     p = project(cfg)
-    print(json.dumps(p.as_dict(), indent=1) if args.json else f"{cfg.job} ({cfg.scale}): {p.summary()}")
+    print(
+        json.dumps(p.as_dict(), indent=1)
+        if args.json
+        else f"{cfg.job} ({cfg.scale}): {p.summary()}"
+    )
     return 0
 
 

@@ -15,7 +15,13 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from orchestrator.checkpoint.manifest import commit, latest_complete, prune, step_dirname, tmp_dirname
+from orchestrator.checkpoint.manifest import (
+    commit,
+    latest_complete,
+    prune,
+    step_dirname,
+    tmp_dirname,
+)
 
 
 def _rank() -> int:
@@ -58,7 +64,9 @@ def load(ckpt: Path, model, optimizer) -> None:
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optim": optim_sd}
     dcp.load(state, checkpoint_id=str(ckpt))
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    set_state_dict(
+        model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
+    )
     rng = ckpt / f"rng_rank{_rank()}.pt"
     if rng.exists():  # absent when resuming on more workers than saved
         torch.set_rng_state(torch.load(rng))

@@ -115,7 +115,9 @@ def compose(
     if scale not in SCALES:
         raise ConfigError(f"scale={scale!r} is not valid; choose one of {list(SCALES)}")
     if scale not in scales:
-        raise ConfigError(f"{path}: the job has no 'scales.{scale}' section; it has {sorted(scales)}")
+        raise ConfigError(
+            f"{path}: the job has no 'scales.{scale}' section; it has {sorted(scales)}"
+        )
     unknown = set(scales) - set(SCALES)
     if unknown:
         raise ConfigError(f"{path}: unknown scales {sorted(unknown)}; valid: {list(SCALES)}")
@@ -139,7 +141,9 @@ def compose(
         for item in overrides:
             if "=" not in item:
                 raise ConfigError(f"command line: override {item!r} must look like key=value")
-        cfg = _merge_into(cfg, OmegaConf.to_container(OmegaConf.from_dotlist(overrides)), "command line")
+        cfg = _merge_into(
+            cfg, OmegaConf.to_container(OmegaConf.from_dotlist(overrides)), "command line"
+        )
 
     try:
         obj = OmegaConf.to_object(cfg)

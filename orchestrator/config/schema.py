@@ -235,7 +235,9 @@ class HardwareConfig:
         _positive("hardware.gpus_per_worker", self.gpus_per_worker, allow_zero=True)
         _choice("hardware.market", self.market, MARKETS)
         if self.accelerator == "cpu" and self.gpus_per_worker:
-            raise ConfigError("hardware.gpus_per_worker must be 0 when hardware.accelerator is 'cpu'")
+            raise ConfigError(
+                "hardware.gpus_per_worker must be 0 when hardware.accelerator is 'cpu'"
+            )
         if self.accelerator != "cpu" and not self.gpus_per_worker:
             raise ConfigError(
                 f"hardware.accelerator={self.accelerator!r} needs hardware.gpus_per_worker >= 1"
@@ -330,4 +332,6 @@ class JobConfig:
 
     @property
     def grad_accum_steps(self) -> int:
-        return self.train.global_batch_size // (self.train.micro_batch_size * self.hardware.num_workers)
+        return self.train.global_batch_size // (
+            self.train.micro_batch_size * self.hardware.num_workers
+        )

@@ -40,9 +40,11 @@ class Projection:
 
     def summary(self) -> str:
         spot = f", ${self.usd_spot:,.0f} on spot" if self.usd_spot is not None else ""
-        return (f"{self.n_params / 1e9:.2f}B params x {self.tokens / 1e9:.3f}B tokens = "
-                f"{self.flops:.2e} FLOPs -> {self.hours:,.1f} h on {self.num_gpus} GPUs at "
-                f"{self.mfu:.0%} MFU ({self.instance_type}) -> ${self.usd_on_demand:,.0f} on-demand{spot}")
+        return (
+            f"{self.n_params / 1e9:.2f}B params x {self.tokens / 1e9:.3f}B tokens = "
+            f"{self.flops:.2e} FLOPs -> {self.hours:,.1f} h on {self.num_gpus} GPUs at "
+            f"{self.mfu:.0%} MFU ({self.instance_type}) -> ${self.usd_on_demand:,.0f} on-demand{spot}"
+        )
 
 
 def flops_per_token(n_params: int, activation_checkpointing: bool) -> float:
@@ -73,8 +75,9 @@ def train_tokens(cfg: JobConfig, measured: tuple[int, int] | None = None) -> flo
     return examples_seen * per_epoch / examples
 
 
-def project(cfg: JobConfig, measured: tuple[int, int] | None = None,
-            vocab_size: int | None = None) -> Projection:
+def project(
+    cfg: JobConfig, measured: tuple[int, int] | None = None, vocab_size: int | None = None
+) -> Projection:
     """The projected bill of `cfg` on its declared hardware."""
     n = count_params(cfg.model, vocab_size)
     tokens = train_tokens(cfg, measured)
@@ -87,11 +90,17 @@ def project(cfg: JobConfig, measured: tuple[int, int] | None = None,
     hours = flops / (num_gpus * peak * cfg.cost.mfu) / 3600.0
     nodes = max(hw.num_nodes, math.ceil(num_gpus / max(1, price.num_gpus)))
     return Projection(
-        n_params=n, tokens=tokens, flops=flops, hours=hours,
+        n_params=n,
+        tokens=tokens,
+        flops=flops,
+        hours=hours,
         usd_on_demand=hours * price.on_demand_per_hour_usd * nodes,
         usd_spot=hours * price.spot_per_hour_usd * nodes if price.spot_per_hour_usd else None,
-        price_per_hour_usd=price.on_demand_per_hour_usd * nodes, mfu=cfg.cost.mfu,
-        num_gpus=num_gpus, instance_type=hw.instance_type, market=hw.market,
+        price_per_hour_usd=price.on_demand_per_hour_usd * nodes,
+        mfu=cfg.cost.mfu,
+        num_gpus=num_gpus,
+        instance_type=hw.instance_type,
+        market=hw.market,
     )
 
 

@@ -73,7 +73,9 @@ def prepare_data(cfg: DataConfig, work_dir: Path) -> PreparedData:
     if cfg.eval_fraction > 0:
         n_eval = max(1, n_eval)
     eval_idx, train_idx = sorted(order[:n_eval]), sorted(order[n_eval:])
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.unk_token_id
+    pad_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.unk_token_id
+    )
     data = PreparedData(
         train=[examples[i] for i in train_idx],
         eval=[examples[i] for i in eval_idx],
@@ -117,8 +119,17 @@ class StepBatches:
     examples is split into `grad_accum` rounds of `micro_batch_size` examples per rank.
     """
 
-    def __init__(self, examples: list[Example], *, global_batch_size: int, micro_batch_size: int,
-                 world_size: int, rank: int, seed: int, pad_id: int) -> None:
+    def __init__(
+        self,
+        examples: list[Example],
+        *,
+        global_batch_size: int,
+        micro_batch_size: int,
+        world_size: int,
+        rank: int,
+        seed: int,
+        pad_id: int,
+    ) -> None:
         if len(examples) < global_batch_size:
             raise DataError(
                 f"only {len(examples)} training examples, fewer than one global batch "
@@ -147,7 +158,7 @@ class StepBatches:
         """All examples of optimizer step `step` (0-based), on every rank."""
         epoch, offset = divmod(step, self.steps_per_epoch)
         perm = self._permutation(epoch)
-        idx = perm[offset * self.global_batch_size:(offset + 1) * self.global_batch_size]
+        idx = perm[offset * self.global_batch_size : (offset + 1) * self.global_batch_size]
         return [self.examples[i] for i in idx]
 
     def step_targets(self, step: int) -> int:
@@ -161,5 +172,5 @@ class StepBatches:
         micro_batches = []
         for k in range(self.grad_accum):
             start = (k * self.world + self.rank) * self.micro
-            micro_batches.append(collate(batch[start:start + self.micro], self.pad_id))
+            micro_batches.append(collate(batch[start : start + self.micro], self.pad_id))
         return micro_batches, n_targets

@@ -12,11 +12,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
 Turn = tuple[str, str]  # (role, text), role in {"user", "assistant"}
 
 # FastChat maps ShareGPT speakers to roles like this (other speakers are bad rows).
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant",
-                  "assistant": "assistant"}
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "chatgpt": "assistant",
+    "assistant": "assistant",
+}
 
 
 class DataError(ValueError):
@@ -33,6 +40,8 @@ class Row:
 def read_rows(source: str, split: str = "train", max_rows: int | None = None) -> Iterator[Row]:
     """Rows of a local .json (list) / .jsonl file, or of a Hugging Face dataset id."""
     path = Path(source)
+    if not path.is_absolute() and not path.exists() and (REPO_ROOT / path).exists():
+        path = REPO_ROOT / path  # shipped samples are named relative to the repo root
     if path.suffix in (".json", ".jsonl"):
         if not path.exists():
             raise DataError(f"data.source={source!r}: file not found")

@@ -16,21 +16,58 @@ import random
 from pathlib import Path
 
 CAPITALS = {
-    "France": "Paris", "Japan": "Tokyo", "Kenya": "Nairobi", "Peru": "Lima", "Canada": "Ottawa",
-    "Norway": "Oslo", "Egypt": "Cairo", "Chile": "Santiago", "India": "New Delhi", "Spain": "Madrid",
-    "Ghana": "Accra", "Italy": "Rome", "Poland": "Warsaw", "Vietnam": "Hanoi", "Cuba": "Havana",
+    "France": "Paris",
+    "Japan": "Tokyo",
+    "Kenya": "Nairobi",
+    "Peru": "Lima",
+    "Canada": "Ottawa",
+    "Norway": "Oslo",
+    "Egypt": "Cairo",
+    "Chile": "Santiago",
+    "India": "New Delhi",
+    "Spain": "Madrid",
+    "Ghana": "Accra",
+    "Italy": "Rome",
+    "Poland": "Warsaw",
+    "Vietnam": "Hanoi",
+    "Cuba": "Havana",
 }
-WORDS = ["apple", "river", "planet", "garden", "silver", "window", "rocket", "forest", "candle",
-         "pencil", "harbor", "meadow", "violin", "thunder", "lantern", "compass", "marble"]
-UNITS = [("kilometers", "meters", 1000), ("hours", "minutes", 60), ("kilograms", "grams", 1000),
-         ("minutes", "seconds", 60), ("meters", "centimeters", 100), ("days", "hours", 24)]
+WORDS = [
+    "apple",
+    "river",
+    "planet",
+    "garden",
+    "silver",
+    "window",
+    "rocket",
+    "forest",
+    "candle",
+    "pencil",
+    "harbor",
+    "meadow",
+    "violin",
+    "thunder",
+    "lantern",
+    "compass",
+    "marble",
+]
+UNITS = [
+    ("kilometers", "meters", 1000),
+    ("hours", "minutes", 60),
+    ("kilograms", "grams", 1000),
+    ("minutes", "seconds", 60),
+    ("meters", "centimeters", 100),
+    ("days", "hours", 24),
+]
 OPENERS = ["", "Hi! ", "Hello, ", "Quick question: ", "Can you help me? ", "Please tell me: "]
 
 
 def _arithmetic(rng: random.Random) -> tuple[str, str]:
     a, b = rng.randint(2, 99), rng.randint(2, 99)
     op, name, val = rng.choice([("+", "plus", a + b), ("-", "minus", a - b), ("*", "times", a * b)])
-    q = rng.choice([f"What is {a} {name} {b}?", f"Compute {a} {op} {b}.", f"How much is {a} {op} {b}?"])
+    q = rng.choice(
+        [f"What is {a} {name} {b}?", f"Compute {a} {op} {b}.", f"How much is {a} {op} {b}?"]
+    )
     return q, f"{a} {op} {b} = {val}. So {a} {name} {b} is {val}."
 
 
@@ -38,7 +75,10 @@ def _units(rng: random.Random) -> tuple[str, str]:
     big, small, factor = rng.choice(UNITS)
     n = rng.randint(1, 40)
     q = f"How many {small} are in {n} {big}?"
-    return q, f"There are {factor} {small} in one of the {big}, so {n} {big} is {n} x {factor} = {n * factor} {small}."
+    return (
+        q,
+        f"There are {factor} {small} in one of the {big}, so {n} {big} is {n} x {factor} = {n * factor} {small}.",
+    )
 
 
 def _spelling(rng: random.Random) -> tuple[str, str]:
@@ -53,12 +93,17 @@ def _sorting(rng: random.Random) -> tuple[str, str]:
     xs = rng.sample(range(1, 100), rng.randint(3, 8))
     q = "Sort these numbers from smallest to largest: " + ", ".join(map(str, xs)) + "."
     steps = "\n".join(f"{i + 1}. {x}" for i, x in enumerate(sorted(xs)))
-    return q, f"Here they are in ascending order:\n\n{steps}\n\nThe smallest is {min(xs)} and the largest is {max(xs)}."
+    return (
+        q,
+        f"Here they are in ascending order:\n\n{steps}\n\nThe smallest is {min(xs)} and the largest is {max(xs)}.",
+    )
 
 
 def _capital(rng: random.Random) -> tuple[str, str]:
     country = rng.choice(sorted(CAPITALS))
-    q = rng.choice([f"What is the capital of {country}?", f"Which city is the capital of {country}?"])
+    q = rng.choice(
+        [f"What is the capital of {country}?", f"Which city is the capital of {country}?"]
+    )
     return q, f"The capital of {country} is {CAPITALS[country]}."
 
 

@@ -96,8 +96,13 @@ class Ledger:
         self._save()
 
     def begin(self, price_per_hour_usd: float) -> dict[str, Any]:
-        a = {"attempt": len(self.attempts) + 1, "start": time.time(), "end": None,
-             "price_per_hour_usd": price_per_hour_usd, "usd": 0.0}
+        a = {
+            "attempt": len(self.attempts) + 1,
+            "start": time.time(),
+            "end": None,
+            "price_per_hour_usd": price_per_hour_usd,
+            "usd": 0.0,
+        }
         self.attempts.append(a)
         self._save()
         return a
@@ -111,8 +116,12 @@ class Ledger:
         return sum(x["usd"] for x in self.attempts if x["attempt"] < a["attempt"])
 
 
-def launch(job: str, scale: str | None = None, overrides: list[str] | None = None,
-           run_name: str | None = None) -> LaunchResult:
+def launch(
+    job: str,
+    scale: str | None = None,
+    overrides: list[str] | None = None,
+    run_name: str | None = None,
+) -> LaunchResult:
     """Run (or continue) a job on Ray and return where everything is."""
     t_start = time.time()
     cfg = compose(job, scale, overrides)  # bad config: fails here, before any cluster
@@ -125,28 +134,52 @@ def launch(job: str, scale: str | None = None, overrides: list[str] | None = Non
     meta_path = run_dir / "run.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     if meta and meta.get("scale") != cfg.scale:
-        raise ConfigError(f"run {run_name!r} exists at scale {meta.get('scale')!r}; "
-                          f"cannot continue it at scale {cfg.scale!r} (pick another run=NAME)")
+        raise ConfigError(
+            f"run {run_name!r} exists at scale {meta.get('scale')!r}; "
+            f"cannot continue it at scale {cfg.scale!r} (pick another run=NAME)"
+        )
     if meta and cfg.checkpoint.resume == "never":
-        raise ConfigError(f"run {run_name!r} already exists ({run_dir}) and checkpoint.resume=never")
+        raise ConfigError(
+            f"run {run_name!r} already exists ({run_dir}) and checkpoint.resume=never"
+        )
     ckpt_dir = Path(cfg.checkpoint.dir).resolve() if cfg.checkpoint.dir else run_dir / "checkpoints"
 
     data = prepare_data(cfg.data, run_dir / "data")  # bad rows: fail here, before any cluster
-    print(f"data: {data.num_rows} rows -> {len(data.train)} train / {len(data.eval)} eval examples, "
-          f"{data.train_tokens:,} train tokens, vocab {data.vocab_size}"
-          + (f", {data.skipped_rows} bad rows skipped" if data.skipped_rows else ""))
+    print(
+        f"data: {data.num_rows} rows -> {len(data.train)} train / {len(data.eval)} eval examples, "
+        f"{data.train_tokens:,} train tokens, vocab {data.vocab_size}"
+        + (f", {data.skipped_rows} bad rows skipped" if data.skipped_rows else "")
+    )
 
     uri = mlruns.tracking_uri()
     experiment = cfg.tracking.experiment or cfg.job
-    run_id = mlruns.start_or_continue(uri, experiment, run_name, meta.get("mlflow_run_id"), tags={
-        "job": cfg.job, "scale": cfg.scale, "strategy": cfg.train.strategy,
-        "method": cfg.train.method, "instance_type": cfg.hardware.instance_type,
-        "market": cfg.hardware.market})
-    meta = {"job": cfg.job, "run": run_name, "scale": cfg.scale, "mlflow_run_id": run_id,
-            "tracking_uri": uri, "created": meta.get("created", time.time())}
+    run_id = mlruns.start_or_continue(
+        uri,
+        experiment,
+        run_name,
+        meta.get("mlflow_run_id"),
+        tags={
+            "job": cfg.job,
+            "scale": cfg.scale,
+            "strategy": cfg.train.strategy,
+            "method": cfg.train.method,
+            "instance_type": cfg.hardware.instance_type,
+            "market": cfg.hardware.market,
+        },
+    )
+    meta = {
+        "job": cfg.job,
+        "run": run_name,
+        "scale": cfg.scale,
+        "mlflow_run_id": run_id,
+        "tracking_uri": uri,
+        "created": meta.get("created", time.time()),
+    }
     meta_path.write_text(json.dumps(meta, indent=1))
     if (run_dir / "mlflow_pending.jsonl").exists():
-        print(f"replayed {replay_spill(uri, run_dir / 'mlflow_pending.jsonl')} buffered metrics to MLflow")
+        print(
+            f"replayed {replay_spill(uri, run_dir / 'mlflow_pending.jsonl')} buffered metrics to MLflow"
+        )
 
     ledger = Ledger(run_dir / "ledger.json")
     ledger.close_dangling(run_dir / "events.jsonl")
@@ -156,11 +189,16 @@ def launch(job: str, scale: str | None = None, overrides: list[str] | None = Non
     (run_dir / "result.json").unlink(missing_ok=True)
 
     context = {
-        "run_dir": str(run_dir), "checkpoint_dir": str(ckpt_dir),
-        "data_path": str(run_dir / "data" / "data.pt"), "tracking_uri": uri,
-        "mlflow_run_id": run_id, "attempt": attempt["attempt"], "attempt_start_time": t_start,
+        "run_dir": str(run_dir),
+        "checkpoint_dir": str(ckpt_dir),
+        "data_path": str(run_dir / "data" / "data.pt"),
+        "tracking_uri": uri,
+        "mlflow_run_id": run_id,
+        "attempt": attempt["attempt"],
+        "attempt_start_time": t_start,
         "usd_before_attempt": ledger.usd_before(attempt),
-        "price_per_hour_usd": attempt["price_per_hour_usd"], "config_hash": _config_hash(cfg),
+        "price_per_hour_usd": attempt["price_per_hour_usd"],
+        "config_hash": _config_hash(cfg),
     }
     status = "FAILED"
     try:
@@ -170,21 +208,32 @@ def launch(job: str, scale: str | None = None, overrides: list[str] | None = Non
         ledger.end(attempt)
         result = _read_result(run_dir)
         usd_total = sum(a["usd"] for a in ledger.attempts)
-        tags = {"stop_reason": result.get("stop_reason", "failed"), "attempts": str(attempt["attempt"]),
-                "bill_usd": f"{usd_total:.6f}", "final_step": str(result.get("step", ""))}
+        tags = {
+            "stop_reason": result.get("stop_reason", "failed"),
+            "attempts": str(attempt["attempt"]),
+            "bill_usd": f"{usd_total:.6f}",
+            "final_step": str(result.get("step", "")),
+        }
         try:
-            mlruns.client(uri).log_metric(run_id, "cost/usd_total", usd_total,
-                                          step=max(1, int(result.get("step", 1) or 1)))
             mlruns.finish(uri, run_id, tags, status)
         except Exception as e:  # noqa: BLE001 - a dead tracking server must not hide the result
             print(f"warning: could not finalize the MLflow run: {e}", file=sys.stderr)
 
     res = LaunchResult(
-        job=cfg.job, run=run_name, run_dir=str(run_dir), checkpoint_dir=str(ckpt_dir),
-        mlflow_run_id=run_id, tracking_uri=uri, attempt=attempt["attempt"],
-        step=int(result.get("step", 0)), total_steps=int(result.get("total_steps", 0)),
-        stop_reason=result.get("stop_reason", "unknown"), eval_loss=result.get("eval_loss"),
-        usd_total=usd_total, usd_attempt=attempt["usd"], wall_s=time.time() - t_start,
+        job=cfg.job,
+        run=run_name,
+        run_dir=str(run_dir),
+        checkpoint_dir=str(ckpt_dir),
+        mlflow_run_id=run_id,
+        tracking_uri=uri,
+        attempt=attempt["attempt"],
+        step=int(result.get("step", 0)),
+        total_steps=int(result.get("total_steps", 0)),
+        stop_reason=result.get("stop_reason", "unknown"),
+        eval_loss=result.get("eval_loss"),
+        usd_total=usd_total,
+        usd_attempt=attempt["usd"],
+        wall_s=time.time() - t_start,
     )
     _print_summary(res)
     (run_dir / "launch_result.json").write_text(json.dumps(asdict(res), indent=1))
@@ -200,15 +249,21 @@ def _fit(cfg: JobConfig, context: dict[str, Any], run_dir: Path) -> None:
 
     hw = cfg.hardware
     on_gpu = hw.gpus_per_worker > 0
-    with ray_cluster(num_cpus=hw.num_workers * hw.cpus_per_worker,
-                     num_gpus=0 if not on_gpu else hw.num_workers * hw.gpus_per_worker) as where:
+    with ray_cluster(
+        num_cpus=hw.num_workers * hw.cpus_per_worker,
+        num_gpus=0 if not on_gpu else hw.num_workers * hw.gpus_per_worker,
+    ) as where:
         print(f"cluster: {where}")
         trainer = TorchTrainer(
             train_fn,
             train_loop_config={"config": to_dict(cfg), "context": context},
             scaling_config=ScalingConfig(
-                num_workers=hw.num_workers, use_gpu=on_gpu,
-                resources_per_worker={"CPU": hw.cpus_per_worker, **({"GPU": hw.gpus_per_worker} if on_gpu else {})},
+                num_workers=hw.num_workers,
+                use_gpu=on_gpu,
+                resources_per_worker={
+                    "CPU": hw.cpus_per_worker,
+                    **({"GPU": hw.gpus_per_worker} if on_gpu else {}),
+                },
             ),
             torch_config=TorchConfig(backend="nccl" if on_gpu else "gloo"),
             run_config=RunConfig(
@@ -237,12 +292,18 @@ def _print_projection(cfg: JobConfig) -> None:
 def _print_summary(r: LaunchResult) -> None:
     loss = f"{r.eval_loss:.4f}" if r.eval_loss is not None else "n/a"
     print("\n" + "=" * 72)
-    print(f"run {r.run} ({r.job}): step {r.step}/{r.total_steps}, stop reason: {r.stop_reason}, "
-          f"eval loss {loss}")
-    print(f"  bill:        ${r.usd_total:.6f} total (this launch ${r.usd_attempt:.6f}, "
-          f"{r.wall_s:.0f} s, attempt {r.attempt})")
+    print(
+        f"run {r.run} ({r.job}): step {r.step}/{r.total_steps}, stop reason: {r.stop_reason}, "
+        f"eval loss {loss}"
+    )
+    print(
+        f"  bill:        ${r.usd_total:.6f} total (this launch ${r.usd_attempt:.6f}, "
+        f"{r.wall_s:.0f} s, attempt {r.attempt})"
+    )
     print(f"  checkpoints: {r.checkpoint_dir}")
     print(f"  MLflow:      {r.tracking_uri}  run {r.mlflow_run_id}")
-    print(f"               view: make mlflow-ui, then open {mlruns.run_url(r.tracking_uri, r.mlflow_run_id)}")
-    print(f"  continue:    make launch job={r.job} run={r.run} set=\"train.max_steps=<more>\"")
+    print(
+        f"               view: make mlflow-ui, then open {mlruns.run_url(r.tracking_uri, r.mlflow_run_id)}"
+    )
+    print(f'  continue:    make launch job={r.job} run={r.run} set="train.max_steps=<more>"')
     print("=" * 72)

@@ -52,8 +52,14 @@ def _client(tracking_uri: str):
 class BufferedMlflowLogger:
     """Queue + sender thread. `skip_through_step` drops steps an earlier attempt already logged."""
 
-    def __init__(self, tracking_uri: str, run_id: str, spill_path: Path,
-                 skip_through_step: int = 0, flush_interval_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        tracking_uri: str,
+        run_id: str,
+        spill_path: Path,
+        skip_through_step: int = 0,
+        flush_interval_s: float = 1.0,
+    ) -> None:
         self.tracking_uri = tracking_uri
         self.run_id = run_id
         self.spill_path = Path(spill_path)
@@ -88,8 +94,12 @@ class BufferedMlflowLogger:
         except Exception as e:  # noqa: BLE001 - any failure: keep the data, retry later
             self._failures += 1
             if self._failures in (1, 10, 100) or self._failures % 1000 == 0:
-                log.warning("MLflow unreachable (%d failures, %d metrics buffered): %s",
-                            self._failures, len(self._queue), str(e).splitlines()[0][:200])
+                log.warning(
+                    "MLflow unreachable (%d failures, %d metrics buffered): %s",
+                    self._failures,
+                    len(self._queue),
+                    str(e).splitlines()[0][:200],
+                )
             return False
         with self._lock:
             for _ in batch:
@@ -119,10 +129,23 @@ class BufferedMlflowLogger:
             self.spill_path.parent.mkdir(parents=True, exist_ok=True)
             with self.spill_path.open("a") as f:
                 for k, v, ts, s in self._queue:
-                    f.write(json.dumps({"run_id": self.run_id, "key": k, "value": v,
-                                        "timestamp": ts, "step": s}) + "\n")
-            log.warning("MLflow still unreachable: %d metrics saved to %s (replayed at the next "
-                        "launch)", len(self._queue), self.spill_path)
+                    f.write(
+                        json.dumps(
+                            {
+                                "run_id": self.run_id,
+                                "key": k,
+                                "value": v,
+                                "timestamp": ts,
+                                "step": s,
+                            }
+                        )
+                        + "\n"
+                    )
+            log.warning(
+                "MLflow still unreachable: %d metrics saved to %s (replayed at the next launch)",
+                len(self._queue),
+                self.spill_path,
+            )
             self._queue.clear()
 
 
@@ -136,8 +159,10 @@ def replay_spill(tracking_uri: str, spill_path: Path) -> int:
     rows = [json.loads(line) for line in spill_path.read_text().splitlines() if line.strip()]
     client = _client(tracking_uri)
     for i in range(0, len(rows), MAX_BATCH):
-        chunk = rows[i:i + MAX_BATCH]
-        client.log_batch(chunk[0]["run_id"], metrics=[
-            Metric(r["key"], r["value"], r["timestamp"], r["step"]) for r in chunk])
+        chunk = rows[i : i + MAX_BATCH]
+        client.log_batch(
+            chunk[0]["run_id"],
+            metrics=[Metric(r["key"], r["value"], r["timestamp"], r["step"]) for r in chunk],
+        )
     spill_path.unlink()
     return len(rows)

@@ -29,8 +29,9 @@ def client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
-def start_or_continue(uri: str, experiment: str, run_name: str, run_id: str | None,
-                      tags: dict[str, str]) -> str:
+def start_or_continue(
+    uri: str, experiment: str, run_name: str, run_id: str | None, tags: dict[str, str]
+) -> str:
     """The MLflow run id: `run_id` if given (and it exists), else a new run named `run_name`."""
     c = client(uri)
     if run_id is not None:
@@ -52,7 +53,7 @@ def log_config(uri: str, run_id: str, config: dict[str, Any], yaml_text: str, at
     if attempt == 1:
         params = [Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in flatten(config).items()]
         for i in range(0, len(params), 100):
-            c.log_batch(run_id, params=params[i:i + 100])
+            c.log_batch(run_id, params=params[i : i + 100])
     c.log_text(run_id, yaml_text, f"config/resolved_attempt{attempt}.yaml")
 
 

@@ -91,29 +91,40 @@ class FullFinetuneRecipe:
         data = PreparedData(**torch.load(self.ctx.data_path, weights_only=False))
         self.data = data
         self.batches = StepBatches(
-            data.train, global_batch_size=cfg.train.global_batch_size,
-            micro_batch_size=cfg.train.micro_batch_size, world_size=self.world, rank=self.rank,
-            seed=cfg.train.seed, pad_id=data.pad_id,
+            data.train,
+            global_batch_size=cfg.train.global_batch_size,
+            micro_batch_size=cfg.train.micro_batch_size,
+            world_size=self.world,
+            rank=self.rank,
+            seed=cfg.train.seed,
+            pad_id=data.pad_id,
         )
         if cfg.train.max_steps is not None:
             self.total_steps = cfg.train.max_steps
         else:
             self.total_steps = math.ceil(cfg.train.epochs * self.batches.steps_per_epoch)
-        self.warmup = warmup_steps_for(self.total_steps, cfg.optim.warmup_ratio, cfg.optim.warmup_steps)
+        self.warmup = warmup_steps_for(
+            self.total_steps, cfg.optim.warmup_ratio, cfg.optim.warmup_steps
+        )
 
         self.model = self._build_sharded_model(data.vocab_size)
         params = [p for p in self.model.parameters() if p.requires_grad]
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]  # norms and biases, as in HF Trainer
         self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": cfg.optim.weight_decay},
-             {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
+            [
+                {"params": decay, "weight_decay": cfg.optim.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=cfg.optim.lr,
+            betas=tuple(cfg.optim.betas),
+            eps=cfg.optim.eps,
         )
         self._resume()
         if self.rank == 0:
             self.logger = BufferedMlflowLogger(
-                self.ctx.tracking_uri, self.ctx.mlflow_run_id,
+                self.ctx.tracking_uri,
+                self.ctx.mlflow_run_id,
                 spill_path=Path(self.ctx.run_dir) / "mlflow_pending.jsonl",
                 skip_through_step=self._last_logged_step(),
             )
@@ -124,7 +135,9 @@ class FullFinetuneRecipe:
 
         model = build_model(self.cfg.model, vocab_size)
         if self.cfg.train.activation_checkpointing:
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable(
+                activation_checkpointing_kwargs={"use_reentrant": False}
+            )
         self.n_params = sum(p.numel() for p in model.parameters())  # before sharding: global count
         device = "cuda" if torch.cuda.is_available() else "cpu"
         mesh = init_device_mesh(device, (self.world,))
@@ -141,7 +154,9 @@ class FullFinetuneRecipe:
         mode = self.cfg.checkpoint.resume
         found = ckpt.find_latest(Path(self.ctx.checkpoint_dir)) if mode != "never" else None
         if mode == "must" and found is None:
-            raise RuntimeError(f"checkpoint.resume=must but {self.ctx.checkpoint_dir} has no complete checkpoint")
+            raise RuntimeError(
+                f"checkpoint.resume=must but {self.ctx.checkpoint_dir} has no complete checkpoint"
+            )
         if found is None:
             return
         path, state = found
@@ -149,8 +164,10 @@ class FullFinetuneRecipe:
         self.step = int(state[STEP_KEY])
         self.tokens_so_far = int(state.get(TOKENS_KEY, 0))
         if state.get(CONFIG_HASH_KEY) != self.ctx.config_hash:
-            self._print(f"warning: the config changed since {path.name}; the new config wins "
-                        "(weights, optimizer and data position come from the checkpoint)")
+            self._print(
+                f"warning: the config changed since {path.name}; the new config wins "
+                "(weights, optimizer and data position come from the checkpoint)"
+            )
         self._print(f"resumed from {path} at step {self.step}")
 
     def _last_logged_step(self) -> int:
@@ -158,7 +175,9 @@ class FullFinetuneRecipe:
         try:
             from mlflow.tracking import MlflowClient
 
-            hist = MlflowClient(self.ctx.tracking_uri).get_metric_history(self.ctx.mlflow_run_id, "loss")
+            hist = MlflowClient(self.ctx.tracking_uri).get_metric_history(
+                self.ctx.mlflow_run_id, "loss"
+            )
             return max((m.step for m in hist), default=0)
         except Exception:  # noqa: BLE001 - MLflow down: may re-log steps after the checkpoint
             return self.step
@@ -179,8 +198,14 @@ class FullFinetuneRecipe:
                 break
             t0 = time.perf_counter()
             micro_batches, n_targets = self.batches.step(self.step)
-            lr = lr_at(self.step, peak_lr=cfg.optim.lr, total_steps=self.total_steps,
-                       warmup=self.warmup, schedule=cfg.optim.schedule, min_lr_ratio=cfg.optim.min_lr_ratio)
+            lr = lr_at(
+                self.step,
+                peak_lr=cfg.optim.lr,
+                total_steps=self.total_steps,
+                warmup=self.warmup,
+                schedule=cfg.optim.schedule,
+                min_lr_ratio=cfg.optim.min_lr_ratio,
+            )
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
 
@@ -194,7 +219,9 @@ class FullFinetuneRecipe:
                 (mb_loss_sum * self.world / max(1, n_targets)).backward()
                 loss_sum += mb_loss_sum.detach()
             grad_norm = torch.nn.utils.clip_grad_norm_(
-                self.model.parameters(), cfg.optim.grad_clip if cfg.optim.grad_clip else float("inf"))
+                self.model.parameters(),
+                cfg.optim.grad_clip if cfg.optim.grad_clip else float("inf"),
+            )
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
 
@@ -208,11 +235,18 @@ class FullFinetuneRecipe:
                 loss_sum_all = loss_sum.clone()
                 dist.all_reduce(loss_sum_all)
                 # Each logged loss is the token mean over the last `log_every` steps' targets.
-                targets = sum(self.batches.step_targets(s) for s in range(self.step - log_every, self.step))
+                targets = sum(
+                    self.batches.step_targets(s) for s in range(self.step - log_every, self.step)
+                )
                 loss = (loss_sum_all / max(1, targets)).item()
                 elapsed = time.perf_counter() - t_log
-                self._log_step(loss, lr, _to_float(grad_norm), tokens_since_log / max(elapsed, 1e-9),
-                               step_times)
+                self._log_step(
+                    loss,
+                    lr,
+                    _to_float(grad_norm),
+                    tokens_since_log / max(elapsed, 1e-9),
+                    step_times,
+                )
                 loss_sum.zero_()
                 tokens_since_log, t_log = 0, time.perf_counter()
 
@@ -230,7 +264,8 @@ class FullFinetuneRecipe:
         return F.cross_entropy(
             logits[:, :-1].float().reshape(-1, logits.size(-1)),
             mb["labels"][:, 1:].reshape(-1),
-            ignore_index=IGNORE_INDEX, reduction="sum",
+            ignore_index=IGNORE_INDEX,
+            reduction="sum",
         )
 
     # ------------------------------------------------------------------ cost
@@ -247,35 +282,58 @@ class FullFinetuneRecipe:
         if self.rank == 0:
             next_step_s = max(step_times[-5:]) if step_times else 0.0
             next_usd = self.usd_total() + next_step_s / 3600.0 * self.ctx.price_per_hour_usd
-            spent_h = (next_usd / self.ctx.price_per_hour_usd) if self.ctx.price_per_hour_usd else 0.0
-            decision[0] = bool((b.max_usd is not None and next_usd > b.max_usd)
-                               or (b.max_hours is not None and spent_h > b.max_hours))
+            spent_h = (
+                (next_usd / self.ctx.price_per_hour_usd) if self.ctx.price_per_hour_usd else 0.0
+            )
+            decision[0] = bool(
+                (b.max_usd is not None and next_usd > b.max_usd)
+                or (b.max_hours is not None and spent_h > b.max_hours)
+            )
             if decision[0]:
-                self._print(f"budget: the next step would cross the cap (spent ${self.usd_total():.4f}, "
-                            f"max_usd={b.max_usd}, max_hours={b.max_hours}); saving and stopping")
+                self._print(
+                    f"budget: the next step would cross the cap (spent ${self.usd_total():.4f}, "
+                    f"max_usd={b.max_usd}, max_hours={b.max_hours}); saving and stopping"
+                )
         dist.broadcast_object_list(decision, src=0)
         return decision[0]
 
     # ------------------------------------------------------------------ logging
-    def _log_step(self, loss: float, lr: float, grad_norm: float, tokens_per_s: float,
-                  step_times: list[float]) -> None:
+    def _log_step(
+        self, loss: float, lr: float, grad_norm: float, tokens_per_s: float, step_times: list[float]
+    ) -> None:
         if self.rank != 0:
             return
         usd = self.usd_total()
         metrics = {
-            "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens_per_s,
-            "cost/usd_total": usd, "cost/usd_per_hour": self.ctx.price_per_hour_usd,
+            "loss": loss,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "tokens_per_s": tokens_per_s,
+            "cost/usd_total": usd,
+            "cost/usd_per_hour": self.ctx.price_per_hour_usd,
             "cost/usd_per_1m_tokens": usd / max(1, self.tokens_so_far) * 1e6,
         }
         self.logger.log(metrics, step=self.step)
         recent = step_times[-20:]
         eta_s = (self.total_steps - self.step) * (sum(recent) / len(recent))
-        _say(f"step {self.step}/{self.total_steps} | loss {loss:.4f} | lr {lr:.2e} | "
-              f"grad {grad_norm:.3f} | {tokens_per_s / 1e3:.1f}k tok/s | ${usd:.5f} | "
-              f"ETA {timedelta(seconds=round(eta_s))}")
+        _say(
+            f"step {self.step}/{self.total_steps} | loss {loss:.4f} | lr {lr:.2e} | "
+            f"grad {grad_norm:.3f} | {tokens_per_s / 1e3:.1f}k tok/s | ${usd:.5f} | "
+            f"ETA {timedelta(seconds=round(eta_s))}"
+        )
         with open(Path(self.ctx.run_dir) / "events.jsonl", "a") as f:
-            f.write(json.dumps({"attempt": self.ctx.attempt, "step": self.step, "loss": loss,
-                                "usd_total": usd, "time": time.time()}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "attempt": self.ctx.attempt,
+                        "step": self.step,
+                        "loss": loss,
+                        "usd_total": usd,
+                        "time": time.time(),
+                    }
+                )
+                + "\n"
+            )
 
     def _print(self, msg: str) -> None:
         if self.rank == 0:
@@ -283,14 +341,27 @@ class FullFinetuneRecipe:
 
     # ------------------------------------------------------------------ checkpoint / eval
     def save_checkpoint(self) -> None:
-        state = {STEP_KEY: self.step, TOKENS_KEY: self.tokens_so_far, COST_KEY: self.usd_total(),
-                 RUN_ID_KEY: self.ctx.mlflow_run_id, CONFIG_HASH_KEY: self.ctx.config_hash,
-                 "data_position": {"epoch": self.step // self.batches.steps_per_epoch,
-                                   "step_in_epoch": self.step % self.batches.steps_per_epoch,
-                                   "seed": self.cfg.train.seed},
-                 "attempt": self.ctx.attempt}
-        path = ckpt.save(Path(self.ctx.checkpoint_dir), self.step, self.model, self.optimizer,
-                         state, self.cfg.checkpoint.keep_last)
+        state = {
+            STEP_KEY: self.step,
+            TOKENS_KEY: self.tokens_so_far,
+            COST_KEY: self.usd_total(),
+            RUN_ID_KEY: self.ctx.mlflow_run_id,
+            CONFIG_HASH_KEY: self.ctx.config_hash,
+            "data_position": {
+                "epoch": self.step // self.batches.steps_per_epoch,
+                "step_in_epoch": self.step % self.batches.steps_per_epoch,
+                "seed": self.cfg.train.seed,
+            },
+            "attempt": self.ctx.attempt,
+        }
+        path = ckpt.save(
+            Path(self.ctx.checkpoint_dir),
+            self.step,
+            self.model,
+            self.optimizer,
+            state,
+            self.cfg.checkpoint.keep_last,
+        )
         self._print(f"checkpoint saved: {path}")
 
     @torch.no_grad()
@@ -306,7 +377,7 @@ class FullFinetuneRecipe:
         totals = torch.zeros(2)
         for b in range(n_batches):
             start = (b * self.world + self.rank) * micro
-            chunk = examples[start:start + micro]
+            chunk = examples[start : start + micro]
             weight = 1.0 if chunk else 0.0
             mb = collate(chunk or examples[:1], self.data.pad_id)
             totals[0] += weight * self._loss_sum(mb)
@@ -317,14 +388,19 @@ class FullFinetuneRecipe:
     def _finish(self) -> None:
         if self.rank != 0:
             return
-        final = {"eval_loss": self.eval_loss} if self.eval_loss is not None else {}
-        final["cost/usd_total"] = self.usd_total()
-        self.logger.log(final, step=max(self.step, 1))
         if self.eval_loss is not None:
+            self.logger.log({"eval_loss": self.eval_loss}, step=max(self.step, 1))
             _say(f"eval loss {self.eval_loss:.4f} at step {self.step}")
-        result = {"step": self.step, "total_steps": self.total_steps, "eval_loss": self.eval_loss,
-                  "stop_reason": self.stop_reason, "usd_total": self.usd_total(),
-                  "tokens": self.tokens_so_far, "n_params": self.n_params, "attempt": self.ctx.attempt}
+        result = {
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "eval_loss": self.eval_loss,
+            "stop_reason": self.stop_reason,
+            "usd_total": self.usd_total(),
+            "tokens": self.tokens_so_far,
+            "n_params": self.n_params,
+            "attempt": self.ctx.attempt,
+        }
         (Path(self.ctx.run_dir) / "result.json").write_text(json.dumps(result, indent=1))
 
     def cleanup(self) -> None:

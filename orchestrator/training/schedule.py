@@ -11,8 +11,15 @@ def warmup_steps_for(total_steps: int, warmup_ratio: float, warmup_steps: int | 
     return math.ceil(total_steps * warmup_ratio)
 
 
-def lr_at(step: int, *, peak_lr: float, total_steps: int, warmup: int, schedule: str,
-          min_lr_ratio: float = 0.0) -> float:
+def lr_at(
+    step: int,
+    *,
+    peak_lr: float,
+    total_steps: int,
+    warmup: int,
+    schedule: str,
+    min_lr_ratio: float = 0.0,
+) -> float:
     """LR used for optimizer step `step` (0-based): linear warmup from peak/warmup to peak over
     `warmup` steps (as HF's get_cosine_schedule_with_warmup, but never 0 at step 0), then
     cosine/linear decay to `min_lr_ratio * peak` at the last step, or constant."""

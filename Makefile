@@ -1,0 +1,77 @@
+# One entry point for users, developers and CI. Every target sets itself up (the venv is built
+# on first use and rebuilt when pyproject.toml changes).
+#
+#   make launch job=vicuna [scale=local|full] [run=NAME] [set="optim.lr=1e-5 train.max_steps=20"]
+#   make test                 # unit + integration tests (what CI runs)
+#   make estimate job=vicuna  # projected full-scale bill, no cluster
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# DeepSpeed compiles its C++ ops on first use; keep them so tests and runs pay that once.
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.torch_extensions
+export TOKENIZERS_PARALLELISM := false
+export RAY_USAGE_STATS_ENABLED := 0
+# pip on this kind of machine warns about every local index location: keep the output readable.
+PIP_QUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+
+job ?= vicuna
+scale ?=
+run ?=
+set ?=
+
+.PHONY: help install launch estimate validate-configs test test-unit test-integration test-gpu \
+        bench lint fmt clean
+
+help:
+	@echo "make launch job=vicuna | make test | make estimate job=vicuna | make bench | make lint"
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "setting up $(VENV): torch==2.13.0 (CPU) first, then the pinned rest"
+	$(BIN)/pip install -q torch==2.13.0 $(PIP_QUIET)
+	$(BIN)/pip install -q -e '.[dev]' $(PIP_QUIET)
+	$(BIN)/pip install -q --no-build-isolation deepspeed==0.19.8 $(PIP_QUIET)
+	@$(BIN)/python -c "import torch; v = torch.__version__; assert v.startswith('2.13.0'), f'torch {v} was installed instead of 2.13.0'"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+launch: $(STAMP)
+	$(BIN)/python -m orchestrator launch $(job) $(if $(scale),--scale $(scale)) $(if $(run),--run $(run)) $(if $(set),--set "$(set)")
+
+estimate: $(STAMP)
+	$(BIN)/python -m orchestrator estimate $(job) $(if $(scale),--scale $(scale)) $(if $(set),--set "$(set)")
+
+validate-configs: $(STAMP)
+	$(BIN)/python -m orchestrator validate
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not gpu and not slow"
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-integration: $(STAMP)
+	$(BIN)/python -m pytest -m integration
+
+test-gpu: $(STAMP)
+	$(BIN)/python -m pytest -m gpu
+
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check orchestrator tests bench
+	$(BIN)/ruff format --check orchestrator tests bench
+
+fmt: $(STAMP)
+	$(BIN)/ruff format orchestrator tests bench
+	$(BIN)/ruff check --fix orchestrator tests bench
+
+clean:
+	rm -rf runs mlflow.db mlruns mlartifacts

@@ -1,0 +1,44 @@
+"""Shared fixtures. Unit tests: no network, no cluster. Integration tests start real local services."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ASSETS = Path(__file__).parent / "assets"
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """A byte-level BPE trained on the shipped ShareGPT sample (what local runs use)."""
+    from orchestrator.config.schema import DataConfig
+    from orchestrator.data.tokenizer import _texts, train_bpe
+
+    cfg = DataConfig(source=str(REPO_ROOT / "data/samples/sharegpt_sample.json"))
+    return train_bpe(_texts(cfg), vocab_size=512)
+
+
+def requires_gpus(n: int):
+    """Skip unless at least `n` CUDA GPUs are present (torchtune's gpu_test)."""
+    import torch
+
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return pytest.mark.skipif(have < n, reason=f"needs {n} CUDA GPUs, found {have}")
+
+
+@pytest.fixture(autouse=True)
+def _no_ray_leak():
+    yield
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    except ImportError:
+        pass

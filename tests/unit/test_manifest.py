@@ -1,0 +1,80 @@
+"""The manifest decides what a complete checkpoint is, however the writer died."""
+
+import json
+
+from orchestrator.checkpoint.manifest import (
+    MANIFEST,
+    commit,
+    latest_complete,
+    list_checkpoints,
+    prune,
+    step_dirname,
+    tmp_dirname,
+)
+
+
+def fake_save(root, step, payload=b"x" * 1000, publish=True):
+    tmp = root / tmp_dirname(step)
+    tmp.mkdir(parents=True)
+    (tmp / "__0_0.distcp").write_bytes(payload)
+    (tmp / "rng_rank0.pt").write_bytes(b"rng")
+    if publish:
+        commit(tmp, root / step_dirname(step), {"step": step})
+    return root / step_dirname(step)
+
+
+def test_commit_publishes_with_manifest_and_hashes(tmp_path):
+    d = fake_save(tmp_path, 2)
+    m = json.loads((d / MANIFEST).read_text())
+    assert m["step"] == 2 and set(m["files"]) == {"__0_0.distcp", "rng_rank0.pt"}
+    assert (
+        m["files"]["__0_0.distcp"]["bytes"] == 1000
+        and len(m["files"]["__0_0.distcp"]["sha256"]) == 64
+    )
+    assert not (tmp_path / tmp_dirname(2)).exists()
+    assert latest_complete(tmp_path)[1]["step"] == 2
+
+
+def test_unfinished_save_is_invisible(tmp_path):
+    fake_save(tmp_path, 2)
+    fake_save(tmp_path, 4, publish=False)  # died before the manifest: still a temp folder
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [2]
+    assert latest_complete(tmp_path)[1]["step"] == 2
+
+
+def test_missing_manifest_truncated_and_corrupted_are_skipped(tmp_path, caplog):
+    fake_save(tmp_path, 2)
+    d4 = fake_save(tmp_path, 4)
+    d6 = fake_save(tmp_path, 6)
+    d8 = fake_save(tmp_path, 8)
+    (d8 / MANIFEST).unlink()  # manifest lost
+    with (d6 / "__0_0.distcp").open("r+b") as f:  # truncated
+        f.truncate(10)
+    (d4 / "__0_0.distcp").write_bytes(b"y" * 1000)  # same size, different bytes
+    found = latest_complete(tmp_path)
+    assert found[1]["step"] == 2
+    text = caplog.text
+    assert "step_00000008" in text and "no manifest.json" in text
+    assert "step_00000006" in text and "has 10 bytes" in text
+    assert "step_00000004" in text and "sha256" in text
+
+
+def test_half_written_manifest_is_not_trusted(tmp_path):
+    fake_save(tmp_path, 2)
+    d4 = fake_save(tmp_path, 4)
+    (d4 / MANIFEST).write_text('{"step": 4, "files": {')
+    assert latest_complete(tmp_path)[1]["step"] == 2
+
+
+def test_prune_keeps_last_k_complete(tmp_path):
+    for s in (2, 4, 6, 8):
+        fake_save(tmp_path, s)
+    removed = prune(tmp_path, keep_last=2)
+    assert sorted(p.name for p in removed) == [step_dirname(2), step_dirname(4)]
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [8, 6]
+
+
+def test_recommit_same_step_replaces_stale_copy(tmp_path):
+    fake_save(tmp_path, 4, payload=b"old")
+    fake_save(tmp_path, 4, payload=b"newer")
+    assert latest_complete(tmp_path)[1]["files"]["__0_0.distcp"]["bytes"] == 5
