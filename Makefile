@@ -75,3 +75,10 @@ fmt: $(STAMP)
 
 clean:
 	rm -rf runs mlflow.db mlruns mlartifacts
+
+MLFLOW_PORT ?= 5000
+.PHONY: mlflow-ui
+mlflow-ui: $(STAMP)
+	@echo "MLflow UI: http://127.0.0.1:$(MLFLOW_PORT)"
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow server --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
+	  --default-artifact-root $(CURDIR)/mlruns --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
