@@ -19,12 +19,13 @@ Errors name the file (or "command line") and the key, so a typo fails before any
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from orchestrator.config.schema import SCALES, ConfigError, JobConfig
 
@@ -94,6 +95,10 @@ def _merge_into(schema: DictConfig, data: dict[str, Any], where: str) -> DictCon
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or ""
         msg = str(e).splitlines()[0]
+        owner = getattr(e, "object_type", None)
+        if isinstance(e, ConfigKeyError) and dataclasses.is_dataclass(owner):
+            valid = sorted(f.name for f in dataclasses.fields(owner))
+            msg = f"unknown key; valid keys here: {valid}"
         raise ConfigError(f"{where}: invalid key {key!r}: {msg}") from None
 
 

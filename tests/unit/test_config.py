@@ -56,7 +56,7 @@ def test_block_with_inline_overrides(tmp_path):
 
 def test_unknown_key_names_file_and_key(tmp_path):
     job = write_job(tmp_path, MINIMAL + "    optim: {lrr: 0.1}\n")
-    with pytest.raises(ConfigError, match=r"myjob.yaml.*optim.lrr"):
+    with pytest.raises(ConfigError, match=r"myjob.yaml.*optim.lrr.*valid keys here.*'lr'"):
         compose(job)
 
 
