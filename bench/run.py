@@ -18,7 +18,7 @@ import platform
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -30,9 +30,12 @@ sys.path.insert(0, str(REPO))
 
 def _write(name: str, payload: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    payload = {"bench": name, "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-               "machine": f"{platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}",
-               **payload}
+    payload = {
+        "bench": name,
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}",
+        **payload,
+    }
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=1) + "\n")
     print(json.dumps(payload, indent=1))
 
@@ -45,16 +48,26 @@ def bench_launch(steps: int = 20) -> dict:
         os.chdir(d)
         try:
             t0 = time.time()
-            res = launch("vicuna", "local", [f"train.max_steps={steps}", "checkpoint.every_steps=1000"],
-                         run_name="bench")
-            events = [json.loads(x) for x in (Path(res.run_dir) / "events.jsonl").read_text().splitlines()]
+            res = launch(
+                "vicuna",
+                "local",
+                [f"train.max_steps={steps}", "checkpoint.every_steps=1000"],
+                run_name="bench",
+            )
+            events = [
+                json.loads(x) for x in (Path(res.run_dir) / "events.jsonl").read_text().splitlines()
+            ]
         finally:
             os.chdir(old)
     first = events[0]["time"] - t0
     train_s = events[-1]["time"] - events[0]["time"]
-    out = {"steps": steps, "launch_to_first_step_s": round(first, 2), "wall_s": round(res.wall_s, 2),
-           "steps_2_to_last_s": round(train_s, 2),
-           "share_of_wall_before_first_step": round(first / res.wall_s, 3)}
+    out = {
+        "steps": steps,
+        "launch_to_first_step_s": round(first, 2),
+        "wall_s": round(res.wall_s, 2),
+        "steps_2_to_last_s": round(train_s, 2),
+        "share_of_wall_before_first_step": round(first / res.wall_s, 3),
+    }
     _write("launch", out)
     return out
 
@@ -78,35 +91,66 @@ def bench_loop(steps: int = 30, threads: int = 2) -> dict:
 
     torch.set_num_threads(threads)
     _single_process_group()
-    cfg = compose("vicuna", "local", [f"train.max_steps={steps}", "checkpoint.every_steps=100000",
-                                      f"train.num_threads_per_worker={threads}",
-                                      "hardware.num_workers=1", "train.global_batch_size=16"])
+    cfg = compose(
+        "vicuna",
+        "local",
+        [
+            f"train.max_steps={steps}",
+            "checkpoint.every_steps=100000",
+            f"train.num_threads_per_worker={threads}",
+            "hardware.num_workers=1",
+            "train.global_batch_size=16",
+        ],
+    )
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         data = prepare_data(cfg.data, d / "data")
         uri = f"sqlite:///{d / 'mlflow.db'}"
         client = mlflow.tracking.MlflowClient(uri)
         run_id = client.create_run(client.create_experiment("bench")).info.run_id
-        ctx = RunContext(run_dir=str(d), checkpoint_dir=str(d / "ckpt"), data_path=str(d / "data/data.pt"),
-                         tracking_uri=uri, mlflow_run_id=run_id, attempt=1,
-                         attempt_start_time=time.time(), usd_before_attempt=0.0,
-                         price_per_hour_usd=0.1, config_hash="bench")
+        ctx = RunContext(
+            run_dir=str(d),
+            checkpoint_dir=str(d / "ckpt"),
+            data_path=str(d / "data/data.pt"),
+            tracking_uri=uri,
+            mlflow_run_id=run_id,
+            attempt=1,
+            attempt_start_time=time.time(),
+            usd_before_attempt=0.0,
+            price_per_hour_usd=0.1,
+            config_hash="bench",
+        )
 
-        batches = StepBatches(data.train, global_batch_size=16, micro_batch_size=cfg.train.micro_batch_size,
-                              world_size=1, rank=0, seed=cfg.train.seed, pad_id=data.pad_id)
-        real_tokens = sum(sum(len(e.input_ids) for e in batches.global_examples(s)) for s in range(steps))
+        batches = StepBatches(
+            data.train,
+            global_batch_size=16,
+            micro_batch_size=cfg.train.micro_batch_size,
+            world_size=1,
+            rank=0,
+            seed=cfg.train.seed,
+            pad_id=data.pad_id,
+        )
+        real_tokens = sum(
+            sum(len(e.input_ids) for e in batches.global_examples(s)) for s in range(steps)
+        )
 
         def bare() -> float:
             model = build_model(cfg.model, data.vocab_size)
             if cfg.train.activation_checkpointing:
-                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+                model.activation_checkpointing_enable(
+                    activation_checkpointing_kwargs={"use_reentrant": False}
+                )
             opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr)
             model.train()
             t = time.perf_counter()
             for s in range(steps):
                 mbs, _ = batches.step(s)
                 for mb in mbs:
-                    out = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"], labels=mb["labels"])
+                    out = model(
+                        input_ids=mb["input_ids"],
+                        attention_mask=mb["attention_mask"],
+                        labels=mb["labels"],
+                    )
                     (out.loss / len(mbs)).backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 opt.step()
@@ -131,20 +175,35 @@ def bench_loop(steps: int = 30, threads: int = 2) -> dict:
         for _ in range(2):
             bare_s.append(bare())
             ours_s.append(ours())
-    out = {"steps": steps, "threads": threads, "real_tokens": real_tokens,
-           "bare_torch_tokens_per_s": round(real_tokens / min(bare_s), 1),
-           "ours_tokens_per_s": round(real_tokens / min(ours_s), 1),
-           "ours_over_bare": round(min(bare_s) / min(ours_s), 3),
-           "bare_s": [round(x, 2) for x in bare_s], "ours_s": [round(x, 2) for x in ours_s]}
+    out = {
+        "steps": steps,
+        "threads": threads,
+        "real_tokens": real_tokens,
+        "bare_torch_tokens_per_s": round(real_tokens / min(bare_s), 1),
+        "ours_tokens_per_s": round(real_tokens / min(ours_s), 1),
+        "ours_over_bare": round(min(bare_s) / min(ours_s), 3),
+        "bare_s": [round(x, 2) for x in bare_s],
+        "ours_s": [round(x, 2) for x in ours_s],
+    }
     _write("loop", out)
     return out
 
 
 def write_table() -> None:
-    rows = ["# Benchmark results", "", "Written by `make bench` (bench/run.py). Ratios matter; this machine is noisy.", ""]
+    rows = [
+        "# Benchmark results",
+        "",
+        "Written by `make bench` (bench/run.py). Ratios matter; this machine is noisy.",
+        "",
+    ]
     for f in sorted(RESULTS.glob("*.json")):
         r = json.loads(f.read_text())
-        rows += [f"## {r['bench']} ({r['when']}, {r['machine']})", "", "| metric | value |", "|---|---|"]
+        rows += [
+            f"## {r['bench']} ({r['when']}, {r['machine']})",
+            "",
+            "| metric | value |",
+            "|---|---|",
+        ]
         rows += [f"| {k} | {v} |" for k, v in r.items() if k not in ("bench", "when", "machine")]
         rows.append("")
     (RESULTS / "RESULTS.md").write_text("\n".join(rows))

@@ -33,8 +33,10 @@ def requires_gpus(n: int):
 
 
 @pytest.fixture(autouse=True)
-def _no_ray_leak():
+def _no_ray_leak(request):
     yield
+    if "shared_ray" in request.fixturenames:
+        return  # a module-wide cluster, shut down by its own fixture
     try:
         import ray
 
@@ -42,3 +44,24 @@ def _no_ray_leak():
             ray.shutdown()
     except ImportError:
         pass
+
+
+@pytest.fixture(scope="module")
+def shared_ray():
+    """One local Ray cluster for a whole test module: launches reuse it (no start-up per run)."""
+    import tempfile
+
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        _temp_dir=temp_dir,
+        logging_level="warning",
+    )
+    yield
+    ray.shutdown()

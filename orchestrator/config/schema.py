@@ -158,14 +158,84 @@ class TrainConfig:
         _positive("train.log_every_steps", self.log_every_steps)
         _positive("train.num_threads_per_worker", self.num_threads_per_worker)
         _positive("train.max_failures", self.max_failures, allow_zero=True)
-        if self.strategy != "fsdp":
+
+
+@dataclass
+class FsdpConfig:
+    """torch FSDP2 (`fully_shard`) options."""
+
+    reshard_after_forward: bool = True
+    """Free the gathered parameters after forward (ZeRO-3-like); False keeps them (ZeRO-2-like)."""
+    cpu_offload: bool = False
+    """Keep sharded parameters, gradients and optimizer state in CPU memory (CPUOffloadPolicy)."""
+
+
+@dataclass
+class DeepSpeedConfig:
+    """DeepSpeed ZeRO options. Batch sizes, accumulation, clipping and precision come from
+    `train`/`optim`, so the hyperparameters mean the same thing in every strategy."""
+
+    zero_stage: int = 2
+    offload_optimizer: bool = False
+    """ZeRO-Offload: optimizer state and step on CPU (needs DeepSpeedCPUAdam, built on first use)."""
+    offload_params: bool = False
+    """ZeRO-3 only: parameters live on CPU between uses."""
+    optimizer: str = "auto"
+    """auto: DeepSpeed's AdamW (DeepSpeedCPUAdam) when offloading, torch AdamW otherwise; torch; deepspeed."""
+
+    def __post_init__(self) -> None:
+        _choice("deepspeed.zero_stage", self.zero_stage, (0, 1, 2, 3))
+        _choice("deepspeed.optimizer", self.optimizer, ("auto", "torch", "deepspeed"))
+        if self.offload_params and self.zero_stage != 3:
             raise ConfigError(
-                f"train.strategy={self.strategy!r} is not available yet in this version; use 'fsdp'"
+                f"deepspeed.offload_params needs deepspeed.zero_stage=3 (got {self.zero_stage})"
             )
-        if self.method != "full":
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ConfigError("deepspeed.offload_optimizer needs deepspeed.zero_stage >= 1")
+        if self.optimizer == "torch" and (self.offload_optimizer or self.offload_params):
             raise ConfigError(
-                f"train.method={self.method!r} is not available yet in this version; use 'full'"
+                "deepspeed.optimizer=torch cannot run with offload: ZeRO-Offload steps on the CPU "
+                "with DeepSpeedCPUAdam; use deepspeed.optimizer=auto or deepspeed"
             )
+
+
+@dataclass
+class LoraSettings:
+    """peft LoRA (method: lora)."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    bias: str = "none"
+
+    def __post_init__(self) -> None:
+        _positive("lora.r", self.r)
+        _choice("lora.bias", self.bias, ("none", "all", "lora_only"))
+        if not self.target_modules:
+            raise ConfigError("lora.target_modules must name at least one module (e.g. q_proj)")
+
+
+@dataclass
+class AdapterSettings:
+    """LLaMA-Adapter via peft AdaptionPromptConfig (method: adapter): learnable prompts of
+    `adapter_len` tokens in the top `adapter_layers` layers, behind zero-initialised gates."""
+
+    adapter_len: int = 10
+    adapter_layers: int = 30
+
+    def __post_init__(self) -> None:
+        _positive("adapter.adapter_len", self.adapter_len)
+        _positive("adapter.adapter_layers", self.adapter_layers)
+
+
+@dataclass
+class ExportConfig:
+    """A Hugging Face `save_pretrained` folder at the end of the run (runs/<job>/<run>/export/)."""
+
+    enabled: bool = True
+    merge_lora: bool = True
+    """LoRA: merge the adapter into the weights (a plain model folder); else base/ + adapter/."""
 
 
 @dataclass
@@ -300,6 +370,11 @@ class JobConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    fsdp: FsdpConfig = field(default_factory=FsdpConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    adapter: AdapterSettings = field(default_factory=AdapterSettings)
+    export: ExportConfig = field(default_factory=ExportConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     cost: CostConfig = field(default_factory=CostConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
@@ -323,6 +398,16 @@ class JobConfig:
             raise ConfigError(
                 f"train.global_batch_size={self.train.global_batch_size} must be a multiple of "
                 f"train.micro_batch_size * hardware.num_workers = {per_step}"
+            )
+        if self.fsdp.cpu_offload and hw.accelerator == "cpu":
+            raise ConfigError(
+                "fsdp.cpu_offload needs GPUs (FSDP2 offloads from the accelerator to CPU memory); "
+                "with hardware.accelerator='cpu' everything is already in CPU memory: set it to false"
+            )
+        if self.train.method == "adapter" and self.adapter.adapter_layers > self.model.num_layers:
+            raise ConfigError(
+                f"adapter.adapter_layers={self.adapter.adapter_layers} exceeds "
+                f"model.num_layers={self.model.num_layers}"
             )
         if self.data.max_seq_len > self.model.max_position_embeddings:
             raise ConfigError(

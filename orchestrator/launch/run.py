@@ -67,6 +67,27 @@ def _check_hardware(cfg: JobConfig) -> None:
         )
 
 
+def _check_capabilities(cfg: JobConfig) -> None:
+    """Optional compiled ops a job needs must be buildable here; say so before any cluster starts."""
+    if cfg.train.strategy != "deepspeed":
+        return
+    ds = cfg.deepspeed
+    if ds.offload_optimizer or ds.offload_params or ds.optimizer == "deepspeed":
+        try:
+            from deepspeed.ops.op_builder import CPUAdamBuilder
+        except ImportError as e:
+            raise ConfigError(
+                f"train.strategy=deepspeed needs the deepspeed package: {e} "
+                "(make install builds it)"
+            ) from None
+        if not CPUAdamBuilder().is_compatible(verbose=False):
+            raise ConfigError(
+                "deepspeed offload / deepspeed.optimizer=deepspeed need DeepSpeed's cpu_adam op, "
+                "which cannot be built on this machine (needs g++ and ninja); set "
+                "deepspeed.offload_optimizer=false deepspeed.offload_params=false"
+            )
+
+
 class Ledger:
     """First-cut ledger: each launch (attempt) of a run is billed for its wall time at the
     cluster's $/h. Kept in runs/<job>/<run>/ledger.json; the cost issue refines it per node."""
@@ -126,6 +147,7 @@ def launch(
     t_start = time.time()
     cfg = compose(job, scale, overrides)  # bad config: fails here, before any cluster
     _check_hardware(cfg)
+    _check_capabilities(cfg)
     _print_projection(cfg)
 
     run_name = run_name or f"{cfg.job}-{cfg.scale}-{datetime.now():%Y%m%d-%H%M%S}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import resource
 import sys
 import time
 from dataclasses import dataclass
@@ -20,14 +21,17 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from orchestrator.checkpoint import dcp as ckpt
+from orchestrator.checkpoint import io as ckpt
 from orchestrator.config.load import from_dict
 from orchestrator.config.schema import JobConfig
 from orchestrator.data.dataset import PreparedData, StepBatches, collate
 from orchestrator.data.templates import IGNORE_INDEX
 from orchestrator.tracking.mlflow_logger import BufferedMlflowLogger, MetricLogger, NullLogger
+from orchestrator.training.export import export_hf
+from orchestrator.training.methods import apply_method, count_trainable
 from orchestrator.training.model import build_model
 from orchestrator.training.schedule import lr_at, warmup_steps_for
+from orchestrator.training.strategies import build_strategy
 
 # Keys of the training state stored in every checkpoint manifest.
 STEP_KEY = "step"
@@ -35,6 +39,8 @@ RUN_ID_KEY = "mlflow_run_id"
 COST_KEY = "cost_usd_so_far"
 TOKENS_KEY = "tokens_so_far"
 CONFIG_HASH_KEY = "config_hash"
+STRATEGY_KEY = "strategy"
+WORLD_KEY = "world_size"
 
 
 @dataclass
@@ -55,21 +61,24 @@ class RunContext:
     config_hash: str
 
 
-class FullFinetuneRecipe:
-    """Full fine-tune of a causal LM with FSDP2, on CPU (gloo) or GPU.
+class FinetuneRecipe:
+    """Fine-tune (or train from scratch) a causal LM on any strategy, CPU (gloo) or GPU.
 
     Supports:
-        - FSDP2 (`fully_shard` on every decoder layer, then the root), fp32 or bf16 params.
-        - Gradient accumulation with an exact token-mean loss over the whole global batch.
-        - AdamW, warmup + cosine/linear/constant LR, global grad-norm clipping.
-        - Sharded checkpoints (torch.distributed.checkpoint) with a manifest; `resume: auto`
-          continues from the newest complete one with the same data order and MLflow run.
-        - Cost as a metric (`cost/usd_total`, `cost/usd_per_hour`, `cost/usd_per_1m_tokens`) and a
-          budget cap that saves and stops before the next step would cross it.
-        - Eval loss on the held-out split at the end.
+        - Strategies (`train.strategy`): ddp, fsdp (FSDP2 `fully_shard` per decoder layer, mixed
+          precision, CPU offload), deepspeed (ZeRO 0-3, optimizer/parameter offload).
+        - Methods (`train.method`): full, lora (peft LoRA), adapter (peft LLaMA-Adapter).
+        - Gradient accumulation with an exact token-mean loss over the whole global batch,
+          AdamW, warmup + cosine/linear/constant LR, global grad-norm clipping, activation
+          checkpointing, fp32 or bf16.
+        - Checkpoints with a manifest; `resume: auto` continues from the newest complete one with
+          the same data order and MLflow run (DCP checkpoints reshard to a new worker count).
+        - Cost as a metric and a budget cap that saves and stops before a step would cross it.
+        - Eval loss on the held-out split and a Hugging Face export at the end.
 
     Raises:
-        RuntimeError: `checkpoint.resume: must` without a checkpoint, or `never` with one.
+        RuntimeError: `checkpoint.resume: must` without a checkpoint; a checkpoint written by
+            another strategy, or by DeepSpeed with another worker count.
     """
 
     def __init__(self, cfg: JobConfig, ctx: RunContext) -> None:
@@ -80,6 +89,7 @@ class FullFinetuneRecipe:
         self.step = 0
         self.tokens_so_far = 0
         self.stop_reason = "completed"
+        self.checkpoint_s: list[float] = []
         self.logger: MetricLogger = NullLogger()
 
     # ------------------------------------------------------------------ setup
@@ -107,19 +117,15 @@ class FullFinetuneRecipe:
             self.total_steps, cfg.optim.warmup_ratio, cfg.optim.warmup_steps
         )
 
-        self.model = self._build_sharded_model(data.vocab_size)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        decay = [p for p in params if p.ndim >= 2]
-        no_decay = [p for p in params if p.ndim < 2]  # norms and biases, as in HF Trainer
-        self.optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": cfg.optim.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=cfg.optim.lr,
-            betas=tuple(cfg.optim.betas),
-            eps=cfg.optim.eps,
-        )
+        model = build_model(cfg.model, data.vocab_size)
+        if cfg.train.activation_checkpointing:
+            model.activation_checkpointing_enable(
+                activation_checkpointing_kwargs={"use_reentrant": False}
+            )
+        model = apply_method(model, cfg)
+        self.n_trainable, self.n_params = count_trainable(model)  # before wrapping: global counts
+        self.strategy = build_strategy(model, cfg)
+        self.model = self.strategy.model
         self._resume()
         if self.rank == 0:
             self.logger = BufferedMlflowLogger(
@@ -128,27 +134,10 @@ class FullFinetuneRecipe:
                 spill_path=Path(self.ctx.run_dir) / "mlflow_pending.jsonl",
                 skip_through_step=self._last_logged_step(),
             )
-
-    def _build_sharded_model(self, vocab_size: int):
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-        model = build_model(self.cfg.model, vocab_size)
-        if self.cfg.train.activation_checkpointing:
-            model.activation_checkpointing_enable(
-                activation_checkpointing_kwargs={"use_reentrant": False}
+            self._print(
+                f"{cfg.train.strategy} / {cfg.train.method}: {self.n_trainable:,} of "
+                f"{self.n_params:,} parameters trainable, {self.world} workers"
             )
-        self.n_params = sum(p.numel() for p in model.parameters())  # before sharding: global count
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        mesh = init_device_mesh(device, (self.world,))
-        mp = None
-        if self.cfg.train.precision == "bf16":
-            mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-        kwargs = {"mesh": mesh} if mp is None else {"mesh": mesh, "mp_policy": mp}
-        for layer in model.model.layers:
-            fully_shard(layer, **kwargs)
-        fully_shard(model, **kwargs)
-        return model
 
     def _resume(self) -> None:
         mode = self.cfg.checkpoint.resume
@@ -160,7 +149,22 @@ class FullFinetuneRecipe:
         if found is None:
             return
         path, state = found
-        ckpt.load(path, self.model, self.optimizer)
+        saved_strategy = state.get(STRATEGY_KEY, "fsdp")
+        dcp_family = {"ddp", "fsdp"}
+        if (
+            saved_strategy != self.cfg.train.strategy
+            and not {saved_strategy, self.cfg.train.strategy} <= dcp_family
+        ):
+            raise RuntimeError(
+                f"{path} was written by strategy {saved_strategy!r}; it cannot be "
+                f"resumed with train.strategy={self.cfg.train.strategy!r}"
+            )
+        if saved_strategy == "deepspeed" and state.get(WORLD_KEY, self.world) != self.world:
+            raise RuntimeError(
+                f"{path} is a DeepSpeed checkpoint of {state[WORLD_KEY]} workers; "
+                f"resume it with hardware.num_workers={state[WORLD_KEY]}"
+            )
+        ckpt.load(path, self.strategy.read_checkpoint)
         self.step = int(state[STEP_KEY])
         self.tokens_so_far = int(state.get(TOKENS_KEY, 0))
         if state.get(CONFIG_HASH_KEY) != self.ctx.config_hash:
@@ -187,6 +191,7 @@ class FullFinetuneRecipe:
         cfg = self.cfg
         log_every = cfg.train.log_every_steps
         loss_sum = torch.zeros(())
+        steps_since_log: list[int] = []
         tokens_since_log = 0
         t_log = time.perf_counter()
         step_times: list[float] = []
@@ -206,25 +211,21 @@ class FullFinetuneRecipe:
                 schedule=cfg.optim.schedule,
                 min_lr_ratio=cfg.optim.min_lr_ratio,
             )
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
 
             self.model.train()
             for i, mb in enumerate(micro_batches):
-                # Reduce-scatter gradients only on the last micro-batch of the step.
-                self.model.set_requires_gradient_sync(i == len(micro_batches) - 1)
-                mb_loss_sum = self._loss_sum(mb)
-                # FSDP averages gradients over ranks: scale so the result is the exact mean
-                # over every trained token of the global batch.
-                (mb_loss_sum * self.world / max(1, n_targets)).backward()
-                loss_sum += mb_loss_sum.detach()
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                self.model.parameters(),
-                cfg.optim.grad_clip if cfg.optim.grad_clip else float("inf"),
-            )
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+                with self.strategy.autocast():
+                    mb_loss_sum = self._loss_sum(mb)
+                # Gradients are averaged over ranks: scale so the result is the exact mean over
+                # every trained token of the global batch, whatever the split.
+                self.strategy.backward(
+                    mb_loss_sum * self.world / max(1, n_targets),
+                    last_micro_batch=i == len(micro_batches) - 1,
+                )
+                loss_sum += mb_loss_sum.detach().float()
+            grad_norm = self.strategy.step(lr, cfg.optim.grad_clip)
 
+            steps_since_log.append(self.step)
             self.step += 1
             step_tokens = sum(len(e.input_ids) for e in self.batches.global_examples(self.step - 1))
             tokens_since_log += step_tokens
@@ -234,20 +235,15 @@ class FullFinetuneRecipe:
             if self.step % log_every == 0 or self.step == self.total_steps:
                 loss_sum_all = loss_sum.clone()
                 dist.all_reduce(loss_sum_all)
-                # Each logged loss is the token mean over the last `log_every` steps' targets.
-                targets = sum(
-                    self.batches.step_targets(s) for s in range(self.step - log_every, self.step)
-                )
+                # Each logged loss is the token mean over the steps since the last log.
+                targets = sum(self.batches.step_targets(s) for s in steps_since_log)
                 loss = (loss_sum_all / max(1, targets)).item()
                 elapsed = time.perf_counter() - t_log
                 self._log_step(
-                    loss,
-                    lr,
-                    _to_float(grad_norm),
-                    tokens_since_log / max(elapsed, 1e-9),
-                    step_times,
+                    loss, lr, grad_norm, tokens_since_log / max(elapsed, 1e-9), step_times
                 )
                 loss_sum.zero_()
+                steps_since_log.clear()
                 tokens_since_log, t_log = 0, time.perf_counter()
 
             if self.step % cfg.checkpoint.every_steps == 0 or self.step == self.total_steps:
@@ -256,7 +252,9 @@ class FullFinetuneRecipe:
         if self.stop_reason == "budget":
             self.save_checkpoint()
         self.eval_loss = self.evaluate()
-        self._finish()
+        if cfg.export.enabled and self.stop_reason == "completed":
+            self.export()
+        self._finish(step_times)
 
     def _loss_sum(self, mb: dict[str, torch.Tensor]) -> torch.Tensor:
         """Sum of next-token cross-entropy over trained (label != -100) positions."""
@@ -339,7 +337,7 @@ class FullFinetuneRecipe:
         if self.rank == 0:
             _say(msg)
 
-    # ------------------------------------------------------------------ checkpoint / eval
+    # ------------------------------------------------------------------ checkpoint / eval / export
     def save_checkpoint(self) -> None:
         state = {
             STEP_KEY: self.step,
@@ -347,6 +345,8 @@ class FullFinetuneRecipe:
             COST_KEY: self.usd_total(),
             RUN_ID_KEY: self.ctx.mlflow_run_id,
             CONFIG_HASH_KEY: self.ctx.config_hash,
+            STRATEGY_KEY: self.cfg.train.strategy,
+            WORLD_KEY: self.world,
             "data_position": {
                 "epoch": self.step // self.batches.steps_per_epoch,
                 "step_in_epoch": self.step % self.batches.steps_per_epoch,
@@ -354,20 +354,20 @@ class FullFinetuneRecipe:
             },
             "attempt": self.ctx.attempt,
         }
-        path = ckpt.save(
+        path, seconds = ckpt.save(
             Path(self.ctx.checkpoint_dir),
             self.step,
-            self.model,
-            self.optimizer,
+            self.strategy.write_checkpoint,
             state,
             self.cfg.checkpoint.keep_last,
         )
-        self._print(f"checkpoint saved: {path}")
+        self.checkpoint_s.append(seconds)
+        self._print(f"checkpoint saved: {path} ({seconds:.2f} s)")
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
         """Token-mean loss on the held-out split. Every rank runs the same number of forwards
-        (FSDP all-gathers are collective); ranks past the end run a dummy batch with weight 0."""
+        (sharded forwards are collective); ranks past the end run a dummy batch with weight 0."""
         examples = self.data.eval
         if not examples:
             return None
@@ -380,12 +380,36 @@ class FullFinetuneRecipe:
             chunk = examples[start : start + micro]
             weight = 1.0 if chunk else 0.0
             mb = collate(chunk or examples[:1], self.data.pad_id)
-            totals[0] += weight * self._loss_sum(mb)
+            with self.strategy.autocast():
+                totals[0] += weight * self._loss_sum(mb).float()
             totals[1] += weight * (mb["labels"][:, 1:] != IGNORE_INDEX).sum()
         dist.all_reduce(totals)
         return (totals[0] / totals[1]).item()
 
-    def _finish(self) -> None:
+    @torch.no_grad()
+    def export(self) -> None:
+        """A Hugging Face folder of the trained model (collective gather, rank 0 writes), plus
+        the logits of a probe batch so the export can be checked against the trained model."""
+        probe = collate((self.data.eval or self.data.train)[:2], self.data.pad_id)
+        self.model.eval()
+        with self.strategy.autocast():
+            logits = self.model(
+                input_ids=probe["input_ids"], attention_mask=probe["attention_mask"]
+            ).logits
+        state = self.strategy.full_state_dict()
+        if self.rank == 0:
+            out = Path(self.ctx.run_dir) / "export"
+            export_hf(state, self.cfg, self.data.vocab_size, Path(self.data.tokenizer_dir), out)
+            torch.save({**probe, "logits": logits.float()}, out / "probe.pt")
+            self._print(f"exported a Hugging Face model folder: {out}")
+        if dist.is_initialized():
+            dist.barrier()
+
+    def _finish(self, step_times: list[float]) -> None:
+        peak_rss_mb = [0.0] * self.world
+        dist.all_gather_object(
+            peak_rss_mb, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        )
         if self.rank != 0:
             return
         if self.eval_loss is not None:
@@ -399,7 +423,13 @@ class FullFinetuneRecipe:
             "usd_total": self.usd_total(),
             "tokens": self.tokens_so_far,
             "n_params": self.n_params,
+            "n_trainable": self.n_trainable,
             "attempt": self.ctx.attempt,
+            "strategy": self.cfg.train.strategy,
+            "method": self.cfg.train.method,
+            "peak_rss_mb_per_worker": peak_rss_mb,
+            "checkpoint_s": self.checkpoint_s,
+            "step_s": step_times,
         }
         (Path(self.ctx.run_dir) / "result.json").write_text(json.dumps(result, indent=1))
 
@@ -416,18 +446,12 @@ def _say(msg: str) -> None:
     sys.stdout.flush()
 
 
-def _to_float(x: Any) -> float:
-    if hasattr(x, "full_tensor"):
-        x = x.full_tensor()
-    return float(x)
-
-
 def train_fn(loop_config: dict[str, Any]) -> None:
     """Ray Train entry point, run by every worker."""
     cfg = from_dict(loop_config["config"])
     ctx = RunContext(**loop_config["context"])
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    recipe = FullFinetuneRecipe(cfg, ctx)
+    recipe = FinetuneRecipe(cfg, ctx)
     recipe.setup()
     try:
         recipe.train()

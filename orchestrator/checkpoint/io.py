@@ -1,19 +1,19 @@
-"""Sharded checkpoints of an FSDP2 model + optimizer with torch.distributed.checkpoint (DCP).
+"""Collective checkpoint save/load around a strategy's own writer (DCP or DeepSpeed).
 
-Every rank writes its own shards; rank 0 then commits the manifest (see `manifest.py`). Loading
-works on any worker count DCP can reshard to.
+Every rank writes its shards into `.tmp-step_XXXXXXXX/` plus its RNG state; after a barrier rank 0
+commits the manifest and publishes the folder (see `manifest.py`), then prunes old ones.
 """
 
 from __future__ import annotations
 
 import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from orchestrator.checkpoint.manifest import (
     commit,
@@ -33,22 +33,28 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def save(root: Path, step: int, model, optimizer, state: dict[str, Any], keep_last: int) -> Path:
-    """Save a complete checkpoint of `step` under `root`; returns its folder. Collective."""
+def save(
+    root: Path,
+    step: int,
+    write_shards: Callable[[Path], None],
+    state: dict[str, Any],
+    keep_last: int,
+) -> tuple[Path, float]:
+    """Save a complete checkpoint of `step` under `root`. Returns (folder, seconds). Collective."""
+    t0 = time.perf_counter()
     final, tmp = root / step_dirname(step), root / tmp_dirname(step)
     if _rank() == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     _barrier()
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+    write_shards(tmp)
     torch.save(torch.get_rng_state(), tmp / f"rng_rank{_rank()}.pt")
     _barrier()
     if _rank() == 0:
         commit(tmp, final, state)
         prune(root, keep_last)
     _barrier()
-    return final
+    return final, time.perf_counter() - t0
 
 
 def find_latest(root: Path) -> tuple[Path, dict[str, Any]] | None:
@@ -59,14 +65,9 @@ def find_latest(root: Path) -> tuple[Path, dict[str, Any]] | None:
     return found[0]
 
 
-def load(ckpt: Path, model, optimizer) -> None:
-    """Load model + optimizer shards (resharding as needed) and this rank's RNG state. Collective."""
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    state = {"model": model_sd, "optim": optim_sd}
-    dcp.load(state, checkpoint_id=str(ckpt))
-    set_state_dict(
-        model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
-    )
+def load(ckpt: Path, read_shards: Callable[[Path], None]) -> None:
+    """Load shards (the strategy reshards where it can) and this rank's RNG state. Collective."""
+    read_shards(ckpt)
     rng = ckpt / f"rng_rank{_rank()}.pt"
     if rng.exists():  # absent when resuming on more workers than saved
         torch.set_rng_state(torch.load(rng))

@@ -1,0 +1,294 @@
+"""How the model is spread over the workers: DDP, FSDP2 or DeepSpeed ZeRO, behind one switch.
+
+Each strategy owns the wrapped model and its optimizer and answers the same few calls, so the
+training loop reads the same for all three:
+
+    with strategy.autocast():
+        loss = loss_fn(strategy.model, batch)
+    strategy.backward(loss, last_micro_batch)      # gradients averaged over ranks
+    grad_norm = strategy.step(lr, max_norm)          # clip, update, zero grads
+
+Gradients are averaged over ranks in every strategy (DDP all-reduce, FSDP reduce-scatter,
+DeepSpeed's averaging), and DeepSpeed is told not to divide by its accumulation steps, so one loss
+scaling in the loop gives identical updates everywhere.
+
+Checkpoints: DDP and FSDP write torch.distributed.checkpoint (DCP) shards, which reshard to
+another worker count on load; DeepSpeed writes its own ZeRO checkpoint (same worker count only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+
+from orchestrator.config.schema import JobConfig
+from orchestrator.training.methods import decoder_layers
+
+
+class Strategy(Protocol):
+    name: str
+    model: torch.nn.Module
+
+    def autocast(self) -> contextlib.AbstractContextManager: ...
+
+    def backward(self, loss: torch.Tensor, last_micro_batch: bool) -> None: ...
+
+    def step(self, lr: float, max_norm: float | None) -> float: ...
+
+    def write_checkpoint(self, folder: Path) -> None: ...
+
+    def read_checkpoint(self, folder: Path) -> None: ...
+
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None: ...
+
+
+def _param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
+    """Decay matrices, not norms and biases (as HF Trainer). Trainable parameters only."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+
+
+def _adamw(model, cfg: JobConfig) -> torch.optim.Optimizer:
+    o = cfg.optim
+    return torch.optim.AdamW(
+        _param_groups(model, o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps
+    )
+
+
+def _set_lr(optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def _to_float(x) -> float:
+    if x is None:
+        return float("nan")
+    if hasattr(x, "full_tensor"):
+        x = x.full_tensor()
+    return float(x)
+
+
+class _DcpStrategy:
+    """Shared by DDP and FSDP2: torch optimizer, DCP checkpoints."""
+
+    name = "dcp"
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+
+    def autocast(self):
+        return contextlib.nullcontext()
+
+    def step(self, lr: float, max_norm: float | None) -> float:
+        _set_lr(self.optimizer, lr)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm else float("inf"))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return _to_float(norm)
+
+    def write_checkpoint(self, folder: Path) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(folder))
+
+    def read_checkpoint(self, folder: Path) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        state = {"model": model_sd, "optim": optim_sd}
+        dcp.load(state, checkpoint_id=str(folder))
+        set_state_dict(
+            self.model,
+            self.optimizer,
+            model_state_dict=state["model"],
+            optim_state_dict=state["optim"],
+        )
+
+    def full_state_dict(self):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        sd = get_model_state_dict(
+            self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
+        return sd if dist.get_rank() == 0 else None
+
+
+class DdpStrategy(_DcpStrategy):
+    """torch DistributedDataParallel: a full replica per worker, gradients all-reduced."""
+
+    name = "ddp"
+
+    def __init__(self, model, cfg: JobConfig) -> None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        self.bf16 = cfg.train.precision == "bf16"
+        device_ids = [torch.cuda.current_device()] if torch.cuda.is_available() else None
+        if torch.cuda.is_available():
+            model = model.cuda()
+        self.model = DistributedDataParallel(model, device_ids=device_ids)
+        self.optimizer = _adamw(self.model, cfg)
+        self._sync = contextlib.nullcontext
+
+    def autocast(self):
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16)
+
+    def backward(self, loss: torch.Tensor, last_micro_batch: bool) -> None:
+        # All-reduce gradients only on the last micro-batch of the step.
+        ctx = contextlib.nullcontext() if last_micro_batch else self.model.no_sync()
+        with ctx:
+            loss.backward()
+
+
+class FsdpStrategy(_DcpStrategy):
+    """torch FSDP2: `fully_shard` on every decoder layer, then on the root."""
+
+    name = "fsdp"
+
+    def __init__(self, model, cfg: JobConfig) -> None:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        mesh = init_device_mesh(device, (dist.get_world_size(),))
+        kwargs: dict[str, Any] = {
+            "mesh": mesh,
+            "reshard_after_forward": cfg.fsdp.reshard_after_forward,
+        }
+        if cfg.train.precision == "bf16":
+            kwargs["mp_policy"] = MixedPrecisionPolicy(
+                param_dtype=torch.bfloat16, reduce_dtype=torch.float32
+            )
+        if cfg.fsdp.cpu_offload:
+            kwargs["offload_policy"] = CPUOffloadPolicy()
+        for layer in decoder_layers(model):
+            fully_shard(layer, **kwargs)
+        fully_shard(model, **kwargs)
+        self.model = model
+        self.optimizer = _adamw(model, cfg)
+
+    def backward(self, loss: torch.Tensor, last_micro_batch: bool) -> None:
+        # Reduce-scatter gradients only on the last micro-batch of the step.
+        self.model.set_requires_gradient_sync(last_micro_batch)
+        loss.backward()
+
+
+def deepspeed_config(cfg: JobConfig, world_size: int) -> dict[str, Any]:
+    """Our config mapped onto DeepSpeed's, so the hyperparameters mean the same thing."""
+    ds, o = cfg.deepspeed, cfg.optim
+    zero: dict[str, Any] = {
+        "stage": ds.zero_stage,
+        "overlap_comm": False,
+        "contiguous_gradients": True,
+    }
+    if ds.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    if ds.offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    accum = cfg.train.global_batch_size // (cfg.train.micro_batch_size * world_size)
+    conf: dict[str, Any] = {
+        "train_batch_size": cfg.train.global_batch_size,
+        "train_micro_batch_size_per_gpu": cfg.train.micro_batch_size,
+        "gradient_accumulation_steps": accum,
+        "gradient_clipping": o.grad_clip or 0.0,
+        "zero_optimization": zero,
+        "bf16": {"enabled": cfg.train.precision == "bf16"},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if _uses_ds_optimizer(cfg):
+        conf["optimizer"] = {
+            "type": "AdamW",
+            "params": {
+                "lr": o.lr,
+                "betas": list(o.betas),
+                "eps": o.eps,
+                "weight_decay": o.weight_decay,
+            },
+        }
+    return conf
+
+
+def _uses_ds_optimizer(cfg: JobConfig) -> bool:
+    ds = cfg.deepspeed
+    if ds.optimizer == "auto":
+        return ds.offload_optimizer or ds.offload_params
+    return ds.optimizer == "deepspeed"
+
+
+class DeepSpeedStrategy:
+    """DeepSpeed ZeRO stage 0-3 with optional CPU offload (its CPU accelerator + gloo here)."""
+
+    name = "deepspeed"
+    TAG = "ds"
+
+    def __init__(self, model, cfg: JobConfig) -> None:
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+        conf = deepspeed_config(cfg, dist.get_world_size())
+        groups = _param_groups(model, cfg.optim.weight_decay)
+        optimizer = None if _uses_ds_optimizer(cfg) else _adamw(model, cfg)
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=model, model_parameters=groups, optimizer=optimizer, config=conf
+        )
+        self.model = self.engine
+        self.zero_stage = cfg.deepspeed.zero_stage
+
+    def autocast(self):
+        return contextlib.nullcontext()  # DeepSpeed keeps bf16 weights itself
+
+    def backward(self, loss: torch.Tensor, last_micro_batch: bool) -> None:
+        # Our loss is already scaled for accumulation: DeepSpeed must not divide it again.
+        self.engine.backward(loss, scale_wrt_gas=False)
+        if not last_micro_batch:
+            self.engine.step()  # no update before the accumulation boundary
+
+    def step(self, lr: float, max_norm: float | None) -> float:
+        assert self.engine.is_gradient_accumulation_boundary()
+        _set_lr(self.optimizer, lr)
+        self.engine.step()
+        return _to_float(self.engine.get_global_grad_norm())
+
+    def write_checkpoint(self, folder: Path) -> None:
+        self.engine.save_checkpoint(str(folder), tag=self.TAG, save_latest=False)
+
+    def read_checkpoint(self, folder: Path) -> None:
+        path, _ = self.engine.load_checkpoint(
+            str(folder), tag=self.TAG, load_lr_scheduler_states=False
+        )
+        if path is None:
+            raise RuntimeError(f"DeepSpeed could not load the checkpoint in {folder}")
+
+    def full_state_dict(self):
+        import deepspeed
+
+        module = self.engine.module
+        params = list(module.parameters())
+        ctx = (
+            deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+            if self.zero_stage == 3
+            else contextlib.nullcontext()
+        )
+        with ctx:
+            if dist.get_rank() != 0:
+                return None
+            return {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
+
+
+STRATEGIES = {"ddp": DdpStrategy, "fsdp": FsdpStrategy, "deepspeed": DeepSpeedStrategy}
+
+
+def build_strategy(model, cfg: JobConfig) -> Strategy:
+    return STRATEGIES[cfg.train.strategy](model, cfg)
