@@ -189,6 +189,74 @@ def bench_loop(steps: int = 30, threads: int = 2) -> dict:
     return out
 
 
+def bench_strategies(steps: int = 6) -> dict:
+    """Per strategy, 2 workers, a ~25M-parameter Llama (so model state dominates worker memory):
+    tokens/s over steps 2..N, peak RSS per worker, checkpoint size and save time."""
+    import ray
+
+    from orchestrator.checkpoint.manifest import latest_complete
+    from orchestrator.launch.run import launch
+
+    model = [
+        "model.hidden_size=512",
+        "model.intermediate_size=1376",
+        "model.num_layers=8",
+        "model.num_heads=8",
+        "train.activation_checkpointing=false",
+        "export.enabled=false",
+    ]
+    variants = {
+        "ddp": ["train.strategy=ddp"],
+        "fsdp": ["train.strategy=fsdp"],
+        "zero2": ["train.strategy=deepspeed", "deepspeed.zero_stage=2"],
+        "zero3": ["train.strategy=deepspeed", "deepspeed.zero_stage=3"],
+        "zero3_offload": [
+            "train.strategy=deepspeed",
+            "deepspeed.zero_stage=3",
+            "deepspeed.offload_optimizer=true",
+            "deepspeed.offload_params=true",
+        ],
+    }
+    rows = {}
+    with tempfile.TemporaryDirectory() as d:
+        old = Path.cwd()
+        os.chdir(d)
+        ray.init(
+            address="local",
+            num_cpus=2,
+            include_dashboard=False,
+            _temp_dir=tempfile.mkdtemp(dir="/tmp"),
+            logging_level="warning",
+        )
+        try:
+            for name, sets in variants.items():
+                res = launch(
+                    "vicuna",
+                    "local",
+                    model + sets + [f"train.max_steps={steps}", f"checkpoint.every_steps={steps}"],
+                    run_name=name,
+                )
+                r = json.loads((Path(res.run_dir) / "result.json").read_text())
+                _, manifest = latest_complete(Path(res.checkpoint_dir))
+                tokens = r["tokens"]
+                step_s = r["step_s"][1:]  # step 1 pays one-off warm-up
+                rows[name] = {
+                    "n_params": r["n_params"],
+                    "tokens_per_s": round(tokens / len(r["step_s"]) * len(step_s) / sum(step_s), 1),
+                    "peak_rss_mb_per_worker": [round(x) for x in r["peak_rss_mb_per_worker"]],
+                    "checkpoint_mb": round(
+                        sum(f["bytes"] for f in manifest["files"].values()) / 2**20, 1
+                    ),
+                    "checkpoint_save_s": round(r["checkpoint_s"][-1], 2),
+                }
+        finally:
+            ray.shutdown()
+            os.chdir(old)
+    out = {"steps": steps, "workers": 2, "strategies": rows}
+    _write("strategies", out)
+    return out
+
+
 def write_table() -> None:
     rows = [
         "# Benchmark results",
@@ -201,15 +269,26 @@ def write_table() -> None:
         rows += [
             f"## {r['bench']} ({r['when']}, {r['machine']})",
             "",
-            "| metric | value |",
-            "|---|---|",
         ]
+        if "strategies" in r:
+            rows += [
+                "| strategy | tokens/s | peak RSS per worker (MB) | checkpoint MB | save s |",
+                "|---|---|---|---|---|",
+            ]
+            rows += [
+                f"| {n} | {v['tokens_per_s']} | {v['peak_rss_mb_per_worker']} | {v['checkpoint_mb']} "
+                f"| {v['checkpoint_save_s']} |"
+                for n, v in r["strategies"].items()
+            ]
+            rows.append("")
+            continue
+        rows += ["| metric | value |", "|---|---|"]
         rows += [f"| {k} | {v} |" for k, v in r.items() if k not in ("bench", "when", "machine")]
         rows.append("")
     (RESULTS / "RESULTS.md").write_text("\n".join(rows))
 
 
-BENCHES = {"launch": bench_launch, "loop": bench_loop}
+BENCHES = {"launch": bench_launch, "loop": bench_loop, "strategies": bench_strategies}
 
 if __name__ == "__main__":
     names = sys.argv[1:] or list(BENCHES)
@@ -220,4 +299,6 @@ if __name__ == "__main__":
         bench_loop()
     if "launch" in names:
         bench_launch()
+    if "strategies" in names:
+        bench_strategies()
     write_table()
