@@ -23,8 +23,9 @@ job ?= vicuna
 scale ?=
 run ?=
 set ?=
+yes ?=
 
-.PHONY: help install launch estimate validate-configs test test-unit test-integration test-gpu \
+.PHONY: help install launch estimate bills validate-configs test test-unit test-integration test-gpu \
         bench lint fmt clean
 
 help:
@@ -42,10 +43,13 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 launch: $(STAMP)
-	$(BIN)/python -m orchestrator launch $(job) $(if $(scale),--scale $(scale)) $(if $(run),--run $(run)) $(if $(set),--set "$(set)")
+	$(BIN)/python -m orchestrator launch $(job) $(if $(scale),--scale $(scale)) $(if $(run),--run $(run)) $(if $(set),--set "$(set)") $(if $(yes),--yes)
 
 estimate: $(STAMP)
-	$(BIN)/python -m orchestrator estimate $(job) $(if $(scale),--scale $(scale)) $(if $(set),--set "$(set)")
+	$(BIN)/python -m orchestrator estimate $(job) $(if $(scale),--scale $(scale)) $(if $(set),--set "$(set)") $(if $(json),--json)
+
+bills: $(STAMP)
+	$(BIN)/python -m orchestrator bills
 
 validate-configs: $(STAMP)
 	$(BIN)/python -m orchestrator validate

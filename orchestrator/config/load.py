@@ -128,6 +128,12 @@ def compose(
         raise ConfigError(f"{path}: unknown scales {sorted(unknown)}; valid: {list(SCALES)}")
 
     merged = _deep_merge(raw, scales[scale] or {})
+    overrides = list(overrides or [])
+    for item in list(overrides):  # `model=llama_7b` swaps a whole block
+        key, _, value = item.partition("=")
+        if key in BLOCK_DIRS and value and not value.startswith(("{", "[")):
+            merged[key] = value
+            overrides.remove(item)
     merged.setdefault("job", path.stem)
     merged["scale"] = scale
     for section, block in DEFAULT_BLOCKS.items():

@@ -64,6 +64,8 @@ class ModelConfig:
     tie_word_embeddings: bool = False
     init_seed: int = 0
     """Seed of the random initialisation (random-init models only)."""
+    load_8bit: bool = False
+    """Load the frozen base in 8-bit (bitsandbytes, CUDA only), as Alpaca-LoRA and Baize did."""
 
     def __post_init__(self) -> None:
         _choice("model.arch", self.arch, ("llama",))
@@ -318,12 +320,17 @@ class HardwareConfig:
 class InstancePrice:
     """One row of the price catalog."""
 
+    cloud: str = "aws"
+    """aws | gcp | lambda | local: where live prices can be asked for."""
+    region: str | None = "us-east-1"
     gpu: str | None = None
     num_gpus: int = 0
     vcpus: int = 0
     on_demand_per_hour_usd: float = MISSING
     spot_per_hour_usd: float | None = None
     source: str = MISSING
+    startup_s: float | None = None
+    """Launch start-up on this kind of node (None = cost.overheads.startup_s)."""
 
 
 @dataclass
@@ -334,23 +341,65 @@ class GpuSpec:
 
 
 @dataclass
+class MfuModel:
+    """MFU = max_mfu * L / (L + half_seq_len) * gpu_factor[gpu] (* int8_factor when loading 8-bit).
+    Calibrated on Alpaca and Vicuna (docs/COST_MODEL.md)."""
+
+    max_mfu: float = 0.3609
+    half_seq_len: float = 1133.0
+    gpu_factor: dict[str, float] = field(default_factory=dict)
+    int8_factor: float = 0.5
+    range_low: float = 0.75
+    """The low/high bill range: MFU from range_low x to range_high x the model's value."""
+    range_high: float = 1.25
+
+
+@dataclass
+class Overheads:
+    startup_s: float = 600.0
+    """Provisioning, image pull, Ray start, model load: paid once per launch."""
+    restart_s: float = 300.0
+    """A new node after a preemption, plus reload."""
+    checkpoint_write_bytes_per_s: float = 1.0e9
+    spot_preemptions_per_node_hour: float = 0.05
+    """Expected spot interruptions per node-hour (SkyPilot/AWS reports for GPU spot: a few %/h)."""
+
+
+@dataclass
 class CostConfig:
-    """Prices and the throughput model that turns FLOPs into hours (refined by the cost issue)."""
+    """Prices and the throughput model that turns FLOPs into hours."""
 
     instances: dict[str, InstancePrice] = field(default_factory=dict)
     gpus: dict[str, GpuSpec] = field(default_factory=dict)
-    mfu: float = 0.3
-    """Model FLOPs utilisation assumed for full-scale projections."""
+    mfu_model: MfuModel = field(default_factory=MfuModel)
+    overheads: Overheads = field(default_factory=Overheads)
+    mfu: float | None = None
+    """Fixed MFU for projections; None = the MFU model."""
+    cpu_peak_flops_per_worker: float = 95.0e9
+    """CPU workers (local scale): fp32 peak of one core (torch.mm ~190 GFLOP/s on 2 cores here)."""
+    live_spot_prices: bool = True
+    """Use AWS describe_spot_price_history when AWS credentials exist (else the catalog)."""
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.mfu <= 1.0:
+        if self.mfu is not None and not 0.0 < self.mfu <= 1.0:
             raise ConfigError(f"cost.mfu={self.mfu} must be in (0, 1]")
+        if not 0.0 < self.mfu_model.max_mfu <= 1.0:
+            raise ConfigError(f"cost.mfu_model.max_mfu={self.mfu_model.max_mfu} must be in (0, 1]")
 
 
 @dataclass
 class BudgetConfig:
+    """A hard cap: the run saves a checkpoint and stops before the next step would cross it."""
+
     max_usd: float | None = None
     max_hours: float | None = None
+    """Wall-clock hours of the cluster over all launches of the run."""
+    teardown_s: float = 20.0
+    """Reserved for stopping (final checkpoint, shutdown): still billed after the last step."""
+
+    def __post_init__(self) -> None:
+        _positive("budget.max_usd", self.max_usd)
+        _positive("budget.max_hours", self.max_hours)
 
 
 @dataclass

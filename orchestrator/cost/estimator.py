@@ -1,17 +1,60 @@
-"""Projected bills before launch: tokens -> FLOPs -> GPU-hours -> dollars.
+"""Projected bills before launch: tokens -> FLOPs -> hours (MFU model + overheads) -> dollars.
 
-First cut: FLOPs = 6 * N * D for a full fine-tune (8 * N * D with activation recomputation),
-hours = FLOPs / (num_gpus * peak FLOP/s * MFU), dollars = hours * instance price * nodes.
-The MFU assumption and the prices come from the job's `cost` section (conf/pricing/).
+FLOPs per processed token (RECIPES.md section 13):
+    full fine-tune      6N    (forward 2N + backward 4N)
+    LoRA / adapters     4N    (no weight gradients for the frozen base)
+    + 2N when activations are recomputed (activation checkpointing)
+    + 6 * n_layers * seq_len * d_model for attention (Kaplan), material at 2k context
+
+Hours = FLOPs / (num_gpus * peak * MFU) plus start-up, checkpoint saves, and the work expected to
+be lost to preemptions on spot. One MFU model serves every recipe (`conf/pricing`, `mfu_model`):
+
+    MFU = max_mfu * L / (L + half_seq_len) * gpu_factor * int8_factor
+
+where L is the sequence length actually processed (padding included). Short padded sequences
+keep GPUs far from peak; long packed ones approach `max_mfu`. The two constants are calibrated on
+the two published runs whose time is known (docs/COST_MODEL.md): Alpaca (7B, 8 x A100, ~3 h,
+L ~ 300) and Vicuna (13B, 8 x A100-80GB, ~24 h, L = 2048). No recipe has its own fudge factor.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
-from orchestrator.config.schema import ConfigError, JobConfig
+from orchestrator.config.schema import ConfigError, JobConfig, MfuModel
 from orchestrator.training.model import count_params
+
+
+@dataclass
+class Workload:
+    """What a run computes, independent of where it runs."""
+
+    n_params: int
+    n_layers: int
+    d_model: int
+    tokens: float
+    """Tokens processed over the run, padding included."""
+    seq_len: float
+    """Average processed sequence length."""
+    method: str = "full"
+    activation_checkpointing: bool = False
+    load_8bit: bool = False
+
+
+def flops_per_token(w: Workload) -> float:
+    dense = (6.0 if w.method == "full" else 4.0) * w.n_params
+    if w.activation_checkpointing:
+        dense += 2.0 * w.n_params
+    return dense + 6.0 * w.n_layers * w.seq_len * w.d_model
+
+
+def mfu(model: MfuModel, gpu: str, seq_len: float, load_8bit: bool = False) -> float:
+    value = model.max_mfu * seq_len / (seq_len + model.half_seq_len)
+    value *= model.gpu_factor.get(gpu, 1.0)
+    if load_8bit:
+        value *= model.int8_factor
+    return value
 
 
 @dataclass
@@ -19,14 +62,24 @@ class Projection:
     n_params: int
     tokens: float
     flops: float
-    hours: float
-    usd_on_demand: float
-    usd_spot: float | None
-    price_per_hour_usd: float
     mfu: float
     num_gpus: int
     instance_type: str
     market: str
+    compute_hours: float
+    overhead_hours: dict[str, float]
+    hours: float
+    hours_low: float
+    hours_high: float
+    price_on_demand_per_hour_usd: float
+    price_spot_per_hour_usd: float | None
+    usd_on_demand: float
+    usd_on_demand_low: float
+    usd_on_demand_high: float
+    usd_spot: float | None
+    usd_spot_low: float | None
+    usd_spot_high: float | None
+    assumptions: dict = field(default_factory=dict)
 
     @property
     def usd(self) -> float:
@@ -39,25 +92,25 @@ class Projection:
         return {**asdict(self), "usd": self.usd}
 
     def summary(self) -> str:
-        spot = f", ${self.usd_spot:,.0f} on spot" if self.usd_spot is not None else ""
+        spot = ""
+        if self.usd_spot is not None:
+            spot = f", ${self.usd_spot:,.0f} on spot (${self.usd_spot_low:,.0f}-${self.usd_spot_high:,.0f})"
         return (
             f"{self.n_params / 1e9:.2f}B params x {self.tokens / 1e9:.3f}B tokens = "
-            f"{self.flops:.2e} FLOPs -> {self.hours:,.1f} h on {self.num_gpus} GPUs at "
-            f"{self.mfu:.0%} MFU ({self.instance_type}) -> ${self.usd_on_demand:,.0f} on-demand{spot}"
+            f"{self.flops:.2e} FLOPs -> {self.hours:,.1f} h ({self.hours_low:,.1f}-{self.hours_high:,.1f}) "
+            f"on {self.num_gpus} x GPU at {self.mfu:.0%} MFU ({self.instance_type}) -> "
+            f"${self.usd_on_demand:,.0f} on-demand{spot}"
         )
 
 
-def flops_per_token(n_params: int, activation_checkpointing: bool) -> float:
-    """6N (forward 2N + backward 4N), plus another forward (2N) when activations are recomputed."""
-    return (8.0 if activation_checkpointing else 6.0) * n_params
-
-
-def train_tokens(cfg: JobConfig, measured: tuple[int, int] | None = None) -> float:
-    """Tokens processed over the whole run.
+def workload(
+    cfg: JobConfig, measured: tuple[int, int] | None = None, vocab_size: int | None = None
+) -> Workload:
+    """The job's workload: tokens from the prepared data when measured, else the declared stats.
 
     Args:
-        measured: (examples, tokens) of one epoch measured from the prepared data; None = the
-            job's declared `data.num_examples` x `data.tokens_per_example`.
+        measured: (examples, processed tokens) of one epoch; None = the job's declared
+            `data.num_examples` x `data.tokens_per_example`.
     """
     if measured is not None:
         examples, per_epoch = measured
@@ -72,35 +125,114 @@ def train_tokens(cfg: JobConfig, measured: tuple[int, int] | None = None) -> flo
     examples_seen = examples * cfg.train.epochs
     if cfg.train.max_steps is not None:
         examples_seen = min(examples_seen, cfg.train.max_steps * cfg.train.global_batch_size)
-    return examples_seen * per_epoch / examples
+    return Workload(
+        n_params=count_params(cfg.model, vocab_size),
+        n_layers=cfg.model.num_layers,
+        d_model=cfg.model.hidden_size,
+        tokens=examples_seen * per_epoch / examples,
+        seq_len=per_epoch / examples,
+        method=cfg.train.method,
+        activation_checkpointing=cfg.train.activation_checkpointing,
+        load_8bit=cfg.model.load_8bit,
+    )
+
+
+def train_tokens(cfg: JobConfig, measured: tuple[int, int] | None = None) -> float:
+    return workload(cfg, measured).tokens
+
+
+def _checkpoint_bytes(w: Workload) -> float:
+    """bf16 weights + fp32 master + Adam moments = 16 bytes per trained parameter (+2 per frozen)."""
+    trained = w.n_params if w.method == "full" else 0.01 * w.n_params
+    return 16.0 * trained
 
 
 def project(
     cfg: JobConfig, measured: tuple[int, int] | None = None, vocab_size: int | None = None
 ) -> Projection:
-    """The projected bill of `cfg` on its declared hardware."""
-    n = count_params(cfg.model, vocab_size)
-    tokens = train_tokens(cfg, measured)
-    flops = flops_per_token(n, cfg.train.activation_checkpointing) * tokens
-    hw, price = cfg.hardware, cfg.cost.instances[cfg.hardware.instance_type]
+    """The projected bill of `cfg` on its declared hardware, with a low/high range."""
+    hw, cm = cfg.hardware, cfg.cost
+    price = cm.instances[hw.instance_type]
     if hw.accelerator == "cpu":
-        raise ConfigError(f"job {cfg.job!r} ({cfg.scale}) runs on CPU: no GPU projection")
-    num_gpus = hw.num_workers * hw.gpus_per_worker
-    peak = cfg.cost.gpus[hw.accelerator].peak_flops
-    hours = flops / (num_gpus * peak * cfg.cost.mfu) / 3600.0
-    nodes = max(hw.num_nodes, math.ceil(num_gpus / max(1, price.num_gpus)))
+        num_gpus, peak, gpu = hw.num_workers, cm.cpu_peak_flops_per_worker, "cpu"
+    else:
+        num_gpus, peak, gpu = (
+            hw.num_workers * hw.gpus_per_worker,
+            cm.gpus[hw.accelerator].peak_flops,
+            hw.accelerator,
+        )
+    w = workload(cfg, measured, vocab_size)
+    flops = flops_per_token(w) * w.tokens
+    util = cm.mfu if cm.mfu is not None else mfu(cm.mfu_model, gpu, w.seq_len, w.load_8bit)
+    compute_h = flops / (num_gpus * peak * util) / 3600.0
+
+    o = cm.overheads
+    steps = (
+        cfg.train.max_steps
+        if cfg.train.max_steps is not None
+        else math.ceil(w.tokens / w.seq_len / cfg.train.global_batch_size)
+    )
+    n_saves = max(1, steps // cfg.checkpoint.every_steps)
+    overhead = {
+        "startup": (price.startup_s if price.startup_s is not None else o.startup_s) / 3600.0,
+        "checkpoints": n_saves * _checkpoint_bytes(w) / o.checkpoint_write_bytes_per_s / 3600.0,
+    }
+    # Spot: expected preemptions, each losing on average half a checkpoint interval + a restart.
+    interval_h = compute_h / max(1, n_saves)
+    lost_per_preemption_h = interval_h / 2 + o.restart_s / 3600.0
+    rate = o.spot_preemptions_per_node_hour * max(1, hw.num_nodes)
+    base_h = compute_h + sum(overhead.values())
+    spot_h = base_h / max(1e-9, 1.0 - rate * lost_per_preemption_h)
+    spot = hw.market == "spot"
+    hours = spot_h if spot else base_h
+    overhead["preemptions"] = hours - base_h
+
+    lo, hi = cm.mfu_model.range_low, cm.mfu_model.range_high
+    nodes = (
+        max(hw.num_nodes, math.ceil(num_gpus / max(1, price.num_gpus)))
+        if price.num_gpus
+        else hw.num_nodes
+    )
+    od = price.on_demand_per_hour_usd * nodes
+    sp = price.spot_per_hour_usd * nodes if price.spot_per_hour_usd is not None else None
+
+    def at(h: float, mfu_scale: float) -> float:  # hours with MFU scaled (compute part only)
+        return h - compute_h + compute_h / mfu_scale
+
+    # More MFU than expected = fewer hours: the low bill comes from the high MFU.
+    h_low, h_high = at(hours, hi), at(hours, lo)
     return Projection(
-        n_params=n,
-        tokens=tokens,
+        n_params=w.n_params,
+        tokens=w.tokens,
         flops=flops,
-        hours=hours,
-        usd_on_demand=hours * price.on_demand_per_hour_usd * nodes,
-        usd_spot=hours * price.spot_per_hour_usd * nodes if price.spot_per_hour_usd else None,
-        price_per_hour_usd=price.on_demand_per_hour_usd * nodes,
-        mfu=cfg.cost.mfu,
+        mfu=util,
         num_gpus=num_gpus,
         instance_type=hw.instance_type,
         market=hw.market,
+        compute_hours=compute_h,
+        overhead_hours=overhead,
+        hours=hours,
+        hours_low=h_low,
+        hours_high=h_high,
+        price_on_demand_per_hour_usd=od,
+        price_spot_per_hour_usd=sp,
+        usd_on_demand=base_h * od,
+        usd_on_demand_low=at(base_h, hi) * od,
+        usd_on_demand_high=at(base_h, lo) * od,
+        usd_spot=spot_h * sp if sp is not None else None,
+        usd_spot_low=at(spot_h, hi) * sp if sp is not None else None,
+        usd_spot_high=at(spot_h, lo) * sp if sp is not None else None,
+        assumptions={
+            "seq_len": w.seq_len,
+            "flops_per_token": flops_per_token(w),
+            "peak_flops": peak,
+            "steps": steps,
+            "checkpoint_saves": n_saves,
+            "preemptions_expected_on_spot": rate * spot_h,
+            "hours_on_demand": base_h,
+            "hours_spot": spot_h,
+            "price_source": price.source,
+        },
     )
 
 

@@ -18,7 +18,10 @@ from typing import Any
 
 from orchestrator.config.load import compose, to_dict, to_yaml
 from orchestrator.config.schema import ConfigError, JobConfig
-from orchestrator.cost.estimator import cluster_price_per_hour, project
+from orchestrator.cost.bill import bill_markdown, log_bill
+from orchestrator.cost.estimator import Projection, cluster_price_per_hour, project
+from orchestrator.cost.ledger import Ledger, NodeLife, read_timeline
+from orchestrator.cost.prices import apply_live_prices
 from orchestrator.data.dataset import prepare_data
 from orchestrator.tracking import runs as mlruns
 from orchestrator.tracking.mlflow_logger import replay_spill
@@ -88,66 +91,26 @@ def _check_capabilities(cfg: JobConfig) -> None:
             )
 
 
-class Ledger:
-    """First-cut ledger: each launch (attempt) of a run is billed for its wall time at the
-    cluster's $/h. Kept in runs/<job>/<run>/ledger.json; the cost issue refines it per node."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.attempts: list[dict[str, Any]] = []
-        if path.exists():
-            self.attempts = json.loads(path.read_text())["attempts"]
-
-    def _save(self) -> None:
-        total = sum(a["usd"] for a in self.attempts)
-        self.path.write_text(json.dumps({"attempts": self.attempts, "usd_total": total}, indent=1))
-
-    def close_dangling(self, events: Path) -> None:
-        """An attempt whose launcher died never got an end: bill it up to its last logged step."""
-        last_seen: dict[int, float] = {}
-        if events.exists():
-            for line in events.read_text().splitlines():
-                e = json.loads(line)
-                last_seen[e["attempt"]] = max(last_seen.get(e["attempt"], 0.0), e["time"])
-        for a in self.attempts:
-            if a.get("end") is None:
-                a["end"] = max(a["start"], last_seen.get(a["attempt"], a["start"]))
-                a["usd"] = (a["end"] - a["start"]) / 3600 * a["price_per_hour_usd"]
-                a["note"] = "launcher died; billed to the last logged step"
-        self._save()
-
-    def begin(self, price_per_hour_usd: float) -> dict[str, Any]:
-        a = {
-            "attempt": len(self.attempts) + 1,
-            "start": time.time(),
-            "end": None,
-            "price_per_hour_usd": price_per_hour_usd,
-            "usd": 0.0,
-        }
-        self.attempts.append(a)
-        self._save()
-        return a
-
-    def end(self, a: dict[str, Any]) -> None:
-        a["end"] = time.time()
-        a["usd"] = (a["end"] - a["start"]) / 3600 * a["price_per_hour_usd"]
-        self._save()
-
-    def usd_before(self, a: dict[str, Any]) -> float:
-        return sum(x["usd"] for x in self.attempts if x["attempt"] < a["attempt"])
-
-
 def launch(
     job: str,
     scale: str | None = None,
     overrides: list[str] | None = None,
     run_name: str | None = None,
+    yes: bool = False,
 ) -> LaunchResult:
-    """Run (or continue) a job on Ray and return where everything is."""
+    """Run (or continue) a job on Ray and return where everything is.
+
+    Args:
+        yes: launch even when the projected bill exceeds `budget.max_usd` (else ask, or refuse
+            when there is nobody to ask).
+    """
     t_start = time.time()
     cfg = compose(job, scale, overrides)  # bad config: fails here, before any cluster
     _check_hardware(cfg)
     _check_capabilities(cfg)
+    note = apply_live_prices(cfg)
+    if note:
+        print(note)
     _print_projection(cfg)
 
     run_name = run_name or f"{cfg.job}-{cfg.scale}-{datetime.now():%Y%m%d-%H%M%S}"
@@ -172,6 +135,16 @@ def launch(
         f"{data.train_tokens:,} train tokens, vocab {data.vocab_size}"
         + (f", {data.skipped_rows} bad rows skipped" if data.skipped_rows else "")
     )
+    projection = project(
+        cfg, measured=(len(data.train), data.train_tokens), vocab_size=data.vocab_size
+    )
+    print(
+        f"projected bill of this run ({cfg.scale}): ${projection.usd:.4f} "
+        f"(${projection.usd_on_demand_low if cfg.hardware.market != 'spot' else projection.usd_spot_low:.4f}-"
+        f"${projection.usd_on_demand_high if cfg.hardware.market != 'spot' else projection.usd_spot_high:.4f}), "
+        f"{projection.hours * 3600:,.0f} s"
+    )
+    _confirm_budget(cfg, projection, yes)
 
     uri = mlruns.tracking_uri()
     experiment = cfg.tracking.experiment or cfg.job
@@ -204,9 +177,9 @@ def launch(
         )
 
     ledger = Ledger(run_dir / "ledger.json")
-    ledger.close_dangling(run_dir / "events.jsonl")
-    attempt = ledger.begin(cluster_price_per_hour(cfg))
-    attempt["start"] = t_start  # the cluster is paid from the moment we start creating it
+    ledger.close_dangling(read_timeline(run_dir / "timeline.jsonl"))
+    usd_before = ledger.bill(read_timeline(run_dir / "timeline.jsonl"))["usd_total"]
+    attempt = ledger.begin(t_start)  # the cluster is paid from the moment we start creating it
     mlruns.log_config(uri, run_id, to_dict(cfg), to_yaml(cfg), attempt["attempt"])
     (run_dir / "result.json").unlink(missing_ok=True)
 
@@ -218,25 +191,41 @@ def launch(
         "mlflow_run_id": run_id,
         "attempt": attempt["attempt"],
         "attempt_start_time": t_start,
-        "usd_before_attempt": ledger.usd_before(attempt),
-        "price_per_hour_usd": attempt["price_per_hour_usd"],
+        "usd_before_attempt": usd_before,
+        "price_per_hour_usd": cluster_price_per_hour(cfg),
         "config_hash": _config_hash(cfg),
     }
     status = "FAILED"
     try:
-        _fit(cfg, context, run_dir)
+        _fit(cfg, context, run_dir, ledger, t_start)
         status = "FINISHED"
     finally:
         ledger.end(attempt)
         result = _read_result(run_dir)
-        usd_total = sum(a["usd"] for a in ledger.attempts)
+        bill = ledger.bill(read_timeline(run_dir / "timeline.jsonl"))
+        bill["projected"] = _projected_for_bill(meta_path, projection)
+        bill["projected"]["error_pct"] = (
+            (bill["usd_total"] - bill["projected"]["usd"]) / bill["projected"]["usd"] * 100
+            if bill["projected"]["usd"]
+            else 0.0
+        )
+        bill["stop_reason"] = result.get("stop_reason", "failed")
+        ledger.save(bill)
+        usd_total = bill["usd_total"]
         tags = {
-            "stop_reason": result.get("stop_reason", "failed"),
+            "stop_reason": bill["stop_reason"],
             "attempts": str(attempt["attempt"]),
             "bill_usd": f"{usd_total:.6f}",
+            "bill_usd_wasted": f"{bill['by_category']['wasted']:.6f}",
+            "bill_usd_projected": f"{bill['projected']['usd']:.6f}",
+            "bill_error_pct": f"{bill['projected']['error_pct']:.1f}",
+            "bill_spot_savings_usd": f"{bill['usd_spot_savings']:.6f}",
             "final_step": str(result.get("step", "")),
         }
+        (run_dir / "bill.md").write_text(bill_markdown(cfg.job, run_name, bill))
+        (run_dir / "bill.json").write_text(json.dumps(bill, indent=1))
         try:
+            log_bill(uri, run_id, run_dir)
             mlruns.finish(uri, run_id, tags, status)
         except Exception as e:  # noqa: BLE001 - a dead tracking server must not hide the result
             print(f"warning: could not finalize the MLflow run: {e}", file=sys.stderr)
@@ -254,7 +243,7 @@ def launch(
         stop_reason=result.get("stop_reason", "unknown"),
         eval_loss=result.get("eval_loss"),
         usd_total=usd_total,
-        usd_attempt=attempt["usd"],
+        usd_attempt=ledger.usd_between(attempt["start"], attempt["end"]),
         wall_s=time.time() - t_start,
     )
     _print_summary(res)
@@ -262,7 +251,82 @@ def launch(
     return res
 
 
-def _fit(cfg: JobConfig, context: dict[str, Any], run_dir: Path) -> None:
+def _projected_for_bill(meta_path: Path, projection: Projection) -> dict[str, Any]:
+    """The projection made before the run's first launch (kept in run.json), for projected vs
+    actual; later launches keep the first one, since that is what the user was promised."""
+    meta = json.loads(meta_path.read_text())
+    if "projected" not in meta:
+        meta["projected"] = {
+            "usd": projection.usd,
+            "hours": projection.hours,
+            "usd_low": projection.usd_spot_low
+            if projection.market == "spot"
+            else projection.usd_on_demand_low,
+            "usd_high": projection.usd_spot_high
+            if projection.market == "spot"
+            else projection.usd_on_demand_high,
+        }
+        meta_path.write_text(json.dumps(meta, indent=1))
+    return dict(meta["projected"])
+
+
+def _confirm_budget(cfg: JobConfig, projection: Projection, yes: bool) -> None:
+    """A projection over budget.max_usd needs a yes before anything is spent."""
+    cap = cfg.budget.max_usd
+    if cap is None or projection.usd <= cap or yes:
+        return
+    msg = (
+        f"the projected bill ${projection.usd:.4f} exceeds budget.max_usd=${cap}; the run will "
+        "stop at the cap with a checkpoint"
+    )
+    if sys.stdin is not None and sys.stdin.isatty():
+        if input(f"{msg}. Launch anyway? [y/N] ").strip().lower() in ("y", "yes"):
+            return
+    raise ConfigError(
+        f"{msg}. Launch with --yes (make launch ... yes=1) to accept, or raise the cap"
+    )
+
+
+def _cluster_nodes(cfg: JobConfig, t_start: float) -> list[NodeLife]:
+    """The nodes the ledger prices. A private local cluster is one node of the job's instance
+    type; on a Ray cluster every node says what it is through its `instance_type`/`market`
+    labels (set by infra/), falling back to the job's hardware with a warning."""
+    import os
+
+    def price(instance_type: str, market: str) -> tuple[float, float]:
+        p = cfg.cost.instances.get(instance_type) or cfg.cost.instances[cfg.hardware.instance_type]
+        spot = p.spot_per_hour_usd if market == "spot" and p.spot_per_hour_usd is not None else None
+        return (spot if spot is not None else p.on_demand_per_hour_usd), p.on_demand_per_hour_usd
+
+    hw = cfg.hardware
+    if not os.environ.get("RAY_ADDRESS"):
+        p, od = price(hw.instance_type, hw.market)
+        return [
+            NodeLife(
+                "local", hw.instance_type, hw.market, p * hw.num_nodes, od * hw.num_nodes, t_start
+            )
+        ]
+    from ray.util.state import list_nodes
+
+    nodes = []
+    for n in list_nodes(detail=True):
+        labels = getattr(n, "labels", None) or {}
+        itype = labels.get("instance_type", hw.instance_type)
+        market = labels.get("market", hw.market)
+        if "instance_type" not in labels:
+            print(
+                f"warning: node {n.node_id[:8]} has no instance_type label; priced as {itype}",
+                file=sys.stderr,
+            )
+        p, od = price(itype, market)
+        start = (n.start_time_ms / 1000.0) if getattr(n, "start_time_ms", None) else t_start
+        nodes.append(NodeLife(n.node_id, itype, market, p, od, max(start, t_start)))
+    return nodes
+
+
+def _fit(
+    cfg: JobConfig, context: dict[str, Any], run_dir: Path, ledger: Ledger, t_start: float
+) -> None:
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -276,6 +340,7 @@ def _fit(cfg: JobConfig, context: dict[str, Any], run_dir: Path) -> None:
         num_gpus=0 if not on_gpu else hw.num_workers * hw.gpus_per_worker,
     ) as where:
         print(f"cluster: {where}")
+        ledger.add_nodes(_cluster_nodes(cfg, t_start))
         trainer = TorchTrainer(
             train_fn,
             train_loop_config={"config": to_dict(cfg), "context": context},

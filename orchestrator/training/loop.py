@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from orchestrator.checkpoint import io as ckpt
 from orchestrator.config.load import from_dict
 from orchestrator.config.schema import JobConfig
+from orchestrator.cost.ledger import read_timeline, redone_steps
 from orchestrator.data.dataset import PreparedData, StepBatches, collate
 from orchestrator.data.templates import IGNORE_INDEX
 from orchestrator.tracking.mlflow_logger import BufferedMlflowLogger, MetricLogger, NullLogger
@@ -90,7 +91,9 @@ class FinetuneRecipe:
         self.tokens_so_far = 0
         self.stop_reason = "completed"
         self.checkpoint_s: list[float] = []
+        self.usd_wasted = 0.0
         self.logger: MetricLogger = NullLogger()
+        self._t_created = time.time()
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -128,6 +131,14 @@ class FinetuneRecipe:
         self.model = self.strategy.model
         self._resume()
         if self.rank == 0:
+            # Work after the checkpoint we resumed from (and earlier redone work) was paid for
+            # and is lost: price it now, so `cost/usd_wasted` is right from the first step.
+            timeline = read_timeline(Path(self.ctx.run_dir) / "timeline.jsonl")
+            lost_s = sum(
+                r["end"] - r["start"] for r in redone_steps(timeline, resumed_at=self.step)
+            )
+            self.usd_wasted = lost_s / 3600.0 * self.ctx.price_per_hour_usd
+            self._record("setup", self._t_created, time.time())
             self.logger = BufferedMlflowLogger(
                 self.ctx.tracking_uri,
                 self.ctx.mlflow_run_id,
@@ -226,6 +237,7 @@ class FinetuneRecipe:
             grad_norm = self.strategy.step(lr, cfg.optim.grad_clip)
 
             steps_since_log.append(self.step)
+            self._record("step", t0 + self._wall_offset(), time.time(), step=self.step + 1)
             self.step += 1
             step_tokens = sum(len(e.input_ids) for e in self.batches.global_examples(self.step - 1))
             tokens_since_log += step_tokens
@@ -249,11 +261,15 @@ class FinetuneRecipe:
             if self.step % cfg.checkpoint.every_steps == 0 or self.step == self.total_steps:
                 self.save_checkpoint()
 
+        self.eval_loss = None
         if self.stop_reason == "budget":
-            self.save_checkpoint()
-        self.eval_loss = self.evaluate()
-        if cfg.export.enabled and self.stop_reason == "completed":
-            self.export()
+            self.save_checkpoint()  # stop cleanly; eval and export would spend past the cap
+        else:
+            t = time.time()
+            self.eval_loss = self.evaluate()
+            if cfg.export.enabled:
+                self.export()
+            self._record("eval", t, time.time())
         self._finish(step_times)
 
     def _loss_sum(self, mb: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -271,15 +287,53 @@ class FinetuneRecipe:
         hours = (time.time() - self.ctx.attempt_start_time) / 3600.0
         return self.ctx.usd_before_attempt + hours * self.ctx.price_per_hour_usd
 
+    def _wall_offset(self) -> float:
+        """time.time() - time.perf_counter(): turns perf_counter stamps into wall-clock time."""
+        return time.time() - time.perf_counter()
+
+    def _record(self, kind: str, start: float, end: float, step: int | None = None) -> None:
+        """One line of the timeline the ledger splits the bill with (rank 0)."""
+        if self.rank != 0:
+            return
+        with open(Path(self.ctx.run_dir) / "timeline.jsonl", "a") as f:
+            f.write(
+                json.dumps(
+                    {
+                        "attempt": self.ctx.attempt,
+                        "pid": os.getpid(),
+                        "kind": kind,
+                        "step": step,
+                        "start": start,
+                        "end": end,
+                    }
+                )
+                + "\n"
+            )
+
+    def _projected_usd(self, step_times: list[float]) -> float:
+        """Spent so far + the remaining steps, saves and tear-down at the pace measured so far."""
+        recent = step_times[-20:] or [0.0]
+        saves_left = (self.total_steps - self.step) // self.cfg.checkpoint.every_steps + 1
+        save_s = max(self.checkpoint_s, default=0.0)
+        left_s = (self.total_steps - self.step) * sum(recent) / len(recent) + saves_left * save_s
+        return (
+            self.usd_total()
+            + (left_s + self.cfg.budget.teardown_s) / 3600.0 * self.ctx.price_per_hour_usd
+        )
+
     def _over_budget(self, step_times: list[float]) -> bool:
-        """Would the next step cross budget.max_usd / max_hours? Decided on rank 0 for all ranks."""
+        """Would the next step (plus stopping: a save and tear-down) cross budget.max_usd /
+        max_hours? Decided on rank 0 for all ranks."""
         b = self.cfg.budget
         if b.max_usd is None and b.max_hours is None:
             return False
         decision = [False]
         if self.rank == 0:
             next_step_s = max(step_times[-5:]) if step_times else 0.0
-            next_usd = self.usd_total() + next_step_s / 3600.0 * self.ctx.price_per_hour_usd
+            reserve_s = max(self.checkpoint_s, default=0.0) + b.teardown_s
+            next_usd = (
+                self.usd_total() + (next_step_s + reserve_s) / 3600.0 * self.ctx.price_per_hour_usd
+            )
             spent_h = (
                 (next_usd / self.ctx.price_per_hour_usd) if self.ctx.price_per_hour_usd else 0.0
             )
@@ -310,6 +364,8 @@ class FinetuneRecipe:
             "cost/usd_total": usd,
             "cost/usd_per_hour": self.ctx.price_per_hour_usd,
             "cost/usd_per_1m_tokens": usd / max(1, self.tokens_so_far) * 1e6,
+            "cost/usd_wasted": self.usd_wasted,
+            "cost/usd_projected_total": self._projected_usd(step_times),
         }
         self.logger.log(metrics, step=self.step)
         recent = step_times[-20:]
@@ -354,6 +410,7 @@ class FinetuneRecipe:
             },
             "attempt": self.ctx.attempt,
         }
+        t = time.time()
         path, seconds = ckpt.save(
             Path(self.ctx.checkpoint_dir),
             self.step,
@@ -362,6 +419,7 @@ class FinetuneRecipe:
             self.cfg.checkpoint.keep_last,
         )
         self.checkpoint_s.append(seconds)
+        self._record("checkpoint", t, time.time(), step=self.step)
         self._print(f"checkpoint saved: {path} ({seconds:.2f} s)")
 
     @torch.no_grad()

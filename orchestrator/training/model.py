@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from orchestrator.config.schema import ModelConfig
@@ -27,10 +29,17 @@ def hf_config(cfg: ModelConfig, vocab_size: int | None = None):
 
 def count_params(cfg: ModelConfig, vocab_size: int | None = None) -> int:
     """Exact parameter count, by building the model on the meta device (no memory, no download)."""
-    from transformers import AutoModelForCausalLM
+    return _count_params(repr(hf_config(cfg, vocab_size).to_dict()))
+
+
+@functools.lru_cache(maxsize=64)
+def _count_params(config_repr: str) -> int:
+    import ast
+
+    from transformers import AutoModelForCausalLM, LlamaConfig
 
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(hf_config(cfg, vocab_size))
+        model = AutoModelForCausalLM.from_config(LlamaConfig(**ast.literal_eval(config_repr)))
     return sum(p.numel() for p in model.parameters())
 
 

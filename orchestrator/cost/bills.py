@@ -1,0 +1,161 @@
+"""`make bills`: every recipe's projected full-scale bill, next to the actual bills of its runs.
+
+Writes bills.md, bills.json and bills.png (a bar chart), and logs them to the MLflow experiment
+`bills` so all recipes' bills are one click away in the UI.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from orchestrator.config.load import JOBS_DIR, compose
+from orchestrator.cost.estimator import project
+
+
+def projected_bills() -> list[dict[str, Any]]:
+    rows = []
+    for job in sorted(p.stem for p in JOBS_DIR.glob("*.yaml")):
+        cfg = compose(job, "full")
+        p = project(cfg)
+        rows.append(
+            {
+                "job": job,
+                "model_params_b": p.n_params / 1e9,
+                "gpus": f"{p.num_gpus} x {cfg.hardware.accelerator}",
+                "instance_type": p.instance_type,
+                "market": p.market,
+                "tokens_b": p.tokens / 1e9,
+                "mfu": p.mfu,
+                "hours": p.hours,
+                "hours_low": p.hours_low,
+                "hours_high": p.hours_high,
+                "usd_on_demand": p.usd_on_demand,
+                "usd_spot": p.usd_spot,
+                "usd_spot_low": p.usd_spot_low,
+                "usd_spot_high": p.usd_spot_high,
+            }
+        )
+    return rows
+
+
+def actual_bills(tracking_uri: str, jobs: list[str]) -> list[dict[str, Any]]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    rows = []
+    for job in jobs:
+        exp = client.get_experiment_by_name(job)
+        if exp is None:
+            continue
+        for run in client.search_runs(
+            [exp.experiment_id], filter_string="tags.bill_usd != ''", max_results=200
+        ):
+            t = run.data.tags
+            rows.append(
+                {
+                    "job": job,
+                    "run": run.info.run_name,
+                    "scale": t.get("scale"),
+                    "usd": float(t["bill_usd"]),
+                    "usd_projected": float(t.get("bill_usd_projected", "nan")),
+                    "error_pct": float(t.get("bill_error_pct", "nan")),
+                    "stop_reason": t.get("stop_reason"),
+                    "attempts": t.get("attempts"),
+                }
+            )
+    return rows
+
+
+def _markdown(proj: list[dict[str, Any]], actual: list[dict[str, Any]]) -> str:
+    lines = [
+        "# Bills",
+        "",
+        "## Projected full-scale bills (make estimate job=X for details)",
+        "",
+        "| job | model | GPUs | tokens | MFU | hours (range) | on-demand | spot (range) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in proj:
+        spot = (
+            f"${r['usd_spot']:,.0f} (${r['usd_spot_low']:,.0f}-${r['usd_spot_high']:,.0f})"
+            if r["usd_spot"] is not None
+            else "-"
+        )
+        lines.append(
+            f"| {r['job']} | {r['model_params_b']:.1f}B | {r['gpus']} | {r['tokens_b']:.2f}B | "
+            f"{r['mfu']:.0%} | {r['hours']:,.1f} ({r['hours_low']:,.1f}-{r['hours_high']:,.1f}) | "
+            f"${r['usd_on_demand']:,.0f} | {spot} |"
+        )
+    lines += ["", "## Actual bills of runs in MLflow", ""]
+    if not actual:
+        lines.append("No finished runs yet.")
+    else:
+        lines += [
+            "| job | run | scale | actual | projected | error | stop reason | launches |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['job']} | {r['run']} | {r['scale']} | ${r['usd']:.6f} | ${r['usd_projected']:.6f} | "
+            f"{r['error_pct']:+.1f}% | {r['stop_reason']} | {r['attempts']} |"
+            for r in actual
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _chart(proj: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    jobs = [r["job"] for r in proj]
+    x = range(len(jobs))
+    fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(jobs)), 4))
+    ax.bar([i - 0.2 for i in x], [r["usd_on_demand"] for r in proj], width=0.4, label="on-demand")
+    spot = [r["usd_spot"] or 0 for r in proj]
+    err = [
+        [s - (r["usd_spot_low"] or s) for s, r in zip(spot, proj)],
+        [(r["usd_spot_high"] or s) - s for s, r in zip(spot, proj)],
+    ]
+    ax.bar([i + 0.2 for i in x], spot, width=0.4, yerr=err, capsize=4, label="spot (range)")
+    ax.set_xticks(list(x), jobs)
+    ax.set_ylabel("USD")
+    ax.set_title("Projected full-scale training bill per recipe")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_bills(out_dir: Path, tracking_uri: str, log_to_mlflow: bool = True) -> dict[str, Path]:
+    proj = projected_bills()
+    actual = actual_bills(tracking_uri, [r["job"] for r in proj])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "md": out_dir / "bills.md",
+        "json": out_dir / "bills.json",
+        "png": out_dir / "bills.png",
+    }
+    paths["md"].write_text(_markdown(proj, actual))
+    paths["json"].write_text(json.dumps({"projected": proj, "actual": actual}, indent=1))
+    _chart(proj, paths["png"])
+    if log_to_mlflow:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri)
+        exp = client.get_experiment_by_name("bills")
+        exp_id = exp.experiment_id if exp else client.create_experiment("bills")
+        run = client.create_run(exp_id, run_name="bills", tags={"kind": "bills"})
+        for p in paths.values():
+            client.log_artifact(run.info.run_id, str(p))
+        for r in proj:
+            client.log_metric(
+                run.info.run_id, f"projected_usd_spot/{r['job']}", r["usd_spot"] or 0.0
+            )
+            client.log_metric(
+                run.info.run_id, f"projected_usd_on_demand/{r['job']}", r["usd_on_demand"]
+            )
+        client.set_terminated(run.info.run_id)
+    return paths

@@ -1,0 +1,173 @@
+"""The ledger: what a run really cost, node by node, and where the money went.
+
+Cost accrues per node from its lifetime (start, end, instance type, market, $/h), head node
+included, clipped to the launches (attempts) of the run. The workers' timeline
+(`timeline.jsonl`: one line per setup, step, checkpoint, eval and export, with start and end)
+splits that money into:
+
+    useful      the last run of every optimizer step
+    wasted      steps run again after a preemption or crash (their first runs), and the time
+                from a dead worker group's last record to its replacement's setup
+    startup     from the start of a launch to the end of the first worker setup
+    checkpoint  checkpoint saves
+    eval_export eval and export at the end
+    idle        everything else (tear-down, gaps)
+
+By construction the categories add up to the total, and the total is exactly
+sum(node-seconds x price). The ledger file survives restarts (runs/<job>/<run>/ledger.json).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+CATEGORIES = ("useful", "wasted", "startup", "checkpoint", "eval_export", "idle")
+
+
+@dataclass
+class NodeLife:
+    node_id: str
+    instance_type: str
+    market: str
+    price_per_hour_usd: float
+    on_demand_per_hour_usd: float
+    start: float
+    end: float | None = None
+
+
+def read_timeline(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill mid-write
+    return sorted(rows, key=lambda r: r["start"])
+
+
+def redone_steps(
+    timeline: list[dict[str, Any]], resumed_at: int | None = None
+) -> list[dict[str, Any]]:
+    """Step records that were (or, after resuming at `resumed_at`, will be) run again."""
+    steps = [r for r in timeline if r["kind"] == "step"]
+    last = {}
+    for i, r in enumerate(steps):
+        last[r["step"]] = i
+    out = [r for i, r in enumerate(steps) if last[r["step"]] != i]
+    if resumed_at is not None:
+        out += [r for i, r in enumerate(steps) if last[r["step"]] == i and r["step"] > resumed_at]
+    return out
+
+
+class Ledger:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.attempts: list[dict[str, Any]] = []
+        self.nodes: list[NodeLife] = []
+        if path.exists():
+            data = json.loads(path.read_text())
+            self.attempts = data["attempts"]
+            self.nodes = [NodeLife(**n) for n in data.get("nodes", [])]
+
+    def save(self, bill: dict[str, Any] | None = None) -> None:
+        data = {"attempts": self.attempts, "nodes": [asdict(n) for n in self.nodes]}
+        if bill is not None:
+            data["bill"] = bill
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        tmp.replace(self.path)
+
+    def begin(self, start: float) -> dict[str, Any]:
+        a = {"attempt": len(self.attempts) + 1, "start": start, "end": None}
+        self.attempts.append(a)
+        self.save()
+        return a
+
+    def add_nodes(self, nodes: list[NodeLife]) -> None:
+        self.nodes.extend(nodes)
+        self.save()
+
+    def end(self, attempt: dict[str, Any], end: float | None = None) -> None:
+        attempt["end"] = end or time.time()
+        for n in self.nodes:
+            if n.end is None:
+                n.end = attempt["end"]
+        self.save()
+
+    def close_dangling(self, timeline: list[dict[str, Any]]) -> None:
+        """A launch whose launcher died never got an end: bill it up to its last record."""
+        for a in self.attempts:
+            if a["end"] is None:
+                ends = [r["end"] for r in timeline if r["attempt"] == a["attempt"]]
+                self.end(a, max(ends, default=a["start"]))
+                a["note"] = "launcher died; billed to the last record"
+        self.save()
+
+    # ------------------------------------------------------------------ money
+    def usd_between(self, t0: float, t1: float) -> float:
+        """Dollars all nodes cost between t0 and t1 (only inside attempts)."""
+        total = 0.0
+        for a in self.attempts:
+            lo, hi = max(t0, a["start"]), min(t1, a["end"] if a["end"] is not None else t1)
+            if hi <= lo:
+                continue
+            for n in self.nodes:
+                s, e = max(lo, n.start), min(hi, n.end if n.end is not None else hi)
+                if e > s:
+                    total += (e - s) / 3600.0 * n.price_per_hour_usd
+        return total
+
+    def bill(self, timeline: list[dict[str, Any]]) -> dict[str, Any]:
+        """Totals by node type/market and by category; categories sum to the total exactly."""
+        by_node: dict[str, float] = defaultdict(float)
+        on_demand = total = 0.0
+        for a in self.attempts:
+            a_end = a["end"] if a["end"] is not None else time.time()
+            for n in self.nodes:
+                s, e = max(a["start"], n.start), min(a_end, n.end if n.end is not None else a_end)
+                if e <= s:
+                    continue
+                usd = (e - s) / 3600.0 * n.price_per_hour_usd
+                by_node[f"{n.instance_type} ({n.market})"] += usd
+                total += usd
+                on_demand += (e - s) / 3600.0 * n.on_demand_per_hour_usd
+
+        cats = dict.fromkeys(CATEGORIES, 0.0)
+        redone = {id(r) for r in redone_steps(timeline)}
+        for r in timeline:
+            usd = self.usd_between(r["start"], r["end"])
+            if r["kind"] == "step":
+                cats["wasted" if id(r) in redone else "useful"] += usd
+            elif r["kind"] == "checkpoint":
+                cats["checkpoint"] += usd
+            elif r["kind"] in ("eval", "export"):
+                cats["eval_export"] += usd
+            elif r["kind"] == "setup":
+                cats["startup"] += usd
+        for a in self.attempts:
+            rows = [r for r in timeline if r["attempt"] == a["attempt"]]
+            if not rows:
+                continue
+            # Before the first worker setup: provisioning, Ray and worker start-up.
+            cats["startup"] += self.usd_between(a["start"], rows[0]["start"])
+            # A worker group died and was replaced: the gap until the new group's setup is lost.
+            for prev, nxt in zip(rows, rows[1:]):
+                if nxt["pid"] != prev["pid"] and nxt["kind"] == "setup":
+                    cats["wasted"] += self.usd_between(prev["end"], nxt["start"])
+        cats["idle"] = max(0.0, total - sum(v for k, v in cats.items() if k != "idle"))
+        return {
+            "usd_total": total,
+            "usd_on_demand_equivalent": on_demand,
+            "usd_spot_savings": on_demand - total,
+            "by_node_type": dict(by_node),
+            "by_category": cats,
+            "node_hours": sum(((n.end or time.time()) - n.start) / 3600.0 for n in self.nodes),
+            "attempts": len(self.attempts),
+        }

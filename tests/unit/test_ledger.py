@@ -1,0 +1,101 @@
+"""Ledger arithmetic on a synthetic timeline: spot + on-demand nodes and one preemption.
+
+Cluster: an on-demand head at $1/h for the whole hour; a spot worker at $3/h (on-demand $10/h)
+preempted at t=1800 s; its replacement from t=2000 s. The first worker group ran steps 1-4,
+checkpointed after step 2 and died at 1800 s; the second resumed from step 2 and redid 3-4.
+"""
+
+import pytest
+
+from orchestrator.cost.ledger import CATEGORIES, Ledger, NodeLife, redone_steps
+
+
+def rec(kind, start, end, pid, step=None):
+    return {"attempt": 1, "pid": pid, "kind": kind, "step": step, "start": start, "end": end}
+
+
+TIMELINE = [
+    rec("setup", 100, 200, 1),
+    rec("step", 200, 400, 1, 1),
+    rec("step", 400, 600, 1, 2),
+    rec("checkpoint", 600, 700, 1, 2),
+    rec("step", 700, 900, 1, 3),
+    rec("step", 900, 1100, 1, 4),
+    # preempted at 1800; the replacement group:
+    rec("setup", 2000, 2100, 2),
+    rec("step", 2100, 2300, 2, 3),
+    rec("step", 2300, 2500, 2, 4),
+    rec("checkpoint", 2500, 2600, 2, 4),
+    rec("eval", 2600, 2700, 2),
+]
+
+
+@pytest.fixture
+def ledger(tmp_path):
+    lg = Ledger(tmp_path / "ledger.json")
+    a = lg.begin(0.0)
+    lg.add_nodes(
+        [
+            NodeLife("head", "m7i.large", "on_demand", 1.0, 1.0, 0.0, 3600.0),
+            NodeLife("w1", "p4de.24xlarge", "spot", 3.0, 10.0, 0.0, 1800.0),
+            NodeLife("w2", "p4de.24xlarge", "spot", 3.0, 10.0, 2000.0, None),
+        ]
+    )
+    lg.end(a, 3600.0)
+    return lg
+
+
+def test_total_is_node_seconds_times_price(ledger):
+    bill = ledger.bill(TIMELINE)
+    assert bill["usd_total"] == pytest.approx(1.0 + 3.0 * 0.5 + 3.0 * 1600 / 3600)
+    assert bill["usd_on_demand_equivalent"] == pytest.approx(1.0 + 10 * 0.5 + 10 * 1600 / 3600)
+    assert bill["usd_spot_savings"] == pytest.approx(
+        bill["usd_on_demand_equivalent"] - bill["usd_total"]
+    )
+    assert bill["by_node_type"]["m7i.large (on_demand)"] == pytest.approx(1.0)
+    assert bill["by_node_type"]["p4de.24xlarge (spot)"] == pytest.approx(3.0 * 3400 / 3600)
+
+
+def test_categories_split_the_total_exactly(ledger):
+    c = ledger.bill(TIMELINE)["by_category"]
+    h = 1 / 3600  # $ per second at $1/h
+    assert c["useful"] == pytest.approx(800 * 4 * h)  # steps 1-2 (group 1), 3-4 (group 2) at $4/h
+    # first runs of steps 3-4, then the dead time until the new group's setup ($1/h from 1800 to 2000)
+    assert c["wasted"] == pytest.approx(400 * 4 * h + 700 * 4 * h + 200 * 1 * h)
+    assert c["startup"] == pytest.approx((100 + 100 + 100) * 4 * h)
+    assert c["checkpoint"] == pytest.approx(200 * 4 * h)
+    assert c["eval_export"] == pytest.approx(100 * 4 * h)
+    assert c["idle"] == pytest.approx(900 * 4 * h)  # tear-down after eval
+    assert set(c) == set(CATEGORIES)
+    assert sum(c.values()) == pytest.approx(ledger.bill(TIMELINE)["usd_total"])
+
+
+def test_redone_steps_and_resume_point():
+    assert [r["step"] for r in redone_steps(TIMELINE)] == [3, 4]
+    first_group = TIMELINE[:6]
+    assert [r["step"] for r in redone_steps(first_group, resumed_at=2)] == [3, 4]
+
+
+def test_ledger_survives_restarts_and_closes_a_dead_launch(ledger, tmp_path):
+    again = Ledger(tmp_path / "ledger.json")
+    assert again.bill(TIMELINE)["usd_total"] == pytest.approx(ledger.bill(TIMELINE)["usd_total"])
+    a2 = again.begin(4000.0)  # a launcher that dies without an end
+    again.add_nodes([NodeLife("w3", "p4de.24xlarge", "spot", 3.0, 10.0, 4000.0)])
+    third = Ledger(tmp_path / "ledger.json")
+    third.close_dangling(
+        [
+            {
+                "attempt": a2["attempt"],
+                "pid": 3,
+                "kind": "step",
+                "step": 5,
+                "start": 4100.0,
+                "end": 4400.0,
+            }
+        ]
+    )
+    assert third.attempts[-1]["end"] == 4400.0
+    extra = 400 / 3600 * 3.0
+    assert third.bill(TIMELINE)["usd_total"] == pytest.approx(
+        ledger.bill(TIMELINE)["usd_total"] + extra
+    )
