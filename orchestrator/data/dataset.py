@@ -165,6 +165,15 @@ class StepBatches:
         """Number of trained (next-token) positions in the whole global batch of `step`."""
         return sum(_n_targets(e) for e in self.global_examples(step))
 
+    def padded_tokens(self, step: int) -> int:
+        """Token slots processed in `step` over all ranks (each micro-batch padded to its longest)."""
+        batch = self.global_examples(step)
+        per = self.micro
+        return sum(
+            len(chunk) * max(len(e.input_ids) for e in chunk)
+            for chunk in (batch[i : i + per] for i in range(0, len(batch), per))
+        )
+
     def step(self, step: int) -> tuple[list[dict[str, torch.Tensor]], int]:
         """(this rank's micro-batches, number of trained tokens in the whole global batch)."""
         batch = self.global_examples(step)

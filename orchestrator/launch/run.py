@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -25,6 +26,7 @@ from orchestrator.cost.prices import apply_live_prices
 from orchestrator.data.dataset import prepare_data
 from orchestrator.tracking import runs as mlruns
 from orchestrator.tracking.mlflow_logger import replay_spill
+from orchestrator.tracking.plots import log_run_artifacts
 
 RUNS_DIR = Path("runs")
 
@@ -53,7 +55,6 @@ def _config_hash(cfg: JobConfig) -> str:
 
 def _check_hardware(cfg: JobConfig) -> None:
     """A full-scale job needs its GPUs: fail fast (with the bill) when they are not there."""
-    import os
 
     if cfg.hardware.accelerator == "cpu" or os.environ.get("RAY_ADDRESS"):
         return
@@ -147,6 +148,7 @@ def launch(
     _confirm_budget(cfg, projection, yes)
 
     uri = mlruns.tracking_uri()
+    mlruns.set_fail_fast_http()
     experiment = cfg.tracking.experiment or cfg.job
     run_id = mlruns.start_or_continue(
         uri,
@@ -160,6 +162,9 @@ def launch(
             "method": cfg.train.method,
             "instance_type": cfg.hardware.instance_type,
             "market": cfg.hardware.market,
+            "git_commit": mlruns.git_commit(),
+            "cluster": os.environ.get("RAY_ADDRESS", "local"),
+            "mlflow.note.content": cfg.description,
         },
     )
     meta = {
@@ -180,7 +185,7 @@ def launch(
     ledger.close_dangling(read_timeline(run_dir / "timeline.jsonl"))
     usd_before = ledger.bill(read_timeline(run_dir / "timeline.jsonl"))["usd_total"]
     attempt = ledger.begin(t_start)  # the cluster is paid from the moment we start creating it
-    mlruns.log_config(uri, run_id, to_dict(cfg), to_yaml(cfg), attempt["attempt"])
+    mlruns.log_config(uri, run_id, to_dict(cfg), attempt["attempt"])
     (run_dir / "result.json").unlink(missing_ok=True)
 
     context = {
@@ -225,7 +230,10 @@ def launch(
         (run_dir / "bill.md").write_text(bill_markdown(cfg.job, run_name, bill))
         (run_dir / "bill.json").write_text(json.dumps(bill, indent=1))
         try:
+            if (run_dir / "mlflow_pending.jsonl").exists():  # what the workers could not send
+                replay_spill(uri, run_dir / "mlflow_pending.jsonl")
             log_bill(uri, run_id, run_dir)
+            log_run_artifacts(uri, run_id, run_dir, ckpt_dir)
             mlruns.finish(uri, run_id, tags, status)
         except Exception as e:  # noqa: BLE001 - a dead tracking server must not hide the result
             print(f"warning: could not finalize the MLflow run: {e}", file=sys.stderr)
@@ -291,7 +299,6 @@ def _cluster_nodes(cfg: JobConfig, t_start: float) -> list[NodeLife]:
     """The nodes the ledger prices. A private local cluster is one node of the job's instance
     type; on a Ray cluster every node says what it is through its `instance_type`/`market`
     labels (set by infra/), falling back to the job's hardware with a warning."""
-    import os
 
     def price(instance_type: str, market: str) -> tuple[float, float]:
         p = cfg.cost.instances.get(instance_type) or cfg.cost.instances[cfg.hardware.instance_type]

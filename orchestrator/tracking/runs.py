@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.config.load import flatten
+from orchestrator.tracking.redact import redact
 
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 
@@ -44,17 +45,54 @@ def start_or_continue(
     return run.info.run_id
 
 
-def log_config(uri: str, run_id: str, config: dict[str, Any], yaml_text: str, attempt: int) -> None:
+def log_config(uri: str, run_id: str, config: dict[str, Any], attempt: int) -> None:
     """Params = the flattened resolved config (first attempt only: MLflow params are immutable);
-    the resolved config of every attempt as an artifact."""
+    the resolved config of every attempt as an artifact. Secrets are redacted from both."""
+    import yaml
     from mlflow.entities import Param
 
+    config = redact(config)
     c = client(uri)
     if attempt == 1:
         params = [Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in flatten(config).items()]
         for i in range(0, len(params), 100):
             c.log_batch(run_id, params=params[i : i + 100])
-    c.log_text(run_id, yaml_text, f"config/resolved_attempt{attempt}.yaml")
+    c.log_text(
+        run_id, yaml.safe_dump(config, sort_keys=False), f"config/resolved_attempt{attempt}.yaml"
+    )
+
+
+def git_commit() -> str:
+    """The commit of the code that runs ("+dirty" when it has uncommitted changes), or "unknown"."""
+    import subprocess
+
+    from orchestrator.config.load import REPO_ROOT
+
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except Exception:  # noqa: BLE001 - not a checkout, or no git
+        return "unknown"
+
+
+def set_fail_fast_http() -> None:
+    """MLflow's HTTP client retries for minutes by default; a dead server must not stall us."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 
 def finish(uri: str, run_id: str, tags: dict[str, str], status: str) -> None:

@@ -29,6 +29,7 @@ def export_hf(
     """Rebuild the model on CPU, load the gathered weights (strictly) and save it under `out`."""
     if out.exists():
         shutil.rmtree(out)
+    out.mkdir(parents=True)
     model = apply_method(build_model(cfg.model, vocab_size), cfg)
     model.load_state_dict(state_dict, strict=True)
     method = cfg.train.method
@@ -37,12 +38,57 @@ def export_hf(
             model = model.merge_and_unload()
         model.save_pretrained(out)
         _copy_tokenizer(tokenizer_dir, out)
-        return out
+        return model
     model.save_pretrained(out / "adapter")
     if not cfg.model.pretrained:  # the base is ours (random init): ship it with the adapter
         build_model(cfg.model, vocab_size).save_pretrained(out / "base")
         _copy_tokenizer(tokenizer_dir, out / "base")
-    return out
+    return model
+
+
+# Fixed prompts, so that runs of a recipe can be compared by what they say.
+SAMPLE_PROMPTS = [
+    "What is 12 plus 30?",
+    "Spell the word 'garden' backwards.",
+    "What is the capital of Kenya?",
+    "How many minutes are in 3 hours?",
+    "Give me three tips for staying healthy.",
+]
+
+
+@torch.no_grad()
+def sample_generations(
+    model, tokenizer_dir: Path, cfg: JobConfig, max_new_tokens: int = 48
+) -> list[dict]:
+    """Greedy completions of SAMPLE_PROMPTS in the job's chat template."""
+    from transformers import AutoTokenizer
+
+    from orchestrator.data.templates import TEMPLATES
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    template = TEMPLATES[cfg.data.template](tok)
+    model.eval()
+    rows = []
+    for prompt in SAMPLE_PROMPTS:
+        ids = (
+            template.bos
+            + template.header
+            + template.rounds([("user", prompt), ("assistant", "")])[0][0].prompt
+        )
+        out = model.generate(
+            torch.tensor([ids]),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+        rows.append(
+            {
+                "prompt": prompt,
+                "completion": tok.decode(out[0, len(ids) :], skip_special_tokens=True).strip(),
+            }
+        )
+    return rows
 
 
 def _copy_tokenizer(src: Path, dst: Path) -> None:

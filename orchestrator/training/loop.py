@@ -28,7 +28,7 @@ from orchestrator.cost.ledger import read_timeline, redone_steps
 from orchestrator.data.dataset import PreparedData, StepBatches, collate
 from orchestrator.data.templates import IGNORE_INDEX
 from orchestrator.tracking.mlflow_logger import BufferedMlflowLogger, MetricLogger, NullLogger
-from orchestrator.training.export import export_hf
+from orchestrator.training.export import export_hf, sample_generations
 from orchestrator.training.methods import apply_method, count_trainable
 from orchestrator.training.model import build_model
 from orchestrator.training.schedule import lr_at, warmup_steps_for
@@ -92,6 +92,8 @@ class FinetuneRecipe:
         self.stop_reason = "completed"
         self.checkpoint_s: list[float] = []
         self.usd_wasted = 0.0
+        self.restarts = 0
+        self.system_metrics = None
         self.logger: MetricLogger = NullLogger()
         self._t_created = time.time()
 
@@ -127,6 +129,7 @@ class FinetuneRecipe:
             )
         model = apply_method(model, cfg)
         self.n_trainable, self.n_params = count_trainable(model)  # before wrapping: global counts
+        self.flops_per_token, self.peak_flops = self._flops_model(data)
         self.strategy = build_strategy(model, cfg)
         self.model = self.strategy.model
         self._resume()
@@ -138,6 +141,15 @@ class FinetuneRecipe:
                 r["end"] - r["start"] for r in redone_steps(timeline, resumed_at=self.step)
             )
             self.usd_wasted = lost_s / 3600.0 * self.ctx.price_per_hour_usd
+            # Worker groups of this launch that started before us died: each was a restart.
+            self.restarts = len(
+                {
+                    r["pid"]
+                    for r in timeline
+                    if r["attempt"] == self.ctx.attempt and r["kind"] == "setup"
+                }
+            )
+            self._start_system_metrics()
             self._record("setup", self._t_created, time.time())
             self.logger = BufferedMlflowLogger(
                 self.ctx.tracking_uri,
@@ -149,6 +161,44 @@ class FinetuneRecipe:
                 f"{cfg.train.strategy} / {cfg.train.method}: {self.n_trainable:,} of "
                 f"{self.n_params:,} parameters trainable, {self.world} workers"
             )
+
+    def _flops_model(self, data: PreparedData) -> tuple[float, float]:
+        """Model FLOPs per trained token and the cluster's peak FLOP/s, for the `mfu` metric."""
+        from orchestrator.cost.estimator import Workload, flops_per_token
+
+        cfg = self.cfg
+        w = Workload(
+            n_params=self.n_params,
+            n_layers=cfg.model.num_layers,
+            d_model=cfg.model.hidden_size,
+            tokens=data.train_tokens,
+            seq_len=data.train_tokens / max(1, len(data.train)),
+            method=cfg.train.method,
+            activation_checkpointing=cfg.train.activation_checkpointing,
+        )
+        hw = cfg.hardware
+        if hw.accelerator == "cpu":
+            peak = cfg.cost.cpu_peak_flops_per_worker * self.world
+        else:
+            peak = cfg.cost.gpus[hw.accelerator].peak_flops * hw.gpus_per_worker * self.world
+        return flops_per_token(w), peak
+
+    def _start_system_metrics(self) -> None:
+        """CPU, memory, disk, network (and GPU) of this node into the same MLflow run (psutil)."""
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            self.system_metrics = SystemMetricsMonitor(
+                self.ctx.mlflow_run_id,
+                sampling_interval=5,
+                samples_before_logging=1,
+                resume_logging=self.ctx.attempt > 1 or self.restarts > 0,
+                tracking_uri=self.ctx.tracking_uri,
+                node_id="rank0",
+            )
+            self.system_metrics.start()
+        except Exception as e:  # noqa: BLE001 - monitoring is optional, training is not
+            self._print(f"warning: no system metrics: {e}")
 
     def _resume(self) -> None:
         mode = self.cfg.checkpoint.resume
@@ -203,7 +253,7 @@ class FinetuneRecipe:
         log_every = cfg.train.log_every_steps
         loss_sum = torch.zeros(())
         steps_since_log: list[int] = []
-        tokens_since_log = 0
+        tokens_since_log = padded_since_log = 0
         t_log = time.perf_counter()
         step_times: list[float] = []
         if self.step >= self.total_steps:
@@ -241,6 +291,7 @@ class FinetuneRecipe:
             self.step += 1
             step_tokens = sum(len(e.input_ids) for e in self.batches.global_examples(self.step - 1))
             tokens_since_log += step_tokens
+            padded_since_log += self.batches.padded_tokens(self.step - 1)
             self.tokens_so_far += step_tokens
             step_times.append(time.perf_counter() - t0)
 
@@ -252,11 +303,17 @@ class FinetuneRecipe:
                 loss = (loss_sum_all / max(1, targets)).item()
                 elapsed = time.perf_counter() - t_log
                 self._log_step(
-                    loss, lr, grad_norm, tokens_since_log / max(elapsed, 1e-9), step_times
+                    loss,
+                    lr,
+                    grad_norm,
+                    tokens_since_log / max(elapsed, 1e-9),
+                    step_times,
+                    padding_efficiency=tokens_since_log / max(1, padded_since_log),
                 )
                 loss_sum.zero_()
                 steps_since_log.clear()
-                tokens_since_log, t_log = 0, time.perf_counter()
+                tokens_since_log = padded_since_log = 0
+                t_log = time.perf_counter()
 
             if self.step % cfg.checkpoint.every_steps == 0 or self.step == self.total_steps:
                 self.save_checkpoint()
@@ -351,7 +408,13 @@ class FinetuneRecipe:
 
     # ------------------------------------------------------------------ logging
     def _log_step(
-        self, loss: float, lr: float, grad_norm: float, tokens_per_s: float, step_times: list[float]
+        self,
+        loss: float,
+        lr: float,
+        grad_norm: float,
+        tokens_per_s: float,
+        step_times: list[float],
+        padding_efficiency: float,
     ) -> None:
         if self.rank != 0:
             return
@@ -361,6 +424,10 @@ class FinetuneRecipe:
             "lr": lr,
             "grad_norm": grad_norm,
             "tokens_per_s": tokens_per_s,
+            "mfu": tokens_per_s * self.flops_per_token / self.peak_flops,
+            "padding_efficiency": padding_efficiency,
+            "preemptions": float(self.restarts),
+            "attempt": float(self.ctx.attempt),
             "cost/usd_total": usd,
             "cost/usd_per_hour": self.ctx.price_per_hour_usd,
             "cost/usd_per_1m_tokens": usd / max(1, self.tokens_so_far) * 1e6,
@@ -457,8 +524,12 @@ class FinetuneRecipe:
         state = self.strategy.full_state_dict()
         if self.rank == 0:
             out = Path(self.ctx.run_dir) / "export"
-            export_hf(state, self.cfg, self.data.vocab_size, Path(self.data.tokenizer_dir), out)
+            exported = export_hf(
+                state, self.cfg, self.data.vocab_size, Path(self.data.tokenizer_dir), out
+            )
             torch.save({**probe, "logits": logits.float()}, out / "probe.pt")
+            samples = sample_generations(exported, Path(self.data.tokenizer_dir), self.cfg)
+            (out / "samples.json").write_text(json.dumps(samples, indent=1))
             self._print(f"exported a Hugging Face model folder: {out}")
         if dist.is_initialized():
             dist.barrier()
@@ -492,6 +563,11 @@ class FinetuneRecipe:
         (Path(self.ctx.run_dir) / "result.json").write_text(json.dumps(result, indent=1))
 
     def cleanup(self) -> None:
+        if self.system_metrics is not None:
+            try:
+                self.system_metrics.finish()
+            except Exception:  # noqa: BLE001
+                pass
         self.logger.close()
         if dist.is_initialized():
             dist.barrier()  # avoids gloo aborting at exit (see STACK.md)
@@ -506,6 +582,9 @@ def _say(msg: str) -> None:
 
 def train_fn(loop_config: dict[str, Any]) -> None:
     """Ray Train entry point, run by every worker."""
+    from orchestrator.tracking.runs import set_fail_fast_http
+
+    set_fail_fast_http()
     cfg = from_dict(loop_config["config"])
     ctx = RunContext(**loop_config["context"])
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -1,0 +1,54 @@
+import pytest
+
+from orchestrator.config.load import compose, flatten, to_dict
+from orchestrator.tracking.redact import REDACTED, redact, redact_value
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "aws_secret_access_key",
+        "password",
+        "hf_token",
+        "api_key",
+        "api-key",
+        "AWS_ACCESS_KEY_ID",
+        "private_key",
+        "credentials",
+        "auth",
+    ],
+)
+def test_secret_keys_are_redacted(key):
+    assert redact({"s3": {key: "abc"}}) == {"s3": {key: REDACTED}}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "AKIAIOSFODNN7EXAMPLE",
+        "ghp_" + "a" * 36,
+        "hf_" + "B" * 34,
+        "sk-" + "x" * 40,
+        "xoxb-1234567890-abcdef",
+        "-----BEGIN RSA PRIVATE KEY-----\nMII...",
+    ],
+)
+def test_secret_looking_values_are_redacted_whatever_the_key(value):
+    assert redact({"note": value}) == {"note": REDACTED}
+
+
+def test_url_passwords_are_redacted_but_the_rest_stays():
+    assert (
+        redact_value("postgresql://me:hunter2@db:5432/mlflow")
+        == f"postgresql://me:{REDACTED}@db:5432/mlflow"
+    )
+    assert redact_value("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+
+
+def test_ordinary_config_is_untouched():
+    cfg = to_dict(compose("vicuna", "full"))
+    assert redact(cfg) == cfg  # tokenizer, tokens_per_example, ... are not secrets
+    flat = flatten(redact(cfg))
+    assert (
+        flat["data.tokenizer"] == "huggyllama/llama-13b" and flat["data.tokens_per_example"] == 2048
+    )
