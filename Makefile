@@ -82,7 +82,5 @@ clean:
 
 MLFLOW_PORT ?= 5000
 .PHONY: mlflow-ui
-mlflow-ui: $(STAMP)
-	@echo "MLflow UI: http://127.0.0.1:$(MLFLOW_PORT)"
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow server --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
-	  --default-artifact-root $(CURDIR)/mlruns --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
+mlflow-ui: $(STAMP)  ## MLflow UI on 127.0.0.1:$(MLFLOW_PORT) over ./mlflow.db; prints the job's runs page
+	MLFLOW_PORT=$(MLFLOW_PORT) $(BIN)/python -m orchestrator.tracking.server $(job)

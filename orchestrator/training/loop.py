@@ -93,6 +93,7 @@ class FinetuneRecipe:
         self.checkpoint_s: list[float] = []
         self.usd_wasted = 0.0
         self.restarts = 0
+        self.max_log_call_s = 0.0
         self.system_metrics = None
         self.logger: MetricLogger = NullLogger()
         self._t_created = time.time()
@@ -184,19 +185,11 @@ class FinetuneRecipe:
         return flops_per_token(w), peak
 
     def _start_system_metrics(self) -> None:
-        """CPU, memory, disk, network (and GPU) of this node into the same MLflow run (psutil)."""
+        """CPU, memory, disk (and GPU memory) of this node, logged with the training metrics."""
         try:
-            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+            from orchestrator.tracking.system import SystemSampler
 
-            self.system_metrics = SystemMetricsMonitor(
-                self.ctx.mlflow_run_id,
-                sampling_interval=5,
-                samples_before_logging=1,
-                resume_logging=self.ctx.attempt > 1 or self.restarts > 0,
-                tracking_uri=self.ctx.tracking_uri,
-                node_id="rank0",
-            )
-            self.system_metrics.start()
+            self.system_metrics = SystemSampler(Path(self.ctx.run_dir))
         except Exception as e:  # noqa: BLE001 - monitoring is optional, training is not
             self._print(f"warning: no system metrics: {e}")
 
@@ -434,7 +427,11 @@ class FinetuneRecipe:
             "cost/usd_wasted": self.usd_wasted,
             "cost/usd_projected_total": self._projected_usd(step_times),
         }
+        if self.system_metrics is not None:
+            metrics.update(self.system_metrics.maybe_sample(force=self.step == self.total_steps))
+        t = time.perf_counter()
         self.logger.log(metrics, step=self.step)
+        self.max_log_call_s = max(self.max_log_call_s, time.perf_counter() - t)
         recent = step_times[-20:]
         eta_s = (self.total_steps - self.step) * (sum(recent) / len(recent))
         _say(
@@ -558,16 +555,12 @@ class FinetuneRecipe:
             "method": self.cfg.train.method,
             "peak_rss_mb_per_worker": peak_rss_mb,
             "checkpoint_s": self.checkpoint_s,
+            "max_log_call_s": self.max_log_call_s,
             "step_s": step_times,
         }
         (Path(self.ctx.run_dir) / "result.json").write_text(json.dumps(result, indent=1))
 
     def cleanup(self) -> None:
-        if self.system_metrics is not None:
-            try:
-                self.system_metrics.finish()
-            except Exception:  # noqa: BLE001
-                pass
         self.logger.close()
         if dist.is_initialized():
             dist.barrier()  # avoids gloo aborting at exit (see STACK.md)

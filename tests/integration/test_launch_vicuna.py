@@ -77,6 +77,8 @@ def test_local_run_trains_logs_and_checkpoints(first_launch):
     assert run.data.params["train.strategy"] == "fsdp" and run.data.params["job"] == "vicuna"
     assert run.data.tags["stop_reason"] == "completed" and float(run.data.tags["bill_usd"]) > 0
     assert run.info.status == "FINISHED"
+    assert any(k.startswith("system/") for k in run.data.metrics)  # psutil system metrics
+    assert 0 < run.data.metrics["padding_efficiency"] <= 1 and 0 < run.data.metrics["mfu"] < 1
     artifacts = [a.path for a in client.list_artifacts(res.mlflow_run_id, "config")]
     assert "config/resolved_attempt1.yaml" in artifacts
 

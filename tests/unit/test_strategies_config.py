@@ -103,7 +103,8 @@ def test_export_loads_with_from_pretrained_and_gives_the_same_logits(method, tmp
                 p.add_(torch.randn_like(p) * 0.05)
     tok_dir = tmp_path / "tok"
     tokenizer.save_pretrained(tok_dir)
-    out = export_hf(model.state_dict(), cfg, len(tokenizer), tok_dir, tmp_path / "export")
+    out = tmp_path / "export"
+    export_hf(model.state_dict(), cfg, len(tokenizer), tok_dir, out)
     x = torch.randint(0, len(tokenizer), (2, 12))
     with torch.no_grad():
         expected = model.eval()(input_ids=x).logits  # eval: no LoRA dropout
