@@ -25,7 +25,7 @@ from orchestrator.cost.ledger import Ledger, NodeLife, read_timeline
 from orchestrator.cost.prices import apply_live_prices
 from orchestrator.data.dataset import prepare_data
 from orchestrator.tracking import runs as mlruns
-from orchestrator.tracking.mlflow_logger import replay_spill
+from orchestrator.tracking.mlflow_logger import replay_all
 from orchestrator.tracking.plots import log_run_artifacts
 
 RUNS_DIR = Path("runs")
@@ -176,10 +176,9 @@ def launch(
         "created": meta.get("created", time.time()),
     }
     meta_path.write_text(json.dumps(meta, indent=1))
-    if (run_dir / "mlflow_pending.jsonl").exists():
-        print(
-            f"replayed {replay_spill(uri, run_dir / 'mlflow_pending.jsonl')} buffered metrics to MLflow"
-        )
+    sent = replay_all(uri, run_dir)
+    if sent:
+        print(f"replayed {sent} buffered metrics to MLflow")
 
     ledger = Ledger(run_dir / "ledger.json")
     ledger.close_dangling(read_timeline(run_dir / "timeline.jsonl"))
@@ -230,8 +229,7 @@ def launch(
         (run_dir / "bill.md").write_text(bill_markdown(cfg.job, run_name, bill))
         (run_dir / "bill.json").write_text(json.dumps(bill, indent=1))
         try:
-            if (run_dir / "mlflow_pending.jsonl").exists():  # what the workers could not send
-                replay_spill(uri, run_dir / "mlflow_pending.jsonl")
+            replay_all(uri, run_dir)  # what the workers could not send
             log_bill(uri, run_id, run_dir)
             log_run_artifacts(uri, run_id, run_dir, ckpt_dir)
             mlruns.finish(uri, run_id, tags, status)

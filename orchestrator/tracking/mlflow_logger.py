@@ -1,10 +1,13 @@
 """Metric logging that never blocks training and never drops a metric.
 
 MLflow's own client blocks for minutes when the server is down (7 retries, backoff 2, timeout
-120 s) and its async mode drops data (see shared/STACK.md). So the training loop only appends to
-an in-memory queue; a background thread sends batches with `log_batch`, keeps what failed and
-retries in order; on close, whatever could not be sent is spilled to a JSONL file that
-`replay_spill` sends later (the launcher does it at the end of the run and at the next launch).
+120 s) and its async mode drops data (see shared/STACK.md). So the training loop only appends:
+every metric goes first to a local journal (`mlflow_pending.jsonl`, one line per metric, flushed
+to the OS at once) and to an in-memory queue; a background thread sends the queue in order with
+`log_batch` and records in `mlflow_pending.sent` how many journal lines MLflow has. When
+everything is sent and the logger closes, both files go. If the process dies first (SIGKILL,
+preemption) or the server is still down at the end, the unsent tail stays in the journal and
+`replay_spill` sends it later: the next worker group does at start-up, the launcher at the end.
 Only rank 0 logs (torchtune `metric_logging.py`, nanochat `print0`).
 """
 
@@ -49,8 +52,26 @@ def _client(tracking_uri: str):
     return MlflowClient(tracking_uri=tracking_uri)
 
 
+def _sent_path(journal: Path) -> Path:
+    return journal.with_suffix(".sent")
+
+
+def _read_sent(journal: Path) -> int:
+    try:
+        return int(_sent_path(journal).read_text().strip() or 0)
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
+def _write_sent(journal: Path, n: int) -> None:
+    tmp = _sent_path(journal).with_suffix(".sent.tmp")
+    tmp.write_text(str(n))
+    tmp.replace(_sent_path(journal))
+
+
 class BufferedMlflowLogger:
-    """Queue + sender thread. `skip_through_step` drops steps an earlier attempt already logged."""
+    """Journal + queue + sender thread. `skip_through_step` drops steps an earlier attempt
+    already logged (so a resumed run logs no step twice)."""
 
     def __init__(
         self,
@@ -62,9 +83,17 @@ class BufferedMlflowLogger:
     ) -> None:
         self.tracking_uri = tracking_uri
         self.run_id = run_id
-        self.spill_path = Path(spill_path)
+        self.journal = Path(spill_path)
         self.skip_through_step = skip_through_step
         self.flush_interval_s = flush_interval_s
+        replay_all(tracking_uri, self.journal.parent, self.journal.stem)  # left by a dead process
+        if self.journal.exists():  # could not be sent yet: set it aside, start a fresh journal
+            aside = self.journal.with_name(f"{self.journal.stem}.{time.time_ns()}.jsonl")
+            self.journal.replace(aside)
+            if _sent_path(self.journal).exists():
+                _sent_path(self.journal).replace(_sent_path(aside))
+        self._sent = 0
+        self._journal_f = open(self.journal, "a")  # noqa: SIM115 - open for the logger's life
         self._queue: deque[tuple[str, float, int, int]] = deque()  # key, value, ms, step
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -76,8 +105,17 @@ class BufferedMlflowLogger:
         if step <= self.skip_through_step:
             return
         now_ms = int(time.time() * 1000)
+        rows = [(k, float(v), now_ms, step) for k, v in metrics.items()]
         with self._lock:
-            self._queue.extend((k, float(v), now_ms, step) for k, v in metrics.items())
+            for k, v, ts, s in rows:
+                self._journal_f.write(
+                    json.dumps(
+                        {"run_id": self.run_id, "key": k, "value": v, "timestamp": ts, "step": s}
+                    )
+                    + "\n"
+                )
+            self._journal_f.flush()  # in the OS now: survives a SIGKILL of this process
+            self._queue.extend(rows)
 
     def _send_some(self) -> bool:
         """Send up to one batch. True when the queue is empty afterwards."""
@@ -105,6 +143,8 @@ class BufferedMlflowLogger:
             for _ in batch:
                 self._queue.popleft()
             empty = not self._queue
+            self._sent += len(batch)
+            _write_sent(self.journal, self._sent)
         if self._failures:
             log.warning("MLflow reachable again; buffered metrics are being sent")
             self._failures = 0
@@ -114,49 +154,43 @@ class BufferedMlflowLogger:
         while not self._stop.is_set():
             while self._send_some() is False and not self._stop.is_set():
                 if self._failures:
-                    self._stop.wait(min(30.0, self.flush_interval_s * 2 ** min(self._failures, 5)))
+                    self._stop.wait(min(10.0, self.flush_interval_s * 2 ** min(self._failures, 4)))
             self._stop.wait(self.flush_interval_s)
 
     def close(self, timeout_s: float = 15.0) -> None:
-        """Send what is left (up to `timeout_s`), then spill the rest to disk."""
+        """Send what is left (up to `timeout_s`); what cannot be sent stays in the journal."""
         self._stop.set()
         self._thread.join(timeout=timeout_s)
         deadline = time.time() + timeout_s
         while self._queue and time.time() < deadline:
             if not self._send_some():
                 time.sleep(0.5)
+        self._journal_f.close()
         if self._queue:
-            self.spill_path.parent.mkdir(parents=True, exist_ok=True)
-            with self.spill_path.open("a") as f:
-                for k, v, ts, s in self._queue:
-                    f.write(
-                        json.dumps(
-                            {
-                                "run_id": self.run_id,
-                                "key": k,
-                                "value": v,
-                                "timestamp": ts,
-                                "step": s,
-                            }
-                        )
-                        + "\n"
-                    )
             log.warning(
-                "MLflow still unreachable: %d metrics saved to %s (replayed at the next launch)",
+                "MLflow still unreachable: %d metrics kept in %s (sent at the next launch)",
                 len(self._queue),
-                self.spill_path,
+                self.journal,
             )
-            self._queue.clear()
+        else:
+            self.journal.unlink(missing_ok=True)
+            _sent_path(self.journal).unlink(missing_ok=True)
 
 
 def replay_spill(tracking_uri: str, spill_path: Path) -> int:
-    """Send metrics a logger spilled to disk; the file is removed once all are sent."""
+    """Send the journal lines MLflow does not have yet; the files go once all are sent."""
     spill_path = Path(spill_path)
     if not spill_path.exists():
         return 0
     from mlflow.entities import Metric
 
-    rows = [json.loads(line) for line in spill_path.read_text().splitlines() if line.strip()]
+    sent = _read_sent(spill_path)
+    rows = []
+    for line in spill_path.read_text().splitlines()[sent:]:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # the last line of a process killed mid-write
     client = _client(tracking_uri)
     for i in range(0, len(rows), MAX_BATCH):
         chunk = rows[i : i + MAX_BATCH]
@@ -164,5 +198,19 @@ def replay_spill(tracking_uri: str, spill_path: Path) -> int:
             chunk[0]["run_id"],
             metrics=[Metric(r["key"], r["value"], r["timestamp"], r["step"]) for r in chunk],
         )
+        _write_sent(spill_path, sent + i + len(chunk))
     spill_path.unlink()
+    _sent_path(spill_path).unlink(missing_ok=True)
     return len(rows)
+
+
+def replay_all(tracking_uri: str, folder: Path, stem: str = "mlflow_pending") -> int:
+    """Replay every journal in `folder` (the current one and any set aside); failures are logged
+    and the journals kept for the next try. Returns how many metrics were sent."""
+    total = 0
+    for journal in sorted(Path(folder).glob(f"{stem}*.jsonl")):
+        try:
+            total += replay_spill(tracking_uri, journal)
+        except Exception as e:  # noqa: BLE001 - still unreachable: keep it for later
+            log.warning("could not replay %s yet: %s", journal, str(e).splitlines()[0][:160])
+    return total

@@ -27,7 +27,12 @@ from orchestrator.config.schema import JobConfig
 from orchestrator.cost.ledger import read_timeline, redone_steps
 from orchestrator.data.dataset import PreparedData, StepBatches, collate
 from orchestrator.data.templates import IGNORE_INDEX
-from orchestrator.tracking.mlflow_logger import BufferedMlflowLogger, MetricLogger, NullLogger
+from orchestrator.tracking.mlflow_logger import (
+    BufferedMlflowLogger,
+    MetricLogger,
+    NullLogger,
+    replay_all,
+)
 from orchestrator.training.export import export_hf, sample_generations
 from orchestrator.training.methods import apply_method, count_trainable
 from orchestrator.training.model import build_model
@@ -152,6 +157,9 @@ class FinetuneRecipe:
             )
             self._start_system_metrics()
             self._record("setup", self._t_created, time.time())
+            replay_all(
+                self.ctx.tracking_uri, Path(self.ctx.run_dir)
+            )  # before asking what MLflow has
             self.logger = BufferedMlflowLogger(
                 self.ctx.tracking_uri,
                 self.ctx.mlflow_run_id,

@@ -43,3 +43,26 @@ def test_unreachable_server_never_blocks_and_spills_then_replays(tmp_path):
     assert replay_spill(uri, spill) == 100
     assert sorted(m.step for m in c.get_metric_history(run_id, "loss")) == list(range(1, 101))
     assert not spill.exists()
+
+
+def test_a_killed_logger_loses_nothing_and_replay_sends_only_the_unsent_tail(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    c, run_id = new_run(uri)
+    journal = tmp_path / "mlflow_pending.jsonl"
+    lg = BufferedMlflowLogger(uri, run_id, journal, flush_interval_s=0.05)
+    for step in range(1, 6):
+        lg.log({"loss": float(step)}, step=step)
+    sent = tmp_path / "mlflow_pending.sent"
+    deadline = time.time() + 10
+    while not (sent.exists() and sent.read_text().strip() == "5"):
+        assert time.time() < deadline, "the first five were never sent"
+        time.sleep(0.05)
+    lg.tracking_uri = f"http://127.0.0.1:{free_port()}"  # the server goes away ...
+    for step in range(6, 11):
+        lg.log({"loss": float(step)}, step=step)
+    lg._stop.set()  # ... and the process is killed: no close(), nothing spilled at exit
+    assert len(journal.read_text().splitlines()) == 10  # every metric is on disk anyway
+
+    assert replay_spill(uri, journal) == 5  # only the unsent tail goes
+    assert sorted(m.step for m in c.get_metric_history(run_id, "loss")) == list(range(1, 11))
+    assert not journal.exists()
