@@ -4,7 +4,7 @@
     .venv/bin/python bench/run.py loop
 
 1. `launch`: `launch vicuna` (local) from the call to the first optimizer step, and in total.
-2. `loop`: tokens/s of our training loop (FullFinetuneRecipe: FSDP2 wrapping, exact token-mean
+2. `loop`: tokens/s of our training loop (FinetuneRecipe: FSDP2 wrapping, exact token-mean
    loss, logging, cost) against a bare torch loop (plain model, AdamW, same micro-batches), both
    in one process with the same threads, same model, same batches, in the same run. The ratio is
    what matters on this noisy machine.
@@ -86,7 +86,7 @@ def bench_loop(steps: int = 30, threads: int = 2) -> dict:
 
     from orchestrator.config.load import compose
     from orchestrator.data.dataset import StepBatches, prepare_data
-    from orchestrator.training.loop import FullFinetuneRecipe, RunContext
+    from orchestrator.training.loop import FinetuneRecipe, RunContext
     from orchestrator.training.model import build_model
 
     torch.set_num_threads(threads)
@@ -162,7 +162,7 @@ def bench_loop(steps: int = 30, threads: int = 2) -> dict:
 
             shutil.rmtree(d / "ckpt", ignore_errors=True)
             (d / "events.jsonl").unlink(missing_ok=True)
-            recipe = FullFinetuneRecipe(cfg, ctx)
+            recipe = FinetuneRecipe(cfg, ctx)
             recipe.setup()
             t = time.perf_counter()
             recipe.train()  # includes the end-of-run checkpoint and eval, as a user pays them

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -37,29 +34,18 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+def stack(tmp_path_factory, start_moto):
     """moto_server (S3) + an MLflow server storing artifacts in it; yields a dict of handles."""
     import boto3
 
     d = tmp_path_factory.mktemp("mlflow")
-    s3_port, port = free_port(), free_port()
-    s3_url = f"http://127.0.0.1:{s3_port}"
-    moto = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    port = free_port()
+    s3_url, moto = start_moto()
     creds = {
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
     }
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(s3_url + "/moto-api/", timeout=1)
-            break
-        except Exception:  # noqa: BLE001
-            time.sleep(0.1)
     s3 = boto3.client(
         "s3",
         endpoint_url=s3_url,
@@ -80,7 +66,6 @@ def stack(tmp_path_factory):
     }
     yield handles
     stop_server(handles["server"])
-    moto.kill()
 
 
 @pytest.fixture(scope="module")

@@ -2,42 +2,22 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
-import urllib.request
-
 import pytest
 
 from orchestrator.config.load import compose
 from orchestrator.cost.prices import apply_live_prices, spot_price
-from orchestrator.launch.cluster import free_port
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def moto(monkeypatch):
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(url + "/moto-api/", timeout=1)
-            break
-        except Exception:  # noqa: BLE001
-            time.sleep(0.1)
+def moto(monkeypatch, start_moto):
+    url, proc = start_moto()
     monkeypatch.setenv("AWS_ENDPOINT_URL", url)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    yield proc
-    proc.kill()
-    proc.wait()
+    return proc
 
 
 def test_live_spot_price_replaces_the_catalog_and_is_cached(moto, tmp_path):
