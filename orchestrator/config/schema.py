@@ -66,9 +66,16 @@ class ModelConfig:
     """Seed of the random initialisation (random-init models only)."""
     load_8bit: bool = False
     """Load the frozen base in 8-bit (bitsandbytes, CUDA only), as Alpaca-LoRA and Baize did."""
+    attn_implementation: str = "sdpa"
+    """sdpa (torch, everywhere) | eager | flash_attention_2 (CUDA + the flash-attn package)."""
 
     def __post_init__(self) -> None:
         _choice("model.arch", self.arch, ("llama",))
+        _choice(
+            "model.attn_implementation",
+            self.attn_implementation,
+            ("sdpa", "eager", "flash_attention_2"),
+        )
         for key in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "vocab_size"):
             _positive(f"model.{key}", getattr(self, key))
         if self.hidden_size % self.num_heads:
@@ -447,6 +454,17 @@ class JobConfig:
             raise ConfigError(
                 f"train.global_batch_size={self.train.global_batch_size} must be a multiple of "
                 f"train.micro_batch_size * hardware.num_workers = {per_step}"
+            )
+        if hw.accelerator == "cpu" and (
+            self.model.load_8bit or self.model.attn_implementation == "flash_attention_2"
+        ):
+            raise ConfigError(
+                "model.load_8bit (bitsandbytes) and model.attn_implementation=flash_attention_2 need "
+                "CUDA GPUs; with hardware.accelerator='cpu' use load_8bit=false and sdpa"
+            )
+        if self.model.load_8bit and self.train.method == "full":
+            raise ConfigError(
+                "model.load_8bit freezes the base in int8: use train.method=lora or adapter"
             )
         if self.fsdp.cpu_offload and hw.accelerator == "cpu":
             raise ConfigError(

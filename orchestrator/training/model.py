@@ -47,12 +47,43 @@ def build_model(cfg: ModelConfig, vocab_size: int | None = None, dtype=torch.flo
     """The model on CPU, before any sharding. Random init is seeded by `cfg.init_seed`."""
     from transformers import AutoModelForCausalLM
 
+    check_gpu_features(cfg)
+    kwargs = {"attn_implementation": cfg.attn_implementation}
     if cfg.pretrained:
-        model = AutoModelForCausalLM.from_pretrained(cfg.pretrained, dtype=dtype)
+        if cfg.load_8bit:
+            from transformers import BitsAndBytesConfig
+
+            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+            kwargs["device_map"] = {"": torch.cuda.current_device()}
+        model = AutoModelForCausalLM.from_pretrained(cfg.pretrained, dtype=dtype, **kwargs)
         if vocab_size and vocab_size > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(vocab_size)
         return model
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.init_seed)
-        model = AutoModelForCausalLM.from_config(hf_config(cfg, vocab_size), dtype=dtype)
+        model = AutoModelForCausalLM.from_config(hf_config(cfg, vocab_size), dtype=dtype, **kwargs)
     return model
+
+
+def check_gpu_features(cfg: ModelConfig) -> None:
+    """CUDA-only features must find CUDA and their package, else say what is missing."""
+    import importlib.util
+
+    if cfg.load_8bit or cfg.attn_implementation == "flash_attention_2":
+        if not torch.cuda.is_available():
+            raise RuntimeError(
+                "model.load_8bit / flash_attention_2 need a CUDA GPU; none is visible"
+            )
+    if cfg.load_8bit and importlib.util.find_spec("bitsandbytes") is None:
+        raise RuntimeError(
+            "model.load_8bit needs the bitsandbytes package (pip install bitsandbytes)"
+        )
+    if (
+        cfg.attn_implementation == "flash_attention_2"
+        and importlib.util.find_spec("flash_attn") is None
+    ):
+        raise RuntimeError(
+            "model.attn_implementation=flash_attention_2 needs the flash-attn package"
+        )
+    if cfg.load_8bit and not cfg.pretrained:
+        raise RuntimeError("model.load_8bit quantizes pretrained weights: set model.pretrained")

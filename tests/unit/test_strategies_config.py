@@ -63,6 +63,9 @@ def test_deepspeed_offload_uses_its_cpu_adam():
         ),
         (["train.method=qlora"], r"train.method='qlora' is not valid.*'full', 'lora', 'adapter'"),
         (["lora.target_modules=[]", "train.method=lora"], r"lora.target_modules must name"),
+        (["model.load_8bit=true", "train.method=lora"], r"need\s+CUDA GPUs"),
+        (["model.attn_implementation=flash_attention_2"], r"need\s+CUDA GPUs"),
+        (["model.attn_implementation=flash"], r"model.attn_implementation='flash' is not valid"),
     ],
 )
 def test_impossible_combinations_fail_at_config_time(overrides, match):
