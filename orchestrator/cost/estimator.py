@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from orchestrator.config.schema import ConfigError, JobConfig, MfuModel
+from orchestrator.config.schema import ConfigError, InstancePrice, JobConfig, MfuModel
 from orchestrator.training.model import count_params
 
 
@@ -87,6 +87,13 @@ class Projection:
         if self.market == "spot" and self.usd_spot is not None:
             return self.usd_spot
         return self.usd_on_demand
+
+    @property
+    def usd_range(self) -> tuple[float, float]:
+        """(low, high) of the bill in the job's own market."""
+        if self.market == "spot" and self.usd_spot is not None:
+            return self.usd_spot_low, self.usd_spot_high
+        return self.usd_on_demand_low, self.usd_on_demand_high
 
     def as_dict(self) -> dict:
         return {**asdict(self), "usd": self.usd}
@@ -236,10 +243,14 @@ def project(
     )
 
 
+def price_per_hour(price: InstancePrice, market: str) -> float:
+    """$/h of one node of `price` in `market` (spot falls back to on-demand without a spot price)."""
+    if market == "spot" and price.spot_per_hour_usd is not None:
+        return price.spot_per_hour_usd
+    return price.on_demand_per_hour_usd
+
+
 def cluster_price_per_hour(cfg: JobConfig) -> float:
     """$/h of the job's cluster in its market (what the live ledger accrues)."""
     price = cfg.cost.instances[cfg.hardware.instance_type]
-    per_node = price.on_demand_per_hour_usd
-    if cfg.hardware.market == "spot" and price.spot_per_hour_usd is not None:
-        per_node = price.spot_per_hour_usd
-    return per_node * cfg.hardware.num_nodes
+    return price_per_hour(price, cfg.hardware.market) * cfg.hardware.num_nodes

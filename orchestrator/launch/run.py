@@ -20,7 +20,12 @@ from typing import Any
 from orchestrator.config.load import compose, to_dict, to_yaml
 from orchestrator.config.schema import ConfigError, JobConfig
 from orchestrator.cost.bill import bill_markdown, log_bill
-from orchestrator.cost.estimator import Projection, cluster_price_per_hour, project
+from orchestrator.cost.estimator import (
+    Projection,
+    cluster_price_per_hour,
+    price_per_hour,
+    project,
+)
 from orchestrator.cost.ledger import Ledger, NodeLife, read_timeline
 from orchestrator.cost.prices import apply_live_prices
 from orchestrator.data.dataset import prepare_data
@@ -139,11 +144,10 @@ def launch(
     projection = project(
         cfg, measured=(len(data.train), data.train_tokens), vocab_size=data.vocab_size
     )
+    low, high = projection.usd_range
     print(
         f"projected bill of this run ({cfg.scale}): ${projection.usd:.4f} "
-        f"(${projection.usd_on_demand_low if cfg.hardware.market != 'spot' else projection.usd_spot_low:.4f}-"
-        f"${projection.usd_on_demand_high if cfg.hardware.market != 'spot' else projection.usd_spot_high:.4f}), "
-        f"{projection.hours * 3600:,.0f} s"
+        f"(${low:.4f}-${high:.4f}), {projection.hours * 3600:,.0f} s"
     )
     _confirm_budget(cfg, projection, yes)
 
@@ -262,15 +266,12 @@ def _projected_for_bill(meta_path: Path, projection: Projection) -> dict[str, An
     actual; later launches keep the first one, since that is what the user was promised."""
     meta = json.loads(meta_path.read_text())
     if "projected" not in meta:
+        low, high = projection.usd_range
         meta["projected"] = {
             "usd": projection.usd,
             "hours": projection.hours,
-            "usd_low": projection.usd_spot_low
-            if projection.market == "spot"
-            else projection.usd_on_demand_low,
-            "usd_high": projection.usd_spot_high
-            if projection.market == "spot"
-            else projection.usd_on_demand_high,
+            "usd_low": low,
+            "usd_high": high,
         }
         meta_path.write_text(json.dumps(meta, indent=1))
     return dict(meta["projected"])
@@ -300,8 +301,7 @@ def _cluster_nodes(cfg: JobConfig, t_start: float) -> list[NodeLife]:
 
     def price(instance_type: str, market: str) -> tuple[float, float]:
         p = cfg.cost.instances.get(instance_type) or cfg.cost.instances[cfg.hardware.instance_type]
-        spot = p.spot_per_hour_usd if market == "spot" and p.spot_per_hour_usd is not None else None
-        return (spot if spot is not None else p.on_demand_per_hour_usd), p.on_demand_per_hour_usd
+        return price_per_hour(p, market), p.on_demand_per_hour_usd
 
     hw = cfg.hardware
     if not os.environ.get("RAY_ADDRESS"):
