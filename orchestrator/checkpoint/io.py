@@ -1,27 +1,36 @@
 """Collective checkpoint save/load around a strategy's own writer (DCP or DeepSpeed).
 
-Every rank writes its shards into `.tmp-step_XXXXXXXX/` plus its RNG state; after a barrier rank 0
-commits the manifest and publishes the folder (see `manifest.py`), then prunes old ones.
+Save (every rank calls it at the same step):
+  1. wait for the previous save to be persisted (saves never overlap);
+  2. every rank writes its shards and its RNG state into a local staging folder (blocking);
+  3. persist: each node's leader makes its node's files durable (`store.put_files`: hashes, and
+     on S3 uploads); the parts are gathered on rank 0, which writes the manifest last
+     (`store.commit`) and prunes. With `async_save` step 3 runs in a background thread, on its
+     own gloo process group, while training goes on.
+
+A persist that fails (S3 down beyond the retries, disk full) leaves no complete checkpoint for
+that step and a warning; training continues and the next save tries again. Loading takes the
+newest checkpoint whose files verify against their manifest, skipping broken ones by name.
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from orchestrator.checkpoint.manifest import (
-    commit,
-    latest_complete,
-    prune,
-    step_dirname,
-    tmp_dirname,
-)
+from orchestrator.checkpoint.manifest import FILES_KEY, step_dirname
+from orchestrator.checkpoint.store import IncompleteCheckpoint, LocalStore, open_store
+
+log = logging.getLogger(__name__)
 
 
 def _rank() -> int:
@@ -33,41 +42,165 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def save(
-    root: Path,
-    step: int,
-    write_shards: Callable[[Path], None],
-    state: dict[str, Any],
-    keep_last: int,
-) -> tuple[Path, float]:
-    """Save a complete checkpoint of `step` under `root`. Returns (folder, seconds). Collective."""
-    t0 = time.perf_counter()
-    final, tmp = root / step_dirname(step), root / tmp_dirname(step)
-    if _rank() == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    _barrier()
-    write_shards(tmp)
-    torch.save(torch.get_rng_state(), tmp / f"rng_rank{_rank()}.pt")
-    _barrier()
-    if _rank() == 0:
-        commit(tmp, final, state)
-        prune(root, keep_last)
-    _barrier()
-    return final, time.perf_counter() - t0
+def _local_rank() -> int:
+    try:
+        import ray.train
+
+        return ray.train.get_context().get_local_rank()
+    except Exception:  # noqa: BLE001 - not in a Ray Train worker: one process per node
+        return 0
 
 
-def find_latest(root: Path) -> tuple[Path, dict[str, Any]] | None:
-    """Rank 0 picks the newest complete checkpoint and tells the others. Collective."""
-    found = [latest_complete(root) if _rank() == 0 else None]
-    if dist.is_initialized():
-        dist.broadcast_object_list(found, src=0)
-    return found[0]
+@dataclass
+class SaveStats:
+    blocked_s: list[float] = field(default_factory=list)
+    """Time training waited per save (writing shards + waiting for the previous persist, and
+    the whole persist when saving synchronously)."""
+    persist_s: list[float] = field(default_factory=list)
+    """Wall time from the start of a save until its manifest was committed."""
+    committed: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+    bytes: list[int] = field(default_factory=list)
 
 
-def load(ckpt: Path, read_shards: Callable[[Path], None]) -> None:
-    """Load shards (the strategy reshards where it can) and this rank's RNG state. Collective."""
-    read_shards(ckpt)
-    rng = ckpt / f"rng_rank{_rank()}.pt"
-    if rng.exists():  # absent when resuming on more workers than saved
-        torch.set_rng_state(torch.load(rng))
+class Checkpointer:
+    """Saves and loads checkpoints of one run. Collective: every rank makes the same calls.
+
+    Args:
+        url: a folder, or `s3://bucket/prefix`.
+        staging: a local folder for shards before they are uploaded (S3 only).
+        async_save: persist in the background (training blocks only while shards are written).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        staging: Path,
+        keep_last: int,
+        keep_every: int | None = None,
+        async_save: bool = False,
+    ) -> None:
+        self.store = open_store(url)
+        self.staging = staging
+        self.keep_last, self.keep_every = keep_last, keep_every
+        self.async_save = async_save
+        self.rank = _rank()
+        self.leader = _local_rank() == 0
+        # A separate group, so a background persist never interleaves with training collectives.
+        self.group = dist.new_group(backend="gloo") if dist.is_initialized() else None
+        self._pending: threading.Thread | None = None
+        self.stats = SaveStats()
+
+    # ------------------------------------------------------------------ save
+    def save(self, step: int, write_shards: Callable[[Path], None], state: dict[str, Any]) -> float:
+        """Checkpoint `step`. Returns the seconds training was blocked."""
+        t0 = time.perf_counter()
+        self.wait()
+        staging = self.store.staging_dir(step, self.staging)
+        if self.rank == 0:
+            shutil.rmtree(staging, ignore_errors=True)
+        _barrier()
+        if self.leader:  # staging is node-local: one folder per node
+            staging.mkdir(parents=True, exist_ok=True)
+        _barrier()
+        write_shards(staging)
+        torch.save(torch.get_rng_state(), staging / f"rng_rank{self.rank}.pt")
+        _barrier()
+        if self.async_save:
+            self._pending = threading.Thread(
+                target=self._persist, args=(step, staging, state, t0), daemon=True
+            )
+            self._pending.start()
+        else:
+            self._persist(step, staging, state, t0)
+        blocked = time.perf_counter() - t0
+        self.stats.blocked_s.append(blocked)
+        return blocked
+
+    def wait(self) -> None:
+        """Block until the previous save is persisted (or has failed)."""
+        if self._pending is not None:
+            self._pending.join()
+            self._pending = None
+
+    def _persist(self, step: int, staging: Path, state: dict[str, Any], t0: float) -> None:
+        part: dict[str, Any] | None = None
+        if self.leader:
+            try:
+                part = {"files": self.store.put_files(staging, step)}
+            except Exception as e:  # noqa: BLE001 - a storage hiccup must not kill training
+                part = {"error": f"{type(e).__name__}: {e}"}
+        parts: list[dict[str, Any] | None] = [None] * (
+            dist.get_world_size() if dist.is_initialized() else 1
+        )
+        if dist.is_initialized():
+            dist.all_gather_object(parts, part, group=self.group)
+        else:
+            parts = [part]
+        if self.rank == 0:
+            errors = [p["error"] for p in parts if p and "error" in p]
+            files: dict[str, Any] = {}
+            for p in parts:
+                files.update((p or {}).get("files", {}))
+            try:
+                if errors:
+                    raise RuntimeError("; ".join(errors))
+                manifest = {**state, FILES_KEY: files, "committed_at": time.time()}
+                self.store.commit(step, staging, manifest)
+                self.stats.committed.append(step)
+                self.stats.bytes.append(sum(f["bytes"] for f in files.values()))
+                self.stats.persist_s.append(time.perf_counter() - t0)
+                self.store.prune(self.keep_last, self.keep_every, newest_committed=step)
+            except Exception as e:  # noqa: BLE001
+                self.stats.failed.append(step)
+                log.warning(
+                    "checkpoint %s was NOT committed to %s (training continues; the previous "
+                    "complete checkpoint stays the resume point): %s",
+                    step_dirname(step),
+                    self.store.url,
+                    e,
+                )
+        if dist.is_initialized():
+            dist.barrier(group=self.group)
+        if self.leader:
+            self.store.discard_staging(staging)
+
+    # ------------------------------------------------------------------ load
+    def load_latest(
+        self, read_shards: Callable[[Path], None], cache: Path
+    ) -> tuple[Path, dict[str, Any]] | None:
+        """Load the newest complete checkpoint (shards + this rank's RNG). Returns (folder,
+        manifest), or None when there is none. A checkpoint that fails verification is skipped
+        with a warning naming it, and the next older one is tried."""
+        steps = [self.store.complete_steps() if self.rank == 0 else None]
+        if dist.is_initialized():
+            dist.broadcast_object_list(steps, src=0)
+        for step in steps[0] or []:
+            ok, folder, manifest = True, None, None
+            if self.leader:
+                try:
+                    folder = self.store.fetch(step, cache)
+                    manifest = self.store.read_manifest(step)
+                except IncompleteCheckpoint as e:
+                    log.warning("skipping incomplete checkpoint: %s", e)
+                    ok = False
+            flag = torch.tensor([1 if ok else 0])
+            if dist.is_initialized():
+                dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            if not flag.item():
+                continue
+            found = [(folder, manifest) if self.rank == 0 else None]
+            if dist.is_initialized():
+                dist.broadcast_object_list(found, src=0)
+            folder0, manifest = found[0]
+            # Non-leaders read their node leader's copy: same path on every node.
+            folder = folder or folder0
+            read_shards(folder)
+            rng = folder / f"rng_rank{self.rank}.pt"
+            if rng.exists():  # absent when resuming on more workers than saved
+                torch.set_rng_state(torch.load(rng))
+            _barrier()
+            if self.leader and not isinstance(self.store, LocalStore):
+                shutil.rmtree(folder, ignore_errors=True)  # the downloaded copy
+            return folder0, manifest
+        return None

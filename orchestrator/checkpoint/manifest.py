@@ -52,20 +52,29 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def commit(tmp_dir: Path, final_dir: Path, state: dict[str, Any]) -> dict[str, Any]:
-    """Write the manifest of the files in `tmp_dir` (last), then publish it as `final_dir`."""
-    files = {}
-    for p in sorted(tmp_dir.rglob("*")):
-        if p.is_file() and p.name != MANIFEST:
-            rel = str(p.relative_to(tmp_dir))
-            files[rel] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-    manifest = {**state, FILES_KEY: files, "committed_at": time.time()}
+def publish(tmp_dir: Path, final_dir: Path, manifest: dict[str, Any]) -> None:
+    """Write `manifest` into `tmp_dir` (last, atomically), then rename it to `final_dir`."""
     _write_atomic(tmp_dir / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
     if final_dir.exists():  # a stale copy of the same step (e.g. redone after a crash)
         trash = final_dir.with_name(f".trash-{final_dir.name}-{time.time_ns()}")
         os.replace(final_dir, trash)
         shutil.rmtree(trash, ignore_errors=True)
     os.replace(tmp_dir, final_dir)
+
+
+def file_hashes(folder: Path) -> dict[str, dict[str, Any]]:
+    """{relative path: {bytes, sha256}} of every file under `folder` but the manifest."""
+    return {
+        str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
+
+
+def commit(tmp_dir: Path, final_dir: Path, state: dict[str, Any]) -> dict[str, Any]:
+    """Manifest of the files in `tmp_dir` + `state`, written last; then publish as `final_dir`."""
+    manifest = {**state, FILES_KEY: file_hashes(tmp_dir), "committed_at": time.time()}
+    publish(tmp_dir, final_dir, manifest)
     return manifest
 
 
@@ -111,22 +120,3 @@ def latest_complete(root: Path, verify_hashes: bool = True) -> tuple[Path, dict[
         except ValueError as e:
             log.warning("skipping incomplete checkpoint: %s", e)
     return None
-
-
-def prune(root: Path, keep_last: int) -> list[Path]:
-    """Delete all but the newest `keep_last` complete checkpoints (and stale temp folders)."""
-    removed = []
-    complete = []
-    for _, ckpt in list_checkpoints(root):
-        try:
-            read_manifest(ckpt, verify_hashes=False)
-            complete.append(ckpt)
-        except ValueError:
-            continue
-    for ckpt in complete[keep_last:]:
-        shutil.rmtree(ckpt, ignore_errors=True)
-        removed.append(ckpt)
-    for p in root.glob(".t*-step_*"):
-        if p.name.startswith(".trash-"):
-            shutil.rmtree(p, ignore_errors=True)
-    return removed

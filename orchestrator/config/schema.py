@@ -154,7 +154,11 @@ class TrainConfig:
     num_threads_per_worker: int = 1
     """torch intra-op threads per worker (Ray sets OMP_NUM_THREADS=1)."""
     max_failures: int = 3
-    """How many times Ray Train restarts the worker group after a failure before giving up."""
+    """Restarts after application errors (an exception in training code, bad data, OOM) before
+    the run stops with the error. Preemptions (a node or worker lost, a spot notice) do not
+    count: they are retried without limit, up to `max_preemptions` and the budget."""
+    max_preemptions: int | None = None
+    """Optional cap on preemption restarts of one launch (None: no cap but the budget)."""
 
     def __post_init__(self) -> None:
         _choice("train.strategy", self.strategy, STRATEGIES)
@@ -167,6 +171,7 @@ class TrainConfig:
         _positive("train.log_every_steps", self.log_every_steps)
         _positive("train.num_threads_per_worker", self.num_threads_per_worker)
         _positive("train.max_failures", self.max_failures, allow_zero=True)
+        _positive("train.max_preemptions", self.max_preemptions, allow_zero=True)
 
 
 @dataclass
@@ -279,18 +284,41 @@ class OptimConfig:
 
 @dataclass
 class CheckpointConfig:
+    interval: str = "steps"
+    """steps: every `every_steps`; minutes: every `every_minutes`; auto: the Young/Daly optimum
+    sqrt(2 * measured save time * MTBF), MTBF from `mtbf_hours` and the preemptions seen."""
     every_steps: int = 50
+    """The interval in steps (`auto` also uses it until it has measured a save)."""
+    every_minutes: float | None = None
+    mtbf_hours: float = 6.0
+    """Expected mean time between preemptions on spot, for `auto`."""
     keep_last: int = 2
     """How many complete checkpoints to keep (older ones are deleted)."""
+    keep_every: int | None = None
+    """Also keep every checkpoint whose step is a multiple of this (milestones)."""
+    async_save: bool = False
+    """Upload/commit in the background; training blocks only while shards are written."""
     resume: str = "auto"
     """auto: continue from the newest complete checkpoint if one exists; never: refuse an existing run; must: fail without one."""
     dir: str | None = None
-    """Where checkpoints go; None = runs/<job>/<run>/checkpoints."""
+    """Where checkpoints go: a folder (shared by all nodes) or s3://bucket/prefix (endpoint and
+    credentials from the AWS environment, e.g. AWS_ENDPOINT_URL). None = runs/<job>/<run>/checkpoints."""
+    notice_poll_s: float = 2.0
+    """How often the spot-notice watcher polls the cloud metadata endpoint."""
 
     def __post_init__(self) -> None:
+        _choice("checkpoint.interval", self.interval, ("steps", "minutes", "auto"))
         _positive("checkpoint.every_steps", self.every_steps)
+        _positive("checkpoint.every_minutes", self.every_minutes)
+        _positive("checkpoint.mtbf_hours", self.mtbf_hours)
         _positive("checkpoint.keep_last", self.keep_last)
+        _positive("checkpoint.keep_every", self.keep_every)
+        _positive("checkpoint.notice_poll_s", self.notice_poll_s)
         _choice("checkpoint.resume", self.resume, RESUME_MODES)
+        if self.interval == "minutes" and self.every_minutes is None:
+            raise ConfigError("checkpoint.interval=minutes needs checkpoint.every_minutes")
+        if self.dir is not None and self.dir.startswith("s3://") and len(self.dir.rstrip("/")) <= 5:
+            raise ConfigError(f"checkpoint.dir={self.dir!r}: expected s3://bucket[/prefix]")
 
 
 @dataclass

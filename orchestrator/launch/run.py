@@ -8,6 +8,7 @@ same run folder, same checkpoints, same MLflow run.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import sys
@@ -332,39 +333,130 @@ def _cluster_nodes(cfg: JobConfig, t_start: float) -> list[NodeLife]:
 def _fit(
     cfg: JobConfig, context: dict[str, Any], run_dir: Path, ledger: Ledger, t_start: float
 ) -> None:
+    """Run training on Ray and supervise it: a preemption (a worker or node lost, a spot
+    notice) restarts it from the latest checkpoint without limit (up to `max_preemptions` and
+    the budget); an application error restarts it at most `train.max_failures` times."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.v2.api.exceptions import TrainingFailedError
 
     from orchestrator.launch.cluster import ray_cluster
-    from orchestrator.training.loop import train_fn
+    from orchestrator.training.loop import FAILURES_FILE, train_fn
 
     hw = cfg.hardware
     on_gpu = hw.gpus_per_worker > 0
+    counts = {"preemption": 0, "app": 0}
     with ray_cluster(
         num_cpus=hw.num_workers * hw.cpus_per_worker,
         num_gpus=0 if not on_gpu else hw.num_workers * hw.gpus_per_worker,
     ) as where:
         print(f"cluster: {where}")
         ledger.add_nodes(_cluster_nodes(cfg, t_start))
-        trainer = TorchTrainer(
-            train_fn,
-            train_loop_config={"config": to_dict(cfg), "context": context},
-            scaling_config=ScalingConfig(
-                num_workers=hw.num_workers,
-                use_gpu=on_gpu,
-                resources_per_worker={
-                    "CPU": hw.cpus_per_worker,
-                    **({"GPU": hw.gpus_per_worker} if on_gpu else {}),
-                },
-            ),
-            torch_config=TorchConfig(backend="nccl" if on_gpu else "gloo"),
-            run_config=RunConfig(
-                name=f"attempt-{context['attempt']}",
-                storage_path=str(run_dir / "ray"),
-                failure_config=FailureConfig(max_failures=cfg.train.max_failures),
-            ),
-        )
-        trainer.fit()
+        for attempt_try in itertools.count(1):
+            trainer = TorchTrainer(
+                train_fn,
+                train_loop_config={"config": to_dict(cfg), "context": context},
+                scaling_config=ScalingConfig(
+                    num_workers=hw.num_workers,
+                    use_gpu=on_gpu,
+                    resources_per_worker={
+                        "CPU": hw.cpus_per_worker,
+                        **({"GPU": hw.gpus_per_worker} if on_gpu else {}),
+                    },
+                ),
+                torch_config=TorchConfig(backend="nccl" if on_gpu else "gloo"),
+                run_config=RunConfig(
+                    name=f"attempt-{context['attempt']}-try-{attempt_try}",
+                    storage_path=str(run_dir / "ray"),
+                    # Retries are decided here, where preemptions and app errors are told apart.
+                    failure_config=FailureConfig(max_failures=0, max_preemption_failures=0),
+                ),
+            )
+            try:
+                trainer.fit()
+                return
+            except TrainingFailedError as e:
+                kind, detail = classify_failure(e)
+                counts[kind] += 1
+                with open(run_dir / FAILURES_FILE, "a") as f:
+                    record = {
+                        "attempt": context["attempt"],
+                        "try": attempt_try,
+                        "kind": kind,
+                        "detail": detail[:2000],
+                        "time": time.time(),
+                    }
+                    f.write(json.dumps(record) + "\n")
+                spent = context["usd_before_attempt"] + (
+                    (time.time() - t_start) / 3600.0 * context["price_per_hour_usd"]
+                )
+                if kind == "app" and counts["app"] > cfg.train.max_failures:
+                    raise RunFailed(
+                        f"training failed {counts['app']} times with an application error "
+                        f"(train.max_failures={cfg.train.max_failures}); last error:\n{detail}"
+                    ) from e
+                cap = cfg.train.max_preemptions
+                if kind == "preemption" and cap is not None and counts["preemption"] > cap:
+                    raise RunFailed(
+                        f"{counts['preemption']} preemptions in this launch "
+                        f"(train.max_preemptions={cap})"
+                    ) from e
+                if cfg.budget.max_usd is not None and spent >= cfg.budget.max_usd:
+                    print(
+                        f"{kind}: not restarting, ${spent:.4f} spent of max_usd={cfg.budget.max_usd}"
+                    )
+                    (run_dir / "result.json").write_text(json.dumps({"stop_reason": "budget"}))
+                    return
+                first_line = detail.strip().splitlines()[-1] if detail.strip() else kind
+                print(
+                    f"{kind} #{counts[kind]}: {first_line[:300]}\n"
+                    "restarting from the latest complete checkpoint"
+                )
+
+
+class RunFailed(RuntimeError):
+    """Training stopped for good (application errors beyond max_failures)."""
+
+
+def classify_failure(err: Exception) -> tuple[str, str]:
+    """("preemption" | "app", detail) of a failed training try.
+
+    Preemption: Ray's PreemptionError (a drained node), a worker process or node that died
+    (SIGKILL, node lost: RayActorError), or our `Preempted` after a spot notice. If any rank was
+    lost that way, the others' errors are collateral (broken collectives), so preemption wins.
+    Application: anything else (an exception in training code, bad data, a worker killed for
+    running out of memory: it would fail again)."""
+    from ray.exceptions import OutOfMemoryError, RayActorError
+    from ray.train.v2.api.exceptions import PreemptionError, WorkerGroupError
+
+    if isinstance(err, PreemptionError):
+        return "preemption", str(err)
+    if not isinstance(err, WorkerGroupError):
+        return "app", str(err)
+
+    def unwrap(e: Exception) -> Exception:
+        for attr in ("health_check_failure", "_base_exc"):
+            inner = getattr(e, attr, None)
+            if isinstance(inner, BaseException):
+                return unwrap(inner)  # type: ignore[arg-type]
+        return e
+
+    causes = {rank: unwrap(e) for rank, e in err.worker_failures.items()}
+    lost = [
+        r
+        for r, c in causes.items()
+        if isinstance(c, RayActorError)
+        and not isinstance(c, OutOfMemoryError)
+        and "memory monitor" not in str(c)
+    ]
+    notices = [r for r, c in causes.items() if type(c).__name__ == "Preempted"]
+    if notices:
+        return "preemption", f"spot notice on rank(s) {notices}: {causes[notices[0]]}"
+    if lost:
+        return "preemption", f"worker rank(s) {lost} lost: {str(causes[lost[0]])[:500]}"
+    rank = min(causes) if causes else 0
+    detail = str(err.worker_failures.get(rank, err))
+    return "app", f"rank {rank}: {detail}"
 
 
 def _read_result(run_dir: Path) -> dict[str, Any]:

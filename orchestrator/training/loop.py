@@ -21,7 +21,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from orchestrator.checkpoint import io as ckpt
+from orchestrator.checkpoint.io import Checkpointer
+from orchestrator.checkpoint.notice import Notice, NoticeWatcher
+from orchestrator.checkpoint.policy import Interval
 from orchestrator.config.load import from_dict
 from orchestrator.config.schema import JobConfig
 from orchestrator.cost.ledger import read_timeline, redone_steps
@@ -47,6 +49,20 @@ TOKENS_KEY = "tokens_so_far"
 CONFIG_HASH_KEY = "config_hash"
 STRATEGY_KEY = "strategy"
 WORLD_KEY = "world_size"
+FAILURES_FILE = "failures.jsonl"
+"""One line per interrupted try of a launch (written by the launcher): kind preemption|app."""
+
+
+class Preempted(RuntimeError):
+    """Raised by every rank after the emergency checkpoint of a spot notice: the launcher
+    restarts the run (a preemption, not an application error)."""
+
+
+def read_failures(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / FAILURES_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 @dataclass
@@ -97,7 +113,13 @@ class FinetuneRecipe:
         self.stop_reason = "completed"
         self.checkpoint_s: list[float] = []
         self.usd_wasted = 0.0
-        self.restarts = 0
+        self.preemptions = 0
+        self.app_failures = 0
+        self.lost_steps = 0
+        self.lost_s = 0.0
+        self.last_save_step = 0
+        self.t_last_save = time.perf_counter()
+        self.notice: Notice | None = None
         self.max_log_call_s = 0.0
         self.system_metrics = None
         self.logger: MetricLogger = NullLogger()
@@ -138,23 +160,34 @@ class FinetuneRecipe:
         self.flops_per_token, self.peak_flops = self._flops_model(data)
         self.strategy = build_strategy(model, cfg)
         self.model = self.strategy.model
+        run_dir = Path(self.ctx.run_dir)
+        self.checkpointer = Checkpointer(
+            self.ctx.checkpoint_dir,
+            staging=run_dir / "ckpt_staging",
+            keep_last=cfg.checkpoint.keep_last,
+            keep_every=cfg.checkpoint.keep_every,
+            async_save=cfg.checkpoint.async_save,
+        )
+        self.interval = Interval(
+            cfg.checkpoint.interval,
+            cfg.checkpoint.every_steps,
+            cfg.checkpoint.every_minutes,
+            cfg.checkpoint.mtbf_hours,
+        )
+        failures = read_failures(run_dir)
+        self.preemptions = sum(f["kind"] == "preemption" for f in failures)
+        self.app_failures = sum(f["kind"] == "app" for f in failures)
         self._resume()
+        self.last_save_step = self.step
+        self.watcher = NoticeWatcher(poll_s=cfg.checkpoint.notice_poll_s).start()
         if self.rank == 0:
             # Work after the checkpoint we resumed from (and earlier redone work) was paid for
             # and is lost: price it now, so `cost/usd_wasted` is right from the first step.
-            timeline = read_timeline(Path(self.ctx.run_dir) / "timeline.jsonl")
-            lost_s = sum(
-                r["end"] - r["start"] for r in redone_steps(timeline, resumed_at=self.step)
-            )
-            self.usd_wasted = lost_s / 3600.0 * self.ctx.price_per_hour_usd
-            # Worker groups of this launch that started before us died: each was a restart.
-            self.restarts = len(
-                {
-                    r["pid"]
-                    for r in timeline
-                    if r["attempt"] == self.ctx.attempt and r["kind"] == "setup"
-                }
-            )
+            timeline = read_timeline(run_dir / "timeline.jsonl")
+            redone = redone_steps(timeline, resumed_at=self.step)
+            self.lost_steps = len(redone)
+            self.lost_s = sum(r["end"] - r["start"] for r in redone)
+            self.usd_wasted = self.lost_s / 3600.0 * self.ctx.price_per_hour_usd
             self._start_system_metrics()
             self._record("setup", self._t_created, time.time())
             replay_all(
@@ -203,7 +236,11 @@ class FinetuneRecipe:
 
     def _resume(self) -> None:
         mode = self.cfg.checkpoint.resume
-        found = ckpt.find_latest(Path(self.ctx.checkpoint_dir)) if mode != "never" else None
+        found = None
+        if mode != "never":
+            found = self.checkpointer.load_latest(
+                self._read_checkpoint_checked, Path(self.ctx.run_dir) / "ckpt_cache"
+            )
         if mode == "must" and found is None:
             raise RuntimeError(
                 f"checkpoint.resume=must but {self.ctx.checkpoint_dir} has no complete checkpoint"
@@ -211,6 +248,20 @@ class FinetuneRecipe:
         if found is None:
             return
         path, state = found
+        self.step = int(state[STEP_KEY])
+        self.tokens_so_far = int(state.get(TOKENS_KEY, 0))
+        if state.get(CONFIG_HASH_KEY) != self.ctx.config_hash:
+            self._print(
+                f"warning: the config changed since {path.name}; the new config wins "
+                "(weights, optimizer and data position come from the checkpoint)"
+            )
+        self._print(f"resumed from {self.checkpointer.store.url}/{path.name} at step {self.step}")
+
+    def _read_checkpoint_checked(self, path: Path) -> None:
+        """Refuse a checkpoint this strategy/worker count cannot read, then read it."""
+        from orchestrator.checkpoint.manifest import read_manifest
+
+        state = read_manifest(path, verify_hashes=False)
         saved_strategy = state.get(STRATEGY_KEY, "fsdp")
         dcp_family = {"ddp", "fsdp"}
         if (
@@ -226,15 +277,7 @@ class FinetuneRecipe:
                 f"{path} is a DeepSpeed checkpoint of {state[WORLD_KEY]} workers; "
                 f"resume it with hardware.num_workers={state[WORLD_KEY]}"
             )
-        ckpt.load(path, self.strategy.read_checkpoint)
-        self.step = int(state[STEP_KEY])
-        self.tokens_so_far = int(state.get(TOKENS_KEY, 0))
-        if state.get(CONFIG_HASH_KEY) != self.ctx.config_hash:
-            self._print(
-                f"warning: the config changed since {path.name}; the new config wins "
-                "(weights, optimizer and data position come from the checkpoint)"
-            )
-        self._print(f"resumed from {path} at step {self.step}")
+        self.strategy.read_checkpoint(path)
 
     def _last_logged_step(self) -> int:
         """The last step MLflow already has (so a resumed run logs no step twice)."""
@@ -316,7 +359,16 @@ class FinetuneRecipe:
                 tokens_since_log = padded_since_log = 0
                 t_log = time.perf_counter()
 
-            if self.step % cfg.checkpoint.every_steps == 0 or self.step == self.total_steps:
+            save_due, notice = self._agree_on_save_and_notice()
+            if notice:
+                self.stop_reason = "preempted"
+                self.save_checkpoint(emergency=True)
+                self.checkpointer.wait()
+                raise Preempted(
+                    f"spot notice ({self.notice.source if self.notice else 'another rank'}): "
+                    f"saved step {self.step}; the launcher resumes from it"
+                )
+            if save_due or self.step == self.total_steps:
                 self.save_checkpoint()
 
         self.eval_loss = None
@@ -329,6 +381,29 @@ class FinetuneRecipe:
                 self.export()
             self._record("eval", t, time.time())
         self._finish(step_times)
+
+    def _agree_on_save_and_notice(self) -> tuple[bool, bool]:
+        """(save now?, spot notice?) agreed by all ranks in one small all-reduce: rank 0 owns
+        the interval policy (time-based intervals must not diverge between ranks); any rank
+        may have received a notice (SIGTERM, metadata endpoint, Ray drain)."""
+        due = 0
+        if self.rank == 0:
+            save_s = max(self.checkpointer.stats.blocked_s[-3:], default=None)
+            due = int(
+                self.interval.save_due(
+                    self.step,
+                    self.last_save_step,
+                    time.perf_counter() - self.t_last_save,
+                    save_s,
+                    run_s=time.time() - self._t_created,
+                    preemptions=self.preemptions,
+                )
+            )
+        self.notice = self.watcher.notice()
+        flags = torch.tensor([due, int(self.notice is not None)])
+        if dist.is_initialized():
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        return bool(flags[0]), bool(flags[1])
 
     def _loss_sum(self, mb: dict[str, torch.Tensor]) -> torch.Tensor:
         """Sum of next-token cross-entropy over trained (label != -100) positions."""
@@ -371,13 +446,24 @@ class FinetuneRecipe:
     def _projected_usd(self, step_times: list[float]) -> float:
         """Spent so far + the remaining steps, saves and tear-down at the pace measured so far."""
         recent = step_times[-20:] or [0.0]
-        saves_left = (self.total_steps - self.step) // self.cfg.checkpoint.every_steps + 1
+        saves_left = (self.total_steps - self.step) // self._interval_steps(recent) + 1
         save_s = max(self.checkpoint_s, default=0.0)
         left_s = (self.total_steps - self.step) * sum(recent) / len(recent) + saves_left * save_s
         return (
             self.usd_total()
             + (left_s + self.cfg.budget.teardown_s) / 3600.0 * self.ctx.price_per_hour_usd
         )
+
+    def _interval_steps(self, recent_step_s: list[float]) -> int:
+        """The checkpoint interval in steps, at the current pace (for projections and logs)."""
+        seconds = self.interval.seconds(
+            max(self.checkpointer.stats.blocked_s[-3:], default=None),
+            time.time() - self._t_created,
+            self.preemptions,
+        )
+        if seconds is None or not recent_step_s:
+            return self.cfg.checkpoint.every_steps
+        return max(1, round(seconds / (sum(recent_step_s) / len(recent_step_s))))
 
     def _over_budget(self, step_times: list[float]) -> bool:
         """Would the next step (plus stopping: a save and tear-down) cross budget.max_usd /
@@ -427,8 +513,12 @@ class FinetuneRecipe:
             "tokens_per_s": tokens_per_s,
             "mfu": tokens_per_s * self.flops_per_token / self.peak_flops,
             "padding_efficiency": padding_efficiency,
-            "preemptions": float(self.restarts),
+            "preemptions": float(self.preemptions),
+            "app_failures": float(self.app_failures),
+            "lost_steps": float(self.lost_steps),
+            "lost_time_s": self.lost_s,
             "attempt": float(self.ctx.attempt),
+            "checkpoint/interval_steps": float(self._interval_steps(step_times[-20:])),
             "cost/usd_total": usd,
             "cost/usd_per_hour": self.ctx.price_per_hour_usd,
             "cost/usd_per_1m_tokens": usd / max(1, self.tokens_so_far) * 1e6,
@@ -466,7 +556,7 @@ class FinetuneRecipe:
             _say(msg)
 
     # ------------------------------------------------------------------ checkpoint / eval / export
-    def save_checkpoint(self) -> None:
+    def save_checkpoint(self, emergency: bool = False) -> None:
         state = {
             STEP_KEY: self.step,
             TOKENS_KEY: self.tokens_so_far,
@@ -481,18 +571,21 @@ class FinetuneRecipe:
                 "seed": self.cfg.train.seed,
             },
             "attempt": self.ctx.attempt,
+            "emergency": emergency,
         }
         t = time.time()
-        path, seconds = ckpt.save(
-            Path(self.ctx.checkpoint_dir),
-            self.step,
-            self.strategy.write_checkpoint,
-            state,
-            self.cfg.checkpoint.keep_last,
-        )
+        seconds = self.checkpointer.save(self.step, self.strategy.write_checkpoint, state)
         self.checkpoint_s.append(seconds)
+        self.last_save_step, self.t_last_save = self.step, time.perf_counter()
         self._record("checkpoint", t, time.time(), step=self.step)
-        self._print(f"checkpoint saved: {path} ({seconds:.2f} s)")
+        how = "emergency checkpoint (spot notice)" if emergency else "checkpoint"
+        where = f"{self.checkpointer.store.url}/step_{self.step:08d}"
+        if self.cfg.checkpoint.async_save and not emergency:
+            self._print(
+                f"{how} step {self.step}: shards written in {seconds:.2f} s, persisting in the background to {where}"
+            )
+        else:
+            self._print(f"{how} saved: {where} ({seconds:.2f} s)")
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
@@ -540,6 +633,7 @@ class FinetuneRecipe:
             dist.barrier()
 
     def _finish(self, step_times: list[float]) -> None:
+        self.checkpointer.wait()
         peak_rss_mb = [0.0] * self.world
         dist.all_gather_object(
             peak_rss_mb, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -563,12 +657,22 @@ class FinetuneRecipe:
             "method": self.cfg.train.method,
             "peak_rss_mb_per_worker": peak_rss_mb,
             "checkpoint_s": self.checkpoint_s,
+            "checkpoint_persist_s": self.checkpointer.stats.persist_s,
+            "checkpoint_bytes": self.checkpointer.stats.bytes,
+            "checkpoints_committed": self.checkpointer.stats.committed,
+            "checkpoints_failed": self.checkpointer.stats.failed,
+            "preemptions": self.preemptions,
+            "lost_steps": self.lost_steps,
             "max_log_call_s": self.max_log_call_s,
             "step_s": step_times,
         }
         (Path(self.ctx.run_dir) / "result.json").write_text(json.dumps(result, indent=1))
 
     def cleanup(self) -> None:
+        if hasattr(self, "watcher"):
+            self.watcher.stop()
+        if hasattr(self, "checkpointer"):
+            self.checkpointer.wait()
         self.logger.close()
         if dist.is_initialized():
             dist.barrier()  # avoids gloo aborting at exit (see STACK.md)

@@ -7,10 +7,10 @@ from orchestrator.checkpoint.manifest import (
     commit,
     latest_complete,
     list_checkpoints,
-    prune,
     step_dirname,
     tmp_dirname,
 )
+from orchestrator.checkpoint.store import LocalStore
 
 
 def fake_save(root, step, payload=b"x" * 1000, publish=True):
@@ -69,9 +69,21 @@ def test_half_written_manifest_is_not_trusted(tmp_path):
 def test_prune_keeps_last_k_complete(tmp_path):
     for s in (2, 4, 6, 8):
         fake_save(tmp_path, s)
-    removed = prune(tmp_path, keep_last=2)
-    assert sorted(p.name for p in removed) == [step_dirname(2), step_dirname(4)]
+    removed = LocalStore(tmp_path).prune(keep_last=2, keep_every=None, newest_committed=8)
+    assert sorted(removed) == [2, 4]
     assert [s for s, _ in list_checkpoints(tmp_path)] == [8, 6]
+
+
+def test_prune_keeps_milestones_and_drops_dead_saves_but_not_a_save_in_progress(tmp_path):
+    for s in (2, 4, 6, 8, 10):
+        fake_save(tmp_path, s)
+    fake_save(tmp_path, 5, publish=False)  # a save that died before its manifest
+    fake_save(tmp_path, 12, publish=False)  # a save still being written
+    (tmp_path / step_dirname(7)).mkdir()  # a published folder whose manifest was lost
+    LocalStore(tmp_path).prune(keep_last=1, keep_every=4, newest_committed=10)
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [10, 8, 4]
+    assert not (tmp_path / tmp_dirname(5)).exists()
+    assert (tmp_path / tmp_dirname(12)).exists()
 
 
 def test_recommit_same_step_replaces_stale_copy(tmp_path):
