@@ -134,7 +134,7 @@ def launch(
         raise ConfigError(
             f"run {run_name!r} already exists ({run_dir}) and checkpoint.resume=never"
         )
-    ckpt_dir = Path(cfg.checkpoint.dir).resolve() if cfg.checkpoint.dir else run_dir / "checkpoints"
+    ckpt_dir = _checkpoint_url(cfg, run_dir)
 
     data = prepare_data(cfg.data, run_dir / "data")  # bad rows: fail here, before any cluster
     print(
@@ -262,6 +262,37 @@ def launch(
     return res
 
 
+# Storage and tracking settings the driver has and the training workers need: on a Ray cluster
+# workers start from their node's environment, not the driver's (an IAM role on the node is the
+# better way to give S3 credentials; these cover endpoints, regions and explicit keys).
+FORWARDED_ENV = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_PROFILE",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+    "GCE_METADATA_HOST",
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_S3_ENDPOINT_URL",
+)
+
+
+def _forwarded_env() -> dict[str, str]:
+    return {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+
+
+def _checkpoint_url(cfg: JobConfig, run_dir: Path) -> str:
+    """Where the run's checkpoints live: s3://bucket/prefix as given, or an absolute folder."""
+    d = cfg.checkpoint.dir
+    if d is None:
+        return str(run_dir / "checkpoints")
+    return d.rstrip("/") if d.startswith("s3://") else str(Path(d).resolve())
+
+
 def _projected_for_bill(meta_path: Path, projection: Projection) -> dict[str, Any]:
     """The projection made before the run's first launch (kept in run.json), for projected vs
     actual; later launches keep the first one, since that is what the user was promised."""
@@ -355,7 +386,11 @@ def _fit(
         for attempt_try in itertools.count(1):
             trainer = TorchTrainer(
                 train_fn,
-                train_loop_config={"config": to_dict(cfg), "context": context},
+                train_loop_config={
+                    "config": to_dict(cfg),
+                    "context": context,
+                    "env": _forwarded_env(),
+                },
                 scaling_config=ScalingConfig(
                     num_workers=hw.num_workers,
                     use_gpu=on_gpu,

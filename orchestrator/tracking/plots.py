@@ -57,18 +57,24 @@ def loss_and_cost_plots(tracking_uri: str, run_id: str, out_dir: Path) -> list[P
     return paths
 
 
-def log_run_artifacts(tracking_uri: str, run_id: str, run_dir: Path, checkpoint_dir: Path) -> None:
+def log_run_artifacts(tracking_uri: str, run_id: str, run_dir: Path, checkpoint_url: str) -> None:
+    """Loss/cost plots, the manifest of the latest complete checkpoint, sample generations."""
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.checkpoint.manifest import latest_complete
+    from orchestrator.checkpoint.store import open_store
 
     c = MlflowClient(tracking_uri)
     with tempfile.TemporaryDirectory() as d:
         for p in loss_and_cost_plots(tracking_uri, run_id, Path(d)):
             c.log_artifact(run_id, str(p), "plots")
-        found = latest_complete(checkpoint_dir, verify_hashes=False)
-        if found is not None:
-            c.log_text(run_id, json.dumps(found[1], indent=1), "checkpoint/manifest.json")
+        try:
+            store = open_store(str(checkpoint_url))
+            steps = store.complete_steps()
+            if steps:
+                manifest = store.read_manifest(steps[0])
+                c.log_text(run_id, json.dumps(manifest, indent=1), "checkpoint/manifest.json")
+        except Exception as e:  # noqa: BLE001 - the manifest artifact is a convenience
+            print(f"warning: no checkpoint manifest artifact: {e}")
     samples = run_dir / "export" / "samples.json"
     if samples.exists():
         rows = json.loads(samples.read_text())

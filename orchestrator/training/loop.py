@@ -690,6 +690,7 @@ def train_fn(loop_config: dict[str, Any]) -> None:
     from orchestrator.tracking.runs import set_fail_fast_http
 
     set_fail_fast_http()
+    os.environ.update(loop_config.get("env", {}))  # the driver's S3/MLflow settings (run.py)
     cfg = from_dict(loop_config["config"])
     ctx = RunContext(**loop_config["context"])
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -1,0 +1,112 @@
+"""A fault-injecting HTTP proxy: put it between a client and a real endpoint (moto_server) to
+make some requests fail with 503 SlowDown, or to drop every connection for a while (an outage).
+"""
+
+from __future__ import annotations
+
+import http.client
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+_SLOWDOWN = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+    b"<Message>Please reduce your request rate.</Message></Error>"
+)
+
+
+class FaultyProxy:
+    """Forwards every request to `upstream`. `fail_every=N` answers every Nth request with 503;
+    `outage(seconds)` resets every connection for that long. Counts what it did."""
+
+    def __init__(self, upstream: str, fail_every: int = 0) -> None:
+        self.upstream = urlsplit(upstream)
+        self.fail_every = fail_every
+        self.down_until = 0.0
+        self.requests = 0
+        self.failed = 0
+        self.reset = 0
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _body(self) -> bytes:
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    out = b""
+                    while True:
+                        size = int(self.rfile.readline().split(b";")[0].strip(), 16)
+                        if size == 0:
+                            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                                pass
+                            return out
+                        out += self.rfile.read(size)
+                        self.rfile.readline()
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+            def _handle(self) -> None:
+                body = self._body()
+                verdict = proxy._verdict()
+                if verdict == "reset":
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
+                if verdict == "503":
+                    self.send_response(503)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(_SLOWDOWN)))
+                    self.end_headers()
+                    self.wfile.write(_SLOWDOWN)
+                    return
+                conn = http.client.HTTPConnection(
+                    proxy.upstream.hostname, proxy.upstream.port, timeout=60
+                )
+                headers = {
+                    k: v
+                    for k, v in self.headers.items()
+                    if k.lower() not in ("transfer-encoding", "content-length", "connection")
+                }
+                headers["Content-Length"] = str(len(body))
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                length = resp.getheader("Content-Length") if self.command == "HEAD" else None
+                self.send_header("Content-Length", length or str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _verdict(self) -> str | None:
+        with self._lock:
+            self.requests += 1
+            if time.time() < self.down_until:
+                self.reset += 1
+                return "reset"
+            if self.fail_every and self.requests % self.fail_every == 0:
+                self.failed += 1
+                return "503"
+            return None
+
+    def outage(self, seconds: float) -> None:
+        self.down_until = time.time() + seconds
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
