@@ -121,6 +121,7 @@ class NoticeWatcher:
         self._restore_sigterm: Callable[[], None] | None = None
         self.sources: list[tuple[str, Ec2Metadata | GcpMetadata]] = []
         self._thread: threading.Thread | None = None
+        self._fallback: threading.Timer | None = None
 
     # ------------------------------------------------------------------ public
     def start(self) -> NoticeWatcher:
@@ -137,7 +138,10 @@ class NoticeWatcher:
         return self._notice
 
     def stop(self) -> None:
+        """Stop watching. A pending SIGTERM fallback is cancelled: the caller is exiting."""
         self._stop.set()
+        if self._fallback is not None:
+            self._fallback.cancel()
         if self._restore_sigterm:
             self._restore_sigterm()
             self._restore_sigterm = None
@@ -190,9 +194,10 @@ class NoticeWatcher:
 
     def _on_sigterm(self, fallback: Callable[[], None]) -> None:
         self._set(Notice("sigterm", time.time(), "SIGTERM received"))
-        timer = threading.Timer(self.sigterm_grace_s, fallback)
-        timer.daemon = True
-        timer.start()
+        if self._fallback is None:
+            self._fallback = threading.Timer(self.sigterm_grace_s, fallback)
+            self._fallback.daemon = True
+            self._fallback.start()
 
     def _install_sigterm(self) -> None:
         """Turn SIGTERM into a notice. In a plain process: a signal handler. In a Ray worker the
@@ -201,12 +206,24 @@ class NoticeWatcher:
         a notice first and exits only after `sigterm_grace_s` (or when our loop exits)."""
         if threading.current_thread() is threading.main_thread():
             previous = signal.getsignal(signal.SIGTERM)
+            expired = threading.Event()
 
-            def exit_now() -> None:
-                signal.signal(signal.SIGTERM, previous or signal.SIG_DFL)
+            def handler(signum: int, frame: object) -> None:
+                if not expired.is_set():
+                    self._on_sigterm(exit_now)
+                elif callable(previous):
+                    previous(signum, frame)
+                elif previous == signal.SIG_IGN:
+                    return
+                else:  # default disposition: die by SIGTERM, as without us
+                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                    os.kill(os.getpid(), signal.SIGTERM)
+
+            def exit_now() -> None:  # from the timer thread: the handler runs in the main one
+                expired.set()
                 os.kill(os.getpid(), signal.SIGTERM)
 
-            signal.signal(signal.SIGTERM, lambda *_: self._on_sigterm(exit_now))
+            signal.signal(signal.SIGTERM, handler)
             self._restore_sigterm = lambda: signal.signal(signal.SIGTERM, previous)
             return
         try:

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from orchestrator.checkpoint.manifest import (
     MANIFEST,
     commit,
@@ -90,3 +92,52 @@ def test_recommit_same_step_replaces_stale_copy(tmp_path):
     fake_save(tmp_path, 4, payload=b"old")
     fake_save(tmp_path, 4, payload=b"newer")
     assert latest_complete(tmp_path)[1]["files"]["__0_0.distcp"]["bytes"] == 5
+
+
+class DiskFull(OSError):
+    pass
+
+
+def _fail_nth(real, n):
+    calls = {"n": 0}
+
+    def f(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise DiskFull(28, "No space left on device")
+        return real(*a, **k)
+
+    return f
+
+
+@pytest.mark.parametrize(
+    "where,target,n",
+    [
+        ("manifest data never reaches the disk", "os.fsync", 1),
+        ("manifest written, rename of manifest fails", "os.replace", 1),
+        ("manifest in place, folder rename fails", "os.replace", 2),
+    ],
+)
+def test_a_commit_that_dies_midway_leaves_the_previous_checkpoint_latest(
+    tmp_path, monkeypatch, where, target, n
+):
+    import os
+
+    store = LocalStore(tmp_path)
+    fake_save(tmp_path, 2)
+    staging = store.staging_dir(4, tmp_path)
+    staging.mkdir()
+    (staging / "__0_0.distcp").write_bytes(b"z" * 1000)
+    part = store.put_files(staging, 4)
+    module, name = target.split(".")
+    monkeypatch.setattr(os, name, _fail_nth(getattr(os, name), n))
+    with pytest.raises(DiskFull):
+        store.commit(4, staging, {"step": 4, "files": part})
+    monkeypatch.undo()
+    assert store.complete_steps() == [2], where
+    assert latest_complete(tmp_path)[1]["step"] == 2, where
+    # the next save goes through, and the wreck is cleaned up
+    fake_save(tmp_path, 6)
+    store.prune(keep_last=5, keep_every=None, newest_committed=6)
+    assert store.complete_steps() == [6, 2]
+    assert not any(p.name.startswith(".tmp-") for p in tmp_path.iterdir())
