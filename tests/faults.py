@@ -1,14 +1,25 @@
-"""A fault-injecting HTTP proxy: put it between a client and a real endpoint (moto_server) to
-make some requests fail with 503 SlowDown, or to drop every connection for a while (an outage).
+"""Faults on demand, for tests and benchmarks.
+
+- `FaultyProxy`: put it between a client and a real endpoint (moto_server) to make some
+  requests fail with 503 SlowDown, or to drop every connection for a while (an outage).
+- `Chaos`: interrupts a running launch the way spot preemptions do, by sending SIGKILL or
+  SIGTERM to its Ray Train worker processes at chosen steps.
 """
 
 from __future__ import annotations
 
 import http.client
+import json
+import os
+import random
+import signal
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import urlsplit
+
+import psutil
 
 _SLOWDOWN = (
     b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
@@ -110,3 +121,61 @@ class FaultyProxy:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def train_workers() -> list[psutil.Process]:
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if "RayTrainWorker" in " ".join(p.info["cmdline"] or []):
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
+
+
+def rows_after(path: Path, offset: int) -> list[dict]:
+    if not path.exists():
+        return []
+    with path.open() as f:
+        f.seek(offset)
+        return [json.loads(x) for x in f.read().splitlines() if x.strip()]
+
+
+class Chaos(threading.Thread):
+    """Interrupts the run `len(plan)` times: each entry is (signal, steps this try logs first)."""
+
+    def __init__(self, run_dir: Path, plan: list[tuple[signal.Signals, int]]) -> None:
+        super().__init__(daemon=True)
+        self.run_dir, self.plan = run_dir, plan
+        self.done = threading.Event()
+        self.log: list[dict] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as e:  # noqa: BLE001 - surfaced by the test
+            self.error = e
+
+    def _run(self) -> None:
+        from orchestrator.training.loop import read_failures
+
+        events = self.run_dir / "events.jsonl"
+        offset = 0
+        for i, (sig, after) in enumerate(self.plan):
+            while len(rows := rows_after(events, offset)) < after:
+                if self.done.wait(0.05):
+                    return
+            workers = train_workers()
+            assert workers, "no RayTrainWorker process found"
+            victim = random.choice(workers)
+            t = time.time()
+            os.kill(victim.pid, sig)
+            self.log.append(
+                {"signal": sig.name, "at_step": rows[-1]["step"], "pid": victim.pid, "time": t}
+            )
+            while len(read_failures(self.run_dir)) < i + 1:  # the launcher saw it
+                if self.done.wait(0.1):
+                    return
+            offset = events.stat().st_size

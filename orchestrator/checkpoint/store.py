@@ -24,6 +24,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -199,15 +200,24 @@ class S3Store:
         cfg = TransferConfig(
             multipart_threshold=self.MULTIPART_BYTES, multipart_chunksize=self.MULTIPART_BYTES
         )
-        part = file_hashes(staging)
-        for rel in part:
-            key = self._key(step, rel)
-            self._retry(
-                f"upload {key}",
-                lambda rel=rel, key=key: self.client.upload_file(
-                    str(staging / rel), self.bucket, key, Config=cfg
-                ),
+        # Hash while uploading (hashlib and the socket writes both release the GIL).
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            hashing = pool.submit(file_hashes, staging)
+            rels = sorted(
+                str(p.relative_to(staging))
+                for p in staging.rglob("*")
+                if p.is_file() and p.name != MANIFEST
             )
+            for rel in rels:
+                key = self._key(step, rel)
+                self._retry(
+                    f"upload {key}",
+                    lambda rel=rel, key=key: self.client.upload_file(
+                        str(staging / rel), self.bucket, key, Config=cfg
+                    ),
+                )
+            part = hashing.result()
+        assert sorted(part) == rels, "staging changed while it was uploaded"
         return part
 
     def commit(self, step: int, staging: Path, manifest: dict[str, Any]) -> None:

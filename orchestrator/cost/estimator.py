@@ -179,10 +179,20 @@ def project(
         if cfg.train.max_steps is not None
         else math.ceil(w.tokens / w.seq_len / cfg.train.global_batch_size)
     )
-    n_saves = max(1, steps // cfg.checkpoint.every_steps)
+    save_s = _checkpoint_bytes(w) / o.checkpoint_write_bytes_per_s
+    ck = cfg.checkpoint
+    if ck.interval == "minutes" and ck.every_minutes:
+        n_saves = max(1, math.floor(compute_h * 60.0 / ck.every_minutes))
+    elif ck.interval == "auto":  # what the run will choose once it has measured a save
+        from orchestrator.checkpoint.policy import young_daly_interval_s
+
+        every_s = young_daly_interval_s(save_s, ck.mtbf_hours * 3600.0)
+        n_saves = max(1, math.floor(compute_h * 3600.0 / every_s))
+    else:
+        n_saves = max(1, steps // ck.every_steps)
     overhead = {
         "startup": (price.startup_s if price.startup_s is not None else o.startup_s) / 3600.0,
-        "checkpoints": n_saves * _checkpoint_bytes(w) / o.checkpoint_write_bytes_per_s / 3600.0,
+        "checkpoints": n_saves * save_s / 3600.0,
     }
     # Spot: expected preemptions, each losing on average half a checkpoint interval + a restart.
     interval_h = compute_h / max(1, n_saves)
