@@ -17,8 +17,17 @@ from omegaconf import MISSING
 STRATEGIES = ("ddp", "fsdp", "deepspeed")
 METHODS = ("full", "lora", "adapter")
 SCALES = ("local", "full")
-DATA_FORMATS = ("sharegpt",)
-TEMPLATES = ("vicuna_v1.1",)
+DATA_FORMATS = ("sharegpt", "alpaca", "dolly", "gpt4all", "baize", "oasst")
+TEMPLATES = ("vicuna_v1.1", "alpaca", "alpaca_lora", "dolly", "gpt4all", "baize", "oasst")
+# Which templates read which formats (the instruction formats have two fields, chats alternate).
+FORMAT_TEMPLATES = {
+    "sharegpt": ("vicuna_v1.1",),
+    "alpaca": ("alpaca", "alpaca_lora"),
+    "dolly": ("dolly",),
+    "gpt4all": ("gpt4all",),
+    "baize": ("baize",),
+    "oasst": ("oasst",),
+}
 SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("fp32", "bf16")
 RESUME_MODES = ("auto", "never", "must")
@@ -94,7 +103,9 @@ class DataConfig:
     """Where the examples come from and how they become tokens and labels."""
 
     format: str = "sharegpt"
-    """Row format: sharegpt ({"id", "conversations": [{"from": "human"|"gpt", "value"}]})."""
+    """Row format: sharegpt ({"id", "conversations": [{"from": "human"|"gpt", "value"}]}),
+    alpaca (instruction/input/output), dolly (instruction/context/response), gpt4all
+    (prompt/response), baize (input: [|Human|]/[|AI|] transcript), oasst (oasst1 message table)."""
     source: str = MISSING
     """Hugging Face dataset id, or a local .json/.jsonl file (relative paths are from the repo root)."""
     split: str = "train"
@@ -121,6 +132,11 @@ class DataConfig:
         _choice("data.format", self.format, DATA_FORMATS)
         _choice("data.template", self.template, TEMPLATES)
         _choice("data.on_error", self.on_error, ("raise", "skip"))
+        if self.template not in FORMAT_TEMPLATES[self.format]:
+            raise ConfigError(
+                f"data.template={self.template!r} cannot read data.format={self.format!r}; "
+                f"valid: {list(FORMAT_TEMPLATES[self.format])}"
+            )
         _positive("data.max_seq_len", self.max_seq_len)
         _positive("data.max_examples", self.max_examples)
         if not 0.0 <= self.eval_fraction < 0.5:

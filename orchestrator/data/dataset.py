@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import torch
 
 from orchestrator.config.schema import DataConfig
 from orchestrator.data.formats import ADAPTERS, DataError, read_rows
+from orchestrator.data.instruct import SAMPLE_ADAPTERS, PieceTemplate, Sample, oasst_threads
 from orchestrator.data.templates import IGNORE_INDEX, TEMPLATES, Example
 from orchestrator.data.tokenizer import load_or_train_tokenizer
 
@@ -38,23 +40,48 @@ class PreparedData:
         return sum(len(e.input_ids) for e in self.train)
 
 
+def iter_samples(cfg: DataConfig) -> Iterator[Sample | DataError]:
+    """Every sample of the source in file order; a bad row yields its DataError (the caller
+    raises or skips it). ShareGPT rows become samples of their turns; oasst1 builds its threads
+    from the whole message table."""
+    rows = read_rows(cfg.source, cfg.split, cfg.max_examples)
+    if cfg.format == "oasst":
+        yield from oasst_threads(rows)
+        return
+    for row in rows:
+        try:
+            if cfg.format in ADAPTERS:
+                yield Sample(ADAPTERS[cfg.format](row), "", row.where)
+            else:
+                yield from SAMPLE_ADAPTERS[cfg.format](row)
+        except DataError as e:
+            yield e
+
+
 def build_examples(cfg: DataConfig, tokenizer) -> tuple[list[Example], int, int]:
-    """All examples of the source, in file order. Returns (examples, rows read, rows skipped)."""
-    adapter = ADAPTERS[cfg.format]
-    template = TEMPLATES[cfg.template](tokenizer)
+    """All examples of the source, in file order. Returns (examples, samples read, rows skipped)."""
+    if cfg.template in TEMPLATES:
+        chat = TEMPLATES[cfg.template](tokenizer)
+
+        def to_examples(s: Sample) -> list[Example]:
+            return chat.examples(s.turns, cfg.max_seq_len)
+    else:
+        piece = PieceTemplate(cfg.template, tokenizer)
+
+        def to_examples(s: Sample) -> list[Example]:
+            return piece.examples(s, cfg.max_seq_len)
+
     examples: list[Example] = []
     rows = skipped = 0
-    for row in read_rows(cfg.source, cfg.split, cfg.max_examples):
+    for item in iter_samples(cfg):
         rows += 1
-        try:
-            turns = adapter(row)
-        except DataError as e:
+        if isinstance(item, DataError):
             if cfg.on_error == "raise":
-                raise DataError(f"{e} (set data.on_error=skip to skip bad rows)") from None
+                raise DataError(f"{item} (set data.on_error=skip to skip bad rows)") from None
             skipped += 1
-            log.warning("skipping bad row: %s", e)
+            log.warning("skipping bad row: %s", item)
             continue
-        examples.extend(template.examples(turns, cfg.max_seq_len))
+        examples.extend(to_examples(item))
     if not examples:
         raise DataError(f"data.source={cfg.source!r}: no usable examples in {rows} rows")
     return examples, rows, skipped

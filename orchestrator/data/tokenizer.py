@@ -12,26 +12,29 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from orchestrator.config.schema import DataConfig
-from orchestrator.data.formats import ADAPTERS, DataError, read_rows
+from orchestrator.data.formats import DataError
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
 
 
 def _texts(cfg: DataConfig) -> Iterator[str]:
-    adapter = ADAPTERS[cfg.format]
-    for row in read_rows(cfg.source, cfg.split, cfg.max_examples):
-        try:
-            turns = adapter(row)
-        except DataError:
+    """The text a local BPE is trained on: every sample as its template renders it."""
+    from orchestrator.data.dataset import iter_samples
+    from orchestrator.data.instruct import render
+    from orchestrator.data.templates import TEMPLATES, VICUNA_V11_SYSTEM
+
+    for s in iter_samples(cfg):
+        if isinstance(s, DataError):
             continue  # bad rows are reported (or skipped) by the dataset pass
-        for _, text in turns:
-            yield text
-    from orchestrator.data.templates import VICUNA_V11_SYSTEM
+        if cfg.template in TEMPLATES:
+            yield from (text for _, text in s.turns)
+        else:
+            yield from (p.text for p in render(cfg.template, s) if p.text)
+    if cfg.template in TEMPLATES:
+        yield VICUNA_V11_SYSTEM + " USER: ASSISTANT:"
 
-    yield VICUNA_V11_SYSTEM + " USER: ASSISTANT:"
 
-
-def train_bpe(texts: Iterator[str], vocab_size: int):
+def train_bpe(texts: Iterator[str], vocab_size: int, extra_special: list[str] | None = None):
     """A byte-level BPE with LLaMA-style special tokens, wrapped as a transformers tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -41,7 +44,7 @@ def train_bpe(texts: Iterator[str], vocab_size: int):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=SPECIAL_TOKENS + list(extra_special or []),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -52,6 +55,7 @@ def train_bpe(texts: Iterator[str], vocab_size: int):
         bos_token="<s>",
         eos_token="</s>",
         pad_token="<pad>",
+        additional_special_tokens=list(extra_special or []),
     )
 
 
@@ -61,10 +65,15 @@ def load_or_train_tokenizer(cfg: DataConfig, out_dir: Path):
 
     if (out_dir / "tokenizer.json").exists():
         return AutoTokenizer.from_pretrained(str(out_dir)), out_dir
+    from orchestrator.data.instruct import TEMPLATE_SPECIAL_TOKENS
+
+    special = TEMPLATE_SPECIAL_TOKENS.get(cfg.template, [])
     if cfg.tokenizer is not None:
         tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer)
+        if special:  # as Dolly and OpenAssistant did: the template keys become single tokens
+            tokenizer.add_special_tokens({"additional_special_tokens": special})
     else:
-        tokenizer = train_bpe(_texts(cfg), cfg.tokenizer_vocab_size)
+        tokenizer = train_bpe(_texts(cfg), cfg.tokenizer_vocab_size, special)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(str(out_dir))
     return tokenizer, out_dir

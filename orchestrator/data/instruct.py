@@ -1,0 +1,314 @@
+"""Instruction and chat formats of the spring-2023 runs beyond ShareGPT: rows -> `Sample`s ->
+pieces of text that are trained or not -> token ids with labels = -100 where the original masked.
+
+A template renders a sample as a list of `Piece`s (text, trained) and EOS markers. Each piece is
+tokenized on its own, so the mask boundary falls exactly between pieces (as torchtune does per
+message). What each original did, as implemented here:
+
+| template     | text                                                        | trained               | too long            |
+|--------------|-------------------------------------------------------------|-----------------------|---------------------|
+| alpaca       | Alpaca PROMPT_DICT (with/without input) + output + </s>     | output + </s>         | truncated (512)     |
+| alpaca_lora  | templates/alpaca.json ("### Response:\\n") + output          | everything (train_on_inputs=True), no EOS (add_eos_token=False) | truncated (cutoff_len) |
+| dolly        | Dolly INTRO / ### Instruction: / Input: / ### Response: ... ### End | response + "\\n\\n### End" | record dropped |
+| gpt4all      | prompt + "\\n" + response (+ </s> unless truncated)          | response (+ </s>)     | prompt cut to max/2, then truncated |
+| baize        | "The conversation between human and AI assistant.\\n[|Human|] ..." | everything (no prompt masking) | truncated (512) |
+| oasst        | <|prompter|>q<|endoftext|><|assistant|>a<|endoftext|> ...   | assistant text + <|endoftext|> | truncated |
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from orchestrator.data.formats import DataError, Row, Turn
+from orchestrator.data.templates import IGNORE_INDEX, Example
+
+EOS = None  # a piece whose text is None is the tokenizer's EOS token
+
+
+@dataclass
+class Sample:
+    """One training sample: alternating user/assistant turns, plus the optional input/context
+    field of instruction datasets."""
+
+    turns: list[Turn]
+    context: str = ""
+    where: str = ""
+
+
+@dataclass
+class Piece:
+    text: str | None
+    trained: bool
+
+
+def _where(row: Row, key: str | None = None) -> str:
+    rid = row.data.get(key) if key and isinstance(row.data, dict) else None
+    return row.where + (f" (id={rid})" if rid is not None else "")
+
+
+def _field(row: Row, name: str, *, required: bool = True, key: str | None = None) -> str:
+    data = row.data
+    if not isinstance(data, dict):
+        raise DataError(f"{row.where}: expected an object with field {name!r}")
+    value = data.get(name)
+    if value is None:
+        if required:
+            raise DataError(f"{_where(row, key)}: missing field {name!r}")
+        return ""
+    if not isinstance(value, str):
+        raise DataError(f"{_where(row, key)}: field {name!r} must be a string")
+    return value
+
+
+# ---------------------------------------------------------------------------------- adapters
+def alpaca_samples(row: Row) -> list[Sample]:
+    """{"instruction", "input" (may be empty), "output"} (tatsu-lab/alpaca, yahma/alpaca-cleaned)."""
+    instruction, output = _field(row, "instruction"), _field(row, "output")
+    if not instruction.strip():
+        raise DataError(f"{row.where}: field 'instruction' is empty")
+    return [
+        Sample(
+            [("user", instruction), ("assistant", output)],
+            _field(row, "input", required=False),
+            row.where,
+        )
+    ]
+
+
+def dolly_samples(row: Row) -> list[Sample]:
+    """{"instruction", "context", "response", "category"} (databricks/databricks-dolly-15k)."""
+    instruction, response = _field(row, "instruction"), _field(row, "response")
+    context = _field(row, "context", required=False)
+    return [Sample([("user", instruction), ("assistant", response)], context, row.where)]
+
+
+def gpt4all_samples(row: Row) -> list[Sample]:
+    """{"prompt", "response", "source"} (nomic-ai/gpt4all_prompt_generations)."""
+    prompt, response = _field(row, "prompt"), _field(row, "response")
+    return [Sample([("user", prompt), ("assistant", response)], "", row.where)]
+
+
+BAIZE_HEADER = "The conversation between human and AI assistant.\n"
+BAIZE_HUMAN, BAIZE_AI = "[|Human|] ", "[|AI|] "
+
+
+def baize_samples(row: Row) -> list[Sample]:
+    """{"input": "The conversation between human and AI assistant.\\n[|Human|] ...\\n[|AI|] ...
+    \\n[|Human|] "}: the self-chat transcript, split into turns (the template puts it back
+    together byte for byte)."""
+    text = _field(row, "input")
+    if not text.startswith(BAIZE_HEADER):
+        raise DataError(f"{row.where}: field 'input' must start with {BAIZE_HEADER!r}")
+    body = text[len(BAIZE_HEADER) :]
+    turns: list[Turn] = []
+    for j, chunk in enumerate(body.split("\n")):
+        if chunk.startswith(BAIZE_HUMAN) or chunk == BAIZE_HUMAN.strip():
+            turns.append(("user", chunk[len(BAIZE_HUMAN) :]))
+        elif chunk.startswith(BAIZE_AI):
+            turns.append(("assistant", chunk[len(BAIZE_AI) :]))
+        elif turns:  # a message spanning several lines
+            role, prev = turns[-1]
+            turns[-1] = (role, prev + "\n" + chunk)
+        else:
+            raise DataError(f"{row.where}: line {j + 2} of 'input' is not a [|Human|] turn")
+    # The transcript ends with an empty "[|Human|] " prompt for the next turn.
+    if turns and turns[-1] == ("user", ""):
+        turns = turns[:-1]
+    _check_alternating(turns, row.where)
+    return [Sample(turns, "", row.where)]
+
+
+def _check_alternating(turns: list[Turn], where: str) -> None:
+    if not turns:
+        raise DataError(f"{where}: empty conversation")
+    for j, (role, _) in enumerate(turns):
+        if role != ("user" if j % 2 == 0 else "assistant"):
+            raise DataError(f"{where}: roles must alternate user/assistant; turn {j} is {role}")
+    if turns[-1][0] != "assistant":
+        raise DataError(f"{where}: conversation ends on a user turn")
+
+
+def oasst_threads(rows: Iterable[Row]) -> list[Sample]:
+    """oasst1 messages (message_id, parent_id, role prompter/assistant, text, rank, deleted,
+    review_result, message_tree_id) -> one thread per tree, as the OA SFT data did for its
+    "best" threads: from the root prompt, follow the highest-ranked assistant reply (rank 0 is
+    best), then the first prompter follow-up, until a reply has no follow-up. Deleted messages and
+    messages that failed review are left out."""
+    by_id: dict[str, dict] = {}
+    where: dict[str, str] = {}
+    children: dict[str, list[str]] = defaultdict(list)
+    roots: list[str] = []
+    for row in rows:
+        d = row.data
+        if not isinstance(d, dict):
+            raise DataError(f"{row.where}: expected an oasst1 message object")
+        for name in ("message_id", "role", "text"):
+            if not isinstance(d.get(name), str):
+                raise DataError(f"{row.where}: missing or non-string field {name!r}")
+        if d["role"] not in ("prompter", "assistant"):
+            raise DataError(f"{row.where}: role={d['role']!r}; valid: ['assistant', 'prompter']")
+        if d.get("deleted") or d.get("review_result") is False:
+            continue
+        by_id[d["message_id"]] = d
+        where[d["message_id"]] = row.where
+        if d.get("parent_id"):
+            children[d["parent_id"]].append(d["message_id"])
+        else:
+            roots.append(d["message_id"])
+
+    def best(ids: list[str], role: str) -> str | None:
+        ok = [i for i in ids if i in by_id and by_id[i]["role"] == role]
+        if not ok:
+            return None
+        return min(
+            ok,
+            key=lambda i: (
+                by_id[i].get("rank") is None,
+                by_id[i].get("rank") or 0,
+                ok.index(i),
+            ),
+        )
+
+    samples = []
+    for root in roots:
+        if by_id[root]["role"] != "prompter":
+            raise DataError(f"{where[root]}: a tree must start with a prompter message")
+        turns: list[Turn] = []
+        node: str | None = root
+        while node is not None:
+            turns.append(("user", by_id[node]["text"]))
+            reply = best(children[node], "assistant")
+            if reply is None:
+                turns.pop()  # an unanswered prompt teaches nothing
+                break
+            turns.append(("assistant", by_id[reply]["text"]))
+            node = best(children[reply], "prompter")
+        if turns:
+            samples.append(Sample(turns, "", where[root]))
+    if not samples:
+        raise DataError("oasst: no tree with an answered prompter message")
+    return samples
+
+
+SAMPLE_ADAPTERS = {
+    "alpaca": alpaca_samples,
+    "dolly": dolly_samples,
+    "gpt4all": gpt4all_samples,
+    "baize": baize_samples,
+}
+"""Row-wise formats. `oasst` works on the whole message table (oasst_threads)."""
+
+
+# ---------------------------------------------------------------------------------- templates
+ALPACA_WITH_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further "
+    "context. Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:"
+)
+ALPACA_NO_INPUT = (
+    "Below is an instruction that describes a task. Write a response that appropriately "
+    "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:"
+)
+DOLLY_INTRO = (
+    "Below is an instruction that describes a task. Write a response that appropriately "
+    "completes the request."
+)
+DOLLY_SPECIAL = ["### End", "### Instruction:", "### Response:"]
+OASST_SPECIAL = ["<|prompter|>", "<|assistant|>", "<|endoftext|>"]
+
+
+def alpaca_prompt(instruction: str, context: str) -> str:
+    if context.strip():
+        return ALPACA_WITH_INPUT.format(instruction=instruction, input=context)
+    return ALPACA_NO_INPUT.format(instruction=instruction)
+
+
+def render(template: str, s: Sample) -> list[Piece]:
+    """The pieces of `s` under `template` (before any length policy)."""
+    if template == "alpaca":  # stanford_alpaca train.py: target = output + eos
+        (_, instruction), (_, output) = s.turns
+        return [
+            Piece(alpaca_prompt(instruction, s.context), False),
+            Piece(output, True),
+            Piece(EOS, True),
+        ]
+    if template == "alpaca_lora":  # templates/alpaca.json: "### Response:\n", train_on_inputs
+        (_, instruction), (_, output) = s.turns
+        return [Piece(alpaca_prompt(instruction, s.context) + "\n", True), Piece(output, True)]
+    if template == "dolly":  # training/consts.py; keys are special tokens; pad = eos
+        (_, instruction), (_, response) = s.turns
+        prompt = f"{DOLLY_INTRO}\n\n### Instruction:\n{instruction}\n\n"
+        if s.context.strip():
+            prompt += f"Input:\n{s.context}\n\n"
+        prompt += "### Response:\n"
+        return [Piece(prompt, False), Piece(f"{response}\n\n### End", True)]
+    if template == "gpt4all":  # data.py: prompt + "\n" masked, response (+ eos) trained
+        (_, prompt), (_, response) = s.turns
+        return [Piece(prompt + "\n", False), Piece(response, True), Piece(EOS, True)]
+    if template == "baize":  # no prompt masking: the whole transcript is trained
+        text = BAIZE_HEADER
+        for role, t in s.turns:
+            text += (BAIZE_HUMAN if role == "user" else BAIZE_AI) + t + "\n"
+        return [Piece(text + BAIZE_HUMAN, True)]
+    if template == "oasst":
+        pieces = []
+        for role, t in s.turns:
+            if role == "user":
+                pieces.append(Piece(f"<|prompter|>{t}<|endoftext|>", False))
+            else:
+                pieces += [Piece("<|assistant|>", False), Piece(f"{t}<|endoftext|>", True)]
+        return pieces
+    raise KeyError(template)
+
+
+INSTRUCT_TEMPLATES = ("alpaca", "alpaca_lora", "dolly", "gpt4all", "baize", "oasst")
+TEMPLATE_SPECIAL_TOKENS = {"dolly": DOLLY_SPECIAL, "oasst": OASST_SPECIAL}
+
+
+class PieceTemplate:
+    """Tokenizes rendered pieces and applies the original's length policy."""
+
+    def __init__(self, name: str, tokenizer) -> None:
+        self.name = name
+        self.tok = tokenizer
+        self.bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+        self.eos = tokenizer.eos_token_id
+
+    def _ids(self, piece: Piece) -> list[int]:
+        if piece.text is None:
+            return [self.eos]
+        return self.tok.encode(piece.text, add_special_tokens=False)
+
+    def examples(self, s: Sample, max_seq_len: int) -> list[Example]:
+        pieces = render(self.name, s)
+        if self.name == "gpt4all":
+            return self._gpt4all(pieces, max_seq_len)
+        ids, labels = list(self.bos), [IGNORE_INDEX] * len(self.bos)
+        for p in pieces:
+            t = self._ids(p)
+            ids += t
+            labels += t if p.trained else [IGNORE_INDEX] * len(t)
+        if len(ids) > max_seq_len:
+            if self.name == "dolly":
+                return []  # Dolly drops records at or over the model's max length
+            ids, labels = ids[:max_seq_len], labels[:max_seq_len]
+        if self.name == "alpaca_lora" or self.name == "baize":
+            labels = list(ids)  # trained on every token, BOS included as in HF's collator
+            labels[: len(self.bos)] = [IGNORE_INDEX] * len(self.bos)
+        if all(label == IGNORE_INDEX for label in labels[1:]):
+            return []  # nothing left to learn after truncation
+        return [Example(ids, labels)]
+
+    def _gpt4all(self, pieces: list[Piece], max_seq_len: int) -> list[Example]:
+        """gpt4all data.py: the prompt is cut to max_len // 2 tokens; EOS only if the response
+        was not truncated."""
+        prompt = self._ids(pieces[0])[: max_seq_len // 2]
+        response = self._ids(pieces[1])
+        ids = self.bos + prompt + response
+        truncated = len(ids) + 1 > max_seq_len
+        ids = ids[:max_seq_len] if truncated else ids + [self.eos]
+        n_masked = len(self.bos) + len(prompt)
+        labels = [IGNORE_INDEX] * n_masked + ids[n_masked:]
+        return [Example(ids, labels)]
