@@ -56,7 +56,7 @@ class ModelConfig:
     still given so the parameter count (and so the bill) is known without downloading anything."""
 
     arch: str = "llama"
-    """Architecture family: llama (LlamaForCausalLM)."""
+    """Architecture family: llama (LlamaForCausalLM) | gpt_neox (Pythia: GPTNeoXForCausalLM)."""
     pretrained: str | None = None
     """Hugging Face model id or local folder to load weights from; None = random init from the numbers below."""
     hidden_size: int = 64
@@ -70,6 +70,8 @@ class ModelConfig:
     max_position_embeddings: int = 2048
     rms_norm_eps: float = 1e-6
     rope_theta: float = 10000.0
+    rotary_pct: float = 0.25
+    """gpt_neox only: share of each head's dimensions that get rotary embeddings (Pythia 0.25)."""
     tie_word_embeddings: bool = False
     init_seed: int = 0
     """Seed of the random initialisation (random-init models only)."""
@@ -79,7 +81,7 @@ class ModelConfig:
     """sdpa (torch, everywhere) | eager | flash_attention_2 (CUDA + the flash-attn package)."""
 
     def __post_init__(self) -> None:
-        _choice("model.arch", self.arch, ("llama",))
+        _choice("model.arch", self.arch, ("llama", "gpt_neox"))
         _choice(
             "model.attn_implementation",
             self.attn_implementation,

@@ -11,8 +11,21 @@ from orchestrator.config.schema import ModelConfig
 
 def hf_config(cfg: ModelConfig, vocab_size: int | None = None):
     """The transformers config of the architecture (no weights, no download)."""
-    from transformers import LlamaConfig
+    from transformers import GPTNeoXConfig, LlamaConfig
 
+    if cfg.arch == "gpt_neox":  # Pythia (Dolly v2, OpenAssistant SFT): parallel attn + MLP
+        return GPTNeoXConfig(
+            vocab_size=vocab_size or cfg.vocab_size,
+            hidden_size=cfg.hidden_size,
+            intermediate_size=cfg.intermediate_size,
+            num_hidden_layers=cfg.num_layers,
+            num_attention_heads=cfg.num_heads,
+            max_position_embeddings=cfg.max_position_embeddings,
+            rotary_pct=cfg.rotary_pct,
+            layer_norm_eps=cfg.rms_norm_eps,
+            use_parallel_residual=True,
+            tie_word_embeddings=cfg.tie_word_embeddings,
+        )
     return LlamaConfig(
         vocab_size=vocab_size or cfg.vocab_size,
         hidden_size=cfg.hidden_size,
@@ -29,17 +42,20 @@ def hf_config(cfg: ModelConfig, vocab_size: int | None = None):
 
 def count_params(cfg: ModelConfig, vocab_size: int | None = None) -> int:
     """Exact parameter count, by building the model on the meta device (no memory, no download)."""
-    return _count_params(repr(hf_config(cfg, vocab_size).to_dict()))
+    config = hf_config(cfg, vocab_size)
+    return _count_params(type(config).__name__, repr(config.to_dict()))
 
 
 @functools.lru_cache(maxsize=64)
-def _count_params(config_repr: str) -> int:
+def _count_params(config_class: str, config_repr: str) -> int:
     import ast
 
-    from transformers import AutoModelForCausalLM, LlamaConfig
+    import transformers
+    from transformers import AutoModelForCausalLM
 
+    config = getattr(transformers, config_class)(**ast.literal_eval(config_repr))
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(LlamaConfig(**ast.literal_eval(config_repr)))
+        model = AutoModelForCausalLM.from_config(config)
     return sum(p.numel() for p in model.parameters())
 
 
