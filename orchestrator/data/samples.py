@@ -6,7 +6,7 @@ with structure a tiny model can learn (arithmetic, unit conversion, spelling, so
 Conversation lengths vary from one to many rounds; some are longer than the local context so the
 Vicuna splitter is exercised.
 
-    python -m orchestrator.data.samples            # rewrites data/samples/sharegpt_sample.json
+    python -m orchestrator.data.samples            # rewrites every file in data/samples/
 """
 
 from __future__ import annotations
@@ -128,11 +128,136 @@ def make_conversations(n: int = 400, seed: int = 0) -> list[dict]:
     return rows
 
 
+CONTEXT_TASKS = [
+    ("Summarize the passage in one sentence.", "The passage says that {w} is a common word."),
+    ("What word does the passage mention?", "The passage mentions the word '{w}'."),
+]
+
+
+def make_instructions(n: int = 400, seed: int = 1) -> list[dict]:
+    """Alpaca rows (alpaca_data.json): {"instruction", "input", "output"}; ~40% with an input."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        if rng.random() < 0.4:
+            w = rng.choice(WORDS)
+            instruction, answer = rng.choice(CONTEXT_TASKS)
+            context = f"Among many words, the word {w} appears in this short text."
+            rows.append(
+                {"instruction": instruction, "input": context, "output": answer.format(w=w)}
+            )
+        else:
+            q, a = rng.choice(TASKS)(rng)
+            rows.append({"instruction": q, "input": "", "output": a})
+    return rows
+
+
+def make_dolly(n: int = 400, seed: int = 2) -> list[dict]:
+    """databricks-dolly-15k rows: {"instruction", "context", "response", "category"}."""
+    out = []
+    for i, r in enumerate(make_instructions(n, seed)):
+        category = "closed_qa" if r["input"] else "open_qa"
+        out.append(
+            {
+                "instruction": r["instruction"],
+                "context": r["input"],
+                "response": r["output"],
+                "category": category,
+            }
+        )
+        if i % 50 == 7:  # an over-long record: Dolly drops these
+            out[-1]["context"] = " ".join(WORDS) * 40
+    return out
+
+
+def make_prompt_generations(n: int = 400, seed: int = 3) -> list[dict]:
+    """nomic-ai/gpt4all_prompt_generations rows: {"prompt", "response", "source"}."""
+    rng = random.Random(seed)
+    sources = ["unified_chip2", "stackoverflow", "laion/unified_chip2"]
+    rows = []
+    for _ in range(n):
+        q, a = rng.choice(TASKS)(rng)
+        rows.append(
+            {"prompt": rng.choice(OPENERS) + q, "response": a, "source": rng.choice(sources)}
+        )
+    return rows
+
+
+def make_self_chat(n: int = 300, seed: int = 4) -> list[dict]:
+    """Baize self-chat rows (data/quora_chat_data.json): {"topic", "input"} with the transcript
+    "The conversation between human and AI assistant.\n[|Human|] ...\n[|AI|] ...\n[|Human|] "."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        first, _ = rng.choice(TASKS)(rng)
+        text = "The conversation between human and AI assistant.\n"
+        for r in range(1 + int(rng.expovariate(0.6))):
+            q, a = rng.choice(TASKS)(rng)
+            text += f"[|Human|] {q if r else first}\n[|AI|] {a}\n"
+            if r == 0:
+                first = q
+        rows.append({"topic": first, "input": text + "[|Human|] "})
+    return rows
+
+
+def make_oasst(n_trees: int = 150, seed: int = 5) -> list[dict]:
+    """oasst1 message rows: message_id, parent_id, role, text, rank, deleted, review_result,
+    message_tree_id, lang. Each prompt gets 1-3 ranked replies (rank 0 best, the others worse),
+    some with a follow-up prompt."""
+    rng = random.Random(seed)
+    rows = []
+    for t in range(n_trees):
+        tree = f"tree{t:04d}"
+
+        def msg(mid, parent, role, text, rank=None):
+            rows.append(
+                {
+                    "message_id": mid,
+                    "parent_id": parent,
+                    "message_tree_id": tree,
+                    "role": role,
+                    "text": text,
+                    "rank": rank,
+                    "deleted": False,
+                    "review_result": True,
+                    "lang": "en",
+                }
+            )
+
+        parent, depth = None, 1 + int(rng.expovariate(0.8))
+        for d in range(depth):
+            q, a = rng.choice(TASKS)(rng)
+            pid = f"{tree}-p{d}"
+            msg(pid, parent, "prompter", q)
+            replies = 1 + rng.randrange(3)
+            for k in range(replies):
+                text = a if k == 0 else "I am not sure about that."
+                msg(f"{tree}-a{d}-{k}", pid, "assistant", text, rank=k if replies > 1 else None)
+            parent = f"{tree}-a{d}-0"
+    return rows
+
+
+SAMPLES = {
+    "sharegpt_sample.json": (make_conversations, "json"),
+    "alpaca_sample.json": (make_instructions, "json"),
+    "dolly_sample.jsonl": (make_dolly, "jsonl"),
+    "gpt4all_sample.jsonl": (make_prompt_generations, "jsonl"),
+    "baize_sample.json": (make_self_chat, "json"),
+    "oasst_sample.jsonl": (make_oasst, "jsonl"),
+}
+
+
 def main() -> None:
-    out = Path(__file__).resolve().parents[2] / "data" / "samples" / "sharegpt_sample.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(make_conversations(), indent=1, ensure_ascii=False) + "\n")
-    print(f"wrote {out}")
+    folder = Path(__file__).resolve().parents[2] / "data" / "samples"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, (make, kind) in SAMPLES.items():
+        rows = make()
+        if kind == "json":
+            text = json.dumps(rows, indent=1, ensure_ascii=False) + "\n"
+        else:
+            text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        (folder / name).write_text(text)
+        print(f"wrote {folder / name} ({len(rows)} rows)")
 
 
 if __name__ == "__main__":
