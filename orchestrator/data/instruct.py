@@ -263,6 +263,21 @@ def render(template: str, s: Sample) -> list[Piece]:
     raise KeyError(template)
 
 
+def generation_prompt(template: str, user_text: str) -> str:
+    """The text a model trained with `template` is prompted with (sample generations)."""
+    if template in ("alpaca", "alpaca_lora"):
+        return alpaca_prompt(user_text, "") + ("\n" if template == "alpaca_lora" else "")
+    if template == "baize":
+        return f"{BAIZE_HEADER}{BAIZE_HUMAN}{user_text}\n{BAIZE_AI}".rstrip(" ")
+    if template == "oasst":
+        return f"<|prompter|>{user_text}<|endoftext|><|assistant|>"
+    pieces = render(template, Sample([("user", user_text), ("assistant", "")]))
+    return pieces[0].text or ""
+
+
+STOP_TEXT = {"dolly": "### End", "oasst": "<|endoftext|>", "baize": "[|Human|]"}
+"""Where a generation ends besides EOS (Dolly's end key, OA's end token, Baize's next turn)."""
+
 INSTRUCT_TEMPLATES = ("alpaca", "alpaca_lora", "dolly", "gpt4all", "baize", "oasst")
 TEMPLATE_SPECIAL_TOKENS = {"dolly": DOLLY_SPECIAL, "oasst": OASST_SPECIAL}
 

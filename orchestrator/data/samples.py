@@ -209,7 +209,7 @@ def make_oasst(n_trees: int = 150, seed: int = 5) -> list[dict]:
     for t in range(n_trees):
         tree = f"tree{t:04d}"
 
-        def msg(mid, parent, role, text, rank=None):
+        def msg(mid, parent, role, text, rank=None, tree=tree):
             rows.append(
                 {
                     "message_id": mid,
