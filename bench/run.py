@@ -262,29 +262,6 @@ def bench_strategies(steps: int = 6) -> dict:
     return out
 
 
-def _start_moto() -> tuple[str, object]:
-    import subprocess
-    import urllib.request
-
-    from orchestrator.launch.cluster import free_port
-
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(150):
-        try:
-            urllib.request.urlopen(url + "/moto-api/", timeout=1)
-            return url, proc
-        except Exception:  # noqa: BLE001
-            time.sleep(0.1)
-    proc.kill()
-    raise TimeoutError("moto_server did not start")
-
-
 def bench_checkpoint_io(train_steps: int = 12, save_every: int = 3, threads: int = 2) -> dict:
     """Checkpoint throughput and what saving costs training, in one process (FSDP2, world 1),
     a ~25M-parameter Llama with its AdamW state (~300 MB):
@@ -337,7 +314,9 @@ def bench_checkpoint_io(train_steps: int = 12, save_every: int = 3, threads: int
         strategy.write_checkpoint(folder)
         write_s.append(time.perf_counter() - t)
 
-    url, moto = _start_moto()
+    from tests.faults import start_moto_server
+
+    url, moto = start_moto_server()
     os.environ.update(
         AWS_ACCESS_KEY_ID="bench",
         AWS_SECRET_ACCESS_KEY="bench",

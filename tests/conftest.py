@@ -71,31 +71,14 @@ def shared_ray():
 def start_moto():
     """Start a moto_server (a real HTTP AWS endpoint) on a free 127.0.0.1 port: returns
     (url, process). Every server started is killed at the end of the session."""
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    from orchestrator.launch.cluster import free_port
+    from tests.faults import start_moto_server
 
     procs = []
 
     def start():
-        port = free_port()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        url, proc = start_moto_server()
         procs.append(proc)
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(150):
-            try:
-                urllib.request.urlopen(url + "/moto-api/", timeout=1)
-                return url, proc
-            except Exception:  # noqa: BLE001
-                time.sleep(0.1)
-        raise TimeoutError("moto_server did not start")
+        return url, proc
 
     yield start
     for proc in procs:

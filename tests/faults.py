@@ -13,6 +13,8 @@ import json
 import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -179,3 +181,26 @@ class Chaos(threading.Thread):
                 if self.done.wait(0.1):
                     return
             offset = events.stat().st_size
+
+
+def start_moto_server() -> tuple[str, subprocess.Popen]:
+    """A moto_server (a real HTTP AWS endpoint) on a free 127.0.0.1 port: (url, process)."""
+    import urllib.request
+
+    from orchestrator.launch.cluster import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(150):
+        try:
+            urllib.request.urlopen(url + "/moto-api/", timeout=1)
+            return url, proc
+        except Exception:  # noqa: BLE001 - not up yet
+            time.sleep(0.1)
+    proc.kill()
+    raise TimeoutError("moto_server did not start")
