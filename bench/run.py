@@ -226,13 +226,7 @@ def bench_strategies(steps: int = 6) -> dict:
     with tempfile.TemporaryDirectory() as d:
         old = Path.cwd()
         os.chdir(d)
-        ray.init(
-            address="local",
-            num_cpus=2,
-            include_dashboard=False,
-            _temp_dir=tempfile.mkdtemp(dir="/tmp"),
-            logging_level="warning",
-        )
+        _local_ray()
         try:
             for name, sets in variants.items():
                 res = launch(
@@ -260,6 +254,19 @@ def bench_strategies(steps: int = 6) -> dict:
     out = {"steps": steps, "workers": 2, "strategies": rows}
     _write("strategies", out)
     return out
+
+
+def _local_ray() -> None:
+    """A 2-CPU local Ray cluster in its own temp dir, shared by a benchmark's launches."""
+    import ray
+
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        _temp_dir=tempfile.mkdtemp(dir="/tmp"),
+        logging_level="warning",
+    )
 
 
 def bench_checkpoint_io(train_steps: int = 12, save_every: int = 3, threads: int = 2) -> dict:
@@ -419,13 +426,7 @@ def bench_recovery(steps: int = 40, every: int = 10) -> dict:
         old = Path.cwd()
         os.chdir(d)
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{d}/mlflow.db"
-        ray.init(
-            address="local",
-            num_cpus=2,
-            include_dashboard=False,
-            _temp_dir=tempfile.mkdtemp(dir="/tmp"),
-            logging_level="warning",
-        )
+        _local_ray()
         chaos = Chaos(Path(d) / "runs/vicuna/chaos", [(signal.SIGKILL, 15), (signal.SIGTERM, 8)])
         chaos.start()
         try:

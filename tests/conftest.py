@@ -67,6 +67,22 @@ def shared_ray():
     ray.shutdown()
 
 
+@pytest.fixture(scope="module")
+def launch_workdir(tmp_path_factory, shared_ray):
+    """A working directory for a module's launches (runs/ and an sqlite MLflow store in it),
+    on the module's shared Ray cluster; the old directory and MLflow URI come back after."""
+    d = tmp_path_factory.mktemp("work")
+    old, old_uri = Path.cwd(), os.environ.get("MLFLOW_TRACKING_URI")
+    os.chdir(d)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{d}/mlflow.db"
+    yield d
+    if old_uri is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = old_uri
+    os.chdir(old)
+
+
 @pytest.fixture(scope="session")
 def start_moto():
     """Start a moto_server (a real HTTP AWS endpoint) on a free 127.0.0.1 port: returns

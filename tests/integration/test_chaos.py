@@ -30,17 +30,6 @@ OVERRIDES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory, shared_ray):
-    d = tmp_path_factory.mktemp("chaos")
-    old = Path.cwd()
-    os.chdir(d)
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{d}/mlflow.db"
-    yield d
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    os.chdir(old)
-
-
 def exported_state(run_dir: str) -> dict[str, torch.Tensor]:
     from transformers import AutoModelForCausalLM
 
@@ -51,7 +40,7 @@ def losses(run_dir: str) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in rows_after(Path(run_dir) / "events.jsonl", 0)]
 
 
-def test_four_interruptions_change_nothing_but_the_bill(workdir):
+def test_four_interruptions_change_nothing_but_the_bill(launch_workdir):
     from orchestrator.launch.run import launch
 
     seed = int(os.environ.get("CHAOS_SEED", random.randrange(1 << 30)))
@@ -64,7 +53,7 @@ def test_four_interruptions_change_nothing_but_the_bill(workdir):
     base = launch("vicuna", "local", OVERRIDES, run_name="baseline")
     assert base.stop_reason == "completed" and base.step == STEPS
 
-    chaos = Chaos(workdir / "runs" / "vicuna" / "chaos", plan)
+    chaos = Chaos(launch_workdir / "runs" / "vicuna" / "chaos", plan)
     chaos.start()
     try:
         res = launch("vicuna", "local", OVERRIDES, run_name="chaos")
@@ -107,4 +96,4 @@ def test_four_interruptions_change_nothing_but_the_bill(workdir):
     # Every checkpoint left behind verifies.
     store = open_store(res.checkpoint_dir)
     for step in store.complete_steps():
-        store.fetch(step, workdir / "verify")
+        store.fetch(step, launch_workdir / "verify")

@@ -19,26 +19,13 @@ RECIPES = ["dolly"]
 OVERRIDES = ["train.max_steps=4", "checkpoint.every_steps=2", "checkpoint.keep_last=5"]
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory, shared_ray):
-    import os
-
-    d = tmp_path_factory.mktemp("recipes")
-    old = Path.cwd()
-    os.chdir(d)
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{d}/mlflow.db"
-    yield d
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    os.chdir(old)
-
-
 def losses(run_dir: Path, attempt: int) -> dict[int, float]:
     rows = [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines()]
     return {r["step"]: r["loss"] for r in rows if r["attempt"] == attempt}
 
 
 @pytest.mark.parametrize("job", RECIPES)
-def test_recipe_trains_exports_and_resumes(job, workdir):
+def test_recipe_trains_exports_and_resumes(job, launch_workdir):
     from transformers import AutoModelForCausalLM
 
     from orchestrator.launch.run import launch
