@@ -17,16 +17,25 @@ from omegaconf import MISSING
 STRATEGIES = ("ddp", "fsdp", "deepspeed")
 METHODS = ("full", "lora", "adapter")
 SCALES = ("local", "full")
-DATA_FORMATS = ("sharegpt", "alpaca", "dolly", "gpt4all", "baize", "oasst")
-TEMPLATES = ("vicuna_v1.1", "alpaca", "alpaca_lora", "dolly", "gpt4all", "baize", "oasst")
+DATA_FORMATS = (
+    "sharegpt", "alpaca", "dolly", "gpt4all", "baize", "oasst",
+    "hh_rlhf", "webgpt", "summarize", "hc3", "oig", "mixture",
+)  # fmt: skip
+TEMPLATES = ("vicuna_v1.1", "alpaca", "alpaca_lora", "dolly", "gpt4all", "baize", "oasst", "koala")
 # Which templates read which formats (the instruction formats have two fields, chats alternate).
+# A mixture is checked source by source.
 FORMAT_TEMPLATES = {
-    "sharegpt": ("vicuna_v1.1",),
-    "alpaca": ("alpaca", "alpaca_lora"),
+    "sharegpt": ("vicuna_v1.1", "koala"),
+    "alpaca": ("alpaca", "alpaca_lora", "koala"),
     "dolly": ("dolly",),
     "gpt4all": ("gpt4all",),
     "baize": ("baize",),
     "oasst": ("oasst",),
+    "hh_rlhf": ("koala",),
+    "webgpt": ("koala",),
+    "summarize": ("koala",),
+    "hc3": ("koala",),
+    "oig": ("koala",),
 }
 SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("fp32", "bf16")
@@ -101,6 +110,22 @@ class ModelConfig:
 
 
 @dataclass
+class SourceConfig:
+    """One source of a mixture (data.format: mixture), e.g. Koala's seven datasets."""
+
+    name: str = MISSING
+    format: str = MISSING
+    source: str = MISSING
+    split: str = "train"
+    weight: float = 1.0
+    """Copies of this source per epoch: 2.0 repeats every sample, 0.5 keeps a seeded half."""
+    max_examples: int | None = None
+    drop_containing: list[str] = field(default_factory=list)
+    """Drop samples whose text contains any of these (case-insensitive), e.g. Koala's filter of
+    ShareGPT conversations mentioning "openai" or "chatgpt"."""
+
+
+@dataclass
 class DataConfig:
     """Where the examples come from and how they become tokens and labels."""
 
@@ -108,8 +133,15 @@ class DataConfig:
     """Row format: sharegpt ({"id", "conversations": [{"from": "human"|"gpt", "value"}]}),
     alpaca (instruction/input/output), dolly (instruction/context/response), gpt4all
     (prompt/response), baize (input: [|Human|]/[|AI|] transcript), oasst (oasst1 message table)."""
-    source: str = MISSING
-    """Hugging Face dataset id, or a local .json/.jsonl file (relative paths are from the repo root)."""
+    source: str | None = None
+    """Hugging Face dataset id, a .json/.jsonl/.parquet file (relative paths are from the repo
+    root) or an s3:// object (endpoint and credentials from the AWS environment). Required
+    unless format is mixture."""
+    sources: list[SourceConfig] = field(default_factory=list)
+    """format: mixture only: the sources, each with its own format, weight and filters."""
+    conditioning: str = "positive_negative"
+    """Koala: positive_negative trains worse answers as negative samples (behind the negative
+    marker); positive_only drops them (Koala's instruct_po mix)."""
     split: str = "train"
     template: str = "vicuna_v1.1"
     tokenizer: str | None = None
@@ -134,11 +166,23 @@ class DataConfig:
         _choice("data.format", self.format, DATA_FORMATS)
         _choice("data.template", self.template, TEMPLATES)
         _choice("data.on_error", self.on_error, ("raise", "skip"))
-        if self.template not in FORMAT_TEMPLATES[self.format]:
-            raise ConfigError(
-                f"data.template={self.template!r} cannot read data.format={self.format!r}; "
-                f"valid: {list(FORMAT_TEMPLATES[self.format])}"
-            )
+        _choice("data.conditioning", self.conditioning, ("positive_negative", "positive_only"))
+        if self.format == "mixture":
+            if not self.sources:
+                raise ConfigError("data.format=mixture needs a list of data.sources")
+            formats = [(f"data.sources[{i}]", src.format) for i, src in enumerate(self.sources)]
+            for i, src in enumerate(self.sources):
+                _choice(f"data.sources[{i}].format", src.format, DATA_FORMATS[:-1])
+                if src.weight <= 0:
+                    raise ConfigError(f"data.sources[{i}].weight={src.weight} must be > 0")
+        else:  # (a missing data.source is caught in JobConfig: defaults are built without one)
+            formats = [("data", self.format)]
+        for key, fmt in formats:
+            if self.template not in FORMAT_TEMPLATES[fmt]:
+                raise ConfigError(
+                    f"data.template={self.template!r} cannot read {key}.format={fmt!r}; "
+                    f"valid: {list(FORMAT_TEMPLATES[fmt])}"
+                )
         _positive("data.max_seq_len", self.max_seq_len)
         _positive("data.max_examples", self.max_examples)
         if not 0.0 <= self.eval_fraction < 0.5:
@@ -165,6 +209,16 @@ class TrainConfig:
     """Sequences per worker per forward pass."""
     global_batch_size: int = 32
     """Sequences per optimizer step over all workers; grad accumulation = global / (micro * workers)."""
+    batching: str = "auto"
+    """How a step's examples become micro-batches (what is learned is the same in every mode):
+    pad (micro_batch_size examples in random order, padded to the longest: the originals' way),
+    grouped (sorted by length, cut under a token budget), packed (rows of pack_len tokens with
+    per-example position ids). auto: packed with flash_attention_2 on GPU, else grouped."""
+    tokens_per_micro_batch: int | None = None
+    """Token budget of a grouped/packed micro-batch (rows x padded width); None =
+    micro_batch_size x the longest example (the memory the pad mode needs at worst)."""
+    pack_len: int | None = None
+    """Row length of packed micro-batches; None = the longest example."""
     activation_checkpointing: bool = False
     precision: str = "fp32"
     seed: int = 42
@@ -181,6 +235,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _choice("train.strategy", self.strategy, STRATEGIES)
         _choice("train.method", self.method, METHODS)
+        _choice("train.batching", self.batching, ("auto", "pad", "grouped", "packed"))
+        _positive("train.tokens_per_micro_batch", self.tokens_per_micro_batch)
+        _positive("train.pack_len", self.pack_len)
         _choice("train.precision", self.precision, PRECISIONS)
         _positive("train.epochs", self.epochs)
         _positive("train.max_steps", self.max_steps)
@@ -484,6 +541,11 @@ class JobConfig:
 
     def __post_init__(self) -> None:
         _choice("scale", self.scale, SCALES)
+        if self.data.format != "mixture" and self.data.source is None:
+            raise ConfigError(
+                f"data.source is required for data.format={self.data.format!r} "
+                "(a dataset id, a .json/.jsonl/.parquet file or an s3:// object)"
+            )
         hw = self.hardware
         if hw.instance_type not in self.cost.instances:
             raise ConfigError(

@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from orchestrator.config.schema import DataConfig
-from orchestrator.data.formats import ADAPTERS, DataError, read_rows
+from orchestrator.data.batching import MicroBatch, collate_micro_batch, plan_step
+from orchestrator.data.formats import DataError, read_rows
 from orchestrator.data.instruct import SAMPLE_ADAPTERS, PieceTemplate, Sample, oasst_threads
 from orchestrator.data.templates import IGNORE_INDEX, TEMPLATES, Example
 from orchestrator.data.tokenizer import load_or_train_tokenizer
@@ -42,18 +43,31 @@ class PreparedData:
 
 def iter_samples(cfg: DataConfig) -> Iterator[Sample | DataError]:
     """Every sample of the source in file order; a bad row yields its DataError (the caller
-    raises or skips it). ShareGPT rows become samples of their turns; oasst1 builds its threads
-    from the whole message table."""
-    rows = read_rows(cfg.source, cfg.split, cfg.max_examples)
-    if cfg.format == "oasst":
+    raises or skips it). oasst1 builds its threads from the whole message table. A mixture
+    yields each source in turn, its samples tagged with the source's weight; Koala's negative
+    samples are dropped under `conditioning: positive_only`."""
+    if cfg.format == "mixture":
+        for src in cfg.sources:
+            block = (src.format, src.source, src.split, src.max_examples)
+            drop = [d.lower() for d in src.drop_containing]
+            for item in _iter_source(*block):
+                if isinstance(item, Sample):
+                    if drop and any(d in t.lower() for _, t in item.turns for d in drop):
+                        continue
+                    item.weight = src.weight
+                yield item
+    else:
+        yield from _iter_source(cfg.format, cfg.source, cfg.split, cfg.max_examples)
+
+
+def _iter_source(fmt: str, source: str, split: str, max_examples: int | None):
+    rows = read_rows(source, split, max_examples)
+    if fmt == "oasst":
         yield from oasst_threads(rows)
         return
     for row in rows:
         try:
-            if cfg.format in ADAPTERS:
-                yield Sample(ADAPTERS[cfg.format](row), "", row.where)
-            else:
-                yield from SAMPLE_ADAPTERS[cfg.format](row)
+            yield from SAMPLE_ADAPTERS[fmt](row)
         except DataError as e:
             yield e
 
@@ -81,7 +95,11 @@ def build_examples(cfg: DataConfig, tokenizer) -> tuple[list[Example], int, int]
             skipped += 1
             log.warning("skipping bad row: %s", item)
             continue
-        examples.extend(to_examples(item))
+        if item.negative and cfg.conditioning == "positive_only":
+            continue
+        for e in to_examples(item):
+            e.weight = item.weight
+            examples.append(e)
     if not examples:
         raise DataError(f"data.source={cfg.source!r}: no usable examples in {rows} rows")
     return examples, rows, skipped
@@ -100,6 +118,7 @@ def prepare_data(cfg: DataConfig, work_dir: Path) -> PreparedData:
     if cfg.eval_fraction > 0:
         n_eval = max(1, n_eval)
     eval_idx, train_idx = sorted(order[:n_eval]), sorted(order[n_eval:])
+    train_idx = _weighted(train_idx, [examples[i].weight for i in train_idx], cfg.shuffle_seed)
     pad_id = (
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.unk_token_id
     )
@@ -117,6 +136,20 @@ def prepare_data(cfg: DataConfig, work_dir: Path) -> PreparedData:
     torch.save(data.__dict__, tmp)
     tmp.replace(cache)
     return data
+
+
+def _weighted(idx: list[int], weights: list[float], seed: int) -> list[int]:
+    """Mixture weights on the training set (after the eval split, so no copy of an eval example
+    is trained on): weight w gives floor(w) copies, plus one more for a seeded random share
+    w - floor(w) of the examples (0.5 keeps half of a source, 2.0 doubles it)."""
+    if all(w == 1.0 for w in weights):
+        return idx
+    rng = random.Random(seed + 7)
+    out = []
+    for i, w in zip(idx, weights, strict=True):
+        whole, frac = divmod(w, 1.0)
+        out += [i] * (int(whole) + (rng.random() < frac))
+    return out
 
 
 def _n_targets(e: Example) -> int:
@@ -142,8 +175,10 @@ class StepBatches:
     """The micro-batches of each optimizer step, for one rank.
 
     Every epoch is a fresh permutation seeded by (seed, epoch); step s of the run is step
-    s % steps_per_epoch of epoch s // steps_per_epoch. A global batch of `global_batch_size`
-    examples is split into `grad_accum` rounds of `micro_batch_size` examples per rank.
+    s % steps_per_epoch of epoch s // steps_per_epoch, and its `global_batch_size` examples
+    depend only on (seed, s). How they are split into micro-batches and spread over ranks is
+    the batching `mode` (pad / grouped / packed, see `batching.py`); it changes speed, never
+    which examples a step trains on or its token-mean loss.
     """
 
     def __init__(
@@ -156,6 +191,9 @@ class StepBatches:
         rank: int,
         seed: int,
         pad_id: int,
+        mode: str = "pad",
+        tokens_per_micro_batch: int | None = None,
+        pack_len: int | None = None,
     ) -> None:
         if len(examples) < global_batch_size:
             raise DataError(
@@ -169,10 +207,14 @@ class StepBatches:
         self.rank = rank
         self.seed = seed
         self.pad_id = pad_id
-        self.grad_accum = global_batch_size // (micro_batch_size * world_size)
+        self.mode = mode
+        longest = max(len(e.input_ids) for e in examples)
+        self.pack_len = max(pack_len or longest, longest)
+        self.budget = max(tokens_per_micro_batch or micro_batch_size * longest, self.pack_len)
         self.steps_per_epoch = len(examples) // global_batch_size
         self._perm_epoch = -1
         self._perm: list[int] = []
+        self._plans: dict[int, list[list[MicroBatch]]] = {}
 
     def _permutation(self, epoch: int) -> list[int]:
         if epoch != self._perm_epoch:
@@ -188,25 +230,33 @@ class StepBatches:
         idx = perm[offset * self.global_batch_size : (offset + 1) * self.global_batch_size]
         return [self.examples[i] for i in idx]
 
+    def plan(self, step: int) -> list[list[MicroBatch]]:
+        """The micro-batches of every rank for `step` (deterministic; cached for a few steps)."""
+        if step not in self._plans:
+            if len(self._plans) > 8:
+                self._plans.clear()
+            self._plans[step] = plan_step(
+                [len(e.input_ids) for e in self.global_examples(step)],
+                mode=self.mode,
+                world=self.world,
+                micro_batch_size=self.micro,
+                tokens_per_micro_batch=self.budget,
+                pack_len=self.pack_len,
+            )
+        return self._plans[step]
+
     def step_targets(self, step: int) -> int:
         """Number of trained (next-token) positions in the whole global batch of `step`."""
         return sum(_n_targets(e) for e in self.global_examples(step))
 
     def padded_tokens(self, step: int) -> int:
-        """Token slots processed in `step` over all ranks (each micro-batch padded to its longest)."""
-        batch = self.global_examples(step)
-        per = self.micro
-        return sum(
-            len(chunk) * max(len(e.input_ids) for e in chunk)
-            for chunk in (batch[i : i + per] for i in range(0, len(batch), per))
-        )
+        """Token slots processed in `step` over all ranks (the padding efficiency denominator)."""
+        lengths = [len(e.input_ids) for e in self.global_examples(step)]
+        return sum(mb.slots(lengths) for rank in self.plan(step) for mb in rank if mb.rows)
 
     def step(self, step: int) -> tuple[list[dict[str, torch.Tensor]], int]:
         """(this rank's micro-batches, number of trained tokens in the whole global batch)."""
         batch = self.global_examples(step)
-        n_targets = self.step_targets(step)
-        micro_batches = []
-        for k in range(self.grad_accum):
-            start = (k * self.world + self.rank) * self.micro
-            micro_batches.append(collate(batch[start : start + self.micro], self.pad_id))
-        return micro_batches, n_targets
+        mine = self.plan(step)[self.rank]
+        tensors = [collate_micro_batch(mb, batch, self.pad_id, batch[0]) for mb in mine]
+        return tensors, self.step_targets(step)

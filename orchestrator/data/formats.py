@@ -37,18 +37,28 @@ class Row:
     """Human-readable position, e.g. 'data/x.jsonl line 17 (id=abc)'."""
 
 
+FILE_SUFFIXES = (".json", ".jsonl", ".parquet")
+
+
 def read_rows(source: str, split: str = "train", max_rows: int | None = None) -> Iterator[Row]:
-    """Rows of a local .json (list) / .jsonl file, or of a Hugging Face dataset id."""
+    """Rows of a local .json (list) / .jsonl / .parquet file, an s3:// object of those kinds
+    (fetched once into ~/.cache/orchestrator/s3, with the S3 store's retries), or a Hugging
+    Face dataset id (`datasets.load_dataset`, the full-scale path)."""
+    if source.startswith("s3://"):
+        if not source.endswith(FILE_SUFFIXES):
+            raise DataError(f"data.source={source!r}: an s3:// source must end in {FILE_SUFFIXES}")
+        yield from _read_file(_fetch_s3(source), max_rows, shown=source)
+        return
     path = Path(source)
     if not path.is_absolute() and not path.exists() and (REPO_ROOT / path).exists():
         path = REPO_ROOT / path  # shipped samples are named relative to the repo root
-    if path.suffix in (".json", ".jsonl"):
+    if path.suffix in FILE_SUFFIXES:
         if not path.exists():
             raise DataError(f"data.source={source!r}: file not found")
         yield from _read_file(path, max_rows)
         return
     if source.startswith("/") or source.startswith("."):
-        raise DataError(f"data.source={source!r}: not a .json/.jsonl file")
+        raise DataError(f"data.source={source!r}: not a {'/'.join(FILE_SUFFIXES)} file")
     import datasets  # the full-scale path: a Hugging Face dataset id
 
     ds = datasets.load_dataset(source, split=split)
@@ -58,7 +68,49 @@ def read_rows(source: str, split: str = "train", max_rows: int | None = None) ->
         yield Row(item, f"{source}[{split}] index {i}")
 
 
-def _read_file(path: Path, max_rows: int | None) -> Iterator[Row]:
+def _fetch_s3(url: str) -> Path:
+    """Download an s3:// object once (keyed by its ETag, so a changed object is fetched again)."""
+    import os
+
+    from orchestrator.checkpoint.store import S3Store
+
+    bucket, _, key = url[5:].partition("/")
+    store = S3Store(f"s3://{bucket}")
+    try:
+        head = store._retry("head " + url, lambda: store.client.head_object(Bucket=bucket, Key=key))
+    except Exception as e:
+        raise DataError(f"data.source={url!r}: cannot read the object ({e})") from None
+    etag = head["ETag"].strip('"').replace("-", "_")
+    cache_root = Path(os.environ.get("ORCHESTRATOR_CACHE", Path.home() / ".cache" / "orchestrator"))
+    local = cache_root / "s3" / bucket / f"{key}.{etag}{Path(key).suffix}"
+    if not local.exists():
+        local.parent.mkdir(parents=True, exist_ok=True)
+        tmp = local.with_name(local.name + ".part")
+        store._retry("download " + url, lambda: store.client.download_file(bucket, key, str(tmp)))
+        tmp.replace(local)
+    return local
+
+
+def _read_file(path: Path, max_rows: int | None, shown: str | None = None) -> Iterator[Row]:
+    """Rows of one file; `shown` is how errors name it (the s3:// URL of a fetched copy)."""
+    if shown is not None:
+        try:
+            for row in _read_file(path, max_rows):
+                yield Row(row.data, row.where.replace(str(path), shown, 1))
+        except DataError as e:
+            raise DataError(str(e).replace(str(path), shown)) from None
+        return
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        i = 0
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+            for item in batch.to_pylist():
+                if max_rows is not None and i >= max_rows:
+                    return
+                yield Row(item, f"{path} row {i}")
+                i += 1
+        return
     if path.suffix == ".jsonl":
         with path.open() as f:
             for lineno, line in enumerate(f, start=1):

@@ -13,10 +13,12 @@ message). What each original did, as implemented here:
 | gpt4all      | prompt + "\\n" + response (+ </s> unless truncated)          | response (+ </s>)     | prompt cut to max/2, then truncated |
 | baize        | "The conversation between human and AI assistant.\\n[|Human|] ..." | everything (no prompt masking) | truncated (512) |
 | oasst        | <|prompter|>q<|endoftext|><|assistant|>a<|endoftext|> ...   | assistant text + <|endoftext|> | truncated |
+| koala        | "BEGINNING OF CONVERSATION: USER: q GPT:" a </s> USER: ... (negative samples: "An Unhelpful Answer:" for "GPT:") | answers + </s> | truncated |
 """
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -35,6 +37,11 @@ class Sample:
     turns: list[Turn]
     context: str = ""
     where: str = ""
+    negative: bool = False
+    """Koala's conditional training: the assistant turns are a worse/unhelpful answer (they get
+    the negative marker "An Unhelpful Answer:" instead of "GPT:")."""
+    weight: float = 1.0
+    """Mixture weight of the sample's source (copies per epoch; see dataset.prepare_data)."""
 
 
 @dataclass
@@ -192,11 +199,131 @@ def oasst_threads(rows: Iterable[Row]) -> list[Sample]:
     return samples
 
 
+# ------------------------------------------------- Koala's sources (koala_data_pipeline, [R] wording)
+HH_TURN = re.compile(r"\n\n(Human|Assistant): ")
+
+
+def _hh_turns(text: str, where: str) -> list[Turn]:
+    parts = HH_TURN.split(text)
+    if parts[0].strip():
+        raise DataError(f"{where}: text before the first '\\n\\nHuman: ' turn")
+    turns = [
+        ("user" if who == "Human" else "assistant", body.strip())
+        for who, body in zip(parts[1::2], parts[2::2], strict=True)
+    ]
+    _check_alternating(turns, where)
+    return turns
+
+
+def hh_rlhf_samples(row: Row) -> list[Sample]:
+    """Anthropic/hh-rlhf {"chosen", "rejected"}: "\\n\\nHuman: ...\\n\\nAssistant: ..." transcripts.
+    The chosen dialogue is a positive sample, the rejected one a negative sample."""
+    chosen, rejected = _field(row, "chosen"), _field(row, "rejected")
+    return [
+        Sample(_hh_turns(chosen, f"{row.where} field 'chosen'"), "", row.where),
+        Sample(_hh_turns(rejected, f"{row.where} field 'rejected'"), "", row.where, negative=True),
+    ]
+
+
+def webgpt_samples(row: Row) -> list[Sample]:
+    """openai/webgpt_comparisons {"question": {"full_text"}, "answer_0", "answer_1", "score_0",
+    "score_1"}: the higher-scored answer is positive, the other negative; ties are dropped
+    (neither is known to be better)."""
+    q = row.data.get("question") if isinstance(row.data, dict) else None
+    if not isinstance(q, dict) or not isinstance(q.get("full_text"), str):
+        raise DataError(f"{row.where}: missing field 'question.full_text'")
+    answers = [_field(row, "answer_0"), _field(row, "answer_1")]
+    scores = [row.data.get("score_0"), row.data.get("score_1")]
+    if not all(isinstance(x, int | float) for x in scores):
+        raise DataError(f"{row.where}: fields 'score_0' and 'score_1' must be numbers")
+    if scores[0] == scores[1] or not all(a.strip() for a in answers):
+        return []
+    good = 0 if scores[0] > scores[1] else 1
+    turns = [("user", q["full_text"])]
+    return [
+        Sample(turns + [("assistant", answers[good])], "", row.where),
+        Sample(turns + [("assistant", answers[1 - good])], "", row.where, negative=True),
+    ]
+
+
+SUMMARIZE_PROMPT = "Summarize the following post.\n\nTitle: {title}\n\n{post}"
+
+
+def summarize_samples(row: Row) -> list[Sample]:
+    """openai/summarize_from_feedback comparisons {"info": {"post"|"article", "title"},
+    "summaries": [{"text"}, {"text"}], "choice"}: the chosen summary is positive, the other
+    negative."""
+    d = row.data if isinstance(row.data, dict) else {}
+    info, summaries, choice = d.get("info"), d.get("summaries"), d.get("choice")
+    if not isinstance(info, dict):
+        raise DataError(f"{row.where}: missing field 'info'")
+    post = info.get("post") or info.get("article")
+    if not isinstance(post, str) or not post.strip():
+        raise DataError(f"{row.where}: missing field 'info.post' (or 'info.article')")
+    if not (isinstance(summaries, list) and len(summaries) == 2 and choice in (0, 1)):
+        raise DataError(f"{row.where}: expected 2 'summaries' and 'choice' 0 or 1")
+    texts = [s.get("text") if isinstance(s, dict) else None for s in summaries]
+    if not all(isinstance(t, str) for t in texts):
+        raise DataError(f"{row.where}: missing field 'summaries[].text'")
+    turns = [("user", SUMMARIZE_PROMPT.format(title=info.get("title") or "", post=post))]
+    return [
+        Sample(turns + [("assistant", texts[choice].strip())], "", row.where),
+        Sample(turns + [("assistant", texts[1 - choice].strip())], "", row.where, negative=True),
+    ]
+
+
+def hc3_samples(row: Row) -> list[Sample]:
+    """Hello-SimpleAI/HC3 {"question", "human_answers": [...], "chatgpt_answers": [...]}: every
+    answer, human or ChatGPT, is a positive sample (Koala used both)."""
+    question = _field(row, "question")
+    out = []
+    for key in ("human_answers", "chatgpt_answers"):
+        answers = row.data.get(key)
+        if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
+            raise DataError(f"{row.where}: field {key!r} must be a list of strings")
+        out += [
+            Sample([("user", question), ("assistant", a)], "", row.where)
+            for a in answers
+            if a.strip()
+        ]
+    return out
+
+
+OIG_TURN = re.compile(r"(?:^|\n)<(human|bot)>: ?")
+
+
+def oig_samples(row: Row) -> list[Sample]:
+    """LAION OIG {"text": "<human>: ...\\n<bot>: ...\\n<human>: ..."} (unified_*.jsonl)."""
+    parts = OIG_TURN.split(_field(row, "text"))
+    if parts[0].strip():
+        raise DataError(f"{row.where}: field 'text' must start with '<human>: '")
+    turns = [
+        ("user" if who == "human" else "assistant", body.strip())
+        for who, body in zip(parts[1::2], parts[2::2], strict=True)
+    ]
+    if turns and turns[-1][0] == "user":
+        turns = turns[:-1]  # a trailing prompt without an answer
+    _check_alternating(turns, row.where)
+    return [Sample(turns, "", row.where)]
+
+
+def sharegpt_samples(row: Row) -> list[Sample]:
+    from orchestrator.data.formats import sharegpt_turns
+
+    return [Sample(sharegpt_turns(row), "", row.where)]
+
+
 SAMPLE_ADAPTERS = {
+    "sharegpt": sharegpt_samples,
     "alpaca": alpaca_samples,
     "dolly": dolly_samples,
     "gpt4all": gpt4all_samples,
     "baize": baize_samples,
+    "hh_rlhf": hh_rlhf_samples,
+    "webgpt": webgpt_samples,
+    "summarize": summarize_samples,
+    "hc3": hc3_samples,
+    "oig": oig_samples,
 }
 """Row-wise formats. `oasst` works on the whole message table (oasst_threads)."""
 
@@ -215,6 +342,8 @@ DOLLY_INTRO = (
     "Below is an instruction that describes a task. Write a response that appropriately "
     "completes the request."
 )
+KOALA_HEADER = "BEGINNING OF CONVERSATION: "
+KOALA_POSITIVE, KOALA_NEGATIVE = "GPT:", "An Unhelpful Answer:"
 DOLLY_SPECIAL = ["### End", "### Instruction:", "### Response:"]
 OASST_SPECIAL = ["<|prompter|>", "<|assistant|>", "<|endoftext|>"]
 
@@ -227,6 +356,17 @@ def alpaca_prompt(instruction: str, context: str) -> str:
 
 def render(template: str, s: Sample) -> list[Piece]:
     """The pieces of `s` under `template` (before any length policy)."""
+    if template == "koala":  # EasyLM koala.md; markers from koala_data_pipeline
+        marker = KOALA_NEGATIVE if s.negative else KOALA_POSITIVE
+        pieces = [Piece(KOALA_HEADER, False)]
+        for j, (role, t) in enumerate(s.turns):
+            if role == "user":
+                if j == 0 and s.context.strip():  # an Alpaca input goes under its instruction
+                    t = f"{t}\n\n{s.context}"
+                pieces.append(Piece(f"USER: {t} {marker}", False))
+            else:
+                pieces += [Piece(t, True), Piece(EOS, True)]
+        return pieces
     if template == "alpaca":  # stanford_alpaca train.py: target = output + eos
         (_, instruction), (_, output) = s.turns
         return [
@@ -271,14 +411,21 @@ def generation_prompt(template: str, user_text: str) -> str:
         return f"{BAIZE_HEADER}{BAIZE_HUMAN}{user_text}\n{BAIZE_AI}".rstrip(" ")
     if template == "oasst":
         return f"<|prompter|>{user_text}<|endoftext|><|assistant|>"
+    if template == "koala":  # prompted with the positive marker, as at eval time
+        return f"{KOALA_HEADER}USER: {user_text} {KOALA_POSITIVE}"
     pieces = render(template, Sample([("user", user_text), ("assistant", "")]))
     return pieces[0].text or ""
 
 
-STOP_TEXT = {"dolly": "### End", "oasst": "<|endoftext|>", "baize": "[|Human|]"}
+STOP_TEXT = {
+    "dolly": "### End",
+    "oasst": "<|endoftext|>",
+    "baize": "[|Human|]",
+    "koala": "USER:",
+}
 """Where a generation ends besides EOS (Dolly's end key, OA's end token, Baize's next turn)."""
 
-INSTRUCT_TEMPLATES = ("alpaca", "alpaca_lora", "dolly", "gpt4all", "baize", "oasst")
+INSTRUCT_TEMPLATES = ("alpaca", "alpaca_lora", "dolly", "gpt4all", "baize", "oasst", "koala")
 TEMPLATE_SPECIAL_TOKENS = {"dolly": DOLLY_SPECIAL, "oasst": OASST_SPECIAL}
 
 

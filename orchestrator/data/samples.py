@@ -237,6 +237,116 @@ def make_oasst(n_trees: int = 150, seed: int = 5) -> list[dict]:
     return rows
 
 
+# Koala's feedback sources: the same tasks, each with a good and a worse answer.
+UNHELPFUL = ["I am not sure about that.", "I don't know.", "Please ask someone else.", "Maybe 7?"]
+
+
+def _dialogue(rng: random.Random, rounds: int) -> list[tuple[str, str]]:
+    return [rng.choice(TASKS)(rng) for _ in range(rounds)]
+
+
+def make_hh(n: int = 120, seed: int = 6) -> list[dict]:
+    """Anthropic/hh-rlhf rows {"chosen", "rejected"}: "\n\nHuman: ...\n\nAssistant: ..."; the
+    two transcripts share every turn but the last answer."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        qa = _dialogue(rng, 1 + int(rng.expovariate(0.9)))
+        prefix = "".join(f"\n\nHuman: {q}\n\nAssistant: {a}" for q, a in qa[:-1])
+        last_q, last_a = qa[-1]
+        head = f"{prefix}\n\nHuman: {last_q}\n\nAssistant: "
+        rows.append({"chosen": head + last_a, "rejected": head + rng.choice(UNHELPFUL)})
+    return rows
+
+
+def make_webgpt(n: int = 80, seed: int = 7) -> list[dict]:
+    """openai/webgpt_comparisons rows: question.full_text, answer_0/1, score_0/1 (some ties)."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        q, a = rng.choice(TASKS)(rng)
+        score = rng.choice([1.0, 0.5, 0.0])
+        good_first = rng.random() < 0.5
+        answers = [a, rng.choice(UNHELPFUL)] if good_first else [rng.choice(UNHELPFUL), a]
+        scores = [score, -score] if good_first else [-score, score]
+        rows.append(
+            {
+                "question": {"full_text": q, "dataset": "eli5"},
+                "quotes_0": {"title": [], "extract": []},
+                "answer_0": answers[0],
+                "tokens_0": [],
+                "score_0": scores[0],
+                "quotes_1": {"title": [], "extract": []},
+                "answer_1": answers[1],
+                "tokens_1": [],
+                "score_1": scores[1],
+            }
+        )
+    return rows
+
+
+def make_summarize(n: int = 60, seed: int = 8) -> list[dict]:
+    """openai/summarize_from_feedback comparisons rows: info{id, post, title, subreddit},
+    summaries[{text, policy}], choice."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        w1, w2 = rng.sample(WORDS, 2)
+        post = f"Today I found a {w1} next to a {w2}. The {w1} was old, but the {w2} was new."
+        good = f"Found an old {w1} next to a new {w2}."
+        bad = rng.choice(UNHELPFUL)
+        choice = rng.randrange(2)
+        summaries = [{"text": good, "policy": "ref"}, {"text": bad, "policy": "sup"}]
+        if choice == 1:
+            summaries.reverse()
+        rows.append(
+            {
+                "info": {
+                    "id": f"t3_{i:05d}",
+                    "post": post,
+                    "title": f"A {w1}",
+                    "subreddit": "tifu",
+                },
+                "summaries": summaries,
+                "choice": choice,
+                "worker": "w0",
+                "batch": "batch0",
+                "split": "train",
+            }
+        )
+    return rows
+
+
+def make_hc3(n: int = 80, seed: int = 9) -> list[dict]:
+    """Hello-SimpleAI/HC3 rows: {"id", "question", "human_answers": [...], "chatgpt_answers": [...]}."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        q, a = rng.choice(TASKS)(rng)
+        rows.append(
+            {
+                "id": str(i),
+                "question": q,
+                "human_answers": [a.split(". ")[-1]],
+                "chatgpt_answers": [a] if rng.random() < 0.6 else [],
+            }
+        )
+    return rows
+
+
+def make_oig(n: int = 80, seed: int = 10) -> list[dict]:
+    """LAION OIG unified_*.jsonl rows: {"text": "<human>: ...\n<bot>: ...", "metadata"}."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        qa = _dialogue(rng, 1 + int(rng.expovariate(1.0)))
+        text = "\n".join(f"<human>: {q}\n<bot>: {a}" for q, a in qa)
+        rows.append(
+            {"text": text, "metadata": {"source": "unified_grade_school_math_instructions"}}
+        )
+    return rows
+
+
 SAMPLES = {
     "sharegpt_sample.json": (make_conversations, "json"),
     "alpaca_sample.json": (make_instructions, "json"),
@@ -244,6 +354,11 @@ SAMPLES = {
     "gpt4all_sample.jsonl": (make_prompt_generations, "jsonl"),
     "baize_sample.json": (make_self_chat, "json"),
     "oasst_sample.jsonl": (make_oasst, "jsonl"),
+    "koala/hh_rlhf_sample.jsonl": (make_hh, "jsonl"),
+    "koala/webgpt_sample.jsonl": (make_webgpt, "jsonl"),
+    "koala/summarize_sample.jsonl": (make_summarize, "jsonl"),
+    "koala/hc3_sample.jsonl": (make_hc3, "jsonl"),
+    "koala/oig_sample.jsonl": (make_oig, "jsonl"),
 }
 
 
@@ -256,6 +371,7 @@ def main() -> None:
             text = json.dumps(rows, indent=1, ensure_ascii=False) + "\n"
         else:
             text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_text(text)
         print(f"wrote {folder / name} ({len(rows)} rows)")
 

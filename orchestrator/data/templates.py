@@ -35,6 +35,8 @@ class Round:
 class Example:
     input_ids: list[int]
     labels: list[int]
+    weight: float = 1.0
+    """Mixture weight of its source: copies per epoch in the training set."""
 
 
 def vicuna_v11_text(turns: list[Turn]) -> str:

@@ -27,6 +27,7 @@ from orchestrator.checkpoint.policy import Interval
 from orchestrator.config.load import from_dict
 from orchestrator.config.schema import JobConfig
 from orchestrator.cost.ledger import read_timeline, redone_steps
+from orchestrator.data.batching import resolve_mode
 from orchestrator.data.dataset import PreparedData, StepBatches, collate
 from orchestrator.data.templates import IGNORE_INDEX
 from orchestrator.tracking.mlflow_logger import (
@@ -133,6 +134,9 @@ class FinetuneRecipe:
 
         data = PreparedData(**torch.load(self.ctx.data_path, weights_only=False))
         self.data = data
+        self.batching = resolve_mode(
+            cfg.train.batching, cfg.hardware.accelerator, cfg.model.attn_implementation
+        )
         self.batches = StepBatches(
             data.train,
             global_batch_size=cfg.train.global_batch_size,
@@ -141,6 +145,9 @@ class FinetuneRecipe:
             rank=self.rank,
             seed=cfg.train.seed,
             pad_id=data.pad_id,
+            mode=self.batching,
+            tokens_per_micro_batch=cfg.train.tokens_per_micro_batch,
+            pack_len=cfg.train.pack_len,
         )
         if cfg.train.max_steps is not None:
             self.total_steps = cfg.train.max_steps
@@ -201,7 +208,8 @@ class FinetuneRecipe:
             )
             self._print(
                 f"{cfg.train.strategy} / {cfg.train.method}: {self.n_trainable:,} of "
-                f"{self.n_params:,} parameters trainable, {self.world} workers"
+                f"{self.n_params:,} parameters trainable, {self.world} workers, "
+                f"{self.batching} batching"
             )
 
     def _flops_model(self, data: PreparedData) -> tuple[float, float]:
@@ -407,7 +415,10 @@ class FinetuneRecipe:
 
     def _loss_sum(self, mb: dict[str, torch.Tensor]) -> torch.Tensor:
         """Sum of next-token cross-entropy over trained (label != -100) positions."""
-        logits = self.model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"]).logits
+        # Padded batches carry an attention mask; packed ones carry per-example position ids.
+        # No KV cache: with one, transformers does not look for packed sequences at all.
+        inputs = {k: mb[k] for k in ("input_ids", "attention_mask", "position_ids") if k in mb}
+        logits = self.model(**inputs, use_cache=False).logits
         return F.cross_entropy(
             logits[:, :-1].float().reshape(-1, logits.size(-1)),
             mb["labels"][:, 1:].reshape(-1),
@@ -655,6 +666,7 @@ class FinetuneRecipe:
             "attempt": self.ctx.attempt,
             "strategy": self.cfg.train.strategy,
             "method": self.cfg.train.method,
+            "batching": self.batching,
             "peak_rss_mb_per_worker": peak_rss_mb,
             "checkpoint_s": self.checkpoint_s,
             "checkpoint_persist_s": self.checkpointer.stats.persist_s,

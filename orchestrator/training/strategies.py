@@ -250,10 +250,11 @@ class DeepSpeedStrategy:
         return contextlib.nullcontext()  # DeepSpeed keeps bf16 weights itself
 
     def backward(self, loss: torch.Tensor, last_micro_batch: bool) -> None:
+        # The number of micro-batches can change from step to step (token-budget batching), so
+        # the accumulation boundary is set explicitly instead of counted by DeepSpeed.
+        self.engine.set_gradient_accumulation_boundary(last_micro_batch)
         # Our loss is already scaled for accumulation: DeepSpeed must not divide it again.
         self.engine.backward(loss, scale_wrt_gas=False)
-        if not last_micro_batch:
-            self.engine.step()  # no update before the accumulation boundary
 
     def step(self, lr: float, max_norm: float | None) -> float:
         assert self.engine.is_gradient_accumulation_boundary()

@@ -1,0 +1,167 @@
+"""How the examples of one optimizer step become micro-batches: speed without changing what is
+learned.
+
+The examples of optimizer step s are fixed by (seed, s) (see `StepBatches`), and the loss is the
+exact token mean over all of them, however they are split. So the split is free to chase speed:
+
+- `pad`: the original recipes' way. `micro_batch_size` examples per micro-batch in random order,
+  right-padded to the longest. Short examples pay for the long one next to them.
+- `grouped`: the step's examples sorted by length and cut into micro-batches under a token budget
+  (rows x padded width <= `tokens_per_micro_batch`): many short rows or a few long ones, each
+  micro-batch about the same cost, almost no padding.
+- `packed`: examples packed first-fit-decreasing into rows of `pack_len` tokens, position ids
+  restarting at 0 for each example and no attention mask, so transformers builds a
+  block-diagonal causal mask (`find_packed_sequence_indices`): no example attends to another's
+  tokens, and the first label of each example is dropped so no loss crosses a boundary. Padding
+  is only at row ends. On GPU with varlen flash attention each example costs only its own
+  length; with sdpa/eager (CPU) every row pays attention over its whole length.
+
+Every rank must run the same number of forward/backward passes (the collectives of FSDP and
+ZeRO happen inside them), so the micro-batches of a step are split until their count is a
+multiple of the world size, then dealt to ranks largest first, each to the rank with the
+fewest padded tokens so far.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from orchestrator.data.templates import IGNORE_INDEX, Example
+
+BATCHING_MODES = ("auto", "pad", "grouped", "packed")
+
+
+@dataclass
+class MicroBatch:
+    """Rows of example indices (into the step's example list). A padded micro-batch has one
+    example per row; a packed one may have several."""
+
+    rows: list[list[int]]
+    packed: bool
+
+    def slots(self, lengths: list[int]) -> int:
+        """Token positions processed: rows x the longest row."""
+        return len(self.rows) * max(sum(lengths[i] for i in r) for r in self.rows)
+
+
+def resolve_mode(mode: str, accelerator: str, attn_implementation: str) -> str:
+    """`auto`: packed where attention is varlen (flash_attention_2 on GPU: a packed example
+    costs what it would alone), grouped elsewhere (sdpa/eager, and every CPU run, where a packed
+    row pays attention over its whole length; bench/results: batching)."""
+    if mode != "auto":
+        return mode
+    if accelerator != "cpu" and attn_implementation == "flash_attention_2":
+        return "packed"
+    return "grouped"
+
+
+def plan_step(
+    lengths: list[int],
+    *,
+    mode: str,
+    world: int,
+    micro_batch_size: int,
+    tokens_per_micro_batch: int,
+    pack_len: int,
+) -> list[list[MicroBatch]]:
+    """The micro-batches of each rank for one step whose examples have `lengths`."""
+    n = len(lengths)
+    if mode == "pad":  # fixed count, file order within the (already shuffled) global batch
+        per = micro_batch_size
+        mbs = [
+            MicroBatch([[i] for i in range(s, min(n, s + per))], False) for s in range(0, n, per)
+        ]
+        return [mbs[r::world] for r in range(world)]  # rank r: micro-batches r, r+W, ...
+    order = sorted(range(n), key=lambda i: (-lengths[i], i))
+    if mode == "grouped":
+        mbs = []
+        current: list[int] = []
+        for i in order:  # descending: the first example of a batch sets its width
+            width = lengths[current[0]] if current else lengths[i]
+            if current and (len(current) + 1) * width > tokens_per_micro_batch:
+                mbs.append(MicroBatch([[j] for j in current], False))
+                current = []
+            current.append(i)
+        mbs.append(MicroBatch([[j] for j in current], False))
+    elif mode == "packed":
+        rows: list[list[int]] = []
+        room: list[int] = []
+        for i in order:  # first-fit decreasing
+            for r, free in enumerate(room):
+                if lengths[i] <= free:
+                    rows[r].append(i)
+                    room[r] -= lengths[i]
+                    break
+            else:
+                rows.append([i])
+                room.append(pack_len - lengths[i])
+        per = max(1, tokens_per_micro_batch // pack_len)
+        mbs = [MicroBatch(rows[s : s + per], True) for s in range(0, len(rows), per)]
+    else:
+        raise ValueError(f"unknown batching mode {mode!r}; valid: {BATCHING_MODES[1:]}")
+    return _balance(mbs, world, lengths)
+
+
+def _balance(mbs: list[MicroBatch], world: int, lengths: list[int]) -> list[list[MicroBatch]]:
+    # Split the costliest splittable micro-batch until every rank can get the same count.
+    while len(mbs) % world:
+        splittable = [m for m in mbs if len(m.rows) > 1]
+        if not splittable:
+            break
+        big = max(splittable, key=lambda m: m.slots(lengths))
+        mbs.remove(big)
+        half = len(big.rows) // 2
+        mbs += [MicroBatch(big.rows[:half], big.packed), MicroBatch(big.rows[half:], big.packed)]
+    while len(mbs) % world:  # fewer examples than ranks: an empty pass keeps collectives aligned
+        mbs.append(MicroBatch([], False))
+    per_rank = len(mbs) // world
+    ranks: list[list[MicroBatch]] = [[] for _ in range(world)]
+    load = [0] * world
+    for m in sorted(mbs, key=lambda m: -(m.slots(lengths) if m.rows else 0)):
+        r = min((r for r in range(world) if len(ranks[r]) < per_rank), key=lambda r: load[r])
+        ranks[r].append(m)
+        load[r] += m.slots(lengths) if m.rows else 0
+    return ranks
+
+
+def collate_micro_batch(
+    mb: MicroBatch, examples: list[Example], pad_id: int, fallback: Example
+) -> dict[str, torch.Tensor]:
+    """Tensors for one micro-batch. Padded: input_ids/labels/attention_mask. Packed:
+    input_ids/labels/position_ids (no attention mask: transformers reads the example boundaries
+    from the restarting position ids). An empty micro-batch is one fully masked row of
+    `fallback` (it trains nothing, but runs the collectives)."""
+    if not mb.rows:
+        n = len(fallback.input_ids)
+        return {
+            "input_ids": torch.tensor([fallback.input_ids]),
+            "labels": torch.full((1, n), IGNORE_INDEX, dtype=torch.long),
+            "attention_mask": torch.ones((1, n), dtype=torch.long),
+        }
+    rows = [[examples[i] for i in r] for r in mb.rows]
+    width = max(sum(len(e.input_ids) for e in r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    if not mb.packed:
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for k, (e,) in enumerate(rows):
+            n = len(e.input_ids)
+            ids[k, :n] = torch.tensor(e.input_ids)
+            labels[k, :n] = torch.tensor(e.labels)
+            mask[k, :n] = 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    # Packed: the row's padding tail is a segment of its own (positions restart there too).
+    pos = torch.zeros((len(rows), width), dtype=torch.long)
+    for k, row in enumerate(rows):
+        at = 0
+        for e in row:
+            n = len(e.input_ids)
+            ids[k, at : at + n] = torch.tensor(e.input_ids)
+            labels[k, at : at + n] = torch.tensor(e.labels)
+            labels[k, at] = IGNORE_INDEX  # never a target; masks the cross-boundary prediction
+            pos[k, at : at + n] = torch.arange(n)
+            at += n
+        pos[k, at:] = torch.arange(width - at)
+    return {"input_ids": ids, "labels": labels, "position_ids": pos}
