@@ -13,6 +13,8 @@
    upload_file; training time lost to sync vs async saves.
 5. `recovery`: on local Ray, kill -> first resumed step, and steps lost, without and with a
    spot notice.
+6. `batching`: effective tokens/s and padding efficiency of HF Trainer (pad to max, pad to
+   longest, group_by_length) against our loop's batching modes (bench/batching.py).
 """
 
 from __future__ import annotations
@@ -495,6 +497,15 @@ def write_table() -> None:
             ]
             rows.append("")
             continue
+        if "modes" in r:
+            keys = list(next(iter(r["modes"].values())))
+            rows += ["| mode | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+            rows += [
+                f"| {name} | " + " | ".join(str(v.get(k, "")) for k in keys) + " |"
+                for name, v in r["modes"].items()
+            ]
+            rows.append("")
+            r = {k: v for k, v in r.items() if k != "modes"}
         if "interruptions" in r:
             keys = list(r["interruptions"][0])
             rows += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
@@ -510,7 +521,14 @@ def write_table() -> None:
     (RESULTS / "RESULTS.md").write_text("\n".join(rows))
 
 
+def bench_batching() -> dict:
+    from bench.batching import bench_batching as run
+
+    return run()
+
+
 BENCHES = {
+    "batching": bench_batching,
     "launch": bench_launch,
     "loop": bench_loop,
     "strategies": bench_strategies,
@@ -524,7 +542,7 @@ if __name__ == "__main__":
         if name not in BENCHES:
             sys.exit(f"unknown benchmark {name!r}; choose from {list(BENCHES)}")
     # In-process torch.distributed first, before Ray owns this process.
-    order = ["loop", "checkpoint_io", "launch", "strategies", "recovery"]
+    order = ["loop", "batching", "checkpoint_io", "launch", "strategies", "recovery"]
     for name in order:
         if name in names:
             BENCHES[name]()

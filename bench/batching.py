@@ -1,0 +1,269 @@
+"""Batching benchmark: effective (non-pad) tokens/s of HF Trainer's padding strategies against our
+loop's batching modes, same model, same data, same machine, one run.
+
+Model: Llama, hidden 256, ffn 688, 4 layers, 4 heads, vocab 4096, fp32, random init. Data: 4000
+examples, lengths lognormal (median 180, sigma 0.9) clipped to [16, 1024], every token trained.
+Each configuration trains the same number of optimizer steps of 32 examples (a prefix of its
+epoch order, so every configuration sees a random sample of the same length distribution) in one
+process with 2 threads. Throughput = real tokens processed / wall time of the whole training call
+(not a median of per-step rates); padding efficiency = real tokens / token slots processed.
+
+    .venv/bin/python bench/run.py batching
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+N_EXAMPLES, MAX_LEN, VOCAB = 4000, 1024, 4096
+GLOBAL_BATCH, MICRO = 32, 8
+
+
+def make_examples(seed: int = 0):
+    from orchestrator.data.templates import Example
+
+    rng = random.Random(seed)
+    out = []
+    for _ in range(N_EXAMPLES):
+        n = int(min(MAX_LEN, max(16, round(rng.lognormvariate(math.log(180), 0.9)))))
+        ids = [rng.randrange(4, VOCAB) for _ in range(n)]
+        out.append(Example(ids, list(ids)))
+    return out
+
+
+def model_config():
+    from orchestrator.config.schema import ModelConfig
+
+    return ModelConfig(
+        arch="llama", hidden_size=256, intermediate_size=688, num_layers=4, num_heads=4,
+        vocab_size=VOCAB, max_position_embeddings=MAX_LEN,
+    )  # fmt: skip
+
+
+def hf_trainer(examples, steps: int, padding: str, threads: int) -> dict:
+    """HF Trainer: padding='max_length' (FastChat/Vicuna), 'longest' in random order (Alpaca),
+    or 'group_by_length' (Trainer's LengthGroupedSampler + pad to longest)."""
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    from orchestrator.training.model import build_model
+
+    torch.set_num_threads(threads)
+    seen = {"real": 0, "slots": 0}
+
+    def collate(rows):
+        width = MAX_LEN if padding == "max_length" else max(len(r["input_ids"]) for r in rows)
+        ids = torch.zeros((len(rows), width), dtype=torch.long)
+        labels = torch.full((len(rows), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            n = len(r["input_ids"])
+            ids[i, :n] = torch.tensor(r["input_ids"])
+            labels[i, :n] = torch.tensor(r["labels"])
+            mask[i, :n] = 1
+        seen["real"] += int(mask.sum())
+        seen["slots"] += ids.numel()
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+    ds = Dataset.from_dict(
+        {"input_ids": [e.input_ids for e in examples], "labels": [e.labels for e in examples]}
+    )
+    model = build_model(model_config(), VOCAB)
+    with tempfile.TemporaryDirectory() as out:
+        args = TrainingArguments(
+            output_dir=out,
+            per_device_train_batch_size=MICRO,
+            gradient_accumulation_steps=GLOBAL_BATCH // MICRO,
+            max_steps=steps,
+            learning_rate=1e-4,
+            group_by_length=padding == "group_by_length",
+            save_strategy="no",
+            report_to=[],
+            logging_steps=10**6,
+            dataloader_num_workers=0,
+            use_cpu=True,
+            seed=0,
+            disable_tqdm=True,
+        )
+        trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=collate)
+        t = time.perf_counter()
+        trainer.train()
+        elapsed = time.perf_counter() - t
+    return _row(seen["real"], seen["slots"], elapsed)
+
+
+def ours(examples, steps: int, mode: str, threads: int, **train) -> dict:
+    """Our FinetuneRecipe (FSDP2 on one gloo rank, exact token-mean loss, logging, cost, the
+    end-of-run checkpoint) with one batching mode."""
+    import mlflow
+
+    from orchestrator.config.load import compose
+    from orchestrator.data.dataset import PreparedData, StepBatches
+    from orchestrator.training.loop import FinetuneRecipe, RunContext
+
+    torch.set_num_threads(threads)
+    mc = model_config()
+    overrides = [
+        f"train.max_steps={steps}",
+        f"train.batching={mode}",
+        f"train.micro_batch_size={MICRO}",
+        f"train.global_batch_size={GLOBAL_BATCH}",
+        "hardware.num_workers=1",
+        f"train.num_threads_per_worker={threads}",
+        "train.activation_checkpointing=false",
+        "checkpoint.every_steps=100000",
+        "optim.lr=1e-4",
+        f"data.max_seq_len={MAX_LEN}",
+        *[f"model.{k}={getattr(mc, k)}" for k in
+          ("hidden_size", "intermediate_size", "num_layers", "num_heads", "max_position_embeddings")],
+        *[f"train.{k}={v}" for k, v in train.items()],
+    ]  # fmt: skip
+    cfg = compose("vicuna", "local", overrides)
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        data = PreparedData(
+            train=examples, eval=[], tokenizer_dir="", vocab_size=VOCAB, pad_id=0,
+            skipped_rows=0, num_rows=len(examples),
+        )  # fmt: skip
+        torch.save(data.__dict__, d / "data.pt")
+        uri = f"sqlite:///{d / 'mlflow.db'}"
+        client = mlflow.tracking.MlflowClient(uri)
+        ctx = RunContext(
+            run_dir=str(d),
+            checkpoint_dir=str(d / "ckpt"),
+            data_path=str(d / "data.pt"),
+            tracking_uri=uri,
+            mlflow_run_id=client.create_run(client.create_experiment("b")).info.run_id,
+            attempt=1,
+            attempt_start_time=time.time(),
+            usd_before_attempt=0.0,
+            price_per_hour_usd=0.1,
+            config_hash="bench",
+        )
+        recipe = FinetuneRecipe(cfg, ctx)
+        recipe.setup()
+        b: StepBatches = recipe.batches
+        real = sum(len(e.input_ids) for s in range(steps) for e in b.global_examples(s))
+        slots = sum(b.padded_tokens(s) for s in range(steps))
+        t = time.perf_counter()
+        recipe.train()
+        elapsed = time.perf_counter() - t
+        recipe.cleanup()
+    return _row(real, slots, elapsed)
+
+
+def ours_on_ray(examples, steps: int, mode: str, workers: int = 2) -> dict:
+    """Our loop on `workers` Ray Train workers (1 thread each, gloo), FSDP2. Throughput over the
+    training steps (the sum of step times in result.json: worker start-up excluded)."""
+    import json
+    from dataclasses import asdict
+
+    import mlflow
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from orchestrator.config.load import compose, to_dict
+    from orchestrator.data.dataset import PreparedData, StepBatches
+    from orchestrator.training.loop import RunContext, train_fn
+
+    mc = model_config()
+    overrides = [
+        f"train.max_steps={steps}",
+        f"train.batching={mode}",
+        f"train.micro_batch_size={MICRO // workers}",
+        f"train.global_batch_size={GLOBAL_BATCH}",
+        f"hardware.num_workers={workers}",
+        "train.activation_checkpointing=false",
+        "checkpoint.every_steps=100000",
+        f"data.max_seq_len={MAX_LEN}",
+        *[f"model.{k}={getattr(mc, k)}" for k in
+          ("hidden_size", "intermediate_size", "num_layers", "num_heads", "max_position_embeddings")],
+    ]  # fmt: skip
+    cfg = compose("vicuna", "local", overrides)
+    d = Path(tempfile.mkdtemp(prefix="bench-batching-"))
+    data = PreparedData(
+        train=examples, eval=[], tokenizer_dir="", vocab_size=VOCAB, pad_id=0,
+        skipped_rows=0, num_rows=len(examples),
+    )  # fmt: skip
+    torch.save(data.__dict__, d / "data.pt")
+    uri = f"sqlite:///{d / 'mlflow.db'}"
+    client = mlflow.tracking.MlflowClient(uri)
+    ctx = RunContext(
+        run_dir=str(d), checkpoint_dir=str(d / "ckpt"), data_path=str(d / "data.pt"),
+        tracking_uri=uri, mlflow_run_id=client.create_run(client.create_experiment("b")).info.run_id,
+        attempt=1, attempt_start_time=time.time(), usd_before_attempt=0.0,
+        price_per_hour_usd=0.1, config_hash="bench",
+    )  # fmt: skip
+    TorchTrainer(
+        train_fn,
+        train_loop_config={"config": to_dict(cfg), "context": asdict(ctx)},
+        scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 1}),
+        run_config=RunConfig(name=f"bench-{mode}", storage_path=str(d / "ray")),
+    ).fit()
+    result = json.loads((d / "result.json").read_text())
+    b = StepBatches(
+        examples, global_batch_size=GLOBAL_BATCH, micro_batch_size=MICRO // workers,
+        world_size=workers, rank=0, seed=cfg.train.seed, pad_id=0, mode=result["batching"],
+    )  # fmt: skip
+    real = sum(len(e.input_ids) for s in range(steps) for e in b.global_examples(s))
+    slots = sum(b.padded_tokens(s) for s in range(steps))
+    return _row(real, slots, sum(result["step_s"]))
+
+
+def _row(real: int, slots: int, elapsed: float) -> dict:
+    return {
+        "real_tokens": real,
+        "padding_efficiency": round(real / slots, 3),
+        "seconds": round(elapsed, 1),
+        "tokens_per_s": round(real / elapsed, 1),
+    }
+
+
+def bench_batching(steps: int = 12, threads: int = 2, ray_workers: bool = True) -> dict:
+    from bench.run import _single_process_group, _write
+
+    _single_process_group()
+    examples = make_examples()
+    runs = {
+        "hf_pad_to_max": lambda: hf_trainer(examples, steps, "max_length", threads),
+        "hf_pad_longest_random": lambda: hf_trainer(examples, steps, "longest", threads),
+        "hf_group_by_length": lambda: hf_trainer(examples, steps, "group_by_length", threads),
+        "ours_pad": lambda: ours(examples, steps, "pad", threads),
+        "ours_grouped_default": lambda: ours(examples, steps, "auto", threads),
+        "ours_grouped_budget_4096": lambda: ours(
+            examples, steps, "grouped", threads, tokens_per_micro_batch=4096
+        ),
+        "ours_packed_1024": lambda: ours(examples, steps, "packed", threads, pack_len=1024),
+        "ours_packed_2048": lambda: ours(examples, steps, "packed", threads, pack_len=2048),
+    }
+    modes = {name: run() for name, run in runs.items()}
+    if ray_workers:
+        import ray
+
+        from bench.run import _local_ray
+
+        _local_ray()
+        for mode in ("pad", "grouped", "packed"):
+            modes[f"ray2_ours_{mode}"] = ours_on_ray(examples, steps, mode)
+        ray.shutdown()
+    ref = modes["ours_grouped_default"]["tokens_per_s"]
+    for name, row in modes.items():
+        if not name.startswith("ray2_"):  # the Ray rows exclude start-up: compare among them
+            row["default_speedup_over_this"] = round(ref / row["tokens_per_s"], 2)
+        print(name, row, flush=True)
+    out = {
+        "steps": steps,
+        "global_batch": GLOBAL_BATCH,
+        "threads": threads,
+        "model": "llama h256 ffn688 L4 H4 V4096 fp32",
+        "data": "4000 ex, lognormal median 180 sigma 0.9, [16, 1024]",
+        "modes": modes,
+    }
+    _write("batching", out)
+    return out
