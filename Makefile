@@ -55,7 +55,7 @@ validate-configs: $(STAMP)
 	$(BIN)/python -m orchestrator validate
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not gpu and not slow"
+	$(BIN)/python -m pytest -m "not gpu and not slow" --durations=15
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest

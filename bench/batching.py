@@ -3,9 +3,10 @@ loop's batching modes, same model, same data, same machine, one run.
 
 Model: Llama, hidden 256, ffn 688, 4 layers, 4 heads, vocab 4096, fp32, random init. Data: 4000
 examples, lengths lognormal (median 180, sigma 0.9) clipped to [16, 1024], every token trained.
-Each configuration trains the same number of optimizer steps of 32 examples (a prefix of its
-epoch order, so every configuration sees a random sample of the same length distribution) in one
-process with 2 threads. Throughput = real tokens processed / wall time of the whole training call
+Each configuration trains optimizer steps of 40 examples from its own epoch order: 10 steps
+(400 random examples) for ours and HF pad-to-longest, 4 for HF pad-to-max (random order, so any
+prefix is a fair sample), and one whole LengthGroupedSampler megabatch (25 steps, 1000 examples)
+for HF group_by_length, which sorts each megabatch longest first. One process with 2 threads. Throughput = real tokens processed / wall time of the whole training call
 (not a median of per-step rates); padding efficiency = real tokens / token slots processed.
 
     .venv/bin/python bench/run.py batching
@@ -22,7 +23,10 @@ from pathlib import Path
 import torch
 
 N_EXAMPLES, MAX_LEN, VOCAB = 4000, 1024, 4096
-GLOBAL_BATCH, MICRO = 32, 8
+GLOBAL_BATCH, MICRO = 40, 8
+# HF's LengthGroupedSampler sorts megabatches of min(4000 // (40 * 4), 50) = 25 batches of 40
+# = 1000 examples: group_by_length runs one whole megabatch (25 steps) so that it trains on a
+# random sample of the length distribution, like every other configuration.
 
 
 def make_examples(seed: int = 0):
@@ -48,7 +52,8 @@ def model_config():
 
 def hf_trainer(examples, steps: int, padding: str, threads: int) -> dict:
     """HF Trainer: padding='max_length' (FastChat/Vicuna), 'longest' in random order (Alpaca),
-    or 'group_by_length' (Trainer's LengthGroupedSampler + pad to longest)."""
+    or 'group_by_length' (transformers 5: train_sampling_strategy='group_by_length', i.e.
+    LengthGroupedSampler, + pad to longest)."""
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments
 
@@ -82,7 +87,7 @@ def hf_trainer(examples, steps: int, padding: str, threads: int) -> dict:
             gradient_accumulation_steps=GLOBAL_BATCH // MICRO,
             max_steps=steps,
             learning_rate=1e-4,
-            group_by_length=padding == "group_by_length",
+            train_sampling_strategy="group_by_length" if padding == "group_by_length" else "random",
             save_strategy="no",
             report_to=[],
             logging_steps=10**6,
@@ -118,6 +123,7 @@ def ours(examples, steps: int, mode: str, threads: int, **train) -> dict:
         f"train.num_threads_per_worker={threads}",
         "train.activation_checkpointing=false",
         "checkpoint.every_steps=100000",
+        "export.enabled=false",
         "optim.lr=1e-4",
         f"data.max_seq_len={MAX_LEN}",
         *[f"model.{k}={getattr(mc, k)}" for k in
@@ -181,6 +187,7 @@ def ours_on_ray(examples, steps: int, mode: str, workers: int = 2) -> dict:
         f"hardware.num_workers={workers}",
         "train.activation_checkpointing=false",
         "checkpoint.every_steps=100000",
+        "export.enabled=false",
         f"data.max_seq_len={MAX_LEN}",
         *[f"model.{k}={getattr(mc, k)}" for k in
           ("hidden_size", "intermediate_size", "num_layers", "num_heads", "max_position_embeddings")],
@@ -225,20 +232,51 @@ def _row(real: int, slots: int, elapsed: float) -> dict:
     }
 
 
-def bench_batching(steps: int = 12, threads: int = 2, ray_workers: bool = True) -> dict:
+def pass_rates(threads: int) -> dict:
+    """Forward + backward slots/s of single passes of the bench model, by (rows, width): what
+    the CPU token budget is chosen from."""
+    from orchestrator.training.model import build_model
+
+    torch.set_num_threads(threads)
+    model = build_model(model_config(), VOCAB)
+    out = {}
+    for rows, width in [(1, 128), (4, 128), (8, 128), (16, 128), (32, 128), (4, 256), (8, 256),
+                        (16, 256), (2, 512), (4, 512), (1, 1024), (2, 1024), (4, 1024)]:  # fmt: skip
+        x = torch.randint(4, VOCAB, (rows, width))
+        best = float("inf")
+        for _ in range(3):
+            t = time.perf_counter()
+            logits = model(input_ids=x, use_cache=False).logits
+            torch.nn.functional.cross_entropy(logits.flatten(0, 1), x.flatten()).backward()
+            best = min(best, time.perf_counter() - t)
+        out[f"{rows}x{width}"] = round(rows * width / best)
+    return out
+
+
+def bench_batching(steps: int = 10, threads: int = 2, ray_workers: bool = True) -> dict:
     from bench.run import _single_process_group, _write
 
     _single_process_group()
     examples = make_examples()
     runs = {
-        "hf_pad_to_max": lambda: hf_trainer(examples, steps, "max_length", threads),
+        # Random order: any prefix is a fair sample; 4 steps of 40 x 1024 slots is plenty.
+        "hf_pad_to_max": lambda: hf_trainer(examples, 4, "max_length", threads),
         "hf_pad_longest_random": lambda: hf_trainer(examples, steps, "longest", threads),
-        "hf_group_by_length": lambda: hf_trainer(examples, steps, "group_by_length", threads),
+        # One whole LengthGroupedSampler megabatch (mega_batch_mult 25 x 40 = 1000 examples):
+        # a shorter prefix would be its longest examples only.
+        "hf_group_by_length": lambda: hf_trainer(examples, 25, "group_by_length", threads),
         "ours_pad": lambda: ours(examples, steps, "pad", threads),
         "ours_grouped_default": lambda: ours(examples, steps, "auto", threads),
+        "ours_grouped_budget_2048": lambda: ours(
+            examples, steps, "grouped", threads, tokens_per_micro_batch=2048
+        ),
         "ours_grouped_budget_4096": lambda: ours(
             examples, steps, "grouped", threads, tokens_per_micro_batch=4096
         ),
+        "ours_grouped_budget_8192": lambda: ours(
+            examples, steps, "grouped", threads, tokens_per_micro_batch=8192
+        ),
+        "ours_grouped_ddp": lambda: ours(examples, steps, "grouped", threads, strategy="ddp"),
         "ours_packed_1024": lambda: ours(examples, steps, "packed", threads, pack_len=1024),
         "ours_packed_2048": lambda: ours(examples, steps, "packed", threads, pack_len=2048),
     }
@@ -257,7 +295,10 @@ def bench_batching(steps: int = 12, threads: int = 2, ray_workers: bool = True) 
         if not name.startswith("ray2_"):  # the Ray rows exclude start-up: compare among them
             row["default_speedup_over_this"] = round(ref / row["tokens_per_s"], 2)
         print(name, row, flush=True)
+    rates = pass_rates(threads)
+    print("pass slots/s", rates, flush=True)
     out = {
+        "pass_slots_per_s": rates,
         "steps": steps,
         "global_batch": GLOBAL_BATCH,
         "threads": threads,

@@ -506,6 +506,11 @@ def write_table() -> None:
             ]
             rows.append("")
             r = {k: v for k, v in r.items() if k != "modes"}
+        if "pass_slots_per_s" in r:
+            rates = r.pop("pass_slots_per_s")
+            rows += ["| pass (rows x width) | forward+backward slots/s |", "|---|---|"]
+            rows += [f"| {k} | {v} |" for k, v in rates.items()]
+            rows.append("")
         if "interruptions" in r:
             keys = list(r["interruptions"][0])
             rows += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]

@@ -215,8 +215,10 @@ class TrainConfig:
     grouped (sorted by length, cut under a token budget), packed (rows of pack_len tokens with
     per-example position ids). auto: packed with flash_attention_2 on GPU, else grouped."""
     tokens_per_micro_batch: int | None = None
-    """Token budget of a grouped/packed micro-batch (rows x padded width); None =
-    micro_batch_size x the longest example (the memory the pad mode needs at worst)."""
+    """Token budget of a grouped/packed micro-batch (rows x padded width); None = on GPU
+    micro_batch_size x the longest example (the memory the pad mode needs at worst), on CPU
+    max(1024, the longest example) (bench/results, batching: 1024-8192 ran within 5%, 1024
+    pads least)."""
     pack_len: int | None = None
     """Row length of packed micro-batches; None = the longest example."""
     activation_checkpointing: bool = False
@@ -455,8 +457,8 @@ class MfuModel:
     """MFU = max_mfu * L / (L + half_seq_len) * gpu_factor[gpu] (* int8_factor when loading 8-bit).
     Calibrated on Alpaca and Vicuna (docs/COST_MODEL.md)."""
 
-    max_mfu: float = 0.3609
-    half_seq_len: float = 1133.0
+    max_mfu: float = 0.3694
+    half_seq_len: float = 1166.8
     gpu_factor: dict[str, float] = field(default_factory=dict)
     int8_factor: float = 0.5
     range_low: float = 0.75

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from orchestrator.config.schema import DataConfig
-from orchestrator.data.batching import MicroBatch, collate_micro_batch, plan_step
+from orchestrator.data.batching import MicroBatch, collate_micro_batch, default_budget, plan_step
 from orchestrator.data.formats import DataError, read_rows
 from orchestrator.data.instruct import SAMPLE_ADAPTERS, PieceTemplate, Sample, oasst_threads
 from orchestrator.data.templates import IGNORE_INDEX, TEMPLATES, Example
@@ -194,6 +194,7 @@ class StepBatches:
         mode: str = "pad",
         tokens_per_micro_batch: int | None = None,
         pack_len: int | None = None,
+        accelerator: str = "cpu",
     ) -> None:
         if len(examples) < global_batch_size:
             raise DataError(
@@ -210,7 +211,8 @@ class StepBatches:
         self.mode = mode
         longest = max(len(e.input_ids) for e in examples)
         self.pack_len = max(pack_len or longest, longest)
-        self.budget = max(tokens_per_micro_batch or micro_batch_size * longest, self.pack_len)
+        budget = tokens_per_micro_batch or default_budget(accelerator, micro_batch_size, longest)
+        self.budget = max(budget, self.pack_len)
         self.steps_per_epoch = len(examples) // global_batch_size
         self._perm_epoch = -1
         self._perm: list[int] = []

@@ -148,6 +148,7 @@ class FinetuneRecipe:
             mode=self.batching,
             tokens_per_micro_batch=cfg.train.tokens_per_micro_batch,
             pack_len=cfg.train.pack_len,
+            accelerator=cfg.hardware.accelerator,
         )
         if cfg.train.max_steps is not None:
             self.total_steps = cfg.train.max_steps
@@ -419,9 +420,12 @@ class FinetuneRecipe:
         # No KV cache: with one, transformers does not look for packed sequences at all.
         inputs = {k: mb[k] for k in ("input_ids", "attention_mask", "position_ids") if k in mb}
         logits = self.model(**inputs, use_cache=False).logits
+        # Shift the labels, not the logits: slicing logits[:, :-1] would copy all of them
+        # (rows x width x vocab floats) once more per micro-batch.
+        labels = F.pad(mb["labels"][:, 1:], (0, 1), value=IGNORE_INDEX)
         return F.cross_entropy(
-            logits[:, :-1].float().reshape(-1, logits.size(-1)),
-            mb["labels"][:, 1:].reshape(-1),
+            logits.float().flatten(0, 1),
+            labels.flatten(),
             ignore_index=IGNORE_INDEX,
             reduction="sum",
         )

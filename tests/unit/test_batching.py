@@ -6,7 +6,12 @@ import random
 import pytest
 import torch
 
-from orchestrator.data.batching import collate_micro_batch, plan_step, resolve_mode
+from orchestrator.data.batching import (
+    collate_micro_batch,
+    default_budget,
+    plan_step,
+    resolve_mode,
+)
 from orchestrator.data.dataset import StepBatches
 from orchestrator.data.templates import IGNORE_INDEX, Example
 
@@ -67,6 +72,10 @@ def test_auto_mode_per_hardware():
     assert resolve_mode("auto", "A100-80GB", "sdpa") == "grouped"
     assert resolve_mode("auto", "A100-80GB", "flash_attention_2") == "packed"
     assert resolve_mode("pad", "A100-80GB", "flash_attention_2") == "pad"
+    # Token budget: the measured CPU sweet spot, or what the pad mode would need on GPU; never
+    # less than the longest example.
+    assert default_budget("cpu", 8, 512) == 1024 and default_budget("cpu", 8, 3000) == 3000
+    assert default_budget("A100-80GB", 4, 2048) == 8192
 
 
 def _tiny(arch):
