@@ -267,16 +267,20 @@ def bench_batching(steps: int = 10, threads: int = 2, ray_workers: bool = True) 
         "hf_group_by_length": lambda: hf_trainer(examples, 25, "group_by_length", threads),
         "ours_pad": lambda: ours(examples, steps, "pad", threads),
         "ours_grouped_default": lambda: ours(examples, steps, "auto", threads),
+        "ours_grouped_budget_1024": lambda: ours(
+            examples, steps, "grouped", threads, tokens_per_micro_batch=1024
+        ),
         "ours_grouped_budget_2048": lambda: ours(
             examples, steps, "grouped", threads, tokens_per_micro_batch=2048
         ),
         "ours_grouped_budget_4096": lambda: ours(
             examples, steps, "grouped", threads, tokens_per_micro_batch=4096
         ),
-        "ours_grouped_budget_8192": lambda: ours(
-            examples, steps, "grouped", threads, tokens_per_micro_batch=8192
-        ),
         "ours_grouped_ddp": lambda: ours(examples, steps, "grouped", threads, strategy="ddp"),
+        # HF's sampling: megabatches of 25 steps sorted by length (one whole megabatch run).
+        "ours_grouped_length_grouped_steps_25": lambda: ours(
+            examples, 25, "grouped", threads, length_grouped_steps=25
+        ),
         "ours_packed_1024": lambda: ours(examples, steps, "packed", threads, pack_len=1024),
         "ours_packed_2048": lambda: ours(examples, steps, "packed", threads, pack_len=2048),
     }

@@ -215,12 +215,15 @@ class TrainConfig:
     grouped (sorted by length, cut under a token budget), packed (rows of pack_len tokens with
     per-example position ids). auto: packed with flash_attention_2 on GPU, else grouped."""
     tokens_per_micro_batch: int | None = None
-    """Token budget of a grouped/packed micro-batch (rows x padded width); None = on GPU
-    micro_batch_size x the longest example (the memory the pad mode needs at worst), on CPU
-    max(1024, the longest example) (bench/results, batching: 1024-8192 ran within 5%, 1024
-    pads least)."""
+    """Token budget of a grouped/packed micro-batch (rows x padded width); None =
+    micro_batch_size x the longest example (the memory the pad mode needs at worst)."""
     pack_len: int | None = None
     """Row length of packed micro-batches; None = the longest example."""
+    length_grouped_steps: int = 1
+    """1: every step holds random examples (what the originals trained on). k > 1: as HF
+    Trainer's group_by_length, megabatches of k steps are sorted by length, so each step holds
+    examples of like length (faster: no padding in big passes; changes which examples share a
+    step). The step order within a megabatch is shuffled."""
     activation_checkpointing: bool = False
     precision: str = "fp32"
     seed: int = 42
@@ -240,6 +243,7 @@ class TrainConfig:
         _choice("train.batching", self.batching, ("auto", "pad", "grouped", "packed"))
         _positive("train.tokens_per_micro_batch", self.tokens_per_micro_batch)
         _positive("train.pack_len", self.pack_len)
+        _positive("train.length_grouped_steps", self.length_grouped_steps)
         _choice("train.precision", self.precision, PRECISIONS)
         _positive("train.epochs", self.epochs)
         _positive("train.max_steps", self.max_steps)

@@ -59,18 +59,11 @@ def resolve_mode(mode: str, accelerator: str, attn_implementation: str) -> str:
     return "grouped"
 
 
-CPU_TOKENS_PER_MICRO_BATCH = 1024
-"""Default token budget of a pass on CPU. In bench/batching, budgets of 1024 to 8192 ran within
-5% of each other (larger passes run more slots/s, but group fewer like lengths together) and
-1024 padded least (efficiency 0.983 vs 0.903 at 8192), so the smallest wins on memory. The
-longest example still gets a pass of its own."""
-
-
-def default_budget(accelerator: str, micro_batch_size: int, longest: int) -> int:
-    """Token budget when the job sets none: on GPU, what the pad mode needs at worst (the memory
-    the original batch size was chosen for); on CPU, the measured sweet spot."""
-    if accelerator == "cpu":
-        return max(CPU_TOKENS_PER_MICRO_BATCH, longest)
+def default_budget(micro_batch_size: int, longest: int) -> int:
+    """Token budget when the job sets none: what the pad mode needs at worst (micro_batch_size
+    rows of the longest example), i.e. the memory the original batch size was chosen for. On
+    CPU, smaller budgets (1024-4096) were measured too (bench/results, batching): they pad a
+    little less but cut long examples into one-row passes, each paying a fixed cost."""
     return micro_batch_size * longest
 
 

@@ -194,7 +194,7 @@ class StepBatches:
         mode: str = "pad",
         tokens_per_micro_batch: int | None = None,
         pack_len: int | None = None,
-        accelerator: str = "cpu",
+        group_steps: int = 1,
     ) -> None:
         if len(examples) < global_batch_size:
             raise DataError(
@@ -209,9 +209,10 @@ class StepBatches:
         self.seed = seed
         self.pad_id = pad_id
         self.mode = mode
+        self.group_steps = group_steps
         longest = max(len(e.input_ids) for e in examples)
         self.pack_len = max(pack_len or longest, longest)
-        budget = tokens_per_micro_batch or default_budget(accelerator, micro_batch_size, longest)
+        budget = tokens_per_micro_batch or default_budget(micro_batch_size, longest)
         self.budget = max(budget, self.pack_len)
         self.steps_per_epoch = len(examples) // global_batch_size
         self._perm_epoch = -1
@@ -220,10 +221,28 @@ class StepBatches:
 
     def _permutation(self, epoch: int) -> list[int]:
         if epoch != self._perm_epoch:
+            rng = random.Random(self.seed * 100_003 + epoch)
             self._perm = list(range(len(self.examples)))
-            random.Random(self.seed * 100_003 + epoch).shuffle(self._perm)
+            rng.shuffle(self._perm)
+            if self.group_steps > 1:
+                self._perm = self._length_grouped(self._perm, rng)
             self._perm_epoch = epoch
         return self._perm
+
+    def _length_grouped(self, perm: list[int], rng: random.Random) -> list[int]:
+        """HF group_by_length at the step level: megabatches of `group_steps` global batches
+        are sorted by length and cut into steps, whose order in the megabatch is shuffled (HF
+        puts the longest first). Each step then holds examples of like length."""
+        g, k = self.global_batch_size, self.group_steps
+        out: list[int] = []
+        for start in range(0, len(perm), g * k):
+            mega = sorted(
+                perm[start : start + g * k], key=lambda i: -len(self.examples[i].input_ids)
+            )
+            steps = [mega[j : j + g] for j in range(0, len(mega), g)]
+            rng.shuffle(steps)
+            out += [i for step in steps for i in step]
+        return out
 
     def global_examples(self, step: int) -> list[Example]:
         """All examples of optimizer step `step` (0-based), on every rank."""

@@ -148,7 +148,7 @@ class FinetuneRecipe:
             mode=self.batching,
             tokens_per_micro_batch=cfg.train.tokens_per_micro_batch,
             pack_len=cfg.train.pack_len,
-            accelerator=cfg.hardware.accelerator,
+            group_steps=cfg.train.length_grouped_steps,
         )
         if cfg.train.max_steps is not None:
             self.total_steps = cfg.train.max_steps
