@@ -103,60 +103,80 @@ def hf_trainer(examples, steps: int, padding: str, threads: int) -> dict:
     return _row(seen["real"], seen["slots"], elapsed)
 
 
+def _config(steps: int, mode: str, workers: int, threads: int, **train):
+    """The bench job: vicuna's local recipe with the bench model, batch and mode."""
+    from orchestrator.config.load import compose
+
+    mc = model_config()
+    return compose(
+        "vicuna",
+        "local",
+        [
+            f"train.max_steps={steps}",
+            f"train.batching={mode}",
+            f"train.micro_batch_size={MICRO // workers}",
+            f"train.global_batch_size={GLOBAL_BATCH}",
+            f"hardware.num_workers={workers}",
+            f"train.num_threads_per_worker={threads}",
+            "train.activation_checkpointing=false",
+            "checkpoint.every_steps=100000",
+            "export.enabled=false",
+            "optim.lr=1e-4",
+            f"data.max_seq_len={MAX_LEN}",
+            *[
+                f"model.{k}={getattr(mc, k)}"
+                for k in (
+                    "hidden_size",
+                    "intermediate_size",
+                    "num_layers",
+                    "num_heads",
+                    "max_position_embeddings",
+                )
+            ],
+            *[f"train.{k}={v}" for k, v in train.items()],
+        ],  # fmt: skip
+    )
+
+
+def _run_context(d: Path, examples):
+    """A run folder holding the synthetic examples as prepared data, and its MLflow run."""
+    import mlflow
+
+    from orchestrator.data.dataset import PreparedData
+    from orchestrator.training.loop import RunContext
+
+    data = PreparedData(
+        train=examples, eval=[], tokenizer_dir="", vocab_size=VOCAB, pad_id=0,
+        skipped_rows=0, num_rows=len(examples),
+    )  # fmt: skip
+    torch.save(data.__dict__, d / "data.pt")
+    uri = f"sqlite:///{d / 'mlflow.db'}"
+    client = mlflow.tracking.MlflowClient(uri)
+    return RunContext(
+        run_dir=str(d), checkpoint_dir=str(d / "ckpt"), data_path=str(d / "data.pt"),
+        tracking_uri=uri, mlflow_run_id=client.create_run(client.create_experiment("b")).info.run_id,
+        attempt=1, attempt_start_time=time.time(), usd_before_attempt=0.0,
+        price_per_hour_usd=0.1, config_hash="bench",
+    )  # fmt: skip
+
+
+def _tokens(b, steps: int) -> tuple[int, int]:
+    """(real tokens, processed slots) of the first `steps` steps of a StepBatches."""
+    real = sum(len(e.input_ids) for s in range(steps) for e in b.global_examples(s))
+    return real, sum(b.padded_tokens(s) for s in range(steps))
+
+
 def ours(examples, steps: int, mode: str, threads: int, **train) -> dict:
     """Our FinetuneRecipe (FSDP2 on one gloo rank, exact token-mean loss, logging, cost, the
     end-of-run checkpoint) with one batching mode."""
-    import mlflow
-
-    from orchestrator.config.load import compose
-    from orchestrator.data.dataset import PreparedData, StepBatches
-    from orchestrator.training.loop import FinetuneRecipe, RunContext
+    from orchestrator.training.loop import FinetuneRecipe
 
     torch.set_num_threads(threads)
-    mc = model_config()
-    overrides = [
-        f"train.max_steps={steps}",
-        f"train.batching={mode}",
-        f"train.micro_batch_size={MICRO}",
-        f"train.global_batch_size={GLOBAL_BATCH}",
-        "hardware.num_workers=1",
-        f"train.num_threads_per_worker={threads}",
-        "train.activation_checkpointing=false",
-        "checkpoint.every_steps=100000",
-        "export.enabled=false",
-        "optim.lr=1e-4",
-        f"data.max_seq_len={MAX_LEN}",
-        *[f"model.{k}={getattr(mc, k)}" for k in
-          ("hidden_size", "intermediate_size", "num_layers", "num_heads", "max_position_embeddings")],
-        *[f"train.{k}={v}" for k, v in train.items()],
-    ]  # fmt: skip
-    cfg = compose("vicuna", "local", overrides)
+    cfg = _config(steps, mode, 1, threads, **train)
     with tempfile.TemporaryDirectory() as d:
-        d = Path(d)
-        data = PreparedData(
-            train=examples, eval=[], tokenizer_dir="", vocab_size=VOCAB, pad_id=0,
-            skipped_rows=0, num_rows=len(examples),
-        )  # fmt: skip
-        torch.save(data.__dict__, d / "data.pt")
-        uri = f"sqlite:///{d / 'mlflow.db'}"
-        client = mlflow.tracking.MlflowClient(uri)
-        ctx = RunContext(
-            run_dir=str(d),
-            checkpoint_dir=str(d / "ckpt"),
-            data_path=str(d / "data.pt"),
-            tracking_uri=uri,
-            mlflow_run_id=client.create_run(client.create_experiment("b")).info.run_id,
-            attempt=1,
-            attempt_start_time=time.time(),
-            usd_before_attempt=0.0,
-            price_per_hour_usd=0.1,
-            config_hash="bench",
-        )
-        recipe = FinetuneRecipe(cfg, ctx)
+        recipe = FinetuneRecipe(cfg, _run_context(Path(d), examples))
         recipe.setup()
-        b: StepBatches = recipe.batches
-        real = sum(len(e.input_ids) for s in range(steps) for e in b.global_examples(s))
-        slots = sum(b.padded_tokens(s) for s in range(steps))
+        real, slots = _tokens(recipe.batches, steps)
         t = time.perf_counter()
         recipe.train()
         elapsed = time.perf_counter() - t
@@ -170,43 +190,16 @@ def ours_on_ray(examples, steps: int, mode: str, workers: int = 2) -> dict:
     import json
     from dataclasses import asdict
 
-    import mlflow
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from orchestrator.config.load import compose, to_dict
-    from orchestrator.data.dataset import PreparedData, StepBatches
-    from orchestrator.training.loop import RunContext, train_fn
+    from orchestrator.config.load import to_dict
+    from orchestrator.data.dataset import StepBatches
+    from orchestrator.training.loop import train_fn
 
-    mc = model_config()
-    overrides = [
-        f"train.max_steps={steps}",
-        f"train.batching={mode}",
-        f"train.micro_batch_size={MICRO // workers}",
-        f"train.global_batch_size={GLOBAL_BATCH}",
-        f"hardware.num_workers={workers}",
-        "train.activation_checkpointing=false",
-        "checkpoint.every_steps=100000",
-        "export.enabled=false",
-        f"data.max_seq_len={MAX_LEN}",
-        *[f"model.{k}={getattr(mc, k)}" for k in
-          ("hidden_size", "intermediate_size", "num_layers", "num_heads", "max_position_embeddings")],
-    ]  # fmt: skip
-    cfg = compose("vicuna", "local", overrides)
+    cfg = _config(steps, mode, workers, 1)
     d = Path(tempfile.mkdtemp(prefix="bench-batching-"))
-    data = PreparedData(
-        train=examples, eval=[], tokenizer_dir="", vocab_size=VOCAB, pad_id=0,
-        skipped_rows=0, num_rows=len(examples),
-    )  # fmt: skip
-    torch.save(data.__dict__, d / "data.pt")
-    uri = f"sqlite:///{d / 'mlflow.db'}"
-    client = mlflow.tracking.MlflowClient(uri)
-    ctx = RunContext(
-        run_dir=str(d), checkpoint_dir=str(d / "ckpt"), data_path=str(d / "data.pt"),
-        tracking_uri=uri, mlflow_run_id=client.create_run(client.create_experiment("b")).info.run_id,
-        attempt=1, attempt_start_time=time.time(), usd_before_attempt=0.0,
-        price_per_hour_usd=0.1, config_hash="bench",
-    )  # fmt: skip
+    ctx = _run_context(d, examples)
     TorchTrainer(
         train_fn,
         train_loop_config={"config": to_dict(cfg), "context": asdict(ctx)},
@@ -218,9 +211,7 @@ def ours_on_ray(examples, steps: int, mode: str, workers: int = 2) -> dict:
         examples, global_batch_size=GLOBAL_BATCH, micro_batch_size=MICRO // workers,
         world_size=workers, rank=0, seed=cfg.train.seed, pad_id=0, mode=result["batching"],
     )  # fmt: skip
-    real = sum(len(e.input_ids) for s in range(steps) for e in b.global_examples(s))
-    slots = sum(b.padded_tokens(s) for s in range(steps))
-    return _row(real, slots, sum(result["step_s"]))
+    return _row(*_tokens(b, steps), sum(result["step_s"]))
 
 
 def _row(real: int, slots: int, elapsed: float) -> dict:

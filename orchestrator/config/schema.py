@@ -37,6 +37,7 @@ FORMAT_TEMPLATES = {
     "hc3": ("koala",),
     "oig": ("koala",),
 }
+BATCHING_MODES = ("auto", "pad", "grouped", "packed")
 SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("fp32", "bf16")
 RESUME_MODES = ("auto", "never", "must")
@@ -240,7 +241,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _choice("train.strategy", self.strategy, STRATEGIES)
         _choice("train.method", self.method, METHODS)
-        _choice("train.batching", self.batching, ("auto", "pad", "grouped", "packed"))
+        _choice("train.batching", self.batching, BATCHING_MODES)
         _positive("train.tokens_per_micro_batch", self.tokens_per_micro_batch)
         _positive("train.pack_len", self.pack_len)
         _positive("train.length_grouped_steps", self.length_grouped_steps)

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 
 import torch
 
+from orchestrator.config.schema import BATCHING_MODES
 from orchestrator.data.templates import IGNORE_INDEX, Example
 
-BATCHING_MODES = ("auto", "pad", "grouped", "packed")
 PASS_OVERHEAD_DIVISOR = 32
 """Grouping charges each micro-batch budget / this many token slots (bench/results: batching)."""
 
@@ -111,7 +111,7 @@ def plan_step(
 
 def _group_sorted(desc: list[int], budget: int) -> list[tuple[int, int]]:
     """Cut lengths sorted longest first into contiguous groups [a, b) that minimise padded slots
-    plus a fixed cost per micro-batch (`budget // 8` slots: a pass has overheads of its own, and
+    plus a fixed cost per micro-batch (budget // PASS_OVERHEAD_DIVISOR slots: a pass has overheads of its own, and
     under FSDP/ZeRO-3 every pass gathers the parameters), with rows x width <= budget. Exact
     dynamic programme, O(n^2) for the n examples of one step."""
     n, overhead = len(desc), budget // PASS_OVERHEAD_DIVISOR
@@ -154,6 +154,20 @@ def _balance(mbs: list[MicroBatch], world: int, lengths: list[int]) -> list[list
     return ranks
 
 
+def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest example; padded positions get attention 0 and label -100."""
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[i, :n] = torch.tensor(e.input_ids)
+        labels[i, :n] = torch.tensor(e.labels)
+        mask[i, :n] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
 def collate_micro_batch(
     mb: MicroBatch, examples: list[Example], pad_id: int, fallback: Example
 ) -> dict[str, torch.Tensor]:
@@ -168,18 +182,12 @@ def collate_micro_batch(
             "labels": torch.full((1, n), IGNORE_INDEX, dtype=torch.long),
             "attention_mask": torch.ones((1, n), dtype=torch.long),
         }
+    if not mb.packed:
+        return collate([examples[i] for (i,) in mb.rows], pad_id)
     rows = [[examples[i] for i in r] for r in mb.rows]
     width = max(sum(len(e.input_ids) for e in r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-    if not mb.packed:
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for k, (e,) in enumerate(rows):
-            n = len(e.input_ids)
-            ids[k, :n] = torch.tensor(e.input_ids)
-            labels[k, :n] = torch.tensor(e.labels)
-            mask[k, :n] = 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
     # Packed: the row's padding tail is a segment of its own (positions restart there too).
     pos = torch.zeros((len(rows), width), dtype=torch.long)
     for k, row in enumerate(rows):

@@ -17,7 +17,12 @@ from pathlib import Path
 import torch
 
 from orchestrator.config.schema import DataConfig
-from orchestrator.data.batching import MicroBatch, collate_micro_batch, default_budget, plan_step
+from orchestrator.data.batching import (
+    MicroBatch,
+    collate_micro_batch,
+    default_budget,
+    plan_step,
+)
 from orchestrator.data.formats import DataError, read_rows
 from orchestrator.data.instruct import SAMPLE_ADAPTERS, PieceTemplate, Sample, oasst_threads
 from orchestrator.data.templates import IGNORE_INDEX, TEMPLATES, Example
@@ -155,20 +160,6 @@ def _weighted(idx: list[int], weights: list[float], seed: int) -> list[int]:
 def _n_targets(e: Example) -> int:
     # Position t predicts token t+1, so the first label never counts.
     return sum(1 for label in e.labels[1:] if label != IGNORE_INDEX)
-
-
-def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest example; padded positions get attention 0 and label -100."""
-    width = max(len(e.input_ids) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for i, e in enumerate(examples):
-        n = len(e.input_ids)
-        ids[i, :n] = torch.tensor(e.input_ids)
-        labels[i, :n] = torch.tensor(e.labels)
-        mask[i, :n] = 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
 class StepBatches:

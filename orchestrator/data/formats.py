@@ -171,6 +171,3 @@ def sharegpt_turns(row: Row) -> list[Turn]:
         if role != expected:
             raise DataError(f"{where}: roles must alternate user/assistant; turn {j} is {role}")
     return turns
-
-
-ADAPTERS = {"sharegpt": sharegpt_turns}

@@ -23,7 +23,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from orchestrator.data.formats import DataError, Row, Turn
+from orchestrator.data.formats import DataError, Row, Turn, sharegpt_turns
 from orchestrator.data.templates import IGNORE_INDEX, Example
 
 EOS = None  # a piece whose text is None is the tokenizer's EOS token
@@ -308,8 +308,6 @@ def oig_samples(row: Row) -> list[Sample]:
 
 
 def sharegpt_samples(row: Row) -> list[Sample]:
-    from orchestrator.data.formats import sharegpt_turns
-
     return [Sample(sharegpt_turns(row), "", row.where)]
 
 

@@ -27,8 +27,8 @@ from orchestrator.checkpoint.policy import Interval
 from orchestrator.config.load import from_dict
 from orchestrator.config.schema import JobConfig
 from orchestrator.cost.ledger import read_timeline, redone_steps
-from orchestrator.data.batching import resolve_mode
-from orchestrator.data.dataset import PreparedData, StepBatches, collate
+from orchestrator.data.batching import collate, resolve_mode
+from orchestrator.data.dataset import PreparedData, StepBatches
 from orchestrator.data.templates import IGNORE_INDEX
 from orchestrator.tracking.mlflow_logger import (
     BufferedMlflowLogger,
