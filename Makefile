@@ -4,6 +4,7 @@
 #   make launch job=vicuna [scale=local|full] [run=NAME] [set="optim.lr=1e-5 train.max_steps=20"]
 #   make test                 # unit + integration tests (what CI runs)
 #   make estimate job=vicuna  # projected full-scale bill, no cluster
+#   make plan budget_usd=300 gpu=A100-80GB   # Chinchilla planner (or flops=1e21 / gpu_hours=500)
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 .DEFAULT_GOAL := help
@@ -24,12 +25,17 @@ scale ?=
 run ?=
 set ?=
 yes ?=
+variant ?=
+gpu ?= A100-80GB
+budget_usd ?=
+flops ?=
+gpu_hours ?=
 
-.PHONY: help install launch estimate bills validate-configs test test-unit test-integration test-gpu \
+.PHONY: help install launch estimate plan bills validate-configs test test-unit test-integration test-gpu \
         bench lint fmt clean
 
 help:
-	@echo "make launch job=vicuna | make test | make estimate job=vicuna | make bench | make lint"
+	@echo "make launch job=vicuna | make test | make estimate job=vicuna | make plan budget_usd=300 gpu=A100-80GB | make bench | make lint"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,10 +49,13 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 launch: $(STAMP)
-	$(BIN)/python -m orchestrator launch $(job) $(if $(scale),--scale $(scale)) $(if $(run),--run $(run)) $(if $(set),--set "$(set)") $(if $(yes),--yes)
+	$(BIN)/python -m orchestrator launch $(job) $(if $(scale),--scale $(scale)) $(if $(run),--run $(run)) --set "$(set) $(if $(variant),variant=$(variant))" $(if $(yes),--yes)
 
 estimate: $(STAMP)
-	$(BIN)/python -m orchestrator estimate $(job) $(if $(scale),--scale $(scale)) $(if $(set),--set "$(set)") $(if $(json),--json)
+	$(BIN)/python -m orchestrator estimate $(job) $(if $(scale),--scale $(scale)) --set "$(set) $(if $(variant),variant=$(variant))" $(if $(json),--json)
+
+plan: $(STAMP)
+	$(BIN)/python -m orchestrator plan --gpu $(gpu) $(if $(budget_usd),--usd $(budget_usd)) $(if $(flops),--flops $(flops)) $(if $(gpu_hours),--gpu-hours $(gpu_hours)) $(if $(variant),--variant $(variant)) $(if $(json),--json)
 
 bills: $(STAMP)
 	$(BIN)/python -m orchestrator bills

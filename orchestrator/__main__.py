@@ -1,4 +1,5 @@
-"""Command line: `python -m orchestrator {launch,estimate,validate} ...` (the Makefile wraps these)."""
+"""Command line: `python -m orchestrator {launch,estimate,plan,bills,validate} ...` (the Makefile
+wraps these)."""
 
 from __future__ import annotations
 
@@ -50,6 +51,71 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    """The Chinchilla planner on the job's hardware, or on `--gpu`'s cheapest 8-GPU node."""
+    from orchestrator.config.load import compose
+    from orchestrator.plan.planner import make_plan, report
+
+    budgets = {
+        "budget_usd": args.usd,
+        "budget_flops": args.flops,
+        "budget_gpu_hours": args.gpu_hours,
+    }
+    given = {k: v for k, v in budgets.items() if v is not None}
+    if len(given) != 1:
+        raise ConfigError("give exactly one budget: --usd, --flops or --gpu-hours")
+    scale = args.scale or ("local" if args.gpu == "cpu" else "full")
+    overrides = [f"plan.{k}={v}" for k, v in given.items()]
+    overrides += ["plan.enabled=true", f"plan.rule={args.rule}", "train.max_steps=null"]
+    if args.variant:
+        overrides.append(f"variant={args.variant}")
+    cfg = compose(args.job, scale, overrides + _hardware_overrides(args))
+    plan, job = make_plan(cfg)
+    if args.json:
+        out = plan.as_dict()
+        out["job"] = {
+            "model": job.model.__dict__,
+            "train": job.train.__dict__,
+            "optim": job.optim.__dict__,
+        }
+        print(json.dumps(out, indent=1, default=str))
+    else:
+        print(report(plan, job))
+    return 0
+
+
+def _hardware_overrides(args: argparse.Namespace) -> list[str]:
+    """--gpu X (--market, --nodes): the catalog's cheapest node of that GPU, all its GPUs used."""
+    if args.gpu in (None, "cpu"):
+        return [f"hardware.market={args.market}"] if args.market else []
+    from orchestrator.config.load import compose
+    from orchestrator.cost.estimator import price_per_hour
+
+    cost = compose(args.job, "full").cost
+    market = args.market or "spot"
+    nodes = [
+        (price_per_hour(p, market) / p.num_gpus, name, p)
+        for name, p in cost.instances.items()
+        if p.gpu == args.gpu and p.num_gpus
+    ]
+    if not nodes:
+        known = sorted({p.gpu for p in cost.instances.values() if p.gpu})
+        raise ConfigError(
+            f"--gpu {args.gpu!r}: no instance in the price catalog has it; known: {known}"
+        )
+    nodes.sort(key=lambda t: (-t[2].num_gpus, t[0]))
+    _, name, price = nodes[0]
+    return [
+        f"hardware.accelerator={args.gpu}",
+        f"hardware.instance_type={name}",
+        f"hardware.market={market}",
+        "hardware.gpus_per_worker=1",
+        f"hardware.num_nodes={args.nodes}",
+        f"hardware.num_workers={args.nodes * price.num_gpus}",
+        "train.micro_batch_size=1",
+    ]
+
+
 def cmd_bills(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -93,6 +159,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", default=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_estimate)
+
+    p = sub.add_parser(
+        "plan", help="Chinchilla planner: the compute-optimal model a budget buys, and its job"
+    )
+    p.add_argument("--usd", type=float, help="dollars (overheads included)")
+    p.add_argument("--flops", type=float, help="training FLOPs, e.g. 1e21")
+    p.add_argument("--gpu-hours", type=float, dest="gpu_hours")
+    p.add_argument("--gpu", default=None, help="e.g. A100-80GB, H100-80GB, or cpu (this machine)")
+    p.add_argument("--market", choices=["spot", "on_demand"], default=None)
+    p.add_argument("--nodes", type=int, default=1, help="nodes of --gpu (8 GPUs each)")
+    p.add_argument(
+        "--rule", choices=["tokens_per_param", "epoch", "hoffmann"], default="tokens_per_param"
+    )
+    p.add_argument("--job", default="cerebras_gpt", help="the pretraining job to size")
+    p.add_argument("--scale", choices=["local", "full"], default=None)
+    p.add_argument("--variant", default=None, help="e.g. 111m_mup for a muP job")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_plan)
 
     p = sub.add_parser(
         "bills", help="projected full-scale bills of every job + actual bills in MLflow"

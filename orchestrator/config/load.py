@@ -14,6 +14,9 @@ A section given as a string names a block in `conf/<dir>/`; a mapping may name o
 and override its keys. The `scales.<scale>` overlay is merged over the common keys before blocks
 are resolved, so a scale can swap a block. Command-line overrides (`a.b=c`) come last.
 
+A job may also have `variants:` (e.g. Cerebras-GPT's sizes), merged over the common keys before
+the scale overlay; `variant=NAME` on the command line picks one, else `default_variant`.
+
 Errors name the file (or "command line") and the key, so a typo fails before any cluster starts.
 """
 
@@ -84,6 +87,8 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     for key, val in over.items():
         if isinstance(val, dict) and isinstance(out.get(key), dict):
             out[key] = _deep_merge(out[key], val)
+        elif isinstance(val, dict) and isinstance(out.get(key), str) and "block" not in val:
+            out[key] = {"block": out[key], **val}  # keys over a block named earlier
         else:
             out[key] = val
     return out
@@ -115,6 +120,8 @@ def compose(
     path = job_path(job)
     raw = _read_yaml(path)
     scales = raw.pop("scales", {}) or {}
+    variants = raw.pop("variants", {}) or {}
+    default_variant = raw.pop("default_variant", None)
     default_scale = raw.pop("default_scale", "local")
     scale = scale or default_scale
     if scale not in SCALES:
@@ -127,8 +134,20 @@ def compose(
     if unknown:
         raise ConfigError(f"{path}: unknown scales {sorted(unknown)}; valid: {list(SCALES)}")
 
-    merged = _deep_merge(raw, scales[scale] or {})
     overrides = list(overrides or [])
+    variant = default_variant
+    for item in list(overrides):  # `variant=1.3b` picks one of the job's variants
+        key, _, value = item.partition("=")
+        if key == "variant":
+            variant = value
+            overrides.remove(item)
+    if variant is not None:
+        if variant not in variants:
+            raise ConfigError(
+                f"{path}: no variant {variant!r}; the job has {sorted(variants) or 'none'}"
+            )
+        raw = _deep_merge(raw, variants[variant] or {})
+    merged = _deep_merge(raw, scales[scale] or {})
     for item in list(overrides):  # `model=llama_7b` swaps a whole block
         key, _, value = item.partition("=")
         if key in BLOCK_DIRS and value and not value.startswith(("{", "[")):
@@ -164,6 +183,13 @@ def compose(
         key = getattr(e, "full_key", "") or ""
         raise ConfigError(f"{where}: {key}: {str(e).splitlines()[0]}") from None
     assert isinstance(obj, JobConfig)
+    if obj.plan.enabled:  # from-scratch pretraining sized by the Chinchilla planner
+        from orchestrator.plan.planner import apply_plan
+
+        try:
+            obj = apply_plan(obj)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: plan: {e}") from None
     return obj
 
 

@@ -19,7 +19,7 @@ METHODS = ("full", "lora", "adapter")
 SCALES = ("local", "full")
 DATA_FORMATS = (
     "sharegpt", "alpaca", "dolly", "gpt4all", "baize", "oasst",
-    "hh_rlhf", "webgpt", "summarize", "hc3", "oig", "mixture",
+    "hh_rlhf", "webgpt", "summarize", "hc3", "oig", "mixture", "text",
 )  # fmt: skip
 TEMPLATES = ("vicuna_v1.1", "alpaca", "alpaca_lora", "dolly", "gpt4all", "baize", "oasst", "koala")
 # Which templates read which formats (the instruction formats have two fields, chats alternate).
@@ -66,7 +66,8 @@ class ModelConfig:
     still given so the parameter count (and so the bill) is known without downloading anything."""
 
     arch: str = "llama"
-    """Architecture family: llama (LlamaForCausalLM) | gpt_neox (Pythia: GPTNeoXForCausalLM)."""
+    """Architecture family: llama (LlamaForCausalLM) | gpt_neox (Pythia: GPTNeoXForCausalLM) |
+    gpt2 (GPT-2/GPT-3 style as Cerebras-GPT: learned positions, GELU, LayerNorm)."""
     pretrained: str | None = None
     """Hugging Face model id or local folder to load weights from; None = random init from the numbers below."""
     hidden_size: int = 64
@@ -89,9 +90,24 @@ class ModelConfig:
     """Load the frozen base in 8-bit (bitsandbytes, CUDA only), as Alpaca-LoRA and Baize did."""
     attn_implementation: str = "sdpa"
     """sdpa (torch, everywhere) | eager | flash_attention_2 (CUDA + the flash-attn package)."""
+    init_std: float = 0.02
+    """gpt2 only: std of the normal init (output projections get init_std / sqrt(2 layers))."""
+    mup_base_width: int | None = None
+    """gpt2 only: maximal update parametrisation (muP) relative to this base width, as the
+    Cerebras-GPT muP models (base 256): embeddings x mup_embeddings_scale, logits x
+    base/width, attention scores / head_dim, hidden-matrix LR and init std scaled by base/width
+    and sqrt(base/width). None = standard parametrisation."""
+    mup_embeddings_scale: float = 10.0
+    mup_init_std: float = 0.08
+    """Base init std of the muP model (hidden matrices get mup_init_std * sqrt(base/width))."""
 
     def __post_init__(self) -> None:
-        _choice("model.arch", self.arch, ("llama", "gpt_neox"))
+        _choice("model.arch", self.arch, ("llama", "gpt_neox", "gpt2"))
+        if self.mup_base_width is not None and self.arch != "gpt2":
+            raise ConfigError(
+                f"model.mup_base_width is implemented for model.arch=gpt2 (got {self.arch!r})"
+            )
+        _positive("model.mup_base_width", self.mup_base_width)
         _choice(
             "model.attn_implementation",
             self.attn_implementation,
@@ -162,10 +178,20 @@ class DataConfig:
     """Declared row count of the full dataset, used for bills before any data is read."""
     tokens_per_example: float | None = None
     """Declared tokens processed per example (after the original's padding), for bills."""
+    text_field: str = "text"
+    """format: text: the field holding a document in .jsonl/.parquet rows and dataset ids
+    (.txt/.md/.py/... files are one document each)."""
+    exclude: list[str] = field(default_factory=list)
+    """format: text: glob patterns of files to leave out (e.g. "**/test/**")."""
+    tokenizer_train_bytes: int = 16_000_000
+    """format: text: how much of the training text a locally trained BPE learns from."""
+    eval_sequences: int = 32
+    """format: text: held-out sequences for the eval loss (packed from held-out documents)."""
 
     def __post_init__(self) -> None:
         _choice("data.format", self.format, DATA_FORMATS)
         _choice("data.template", self.template, TEMPLATES)
+        _positive("data.eval_sequences", self.eval_sequences)
         _choice("data.on_error", self.on_error, ("raise", "skip"))
         _choice("data.conditioning", self.conditioning, ("positive_negative", "positive_only"))
         if self.format == "mixture":
@@ -176,6 +202,8 @@ class DataConfig:
                 _choice(f"data.sources[{i}].format", src.format, DATA_FORMATS[:-1])
                 if src.weight <= 0:
                     raise ConfigError(f"data.sources[{i}].weight={src.weight} must be > 0")
+        elif self.format == "text":  # pretraining: documents, no template
+            formats = []
         else:  # (a missing data.source is caught in JobConfig: defaults are built without one)
             formats = [("data", self.format)]
         for key, fmt in formats:
@@ -206,6 +234,9 @@ class TrainConfig:
     epochs: float = 3.0
     max_steps: int | None = None
     """Stop after this many optimizer steps (overrides epochs)."""
+    max_tokens: int | None = None
+    """data.format text (pretraining): train on this many tokens, D; steps =
+    ceil(max_tokens / (global_batch_size x data.max_seq_len)). Set by `plan` when enabled."""
     micro_batch_size: int = 4
     """Sequences per worker per forward pass."""
     global_batch_size: int = 32
@@ -248,6 +279,7 @@ class TrainConfig:
         _choice("train.precision", self.precision, PRECISIONS)
         _positive("train.epochs", self.epochs)
         _positive("train.max_steps", self.max_steps)
+        _positive("train.max_tokens", self.max_tokens)
         _positive("train.micro_batch_size", self.micro_batch_size)
         _positive("train.global_batch_size", self.global_batch_size)
         _positive("train.log_every_steps", self.log_every_steps)
@@ -525,6 +557,40 @@ class TrackingConfig:
     """MLflow experiment; None = the job name."""
 
 
+PLAN_RULES = ("tokens_per_param", "epoch", "hoffmann")
+
+
+@dataclass
+class PlanConfig:
+    """From-scratch pretraining sized by the Chinchilla planner (`orchestrator/plan`): when
+    enabled, the budget picks the compute-optimal size, and the planner fills model.{num_layers,
+    hidden_size, num_heads, intermediate_size}, train.max_tokens, train.global_batch_size,
+    optim.lr and optim.warmup_steps (the Cerebras-GPT rules). One budget must be set."""
+
+    enabled: bool = False
+    budget_flops: float | None = None
+    budget_usd: float | None = None
+    """Dollars on the job's hardware and market, overheads included (the projected bill of the
+    planned job stays within it)."""
+    budget_gpu_hours: float | None = None
+    rule: str = "tokens_per_param"
+    """tokens_per_param: D = tokens_per_param x N (Cerebras-GPT); epoch / hoffmann: the
+    minimum of that parametric loss fit L(N, D)."""
+    tokens_per_param: float = 20.0
+
+    def __post_init__(self) -> None:
+        _choice("plan.rule", self.rule, PLAN_RULES)
+        budgets = [self.budget_flops, self.budget_usd, self.budget_gpu_hours]
+        for key, v in zip(("budget_flops", "budget_usd", "budget_gpu_hours"), budgets, strict=True):
+            _positive(f"plan.{key}", v)
+        if self.enabled and sum(b is not None for b in budgets) != 1:
+            raise ConfigError(
+                "plan.enabled needs exactly one of plan.budget_flops, plan.budget_usd, "
+                f"plan.budget_gpu_hours (got {[b for b in budgets if b is not None]})"
+            )
+        _positive("plan.tokens_per_param", self.tokens_per_param)
+
+
 @dataclass
 class JobConfig:
     job: str = MISSING
@@ -545,9 +611,17 @@ class JobConfig:
     cost: CostConfig = field(default_factory=CostConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
 
     def __post_init__(self) -> None:
         _choice("scale", self.scale, SCALES)
+        text = self.data.format == "text"
+        from_scratch = text and self.train.method == "full" and self.model.pretrained is None
+        if (self.train.max_tokens or self.plan.enabled) and not from_scratch:
+            raise ConfigError(
+                "train.max_tokens and plan.enabled are for from-scratch pretraining: "
+                "data.format=text, train.method=full, model.pretrained=null"
+            )
         if self.data.format != "mixture" and self.data.source is None:
             raise ConfigError(
                 f"data.source is required for data.format={self.data.format!r} "

@@ -119,6 +119,27 @@ def workload(
         measured: (examples, processed tokens) of one epoch; None = the job's declared
             `data.num_examples` x `data.tokens_per_example`.
     """
+    if cfg.data.format == "text":  # pretraining: fixed-length packed sequences, sized in tokens
+        seq = cfg.data.max_seq_len
+        step_tokens = cfg.train.global_batch_size * seq
+        if cfg.train.max_steps is not None:
+            tokens = float(cfg.train.max_steps * step_tokens)
+        elif cfg.train.max_tokens is not None:
+            tokens = float(math.ceil(cfg.train.max_tokens / step_tokens) * step_tokens)
+        else:
+            raise ConfigError(
+                f"job {cfg.job!r} ({cfg.scale}): data.format=text needs train.max_tokens, "
+                "train.max_steps or an enabled plan to size the run"
+            )
+        return Workload(
+            n_params=count_params(cfg.model, vocab_size),
+            n_layers=cfg.model.num_layers,
+            d_model=cfg.model.hidden_size,
+            tokens=tokens,
+            seq_len=float(seq),
+            method=cfg.train.method,
+            activation_checkpointing=cfg.train.activation_checkpointing,
+        )
     if measured is not None:
         examples, per_epoch = measured
     elif cfg.data.num_examples and cfg.data.tokens_per_example:
@@ -179,14 +200,18 @@ def project(
         if cfg.train.max_steps is not None
         else math.ceil(w.tokens / w.seq_len / cfg.train.global_batch_size)
     )
-    save_s = _checkpoint_bytes(w) / o.checkpoint_write_bytes_per_s
+    # Sharded checkpoints: every node writes its shards at once.
+    save_s = _checkpoint_bytes(w) / (o.checkpoint_write_bytes_per_s * max(1, hw.num_nodes))
+    rate = o.spot_preemptions_per_node_hour * max(1, hw.num_nodes)
     ck = cfg.checkpoint
     if ck.interval == "minutes" and ck.every_minutes:
         n_saves = max(1, math.floor(compute_h * 60.0 / ck.every_minutes))
     elif ck.interval == "auto":  # what the run will choose once it has measured a save
         from orchestrator.checkpoint.policy import young_daly_interval_s
 
-        every_s = young_daly_interval_s(save_s, ck.mtbf_hours * 3600.0)
+        # The cluster's MTBF: a preemption of any of its nodes stops the run.
+        mtbf_h = min(ck.mtbf_hours, 1.0 / rate) if hw.market == "spot" else ck.mtbf_hours
+        every_s = young_daly_interval_s(save_s, mtbf_h * 3600.0)
         n_saves = max(1, math.floor(compute_h * 3600.0 / every_s))
     else:
         n_saves = max(1, steps // ck.every_steps)
@@ -197,9 +222,15 @@ def project(
     # Spot: expected preemptions, each losing on average half a checkpoint interval + a restart.
     interval_h = compute_h / max(1, n_saves)
     lost_per_preemption_h = interval_h / 2 + o.restart_s / 3600.0
-    rate = o.spot_preemptions_per_node_hour * max(1, hw.num_nodes)
     base_h = compute_h + sum(overhead.values())
-    spot_h = base_h / max(1e-9, 1.0 - rate * lost_per_preemption_h)
+    lost_share = rate * lost_per_preemption_h
+    if lost_share >= 0.9:
+        raise ConfigError(
+            f"job {cfg.job!r}: on spot, {rate:.2f} preemptions per hour over {hw.num_nodes} "
+            f"nodes, each losing {lost_per_preemption_h:.2f} h, leave no time to train; "
+            "checkpoint more often (checkpoint.interval=auto), use fewer nodes or on_demand"
+        )
+    spot_h = base_h / (1.0 - lost_share)
     spot = hw.market == "spot"
     hours = spot_h if spot else base_h
     overhead["preemptions"] = hours - base_h

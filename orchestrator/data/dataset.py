@@ -40,6 +40,8 @@ class PreparedData:
     pad_id: int
     skipped_rows: int
     num_rows: int
+    text_files: list[str] | None = None
+    """data.format text: the resolved source files the workers stream (None otherwise)."""
 
     @property
     def train_tokens(self) -> int:
@@ -112,6 +114,10 @@ def build_examples(cfg: DataConfig, tokenizer) -> tuple[list[Example], int, int]
 
 def prepare_data(cfg: DataConfig, work_dir: Path) -> PreparedData:
     """Tokenize the job's data into `work_dir` (tokenizer/ and data.pt), reusing a previous cache."""
+    if cfg.format == "text":  # pretraining: streamed by the workers, see text.py
+        from orchestrator.data.text import prepare_text_data
+
+        return prepare_text_data(cfg, work_dir)
     cache = work_dir / "data.pt"
     if cache.exists():
         return PreparedData(**torch.load(cache, weights_only=False))

@@ -33,6 +33,7 @@ from orchestrator.data.dataset import prepare_data
 from orchestrator.tracking import runs as mlruns
 from orchestrator.tracking.mlflow_logger import replay_all
 from orchestrator.tracking.plots import log_run_artifacts
+from orchestrator.training.model import count_params
 
 RUNS_DIR = Path("runs")
 
@@ -137,11 +138,19 @@ def launch(
     ckpt_dir = _checkpoint_url(cfg, run_dir)
 
     data = prepare_data(cfg.data, run_dir / "data")  # bad rows: fail here, before any cluster
-    print(
-        f"data: {data.num_rows} rows -> {len(data.train)} train / {len(data.eval)} eval examples, "
-        f"{data.train_tokens:,} train tokens, vocab {data.vocab_size}"
-        + (f", {data.skipped_rows} bad rows skipped" if data.skipped_rows else "")
-    )
+    if cfg.data.format == "text":
+        print(
+            f"data: {data.num_rows} files streamed in rows of {cfg.data.max_seq_len} tokens, "
+            f"{len(data.eval)} held-out rows, vocab {data.vocab_size}; training on "
+            f"{cfg.train.max_tokens or 0:,} tokens with {count_params(cfg.model, data.vocab_size):,} "
+            "parameters"
+        )
+    else:
+        print(
+            f"data: {data.num_rows} rows -> {len(data.train)} train / {len(data.eval)} eval "
+            f"examples, {data.train_tokens:,} train tokens, vocab {data.vocab_size}"
+            + (f", {data.skipped_rows} bad rows skipped" if data.skipped_rows else "")
+        )
     projection = project(
         cfg, measured=(len(data.train), data.train_tokens), vocab_size=data.vocab_size
     )

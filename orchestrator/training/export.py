@@ -36,6 +36,8 @@ def export_hf(
     if method == "full" or (method == "lora" and cfg.export.merge_lora):
         if method == "lora":
             model = model.merge_and_unload()
+        if cfg.model.mup_base_width is not None:
+            model = fold_mup(model, cfg)
         model.save_pretrained(out)
         _copy_tokenizer(tokenizer_dir, out)
         return model
@@ -45,6 +47,38 @@ def export_hf(
         _copy_tokenizer(tokenizer_dir, out / "base")
     return model
 
+
+def fold_mup(model, cfg: JobConfig):
+    """A plain GPT2LMHeadModel computing exactly what the muP model computes, so that any
+    `from_pretrained` user gets the trained function without our forward hooks: the embedding
+    multiplier goes into untied input embeddings, the logit multiplier into lm_head, and the
+    1/head_dim attention scale into the query weights (standard attention divides by
+    sqrt(head_dim), so queries are divided by sqrt(head_dim) once more)."""
+    import math
+
+    from transformers import GPT2LMHeadModel
+
+    meta = model.config.mup
+    config = type(model.config).from_dict({**model.config.to_dict(), "tie_word_embeddings": False})
+    config.mup = None
+    plain = GPT2LMHeadModel(config)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    emb = meta["embeddings_scale"]
+    state["lm_head.weight"] = state["transformer.wte.weight"] * meta["output_logits_scale"]
+    state["transformer.wte.weight"] = state["transformer.wte.weight"] * emb
+    state["transformer.wpe.weight"] = state["transformer.wpe.weight"] * emb
+    d = cfg.model.hidden_size
+    q_scale = 1.0 / math.sqrt(d // cfg.model.num_heads)
+    for i in range(cfg.model.num_layers):
+        w, b = f"transformer.h.{i}.attn.c_attn.weight", f"transformer.h.{i}.attn.c_attn.bias"
+        state[w][:, :d] *= q_scale  # Conv1D weight is (in, 3 x out): queries first
+        state[b][:d] *= q_scale
+    plain.load_state_dict(state, strict=True)
+    return plain
+
+
+# Prompts of pretraining runs (data.format text): plain continuations.
+TEXT_PROMPTS = ["def __init__(self", '"""Return the', "import os\n", "The value of"]
 
 # Fixed prompts, so that runs of a recipe can be compared by what they say.
 SAMPLE_PROMPTS = [
@@ -67,6 +101,11 @@ def sample_generations(
     from orchestrator.data.templates import TEMPLATES
 
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    if cfg.data.format == "text":
+        return [
+            {"prompt": p, "completion": _greedy(model, tok, tok.encode(p), max_new_tokens)}
+            for p in TEXT_PROMPTS
+        ]
     name = cfg.data.template
     bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
     stop = [tok.eos_token_id]
@@ -98,6 +137,17 @@ def sample_generations(
             text = text.split(STOP_TEXT[name])[0]
         rows.append({"prompt": prompt, "completion": text.strip()})
     return rows
+
+
+def _greedy(model, tok, ids: list[int], max_new_tokens: int) -> str:
+    out = model.generate(
+        torch.tensor([ids]),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    return tok.decode(out[0, len(ids) :], skip_special_tokens=True)
 
 
 def _copy_tokenizer(src: Path, dst: Path) -> None:

@@ -137,7 +137,28 @@ class FinetuneRecipe:
         self.batching = resolve_mode(
             cfg.train.batching, cfg.hardware.accelerator, cfg.model.attn_implementation
         )
-        self.batches = StepBatches(
+        if cfg.data.format == "text":  # pretraining: packed rows streamed from the corpus
+            self.batching = "streamed text rows"
+            self.batches = self._text_batches(data)
+        else:
+            self.batches = self._step_batches(data)
+        if cfg.train.max_steps is not None:
+            self.total_steps = cfg.train.max_steps
+        elif cfg.data.format == "text":
+            if cfg.train.max_tokens is None:
+                raise RuntimeError("data.format=text needs train.max_tokens or train.max_steps")
+            step_tokens = cfg.train.global_batch_size * cfg.data.max_seq_len
+            self.total_steps = math.ceil(cfg.train.max_tokens / step_tokens)
+        else:
+            self.total_steps = math.ceil(cfg.train.epochs * self.batches.steps_per_epoch)
+        self.warmup = warmup_steps_for(
+            self.total_steps, cfg.optim.warmup_ratio, cfg.optim.warmup_steps
+        )
+        self._setup_model(data)
+
+    def _step_batches(self, data: PreparedData) -> StepBatches:
+        cfg = self.cfg
+        return StepBatches(
             data.train,
             global_batch_size=cfg.train.global_batch_size,
             micro_batch_size=cfg.train.micro_batch_size,
@@ -150,14 +171,26 @@ class FinetuneRecipe:
             pack_len=cfg.train.pack_len,
             group_steps=cfg.train.length_grouped_steps,
         )
-        if cfg.train.max_steps is not None:
-            self.total_steps = cfg.train.max_steps
-        else:
-            self.total_steps = math.ceil(cfg.train.epochs * self.batches.steps_per_epoch)
-        self.warmup = warmup_steps_for(
-            self.total_steps, cfg.optim.warmup_ratio, cfg.optim.warmup_steps
+
+    def _text_batches(self, data: PreparedData):
+        from transformers import AutoTokenizer
+
+        from orchestrator.data.text import TextStepBatches
+
+        cfg = self.cfg
+        return TextStepBatches(
+            cfg.data,
+            AutoTokenizer.from_pretrained(data.tokenizer_dir),
+            data.text_files,
+            global_batch_size=cfg.train.global_batch_size,
+            micro_batch_size=cfg.train.micro_batch_size,
+            world_size=self.world,
+            rank=self.rank,
+            pad_id=data.pad_id,
         )
 
+    def _setup_model(self, data: PreparedData) -> None:
+        cfg = self.cfg
         model = build_model(cfg.model, data.vocab_size)
         if cfg.train.activation_checkpointing:
             model.activation_checkpointing_enable(
@@ -223,7 +256,11 @@ class FinetuneRecipe:
             n_layers=cfg.model.num_layers,
             d_model=cfg.model.hidden_size,
             tokens=data.train_tokens,
-            seq_len=data.train_tokens / max(1, len(data.train)),
+            seq_len=(
+                cfg.data.max_seq_len
+                if cfg.data.format == "text"
+                else data.train_tokens / max(1, len(data.train))
+            ),
             method=cfg.train.method,
             activation_checkpointing=cfg.train.activation_checkpointing,
         )
@@ -259,6 +296,10 @@ class FinetuneRecipe:
         path, state = found
         self.step = int(state[STEP_KEY])
         self.tokens_so_far = int(state.get(TOKENS_KEY, 0))
+        if hasattr(self.batches, "load_state_dict"):  # a text stream: its exact read position
+            if "data_stream" not in state:
+                raise RuntimeError(f"{path}: no data_stream position in its manifest")
+            self.batches.load_state_dict(state["data_stream"])
         if state.get(CONFIG_HASH_KEY) != self.ctx.config_hash:
             self._print(
                 f"warning: the config changed since {path.name}; the new config wins "
@@ -588,6 +629,8 @@ class FinetuneRecipe:
             "attempt": self.ctx.attempt,
             "emergency": emergency,
         }
+        if hasattr(self.batches, "state_dict"):  # text stream: where step self.step starts
+            state["data_stream"] = self.batches.state_dict()
         t = time.time()
         seconds = self.checkpointer.save(self.step, self.strategy.write_checkpoint, state)
         self.checkpoint_s.append(seconds)
@@ -658,6 +701,14 @@ class FinetuneRecipe:
         if self.eval_loss is not None:
             self.logger.log({"eval_loss": self.eval_loss}, step=max(self.step, 1))
             _say(f"eval loss {self.eval_loss:.4f} at step {self.step}")
+        pretrain = self._pretrain_summary()
+        if pretrain:
+            self.logger.log(pretrain, step=max(self.step, 1))
+            _say(
+                f"tokens: planned {pretrain['pretrain/tokens_planned']:,.0f}, trained "
+                f"{pretrain['pretrain/tokens_trained']:,.0f} ({pretrain['pretrain/tokens_per_param']:.1f}"
+                f" per parameter, {pretrain['pretrain/data_epochs']:.2f} passes over the corpus)"
+            )
         result = {
             "step": self.step,
             "total_steps": self.total_steps,
@@ -681,8 +732,34 @@ class FinetuneRecipe:
             "lost_steps": self.lost_steps,
             "max_log_call_s": self.max_log_call_s,
             "step_s": step_times,
+            **pretrain,
         }
         (Path(self.ctx.run_dir) / "result.json").write_text(json.dumps(result, indent=1))
+
+    def _pretrain_summary(self) -> dict[str, float]:
+        """Planned vs trained tokens and the scaling-law prediction (pretraining runs only)."""
+        cfg = self.cfg
+        if cfg.data.format != "text":
+            return {}
+        from orchestrator.plan.scaling import FITS
+
+        stream = self.batches.stream.pos
+        planned = (
+            cfg.train.max_tokens
+            or self.total_steps * cfg.train.global_batch_size * cfg.data.max_seq_len
+        )
+        trained = max(1, self.tokens_so_far)
+        return {
+            "pretrain/tokens_planned": float(planned),
+            "pretrain/tokens_trained": float(trained),
+            "pretrain/tokens_per_param": trained / self.n_params,
+            # The fit is of 70M-16B-parameter runs on MassiveText: outside that range (or on
+            # another corpus and tokenizer) it ranks sizes, it does not forecast this loss.
+            "pretrain/predicted_loss_epoch_fit": FITS["epoch"].loss(self.n_params, trained),
+            "pretrain/fit_in_range": float(7e7 <= self.n_params <= 1.6e10),
+            "pretrain/data_epochs": stream.epoch
+            + stream.file / max(1, len(self.batches.stream.files) or 1),
+        }
 
     def cleanup(self) -> None:
         if hasattr(self, "watcher"):

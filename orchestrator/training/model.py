@@ -11,8 +11,26 @@ from orchestrator.config.schema import ModelConfig
 
 def hf_config(cfg: ModelConfig, vocab_size: int | None = None):
     """The transformers config of the architecture (no weights, no download)."""
-    from transformers import GPTNeoXConfig, LlamaConfig
+    from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig
 
+    if cfg.arch == "gpt2":  # GPT-2/GPT-3 style (Cerebras-GPT): learned positions, tied, no dropout
+        return GPT2Config(
+            vocab_size=vocab_size or cfg.vocab_size,
+            n_embd=cfg.hidden_size,
+            n_inner=cfg.intermediate_size,
+            n_layer=cfg.num_layers,
+            n_head=cfg.num_heads,
+            n_positions=cfg.max_position_embeddings,
+            layer_norm_epsilon=cfg.rms_norm_eps,
+            activation_function="gelu_new",
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            initializer_range=cfg.init_std,
+            tie_word_embeddings=cfg.tie_word_embeddings,
+            bos_token_id=1,
+            eos_token_id=2,
+        )
     if cfg.arch == "gpt_neox":  # Pythia (Dolly v2, OpenAssistant SFT): parallel attn + MLP
         return GPTNeoXConfig(
             vocab_size=vocab_size or cfg.vocab_size,
@@ -78,7 +96,62 @@ def build_model(cfg: ModelConfig, vocab_size: int | None = None, dtype=torch.flo
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.init_seed)
         model = AutoModelForCausalLM.from_config(hf_config(cfg, vocab_size), dtype=dtype, **kwargs)
+        if cfg.mup_base_width is not None:
+            apply_mup(model, cfg)
     return model
+
+
+MUP_HIDDEN = (
+    ".attn.c_attn.weight",
+    ".attn.c_proj.weight",
+    ".mlp.c_fc.weight",
+    ".mlp.c_proj.weight",
+)
+
+
+def mup_lr_scale(param_name: str, cfg: ModelConfig) -> float:
+    """muP: hidden matrices learn at LR x base width / width; everything else at the LR."""
+    if cfg.mup_base_width is None or not param_name.endswith(MUP_HIDDEN):
+        return 1.0
+    return cfg.mup_base_width / cfg.hidden_size
+
+
+def apply_mup(model, cfg: ModelConfig) -> None:
+    """The Cerebras-GPT muP parametrisation on a GPT2LMHeadModel (Yang et al. 2021, Table 3):
+
+    - init: embeddings N(0, sigma), hidden matrices N(0, sigma * sqrt(base / width)), output
+      projections further / sqrt(2 layers), biases 0 (sigma = mup_init_std, 0.08);
+    - forward: embeddings x mup_embeddings_scale (10), logits x base / width, attention scores
+      x 1 / head_dim instead of 1 / sqrt(head_dim);
+    - optimizer: hidden-matrix LR x base / width (`mup_lr_scale`).
+    """
+    import math
+
+    base, width = cfg.mup_base_width, cfg.hidden_size
+    sigma, hidden_sigma = cfg.mup_init_std, cfg.mup_init_std * math.sqrt(base / width)
+    t = model.transformer
+    with torch.no_grad():
+        t.wte.weight.normal_(0.0, sigma)
+        t.wpe.weight.normal_(0.0, sigma)
+        for name, p in model.named_parameters():
+            if name.endswith(MUP_HIDDEN):
+                std = hidden_sigma
+                if name.endswith("c_proj.weight"):
+                    std /= math.sqrt(2 * cfg.num_layers)
+                p.normal_(0.0, std)
+            elif name.endswith(".bias"):
+                p.zero_()
+    for block in t.h:
+        block.attn.scaling = 1.0 / block.attn.head_dim
+    emb_scale, logit_scale = cfg.mup_embeddings_scale, base / width
+    t.drop.register_forward_hook(lambda m, i, out: out * emb_scale)
+    model.lm_head.register_forward_hook(lambda m, i, out: out * logit_scale)
+    model.config.mup = {  # recorded with an export (see export.fold_mup)
+        "base_width": base,
+        "embeddings_scale": emb_scale,
+        "output_logits_scale": logit_scale,
+        "attention_scale": "1/head_dim",
+    }
 
 
 def check_gpu_features(cfg: ModelConfig) -> None:

@@ -46,25 +46,31 @@ class Strategy(Protocol):
     def full_state_dict(self) -> dict[str, torch.Tensor] | None: ...
 
 
-def _param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
-    """Decay matrices, not norms and biases (as HF Trainer). Trainable parameters only."""
-    params = [p for p in model.parameters() if p.requires_grad]
+def _param_groups(model, cfg: JobConfig) -> list[dict[str, Any]]:
+    """Decay matrices, not norms and biases (as HF Trainer). Trainable parameters only. Under
+    muP the hidden matrices get their own group with `lr_scale` = base width / width."""
+    from orchestrator.training.model import mup_lr_scale
+
+    groups: dict[tuple[bool, float], list] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            key = (p.ndim >= 2, mup_lr_scale(name, cfg.model))
+            groups.setdefault(key, []).append(p)
+    wd = cfg.optim.weight_decay
     return [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        {"params": ps, "weight_decay": wd if matrix else 0.0, "lr_scale": scale}
+        for (matrix, scale), ps in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))
     ]
 
 
 def _adamw(model, cfg: JobConfig) -> torch.optim.Optimizer:
     o = cfg.optim
-    return torch.optim.AdamW(
-        _param_groups(model, o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps
-    )
+    return torch.optim.AdamW(_param_groups(model, cfg), lr=o.lr, betas=tuple(o.betas), eps=o.eps)
 
 
 def _set_lr(optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def _to_float(x) -> float:
@@ -238,7 +244,7 @@ class DeepSpeedStrategy:
 
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
         conf = deepspeed_config(cfg, dist.get_world_size())
-        groups = _param_groups(model, cfg.optim.weight_decay)
+        groups = _param_groups(model, cfg)
         optimizer = None if _uses_ds_optimizer(cfg) else _adamw(model, cfg)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=model, model_parameters=groups, optimizer=optimizer, config=conf

@@ -57,3 +57,31 @@ def test_missing_s3_object_is_a_clear_error(bucket, tmp_path):
     cfg = DataConfig(format="gpt4all", source="s3://data/nope.jsonl", template="gpt4all")
     with pytest.raises(DataError, match=r"data.source='s3://data/nope.jsonl': cannot read"):
         prepare_data(cfg, tmp_path / "x")
+
+
+def test_pretraining_text_shards_from_s3(bucket, tmp_path):
+    """format text over s3://bucket/prefix/*.jsonl: every matching shard is fetched (once) and
+    streamed; a bad line is named by its s3:// URL and line."""
+    from orchestrator.data.text import TextStream, prepare_text_data
+
+    for shard in range(3):
+        body = "".join(
+            json.dumps({"text": f"shard {shard} document {i}: " + "words " * (i % 9)}) + "\n"
+            for i in range(30)
+        )
+        bucket.put_object(Bucket="data", Key=f"corpus/part-{shard}.jsonl", Body=body)
+    bucket.put_object(Bucket="data", Key="corpus/README.md", Body="not a shard")
+    cfg = DataConfig(format="text", source="s3://data/corpus/*.jsonl", max_seq_len=8,
+                     tokenizer_vocab_size=300, eval_fraction=0.1, eval_sequences=4)  # fmt: skip
+    data = prepare_text_data(cfg, tmp_path / "text")
+    assert len(data.text_files) == 3 and len(data.eval) == 4
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(data.tokenizer_dir)
+    rows = TextStream(cfg, tok, "train", data.text_files).take(40)
+    assert len(rows) == 40 and all(len(r) == 8 for r in rows)
+
+    bucket.put_object(Bucket="data", Key="corpus/part-1.jsonl", Body='{"text": "ok"}\n{"txt": 1}\n')
+    with pytest.raises(DataError, match=r"s3://data/corpus/part-1.jsonl:2: "):
+        s = TextStream(cfg, tok, "train")
+        s.take(10_000)

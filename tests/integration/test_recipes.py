@@ -15,8 +15,14 @@ from orchestrator.checkpoint.manifest import step_dirname
 pytestmark = pytest.mark.integration
 
 # vicuna has its own, longer tests (test_launch_vicuna.py, test_chaos.py).
-RECIPES = ["alpaca", "alpaca_lora", "koala", "gpt4all", "dolly", "oasst", "baize", "llama_adapter"]
-OVERRIDES = ["train.max_steps=4", "checkpoint.every_steps=2", "checkpoint.keep_last=5"]
+RECIPES = ["alpaca", "alpaca_lora", "koala", "gpt4all", "dolly", "oasst", "baize", "llama_adapter",
+           "cerebras_gpt"]  # fmt: skip
+OVERRIDES = [
+    "train.max_steps=4",
+    "checkpoint.every_steps=2",
+    "checkpoint.keep_last=5",
+    "train.log_every_steps=1",
+]
 
 
 def losses(run_dir: Path, attempt: int) -> dict[int, float]:
@@ -51,12 +57,22 @@ def test_recipe_trains_exports_and_resumes(job, launch_workdir):
     else:
         AutoModelForCausalLM.from_pretrained(export)  # loads as a plain HF model
         assert first[4] < first[1], first
-    assert len(json.loads((run_dir / "export" / "samples.json").read_text())) == 5
+    prompts = 4 if job == "cerebras_gpt" else 5  # plain-text continuations vs chat prompts
+    assert len(json.loads((run_dir / "export" / "samples.json").read_text())) == prompts
+    if job == "cerebras_gpt":  # pretraining: streamed rows, planned vs trained tokens logged
+        result = json.loads((run_dir / "result.json").read_text())
+        from orchestrator.config.load import compose
+
+        cfg = compose(job, "local", OVERRIDES)
+        assert result["tokens"] == 4 * cfg.train.global_batch_size * cfg.data.max_seq_len
+        assert result["pretrain/tokens_planned"] == cfg.train.max_tokens
 
     shutil.rmtree(Path(res.checkpoint_dir) / step_dirname(4))
     again = launch(job, "local", OVERRIDES, run_name="it")
     assert again.attempt == 2 and again.step == 4
     second = losses(run_dir, 2)
     assert sorted(second) == [3, 4]
+    # the same losses: the same weights AND the same data (a text stream resumes at its exact
+    # read position, saved in the checkpoint manifest)
     for step, loss in second.items():
         assert loss == pytest.approx(first[step], abs=1e-6), (job, step)

@@ -1,0 +1,454 @@
+"""Pretraining text: documents -> tokens -> fixed-length packed sequences, streamed, resumable.
+
+Sources (`data.source`, format text):
+- local files: a file, a folder (every file under it) or a glob (`**` recurses). `{python_stdlib}`
+  expands to this Python's standard-library folder: real text (code and docstrings) present on
+  every machine, which the local Cerebras-GPT run trains on. `data.exclude` drops files by glob.
+  .jsonl/.json files hold one document per line (`data.text_field`); any other file is one
+  document.
+- `s3://bucket/key.jsonl`: fetched once through the S3 store's retries, cached by ETag, then
+  read like a local file.
+- a Hugging Face dataset id: `datasets.load_dataset(..., streaming=True)`; its position is the
+  dataset's own `state_dict()`.
+
+Documents are tokenized one at a time, an EOS is appended to each, and the token stream is cut
+into rows of `max_seq_len` (GPT-style packing: a row may hold the end of one document and the
+start of the next; the loss runs over every position). Nothing holds the corpus in memory.
+`TextStream.state_dict()` is the exact read position (file, byte offset, leftover tokens), so a
+resumed run continues with the very next row. Documents are split into train and held-out by a
+hash of their name, so the split does not depend on how much is read.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import sysconfig
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from fnmatch import fnmatch
+from pathlib import Path
+from typing import Any
+
+from orchestrator.config.schema import DataConfig
+from orchestrator.data.formats import REPO_ROOT, DataError
+
+LINE_FORMATS = (".jsonl", ".json")
+EVAL_BUCKETS = 10_000
+
+
+def _stdlib(pattern: str) -> str:
+    return pattern.replace("{python_stdlib}", sysconfig.get_paths()["stdlib"])
+
+
+def expand_source(source: str) -> str:
+    """`{python_stdlib}` -> this Python's standard library; paths relative to the repo root
+    (shipped samples) when they do not exist relative to the working directory."""
+    s = _stdlib(source)
+    if not s.startswith(("/", "s3://")) and not Path(s).exists():
+        head = s.split("*")[0]
+        if head and (REPO_ROOT / head).exists():
+            s = str(REPO_ROOT / s)
+    return s
+
+
+def is_local(source: str) -> bool:
+    s = expand_source(source)
+    return s.startswith("/") or any(c in s for c in "*?[") or Path(s).exists()
+
+
+def resolve_files(source: str, exclude: list[str] | None = None) -> list[str]:
+    """The sorted files of a local/S3 text source (a file, a folder or a glob), minus `exclude`.
+
+    Raises:
+        DataError: nothing matches (names the pattern).
+    """
+    src = expand_source(source)
+    if src.startswith("s3://"):
+        return [str(p) for p in _fetch_s3_files(src, exclude)]
+    p = Path(src)
+    if p.is_dir():
+        files = [str(f) for f in sorted(p.rglob("*")) if f.is_file()]
+    elif p.is_file():
+        files = [str(p)]
+    else:
+        files = sorted(f for f in glob.glob(src, recursive=True) if Path(f).is_file())
+    pats = [_stdlib(e) for e in exclude or []]
+    files = [f for f in files if not any(fnmatch(f, e) for e in pats)]
+    if not files:
+        raise DataError(f"data.source={source!r} ({src}): no files match")
+    return files
+
+
+S3_NAMES: dict[str, str] = {}
+"""Local cached copy -> its s3:// URL (how errors name a fetched shard)."""
+
+
+def _fetch_s3_files(url: str, exclude: list[str] | None) -> list[Path]:
+    """An s3:// object, or every object matching a glob (s3://bucket/prefix/*.jsonl), fetched
+    once each (cached by ETag) through the S3 store's retries."""
+    from orchestrator.checkpoint.store import S3Store
+    from orchestrator.data.formats import _fetch_s3
+
+    if not any(c in url for c in "*?["):
+        urls = [url]
+    else:
+        bucket, _, pattern = url[5:].partition("/")
+        prefix = pattern.split("*")[0].split("?")[0].split("[")[0]
+        store = S3Store(f"s3://{bucket}")
+        urls, token = [], None
+        while True:
+            kw = {
+                "Bucket": bucket,
+                "Prefix": prefix,
+                **({"ContinuationToken": token} if token else {}),
+            }
+            try:
+                page = store._retry(f"list {url}", lambda kw=kw: store.client.list_objects_v2(**kw))
+            except Exception as e:  # noqa: BLE001 - named in the error
+                raise DataError(f"data.source={url!r}: cannot list the objects ({e})") from None
+            urls += [
+                f"s3://{bucket}/{o['Key']}"
+                for o in page.get("Contents", [])
+                if fnmatch(o["Key"], pattern)
+            ]
+            token = page.get("NextContinuationToken")
+            if not token:
+                break
+    urls = sorted(u for u in urls if not any(fnmatch(u, e) for e in exclude or []))
+    if not urls:
+        raise DataError(f"data.source={url!r}: no objects match")
+    out = []
+    for u in urls:
+        local = _fetch_s3(u)
+        S3_NAMES[str(local)] = u
+        out.append(local)
+    return out
+
+
+def is_eval(key: str, eval_fraction: float) -> bool:
+    return zlib.crc32(key.encode()) % EVAL_BUCKETS < eval_fraction * EVAL_BUCKETS
+
+
+@dataclass
+class Position:
+    """Where the next document starts (and what is already tokenized but not yet emitted)."""
+
+    file: int = 0
+    offset: int = 0
+    """Byte offset in a .jsonl file (whole-file documents: 0 = not read yet)."""
+    epoch: int = 0
+    buffer: list[int] = field(default_factory=list)
+    sequences: int = 0
+    documents: int = 0
+    hf_rows: int = 0
+    """Dataset-id sources: rows read in this pass (names documents for the held-out split)."""
+    hf_state: dict[str, Any] | None = None
+
+
+class TextStream:
+    """Packed rows of `seq_len` tokens from one split ("train" or "eval") of a text source.
+
+    Deterministic: the same source, tokenizer and position give the same rows. When the
+    training split runs out it starts over (`epoch` counts the passes); the eval split stops.
+    """
+
+    def __init__(
+        self, cfg: DataConfig, tokenizer, split: str = "train", files: list[str] | None = None
+    ):
+        self.cfg = cfg
+        self.tok = tokenizer
+        self.split = split
+        self.seq_len = cfg.max_seq_len
+        self.eos = tokenizer.eos_token_id
+        self.hf = not is_local(cfg.source) and not cfg.source.startswith("s3://")
+        self.files = [] if self.hf else (files or resolve_files(cfg.source, cfg.exclude))
+        self.pos = Position()
+        self._hf_iter = None
+
+    # -- position
+    def state_dict(self) -> dict[str, Any]:
+        d = dict(self.pos.__dict__)
+        d["buffer"] = list(self.pos.buffer)
+        return d
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.pos = Position(**{**state, "buffer": list(state.get("buffer", []))})
+        self._hf_iter = None
+
+    # -- documents
+    def _wanted(self, key: str) -> bool:
+        return is_eval(key, self.cfg.eval_fraction) == (self.split == "eval")
+
+    def _documents(self) -> Iterator[str]:
+        """Documents of this split from the current position on, advancing the position."""
+        if self.hf:
+            yield from self._hf_documents()
+            return
+        root = Path(expand_source(self.cfg.source).split("*")[0]).parent
+        while True:
+            found = False
+            while self.pos.file < len(self.files):
+                path = self.files[self.pos.file]
+                try:
+                    name = S3_NAMES.get(path) or str(Path(path).relative_to(root))
+                except ValueError:
+                    name = path
+                if path.endswith(LINE_FORMATS):
+                    for text in self._line_documents(path, name):
+                        found = True
+                        yield text
+                elif self.pos.offset == 0:
+                    self.pos.offset = -1  # read
+                    if self._wanted(name):
+                        try:
+                            text = Path(path).read_text(encoding="utf-8", errors="replace")
+                        except OSError as e:
+                            raise DataError(f"{path}: cannot read: {e}") from e
+                        found = True
+                        yield text
+                self.pos.file, self.pos.offset = self.pos.file + 1, 0
+            if self.split == "eval":
+                return
+            if not found:
+                raise DataError(
+                    f"data.source={self.cfg.source!r}: no {self.split} documents in "
+                    f"{len(self.files)} files (data.eval_fraction={self.cfg.eval_fraction})"
+                )
+            self.pos.file, self.pos.offset = 0, 0
+            self.pos.epoch += 1
+
+    def _line_documents(self, path: str, name: str) -> Iterator[str]:
+        field_name = self.cfg.text_field
+        with open(path, "rb") as f:
+            f.seek(max(0, self.pos.offset))
+            while True:
+                start = f.tell()
+                line = f.readline()
+                if not line:
+                    return
+                self.pos.offset = f.tell()
+                if not line.strip():
+                    continue
+                # Every line is checked, held-out or not, so a bad row fails in either split.
+                shown = S3_NAMES.get(path, path)
+                try:
+                    row = json.loads(line)
+                    text = row[field_name]
+                except (json.JSONDecodeError, KeyError, TypeError) as e:
+                    raise DataError(
+                        f"{shown}:{_line_number(path, start)}: not a JSON object with a string "
+                        f"field {field_name!r} (data.text_field): {e!r}"
+                    ) from None
+                if not isinstance(text, str):
+                    raise DataError(
+                        f"{shown}:{_line_number(path, start)}: field {field_name!r} "
+                        f"(data.text_field) must be a string, got {type(text).__name__}"
+                    )
+                if self._wanted(f"{name}@{start}"):
+                    yield text
+
+    def _hf_documents(self) -> Iterator[str]:
+        import datasets
+
+        while True:
+            if self._hf_iter is None:
+                ds = datasets.load_dataset(self.cfg.source, split=self.cfg.split, streaming=True)
+                if self.pos.hf_state is not None:
+                    ds.load_state_dict(self.pos.hf_state)
+                self._hf_ds, self._hf_iter = ds, iter(ds)
+            for row in self._hf_iter:
+                index, self.pos.hf_rows = self.pos.hf_rows, self.pos.hf_rows + 1
+                self.pos.hf_state = self._hf_ds.state_dict()  # = after this row
+                if self._wanted(f"{self.cfg.source}#{index}"):
+                    text = row.get(self.cfg.text_field)
+                    if not isinstance(text, str):
+                        raise DataError(
+                            f"{self.cfg.source} row {index}: field {self.cfg.text_field!r} "
+                            f"(data.text_field) must be a string, got {type(text).__name__}"
+                        )
+                    yield text
+            if self.split == "eval":
+                return
+            self.pos.epoch += 1
+            self.pos.hf_state, self.pos.hf_rows, self._hf_iter = None, 0, None
+
+    def documents_once(self) -> Iterator[str]:
+        """The documents of one pass from the current position (no wrap-around)."""
+        epoch = self.pos.epoch
+        for text in self._documents():
+            if self.pos.epoch != epoch:
+                return
+            yield text
+
+    # -- rows
+    def sequences(self) -> Iterator[list[int]]:
+        """Rows of exactly `seq_len` tokens; the position is exact after every yield."""
+        n = self.seq_len
+        docs = self._documents()
+        while True:
+            while len(self.pos.buffer) < n:
+                try:
+                    text = next(docs)
+                except StopIteration:
+                    return
+                self.pos.documents += 1
+                ids = self.tok(text, add_special_tokens=False)["input_ids"]
+                self.pos.buffer.extend(ids + [self.eos])
+            row, self.pos.buffer = self.pos.buffer[:n], self.pos.buffer[n:]
+            self.pos.sequences += 1
+            yield row
+
+    def take(self, k: int) -> list[list[int]]:
+        out = []
+        for row in self.sequences():
+            out.append(row)
+            if len(out) == k:
+                break
+        return out
+
+
+def _line_number(path: str, offset: int) -> int:
+    with open(path, "rb") as f:
+        return f.read(offset).count(b"\n") + 1
+
+
+def training_texts(cfg: DataConfig, files: list[str], limit_bytes: int) -> Iterator[str]:
+    """The first `limit_bytes` of training text, for a local BPE."""
+
+    class _Raw:  # a tokenizer stand-in: the stream is only used for its documents here
+        eos_token_id = 0
+
+    stream = TextStream(cfg, _Raw(), "train", files)
+    seen = 0
+    for text in stream.documents_once():
+        if seen >= limit_bytes:
+            return
+        text = text[: limit_bytes - seen]
+        seen += len(text.encode())
+        yield text
+
+
+def prepare_text_data(cfg: DataConfig, work_dir: Path):
+    """Driver side, before any cluster: list the files, load or train the tokenizer, and pack
+    the held-out rows. Training rows are streamed by the workers (`TextStepBatches`)."""
+    import torch
+
+    from orchestrator.data.dataset import PreparedData
+    from orchestrator.data.templates import Example
+    from orchestrator.data.tokenizer import load_or_train_tokenizer, train_bpe
+
+    cache = work_dir / "data.pt"
+    if cache.exists():
+        return PreparedData(**torch.load(cache, weights_only=False))
+    files = [] if not is_local(cfg.source) and not cfg.source.startswith("s3://") else None
+    if files is None:
+        files = resolve_files(cfg.source, cfg.exclude)
+    tok_dir = work_dir / "tokenizer"
+    if cfg.tokenizer is None and not (tok_dir / "tokenizer.json").exists():
+        tokenizer = train_bpe(
+            training_texts(cfg, files, cfg.tokenizer_train_bytes), cfg.tokenizer_vocab_size
+        )
+        tok_dir.mkdir(parents=True, exist_ok=True)
+        tokenizer.save_pretrained(str(tok_dir))
+    else:
+        tokenizer, tok_dir = load_or_train_tokenizer(cfg, tok_dir)
+    held_out = TextStream(cfg, tokenizer, "eval", files).take(cfg.eval_sequences)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    data = PreparedData(
+        train=[],
+        eval=[Example(input_ids=r, labels=list(r)) for r in held_out],
+        tokenizer_dir=str(tok_dir),
+        vocab_size=len(tokenizer),
+        pad_id=int(pad),
+        skipped_rows=0,
+        num_rows=len(files),
+        text_files=files,
+    )
+    work_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    torch.save(data.__dict__, tmp)
+    tmp.replace(cache)
+    return data
+
+
+class TextStepBatches:
+    """The batches of a pretraining run, for one rank: step s takes the next
+    `global_batch_size` packed rows of the stream; rank r trains rows r, r + world, ...
+
+    Every rank reads and tokenizes the same stream (so the position is one small dict, the same
+    on every rank, and a resumed run may have another worker count); steps must be asked for in
+    order, which is how the loop trains. `state_dict()` after step s is where step s + 1 starts.
+    """
+
+    def __init__(
+        self,
+        cfg: DataConfig,
+        tokenizer,
+        files: list[str] | None,
+        *,
+        global_batch_size: int,
+        micro_batch_size: int,
+        world_size: int,
+        rank: int,
+        pad_id: int,
+    ) -> None:
+        self.stream = TextStream(cfg, tokenizer, "train", files)
+        self._rows = self.stream.sequences()
+        self.global_batch_size = global_batch_size
+        self.micro = micro_batch_size
+        self.world = world_size
+        self.rank = rank
+        self.pad_id = pad_id
+        self.seq_len = cfg.max_seq_len
+        self.mode = "pad"  # every row is full: no padding, no grouping needed
+        self.steps_per_epoch = 1 << 62  # a stream has no fixed epoch length
+        self._next_step = 0
+        self._cache: dict[int, list] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"next_step": self._next_step, "stream": self.stream.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.stream.load_state_dict(state["stream"])
+        self._rows = self.stream.sequences()
+        self._next_step = int(state["next_step"])
+        self._cache.clear()
+
+    @property
+    def epoch(self) -> int:
+        return self.stream.pos.epoch
+
+    def global_examples(self, step: int):
+        from orchestrator.data.templates import Example
+
+        if step not in self._cache:
+            if step != self._next_step:
+                raise RuntimeError(
+                    f"text batches are streamed in order: asked for step {step}, "
+                    f"the stream is at step {self._next_step}"
+                )
+            rows = [next(self._rows) for _ in range(self.global_batch_size)]
+            self._cache = {s: v for s, v in self._cache.items() if s >= step - 1}
+            self._cache[step] = [Example(input_ids=r, labels=r) for r in rows]
+            self._next_step += 1
+        return self._cache[step]
+
+    def step_targets(self, step: int) -> int:
+        """Trained positions of a step (every row is full; its last token predicts nothing)."""
+        return self.global_batch_size * (self.seq_len - 1)
+
+    def padded_tokens(self, step: int) -> int:
+        return self.global_batch_size * self.seq_len
+
+    def step(self, step: int):
+        import torch
+
+        batch = self.global_examples(step)
+        mine = batch[self.rank :: self.world]
+        tensors = []
+        for i in range(0, len(mine), self.micro):
+            ids = torch.tensor([e.input_ids for e in mine[i : i + self.micro]])
+            tensors.append({"input_ids": ids, "labels": ids.clone()})
+        return tensors, self.step_targets(step)
