@@ -15,6 +15,8 @@
    spot notice.
 6. `batching`: effective tokens/s and padding efficiency of HF Trainer (pad to max, pad to
    longest, group_by_length) against our loop's batching modes (bench/batching.py).
+7. `isoflop` (slow, ~12 min): model sizes at the local Cerebras-GPT job's FLOP budget; is the
+   planner's 20 tokens/param choice at or near the best (bench/isoflop.py)?
 """
 
 from __future__ import annotations
@@ -532,8 +534,17 @@ def bench_batching() -> dict:
     return run()
 
 
+def bench_isoflop() -> dict:
+    from bench.isoflop import bench_isoflop as run
+
+    out = run()
+    _write("isoflop", out)
+    return out
+
+
 BENCHES = {
     "batching": bench_batching,
+    "isoflop": bench_isoflop,
     "launch": bench_launch,
     "loop": bench_loop,
     "strategies": bench_strategies,
@@ -547,7 +558,7 @@ if __name__ == "__main__":
         if name not in BENCHES:
             sys.exit(f"unknown benchmark {name!r}; choose from {list(BENCHES)}")
     # In-process torch.distributed first, before Ray owns this process.
-    order = ["loop", "batching", "checkpoint_io", "launch", "strategies", "recovery"]
+    order = ["loop", "batching", "checkpoint_io", "launch", "strategies", "recovery", "isoflop"]
     for name in order:
         if name in names:
             BENCHES[name]()
