@@ -20,7 +20,7 @@ from pathlib import Path
 RATIOS = (5.0, 10.0, 20.0, 40.0, 80.0)
 
 
-def bench_isoflop(ratios: tuple[float, ...] = RATIOS) -> dict:
+def bench_isoflop(ratios: tuple[float, ...] = RATIOS, batch_sequences: int | None = None) -> dict:
     from orchestrator.config.load import compose
     from orchestrator.launch.run import launch
     from orchestrator.training.model import count_params
@@ -33,6 +33,8 @@ def bench_isoflop(ratios: tuple[float, ...] = RATIOS) -> dict:
         try:
             for r in ratios:
                 overrides = [f"plan.tokens_per_param={r}", "checkpoint.every_steps=100000"]
+                if batch_sequences is not None:
+                    overrides.append(f"plan.batch_sequences={batch_sequences}")
                 cfg = compose("cerebras_gpt", "local", overrides)
                 res = launch("cerebras_gpt", "local", overrides, run_name=f"r{r:g}")
                 result = json.loads((Path(res.run_dir) / "result.json").read_text())
@@ -54,6 +56,9 @@ def bench_isoflop(ratios: tuple[float, ...] = RATIOS) -> dict:
     chosen = runs["20 tok/param"]
     return {
         "budget_flops": budget,
+        "batch": "planner (Cerebras table)"
+        if batch_sequences is None
+        else f"{batch_sequences} sequences",
         "modes": runs,
         "best": best,
         "planner_choice": "20 tok/param",

@@ -539,12 +539,22 @@ def bench_isoflop() -> dict:
 
     out = run()
     _write("isoflop", out)
+    # The same sweep with one batch size for every model: only N and D change.
+    fixed = run(batch_sequences=16)
+    _write("isoflop_fixed_batch", fixed)
     return out
+
+
+def _isoflop_fixed() -> dict:
+    from bench.isoflop import bench_isoflop as run
+
+    return run(batch_sequences=16)
 
 
 BENCHES = {
     "batching": bench_batching,
     "isoflop": bench_isoflop,
+    "isoflop_fixed_batch": lambda: _write("isoflop_fixed_batch", _isoflop_fixed()),
     "launch": bench_launch,
     "loop": bench_loop,
     "strategies": bench_strategies,
@@ -558,7 +568,16 @@ if __name__ == "__main__":
         if name not in BENCHES:
             sys.exit(f"unknown benchmark {name!r}; choose from {list(BENCHES)}")
     # In-process torch.distributed first, before Ray owns this process.
-    order = ["loop", "batching", "checkpoint_io", "launch", "strategies", "recovery", "isoflop"]
+    order = [
+        "loop",
+        "batching",
+        "checkpoint_io",
+        "launch",
+        "strategies",
+        "recovery",
+        "isoflop",
+        "isoflop_fixed_batch",
+    ]
     for name in order:
         if name in names:
             BENCHES[name]()

@@ -577,9 +577,12 @@ class PlanConfig:
     """tokens_per_param: D = tokens_per_param x N (Cerebras-GPT); epoch / hoffmann: the
     minimum of that parametric loss fit L(N, D)."""
     tokens_per_param: float = 20.0
+    batch_sequences: int | None = None
+    """Sequences per step; None = the Cerebras-GPT table at this size (interpolated)."""
 
     def __post_init__(self) -> None:
         _choice("plan.rule", self.rule, PLAN_RULES)
+        _positive("plan.batch_sequences", self.batch_sequences)
         budgets = [self.budget_flops, self.budget_usd, self.budget_gpu_hours]
         for key, v in zip(("budget_flops", "budget_usd", "budget_gpu_hours"), budgets, strict=True):
             _positive(f"plan.{key}", v)

@@ -193,9 +193,12 @@ def hyperparams(
     n = shape["n_params"] if isinstance(shape, dict) else shape.n_params
     context = cfg.data.max_seq_len
     per_step = cfg.train.micro_batch_size * cfg.hardware.num_workers
-    seqs = max(1, round(batch_tokens(n) / context))
-    most = math.floor(tokens / (MIN_STEPS * context))  # keep >= MIN_STEPS steps
-    seqs = min(seqs, most)
+    if cfg.plan.batch_sequences is not None:
+        seqs = cfg.plan.batch_sequences
+    else:
+        seqs = max(1, round(batch_tokens(n) / context))
+        most = math.floor(tokens / (MIN_STEPS * context))  # keep >= MIN_STEPS steps
+        seqs = min(seqs, most)
     seqs = max(per_step, per_step * round(seqs / per_step))
     step_tokens = seqs * context
     warmup_tokens = min(WARMUP_TOKENS, tokens * 1525 / 9037)  # 111M: 1,525 of 9,037 steps
