@@ -5,6 +5,9 @@
 #   make test                 # unit + integration tests (what CI runs)
 #   make estimate job=vicuna  # projected full-scale bill, no cluster
 #   make plan budget_usd=300 gpu=A100-80GB   # Chinchilla planner (or flops=1e21 / gpu_hours=500)
+#   make cluster-up cluster=aws-spot          # a cluster from infra/ (local-fake: on this machine)
+#   make launch job=vicuna cluster=aws-spot   # submitted through the Ray Jobs API, logs streamed
+#   make logs id=<id> cluster=... / make stop id=<id> cluster=... / cluster-status / cluster-down
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 .DEFAULT_GOAL := help
@@ -26,12 +29,14 @@ run ?=
 set ?=
 yes ?=
 variant ?=
+cluster ?=
+id ?=
 gpu ?= A100-80GB
 budget_usd ?=
 flops ?=
 gpu_hours ?=
 
-.PHONY: help install launch estimate plan bills validate-configs test test-unit test-integration test-gpu \
+.PHONY: help install launch estimate plan cluster-up cluster-down cluster-status logs stop bills validate-configs test test-unit test-integration test-gpu \
         bench lint fmt clean
 
 help:
@@ -49,10 +54,25 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 launch: $(STAMP)
-	$(BIN)/python -m orchestrator launch $(job) $(if $(scale),--scale $(scale)) $(if $(run),--run $(run)) --set "$(set) $(if $(variant),variant=$(variant))" $(if $(yes),--yes)
+	$(BIN)/python -m orchestrator launch $(job) $(if $(scale),--scale $(scale)) $(if $(run),--run $(run)) --set "$(set) $(if $(variant),variant=$(variant))" $(if $(yes),--yes) $(if $(cluster),--cluster $(cluster))
 
 estimate: $(STAMP)
 	$(BIN)/python -m orchestrator estimate $(job) $(if $(scale),--scale $(scale)) --set "$(set) $(if $(variant),variant=$(variant))" $(if $(json),--json)
+
+cluster-up: $(STAMP)
+	$(BIN)/python -m orchestrator cluster up $(or $(cluster),$(error cluster=NAME is required, e.g. cluster=aws-spot))
+
+cluster-down: $(STAMP)
+	$(BIN)/python -m orchestrator cluster down $(or $(cluster),$(error cluster=NAME is required))
+
+cluster-status: $(STAMP)
+	$(BIN)/python -m orchestrator cluster status $(or $(cluster),$(error cluster=NAME is required))
+
+logs: $(STAMP)
+	$(BIN)/python -m orchestrator cluster logs $(or $(cluster),$(error cluster=NAME is required)) --id $(or $(id),$(error id=SUBMISSION_ID is required)) $(if $(follow),--follow)
+
+stop: $(STAMP)
+	$(BIN)/python -m orchestrator cluster stop $(or $(cluster),$(error cluster=NAME is required)) --id $(or $(id),$(error id=SUBMISSION_ID is required))
 
 plan: $(STAMP)
 	$(BIN)/python -m orchestrator plan --gpu $(gpu) $(if $(budget_usd),--usd $(budget_usd)) $(if $(flops),--flops $(flops)) $(if $(gpu_hours),--gpu-hours $(gpu_hours)) $(if $(variant),--variant $(variant)) $(if $(json),--json)

@@ -15,6 +15,8 @@
    spot notice.
 6. `batching`: effective tokens/s and padding efficiency of HF Trainer (pad to max, pad to
    longest, group_by_length) against our loop's batching modes (bench/batching.py).
+8. `autoscaler`: on the fake multi-node cluster, request -> workers ready, preemption ->
+   training resumed, job end -> nodes released (bench/autoscaler.py).
 7. `isoflop` (slow, ~12 min): model sizes at the local Cerebras-GPT job's FLOP budget; is the
    planner's 20 tokens/param choice at or near the best (bench/isoflop.py)?
 """
@@ -545,6 +547,14 @@ def bench_isoflop() -> dict:
     return out
 
 
+def bench_autoscaler() -> dict:
+    from bench.autoscaler import bench_autoscaler as run
+
+    out = run()
+    _write("autoscaler", out)
+    return out
+
+
 def _isoflop_fixed() -> dict:
     from bench.isoflop import bench_isoflop as run
 
@@ -554,6 +564,7 @@ def _isoflop_fixed() -> dict:
 BENCHES = {
     "batching": bench_batching,
     "isoflop": bench_isoflop,
+    "autoscaler": bench_autoscaler,
     "isoflop_fixed_batch": lambda: _write("isoflop_fixed_batch", _isoflop_fixed()),
     "launch": bench_launch,
     "loop": bench_loop,
@@ -577,6 +588,7 @@ if __name__ == "__main__":
         "recovery",
         "isoflop",
         "isoflop_fixed_batch",
+        "autoscaler",
     ]
     for name in order:
         if name in names:

@@ -17,6 +17,16 @@ def _overrides(text: str | None) -> list[str]:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
+    if args.cluster:  # a named cluster (infra/): submit through the Ray Jobs API
+        from orchestrator.config.load import compose
+        from orchestrator.launch import clusters
+
+        compose(args.job, args.scale, _overrides(args.set))  # a typo fails here, not there
+        _, status = clusters.submit(
+            args.cluster, args.job, args.scale, _overrides(args.set), args.run,
+            follow=not args.detach,
+        )  # fmt: skip
+        return 0 if status in ("SUCCEEDED", "SUBMITTED") else 1
     from orchestrator.launch.run import launch
 
     res = launch(args.job, args.scale, _overrides(args.set), args.run, yes=args.yes)
@@ -116,6 +126,27 @@ def _hardware_overrides(args: argparse.Namespace) -> list[str]:
     ]
 
 
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from orchestrator.launch import clusters
+
+    if args.action == "up":
+        clusters.up(args.name)
+    elif args.action == "down":
+        clusters.down(args.name)
+    elif args.action == "status":
+        print(clusters.status(args.name))
+    elif args.action == "logs":
+        if args.follow:
+            print(f"status: {clusters.follow_logs(args.name, args.id)}")
+        else:
+            print(clusters.logs(args.name, args.id))
+    elif args.action == "stop":
+        print(
+            f"stop {args.id}: {'requested' if clusters.stop(args.name, args.id) else 'already ended'}"
+        )
+    return 0
+
+
 def cmd_bills(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -151,7 +182,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--yes", action="store_true", help="launch even if the projection exceeds budget.max_usd"
     )
+    p.add_argument(
+        "--cluster", default=None, help="a cluster from infra/ (e.g. aws-spot, local-fake)"
+    )
+    p.add_argument("--detach", action="store_true", help="with --cluster: submit and return")
     p.set_defaults(fn=cmd_launch)
+
+    p = sub.add_parser("cluster", help="named clusters from infra/: up, down, status, logs, stop")
+    p.add_argument("action", choices=["up", "down", "status", "logs", "stop"])
+    p.add_argument("name", help="infra/<name>.yaml, e.g. aws-spot or local-fake")
+    p.add_argument("--id", default=None, help="submission id (logs, stop)")
+    p.add_argument("--follow", action="store_true")
+    p.set_defaults(fn=cmd_cluster)
 
     p = sub.add_parser("estimate", help="projected bill of a job (no cluster needed)")
     p.add_argument("job")

@@ -448,9 +448,21 @@ class HardwareConfig:
     instance_type: str = "local-2vcpu"
     """Instance type from conf/pricing that prices this cluster (per node)."""
     market: str = "on_demand"
+    autoscale: bool | None = None
+    """On an autoscaling Ray cluster: request the workers up front (request_resources), pin
+    them to nodes of `market` (their `spot`/`on_demand` resource) and release the request at
+    the end. None = when launched on a named cluster (`cluster=NAME`); true; false."""
+    spot_wait_s: float = 600.0
+    """Autoscaling: how long to wait for the job's spot workers before `spot_fallback`."""
+    spot_fallback: str = "on_demand"
+    """on_demand: then ask for on-demand nodes (recorded in the bill); none: fail."""
+    on_demand_wait_s: float = 900.0
 
     def __post_init__(self) -> None:
         _positive("hardware.num_workers", self.num_workers)
+        _choice("hardware.spot_fallback", self.spot_fallback, ("on_demand", "none"))
+        _positive("hardware.spot_wait_s", self.spot_wait_s, allow_zero=True)
+        _positive("hardware.on_demand_wait_s", self.on_demand_wait_s)
         _positive("hardware.num_nodes", self.num_nodes)
         _positive("hardware.cpus_per_worker", self.cpus_per_worker, allow_zero=True)
         _positive("hardware.gpus_per_worker", self.gpus_per_worker, allow_zero=True)

@@ -15,6 +15,7 @@ def bill_markdown(job: str, run: str, bill: dict[str, Any]) -> str:
         f"**${total:.6f}** over {bill['attempts']} launch(es), {bill['node_hours']:.4f} node-hours; "
         f"stop reason: {bill['stop_reason']}.",
         "",
+        *([f"Market: {bill['market_fallback']}.", ""] if bill.get("market_fallback") else []),
         "| | USD | share |",
         "|---|---|---|",
     ]

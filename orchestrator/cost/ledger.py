@@ -94,6 +94,19 @@ class Ledger:
         self.nodes.extend(nodes)
         self.save()
 
+    def sync_nodes(self, nodes: list[NodeLife]) -> None:
+        """Bring the open node lives up to date with the cluster: new nodes are added (an
+        autoscaled or replacement node), nodes that died get their end (a preempted node)."""
+        open_ = {n.node_id: n for n in self.nodes if n.end is None}
+        for n in nodes:
+            mine = open_.get(n.node_id)
+            if mine is None:
+                if n.end is None or n.end > n.start:
+                    self.nodes.append(n)
+            elif n.end is not None:
+                mine.end = n.end
+        self.save()
+
     def end(self, attempt: dict[str, Any], end: float | None = None) -> None:
         attempt["end"] = end or time.time()
         for n in self.nodes:

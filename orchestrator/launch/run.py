@@ -30,12 +30,16 @@ from orchestrator.cost.estimator import (
 from orchestrator.cost.ledger import Ledger, NodeLife, read_timeline
 from orchestrator.cost.prices import apply_live_prices
 from orchestrator.data.dataset import prepare_data
+from orchestrator.launch import autoscale
 from orchestrator.tracking import runs as mlruns
 from orchestrator.tracking.mlflow_logger import replay_all
 from orchestrator.tracking.plots import log_run_artifacts
 from orchestrator.training.model import count_params
 
-RUNS_DIR = Path("runs")
+
+def runs_dir() -> Path:
+    """Where runs live: ./runs, or ORCHESTRATOR_RUNS_DIR (set by a launch on a named cluster)."""
+    return Path(os.environ.get("ORCHESTRATOR_RUNS_DIR", "runs"))
 
 
 @dataclass
@@ -122,7 +126,7 @@ def launch(
     _print_projection(cfg)
 
     run_name = run_name or f"{cfg.job}-{cfg.scale}-{datetime.now():%Y%m%d-%H%M%S}"
-    run_dir = (RUNS_DIR / cfg.job / run_name).resolve()
+    run_dir = (runs_dir() / cfg.job / run_name).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     meta_path = run_dir / "run.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
@@ -228,6 +232,10 @@ def launch(
             else 0.0
         )
         bill["stop_reason"] = result.get("stop_reason", "failed")
+        grants = json.loads(meta_path.read_text()).get("grants", [])
+        notes = [g["fallback_note"] for g in grants if g.get("fallback_note")]
+        if notes:  # spot capacity did not come: the run was moved to on-demand nodes
+            bill["market_fallback"] = notes[-1]
         ledger.save(bill)
         usd_total = bill["usd_total"]
         tags = {
@@ -240,6 +248,8 @@ def launch(
             "bill_spot_savings_usd": f"{bill['usd_spot_savings']:.6f}",
             "final_step": str(result.get("step", "")),
         }
+        if "market_fallback" in bill:
+            tags["market_fallback"] = bill["market_fallback"]
         (run_dir / "bill.md").write_text(bill_markdown(cfg.job, run_name, bill))
         (run_dir / "bill.json").write_text(json.dumps(bill, indent=1))
         try:
@@ -366,7 +376,12 @@ def _cluster_nodes(cfg: JobConfig, t_start: float) -> list[NodeLife]:
             )
         p, od = price(itype, market)
         start = (n.start_time_ms / 1000.0) if getattr(n, "start_time_ms", None) else t_start
-        nodes.append(NodeLife(n.node_id, itype, market, p, od, max(start, t_start)))
+        end = None
+        if getattr(n, "state", "ALIVE") == "DEAD":
+            end = (n.end_time_ms / 1000.0) if getattr(n, "end_time_ms", None) else time.time()
+            if end <= t_start:
+                continue  # gone before this launch
+        nodes.append(NodeLife(n.node_id, itype, market, p, od, max(start, t_start), end))
     return nodes
 
 
@@ -375,13 +390,9 @@ def _fit(
 ) -> None:
     """Run training on Ray and supervise it: a preemption (a worker or node lost, a spot
     notice) restarts it from the latest checkpoint without limit (up to `max_preemptions` and
-    the budget); an application error restarts it at most `train.max_failures` times."""
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-    from ray.train.v2.api.exceptions import TrainingFailedError
-
+    the budget); an application error restarts it at most `train.max_failures` times. On an
+    autoscaling cluster the workers are requested first and released at the end."""
     from orchestrator.launch.cluster import ray_cluster
-    from orchestrator.training.loop import FAILURES_FILE, train_fn
 
     hw = cfg.hardware
     on_gpu = hw.gpus_per_worker > 0
@@ -391,71 +402,115 @@ def _fit(
         num_gpus=0 if not on_gpu else hw.num_workers * hw.gpus_per_worker,
     ) as where:
         print(f"cluster: {where}")
-        ledger.add_nodes(_cluster_nodes(cfg, t_start))
-        for attempt_try in itertools.count(1):
-            trainer = TorchTrainer(
-                train_fn,
-                train_loop_config={
-                    "config": to_dict(cfg),
-                    "context": context,
-                    "env": _forwarded_env(),
+        grant = autoscale.acquire(cfg)  # None unless on an autoscaling cluster
+        if grant is not None:
+            _record_grant(run_dir, grant)
+            if grant.market != hw.market:  # the fallback: price the run as what it runs on
+                hw.market = grant.market
+                context["price_per_hour_usd"] = cluster_price_per_hour(cfg)
+        try:
+            _fit_tries(cfg, context, run_dir, ledger, t_start, grant, counts)
+        finally:
+            ledger.sync_nodes(_cluster_nodes(cfg, t_start))
+            if grant is not None:
+                autoscale.release()
+
+
+def _record_grant(run_dir: Path, grant: autoscale.Grant) -> None:
+    meta_path = run_dir / "run.json"
+    meta = json.loads(meta_path.read_text())
+    meta.setdefault("grants", []).append({**grant.as_dict(), "time": time.time()})
+    meta_path.write_text(json.dumps(meta, indent=1))
+    print(
+        f"autoscaler: {grant.resource} workers ready after {grant.waited_s:.0f} s"
+        + (f" ({grant.fallback_note})" if grant.fallback_note else "")
+    )
+
+
+def _fit_tries(
+    cfg: JobConfig,
+    context: dict[str, Any],
+    run_dir: Path,
+    ledger: Ledger,
+    t_start: float,
+    grant: autoscale.Grant | None,
+    counts: dict[str, int],
+) -> None:
+    """Training tries of one launch: restart after preemptions and (up to max_failures)
+    application errors, from the latest complete checkpoint."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.v2.api.exceptions import TrainingFailedError
+
+    from orchestrator.training.loop import FAILURES_FILE, train_fn
+
+    hw = cfg.hardware
+    on_gpu = hw.gpus_per_worker > 0
+    pinned = {grant.resource: grant.units_per_worker} if grant is not None else {}
+    for attempt_try in itertools.count(1):
+        ledger.sync_nodes(_cluster_nodes(cfg, t_start))
+        trainer = TorchTrainer(
+            train_fn,
+            train_loop_config={
+                "config": to_dict(cfg),
+                "context": context,
+                "env": _forwarded_env(),
+            },
+            scaling_config=ScalingConfig(
+                num_workers=hw.num_workers,
+                use_gpu=on_gpu,
+                resources_per_worker={
+                    "CPU": hw.cpus_per_worker,
+                    **({"GPU": hw.gpus_per_worker} if on_gpu else {}),
+                    **pinned,  # spot / on_demand nodes of an autoscaling cluster
                 },
-                scaling_config=ScalingConfig(
-                    num_workers=hw.num_workers,
-                    use_gpu=on_gpu,
-                    resources_per_worker={
-                        "CPU": hw.cpus_per_worker,
-                        **({"GPU": hw.gpus_per_worker} if on_gpu else {}),
-                    },
-                ),
-                torch_config=TorchConfig(backend="nccl" if on_gpu else "gloo"),
-                run_config=RunConfig(
-                    name=f"attempt-{context['attempt']}-try-{attempt_try}",
-                    storage_path=str(run_dir / "ray"),
-                    # Retries are decided here, where preemptions and app errors are told apart.
-                    failure_config=FailureConfig(max_failures=0, max_preemption_failures=0),
-                ),
+            ),
+            torch_config=TorchConfig(backend="nccl" if on_gpu else "gloo"),
+            run_config=RunConfig(
+                name=f"attempt-{context['attempt']}-try-{attempt_try}",
+                storage_path=str(run_dir / "ray"),
+                # Retries are decided here, where preemptions and app errors are told apart.
+                failure_config=FailureConfig(max_failures=0, max_preemption_failures=0),
+            ),
+        )
+        try:
+            trainer.fit()
+            return
+        except TrainingFailedError as e:
+            kind, detail = classify_failure(e)
+            counts[kind] += 1
+            with open(run_dir / FAILURES_FILE, "a") as f:
+                record = {
+                    "attempt": context["attempt"],
+                    "try": attempt_try,
+                    "kind": kind,
+                    "detail": detail[:2000],
+                    "time": time.time(),
+                }
+                f.write(json.dumps(record) + "\n")
+            spent = context["usd_before_attempt"] + (
+                (time.time() - t_start) / 3600.0 * context["price_per_hour_usd"]
             )
-            try:
-                trainer.fit()
+            if kind == "app" and counts["app"] > cfg.train.max_failures:
+                raise RunFailed(
+                    f"training failed {counts['app']} times with an application error "
+                    f"(train.max_failures={cfg.train.max_failures}); last error:\n{detail}"
+                ) from e
+            cap = cfg.train.max_preemptions
+            if kind == "preemption" and cap is not None and counts["preemption"] > cap:
+                raise RunFailed(
+                    f"{counts['preemption']} preemptions in this launch "
+                    f"(train.max_preemptions={cap})"
+                ) from e
+            if cfg.budget.max_usd is not None and spent >= cfg.budget.max_usd:
+                print(f"{kind}: not restarting, ${spent:.4f} spent of max_usd={cfg.budget.max_usd}")
+                (run_dir / "result.json").write_text(json.dumps({"stop_reason": "budget"}))
                 return
-            except TrainingFailedError as e:
-                kind, detail = classify_failure(e)
-                counts[kind] += 1
-                with open(run_dir / FAILURES_FILE, "a") as f:
-                    record = {
-                        "attempt": context["attempt"],
-                        "try": attempt_try,
-                        "kind": kind,
-                        "detail": detail[:2000],
-                        "time": time.time(),
-                    }
-                    f.write(json.dumps(record) + "\n")
-                spent = context["usd_before_attempt"] + (
-                    (time.time() - t_start) / 3600.0 * context["price_per_hour_usd"]
-                )
-                if kind == "app" and counts["app"] > cfg.train.max_failures:
-                    raise RunFailed(
-                        f"training failed {counts['app']} times with an application error "
-                        f"(train.max_failures={cfg.train.max_failures}); last error:\n{detail}"
-                    ) from e
-                cap = cfg.train.max_preemptions
-                if kind == "preemption" and cap is not None and counts["preemption"] > cap:
-                    raise RunFailed(
-                        f"{counts['preemption']} preemptions in this launch "
-                        f"(train.max_preemptions={cap})"
-                    ) from e
-                if cfg.budget.max_usd is not None and spent >= cfg.budget.max_usd:
-                    print(
-                        f"{kind}: not restarting, ${spent:.4f} spent of max_usd={cfg.budget.max_usd}"
-                    )
-                    (run_dir / "result.json").write_text(json.dumps({"stop_reason": "budget"}))
-                    return
-                first_line = detail.strip().splitlines()[-1] if detail.strip() else kind
-                print(
-                    f"{kind} #{counts[kind]}: {first_line[:300]}\n"
-                    "restarting from the latest complete checkpoint"
-                )
+            first_line = detail.strip().splitlines()[-1] if detail.strip() else kind
+            print(
+                f"{kind} #{counts[kind]}: {first_line[:300]}\n"
+                "restarting from the latest complete checkpoint"
+            )
 
 
 class RunFailed(RuntimeError):

@@ -12,10 +12,10 @@ from orchestrator.checkpoint.manifest import latest_complete
 
 pytestmark = pytest.mark.integration
 
-# $3.60/h = 0.1 cent per second: the cap of $0.12 is 120 s of cluster time, of which start-up
+# $5.40/h = 0.15 cent per second: the cap of $0.12 is 80 s of cluster time, of which start-up
 # (~25 s here, more on a loaded machine) and the 20 s reserved for stopping leave about a minute
 # of steps: hit mid-run, long before 5000 steps are done.
-PRICE_PER_HOUR = 3.6
+PRICE_PER_HOUR = 5.4
 CAP = 0.12
 PRICE = [
     f"cost.instances.local-2vcpu.on_demand_per_hour_usd={PRICE_PER_HOUR}",

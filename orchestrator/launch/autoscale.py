@@ -1,0 +1,125 @@
+"""Ask an autoscaling Ray cluster for a job's workers, fall back from spot, and let go after.
+
+On a named cluster (infra/, `make launch cluster=...`), worker node types advertise a `spot` or
+`on_demand` resource (one unit per GPU, or per node on CPU clusters). The launcher:
+
+1. asks the autoscaler for the job's workers up front: `request_resources(bundles=[{CPU, GPU,
+   <market>: units}] * num_workers)`, so every node is requested at once instead of one by one
+   as Ray Train's placement group waits;
+2. waits until the cluster holds them (progress printed), at most `hardware.spot_wait_s`;
+3. if spot capacity did not come and `hardware.spot_fallback: on_demand`, asks for the same
+   workers on `on_demand` nodes instead, and says so in the bill (`market_fallback`);
+4. pins the training workers to the granted market (`resources_per_worker`), so a spot job
+   never lands on on-demand nodes by accident and the ledger prices what really ran;
+5. releases the request when the launch ends (`request_resources(bundles=[])`), so idle nodes
+   are terminated after the cluster's idle timeout.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+
+from orchestrator.config.schema import JobConfig
+
+
+@dataclass
+class Grant:
+    market: str
+    """The market the workers run in (spot, or on_demand after a fallback)."""
+    resource: str
+    units_per_worker: int
+    waited_s: float
+    fallback_note: str | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def enabled(cfg: JobConfig) -> bool:
+    if cfg.hardware.autoscale is not None:
+        return cfg.hardware.autoscale
+    return bool(os.environ.get("ORCHESTRATOR_CLUSTER"))
+
+
+def bundles(cfg: JobConfig, market: str) -> list[dict[str, float]]:
+    hw = cfg.hardware
+    units = max(1, hw.gpus_per_worker)
+    one = {"CPU": hw.cpus_per_worker, market: units}
+    if hw.gpus_per_worker:
+        one["GPU"] = hw.gpus_per_worker
+    return [dict(one) for _ in range(hw.num_workers)]
+
+
+def _have(market: str, need: float) -> float:
+    import ray
+
+    return min(need, ray.cluster_resources().get(market, 0.0))
+
+
+def _wait(cfg: JobConfig, market: str, timeout_s: float, poll_s: float) -> bool:
+    from ray.autoscaler.sdk import request_resources
+
+    want = bundles(cfg, market)
+    need = sum(b[market] for b in want)
+    request_resources(bundles=want)
+    t0, last = time.time(), -1.0
+    while True:
+        have = _have(market, need)
+        if have >= need:
+            return True
+        waited = time.time() - t0
+        if waited >= timeout_s:
+            return False
+        if have != last or int(waited) % 30 == 0:
+            print(f"waiting for {cfg.hardware.num_workers} {market} workers: {have:g}/{need:g} "
+                  f"{market} units after {waited:.0f} s (limit {timeout_s:.0f} s)", flush=True)  # fmt: skip
+            last = have
+        time.sleep(poll_s)
+
+
+def acquire(cfg: JobConfig, poll_s: float = 1.0) -> Grant | None:
+    """Request the job's workers and wait for them (None when autoscaling is off).
+
+    Raises:
+        RuntimeError: no capacity within the limits (and no fallback, or the fallback failed).
+    """
+    if not enabled(cfg):
+        return None
+    hw = cfg.hardware
+    t0 = time.time()
+    market = hw.market
+    if _wait(cfg, market, hw.spot_wait_s, poll_s):
+        return Grant(market, market, max(1, hw.gpus_per_worker), time.time() - t0)
+    if market == "spot" and hw.spot_fallback == "on_demand":
+        note = (
+            f"spot capacity for {hw.num_workers} workers not obtained in {hw.spot_wait_s:.0f} s: "
+            "fell back to on-demand"
+        )
+        print(note, flush=True)
+        if _wait(cfg, "on_demand", hw.on_demand_wait_s, poll_s):
+            return Grant(
+                "on_demand", "on_demand", max(1, hw.gpus_per_worker), time.time() - t0, note
+            )
+        release()
+        raise RuntimeError(
+            f"{note}, and no on-demand capacity either after {hw.on_demand_wait_s:.0f} s "
+            "(check the cluster's node types, max_workers and quotas)"
+        )
+    release()
+    raise RuntimeError(
+        f"no capacity for {hw.num_workers} {market} workers after {hw.spot_wait_s:.0f} s "
+        f"(hardware.spot_fallback={hw.spot_fallback}); check the cluster's node types offer a "
+        f"{market!r} resource"
+    )
+
+
+def release() -> None:
+    """Withdraw the request: the autoscaler may now remove idle nodes."""
+    try:
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=[])
+    except Exception as e:  # noqa: BLE001 - the cluster may be gone already
+        print(f"warning: could not release the resource request: {e}", flush=True)

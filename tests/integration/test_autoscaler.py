@@ -1,0 +1,158 @@
+"""A spot cluster that scales itself, with Ray's real autoscaler on the fake multi-node provider
+(infra/local-fake.yaml): `make cluster-up`, a launch submitted through the Ray Jobs API that
+needs 2 `spot` workers, one spot node killed mid-run the way a preemption does (its raylet and
+every worker process, SIGKILL), the autoscaler's replacement, training resumed from the
+checkpoint to the end with the same losses, and the nodes released after the job."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+STEPS, EVERY = 30, 10
+
+
+def wait_for(what: str, fn, timeout: float, poll: float = 0.5):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        value = fn()
+        if value:
+            return value, time.time() - t0
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def run_preemption_scenario(tmp_path, monkeypatch=None) -> dict:
+    """The whole scenario; returns what happened and how long each part took (also used by
+    bench/run.py autoscaler)."""
+    import os
+
+    from orchestrator.launch import clusters
+
+    env = {
+        "ORCHESTRATOR_CLUSTERS_DIR": str(tmp_path / "clusters"),
+        "ORCHESTRATOR_RUNS_DIR": str(tmp_path / "runs"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v) if monkeypatch else os.environ.__setitem__(k, v)
+    spot = lambda: clusters.market_nodes("local-fake", "spot")  # noqa: E731
+    out: dict = {}
+    clusters.up("local-fake")
+    try:
+        out["spot_nodes_before"] = len(spot())
+        t_submit = time.time()
+        sid, _ = clusters.submit(
+            "local-fake", "vicuna", "local",
+            [f"train.max_steps={STEPS}", f"checkpoint.every_steps={EVERY}",
+             "train.log_every_steps=1", "hardware.market=spot", "hardware.spot_wait_s=120"],
+            run_name="fake", follow=False,
+        )  # fmt: skip
+        c = clusters.client("local-fake")
+        nodes, _ = wait_for("2 spot nodes", lambda: len(spot()) >= 2 and spot(), 120)
+        out["submit_to_2_spot_nodes_s"] = time.time() - t_submit
+        run_dir = tmp_path / "runs" / "vicuna" / "fake"
+
+        def events() -> list[dict]:
+            path = run_dir / "events.jsonl"
+            lines = path.read_text().splitlines() if path.exists() else []
+            return [json.loads(x) for x in lines if x.strip()]
+
+        wait_for("a checkpoint and 2 more steps",
+                 lambda: max((e["step"] for e in events()), default=0) >= EVERY + 2, 240)  # fmt: skip
+        out["submit_to_first_step_s"] = min(e["time"] for e in events()) - t_submit
+        victim = nodes[0]["node_id"]
+        t_kill = time.time()
+        out["processes_killed"] = clusters.preempt_fake_node(victim)
+
+        def replaced() -> bool:
+            alive = spot()
+            return len(alive) >= 2 and victim not in {n["node_id"] for n in alive}
+
+        wait_for("a replacement spot node", replaced, 180)
+        out["kill_to_replacement_node_s"] = time.time() - t_kill
+        status, _ = wait_for(
+            "the job to end",
+            lambda: (s := str(c.get_job_status(sid))) in ("SUCCEEDED", "FAILED", "STOPPED") and s,
+            300,
+        )
+        t_end = time.time()
+        out.update(
+            status=status, log=c.get_job_logs(sid), run_dir=run_dir, victim=victim, t_end=t_end
+        )
+        rows = events()
+        before = [e for e in rows if e["time"] < t_kill]
+        after = [e for e in rows if e["time"] >= t_kill and e["attempt"] == before[-1]["attempt"]]
+        resumed = [e for e in after if e["step"] <= before[-1]["step"]]
+        if resumed:
+            out["resumed_at_step"] = resumed[0]["step"]
+            out["kill_to_resumed_step_s"] = resumed[0]["time"] - t_kill
+        out["losses_before"] = {e["step"]: e["loss"] for e in before}
+        out["losses_redone"] = {e["step"]: e["loss"] for e in resumed}
+        _, out["job_end_to_zero_spot_nodes_s"] = wait_for(
+            "the spot nodes to be released", lambda: spot() == [], 180
+        )
+        # No spot capacity in time (a wait of 0 s): the launcher falls back to on-demand nodes.
+        sid, status = clusters.submit(
+            "local-fake", "vicuna", "local",
+            ["train.max_steps=2", "export.enabled=false", "hardware.market=spot",
+             "hardware.spot_wait_s=0"],
+            run_name="fallback", follow=False,
+        )  # fmt: skip
+        out["fallback_status"], _ = wait_for(
+            "the fallback job to end",
+            lambda: (s := str(c.get_job_status(sid))) in ("SUCCEEDED", "FAILED", "STOPPED") and s,
+            300,
+        )
+        out["fallback_log"] = c.get_job_logs(sid)
+        out["fallback_run_dir"] = tmp_path / "runs" / "vicuna" / "fallback"
+        on_demand = lambda: clusters.market_nodes("local-fake", "on_demand")  # noqa: E731
+        _, out["fallback_end_to_zero_on_demand_nodes_s"] = wait_for(
+            "the on-demand nodes to be released", lambda: on_demand() == [], 180
+        )
+    finally:
+        clusters.down("local-fake")
+    return out
+
+
+def test_fake_spot_cluster_scales_up_survives_a_preemption_and_scales_down(tmp_path, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    r = run_preemption_scenario(tmp_path, monkeypatch)
+    assert r["spot_nodes_before"] == 0  # scaled to zero: only the head
+    assert r["status"] == "SUCCEEDED", r["log"][-4000:]
+    assert r["processes_killed"] >= 2  # the raylet and at least its training worker
+    run_dir = r["run_dir"]
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["step"] == STEPS and result["stop_reason"] == "completed"
+    failures = [json.loads(x) for x in (run_dir / "failures.jsonl").read_text().splitlines()]
+    assert [f["kind"] for f in failures] == ["preemption"], failures
+    assert "autoscaler: spot workers ready" in r["log"] and "resumed from" in r["log"]
+    # resumed from the checkpoint at EVERY (or a later one), redoing steps with equal losses
+    assert r["losses_redone"] and min(r["losses_redone"]) == EVERY + 1, r["losses_redone"]
+    for step, loss in r["losses_redone"].items():
+        if step in r["losses_before"]:
+            assert loss == pytest.approx(r["losses_before"][step], abs=1e-6), step
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert meta["grants"][0]["market"] == "spot" and meta["grants"][0]["fallback_note"] is None
+    # the ledger priced every node that ran: two spot nodes, then the replacement; the victim's
+    # life ends at its death
+    ledger = json.loads((run_dir / "ledger.json").read_text())
+    spot_lives = [n for n in ledger["nodes"] if n["market"] == "spot"]
+    assert len({n["node_id"] for n in spot_lives}) >= 3, ledger["nodes"]
+    assert any(n["node_id"] == r["victim"] and n["end"] <= r["t_end"] for n in spot_lives)
+    assert r["job_end_to_zero_spot_nodes_s"] < 180
+
+    # the fallback run: on on-demand nodes, said in its log, its run.json and its bill
+    assert r["fallback_status"] == "SUCCEEDED", r["fallback_log"][-4000:]
+    assert "fell back to on-demand" in r["fallback_log"]
+    grant = json.loads((r["fallback_run_dir"] / "run.json").read_text())["grants"][0]
+    assert grant["market"] == "on_demand" and "not obtained in 0 s" in grant["fallback_note"]
+    bill = json.loads((r["fallback_run_dir"] / "bill.json").read_text())
+    assert "not obtained in 0 s" in bill["market_fallback"]
+    nodes = json.loads((r["fallback_run_dir"] / "ledger.json").read_text())["nodes"]
+    workers = [n for n in nodes if n["node_id"] != "f" * 51 + "00000"]
+    assert workers and all(n["market"] == "on_demand" for n in workers), nodes

@@ -1,0 +1,187 @@
+"""Every definition in infra/ is checked: the cluster-launcher YAMLs against Ray's own schema
+(ray-schema.json via the autoscaler's validate_config), the KubeRay manifests and the Dockerfile
+structurally, and all of them against the price catalog and the autoscale contract (worker
+node types offer `spot` or `on_demand`, with `instance_type`/`market` labels the ledger prices)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator.config.load import REPO_ROOT, compose
+from orchestrator.config.schema import ConfigError
+
+INFRA = REPO_ROOT / "infra"
+CATALOG = compose("vicuna", "full").cost.instances
+LAUNCHER_YAMLS = ["aws-spot.yaml", "local-fake.yaml"]
+
+
+def _load(name: str) -> dict:
+    return yaml.safe_load((INFRA / name).read_text())
+
+
+@pytest.mark.parametrize("name", LAUNCHER_YAMLS)
+def test_cluster_yaml_passes_rays_schema(name):
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    cfg = _load(name)
+    if cfg["provider"]["type"] == "fake_multinode":
+        cfg["provider"]["gcs_address"] = "127.0.0.1:6379"  # filled in by cluster-up
+        validate_config(cfg)
+    else:
+        validate_config(prepare_config(cfg))
+
+
+def test_schema_check_fails_on_a_broken_file():
+    """The check has teeth: a fractional resource (Ray wants integers) is refused."""
+    import jsonschema
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    cfg = _load("aws-spot.yaml")
+    cfg["available_node_types"]["p4de_spot"]["resources"]["spot"] = 0.5
+    with pytest.raises(jsonschema.ValidationError):
+        validate_config(prepare_config(cfg))
+
+
+@pytest.mark.parametrize("name", LAUNCHER_YAMLS)
+def test_node_types_follow_the_autoscale_and_pricing_contract(name):
+    cfg = _load(name)
+    head = cfg["head_node_type"]
+    assert cfg["idle_timeout_minutes"] > 0
+    markets = set()
+    for tname, t in cfg["available_node_types"].items():
+        res, labels = t["resources"], t.get("labels", {})
+        offered = {"spot", "on_demand"} & set(res)
+        if tname == head:
+            assert not offered, "training workers must never land on the head"
+            continue
+        assert len(offered) == 1, tname
+        market = offered.pop()
+        markets.add(market)
+        assert labels.get("market") == market, tname
+        assert labels.get("instance_type") in CATALOG, (tname, labels)
+        price = CATALOG[labels["instance_type"]]
+        if "GPU" in res:  # one unit of the market resource per GPU
+            assert res[market] == res["GPU"] == price.num_gpus, tname
+        assert t.get("min_workers", 0) == 0, "scale from zero"
+        spot_opts = t["node_config"].get("InstanceMarketOptions", {}).get("MarketType")
+        if cfg["provider"]["type"] == "aws":
+            assert (spot_opts == "spot") == (market == "spot"), tname
+            assert t["node_config"]["InstanceType"] == labels["instance_type"]
+    assert markets == {"spot", "on_demand"}, "spot node types and an on-demand fallback"
+
+
+def test_aws_spot_covers_the_gpu_families():
+    types = {
+        t["node_config"]["InstanceType"]
+        for t in _load("aws-spot.yaml")["available_node_types"].values()
+    }
+    for family in ("p4d.", "p4de.", "p5.", "g5.", "g6."):
+        assert any(t.startswith(family) for t in types), family
+    head = _load("aws-spot.yaml")["available_node_types"]["head"]["node_config"]
+    assert "InstanceMarketOptions" not in head, "the head is on-demand"
+    assert "IamInstanceProfile" in head, "S3 checkpoints need an instance profile"
+
+
+def _k8s(name: str) -> list[dict]:
+    return list(yaml.safe_load_all((INFRA / "kuberay" / name).read_text()))
+
+
+def _ray_resources(group: dict) -> dict:
+    return json.loads(json.loads(group["rayStartParams"]["resources"]))
+
+
+def _labels(group: dict) -> dict:
+    return dict(kv.split("=") for kv in group["rayStartParams"]["labels"].split(","))
+
+
+@pytest.mark.parametrize("name", ["raycluster.yaml", "rayjob.yaml"])
+def test_kuberay_manifests(name):
+    (doc,) = _k8s(name)
+    assert doc["apiVersion"] == "ray.io/v1"
+    spec = doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"]["rayClusterSpec"]
+    assert doc["kind"] in ("RayCluster", "RayJob")
+    import ray
+
+    assert spec["rayVersion"] == ray.__version__
+    assert spec["enableInTreeAutoscaling"] is True
+    assert spec["autoscalerOptions"]["idleTimeoutSeconds"] > 0
+    head = spec["headGroupSpec"]
+    assert head["rayStartParams"]["num-cpus"] == "0"
+    assert head["template"]["spec"]["nodeSelector"]["karpenter.sh/capacity-type"] == "on-demand"
+    markets = set()
+    for g in spec["workerGroupSpecs"]:
+        res, labels = _ray_resources(g), _labels(g)
+        (market,) = {"spot", "on_demand"} & set(res)
+        markets.add(market)
+        assert labels["market"] == market and labels["instance_type"] in CATALOG
+        assert g["minReplicas"] == 0 and g["maxReplicas"] >= 1
+        pod = g["template"]["spec"]
+        assert pod["terminationGracePeriodSeconds"] >= 60, "time for the emergency checkpoint"
+        capacity = pod["nodeSelector"]["karpenter.sh/capacity-type"]
+        assert capacity == ("spot" if market == "spot" else "on-demand")
+        if market == "spot":
+            assert any(t.get("value") == "spot" for t in pod["tolerations"])
+        gpus = int(pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
+        assert res[market] == gpus == CATALOG[labels["instance_type"]].num_gpus
+    assert markets == {"spot", "on_demand"}
+    if doc["kind"] == "RayJob":
+        assert doc["spec"]["shutdownAfterJobFinishes"] is True
+        assert doc["spec"]["entrypoint"].startswith("python -m orchestrator launch")
+        assert "checkpoint.dir=s3://" in doc["spec"]["entrypoint"]
+
+
+def test_dockerfile_pins_what_the_project_pins():
+    import ray
+
+    text = (INFRA / "Dockerfile").read_text()
+    base = re.search(r"^FROM rayproject/ray:(\S+)", text, re.M).group(1)
+    assert base.startswith(ray.__version__ + "-py311"), base
+    make = (REPO_ROOT / "Makefile").read_text()
+    for pin in re.findall(r"(torch==\S+|deepspeed==\S+)", make):
+        assert pin in text, pin
+    assert "pip install --no-cache-dir -e '.[dev]'" in text
+
+
+def test_unknown_cluster_name_is_a_clear_error():
+    from orchestrator.launch.clusters import cluster_config
+
+    with pytest.raises(
+        ConfigError, match=r"no cluster named 'gcp'.*known: \['aws-spot', 'local-fake'\]"
+    ):
+        cluster_config("gcp")
+
+
+def test_autoscale_bundles_and_modes(monkeypatch):
+    from orchestrator.launch import autoscale
+
+    gpu = compose("vicuna", "full")
+    assert autoscale.bundles(gpu, "spot") == [{"CPU": 8, "spot": 1, "GPU": 1}] * 8
+    local = compose("vicuna", "local")
+    assert autoscale.bundles(local, "on_demand") == [{"CPU": 1, "on_demand": 1}] * 2
+    monkeypatch.delenv("ORCHESTRATOR_CLUSTER", raising=False)
+    assert not autoscale.enabled(local)
+    monkeypatch.setenv("ORCHESTRATOR_CLUSTER", "local-fake")
+    assert autoscale.enabled(local)
+    assert not autoscale.enabled(compose("vicuna", "local", ["hardware.autoscale=false"]))
+    with pytest.raises(ConfigError, match="hardware.spot_fallback='always'"):
+        compose("vicuna", "local", ["hardware.spot_fallback=always"])
+
+
+def test_working_dir_excludes_keep_the_upload_small():
+    from orchestrator.launch.clusters import WORKING_DIR_EXCLUDES
+
+    for heavy in (".venv", ".git", "runs", "mlflow.db"):
+        assert heavy in WORKING_DIR_EXCLUDES
+    shipped = sum(
+        p.stat().st_size
+        for p in REPO_ROOT.rglob("*")
+        if p.is_file() and not any(part in (".venv", ".git", "runs", ".torch_extensions", "mlruns", "mlartifacts", ".clusters") for part in p.relative_to(REPO_ROOT).parts)
+        and p.name != "mlflow.db" and "__pycache__" not in p.parts
+    )  # fmt: skip
+    assert shipped < 100 * 2**20  # Ray's working_dir limit is 500 MiB; ours is a few MiB
+    assert Path(INFRA / "README.md").exists()
