@@ -24,5 +24,5 @@ def bench_autoscaler() -> dict:
     ]  # fmt: skip
     out = {k: round(r[k], 1) if isinstance(r.get(k), float) else r.get(k) for k in keys}
     out["status"], out["fallback_status"] = r["status"], r["fallback_status"]
-    out["idle_timeout_s"] = 15
+    out["idle_timeout_s"] = 6
     return out
