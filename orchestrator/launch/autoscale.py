@@ -3,23 +3,35 @@
 On a named cluster (infra/, `make launch cluster=...`), worker node types advertise a `spot` or
 `on_demand` resource (one unit per GPU, or per node on CPU clusters). The launcher:
 
-1. asks the autoscaler for the job's workers up front: `request_resources(bundles=[{CPU, GPU,
-   <market>: units}] * num_workers)`, so every node is requested at once instead of one by one
-   as Ray Train's placement group waits;
+1. asks the autoscaler for the job's workers up front, as bundles `[{CPU, GPU, <market>:
+   units}] * num_workers`, so every node is requested at once and before training starts;
 2. waits until the cluster holds them (progress printed), at most `hardware.spot_wait_s`;
 3. if spot capacity did not come and `hardware.spot_fallback: on_demand`, asks for the same
    workers on `on_demand` nodes instead, and says so in the bill (`market_fallback`);
 4. pins the training workers to the granted market (`resources_per_worker`), so a spot job
    never lands on on-demand nodes by accident and the ledger prices what really ran;
-5. releases the request when the launch ends (`request_resources(bundles=[])`), so idle nodes
-   are terminated after the cluster's idle timeout.
+5. hands the request over to Ray Train when training starts: Train registers the same workers
+   with the cluster's AutoscalingCoordinator for as long as it runs (and asks again for a
+   replacement after a preemption), so the launcher withdraws its own request right before each
+   `fit()` (two live requests for the same workers would make the autoscaler launch twice the
+   nodes); and withdraws it in any case when the launch ends, so idle nodes are terminated after
+   the cluster's idle timeout.
+
+Requests go through the same AutoscalingCoordinator actor Ray Train and Ray Data use, which
+merges every requester's bundles and writes them to the autoscaler. A plain
+`ray.autoscaler.sdk.request_resources` call would not survive: the coordinator rewrites the
+cluster's whole request every 20 s with what *it* holds, erasing anything set beside it (this
+lost the on-demand fallback request of a second job on the fake cluster). The request expires
+by itself 180 s after its last renewal, so a launcher that dies cannot hold nodes forever.
 """
 
 from __future__ import annotations
 
 import os
 import time
+import uuid
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from orchestrator.config.schema import JobConfig
 
@@ -58,12 +70,74 @@ def _have(market: str, need: float) -> float:
     return min(need, ray.cluster_resources().get(market, 0.0))
 
 
-def _wait(cfg: JobConfig, market: str, timeout_s: float, poll_s: float) -> bool:
-    from ray.autoscaler.sdk import request_resources
+EXPIRE_S = 180.0
+"""A request not renewed for this long is dropped by the coordinator (as Ray Train's are)."""
+RENEW_S = 20.0
 
+
+class _Request:
+    """The launcher's standing request for worker bundles, registered under its own requester
+    id with the cluster's AutoscalingCoordinator (created on the head if no job made it yet).
+    Falls back to `ray.autoscaler.sdk.request_resources` if that Ray-internal actor is not
+    available in this Ray version."""
+
+    def __init__(self) -> None:
+        self.requester_id = f"orchestrator-launch-{uuid.uuid4().hex[:12]}"
+        self._actor: Any = None
+        self._priority: Any = None
+        self.sent_at = 0.0
+        try:
+            from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+                ResourceRequestPriority,
+                get_or_create_autoscaling_coordinator,
+            )
+
+            self._actor = get_or_create_autoscaling_coordinator()
+            self._priority = ResourceRequestPriority.HIGH
+        except Exception as e:  # noqa: BLE001 - an older/newer Ray: the plain SDK call
+            print(f"warning: no AutoscalingCoordinator ({e!r}); using request_resources",
+                  flush=True)  # fmt: skip
+
+    def send(self, want: list[dict[str, float]]) -> None:
+        import ray
+
+        self.sent_at = time.time()
+        if self._actor is not None:
+            ray.get(
+                self._actor.request_resources.remote(
+                    requester_id=self.requester_id,
+                    resources=want,
+                    expire_after_s=EXPIRE_S,
+                    priority=self._priority,
+                ),
+                timeout=60,
+            )
+            return
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=want)
+
+    def cancel(self) -> None:
+        import ray
+
+        if self._actor is not None:
+            ray.get(self._actor.cancel_request.remote(self.requester_id), timeout=60)
+            return
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=[])
+
+
+_request: _Request | None = None
+
+
+def _wait(cfg: JobConfig, market: str, timeout_s: float, poll_s: float) -> bool:
+    global _request
+    if _request is None:
+        _request = _Request()
     want = bundles(cfg, market)
     need = sum(b[market] for b in want)
-    request_resources(bundles=want)
+    _request.send(want)
     t0, last = time.time(), -1.0
     while True:
         have = _have(market, need)
@@ -72,6 +146,8 @@ def _wait(cfg: JobConfig, market: str, timeout_s: float, poll_s: float) -> bool:
         waited = time.time() - t0
         if waited >= timeout_s:
             return False
+        if time.time() - _request.sent_at >= RENEW_S:
+            _request.send(want)  # keep it from expiring while the cloud is slow
         if have != last or int(waited) % 30 == 0:
             print(f"waiting for {cfg.hardware.num_workers} {market} workers: {have:g}/{need:g} "
                   f"{market} units after {waited:.0f} s (limit {timeout_s:.0f} s)", flush=True)  # fmt: skip
@@ -116,10 +192,13 @@ def acquire(cfg: JobConfig, poll_s: float = 1.0) -> Grant | None:
 
 
 def release() -> None:
-    """Withdraw the request: the autoscaler may now remove idle nodes."""
+    """Withdraw the launcher's request (idempotent): right before training starts, Ray Train
+    holds the workers' request itself; at the end, the autoscaler may remove idle nodes."""
+    global _request
+    if _request is None:
+        return
     try:
-        from ray.autoscaler.sdk import request_resources
-
-        request_resources(bundles=[])
+        _request.cancel()
     except Exception as e:  # noqa: BLE001 - the cluster may be gone already
         print(f"warning: could not release the resource request: {e}", flush=True)
+    _request = None

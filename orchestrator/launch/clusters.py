@@ -274,6 +274,20 @@ def status(name: str) -> str:
     return out.stdout + out.stderr
 
 
+def diagnose(name: str, tail_lines: int = 60) -> str:
+    """What to read when a cluster does not do what was asked: `ray status` (nodes, pending
+    demands, resource requests) and, on a fake cluster, the autoscaler monitor's log tail."""
+    parts = [f"--- ray status ({name})", status(name)]
+    if is_fake(name):
+        logs = Path(state(name)["temp_dir"]) / "session_latest" / "logs"
+        for log in ("monitor.log", "monitor.err"):
+            path = logs / log
+            if path.exists():
+                lines = path.read_text(errors="replace").splitlines()[-tail_lines:]
+                parts += [f"--- {path} (last {len(lines)} lines)", *lines]
+    return "\n".join(parts)
+
+
 # ---------------------------------------------------------------------- jobs
 def client(name: str):
     from ray.job_submission import JobSubmissionClient

@@ -473,6 +473,8 @@ def _fit_tries(
                 failure_config=FailureConfig(max_failures=0, max_preemption_failures=0),
             ),
         )
+        if grant is not None:
+            autoscale.release()  # Ray Train registers the workers' request from here on
         try:
             trainer.fit()
             return

@@ -16,14 +16,22 @@ pytestmark = pytest.mark.integration
 STEPS, EVERY = 30, 10
 
 
-def wait_for(what: str, fn, timeout: float, poll: float = 0.5):
+def wait_for(what: str, fn, timeout: float, poll: float = 0.5, explain=None):
+    """Poll `fn` until it returns something true; on a timeout, the error carries `explain()`
+    (the job's log and the autoscaler's view), so a failure on CI can be read, not guessed."""
     t0 = time.time()
     while time.time() - t0 < timeout:
         value = fn()
         if value:
             return value, time.time() - t0
         time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    detail = ""
+    if explain is not None:
+        try:
+            detail = "\n" + explain()
+        except Exception as e:  # noqa: BLE001 - the diagnosis must not hide the timeout
+            detail = f"\n(could not collect a diagnosis: {e!r})"
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{detail}")
 
 
 def run_preemption_scenario(tmp_path, monkeypatch=None) -> dict:
@@ -53,7 +61,18 @@ def run_preemption_scenario(tmp_path, monkeypatch=None) -> dict:
             run_name="fake", follow=False,
         )  # fmt: skip
         c = clusters.client("local-fake")
-        nodes, _ = wait_for("2 spot nodes", lambda: len(spot()) >= 2 and spot(), 120)
+
+        def explain(job_id: str | None = None):
+            def text() -> str:
+                log = ""
+                if job_id:
+                    log = (f"--- job {job_id}: {c.get_job_status(job_id)}\n"
+                           + c.get_job_logs(job_id)[-6000:])  # fmt: skip
+                return log + "\n" + clusters.diagnose("local-fake")
+
+            return text
+
+        wait_for("2 spot nodes", lambda: len(spot()) >= 2 and spot(), 120, explain=explain(sid))
         out["submit_to_2_spot_nodes_s"] = time.time() - t_submit
         run_dir = tmp_path / "runs" / "vicuna" / "fake"
 
@@ -63,9 +82,11 @@ def run_preemption_scenario(tmp_path, monkeypatch=None) -> dict:
             return [json.loads(x) for x in lines if x.strip()]
 
         wait_for("a checkpoint and 2 more steps",
-                 lambda: max((e["step"] for e in events()), default=0) >= EVERY + 2, 240)  # fmt: skip
+                 lambda: max((e["step"] for e in events()), default=0) >= EVERY + 2, 240,
+                 explain=explain(sid))  # fmt: skip
         out["submit_to_first_step_s"] = min(e["time"] for e in events()) - t_submit
-        victim = nodes[0]["node_id"]
+        # the victim is chosen now: a spot node the run is using at this moment
+        victim = spot()[0]["node_id"]
         t_kill = time.time()
         out["processes_killed"] = clusters.preempt_fake_node(victim)
 
@@ -73,12 +94,13 @@ def run_preemption_scenario(tmp_path, monkeypatch=None) -> dict:
             alive = spot()
             return len(alive) >= 2 and victim not in {n["node_id"] for n in alive}
 
-        wait_for("a replacement spot node", replaced, 180)
+        wait_for("a replacement spot node", replaced, 180, explain=explain(sid))
         out["kill_to_replacement_node_s"] = time.time() - t_kill
         status, _ = wait_for(
             "the job to end",
             lambda: (s := str(c.get_job_status(sid))) in ("SUCCEEDED", "FAILED", "STOPPED") and s,
             300,
+            explain=explain(sid),
         )
         t_end = time.time()
         out.update(
@@ -94,7 +116,7 @@ def run_preemption_scenario(tmp_path, monkeypatch=None) -> dict:
         out["losses_before"] = {e["step"]: e["loss"] for e in before}
         out["losses_redone"] = {e["step"]: e["loss"] for e in resumed}
         _, out["job_end_to_zero_spot_nodes_s"] = wait_for(
-            "the spot nodes to be released", lambda: spot() == [], 180
+            "the spot nodes to be released", lambda: spot() == [], 180, explain=explain()
         )
         # No spot capacity in time (a wait of 0 s): the launcher falls back to on-demand nodes.
         sid, status = clusters.submit(
@@ -107,12 +129,13 @@ def run_preemption_scenario(tmp_path, monkeypatch=None) -> dict:
             "the fallback job to end",
             lambda: (s := str(c.get_job_status(sid))) in ("SUCCEEDED", "FAILED", "STOPPED") and s,
             300,
+            explain=explain(sid),
         )
         out["fallback_log"] = c.get_job_logs(sid)
         out["fallback_run_dir"] = tmp_path / "runs" / "vicuna" / "fallback"
         on_demand = lambda: clusters.market_nodes("local-fake", "on_demand")  # noqa: E731
         _, out["fallback_end_to_zero_on_demand_nodes_s"] = wait_for(
-            "the on-demand nodes to be released", lambda: on_demand() == [], 180
+            "the on-demand nodes to be released", lambda: on_demand() == [], 180, explain=explain()
         )
     finally:
         clusters.down("local-fake")
@@ -156,3 +179,53 @@ def test_fake_spot_cluster_scales_up_survives_a_preemption_and_scales_down(tmp_p
     nodes = json.loads((r["fallback_run_dir"] / "ledger.json").read_text())["nodes"]
     workers = [n for n in nodes if n["node_id"] != "f" * 51 + "00000"]
     assert workers and all(n["market"] == "on_demand" for n in workers), nodes
+
+
+def test_launch_request_survives_the_coordinator_and_hands_over_to_train():
+    """The launcher's request lives in the AutoscalingCoordinator beside Ray Train's: the
+    coordinator's periodic rewrite of the autoscaler's request (every 20 s) keeps it, where a
+    plain `request_resources` call is erased (what lost the fallback request on CI); release()
+    withdraws only the launcher's own bundles."""
+    import tempfile
+
+    import ray
+    from ray._private.ray_constants import AUTOSCALER_RESOURCE_REQUEST_CHANNEL
+    from ray.autoscaler.sdk import request_resources
+    from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+        ResourceRequestPriority,
+        get_or_create_autoscaling_coordinator,
+    )
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    from orchestrator.config.load import compose
+    from orchestrator.launch import autoscale
+
+    def requested() -> list[dict]:
+        """What the (v1) autoscaler reads: the merged request in the GCS key-value store."""
+        return json.loads(_internal_kv_get(AUTOSCALER_RESOURCE_REQUEST_CHANNEL) or b"[]")
+
+    cfg = compose("vicuna", "local", ["hardware.market=spot", "hardware.spot_wait_s=0"])
+    ray.init(address="local", num_cpus=1, include_dashboard=False,
+             _temp_dir=tempfile.mkdtemp(prefix="ray-", dir="/tmp"), logging_level="warning")  # fmt: skip
+    try:
+        coordinator = get_or_create_autoscaling_coordinator()
+        request_resources(bundles=[{"CPU": 1, "on_demand": 1}])
+        ray.get(coordinator._tick.remote())
+        assert requested() == []  # the bug: a plain request does not survive a tick
+
+        ours = autoscale.bundles(cfg, "spot")
+        assert not autoscale._wait(cfg, "spot", timeout_s=0, poll_s=0.1)  # no spot nodes here
+        ray.get(coordinator._tick.remote())
+        assert requested() == ours
+        train = [{"CPU": 1, "spot": 1}]  # what Ray Train registers when fit() starts
+        ray.get(coordinator.request_resources.remote(
+            requester_id="train-test", resources=train, expire_after_s=60,
+            priority=ResourceRequestPriority.HIGH))  # fmt: skip
+        assert sorted(map(json.dumps, requested())) == sorted(map(json.dumps, ours + train))
+        autoscale.release()
+        assert requested() == train
+        autoscale.release()  # idempotent
+        assert requested() == train
+    finally:
+        autoscale.release()
+        ray.shutdown()
