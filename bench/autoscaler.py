@@ -20,7 +20,7 @@ def bench_autoscaler() -> dict:
     from tests.integration.test_autoscaler import run_preemption_scenario
 
     with tempfile.TemporaryDirectory() as d:
-        r = run_preemption_scenario(Path(d))
+        r = run_preemption_scenario(Path(d), wait_fallback_release=True)
     keys = [
         "submit_to_2_spot_nodes_s", "submit_to_first_step_s", "kill_to_replacement_node_s",
         "kill_to_resumed_step_s", "resumed_at_step", "job_end_to_zero_spot_nodes_s",

@@ -13,7 +13,7 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
-STEPS, EVERY = 30, 10
+STEPS, EVERY = 20, 10
 
 
 def wait_for(what: str, fn, timeout: float, poll: float = 0.5, explain=None):
@@ -34,7 +34,7 @@ def wait_for(what: str, fn, timeout: float, poll: float = 0.5, explain=None):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{detail}")
 
 
-def run_preemption_scenario(tmp_path, monkeypatch=None) -> dict:
+def run_preemption_scenario(tmp_path, monkeypatch=None, wait_fallback_release=False) -> dict:
     """The whole scenario; returns what happened and how long each part took (also used by
     bench/run.py autoscaler)."""
     import os
@@ -133,10 +133,14 @@ def run_preemption_scenario(tmp_path, monkeypatch=None) -> dict:
         )
         out["fallback_log"] = c.get_job_logs(sid)
         out["fallback_run_dir"] = tmp_path / "runs" / "vicuna" / "fallback"
-        on_demand = lambda: clusters.market_nodes("local-fake", "on_demand")  # noqa: E731
-        _, out["fallback_end_to_zero_on_demand_nodes_s"] = wait_for(
-            "the on-demand nodes to be released", lambda: on_demand() == [], 180, explain=explain()
-        )
+        if wait_fallback_release:  # the same release as the spot nodes': the bench times it
+            on_demand = lambda: clusters.market_nodes("local-fake", "on_demand")  # noqa: E731
+            _, out["fallback_end_to_zero_on_demand_nodes_s"] = wait_for(
+                "the on-demand nodes to be released",
+                lambda: on_demand() == [],
+                180,
+                explain=explain(),
+            )
     finally:
         clusters.down("local-fake")
     return out
