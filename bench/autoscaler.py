@@ -11,12 +11,11 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import yaml
-
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def bench_autoscaler() -> dict:
+    import yaml
+
+    from orchestrator.launch.clusters import cluster_config
     from tests.integration.test_autoscaler import run_preemption_scenario
 
     with tempfile.TemporaryDirectory() as d:
@@ -28,6 +27,6 @@ def bench_autoscaler() -> dict:
     ]  # fmt: skip
     out = {k: round(r[k], 1) if isinstance(r.get(k), float) else r.get(k) for k in keys}
     out["status"], out["fallback_status"] = r["status"], r["fallback_status"]
-    fake = yaml.safe_load((ROOT / "infra" / "local-fake.yaml").read_text())
+    fake = yaml.safe_load(cluster_config("local-fake").read_text())
     out["idle_timeout_s"] = round(60 * fake["idle_timeout_minutes"], 1)
     return out

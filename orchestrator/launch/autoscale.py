@@ -112,20 +112,23 @@ class _Request:
                 ),
                 timeout=60,
             )
-            return
-        from ray.autoscaler.sdk import request_resources
-
-        request_resources(bundles=want)
+        else:
+            _plain_request(want)
 
     def cancel(self) -> None:
         import ray
 
         if self._actor is not None:
             ray.get(self._actor.cancel_request.remote(self.requester_id), timeout=60)
-            return
-        from ray.autoscaler.sdk import request_resources
+        else:
+            _plain_request([])
 
-        request_resources(bundles=[])
+
+def _plain_request(want: list[dict[str, float]]) -> None:
+    """Without the coordinator: the cluster-wide request, replaced by every call."""
+    from ray.autoscaler.sdk import request_resources
+
+    request_resources(bundles=want)
 
 
 _request: _Request | None = None

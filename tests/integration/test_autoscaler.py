@@ -14,6 +14,7 @@ import pytest
 pytestmark = pytest.mark.integration
 
 STEPS, EVERY = 20, 10
+FINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
 def wait_for(what: str, fn, timeout: float, poll: float = 0.5, explain=None):
@@ -72,6 +73,10 @@ def run_preemption_scenario(tmp_path, monkeypatch=None, wait_fallback_release=Fa
 
             return text
 
+        def ended(job_id: str):
+            """The job's final status once it has one (for wait_for), else None."""
+            return lambda: (s := str(c.get_job_status(job_id))) in FINAL and s
+
         wait_for("2 spot nodes", lambda: len(spot()) >= 2 and spot(), 120, explain=explain(sid))
         out["submit_to_2_spot_nodes_s"] = time.time() - t_submit
         run_dir = tmp_path / "runs" / "vicuna" / "fake"
@@ -96,12 +101,7 @@ def run_preemption_scenario(tmp_path, monkeypatch=None, wait_fallback_release=Fa
 
         wait_for("a replacement spot node", replaced, 180, explain=explain(sid))
         out["kill_to_replacement_node_s"] = time.time() - t_kill
-        status, _ = wait_for(
-            "the job to end",
-            lambda: (s := str(c.get_job_status(sid))) in ("SUCCEEDED", "FAILED", "STOPPED") and s,
-            300,
-            explain=explain(sid),
-        )
+        status, _ = wait_for("the job to end", ended(sid), 300, explain=explain(sid))
         t_end = time.time()
         out.update(
             status=status, log=c.get_job_logs(sid), run_dir=run_dir, victim=victim, t_end=t_end
@@ -126,10 +126,7 @@ def run_preemption_scenario(tmp_path, monkeypatch=None, wait_fallback_release=Fa
             run_name="fallback", follow=False,
         )  # fmt: skip
         out["fallback_status"], _ = wait_for(
-            "the fallback job to end",
-            lambda: (s := str(c.get_job_status(sid))) in ("SUCCEEDED", "FAILED", "STOPPED") and s,
-            300,
-            explain=explain(sid),
+            "the fallback job to end", ended(sid), 300, explain=explain(sid)
         )
         out["fallback_log"] = c.get_job_logs(sid)
         out["fallback_run_dir"] = tmp_path / "runs" / "vicuna" / "fallback"
