@@ -2,10 +2,10 @@
 
     python -m orchestrator.cost.calibration      # prints the fitted constants and the check
 
-Alpaca (shared/RECIPES.md section 1): LLaMA-7B, 52,002 examples x 3 epochs, HF Trainer + FSDP,
+Alpaca (docs/facts/originals.md#alpaca): LLaMA-7B, 52,002 examples x 3 epochs, HF Trainer + FSDP,
 no activation checkpointing, right-padded to the longest of each batch (assumed ~300 processed
 tokens per example), 8 x A100-80GB, "about 3 hours", "< $100 on most cloud compute providers".
-Vicuna (section 3): LLaMA-13B, ~70K conversations x 3 epochs padded to 2048, activation
+Vicuna (docs/facts/originals.md#vicuna): LLaMA-13B, ~70K conversations x 3 epochs padded to 2048, activation
 checkpointing, 8 x A100-80GB on spot, "one day", "$300" (13B on spot).
 
 The two runs pin the two free constants of MFU = max_mfu * L / (L + half_seq_len): Alpaca fixes

@@ -1,6 +1,6 @@
 """Projected bills before launch: tokens -> FLOPs -> hours (MFU model + overheads) -> dollars.
 
-FLOPs per processed token (RECIPES.md section 13):
+FLOPs per processed token (docs/facts/hardware_and_prices.md):
     full fine-tune      6N    (forward 2N + backward 4N)
     LoRA / adapters     4N    (no weight gradients for the frozen base)
     + 2N when activations are recomputed (activation checkpointing)

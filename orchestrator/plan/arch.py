@@ -41,7 +41,7 @@ class CerebrasSize:
         return gpt_params(self.layers, self.d_model, GPT2_VOCAB, CONTEXT)
 
 
-# Cerebras/modelzoo configs/Cerebras_GPT/README.md (shared/RECIPES.md section 7). The 13B run
+# Cerebras/modelzoo configs/Cerebras_GPT/README.md (docs/facts/scaling_laws.md#cerebras-gpt). The 13B run
 # changed batch 720 -> 1080 mid-run; 720 is its starting batch.
 CEREBRAS_GPT = [
     CerebrasSize("111m", 10, 768, 12, 6.0e-4, 120, 9_037, 2.22e9),

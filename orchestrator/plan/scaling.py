@@ -9,7 +9,7 @@ Training compute C ~ 6 N D FLOPs (N parameters, D tokens). Given C, two rules pi
       N* = G (C/6)^(beta / (alpha + beta)),  D* = (C/6)^(alpha / (alpha + beta)) / G,
       G  = (alpha A / (beta B))^(1 / (alpha + beta)).
 
-Constants (shared/RECIPES.md section 8): the Epoch AI refit (Besiroglu et al. 2024) of
+Constants (docs/facts/scaling_laws.md): the Epoch AI refit (Besiroglu et al. 2024) of
 Hoffmann et al.'s data is the default; Hoffmann's published (rounded) Approach-3 fit is an
 option. The rounded constants do not reproduce 20 tokens/param at scale (D*/N* grows to ~90 at
 5.8e23 FLOPs); the refit gives ~18-26 over 1e18-1e24. Both fits predict loss on MassiveText

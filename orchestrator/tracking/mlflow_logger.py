@@ -1,7 +1,7 @@
 """Metric logging that never blocks training and never drops a metric.
 
 MLflow's own client blocks for minutes when the server is down (7 retries, backoff 2, timeout
-120 s) and its async mode drops data (see shared/STACK.md). So the training loop only appends:
+120 s) and its async mode drops data (docs/facts/stack.md, MLflow). So the training loop only appends:
 every metric goes first to a local journal (`mlflow_pending.jsonl`, one line per metric, flushed
 to the OS at once) and to an in-memory queue; a background thread sends the queue in order with
 `log_batch` and records in `mlflow_pending.sent` how many journal lines MLflow has. When

@@ -1,7 +1,7 @@
 """A local MLflow tracking server with light settings (`make mlflow-ui`).
 
 By default 4 web workers and a job runner (15 processes, 3.6 GB); with one worker and job
-execution off it is 2 processes, ~0.55 GB, ready in a few seconds (shared/STACK.md).
+execution off it is 2 processes, ~0.55 GB, ready in a few seconds (docs/facts/stack.md, MLflow).
 """
 
 from __future__ import annotations

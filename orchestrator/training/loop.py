@@ -768,7 +768,7 @@ class FinetuneRecipe:
             self.checkpointer.wait()
         self.logger.close()
         if dist.is_initialized():
-            dist.barrier()  # avoids gloo aborting at exit (see STACK.md)
+            dist.barrier()  # avoids gloo aborting at exit (docs/facts/stack.md, Ray)
 
 
 def _say(msg: str) -> None:

@@ -42,7 +42,7 @@ def test_closed_form_optimum_matches_numeric_minimum(fit, flops):
 
 @pytest.mark.parametrize(
     ("fit", "flops", "n_star", "ratio"),
-    [  # shared/RECIPES.md section 8, computed there independently
+    [  # docs/facts/scaling_laws.md, computed there independently
         ("epoch", 1e20, 8.5e8, 22.9),
         ("hoffmann", 1e20, 6.4e8, 40.1),
         ("epoch", 1e22, 9.0e9, 20.4),
