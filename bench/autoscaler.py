@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 
-def bench_autoscaler() -> dict:
+def run() -> dict:
     import yaml
 
     from orchestrator.launch.clusters import cluster_config

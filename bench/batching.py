@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+IN_PROCESS = True  # drives torch.distributed in this process: run before Ray starts
+
 N_EXAMPLES, MAX_LEN, VOCAB = 4000, 1024, 4096
 GLOBAL_BATCH, MICRO = 40, 8
 # HF's LengthGroupedSampler sorts megabatches of min(4000 // (40 * 4), 50) = 25 batches of 40
@@ -244,10 +246,10 @@ def pass_rates(threads: int) -> dict:
     return out
 
 
-def bench_batching(steps: int = 10, threads: int = 2, ray_workers: bool = True) -> dict:
-    from bench.run import _single_process_group, _write
+def run(steps: int = 10, threads: int = 2, ray_workers: bool = True) -> dict:
+    from bench._common import local_ray, single_process_group
 
-    _single_process_group()
+    single_process_group()
     examples = make_examples()
     runs = {
         # Random order: any prefix is a fair sample; 4 steps of 40 x 1024 slots is plenty.
@@ -279,9 +281,7 @@ def bench_batching(steps: int = 10, threads: int = 2, ray_workers: bool = True) 
     if ray_workers:
         import ray
 
-        from bench.run import _local_ray
-
-        _local_ray()
+        local_ray()
         for mode in ("pad", "grouped", "packed"):
             modes[f"ray2_ours_{mode}"] = ours_on_ray(examples, steps, mode)
         ray.shutdown()
@@ -301,5 +301,4 @@ def bench_batching(steps: int = 10, threads: int = 2, ray_workers: bool = True) 
         "data": "4000 ex, lognormal median 180 sigma 0.9, [16, 1024]",
         "modes": modes,
     }
-    _write("batching", out)
     return out

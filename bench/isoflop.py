@@ -20,7 +20,7 @@ from pathlib import Path
 RATIOS = (5.0, 10.0, 20.0, 40.0, 80.0)
 
 
-def bench_isoflop(ratios: tuple[float, ...] = RATIOS, batch_sequences: int | None = None) -> dict:
+def sweep(ratios: tuple[float, ...] = RATIOS, batch_sequences: int | None = None) -> dict:
     from orchestrator.config.load import compose
     from orchestrator.launch.run import launch
     from orchestrator.training.model import count_params
@@ -64,3 +64,9 @@ def bench_isoflop(ratios: tuple[float, ...] = RATIOS, batch_sequences: int | Non
         "planner_choice": "20 tok/param",
         "planner_eval_loss_minus_best": round(chosen["eval_loss"] - runs[best]["eval_loss"], 4),
     }
+
+
+def run() -> dict:
+    """The sweep with the planner's batch for every size (bench/isoflop_fixed_batch.py holds
+    the batch fixed, so that only N and D change)."""
+    return sweep()

@@ -1,0 +1,53 @@
+"""Helpers shared by the benchmarks: a local Ray cluster, an in-process process group, and a
+scratch working directory."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def local_ray() -> None:
+    """A 2-CPU local Ray cluster in its own temp dir, shared by a benchmark's launches."""
+    import ray
+
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        _temp_dir=tempfile.mkdtemp(dir="/tmp"),
+        logging_level="warning",
+    )
+
+
+def single_process_group() -> None:
+    """A world of one (gloo), for benchmarks that drive the recipe in this process."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        store = dist.FileStore(tempfile.mktemp(prefix="pg-"), 1)
+        dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+
+
+@contextlib.contextmanager
+def scratch_cwd(mlflow: bool = False) -> Iterator[Path]:
+    """Run in a temporary working directory (runs/ and mlflow.db land there)."""
+    old, old_uri = Path.cwd(), os.environ.get("MLFLOW_TRACKING_URI")
+    with tempfile.TemporaryDirectory() as d:
+        os.chdir(d)
+        if mlflow:
+            os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{d}/mlflow.db"
+        try:
+            yield Path(d)
+        finally:
+            os.chdir(old)
+            if mlflow:
+                if old_uri is None:
+                    os.environ.pop("MLFLOW_TRACKING_URI", None)
+                else:
+                    os.environ["MLFLOW_TRACKING_URI"] = old_uri
