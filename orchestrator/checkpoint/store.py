@@ -20,28 +20,30 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import shutil
-import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from orchestrator.checkpoint.manifest import (
+    _STEP_DIR,
     FILES_KEY,
     MANIFEST,
+    BadManifest,
     _write_atomic,
     file_hashes,
     list_checkpoints,
+    parse_manifest,
     publish,
     read_manifest,
+    sign,
+    signing_key,
     step_dirname,
     tmp_dirname,
 )
+from orchestrator.storage.s3 import S3, join_key, split_url
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 class IncompleteCheckpoint(ValueError):
@@ -115,91 +117,27 @@ class LocalStore:
 
 
 class S3Store:
-    """Checkpoints under `s3://bucket/prefix/`. Endpoint, region and credentials come from the
-    usual AWS environment (AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, profiles, IAM roles),
-    so the same job runs against AWS, MinIO or a local moto_server."""
+    """Checkpoints under `s3://bucket/prefix/`, through the project's one S3 client
+    (`orchestrator.storage.s3`: retries with backoff; endpoint, region and credentials from the
+    usual AWS environment, so the same job runs against AWS, MinIO or a local moto_server)."""
 
-    MULTIPART_BYTES = 8 * 1024 * 1024
-
-    def __init__(
-        self,
-        url: str,
-        attempts: int = 8,
-        backoff_s: float = 0.5,
-        max_backoff_s: float = 20.0,
-    ) -> None:
-        import boto3
-        from botocore.config import Config
-
-        if not url.startswith("s3://") or len(url) <= 5:
-            raise ValueError(f"not an s3:// URL: {url!r}")
+    def __init__(self, url: str, s3: S3 | None = None) -> None:
+        self.bucket, self.prefix = split_url(url)
         self.url = url.rstrip("/")
-        bucket, _, prefix = url[5:].partition("/")
-        self.bucket, self.prefix = bucket, prefix.strip("/")
-        self.attempts, self.backoff_s, self.max_backoff_s = attempts, backoff_s, max_backoff_s
-        self.client = boto3.client(
-            "s3",
-            config=Config(
-                retries={"max_attempts": 3, "mode": "standard"},
-                connect_timeout=5,
-                read_timeout=60,
-            ),
-        )
+        self.s3 = s3 or S3()
 
-    # ------------------------------------------------------------------ helpers
     def _key(self, step: int, rel: str = "") -> str:
-        parts = [self.prefix, step_dirname(step), rel]
-        return "/".join(p for p in parts if p)
-
-    def _retry(self, what: str, fn: Callable[[], T]) -> T:
-        """Run `fn`, retrying transient errors with exponential backoff and jitter. botocore
-        retries each request a little; this covers longer outages (seconds to a minute)."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        delay = self.backoff_s
-        for attempt in range(1, self.attempts + 1):
-            try:
-                return fn()
-            except ClientError as e:
-                code = e.response.get("Error", {}).get("Code", "")
-                status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-                if status and status < 500 and code not in ("SlowDown", "RequestTimeout"):
-                    raise  # 403, 404, NoSuchBucket: retrying cannot help
-                err: Exception = e
-            except (BotoCoreError, OSError) as e:
-                err = e
-            if attempt == self.attempts:
-                raise err
-            log.warning("S3 %s failed (%s); retry %d in %.1f s", what, err, attempt, delay)
-            time.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, self.max_backoff_s)
-        raise AssertionError("unreachable")
+        return join_key(self.prefix, step_dirname(step), rel)
 
     def _list(self, prefix: str) -> dict[str, int]:
         """{key: size} of every object under `prefix`."""
-        out: dict[str, int] = {}
-        token = None
-        while True:
-            kw: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
-            if token:
-                kw["ContinuationToken"] = token
-            page = self._retry(f"list {prefix}", lambda kw=kw: self.client.list_objects_v2(**kw))
-            for obj in page.get("Contents", []):
-                out[obj["Key"]] = obj["Size"]
-            if not page.get("IsTruncated"):
-                return out
-            token = page["NextContinuationToken"]
+        return {k: o.size for k, o in self.s3.list(self.bucket, prefix).items()}
 
     # ------------------------------------------------------------------ store API
     def staging_dir(self, step: int, base: Path) -> Path:
         return base / tmp_dirname(step)
 
     def put_files(self, staging: Path, step: int) -> dict[str, dict[str, Any]]:
-        from boto3.s3.transfer import TransferConfig
-
-        cfg = TransferConfig(
-            multipart_threshold=self.MULTIPART_BYTES, multipart_chunksize=self.MULTIPART_BYTES
-        )
         # Hash while uploading (hashlib and the socket writes both release the GIL).
         with ThreadPoolExecutor(max_workers=1) as pool:
             hashing = pool.submit(file_hashes, staging)
@@ -209,13 +147,7 @@ class S3Store:
                 if p.is_file() and p.name != MANIFEST
             )
             for rel in rels:
-                key = self._key(step, rel)
-                self._retry(
-                    f"upload {key}",
-                    lambda rel=rel, key=key: self.client.upload_file(
-                        str(staging / rel), self.bucket, key, Config=cfg
-                    ),
-                )
+                self.s3.upload(staging / rel, self.bucket, self._key(step, rel))
             part = hashing.result()
         assert sorted(part) == rels, "staging changed while it was uploaded"
         return part
@@ -228,62 +160,68 @@ class S3Store:
                 raise IncompleteCheckpoint(
                     f"{self.url}/{step_dirname(step)}/{rel} is missing or has the wrong size"
                 )
+        manifest = sign(manifest, signing_key())
         body = json.dumps(manifest, indent=1, sort_keys=True).encode()
-        self._retry(
-            f"commit {step_dirname(step)}",
-            lambda: self.client.put_object(
-                Bucket=self.bucket, Key=self._key(step, MANIFEST), Body=body
-            ),
-        )
+        self.s3.put_bytes(self.bucket, self._key(step, MANIFEST), body)
 
     def discard_staging(self, staging: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
     def complete_steps(self) -> list[int]:
+        """Steps with a manifest, newest first. Anything else under the prefix is ignored."""
         prefix = f"{self.prefix}/" if self.prefix else ""
         steps = []
         for key in self._list(prefix):
             rest = key[len(prefix) :].split("/")
-            if len(rest) == 2 and rest[1] == MANIFEST and rest[0].startswith("step_"):
-                steps.append(int(rest[0][5:]))
+            m = _STEP_DIR.match(rest[0]) if len(rest) == 2 and rest[1] == MANIFEST else None
+            if m:
+                steps.append(int(m.group(1)))
         return sorted(steps, reverse=True)
 
     def read_manifest(self, step: int) -> dict[str, Any]:
+        where = f"{self.url}/{step_dirname(step)}/{MANIFEST}"
         try:
-            obj = self._retry(
-                "read manifest",
-                lambda: self.client.get_object(Bucket=self.bucket, Key=self._key(step, MANIFEST)),
-            )
-            return json.loads(obj["Body"].read())
+            body = self.s3.get_bytes(self.bucket, self._key(step, MANIFEST))
+            if body is None:
+                raise FileNotFoundError("no manifest.json")
+            return parse_manifest(body, where, step, signing_key())
+        except BadManifest as e:
+            raise IncompleteCheckpoint(str(e)) from None
         except Exception as e:  # noqa: BLE001 - any failure means "not a usable checkpoint"
-            raise IncompleteCheckpoint(f"{self.url}/{step_dirname(step)}: {e}") from None
+            raise IncompleteCheckpoint(f"{where}: {e}") from None
 
     def fetch(self, step: int, cache: Path) -> Path:
-        """Download a complete checkpoint into `cache/step_X/` and verify every file."""
+        """Download a complete checkpoint into `cache/step_X/` and verify every file. The
+        manifest is checked (shape, paths inside the folder, signature) before anything is
+        downloaded, each object's size before its bytes, and a failed fetch leaves nothing."""
         manifest = self.read_manifest(step)
         folder = cache / step_dirname(step)
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
-        for rel in manifest[FILES_KEY]:
-            dest = folder / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            key = self._key(step, rel)
-            try:
-                self._retry(
-                    f"download {key}",
-                    lambda key=key, dest=dest: self.client.download_file(
-                        self.bucket, key, str(dest)
-                    ),
-                )
-            except Exception as e:  # noqa: BLE001
-                raise IncompleteCheckpoint(f"{self.url}/{step_dirname(step)}/{rel}: {e}") from None
-        _write_atomic(folder / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
         try:
-            read_manifest(folder, verify_hashes=True)
-        except ValueError as e:
-            raise IncompleteCheckpoint(
-                str(e).replace(str(folder), f"{self.url}/{folder.name}")
-            ) from None
+            listed = self._list(self._key(step) + "/")
+            for rel, meta in manifest[FILES_KEY].items():
+                if listed.get(self._key(step, rel)) != meta["bytes"]:
+                    raise IncompleteCheckpoint(
+                        f"{self.url}/{step_dirname(step)}/{rel} is missing or has the wrong size"
+                    )
+            for rel in manifest[FILES_KEY]:
+                try:
+                    self.s3.download(self.bucket, self._key(step, rel), folder / rel)
+                except Exception as e:  # noqa: BLE001
+                    raise IncompleteCheckpoint(
+                        f"{self.url}/{step_dirname(step)}/{rel}: {e}"
+                    ) from None
+            _write_atomic(folder / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
+            try:
+                read_manifest(folder, verify_hashes=True)
+            except ValueError as e:
+                raise IncompleteCheckpoint(
+                    str(e).replace(str(folder), f"{self.url}/{folder.name}")
+                ) from None
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)  # a failed fetch leaves nothing behind
+            raise
         return folder
 
     def prune(self, keep_last: int, keep_every: int | None, newest_committed: int) -> list[int]:
@@ -305,19 +243,10 @@ class S3Store:
             # Manifest first: from that moment the checkpoint is not "complete" any more.
             manifest_key = self._key(step, MANIFEST)
             if manifest_key in keys:
-                self._retry(
-                    "prune",
-                    lambda k=manifest_key: self.client.delete_object(Bucket=self.bucket, Key=k),
-                )
+                self.s3.delete(self.bucket, [manifest_key])
                 keys.remove(manifest_key)
-            for i in range(0, len(keys), 1000):
-                batch = [{"Key": k} for k in keys[i : i + 1000]]
-                self._retry(
-                    "prune",
-                    lambda batch=batch: self.client.delete_objects(
-                        Bucket=self.bucket, Delete={"Objects": batch}
-                    ),
-                )
+            if keys:
+                self.s3.delete(self.bucket, keys)
             removed.append(step)
         return removed
 

@@ -12,6 +12,7 @@ import pytest
 
 from orchestrator.checkpoint.manifest import FILES_KEY, MANIFEST, tmp_dirname
 from orchestrator.checkpoint.store import IncompleteCheckpoint, S3Store
+from orchestrator.storage.s3 import S3
 from tests.faults import FaultyProxy
 
 pytestmark = pytest.mark.integration
@@ -95,7 +96,7 @@ def test_s3_uploads_survive_503s_and_an_outage(s3, tmp_path, monkeypatch):
     proxy = FaultyProxy(s3, fail_every=3)
     monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
     try:
-        store = S3Store("s3://ckpts/f", backoff_s=0.2)
+        store = S3Store("s3://ckpts/f", s3=S3(backoff_s=0.2))
         proxy.outage(2.0)
         save(store, tmp_path, 2, {f"f{i}.bin": bytes([i]) * 1000 for i in range(6)})
         assert store.complete_steps() == [2]
@@ -109,7 +110,7 @@ def test_s3_gives_up_on_a_dead_endpoint_with_a_clear_error(s3, tmp_path, monkeyp
     proxy = FaultyProxy(s3)
     monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
     try:
-        store = S3Store("s3://ckpts/d", attempts=2, backoff_s=0.1)
+        store = S3Store("s3://ckpts/d", s3=S3(attempts=2, backoff_s=0.1))
         proxy.outage(60)
         with pytest.raises(Exception, match=r"(?i)connection|endpoint"):
             store.put_files(stage(tmp_path, 2, {"a.bin": b"a"}), 2)
