@@ -187,6 +187,11 @@ class DataConfig:
     """format: text: how much of the training text a locally trained BPE learns from."""
     eval_sequences: int = 32
     """format: text: held-out sequences for the eval loss (packed from held-out documents)."""
+    revision: str | None = None
+    """Hugging Face dataset id sources: the revision (commit or tag) to read; pins the data key."""
+    rebuild: bool = False
+    """Continue a run although its data changed since it started (the tokens are prepared
+    anew; the checkpoint's data position then points into different data). Refused otherwise."""
 
     def __post_init__(self) -> None:
         _choice("data.format", self.format, DATA_FORMATS)
@@ -564,6 +569,40 @@ class BudgetConfig:
 
 
 @dataclass
+class StorageConfig:
+    """Where a run's artifacts live (docs/storage.md has the whole contract).
+
+    The durable store holds everything that must outlive a node: run metadata, ledger, timeline,
+    events, failures, prepared data, checkpoints (unless checkpoint.dir says otherwise), the
+    export. Nodes never read each other's disks: on a cluster the durable store must be
+    s3://bucket/prefix or a folder every node mounts (declared with `shared: true`)."""
+
+    root: str | None = None
+    """s3://bucket/prefix, or a folder. None: $ORCHESTRATOR_STORAGE_ROOT (a cluster definition
+    sets it), else ./runs."""
+    shared: bool = False
+    """`root` is a folder every node of the cluster mounts at this path (NFS, EFS, FSx, or one
+    machine): true declares it. Also declared by ORCHESTRATOR_STORAGE_SHARED=1."""
+    scratch: str | None = None
+    """Node-local scratch for staging, caches and fetched copies (None: each node's
+    $ORCHESTRATOR_SCRATCH, which infra/ points at instance NVMe, else the system temp dir)."""
+    flush_s: float = 10.0
+    """S3 stores: how often rank 0 writes its buffered timeline and events (and always at every
+    checkpoint and at the end)."""
+
+    def __post_init__(self) -> None:
+        if (
+            self.root is not None
+            and self.root.startswith("s3://")
+            and len(self.root.rstrip("/")) <= 5
+        ):
+            raise ConfigError(f"storage.root={self.root!r}: expected s3://bucket[/prefix]")
+        if self.shared and self.root is not None and self.root.startswith("s3://"):
+            raise ConfigError("storage.shared declares a shared folder; storage.root is s3://")
+        _positive("storage.flush_s", self.flush_s)
+
+
+@dataclass
 class TrackingConfig:
     experiment: str | None = None
     """MLflow experiment; None = the job name."""
@@ -627,6 +666,7 @@ class JobConfig:
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
 
     def __post_init__(self) -> None:
         _choice("scale", self.scale, SCALES)

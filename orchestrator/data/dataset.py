@@ -1,18 +1,20 @@
 """Prepare a job's data once (driver side): rows -> turns -> template -> token ids + labels.
 
-`prepare_data` reads and validates every row before any cluster starts, splits off the held-out
-eval set, and writes a small tokenized cache that the workers load. `StepBatches` is the
-deterministic, resumable order of batches: the batch of optimizer step s depends only on
-(seed, s), so a resumed run sees exactly the data an uninterrupted one would.
+`build_prepared` reads and validates every row before any cluster starts, splits off the
+held-out eval set, and writes a prepared data folder (memory-mapped arrays, `prepared.py`) that
+`publish.py` puts in the durable store for the workers. `StepBatches` is the deterministic,
+resumable order of batches: the batch of optimizer step s depends only on (seed, s), so a
+resumed run sees exactly the data an uninterrupted one would.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterator
-from dataclasses import dataclass
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -25,27 +27,11 @@ from orchestrator.data.batching import (
 )
 from orchestrator.data.formats import DataError, read_rows
 from orchestrator.data.instruct import SAMPLE_ADAPTERS, PieceTemplate, Sample, oasst_threads
+from orchestrator.data.prepared import DataManifest, PreparedData, open_prepared, write_prepared
 from orchestrator.data.templates import IGNORE_INDEX, TEMPLATES, Example
 from orchestrator.data.tokenizer import load_or_train_tokenizer
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class PreparedData:
-    train: list[Example]
-    eval: list[Example]
-    tokenizer_dir: str
-    vocab_size: int
-    pad_id: int
-    skipped_rows: int
-    num_rows: int
-    text_files: list[str] | None = None
-    """data.format text: the resolved source files the workers stream (None otherwise)."""
-
-    @property
-    def train_tokens(self) -> int:
-        return sum(len(e.input_ids) for e in self.train)
 
 
 def iter_samples(cfg: DataConfig) -> Iterator[Sample | DataError]:
@@ -112,41 +98,52 @@ def build_examples(cfg: DataConfig, tokenizer) -> tuple[list[Example], int, int]
     return examples, rows, skipped
 
 
-def prepare_data(cfg: DataConfig, work_dir: Path) -> PreparedData:
-    """Tokenize the job's data into `work_dir` (tokenizer/ and data.pt), reusing a previous cache."""
-    if cfg.format == "text":  # pretraining: streamed by the workers, see text.py
-        from orchestrator.data.text import prepare_text_data
+def build_prepared(
+    cfg: DataConfig, folder: Path, key: str = "", identity: dict[str, Any] | None = None
+) -> DataManifest:
+    """Tokenize the job's data into a new prepared data folder `folder` (see `prepared.py`).
 
-        return prepare_text_data(cfg, work_dir)
-    cache = work_dir / "data.pt"
-    if cache.exists():
-        return PreparedData(**torch.load(cache, weights_only=False))
-    tokenizer, tok_dir = load_or_train_tokenizer(cfg, work_dir / "tokenizer")
-    examples, rows, skipped = build_examples(cfg, tokenizer)
-    order = list(range(len(examples)))
-    random.Random(cfg.shuffle_seed).shuffle(order)
-    n_eval = int(round(len(examples) * cfg.eval_fraction))
-    if cfg.eval_fraction > 0:
-        n_eval = max(1, n_eval)
-    eval_idx, train_idx = sorted(order[:n_eval]), sorted(order[n_eval:])
-    train_idx = _weighted(train_idx, [examples[i].weight for i in train_idx], cfg.shuffle_seed)
-    pad_id = (
-        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.unk_token_id
-    )
-    data = PreparedData(
-        train=[examples[i] for i in train_idx],
-        eval=[examples[i] for i in eval_idx],
-        tokenizer_dir=str(tok_dir),
-        vocab_size=len(tokenizer),
-        pad_id=int(pad_id if pad_id is not None else tokenizer.eos_token_id),
-        skipped_rows=skipped,
-        num_rows=rows,
-    )
-    work_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
-    torch.save(data.__dict__, tmp)
-    tmp.replace(cache)
-    return data
+    Raises:
+        DataError: a bad row (unless data.on_error=skip), or no usable examples.
+    """
+    if cfg.format == "text":  # pretraining: streamed by the workers, see text.py
+        from orchestrator.data.text import build_text_data
+
+        return build_text_data(cfg, folder, key, identity or {})
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer, tok_dir = load_or_train_tokenizer(cfg, Path(tmp) / "tokenizer")
+        examples, rows, skipped = build_examples(cfg, tokenizer)
+        order = list(range(len(examples)))
+        random.Random(cfg.shuffle_seed).shuffle(order)
+        n_eval = int(round(len(examples) * cfg.eval_fraction))
+        if cfg.eval_fraction > 0:
+            n_eval = max(1, n_eval)
+        eval_idx, train_idx = sorted(order[:n_eval]), sorted(order[n_eval:])
+        train_idx = _weighted(train_idx, [examples[i].weight for i in train_idx], cfg.shuffle_seed)
+        pad_id = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.unk_token_id
+        )
+        return write_prepared(
+            folder,
+            key=key,
+            examples=examples,
+            train_index=train_idx,
+            eval_index=eval_idx,
+            tokenizer_dir=tok_dir,
+            vocab_size=len(tokenizer),
+            pad_id=int(pad_id if pad_id is not None else tokenizer.eos_token_id),
+            num_rows=rows,
+            skipped_rows=skipped,
+            identity=identity or {},
+        )
+
+
+def prepare_data(cfg: DataConfig, folder: Path) -> PreparedData:
+    """Build (or reuse) a prepared data folder on this machine and open it: for estimates,
+    tests and benchmarks. Launches publish theirs to the durable store (`publish.py`)."""
+    if not (folder / "manifest.json").exists():
+        build_prepared(cfg, folder)
+    return open_prepared(folder)
 
 
 def _weighted(idx: list[int], weights: list[float], seed: int) -> list[int]:
@@ -161,6 +158,12 @@ def _weighted(idx: list[int], weights: list[float], seed: int) -> list[int]:
         whole, frac = divmod(w, 1.0)
         out += [i] * (int(whole) + (rng.random() < frac))
     return out
+
+
+def _lengths(examples: Sequence[Example]) -> list[int]:
+    if hasattr(examples, "lengths"):  # a memory-mapped ExampleSet: no need to read the tokens
+        return [int(n) for n in examples.lengths()]
+    return [len(e.input_ids) for e in examples]
 
 
 def _n_targets(e: Example) -> int:
@@ -180,7 +183,7 @@ class StepBatches:
 
     def __init__(
         self,
-        examples: list[Example],
+        examples: Sequence[Example],
         *,
         global_batch_size: int,
         micro_batch_size: int,
@@ -207,7 +210,8 @@ class StepBatches:
         self.pad_id = pad_id
         self.mode = mode
         self.group_steps = group_steps
-        longest = max(len(e.input_ids) for e in examples)
+        self._lens = _lengths(examples)
+        longest = max(self._lens)
         self.pack_len = max(pack_len or longest, longest)
         budget = tokens_per_micro_batch or default_budget(micro_batch_size, longest)
         self.budget = max(budget, self.pack_len)
@@ -233,9 +237,7 @@ class StepBatches:
         g, k = self.global_batch_size, self.group_steps
         out: list[int] = []
         for start in range(0, len(perm), g * k):
-            mega = sorted(
-                perm[start : start + g * k], key=lambda i: -len(self.examples[i].input_ids)
-            )
+            mega = sorted(perm[start : start + g * k], key=lambda i: -self._lens[i])
             steps = [mega[j : j + g] for j in range(0, len(mega), g)]
             rng.shuffle(steps)
             out += [i for step in steps for i in step]

@@ -69,25 +69,26 @@ def read_rows(source: str, split: str = "train", max_rows: int | None = None) ->
 
 
 def _fetch_s3(url: str) -> Path:
-    """Download an s3:// object once (keyed by its ETag, so a changed object is fetched again)."""
+    """Download an s3:// object once into this node's cache (keyed by its ETag, so a changed
+    object is fetched again): $ORCHESTRATOR_CACHE, else the node's scratch."""
     import os
 
-    from orchestrator.checkpoint.store import S3Store
+    from orchestrator.storage.layout import S3_CACHE, default_scratch
+    from orchestrator.storage.s3 import S3, split_url
 
-    bucket, _, key = url[5:].partition("/")
-    store = S3Store(f"s3://{bucket}")
+    bucket, key = split_url(url)
+    s3 = S3()
     try:
-        head = store._retry("head " + url, lambda: store.client.head_object(Bucket=bucket, Key=key))
-    except Exception as e:
+        head = s3.head(bucket, key)
+    except Exception as e:  # noqa: BLE001 - named in the error
         raise DataError(f"data.source={url!r}: cannot read the object ({e})") from None
-    etag = head["ETag"].strip('"').replace("-", "_")
-    cache_root = Path(os.environ.get("ORCHESTRATOR_CACHE", Path.home() / ".cache" / "orchestrator"))
-    local = cache_root / "s3" / bucket / f"{key}.{etag}{Path(key).suffix}"
+    if head is None:
+        raise DataError(f"data.source={url!r}: cannot read the object (not found)")
+    etag = head.etag.replace("-", "_")
+    cache_root = Path(os.environ.get("ORCHESTRATOR_CACHE") or default_scratch())
+    local = cache_root / S3_CACHE / bucket / f"{key}.{etag}{Path(key).suffix}"
     if not local.exists():
-        local.parent.mkdir(parents=True, exist_ok=True)
-        tmp = local.with_name(local.name + ".part")
-        store._retry("download " + url, lambda: store.client.download_file(bucket, key, str(tmp)))
-        tmp.replace(local)
+        s3.download(bucket, key, local)
     return local
 
 

@@ -58,15 +58,42 @@ def is_local(source: str) -> bool:
     return s.startswith("/") or any(c in s for c in "*?[") or Path(s).exists()
 
 
-def resolve_files(source: str, exclude: list[str] | None = None) -> list[str]:
+def is_files(source: str) -> bool:
+    """Local files or s3:// objects (else a Hugging Face dataset id)."""
+    return source.startswith("s3://") or is_local(source)
+
+
+@dataclass(frozen=True)
+class TextFile:
+    """One file of a text source. `name` is the same on every node (the path relative to the
+    source's root, or the s3:// URL): it names documents for the held-out split and in errors.
+    `location` is where this node reads it (an s3:// URL is fetched to the node's cache)."""
+
+    name: str
+    location: str
+
+    def local(self) -> str:
+        if self.location.startswith("s3://"):
+            from orchestrator.data.formats import _fetch_s3
+
+            return str(_fetch_s3(self.location))
+        return self.location
+
+
+def _root(src: str) -> Path:
+    return Path(src.split("*")[0].split("?")[0].split("[")[0]).parent
+
+
+def resolve_files(source: str, exclude: list[str] | None = None) -> list[TextFile]:
     """The sorted files of a local/S3 text source (a file, a folder or a glob), minus `exclude`.
+    S3 objects are listed, not fetched.
 
     Raises:
         DataError: nothing matches (names the pattern).
     """
     src = expand_source(source)
     if src.startswith("s3://"):
-        return [str(p) for p in _fetch_s3_files(src, exclude)]
+        return [TextFile(u, u) for u in _list_s3(src, exclude)]
     p = Path(src)
     if p.is_dir():
         files = [str(f) for f in sorted(p.rglob("*")) if f.is_file()]
@@ -78,53 +105,35 @@ def resolve_files(source: str, exclude: list[str] | None = None) -> list[str]:
     files = [f for f in files if not any(fnmatch(f, e) for e in pats)]
     if not files:
         raise DataError(f"data.source={source!r} ({src}): no files match")
-    return files
+    root = _root(src)
+    out = []
+    for f in files:
+        try:
+            name = str(Path(f).relative_to(root))
+        except ValueError:
+            name = f
+        out.append(TextFile(name, f))
+    return out
 
 
-S3_NAMES: dict[str, str] = {}
-"""Local cached copy -> its s3:// URL (how errors name a fetched shard)."""
-
-
-def _fetch_s3_files(url: str, exclude: list[str] | None) -> list[Path]:
-    """An s3:// object, or every object matching a glob (s3://bucket/prefix/*.jsonl), fetched
-    once each (cached by ETag) through the S3 store's retries."""
-    from orchestrator.checkpoint.store import S3Store
-    from orchestrator.data.formats import _fetch_s3
+def _list_s3(url: str, exclude: list[str] | None) -> list[str]:
+    """An s3:// object, or every object matching a glob (s3://bucket/prefix/*.jsonl)."""
+    from orchestrator.storage.s3 import S3, split_url
 
     if not any(c in url for c in "*?["):
         urls = [url]
     else:
-        bucket, _, pattern = url[5:].partition("/")
+        bucket, pattern = split_url(url)
         prefix = pattern.split("*")[0].split("?")[0].split("[")[0]
-        store = S3Store(f"s3://{bucket}")
-        urls, token = [], None
-        while True:
-            kw = {
-                "Bucket": bucket,
-                "Prefix": prefix,
-                **({"ContinuationToken": token} if token else {}),
-            }
-            try:
-                page = store._retry(f"list {url}", lambda kw=kw: store.client.list_objects_v2(**kw))
-            except Exception as e:  # noqa: BLE001 - named in the error
-                raise DataError(f"data.source={url!r}: cannot list the objects ({e})") from None
-            urls += [
-                f"s3://{bucket}/{o['Key']}"
-                for o in page.get("Contents", [])
-                if fnmatch(o["Key"], pattern)
-            ]
-            token = page.get("NextContinuationToken")
-            if not token:
-                break
+        try:
+            keys = S3().list(bucket, prefix)
+        except Exception as e:  # noqa: BLE001 - named in the error
+            raise DataError(f"data.source={url!r}: cannot list the objects ({e})") from None
+        urls = [f"s3://{bucket}/{k}" for k in keys if fnmatch(k, pattern)]
     urls = sorted(u for u in urls if not any(fnmatch(u, e) for e in exclude or []))
     if not urls:
         raise DataError(f"data.source={url!r}: no objects match")
-    out = []
-    for u in urls:
-        local = _fetch_s3(u)
-        S3_NAMES[str(local)] = u
-        out.append(local)
-    return out
+    return urls
 
 
 def is_eval(key: str, eval_fraction: float) -> bool:
@@ -155,14 +164,14 @@ class TextStream:
     """
 
     def __init__(
-        self, cfg: DataConfig, tokenizer, split: str = "train", files: list[str] | None = None
+        self, cfg: DataConfig, tokenizer, split: str = "train", files: list[TextFile] | None = None
     ):
         self.cfg = cfg
         self.tok = tokenizer
         self.split = split
         self.seq_len = cfg.max_seq_len
         self.eos = tokenizer.eos_token_id
-        self.hf = not is_local(cfg.source) and not cfg.source.startswith("s3://")
+        self.hf = not is_files(cfg.source)
         self.files = [] if self.hf else (files or resolve_files(cfg.source, cfg.exclude))
         self.pos = Position()
         self._hf_iter = None
@@ -186,26 +195,22 @@ class TextStream:
         if self.hf:
             yield from self._hf_documents()
             return
-        root = Path(expand_source(self.cfg.source).split("*")[0]).parent
         while True:
             found = False
             while self.pos.file < len(self.files):
-                path = self.files[self.pos.file]
-                try:
-                    name = S3_NAMES.get(path) or str(Path(path).relative_to(root))
-                except ValueError:
-                    name = path
-                if path.endswith(LINE_FORMATS):
-                    for text in self._line_documents(path, name):
+                file = self.files[self.pos.file]
+                name = file.name
+                if name.endswith(LINE_FORMATS):
+                    for text in self._line_documents(file.local(), name):
                         found = True
                         yield text
                 elif self.pos.offset == 0:
                     self.pos.offset = -1  # read
                     if self._wanted(name):
                         try:
-                            text = Path(path).read_text(encoding="utf-8", errors="replace")
+                            text = Path(file.local()).read_text(encoding="utf-8", errors="replace")
                         except OSError as e:
-                            raise DataError(f"{path}: cannot read: {e}") from e
+                            raise DataError(f"{name}: cannot read: {e}") from e
                         found = True
                         yield text
                 self.pos.file, self.pos.offset = self.pos.file + 1, 0
@@ -232,7 +237,7 @@ class TextStream:
                 if not line.strip():
                     continue
                 # Every line is checked, held-out or not, so a bad row fails in either split.
-                shown = S3_NAMES.get(path, path)
+                shown = name
                 try:
                     row = json.loads(line)
                     text = row[field_name]
@@ -314,7 +319,7 @@ def _line_number(path: str, offset: int) -> int:
         return f.read(offset).count(b"\n") + 1
 
 
-def training_texts(cfg: DataConfig, files: list[str], limit_bytes: int) -> Iterator[str]:
+def training_texts(cfg: DataConfig, files: list[TextFile], limit_bytes: int) -> Iterator[str]:
     """The first `limit_bytes` of training text, for a local BPE."""
 
     class _Raw:  # a tokenizer stand-in: the stream is only used for its documents here
@@ -330,47 +335,68 @@ def training_texts(cfg: DataConfig, files: list[str], limit_bytes: int) -> Itera
         yield text
 
 
-def prepare_text_data(cfg: DataConfig, work_dir: Path):
+def build_text_data(cfg: DataConfig, folder: Path, key: str, identity: dict[str, Any]):
     """Driver side, before any cluster: list the files, load or train the tokenizer, and pack
-    the held-out rows. Training rows are streamed by the workers (`TextStepBatches`)."""
-    import torch
+    the held-out rows into a prepared data folder (`prepared.py`). Training rows are streamed
+    by the workers (`TextStepBatches`), which list the same files by the same stable names."""
+    import tempfile
 
-    from orchestrator.data.dataset import PreparedData
+    from orchestrator.data.prepared import write_prepared
     from orchestrator.data.templates import Example
     from orchestrator.data.tokenizer import load_or_train_tokenizer, train_bpe
 
-    cache = work_dir / "data.pt"
-    if cache.exists():
-        return PreparedData(**torch.load(cache, weights_only=False))
-    files = [] if not is_local(cfg.source) and not cfg.source.startswith("s3://") else None
-    if files is None:
-        files = resolve_files(cfg.source, cfg.exclude)
-    tok_dir = work_dir / "tokenizer"
-    if cfg.tokenizer is None and not (tok_dir / "tokenizer.json").exists():
-        tokenizer = train_bpe(
-            training_texts(cfg, files, cfg.tokenizer_train_bytes), cfg.tokenizer_vocab_size
+    files = resolve_files(cfg.source, cfg.exclude) if is_files(cfg.source) else []
+    with tempfile.TemporaryDirectory() as tmp:
+        tok_dir = Path(tmp) / "tokenizer"
+        if cfg.tokenizer is None:
+            tokenizer = train_bpe(
+                training_texts(cfg, files, cfg.tokenizer_train_bytes), cfg.tokenizer_vocab_size
+            )
+            tokenizer.save_pretrained(str(tok_dir))
+        else:
+            tokenizer, tok_dir = load_or_train_tokenizer(cfg, tok_dir)
+        held_out = TextStream(cfg, tokenizer, "eval", files).take(cfg.eval_sequences)
+        pad = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         )
-        tok_dir.mkdir(parents=True, exist_ok=True)
-        tokenizer.save_pretrained(str(tok_dir))
-    else:
-        tokenizer, tok_dir = load_or_train_tokenizer(cfg, tok_dir)
-    held_out = TextStream(cfg, tokenizer, "eval", files).take(cfg.eval_sequences)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    data = PreparedData(
-        train=[],
-        eval=[Example(input_ids=r, labels=list(r)) for r in held_out],
-        tokenizer_dir=str(tok_dir),
-        vocab_size=len(tokenizer),
-        pad_id=int(pad),
-        skipped_rows=0,
-        num_rows=len(files),
-        text_files=files,
-    )
-    work_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
-    torch.save(data.__dict__, tmp)
-    tmp.replace(cache)
-    return data
+        examples = [Example(input_ids=r, labels=list(r)) for r in held_out]
+        return write_prepared(
+            folder,
+            key=key,
+            examples=examples,
+            train_index=[],
+            eval_index=list(range(len(examples))),
+            tokenizer_dir=tok_dir,
+            vocab_size=len(tokenizer),
+            pad_id=int(pad),
+            num_rows=len(files),
+            skipped_rows=0,
+            identity=identity,
+            text_sources=[f.name for f in files],
+        )
+
+
+def worker_files(cfg: DataConfig, names: list[str] | None) -> list[TextFile]:
+    """The text source's files as this node sees them, checked against the names the launcher
+    prepared with (a corpus that differs here would silently change the held-out split).
+
+    Raises:
+        DataError: the files differ, naming the first difference and the fix.
+    """
+    if not is_files(cfg.source):
+        return []
+    files = resolve_files(cfg.source, cfg.exclude)
+    mine = [f.name for f in files]
+    if names is not None and mine != list(names):
+        missing = sorted(set(names) - set(mine))[:3]
+        extra = sorted(set(mine) - set(names))[:3]
+        raise DataError(
+            f"data.source={cfg.source!r} lists {len(mine)} files on this node but "
+            f"{len(names)} where the launcher prepared the data (missing here: {missing}, "
+            f"extra: {extra}): a corpus must be the same on every node; put it on s3:// or "
+            "a folder every node mounts"
+        )
+    return files
 
 
 class TextStepBatches:
@@ -386,7 +412,7 @@ class TextStepBatches:
         self,
         cfg: DataConfig,
         tokenizer,
-        files: list[str] | None,
+        files: list[TextFile] | None,
         *,
         global_batch_size: int,
         micro_batch_size: int,

@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 
 from orchestrator.config.schema import DataConfig
+from orchestrator.data.dataset import prepare_data
 from orchestrator.data.formats import DataError
 from orchestrator.data.text import (
     TextStepBatches,
     TextStream,
-    prepare_text_data,
     resolve_files,
     training_texts,
+    worker_files,
 )
 from orchestrator.data.tokenizer import train_bpe
 
@@ -107,9 +108,11 @@ def test_no_matching_files_and_no_training_documents(tmp_path, tok):
 
 def test_stdlib_source_resolves_on_any_machine():
     files = resolve_files("{python_stdlib}/*.py", ["*/this.py"])
-    assert any(f.endswith("/os.py") for f in files) and not any(
-        f.endswith("/this.py") for f in files
+    assert any(f.location.endswith("/os.py") for f in files) and not any(
+        f.location.endswith("/this.py") for f in files
     )
+    # names are relative to the source's root: the same on a node whose Python lives elsewhere
+    assert all(f.name.startswith("python3") and not f.name.startswith("/") for f in files)
 
 
 @pytest.mark.parametrize("world", [1, 2, 4])
@@ -138,12 +141,18 @@ def test_step_batches_split_rows_over_ranks_and_resume_with_another_world(corpus
 
 def test_prepare_trains_a_tokenizer_and_packs_held_out_rows(corpus, tmp_path):
     cfg = _cfg(corpus, tokenizer_vocab_size=320, eval_sequences=5)
-    data = prepare_text_data(cfg, tmp_path / "data")
+    data = prepare_data(cfg, tmp_path / "data")
     assert len(data.eval) == 5 and all(len(e.input_ids) == 16 for e in data.eval)
-    assert data.train == [] and len(data.text_files) == 5 and data.vocab_size <= 320
+    assert len(data.train) == 0 and len(data.text_sources) == 5 and data.vocab_size <= 320
     assert (Path(data.tokenizer_dir) / "tokenizer.json").exists()
-    # cached: the same object comes back without re-reading the corpus
-    assert prepare_text_data(cfg, tmp_path / "data").eval[0].input_ids == data.eval[0].input_ids
+    # the names are relative to the corpus root, not this machine's paths
+    assert sorted(data.text_sources) == sorted(f"{corpus.name}/{p.name}" for p in corpus.iterdir())
+    # prepared once: the same folder opens again without re-reading the corpus
+    assert prepare_data(cfg, tmp_path / "data").eval[0].input_ids == data.eval[0].input_ids
+    # a node whose corpus differs is refused, naming the difference
+    assert [f.name for f in worker_files(cfg, data.text_sources)] == data.text_sources
+    with pytest.raises(DataError, match="same on every node"):
+        worker_files(cfg, data.text_sources + ["elsewhere.txt"])
 
 
 def test_hugging_face_streaming_source_resumes_exactly(corpus, tok):
