@@ -51,3 +51,29 @@ def scratch_cwd(mlflow: bool = False) -> Iterator[Path]:
                     os.environ.pop("MLFLOW_TRACKING_URI", None)
                 else:
                     os.environ["MLFLOW_TRACKING_URI"] = old_uri
+
+
+def bench_context(d: Path, data_url: str):
+    """A RunContext for driving the recipe in this process: storage, checkpoints and scratch
+    in `d`, the prepared data at `data_url`, and a fresh MLflow run in `d`/mlflow.db."""
+    import time
+
+    import mlflow
+
+    from orchestrator.storage.layout import RunContext, RunStorage
+
+    uri = f"sqlite:///{d / 'mlflow.db'}"
+    client = mlflow.tracking.MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("bench")).info.run_id
+    storage = RunStorage(str(d), "bench", "run", str(d / "ckpt"), scratch=str(d / "scratch"))
+    return RunContext(
+        storage=storage,
+        data_url=data_url,
+        tracking_uri=uri,
+        mlflow_run_id=run_id,
+        attempt=1,
+        attempt_start_time=time.time(),
+        usd_before_attempt=0.0,
+        price_per_hour_usd=0.1,
+        config_hash="bench",
+    )

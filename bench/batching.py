@@ -142,24 +142,16 @@ def _config(steps: int, mode: str, workers: int, threads: int, **train):
 
 def _run_context(d: Path, examples):
     """A run folder holding the synthetic examples as prepared data, and its MLflow run."""
-    import mlflow
+    from bench._common import bench_context
+    from orchestrator.data.prepared import write_prepared
 
-    from orchestrator.data.dataset import PreparedData
-    from orchestrator.training.loop import RunContext
-
-    data = PreparedData(
-        train=examples, eval=[], tokenizer_dir="", vocab_size=VOCAB, pad_id=0,
-        skipped_rows=0, num_rows=len(examples),
+    (d / "tok").mkdir(exist_ok=True)
+    write_prepared(
+        d / "data", key="bench", examples=examples, train_index=list(range(len(examples))),
+        eval_index=[], tokenizer_dir=d / "tok", vocab_size=VOCAB, pad_id=0,
+        num_rows=len(examples), skipped_rows=0, identity={},
     )  # fmt: skip
-    torch.save(data.__dict__, d / "data.pt")
-    uri = f"sqlite:///{d / 'mlflow.db'}"
-    client = mlflow.tracking.MlflowClient(uri)
-    return RunContext(
-        run_dir=str(d), checkpoint_dir=str(d / "ckpt"), data_path=str(d / "data.pt"),
-        tracking_uri=uri, mlflow_run_id=client.create_run(client.create_experiment("b")).info.run_id,
-        attempt=1, attempt_start_time=time.time(), usd_before_attempt=0.0,
-        price_per_hour_usd=0.1, config_hash="bench",
-    )  # fmt: skip
+    return bench_context(d, str(d / "data"))
 
 
 def _tokens(b, steps: int) -> tuple[int, int]:

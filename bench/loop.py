@@ -21,11 +21,11 @@ IN_PROCESS = True  # drives torch.distributed in this process: run before Ray st
 
 def run(steps: int = 30, threads: int = 2) -> dict:
     """Our recipe vs a bare loop, one process each in turn, same batches."""
-    import mlflow
 
+    from bench._common import bench_context
     from orchestrator.config.load import compose
     from orchestrator.data.dataset import StepBatches, prepare_data
-    from orchestrator.training.loop import FinetuneRecipe, RunContext
+    from orchestrator.training.loop import FinetuneRecipe
     from orchestrator.training.model import build_model
 
     torch.set_num_threads(threads)
@@ -44,21 +44,7 @@ def run(steps: int = 30, threads: int = 2) -> dict:
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         data = prepare_data(cfg.data, d / "data")
-        uri = f"sqlite:///{d / 'mlflow.db'}"
-        client = mlflow.tracking.MlflowClient(uri)
-        run_id = client.create_run(client.create_experiment("bench")).info.run_id
-        ctx = RunContext(
-            run_dir=str(d),
-            checkpoint_dir=str(d / "ckpt"),
-            data_path=str(d / "data/data.pt"),
-            tracking_uri=uri,
-            mlflow_run_id=run_id,
-            attempt=1,
-            attempt_start_time=time.time(),
-            usd_before_attempt=0.0,
-            price_per_hour_usd=0.1,
-            config_hash="bench",
-        )
+        ctx = bench_context(d, str(d / "data"))
 
         batches = StepBatches(
             data.train,
@@ -100,7 +86,7 @@ def run(steps: int = 30, threads: int = 2) -> dict:
             import shutil
 
             shutil.rmtree(d / "ckpt", ignore_errors=True)
-            (d / "events.jsonl").unlink(missing_ok=True)
+            shutil.rmtree(d / "bench", ignore_errors=True)  # the run folder: timeline, events
             recipe = FinetuneRecipe(cfg, ctx)
             recipe.setup()
             t = time.perf_counter()

@@ -1,5 +1,5 @@
-"""Command line: `python -m orchestrator {launch,estimate,plan,bills,validate} ...` (the Makefile
-wraps these)."""
+"""Command line: `python -m orchestrator {launch,preflight,estimate,plan,bills,validate} ...` (the
+Makefile wraps these)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
         from orchestrator.config.load import compose
         from orchestrator.launch import clusters
 
-        compose(args.job, args.scale, _overrides(args.set))  # a typo fails here, not there
+        cfg = compose(args.job, args.scale, _overrides(args.set))  # a typo fails here, not there
+        clusters.check_submission(args.cluster, cfg, args.run)  # storage the nodes can reach
         _, status = clusters.submit(
             args.cluster, args.job, args.scale, _overrides(args.set), args.run,
             follow=not args.detach,
@@ -147,6 +148,12 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_preflight(args: argparse.Namespace) -> int:
+    from orchestrator.launch.preflight import main as preflight
+
+    return preflight(args.cluster, args.job, args.scale, _overrides(args.set))
+
+
 def cmd_bills(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -194,6 +201,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--id", default=None, help="submission id (logs, stop)")
     p.add_argument("--follow", action="store_true")
     p.set_defaults(fn=cmd_cluster)
+
+    p = sub.add_parser(
+        "preflight", help="check credentials, quotas, storage, tracking and image before a run"
+    )
+    p.add_argument("job")
+    p.add_argument("--cluster", required=True, help="a cluster from infra/ (e.g. aws-spot)")
+    p.add_argument("--scale", choices=["local", "full"], default=None)
+    p.add_argument("--set", default=None)
+    p.set_defaults(fn=cmd_preflight)
 
     p = sub.add_parser("estimate", help="projected bill of a job (no cluster needed)")
     p.add_argument("job")

@@ -161,7 +161,7 @@ class Chaos(threading.Thread):
             self.error = e
 
     def _run(self) -> None:
-        from orchestrator.training.loop import read_failures
+        from orchestrator.storage.layout import read_failures
 
         events = self.run_dir / "events.jsonl"
         offset = 0

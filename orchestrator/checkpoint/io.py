@@ -42,13 +42,35 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _local_rank() -> int:
+def node_key() -> str:
+    """This process's node: the Ray node id (each raylet has its own disks), else the host."""
     try:
-        import ray.train
+        import ray
 
-        return ray.train.get_context().get_local_rank()
-    except Exception:  # noqa: BLE001 - not in a Ray Train worker: one process per node
-        return 0
+        if ray.is_initialized():
+            return ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - not in a Ray worker
+        pass
+    import socket
+
+    return socket.gethostname()
+
+
+def node_leader() -> tuple[bool, str]:
+    """(is this rank its node's leader, the node's key). Collective. The leader is the lowest
+    rank on each Ray node. Ray Train's local rank groups workers by IP address, which two nodes
+    can share (several raylets per host, containers behind one address); a node's disk is its
+    raylet's, so leadership goes by node id."""
+    key = node_key()
+    if not dist.is_initialized():
+        return True, key
+    keys: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(keys, key)
+    return keys.index(key) == dist.get_rank(), key
+
+
+def _safe_name(key: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in key)[:64] or "node"
 
 
 @dataclass
@@ -68,7 +90,8 @@ class Checkpointer:
 
     Args:
         url: a folder, or `s3://bucket/prefix`.
-        staging: a local folder for shards before they are uploaded (S3 only).
+        staging: a node-local folder for shards before they are uploaded (S3 only); each node
+            stages in its own subfolder (named by its node key).
         async_save: persist in the background (training blocks only while shards are written).
     """
 
@@ -81,11 +104,12 @@ class Checkpointer:
         async_save: bool = False,
     ) -> None:
         self.store = open_store(url)
-        self.staging = staging
         self.keep_last, self.keep_every = keep_last, keep_every
         self.async_save = async_save
         self.rank = _rank()
-        self.leader = _local_rank() == 0
+        self.leader, self.node = node_leader()
+        # Per node: two raylets on one host (or one shared scratch) never stage into one folder.
+        self.staging = staging / _safe_name(self.node)
         # A separate group, so a background persist never interleaves with training collectives.
         self.group = dist.new_group(backend="gloo") if dist.is_initialized() else None
         self._pending: threading.Thread | None = None
@@ -171,7 +195,9 @@ class Checkpointer:
     ) -> tuple[Path, dict[str, Any]] | None:
         """Load the newest complete checkpoint (shards + this rank's RNG). Returns (folder,
         manifest), or None when there is none. A checkpoint that fails verification is skipped
-        with a warning naming it, and the next older one is tried."""
+        with a warning naming it, and the next older one is tried. From S3, each node's leader
+        downloads the checkpoint into `cache` (node-local) and the node's other ranks read it."""
+        cache = cache / _safe_name(self.node)
         steps = [self.store.complete_steps() if self.rank == 0 else None]
         if dist.is_initialized():
             dist.broadcast_object_list(steps, src=0)
@@ -193,12 +219,13 @@ class Checkpointer:
             if dist.is_initialized():
                 dist.broadcast_object_list(found, src=0)
             folder0, manifest = found[0]
-            # Non-leaders read their node leader's copy: same path on every node.
-            folder = folder or folder0
+            if folder is None:  # not a node leader: read the leader's copy on this node
+                in_place = isinstance(self.store, LocalStore)
+                folder = folder0 if in_place else cache / step_dirname(step)
             read_shards(folder)
             rng = folder / f"rng_rank{self.rank}.pt"
             if rng.exists():  # absent when resuming on more workers than saved
-                torch.set_rng_state(torch.load(rng))
+                torch.set_rng_state(torch.load(rng, weights_only=True))  # a tensor, no pickle
             _barrier()
             if self.leader and not isinstance(self.store, LocalStore):
                 shutil.rmtree(folder, ignore_errors=True)  # the downloaded copy

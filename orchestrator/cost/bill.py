@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 
@@ -38,9 +37,14 @@ def bill_markdown(job: str, run: str, bill: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def log_bill(tracking_uri: str, run_id: str, run_dir: Path) -> None:
+def log_bill(tracking_uri: str, run_id: str, store: Any) -> None:
+    """bill.md and bill.json of the run's durable store as MLflow artifacts under bill/."""
     from mlflow.tracking import MlflowClient
 
+    from orchestrator.storage.layout import BILL_JSON, BILL_MD
+
     client = MlflowClient(tracking_uri)
-    for name in ("bill.md", "bill.json"):
-        client.log_artifact(run_id, str(run_dir / name), "bill")
+    for name in (BILL_MD, BILL_JSON):
+        text = store.read_text(name)
+        if text is not None:
+            client.log_text(run_id, text, f"bill/{name}")

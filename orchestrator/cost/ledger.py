@@ -14,7 +14,8 @@ splits that money into:
     idle        everything else (tear-down, gaps)
 
 By construction the categories add up to the total, and the total is exactly
-sum(node-seconds x price). The ledger file survives restarts (runs/<job>/<run>/ledger.json).
+sum(node-seconds x price). The ledger (`ledger.json`) and the timeline live in the run's folder
+of the durable store, so they survive restarts and any node, the launcher's included.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ import json
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
+
+from orchestrator.storage.layout import LEDGER, TIMELINE
 
 CATEGORIES = ("useful", "wasted", "startup", "checkpoint", "eval_export", "idle")
 
@@ -40,11 +42,10 @@ class NodeLife:
     end: float | None = None
 
 
-def read_timeline(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
+def read_timeline(store: Any) -> list[dict[str, Any]]:
+    """The run's timeline from its durable store (`timeline.jsonl`), in time order."""
     rows = []
-    for line in path.read_text().splitlines():
+    for line in store.read_lines(TIMELINE):
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
@@ -67,12 +68,16 @@ def redone_steps(
 
 
 class Ledger:
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    """The node lives and launches of one run, in `ledger.json` of its durable store (the
+    launcher is its only writer)."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
         self.attempts: list[dict[str, Any]] = []
         self.nodes: list[NodeLife] = []
-        if path.exists():
-            data = json.loads(path.read_text())
+        text = store.read_text(LEDGER)
+        if text:
+            data = json.loads(text)
             self.attempts = data["attempts"]
             self.nodes = [NodeLife(**n) for n in data.get("nodes", [])]
 
@@ -80,9 +85,7 @@ class Ledger:
         data = {"attempts": self.attempts, "nodes": [asdict(n) for n in self.nodes]}
         if bill is not None:
             data["bill"] = bill
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        tmp.replace(self.path)
+        self.store.write_text(LEDGER, json.dumps(data, indent=1))
 
     def begin(self, start: float) -> dict[str, Any]:
         a = {"attempt": len(self.attempts) + 1, "start": start, "end": None}

@@ -295,6 +295,45 @@ def client(name: str):
     return JobSubmissionClient(state(name)["dashboard_url"], headers=auth_headers())
 
 
+# What the launcher on the head needs from here; nodes get their own credentials (instance
+# profile, IRSA), and the project's storage and tracking settings.
+SUBMITTED_ENV = (
+    "MLFLOW_TRACKING_URI",
+    "AWS_ENDPOINT_URL",
+    "AWS_DEFAULT_REGION",
+    "ORCHESTRATOR_STORAGE_ROOT",
+    "ORCHESTRATOR_STORAGE_SHARED",
+)
+
+
+def job_env(name: str) -> dict[str, str]:
+    """The environment of a launch submitted to cluster `name`. A fake cluster runs on this
+    machine, so its nodes do share one disk: it declares the project's runs/ folder (or
+    $ORCHESTRATOR_STORAGE_ROOT) as its shared root, and the sqlite MLflow store next to it, so
+    runs and their MLflow records stay where the user launched from (not in the job's unpacked
+    working_dir, which Ray deletes with the session)."""
+    env = {"ORCHESTRATOR_CLUSTER": name, "PYTHONUNBUFFERED": "1"}
+    env.update({k: os.environ[k] for k in SUBMITTED_ENV if os.environ.get(k)})
+    if is_fake(name):
+        root = env.get("ORCHESTRATOR_STORAGE_ROOT", "runs")
+        if not root.startswith("s3://"):
+            env["ORCHESTRATOR_STORAGE_ROOT"] = str(Path(root).resolve())
+            env["ORCHESTRATOR_STORAGE_SHARED"] = "1"
+        env.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{Path('mlflow.db').resolve()}")
+    return env
+
+
+def check_submission(name: str, cfg, run_name: str | None) -> None:
+    """What the launcher on the cluster would refuse, refused here before anything is sent:
+    storage and tracking every node can reach (see orchestrator/storage/resolve.py)."""
+    from orchestrator.storage import resolve as storage_resolve
+
+    env = {**os.environ, **job_env(name)}
+    uri = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"
+    storage = storage_resolve.resolve(cfg, run_name or "new", env)
+    storage_resolve.check_cluster(cfg, storage, uri, env)
+
+
 def submit(
     name: str,
     job: str,
@@ -313,17 +352,7 @@ def submit(
     if run_name:
         args += ["--run", run_name]
     args.append("--yes")  # the budget question was asked here, nobody can answer it there
-    env = {"ORCHESTRATOR_CLUSTER": name, "PYTHONUNBUFFERED": "1"}
-    for key in ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION"):
-        if os.environ.get(key):
-            env[key] = os.environ[key]
-    if is_fake(name):
-        # Same machine: keep runs and MLflow where the user launched from, not in the job's
-        # unpacked working_dir (which Ray deletes with the session).
-        env["ORCHESTRATOR_RUNS_DIR"] = str(
-            Path(os.environ.get("ORCHESTRATOR_RUNS_DIR", "runs")).resolve()
-        )
-        env.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{Path('mlflow.db').resolve()}")
+    env = job_env(name)
     c = client(name)
     deadline = time.time() + 90
     while True:  # a head that just came up may not have its job agent yet

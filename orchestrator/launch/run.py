@@ -1,8 +1,9 @@
-"""`launch`: config -> data -> MLflow run -> Ray cluster -> TorchTrainer -> bill.
+"""`launch`: config -> storage -> data -> MLflow run -> Ray cluster -> TorchTrainer -> bill.
 
-Everything that can fail on bad input (config, data rows, a full-scale job without its GPUs)
-fails here, before any cluster starts. A launch with the name of an existing run continues it:
-same run folder, same checkpoints, same MLflow run.
+Everything that can fail on bad input (config, storage a cluster cannot use, data rows, a
+full-scale job without its GPUs) fails here, before any cluster starts. A launch with the name of
+an existing run continues it: same run folder in the durable store, same checkpoints, same MLflow
+run, from this machine or any other (the storage contract: orchestrator/storage/layout.py).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from orchestrator.config.load import compose, to_dict, to_yaml
@@ -29,17 +29,28 @@ from orchestrator.cost.estimator import (
 )
 from orchestrator.cost.ledger import Ledger, NodeLife, read_timeline
 from orchestrator.cost.prices import apply_live_prices
-from orchestrator.data.dataset import prepare_data
+from orchestrator.data.prepared import DataManifest
 from orchestrator.launch import autoscale
+from orchestrator.storage import resolve as storage_resolve
+from orchestrator.storage.layout import (
+    BILL_JSON,
+    BILL_MD,
+    FAILURES,
+    LAUNCH_RESULT,
+    METRICS_PENDING,
+    RESULT,
+    RUN_META,
+    FailureRecord,
+    RunContext,
+    RunMeta,
+    RunResult,
+    RunStorage,
+    read_failures,
+)
 from orchestrator.tracking import runs as mlruns
-from orchestrator.tracking.mlflow_logger import replay_all
+from orchestrator.tracking.mlflow_logger import replay_all, replay_durable
 from orchestrator.tracking.plots import log_run_artifacts
 from orchestrator.training.model import count_params
-
-
-def runs_dir() -> Path:
-    """Where runs live: ./runs, or ORCHESTRATOR_RUNS_DIR (set by a launch on a named cluster)."""
-    return Path(os.environ.get("ORCHESTRATOR_RUNS_DIR", "runs"))
 
 
 @dataclass
@@ -47,6 +58,7 @@ class LaunchResult:
     job: str
     run: str
     run_dir: str
+    """The run's folder in the durable store (a path, or an s3:// URL)."""
     checkpoint_dir: str
     mlflow_run_id: str
     tracking_uri: str
@@ -120,43 +132,21 @@ def launch(
     cfg = compose(job, scale, overrides)  # bad config: fails here, before any cluster
     _check_hardware(cfg)
     _check_capabilities(cfg)
+    run_name = run_name or f"{cfg.job}-{cfg.scale}-{datetime.now():%Y%m%d-%H%M%S}"
+    uri = mlruns.tracking_uri()
+    storage = storage_resolve.resolve(cfg, run_name, os.environ)
+    if os.environ.get("RAY_ADDRESS"):  # a cluster: its nodes share no disk with this machine
+        storage_resolve.check_cluster(cfg, storage, uri, os.environ)
     note = apply_live_prices(cfg)
     if note:
         print(note)
     _print_projection(cfg)
 
-    run_name = run_name or f"{cfg.job}-{cfg.scale}-{datetime.now():%Y%m%d-%H%M%S}"
-    run_dir = (runs_dir() / cfg.job / run_name).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    meta_path = run_dir / "run.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    if meta and meta.get("scale") != cfg.scale:
-        raise ConfigError(
-            f"run {run_name!r} exists at scale {meta.get('scale')!r}; "
-            f"cannot continue it at scale {cfg.scale!r} (pick another run=NAME)"
-        )
-    if meta and cfg.checkpoint.resume == "never":
-        raise ConfigError(
-            f"run {run_name!r} already exists ({run_dir}) and checkpoint.resume=never"
-        )
-    ckpt_dir = _checkpoint_url(cfg, run_dir)
-
-    data = prepare_data(cfg.data, run_dir / "data")  # bad rows: fail here, before any cluster
-    if cfg.data.format == "text":
-        print(
-            f"data: {data.num_rows} files streamed in rows of {cfg.data.max_seq_len} tokens, "
-            f"{len(data.eval)} held-out rows, vocab {data.vocab_size}; training on "
-            f"{cfg.train.max_tokens or 0:,} tokens with {count_params(cfg.model, data.vocab_size):,} "
-            "parameters"
-        )
-    else:
-        print(
-            f"data: {data.num_rows} rows -> {len(data.train)} train / {len(data.eval)} eval "
-            f"examples, {data.train_tokens:,} train tokens, vocab {data.vocab_size}"
-            + (f", {data.skipped_rows} bad rows skipped" if data.skipped_rows else "")
-        )
+    store = storage.run_store()
+    meta = _existing_meta(store, cfg, run_name)
+    data_url, data = _prepare_data(cfg, storage, meta)
     projection = project(
-        cfg, measured=(len(data.train), data.train_tokens), vocab_size=data.vocab_size
+        cfg, measured=(data.num_train, data.train_tokens), vocab_size=data.vocab_size
     )
     low, high = projection.usd_range
     print(
@@ -165,14 +155,144 @@ def launch(
     )
     _confirm_budget(cfg, projection, yes)
 
-    uri = mlruns.tracking_uri()
     mlruns.set_fail_fast_http()
-    experiment = cfg.tracking.experiment or cfg.job
-    run_id = mlruns.start_or_continue(
+    run_id = _start_mlflow_run(cfg, uri, run_name, meta)
+    meta = RunMeta(
+        job=cfg.job,
+        run=run_name,
+        scale=cfg.scale,
+        mlflow_run_id=run_id,
+        tracking_uri=uri,
+        created=meta.created if meta else time.time(),
+        storage_root=storage.root,
+        data_key=data.key,
+        projected=meta.projected if meta else None,
+        grants=meta.grants if meta else [],
+    )
+    store.write_text(RUN_META, meta.to_json())
+    sent = replay_durable(uri, store, METRICS_PENDING) + replay_all(uri, storage.node_dir())
+    if sent:
+        print(f"replayed {sent} buffered metrics to MLflow")
+
+    ledger = Ledger(store)
+    ledger.close_dangling(read_timeline(store))
+    usd_before = ledger.bill(read_timeline(store))["usd_total"]
+    attempt = ledger.begin(t_start)  # the cluster is paid from the moment we start creating it
+    mlruns.log_config(uri, run_id, to_dict(cfg), attempt["attempt"])
+    store.delete(RESULT)
+
+    failures = read_failures(store)
+    context = RunContext(
+        storage=storage,
+        data_url=data_url,
+        tracking_uri=uri,
+        mlflow_run_id=run_id,
+        attempt=attempt["attempt"],
+        attempt_start_time=t_start,
+        usd_before_attempt=usd_before,
+        price_per_hour_usd=cluster_price_per_hour(cfg),
+        config_hash=_config_hash(cfg),
+        preemptions_before=sum(f.kind == "preemption" for f in failures),
+        app_failures_before=sum(f.kind == "app" for f in failures),
+        flush_s=cfg.storage.flush_s,
+    )
+    status, launcher_stop = "FAILED", None
+    try:
+        launcher_stop = _fit(cfg, context, store, ledger, t_start)
+        status = "FINISHED"
+    finally:
+        ledger.end(attempt)
+        result = _read_result(store)
+        stop_reason = result.stop_reason if result else (launcher_stop or "failed")
+        bill = _write_bill(cfg, store, ledger, projection, stop_reason)
+        try:
+            replay_durable(uri, store, METRICS_PENDING)  # what the workers could not send
+            log_bill(uri, run_id, store)
+            log_run_artifacts(uri, run_id, store, storage.checkpoint_url)
+            mlruns.finish(uri, run_id, _bill_tags(bill, attempt, result), status)
+        except Exception as e:  # noqa: BLE001 - a dead tracking server must not hide the result
+            print(f"warning: could not finalize the MLflow run: {e}", file=sys.stderr)
+
+    res = LaunchResult(
+        job=cfg.job,
+        run=run_name,
+        run_dir=storage.run_url,
+        checkpoint_dir=storage.checkpoint_url,
+        mlflow_run_id=run_id,
+        tracking_uri=uri,
+        attempt=attempt["attempt"],
+        step=result.step if result else 0,
+        total_steps=result.total_steps if result else 0,
+        stop_reason=stop_reason,
+        eval_loss=result.eval_loss if result else None,
+        usd_total=bill["usd_total"],
+        usd_attempt=ledger.usd_between(attempt["start"], attempt["end"]),
+        wall_s=time.time() - t_start,
+    )
+    _print_summary(res)
+    store.write_text(LAUNCH_RESULT, json.dumps(asdict(res), indent=1))
+    return res
+
+
+def _existing_meta(store, cfg: JobConfig, run_name: str) -> RunMeta | None:
+    """The run's metadata when the run exists (a continue), checked against this launch."""
+    text = store.read_text(RUN_META)
+    if text is None:
+        return None
+    meta = RunMeta.from_json(text)
+    if meta.scale != cfg.scale:
+        raise ConfigError(
+            f"run {run_name!r} exists at scale {meta.scale!r}; "
+            f"cannot continue it at scale {cfg.scale!r} (pick another run=NAME)"
+        )
+    if cfg.checkpoint.resume == "never":
+        raise ConfigError(
+            f"run {run_name!r} already exists ({store.url}) and checkpoint.resume=never"
+        )
+    return meta
+
+
+def _prepare_data(
+    cfg: JobConfig, storage: RunStorage, meta: RunMeta | None
+) -> tuple[str, DataManifest]:
+    """Build (or reuse) the prepared data in the durable store; bad rows fail here. A continued
+    run whose data changed is refused unless `data.rebuild=true`."""
+    from orchestrator.data.publish import data_key, ensure_data
+
+    if meta is not None and meta.data_key:
+        key, _ = data_key(cfg.data)
+        if key != meta.data_key and not cfg.data.rebuild:
+            raise ConfigError(
+                f"run {meta.run!r} trained on data {meta.data_key}, and the data is now "
+                f"{key} (the source or data config changed since: "
+                f"{storage.data_url(meta.data_key)} holds the old tokens). Its checkpoints "
+                "hold a position in the old data: start a new run (run=NAME), or continue on "
+                'the new data with set="data.rebuild=true"'
+            )
+    url, data = ensure_data(cfg.data, storage.root, storage.node_shared_dir("prepare"))
+    if cfg.data.format == "text":
+        print(
+            f"data: {data.num_rows} files streamed in rows of {cfg.data.max_seq_len} tokens, "
+            f"{data.num_eval} held-out rows, vocab {data.vocab_size}; training on "
+            f"{cfg.train.max_tokens or 0:,} tokens with {count_params(cfg.model, data.vocab_size):,} "
+            "parameters"
+        )
+    else:
+        print(
+            f"data: {data.num_rows} rows -> {data.num_train} train / {data.num_eval} eval "
+            f"examples, {data.train_tokens:,} train tokens, vocab {data.vocab_size}"
+            + (f", {data.skipped_rows} bad rows skipped" if data.skipped_rows else "")
+        )
+    print(f"  prepared data: {url}")
+    return url, data
+
+
+def _start_mlflow_run(cfg: JobConfig, uri: str, run_name: str, meta: RunMeta | None) -> str:
+    return mlruns.start_or_continue(
         uri,
-        experiment,
+        cfg.tracking.experiment or cfg.job,
         run_name,
-        meta.get("mlflow_run_id"),
+        meta.mlflow_run_id if meta else None,
         tags={
             "job": cfg.job,
             "scale": cfg.scale,
@@ -185,100 +305,54 @@ def launch(
             "mlflow.note.content": cfg.description,
         },
     )
-    meta = {
-        "job": cfg.job,
-        "run": run_name,
-        "scale": cfg.scale,
-        "mlflow_run_id": run_id,
-        "tracking_uri": uri,
-        "created": meta.get("created", time.time()),
-    }
-    meta_path.write_text(json.dumps(meta, indent=1))
-    sent = replay_all(uri, run_dir)
-    if sent:
-        print(f"replayed {sent} buffered metrics to MLflow")
 
-    ledger = Ledger(run_dir / "ledger.json")
-    ledger.close_dangling(read_timeline(run_dir / "timeline.jsonl"))
-    usd_before = ledger.bill(read_timeline(run_dir / "timeline.jsonl"))["usd_total"]
-    attempt = ledger.begin(t_start)  # the cluster is paid from the moment we start creating it
-    mlruns.log_config(uri, run_id, to_dict(cfg), attempt["attempt"])
-    (run_dir / "result.json").unlink(missing_ok=True)
 
-    context = {
-        "run_dir": str(run_dir),
-        "checkpoint_dir": str(ckpt_dir),
-        "data_path": str(run_dir / "data" / "data.pt"),
-        "tracking_uri": uri,
-        "mlflow_run_id": run_id,
-        "attempt": attempt["attempt"],
-        "attempt_start_time": t_start,
-        "usd_before_attempt": usd_before,
-        "price_per_hour_usd": cluster_price_per_hour(cfg),
-        "config_hash": _config_hash(cfg),
-    }
-    status = "FAILED"
-    try:
-        _fit(cfg, context, run_dir, ledger, t_start)
-        status = "FINISHED"
-    finally:
-        ledger.end(attempt)
-        result = _read_result(run_dir)
-        bill = ledger.bill(read_timeline(run_dir / "timeline.jsonl"))
-        bill["projected"] = _projected_for_bill(meta_path, projection)
-        bill["projected"]["error_pct"] = (
-            (bill["usd_total"] - bill["projected"]["usd"]) / bill["projected"]["usd"] * 100
-            if bill["projected"]["usd"]
-            else 0.0
-        )
-        bill["stop_reason"] = result.get("stop_reason", "failed")
-        grants = json.loads(meta_path.read_text()).get("grants", [])
-        notes = [g["fallback_note"] for g in grants if g.get("fallback_note")]
-        if notes:  # spot capacity did not come: the run was moved to on-demand nodes
-            bill["market_fallback"] = notes[-1]
-        ledger.save(bill)
-        usd_total = bill["usd_total"]
-        tags = {
-            "stop_reason": bill["stop_reason"],
-            "attempts": str(attempt["attempt"]),
-            "bill_usd": f"{usd_total:.6f}",
-            "bill_usd_wasted": f"{bill['by_category']['wasted']:.6f}",
-            "bill_usd_projected": f"{bill['projected']['usd']:.6f}",
-            "bill_error_pct": f"{bill['projected']['error_pct']:.1f}",
-            "bill_spot_savings_usd": f"{bill['usd_spot_savings']:.6f}",
-            "final_step": str(result.get("step", "")),
+def _write_bill(
+    cfg: JobConfig, store, ledger: Ledger, projection: Projection, stop_reason: str
+) -> dict[str, Any]:
+    """The bill of the run so far: ledger + timeline, the first launch's projection, the
+    market fallback if any; saved with the ledger and as bill.md / bill.json."""
+    meta = RunMeta.from_json(store.read_text(RUN_META) or "{}")
+    bill = ledger.bill(read_timeline(store))
+    if meta.projected is None:  # the first launch's projection is what the user was promised
+        low, high = projection.usd_range
+        meta.projected = {
+            "usd": projection.usd,
+            "hours": projection.hours,
+            "usd_low": low,
+            "usd_high": high,
         }
-        if "market_fallback" in bill:
-            tags["market_fallback"] = bill["market_fallback"]
-        (run_dir / "bill.md").write_text(bill_markdown(cfg.job, run_name, bill))
-        (run_dir / "bill.json").write_text(json.dumps(bill, indent=1))
-        try:
-            replay_all(uri, run_dir)  # what the workers could not send
-            log_bill(uri, run_id, run_dir)
-            log_run_artifacts(uri, run_id, run_dir, ckpt_dir)
-            mlruns.finish(uri, run_id, tags, status)
-        except Exception as e:  # noqa: BLE001 - a dead tracking server must not hide the result
-            print(f"warning: could not finalize the MLflow run: {e}", file=sys.stderr)
-
-    res = LaunchResult(
-        job=cfg.job,
-        run=run_name,
-        run_dir=str(run_dir),
-        checkpoint_dir=str(ckpt_dir),
-        mlflow_run_id=run_id,
-        tracking_uri=uri,
-        attempt=attempt["attempt"],
-        step=int(result.get("step", 0)),
-        total_steps=int(result.get("total_steps", 0)),
-        stop_reason=result.get("stop_reason", "unknown"),
-        eval_loss=result.get("eval_loss"),
-        usd_total=usd_total,
-        usd_attempt=ledger.usd_between(attempt["start"], attempt["end"]),
-        wall_s=time.time() - t_start,
+        store.write_text(RUN_META, meta.to_json())
+    bill["projected"] = dict(meta.projected)
+    bill["projected"]["error_pct"] = (
+        (bill["usd_total"] - bill["projected"]["usd"]) / bill["projected"]["usd"] * 100
+        if bill["projected"]["usd"]
+        else 0.0
     )
-    _print_summary(res)
-    (run_dir / "launch_result.json").write_text(json.dumps(asdict(res), indent=1))
-    return res
+    bill["stop_reason"] = stop_reason
+    notes = [g["fallback_note"] for g in meta.grants if g.get("fallback_note")]
+    if notes:  # spot capacity did not come: the run was moved to on-demand nodes
+        bill["market_fallback"] = notes[-1]
+    ledger.save(bill)
+    store.write_text(BILL_MD, bill_markdown(cfg.job, meta.run, bill))
+    store.write_text(BILL_JSON, json.dumps(bill, indent=1))
+    return bill
+
+
+def _bill_tags(bill: dict[str, Any], attempt: dict[str, Any], result: RunResult | None) -> dict:
+    tags = {
+        "stop_reason": bill["stop_reason"],
+        "attempts": str(attempt["attempt"]),
+        "bill_usd": f"{bill['usd_total']:.6f}",
+        "bill_usd_wasted": f"{bill['by_category']['wasted']:.6f}",
+        "bill_usd_projected": f"{bill['projected']['usd']:.6f}",
+        "bill_error_pct": f"{bill['projected']['error_pct']:.1f}",
+        "bill_spot_savings_usd": f"{bill['usd_spot_savings']:.6f}",
+        "final_step": str(result.step) if result else "",
+    }
+    if "market_fallback" in bill:
+        tags["market_fallback"] = bill["market_fallback"]
+    return tags
 
 
 # Storage and tracking settings the driver has and the training workers need: on a Ray cluster
@@ -302,30 +376,6 @@ FORWARDED_ENV = (
 
 def _forwarded_env() -> dict[str, str]:
     return {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
-
-
-def _checkpoint_url(cfg: JobConfig, run_dir: Path) -> str:
-    """Where the run's checkpoints live: s3://bucket/prefix as given, or an absolute folder."""
-    d = cfg.checkpoint.dir
-    if d is None:
-        return str(run_dir / "checkpoints")
-    return d.rstrip("/") if d.startswith("s3://") else str(Path(d).resolve())
-
-
-def _projected_for_bill(meta_path: Path, projection: Projection) -> dict[str, Any]:
-    """The projection made before the run's first launch (kept in run.json), for projected vs
-    actual; later launches keep the first one, since that is what the user was promised."""
-    meta = json.loads(meta_path.read_text())
-    if "projected" not in meta:
-        low, high = projection.usd_range
-        meta["projected"] = {
-            "usd": projection.usd,
-            "hours": projection.hours,
-            "usd_low": low,
-            "usd_high": high,
-        }
-        meta_path.write_text(json.dumps(meta, indent=1))
-    return dict(meta["projected"])
 
 
 def _confirm_budget(cfg: JobConfig, projection: Projection, yes: bool) -> None:
@@ -385,13 +435,12 @@ def _cluster_nodes(cfg: JobConfig, t_start: float) -> list[NodeLife]:
     return nodes
 
 
-def _fit(
-    cfg: JobConfig, context: dict[str, Any], run_dir: Path, ledger: Ledger, t_start: float
-) -> None:
+def _fit(cfg: JobConfig, context: RunContext, store, ledger: Ledger, t_start: float) -> str | None:
     """Run training on Ray and supervise it: a preemption (a worker or node lost, a spot
     notice) restarts it from the latest checkpoint without limit (up to `max_preemptions` and
     the budget); an application error restarts it at most `train.max_failures` times. On an
-    autoscaling cluster the workers are requested first and released at the end."""
+    autoscaling cluster the workers are requested first and released at the end. Returns the
+    launcher's own stop reason when it stopped training itself (the budget at a restart)."""
     from orchestrator.launch.cluster import ray_cluster
 
     hw = cfg.hardware
@@ -404,23 +453,22 @@ def _fit(
         print(f"cluster: {where}")
         grant = autoscale.acquire(cfg)  # None unless on an autoscaling cluster
         if grant is not None:
-            _record_grant(run_dir, grant)
+            _record_grant(store, grant)
             if grant.market != hw.market:  # the fallback: price the run as what it runs on
                 hw.market = grant.market
-                context["price_per_hour_usd"] = cluster_price_per_hour(cfg)
+                context.price_per_hour_usd = cluster_price_per_hour(cfg)
         try:
-            _fit_tries(cfg, context, run_dir, ledger, t_start, grant, counts)
+            return _fit_tries(cfg, context, store, ledger, t_start, grant, counts)
         finally:
             ledger.sync_nodes(_cluster_nodes(cfg, t_start))
             if grant is not None:
                 autoscale.release()
 
 
-def _record_grant(run_dir: Path, grant: autoscale.Grant) -> None:
-    meta_path = run_dir / "run.json"
-    meta = json.loads(meta_path.read_text())
-    meta.setdefault("grants", []).append({**grant.as_dict(), "time": time.time()})
-    meta_path.write_text(json.dumps(meta, indent=1))
+def _record_grant(store, grant: autoscale.Grant) -> None:
+    meta = RunMeta.from_json(store.read_text(RUN_META) or "{}")
+    meta.grants.append({**grant.as_dict(), "time": time.time()})
+    store.write_text(RUN_META, meta.to_json())
     print(
         f"autoscaler: {grant.resource} workers ready after {grant.waited_s:.0f} s"
         + (f" ({grant.fallback_note})" if grant.fallback_note else "")
@@ -429,31 +477,35 @@ def _record_grant(run_dir: Path, grant: autoscale.Grant) -> None:
 
 def _fit_tries(
     cfg: JobConfig,
-    context: dict[str, Any],
-    run_dir: Path,
+    context: RunContext,
+    store,
     ledger: Ledger,
     t_start: float,
     grant: autoscale.Grant | None,
     counts: dict[str, int],
-) -> None:
+) -> str | None:
     """Training tries of one launch: restart after preemptions and (up to max_failures)
     application errors, from the latest complete checkpoint."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.train.v2.api.exceptions import TrainingFailedError
 
-    from orchestrator.training.loop import FAILURES_FILE, train_fn
+    from orchestrator.training.loop import train_fn
 
     hw = cfg.hardware
     on_gpu = hw.gpus_per_worker > 0
     pinned = {grant.resource: grant.units_per_worker} if grant is not None else {}
+    storage_path, storage_fs = storage_resolve.ray_storage(context.storage)
     for attempt_try in itertools.count(1):
         ledger.sync_nodes(_cluster_nodes(cfg, t_start))
+        failures = read_failures(store)
+        context.preemptions_before = sum(f.kind == "preemption" for f in failures)
+        context.app_failures_before = sum(f.kind == "app" for f in failures)
         trainer = TorchTrainer(
             train_fn,
             train_loop_config={
                 "config": to_dict(cfg),
-                "context": context,
+                "context": context.to_dict(),
                 "env": _forwarded_env(),
             },
             scaling_config=ScalingConfig(
@@ -467,8 +519,9 @@ def _fit_tries(
             ),
             torch_config=TorchConfig(backend="nccl" if on_gpu else "gloo"),
             run_config=RunConfig(
-                name=f"attempt-{context['attempt']}-try-{attempt_try}",
-                storage_path=str(run_dir / "ray"),
+                name=f"attempt-{context.attempt}-try-{attempt_try}",
+                storage_path=storage_path,
+                storage_filesystem=storage_fs,
                 # Retries are decided here, where preemptions and app errors are told apart.
                 failure_config=FailureConfig(max_failures=0, max_preemption_failures=0),
             ),
@@ -477,21 +530,14 @@ def _fit_tries(
             autoscale.release()  # Ray Train registers the workers' request from here on
         try:
             trainer.fit()
-            return
+            return None
         except TrainingFailedError as e:
             kind, detail = classify_failure(e)
             counts[kind] += 1
-            with open(run_dir / FAILURES_FILE, "a") as f:
-                record = {
-                    "attempt": context["attempt"],
-                    "try": attempt_try,
-                    "kind": kind,
-                    "detail": detail[:2000],
-                    "time": time.time(),
-                }
-                f.write(json.dumps(record) + "\n")
-            spent = context["usd_before_attempt"] + (
-                (time.time() - t_start) / 3600.0 * context["price_per_hour_usd"]
+            record = FailureRecord(context.attempt, attempt_try, kind, detail[:2000], time.time())
+            store.append_lines(FAILURES, [record.to_json()])
+            spent = context.usd_before_attempt + (
+                (time.time() - t_start) / 3600.0 * context.price_per_hour_usd
             )
             if kind == "app" and counts["app"] > cfg.train.max_failures:
                 raise RunFailed(
@@ -506,13 +552,13 @@ def _fit_tries(
                 ) from e
             if cfg.budget.max_usd is not None and spent >= cfg.budget.max_usd:
                 print(f"{kind}: not restarting, ${spent:.4f} spent of max_usd={cfg.budget.max_usd}")
-                (run_dir / "result.json").write_text(json.dumps({"stop_reason": "budget"}))
-                return
+                return "budget"
             first_line = detail.strip().splitlines()[-1] if detail.strip() else kind
             print(
                 f"{kind} #{counts[kind]}: {first_line[:300]}\n"
                 "restarting from the latest complete checkpoint"
             )
+    return None
 
 
 class RunFailed(RuntimeError):
@@ -560,9 +606,9 @@ def classify_failure(err: Exception) -> tuple[str, str]:
     return "app", f"rank {rank}: {detail}"
 
 
-def _read_result(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "result.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+def _read_result(store) -> RunResult | None:
+    text = store.read_text(RESULT)
+    return RunResult.from_json(text) if text else None
 
 
 def _print_projection(cfg: JobConfig) -> None:

@@ -1,14 +1,18 @@
 """Metric logging that never blocks training and never drops a metric.
 
 MLflow's own client blocks for minutes when the server is down (7 retries, backoff 2, timeout
-120 s) and its async mode drops data (docs/facts/stack.md, MLflow). So the training loop only appends:
-every metric goes first to a local journal (`mlflow_pending.jsonl`, one line per metric, flushed
-to the OS at once) and to an in-memory queue; a background thread sends the queue in order with
-`log_batch` and records in `mlflow_pending.sent` how many journal lines MLflow has. When
-everything is sent and the logger closes, both files go. If the process dies first (SIGKILL,
-preemption) or the server is still down at the end, the unsent tail stays in the journal and
-`replay_spill` sends it later: the next worker group does at start-up, the launcher at the end.
-Only rank 0 logs (torchtune `metric_logging.py`, nanochat `print0`).
+120 s) and its async mode drops data (docs/facts/stack.md, MLflow). So the training loop only
+appends: every metric goes first to a journal in the node's scratch (`mlflow_pending.jsonl`, one
+line per metric, flushed to the OS at once) and to an in-memory queue; a background thread sends
+the queue in order with `log_batch` and records in `mlflow_pending.sent` how many journal lines
+MLflow has. When everything is sent and the logger closes, both files go.
+
+What is not sent yet must survive the node too, not only the process: the unsent rows are
+committed with every checkpoint (`unsent()`, replayed by the worker group that resumes from it)
+and, when the server is still down at the end, handed back by `close()` for the durable store,
+where the launcher replays them. A dead process's journal on a surviving node is replayed by the
+next logger on that node. Replays are safe to repeat: MLflow drops exact duplicates (same key,
+step, timestamp and value). Only rank 0 logs (torchtune `metric_logging.py`, nanochat `print0`).
 """
 
 from __future__ import annotations
@@ -157,8 +161,18 @@ class BufferedMlflowLogger:
                     self._stop.wait(min(10.0, self.flush_interval_s * 2 ** min(self._failures, 4)))
             self._stop.wait(self.flush_interval_s)
 
-    def close(self, timeout_s: float = 15.0) -> None:
-        """Send what is left (up to `timeout_s`); what cannot be sent stays in the journal."""
+    def unsent(self) -> list[dict]:
+        """The metrics not sent yet, as journal rows (a snapshot)."""
+        with self._lock:
+            rows = list(self._queue)
+        return [
+            {"run_id": self.run_id, "key": k, "value": v, "timestamp": ts, "step": s}
+            for k, v, ts, s in rows
+        ]
+
+    def close(self, timeout_s: float = 15.0) -> list[dict]:
+        """Send what is left (up to `timeout_s`). Returns the rows that could not be sent (also
+        kept in the journal)."""
         self._stop.set()
         self._thread.join(timeout=timeout_s)
         deadline = time.time() + timeout_s
@@ -166,15 +180,17 @@ class BufferedMlflowLogger:
             if not self._send_some():
                 time.sleep(0.5)
         self._journal_f.close()
-        if self._queue:
+        left = self.unsent()
+        if left:
             log.warning(
                 "MLflow still unreachable: %d metrics kept in %s (sent at the next launch)",
-                len(self._queue),
+                len(left),
                 self.journal,
             )
         else:
             self.journal.unlink(missing_ok=True)
             _sent_path(self.journal).unlink(missing_ok=True)
+        return left
 
 
 def replay_spill(tracking_uri: str, spill_path: Path) -> int:
@@ -202,6 +218,46 @@ def replay_spill(tracking_uri: str, spill_path: Path) -> int:
     spill_path.unlink()
     _sent_path(spill_path).unlink(missing_ok=True)
     return len(rows)
+
+
+def replay_rows(tracking_uri: str, rows: list[dict]) -> int:
+    """Send journal rows (their own run ids and timestamps). Returns how many were sent."""
+    if not rows:
+        return 0
+    from mlflow.entities import Metric
+
+    client = _client(tracking_uri)
+    by_run: dict[str, list[dict]] = {}
+    for r in rows:
+        by_run.setdefault(r["run_id"], []).append(r)
+    for run_id, mine in by_run.items():
+        for i in range(0, len(mine), MAX_BATCH):
+            chunk = mine[i : i + MAX_BATCH]
+            client.log_batch(
+                run_id,
+                metrics=[Metric(r["key"], r["value"], r["timestamp"], r["step"]) for r in chunk],
+            )
+    return len(rows)
+
+
+def replay_durable(tracking_uri: str, store, name: str) -> int:
+    """Replay the rows a worker left in the durable store (`name`, a stream), then remove them.
+    Failures are logged and the rows kept for the next try."""
+    rows = []
+    for line in store.read_lines(name):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    if not rows:
+        return 0
+    try:
+        sent = replay_rows(tracking_uri, rows)
+    except Exception as e:  # noqa: BLE001 - still unreachable: keep them for later
+        log.warning("could not replay %s/%s yet: %s", store.url, name, str(e).splitlines()[0][:160])
+        return 0
+    store.delete(name)
+    return sent
 
 
 def replay_all(tracking_uri: str, folder: Path, stem: str = "mlflow_pending") -> int:

@@ -57,8 +57,9 @@ def loss_and_cost_plots(tracking_uri: str, run_id: str, out_dir: Path) -> list[P
     return paths
 
 
-def log_run_artifacts(tracking_uri: str, run_id: str, run_dir: Path, checkpoint_url: str) -> None:
-    """Loss/cost plots, the manifest of the latest complete checkpoint, sample generations."""
+def log_run_artifacts(tracking_uri: str, run_id: str, store, checkpoint_url: str) -> None:
+    """Loss/cost plots, the manifest of the latest complete checkpoint, sample generations
+    (`store`: the run's folder in the durable store)."""
     from mlflow.tracking import MlflowClient
 
     from orchestrator.checkpoint.store import open_store
@@ -68,16 +69,16 @@ def log_run_artifacts(tracking_uri: str, run_id: str, run_dir: Path, checkpoint_
         for p in loss_and_cost_plots(tracking_uri, run_id, Path(d)):
             c.log_artifact(run_id, str(p), "plots")
         try:
-            store = open_store(str(checkpoint_url))
-            steps = store.complete_steps()
+            ckpts = open_store(str(checkpoint_url))
+            steps = ckpts.complete_steps()
             if steps:
-                manifest = store.read_manifest(steps[0])
+                manifest = ckpts.read_manifest(steps[0])
                 c.log_text(run_id, json.dumps(manifest, indent=1), "checkpoint/manifest.json")
         except Exception as e:  # noqa: BLE001 - the manifest artifact is a convenience
             print(f"warning: no checkpoint manifest artifact: {e}")
-    samples = run_dir / "export" / "samples.json"
-    if samples.exists():
-        rows = json.loads(samples.read_text())
+    samples = store.read_text("export/samples.json")
+    if samples is not None:
+        rows = json.loads(samples)
         c.log_table(
             run_id,
             {"prompt": [r["prompt"] for r in rows], "completion": [r["completion"] for r in rows]},

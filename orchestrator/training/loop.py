@@ -1,7 +1,9 @@
 """The worker-side training loop: one recipe class, read from top to bottom.
 
 Runs inside each Ray Train worker (`train_fn`). Ray has already set up the process group
-(gloo on CPU, NCCL on GPU); this file does everything else.
+(gloo on CPU, NCCL on GPU); this file does everything else. A worker may be on a node that shares
+no disk with the launcher: it gets its instructions in the RunContext (through Ray), its data and
+checkpoints from the durable store, and reports there (storage contract: orchestrator/storage).
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import os
 import resource
 import sys
 import time
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -21,20 +22,41 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from orchestrator.checkpoint.io import Checkpointer
+from orchestrator.checkpoint.io import Checkpointer, node_leader
 from orchestrator.checkpoint.notice import Notice, NoticeWatcher
 from orchestrator.checkpoint.policy import Interval
 from orchestrator.config.load import from_dict
 from orchestrator.config.schema import JobConfig
 from orchestrator.cost.ledger import read_timeline, redone_steps
 from orchestrator.data.batching import collate, resolve_mode
-from orchestrator.data.dataset import PreparedData, StepBatches
+from orchestrator.data.dataset import StepBatches
+from orchestrator.data.prepared import PreparedData
 from orchestrator.data.templates import IGNORE_INDEX
+from orchestrator.storage.durable import FolderStore
+from orchestrator.storage.layout import (
+    CKPT_CACHE,
+    CKPT_STAGING,
+    DATA_CACHE,
+    EVENTS,
+    EXPORT,
+    EXPORT_STAGING,
+    METRICS_JOURNAL,
+    METRICS_PENDING,
+    METRICS_TAIL,
+    RESULT,
+    TIMELINE,
+    EventRecord,
+    RunContext,
+    RunResult,
+    TimelineRecord,
+)
+from orchestrator.storage.streams import RecordStream
 from orchestrator.tracking.mlflow_logger import (
     BufferedMlflowLogger,
     MetricLogger,
     NullLogger,
     replay_all,
+    replay_rows,
 )
 from orchestrator.training.export import export_hf, sample_generations
 from orchestrator.training.methods import apply_method, count_trainable
@@ -50,38 +72,11 @@ TOKENS_KEY = "tokens_so_far"
 CONFIG_HASH_KEY = "config_hash"
 STRATEGY_KEY = "strategy"
 WORLD_KEY = "world_size"
-FAILURES_FILE = "failures.jsonl"
-"""One line per interrupted try of a launch (written by the launcher): kind preemption|app."""
 
 
 class Preempted(RuntimeError):
     """Raised by every rank after the emergency checkpoint of a spot notice: the launcher
     restarts the run (a preemption, not an application error)."""
-
-
-def read_failures(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / FAILURES_FILE
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-@dataclass
-class RunContext:
-    """What the launcher tells the workers besides the job config."""
-
-    run_dir: str
-    checkpoint_dir: str
-    data_path: str
-    tracking_uri: str
-    mlflow_run_id: str
-    attempt: int
-    attempt_start_time: float
-    """When this launch started (the cluster is paid from then on)."""
-    usd_before_attempt: float
-    """What earlier launches of this run cost."""
-    price_per_hour_usd: float
-    config_hash: str
 
 
 class FinetuneRecipe:
@@ -125,6 +120,12 @@ class FinetuneRecipe:
         self.system_metrics = None
         self.logger: MetricLogger = NullLogger()
         self._t_created = time.time()
+        self.storage = ctx.storage
+        self.run_store = ctx.storage.run_store()
+        self._tail_rows: list[dict[str, Any]] = []
+        # Rank 0 reports the timeline and events to the durable store (the ledger's input).
+        self.timeline = RecordStream(self.run_store, TIMELINE, ctx.flush_s)
+        self.events = RecordStream(self.run_store, EVENTS, ctx.flush_s)
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -132,7 +133,7 @@ class FinetuneRecipe:
         torch.set_num_threads(cfg.train.num_threads_per_worker)
         torch.manual_seed(cfg.train.seed + self.rank)
 
-        data = PreparedData(**torch.load(self.ctx.data_path, weights_only=False))
+        data = self._fetch_data()
         self.data = data
         self.batching = resolve_mode(
             cfg.train.batching, cfg.hardware.accelerator, cfg.model.attn_implementation
@@ -156,6 +157,22 @@ class FinetuneRecipe:
         )
         self._setup_model(data)
 
+    def _fetch_data(self) -> PreparedData:
+        """The prepared data from the durable store: opened in place from a folder store; from
+        S3, fetched once per node by its leader into node scratch (verified by sha256)."""
+        from orchestrator.data.publish import fetch_data
+
+        cache = self.storage.node_shared_dir(DATA_CACHE)
+        leader, _ = node_leader()
+        data = fetch_data(self.ctx.data_url, cache, leader) if leader else None
+        if dist.is_initialized():
+            dist.barrier()
+        if data is None:
+            data = fetch_data(self.ctx.data_url, cache, leader=False)
+        if data is None:
+            raise RuntimeError(f"no prepared data from {self.ctx.data_url} on this node")
+        return data
+
     def _step_batches(self, data: PreparedData) -> StepBatches:
         cfg = self.cfg
         return StepBatches(
@@ -175,13 +192,13 @@ class FinetuneRecipe:
     def _text_batches(self, data: PreparedData):
         from transformers import AutoTokenizer
 
-        from orchestrator.data.text import TextStepBatches
+        from orchestrator.data.text import TextStepBatches, worker_files
 
         cfg = self.cfg
         return TextStepBatches(
             cfg.data,
             AutoTokenizer.from_pretrained(data.tokenizer_dir),
-            data.text_files,
+            worker_files(cfg.data, data.text_sources),
             global_batch_size=cfg.train.global_batch_size,
             micro_batch_size=cfg.train.micro_batch_size,
             world_size=self.world,
@@ -201,10 +218,9 @@ class FinetuneRecipe:
         self.flops_per_token, self.peak_flops = self._flops_model(data)
         self.strategy = build_strategy(model, cfg)
         self.model = self.strategy.model
-        run_dir = Path(self.ctx.run_dir)
         self.checkpointer = Checkpointer(
-            self.ctx.checkpoint_dir,
-            staging=run_dir / "ckpt_staging",
+            self.storage.checkpoint_url,
+            staging=self.storage.node_dir(CKPT_STAGING),
             keep_last=cfg.checkpoint.keep_last,
             keep_every=cfg.checkpoint.keep_every,
             async_save=cfg.checkpoint.async_save,
@@ -215,29 +231,36 @@ class FinetuneRecipe:
             cfg.checkpoint.every_minutes,
             cfg.checkpoint.mtbf_hours,
         )
-        failures = read_failures(run_dir)
-        self.preemptions = sum(f["kind"] == "preemption" for f in failures)
-        self.app_failures = sum(f["kind"] == "app" for f in failures)
+        self.preemptions = self.ctx.preemptions_before
+        self.app_failures = self.ctx.app_failures_before
         self._resume()
         self.last_save_step = self.step
         self.watcher = NoticeWatcher(poll_s=cfg.checkpoint.notice_poll_s).start()
         if self.rank == 0:
             # Work after the checkpoint we resumed from (and earlier redone work) was paid for
             # and is lost: price it now, so `cost/usd_wasted` is right from the first step.
-            timeline = read_timeline(run_dir / "timeline.jsonl")
+            timeline = read_timeline(self.run_store)
             redone = redone_steps(timeline, resumed_at=self.step)
             self.lost_steps = len(redone)
             self.lost_s = sum(r["end"] - r["start"] for r in redone)
             self.usd_wasted = self.lost_s / 3600.0 * self.ctx.price_per_hour_usd
             self._start_system_metrics()
             self._record("setup", self._t_created, time.time())
-            replay_all(
-                self.ctx.tracking_uri, Path(self.ctx.run_dir)
-            )  # before asking what MLflow has
+            # Before asking what MLflow has: journals a dead process left on this node, and the
+            # unsent tail committed with the checkpoint we resumed from (its node may be gone).
+            # Replaying is idempotent: MLflow drops exact duplicates (same key, step, time, value).
+            replay_all(self.ctx.tracking_uri, self.storage.node_dir())
+            try:
+                replay_rows(self.ctx.tracking_uri, self._tail_rows)
+            except Exception as e:  # noqa: BLE001 - MLflow down: the launcher replays at the end
+                self._print(f"warning: could not replay the checkpoint's metric tail yet: {e}")
+                self.run_store.append_lines(
+                    METRICS_PENDING, [json.dumps(r) for r in self._tail_rows]
+                )
             self.logger = BufferedMlflowLogger(
                 self.ctx.tracking_uri,
                 self.ctx.mlflow_run_id,
-                spill_path=Path(self.ctx.run_dir) / "mlflow_pending.jsonl",
+                spill_path=self.storage.node_dir() / METRICS_JOURNAL,
                 skip_through_step=self._last_logged_step(),
             )
             self._print(
@@ -276,7 +299,7 @@ class FinetuneRecipe:
         try:
             from orchestrator.tracking.system import SystemSampler
 
-            self.system_metrics = SystemSampler(Path(self.ctx.run_dir))
+            self.system_metrics = SystemSampler(self.storage.node_dir())
         except Exception as e:  # noqa: BLE001 - monitoring is optional, training is not
             self._print(f"warning: no system metrics: {e}")
 
@@ -285,11 +308,12 @@ class FinetuneRecipe:
         found = None
         if mode != "never":
             found = self.checkpointer.load_latest(
-                self._read_checkpoint_checked, Path(self.ctx.run_dir) / "ckpt_cache"
+                self._read_checkpoint_checked, self.storage.node_dir(CKPT_CACHE)
             )
         if mode == "must" and found is None:
             raise RuntimeError(
-                f"checkpoint.resume=must but {self.ctx.checkpoint_dir} has no complete checkpoint"
+                f"checkpoint.resume=must but {self.storage.checkpoint_url} has no complete "
+                "checkpoint"
             )
         if found is None:
             return
@@ -328,6 +352,9 @@ class FinetuneRecipe:
                 f"resume it with hardware.num_workers={state[WORLD_KEY]}"
             )
         self.strategy.read_checkpoint(path)
+        tail = path / METRICS_TAIL
+        if self.rank == 0 and tail.exists():  # metrics MLflow may not have got before the save
+            self._tail_rows = [json.loads(x) for x in tail.read_text().splitlines() if x.strip()]
 
     def _last_logged_step(self) -> int:
         """The last step MLflow already has (so a resumed run logs no step twice)."""
@@ -484,20 +511,9 @@ class FinetuneRecipe:
         """One line of the timeline the ledger splits the bill with (rank 0)."""
         if self.rank != 0:
             return
-        with open(Path(self.ctx.run_dir) / "timeline.jsonl", "a") as f:
-            f.write(
-                json.dumps(
-                    {
-                        "attempt": self.ctx.attempt,
-                        "pid": os.getpid(),
-                        "kind": kind,
-                        "step": step,
-                        "start": start,
-                        "end": end,
-                    }
-                )
-                + "\n"
-            )
+        self.timeline.append(
+            TimelineRecord(self.ctx.attempt, os.getpid(), kind, step, start, end, _node_id())
+        )
 
     def _projected_usd(self, step_times: list[float]) -> float:
         """Spent so far + the remaining steps, saves and tear-down at the pace measured so far."""
@@ -593,19 +609,7 @@ class FinetuneRecipe:
             f"grad {grad_norm:.3f} | {tokens_per_s / 1e3:.1f}k tok/s | ${usd:.5f} | "
             f"ETA {timedelta(seconds=round(eta_s))}"
         )
-        with open(Path(self.ctx.run_dir) / "events.jsonl", "a") as f:
-            f.write(
-                json.dumps(
-                    {
-                        "attempt": self.ctx.attempt,
-                        "step": self.step,
-                        "loss": loss,
-                        "usd_total": usd,
-                        "time": time.time(),
-                    }
-                )
-                + "\n"
-            )
+        self.events.append(EventRecord(self.ctx.attempt, self.step, loss, usd, time.time()))
 
     def _print(self, msg: str) -> None:
         if self.rank == 0:
@@ -632,10 +636,13 @@ class FinetuneRecipe:
         if hasattr(self.batches, "state_dict"):  # text stream: where step self.step starts
             state["data_stream"] = self.batches.state_dict()
         t = time.time()
-        seconds = self.checkpointer.save(self.step, self.strategy.write_checkpoint, state)
+        seconds = self.checkpointer.save(self.step, self._write_checkpoint, state)
         self.checkpoint_s.append(seconds)
         self.last_save_step, self.t_last_save = self.step, time.perf_counter()
         self._record("checkpoint", t, time.time(), step=self.step)
+        # Everything up to the resume point is in the durable store from here on.
+        self.timeline.flush()
+        self.events.flush()
         how = "emergency checkpoint (spot notice)" if emergency else "checkpoint"
         where = f"{self.checkpointer.store.url}/step_{self.step:08d}"
         if self.cfg.checkpoint.async_save and not emergency:
@@ -644,6 +651,15 @@ class FinetuneRecipe:
             )
         else:
             self._print(f"{how} saved: {where} ({seconds:.2f} s)")
+
+    def _write_checkpoint(self, folder: Path) -> None:
+        """The strategy's shards, plus (rank 0) the metrics MLflow does not have yet: committed
+        with the manifest, they reach MLflow even if this node is gone before it sends them."""
+        self.strategy.write_checkpoint(folder)
+        if self.rank == 0 and isinstance(self.logger, BufferedMlflowLogger):
+            rows = self.logger.unsent()
+            if rows:
+                (folder / METRICS_TAIL).write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
@@ -679,14 +695,22 @@ class FinetuneRecipe:
             ).logits
         state = self.strategy.full_state_dict()
         if self.rank == 0:
-            out = Path(self.ctx.run_dir) / "export"
+            # A folder store is written in place; for S3 the export is staged on this node.
+            in_place = isinstance(self.run_store, FolderStore)
+            out = (
+                self.run_store.local_path(EXPORT)
+                if in_place
+                else self.storage.node_dir(EXPORT_STAGING)
+            )
             exported = export_hf(
                 state, self.cfg, self.data.vocab_size, Path(self.data.tokenizer_dir), out
             )
             torch.save({**probe, "logits": logits.float()}, out / "probe.pt")
             samples = sample_generations(exported, Path(self.data.tokenizer_dir), self.cfg)
             (out / "samples.json").write_text(json.dumps(samples, indent=1))
-            self._print(f"exported a Hugging Face model folder: {out}")
+            if not in_place:
+                self.run_store.upload_dir(out, EXPORT)
+            self._print(f"exported a Hugging Face model folder: {self.run_store.url}/{EXPORT}")
         if dist.is_initialized():
             dist.barrier()
 
@@ -709,32 +733,34 @@ class FinetuneRecipe:
                 f"{pretrain['pretrain/tokens_trained']:,.0f} ({pretrain['pretrain/tokens_per_param']:.1f}"
                 f" per parameter, {pretrain['pretrain/data_epochs']:.2f} passes over the corpus)"
             )
-        result = {
-            "step": self.step,
-            "total_steps": self.total_steps,
-            "eval_loss": self.eval_loss,
-            "stop_reason": self.stop_reason,
-            "usd_total": self.usd_total(),
-            "tokens": self.tokens_so_far,
-            "n_params": self.n_params,
-            "n_trainable": self.n_trainable,
-            "attempt": self.ctx.attempt,
-            "strategy": self.cfg.train.strategy,
-            "method": self.cfg.train.method,
-            "batching": self.batching,
-            "peak_rss_mb_per_worker": peak_rss_mb,
-            "checkpoint_s": self.checkpoint_s,
-            "checkpoint_persist_s": self.checkpointer.stats.persist_s,
-            "checkpoint_bytes": self.checkpointer.stats.bytes,
-            "checkpoints_committed": self.checkpointer.stats.committed,
-            "checkpoints_failed": self.checkpointer.stats.failed,
-            "preemptions": self.preemptions,
-            "lost_steps": self.lost_steps,
-            "max_log_call_s": self.max_log_call_s,
-            "step_s": step_times,
-            **pretrain,
-        }
-        (Path(self.ctx.run_dir) / "result.json").write_text(json.dumps(result, indent=1))
+        result = RunResult(
+            step=self.step,
+            total_steps=self.total_steps,
+            eval_loss=self.eval_loss,
+            stop_reason=self.stop_reason,
+            usd_total=self.usd_total(),
+            tokens=self.tokens_so_far,
+            n_params=self.n_params,
+            n_trainable=self.n_trainable,
+            attempt=self.ctx.attempt,
+            strategy=self.cfg.train.strategy,
+            method=self.cfg.train.method,
+            batching=self.batching,
+            peak_rss_mb_per_worker=peak_rss_mb,
+            checkpoint_s=self.checkpoint_s,
+            checkpoint_persist_s=self.checkpointer.stats.persist_s,
+            checkpoint_bytes=self.checkpointer.stats.bytes,
+            checkpoints_committed=self.checkpointer.stats.committed,
+            checkpoints_failed=self.checkpointer.stats.failed,
+            preemptions=self.preemptions,
+            lost_steps=self.lost_steps,
+            max_log_call_s=self.max_log_call_s,
+            step_s=step_times,
+            pretrain=pretrain,
+        )
+        self.timeline.flush()
+        self.events.flush()
+        self.run_store.write_text(RESULT, result.to_json())
 
     def _pretrain_summary(self) -> dict[str, float]:
         """Planned vs trained tokens and the scaling-law prediction (pretraining runs only)."""
@@ -766,9 +792,23 @@ class FinetuneRecipe:
             self.watcher.stop()
         if hasattr(self, "checkpointer"):
             self.checkpointer.wait()
-        self.logger.close()
+        self.timeline.flush()
+        self.events.flush()
+        if isinstance(self.logger, BufferedMlflowLogger):
+            left = self.logger.close()
+            if left:  # MLflow still down: leave them where the launcher (anywhere) finds them
+                self.run_store.append_lines(METRICS_PENDING, [json.dumps(r) for r in left])
         if dist.is_initialized():
             dist.barrier()  # avoids gloo aborting at exit (docs/facts/stack.md, Ray)
+
+
+def _node_id() -> str:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - not in a Ray worker (benchmarks drive the recipe directly)
+        return ""
 
 
 def _say(msg: str) -> None:
@@ -785,7 +825,7 @@ def train_fn(loop_config: dict[str, Any]) -> None:
     set_fail_fast_http()
     os.environ.update(loop_config.get("env", {}))  # the driver's S3/MLflow settings (run.py)
     cfg = from_dict(loop_config["config"])
-    ctx = RunContext(**loop_config["context"])
+    ctx = RunContext.from_dict(loop_config["context"])
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     recipe = FinetuneRecipe(cfg, ctx)
     recipe.setup()

@@ -44,7 +44,7 @@ def run_preemption_scenario(tmp_path, monkeypatch=None, wait_fallback_release=Fa
 
     env = {
         "ORCHESTRATOR_CLUSTERS_DIR": str(tmp_path / "clusters"),
-        "ORCHESTRATOR_RUNS_DIR": str(tmp_path / "runs"),
+        "ORCHESTRATOR_STORAGE_ROOT": str(tmp_path / "runs"),
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
     }
     for k, v in env.items():

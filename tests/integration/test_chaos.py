@@ -16,7 +16,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from orchestrator.checkpoint.store import open_store
-from orchestrator.training.loop import read_failures
+from orchestrator.storage.layout import read_failures
 from tests.faults import Chaos, rows_after
 
 pytestmark = pytest.mark.integration
@@ -66,9 +66,9 @@ def test_four_interruptions_change_nothing_but_the_bill(launch_workdir):
     assert res.stop_reason == "completed" and res.step == STEPS, why
 
     failures = read_failures(Path(res.run_dir))
-    assert [f["kind"] for f in failures] == ["preemption"] * 4, (why, failures)
+    assert [f.kind for f in failures] == ["preemption"] * 4, (why, failures)
     notice = [f for f, s in zip(failures, sigs) if s == signal.SIGTERM][0]
-    assert "spot notice" in notice["detail"], (why, notice)
+    assert "spot notice" in notice.detail, (why, notice)
 
     # Same parameters as the uninterrupted run (CPU, fp32: deterministic resume).
     got, want = exported_state(res.run_dir), exported_state(base.run_dir)

@@ -8,6 +8,7 @@ checkpointed after step 2 and died at 1800 s; the second resumed from step 2 and
 import pytest
 
 from orchestrator.cost.ledger import CATEGORIES, Ledger, NodeLife, redone_steps
+from orchestrator.storage.durable import FolderStore
 
 
 def rec(kind, start, end, pid, step=None):
@@ -32,7 +33,7 @@ TIMELINE = [
 
 @pytest.fixture
 def ledger(tmp_path):
-    lg = Ledger(tmp_path / "ledger.json")
+    lg = Ledger(FolderStore(tmp_path))
     a = lg.begin(0.0)
     lg.add_nodes(
         [
@@ -77,11 +78,11 @@ def test_redone_steps_and_resume_point():
 
 
 def test_ledger_survives_restarts_and_closes_a_dead_launch(ledger, tmp_path):
-    again = Ledger(tmp_path / "ledger.json")
+    again = Ledger(FolderStore(tmp_path))
     assert again.bill(TIMELINE)["usd_total"] == pytest.approx(ledger.bill(TIMELINE)["usd_total"])
     a2 = again.begin(4000.0)  # a launcher that dies without an end
     again.add_nodes([NodeLife("w3", "p4de.24xlarge", "spot", 3.0, 10.0, 4000.0)])
-    third = Ledger(tmp_path / "ledger.json")
+    third = Ledger(FolderStore(tmp_path))
     third.close_dangling(
         [
             {
