@@ -6,6 +6,7 @@
 #   make estimate job=vicuna  # projected full-scale bill, no cluster
 #   make plan budget_usd=300 gpu=A100-80GB   # Chinchilla planner (or flops=1e21 / gpu_hours=500)
 #   make cluster-up cluster=aws-spot          # a cluster from infra/ (local-fake: on this machine)
+#   make preflight cluster=aws-spot job=vicuna scale=full   # credentials, quotas, storage, image
 #   make launch job=vicuna cluster=aws-spot   # submitted through the Ray Jobs API, logs streamed
 #   make logs id=<id> cluster=... / make stop id=<id> cluster=... / cluster-status / cluster-down
 SHELL := /bin/bash
@@ -36,7 +37,7 @@ budget_usd ?=
 flops ?=
 gpu_hours ?=
 
-.PHONY: help install launch estimate plan cluster-up cluster-down cluster-status logs stop bills validate-configs test test-unit test-integration test-gpu \
+.PHONY: help install launch preflight estimate plan cluster-up cluster-down cluster-status logs stop bills validate-configs test test-unit test-integration test-gpu \
         bench lint fmt clean
 
 help:
@@ -58,6 +59,9 @@ launch: $(STAMP)
 
 estimate: $(STAMP)
 	$(BIN)/python -m orchestrator estimate $(job) $(if $(scale),--scale $(scale)) --set "$(set) $(if $(variant),variant=$(variant))" $(if $(json),--json)
+
+preflight: $(STAMP)
+	$(BIN)/python -m orchestrator preflight $(job) --cluster $(or $(cluster),$(error cluster=NAME is required, e.g. cluster=aws-spot)) $(if $(scale),--scale $(scale)) --set "$(set) $(if $(variant),variant=$(variant))"
 
 cluster-up: $(STAMP)
 	$(BIN)/python -m orchestrator cluster up $(or $(cluster),$(error cluster=NAME is required, e.g. cluster=aws-spot))

@@ -1,0 +1,240 @@
+"""`make preflight cluster=aws-spot job=vicuna`: what a first real run trips on, checked before
+any money is spent. Every failed check says how to fix it.
+
+1. the job composes, and its storage and tracking are reachable from every node
+   (storage.root on S3 or a declared shared folder, a tracking server: resolve.check_cluster);
+2. AWS credentials and region (STS GetCallerIdentity);
+3. EC2 vCPU quotas (Service Quotas) for the instance family of the job's nodes, spot and (when
+   the job may fall back) on-demand, against what the job needs;
+4. read and write access to the durable store and the checkpoint prefix (a marker object put,
+   read back and deleted);
+5. the MLflow tracking server answers;
+6. the cluster's container image exists (ECR: DescribeImages).
+
+Checks 2, 3 and 6 are for clusters on AWS (provider `aws` in infra/); the others for every
+cluster. The quota decision is a pure function (`quota_check`), unit-tested with numbers.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from orchestrator.config.schema import ConfigError, JobConfig
+
+# EC2 vCPU quota codes per instance family letter (Service Quotas, service code "ec2").
+QUOTA_CODES = {
+    "P": {"on_demand": "L-417A185B", "spot": "L-7212CCBC", "name": "P"},
+    "G": {"on_demand": "L-DB2E81BA", "spot": "L-3819A6DF", "name": "G and VT"},
+    "standard": {"on_demand": "L-1216C47A", "spot": "L-34B43A08", "name": "Standard (A, C, D, H, I, M, R, T, Z)"},
+}  # fmt: skip
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+    def line(self) -> str:
+        mark = "ok  " if self.ok else "FAIL"
+        return f"[{mark}] {self.name}: {self.detail}" + (
+            f"\n       fix: {self.fix}" if self.fix and not self.ok else ""
+        )
+
+
+def family(instance_type: str) -> str:
+    """The vCPU quota family of an EC2 instance type (p4de.24xlarge -> P)."""
+    head = instance_type.split(".")[0].lower()
+    if head.startswith("p"):
+        return "P"
+    if head.startswith(("g", "vt")):
+        return "G"
+    return "standard"
+
+
+def quota_check(
+    market: str, family_name: str, code: str, quota_vcpus: float, need_vcpus: int
+) -> Check:
+    """Pure: does a quota of `quota_vcpus` cover `need_vcpus`?"""
+    name = f"{market} vCPU quota ({family_name} instances, {code})"
+    if quota_vcpus >= need_vcpus:
+        return Check(name, True, f"{quota_vcpus:.0f} vCPUs, the job needs {need_vcpus}")
+    return Check(
+        name,
+        False,
+        f"{quota_vcpus:.0f} vCPUs, the job needs {need_vcpus}",
+        "request an increase (it takes hours to days): aws service-quotas "
+        f"request-service-quota-increase --service-code ec2 --quota-code {code} "
+        f"--desired-value {need_vcpus}",
+    )
+
+
+def needed_vcpus(cfg: JobConfig) -> tuple[str, int]:
+    """(instance type, vCPUs) of the job's worker nodes."""
+    hw = cfg.hardware
+    price = cfg.cost.instances[hw.instance_type]
+    return hw.instance_type, hw.num_nodes * (price.vcpus or 1)
+
+
+def run_checks(cluster: str, cfg: JobConfig, env: dict[str, str]) -> list[Check]:
+    from orchestrator.launch import clusters
+
+    checks = [_storage_check(cluster, cfg)]
+    provider = yaml.safe_load(clusters.cluster_config(cluster).read_text()).get("provider", {})
+    on_aws = provider.get("type") == "aws"
+    if on_aws:
+        ident = _aws_identity(provider.get("region"))
+        checks.append(ident)
+        if ident.ok:
+            checks += _quota_checks(cfg, provider.get("region"))
+    checks += _store_checks(cfg, env)
+    checks.append(_tracking_check(env))
+    if on_aws:
+        checks.append(_image_check(cluster, provider.get("region")))
+    return checks
+
+
+def _storage_check(cluster: str, cfg: JobConfig) -> Check:
+    from orchestrator.launch import clusters
+
+    try:
+        clusters.check_submission(cluster, cfg, None)
+        return Check("storage and tracking reachable from every node", True, "yes")
+    except ConfigError as e:
+        return Check("storage and tracking reachable from every node", False, str(e),
+                     "see docs/storage.md")  # fmt: skip
+
+
+def _aws_identity(region: str | None) -> Check:
+    import boto3
+
+    try:
+        sts = boto3.client("sts", region_name=region)
+        who = sts.get_caller_identity()
+        return Check(
+            "AWS credentials", True, f"account {who['Account']} ({who['Arn']}), region {region}"
+        )
+    except Exception as e:  # noqa: BLE001 - reported
+        return Check(
+            "AWS credentials", False, f"{type(e).__name__}: {str(e)[:300]}",
+            "configure credentials (aws configure, AWS_PROFILE, or an instance role) and the "
+            "region (AWS_REGION, and provider.region in infra/aws-spot.yaml)",
+        )  # fmt: skip
+
+
+def _quota_checks(cfg: JobConfig, region: str | None) -> list[Check]:
+    import boto3
+
+    itype, need = needed_vcpus(cfg)
+    fam = family(itype)
+    codes = QUOTA_CODES[fam]
+    markets = [cfg.hardware.market]
+    if cfg.hardware.market == "spot" and cfg.hardware.spot_fallback == "on_demand":
+        markets.append("on_demand")
+    out = []
+    sq = boto3.client("service-quotas", region_name=region)
+    for market in markets:
+        code = codes[market]
+        try:
+            value = sq.get_service_quota(ServiceCode="ec2", QuotaCode=code)["Quota"]["Value"]
+        except Exception as e:  # noqa: BLE001 - reported
+            out.append(Check(
+                f"{market} vCPU quota ({codes['name']} instances, {code})", False,
+                f"could not read it: {type(e).__name__}: {str(e)[:200]}",
+                "allow servicequotas:GetServiceQuota, or check the quota in the Service "
+                f"Quotas console (EC2, {code}): the job needs {need} vCPUs of {itype}",
+            ))  # fmt: skip
+            continue
+        out.append(quota_check(market, codes["name"], code, float(value), need))
+    return out
+
+
+def _store_checks(cfg: JobConfig, env: dict[str, str]) -> list[Check]:
+    from orchestrator.storage import resolve
+    from orchestrator.storage.durable import open_durable
+
+    storage = resolve.resolve(cfg, "preflight", env)
+    places = {"durable store": storage.root}
+    if cfg.checkpoint.dir:
+        places["checkpoint prefix"] = storage.checkpoint_url
+    out = []
+    for what, url in places.items():
+        store = open_durable(url)
+        rel = f".preflight/{uuid.uuid4().hex}"
+        try:
+            store.write_text(rel, "ok")
+            assert store.read_text(rel) == "ok", "read back something else"
+            store.delete(rel)
+            out.append(Check(f"read/write {what}", True, url))
+        except Exception as e:  # noqa: BLE001 - reported
+            out.append(Check(
+                f"read/write {what}", False, f"{url}: {type(e).__name__}: {str(e)[:300]}",
+                "give the nodes' role (and yours) s3:PutObject/GetObject/DeleteObject/ListBucket "
+                "on that prefix, and check the bucket name and region",
+            ))  # fmt: skip
+    return out
+
+
+def _tracking_check(env: dict[str, str]) -> Check:
+    uri = env.get("MLFLOW_TRACKING_URI", "")
+    if not uri.startswith(("http://", "https://")):
+        return Check("MLflow tracking server", False, f"MLFLOW_TRACKING_URI={uri!r} is not a server",
+                     "start one (mlflow server ...) and export MLFLOW_TRACKING_URI=http://host:5000")  # fmt: skip
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5) as r:
+            ok = r.status == 200
+        return Check("MLflow tracking server", ok, f"{uri} answers /health")
+    except Exception as e:  # noqa: BLE001 - reported
+        from orchestrator.tracking.redact import redact
+
+        return Check("MLflow tracking server", False, f"{redact(uri)}: {type(e).__name__}: {e}",
+                     "check the server runs and that this machine and the nodes can reach it")  # fmt: skip
+
+
+ECR = re.compile(
+    r"^(?P<account>\d+)\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com/(?P<repo>[^:@]+)(?::(?P<tag>[^@]+))?(?:@(?P<digest>.+))?$"
+)
+
+
+def _image_check(cluster: str, region: str | None) -> Check:
+    import boto3
+
+    from orchestrator.launch import clusters
+
+    doc: dict[str, Any] = yaml.safe_load(clusters.cluster_config(cluster).read_text())
+    image = (doc.get("docker") or {}).get("image", "")
+    m = ECR.match(image)
+    if not m:
+        return Check("container image", False, f"{image!r} is not an ECR image reference",
+                     "push infra/Dockerfile's image to ECR and set docker.image in "
+                     f"infra/{cluster}.yaml (account.dkr.ecr.region.amazonaws.com/repo:tag)")  # fmt: skip
+    ref = {"imageDigest": m["digest"]} if m["digest"] else {"imageTag": m["tag"] or "latest"}
+    try:
+        ecr = boto3.client("ecr", region_name=m["region"] or region)
+        ecr.describe_images(registryId=m["account"], repositoryName=m["repo"], imageIds=[ref])
+        return Check("container image", True, image)
+    except Exception as e:  # noqa: BLE001 - reported
+        return Check("container image", False, f"{image}: {type(e).__name__}: {str(e)[:200]}",
+                     "build and push it: docker build -f infra/Dockerfile -t IMAGE . && "
+                     "docker push IMAGE (after aws ecr get-login-password | docker login ...)")  # fmt: skip
+
+
+def main(cluster: str, job: str, scale: str | None, overrides: list[str]) -> int:
+    from orchestrator.config.load import compose
+
+    cfg = compose(job, scale, overrides)
+    checks = run_checks(cluster, cfg, dict(os.environ))
+    for c in checks:
+        print(c.line())
+    failed = [c for c in checks if not c.ok]
+    print(f"\n{len(checks) - len(failed)} of {len(checks)} checks passed"
+          + ("" if not failed else f"; fix the {len(failed)} above before launching"))  # fmt: skip
+    return 1 if failed else 0

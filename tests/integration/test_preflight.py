@@ -1,0 +1,93 @@
+"""`make preflight`: every check against a real endpoint where one exists here (moto_server for
+STS, S3, ECR and Service Quotas; a real MLflow tracking server), each failure with its fix."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from orchestrator.launch.preflight import run_checks
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def aws(start_moto, monkeypatch):
+    import boto3
+
+    url, _ = start_moto()
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": url}.items():  # fmt: skip
+        monkeypatch.setenv(k, v)
+    boto3.client("s3").create_bucket(Bucket="runs")
+    ecr = boto3.client("ecr")
+    ecr.create_repository(repositoryName="orchestrator")
+    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                "config": {"digest": "sha256:" + "0" * 64, "size": 1, "mediaType": "x"}, "layers": []}  # fmt: skip
+    ecr.put_image(
+        repositoryName="orchestrator", imageManifest=json.dumps(manifest), imageTag="latest"
+    )
+    return url
+
+
+@pytest.fixture(scope="module")
+def tracking(tmp_path_factory):
+    from orchestrator.launch.cluster import free_port
+    from orchestrator.tracking.server import start_server, stop_server
+
+    d = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    proc = start_server(port, f"sqlite:///{d}/mlflow.db", str(d / "art"), d / "log")
+    yield f"http://127.0.0.1:{port}"
+    stop_server(proc)
+
+
+def _by_name(checks):
+    return {c.name.split(" (")[0]: c for c in checks}
+
+
+def test_preflight_passes_what_is_there_and_names_the_fix_for_what_is_not(
+    aws, tracking, monkeypatch
+):
+    import os
+
+    from orchestrator.config.load import compose
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
+    cfg = compose("vicuna", "full", ["storage.root=s3://runs/orchestrator"])
+    checks = _by_name(run_checks("aws-spot", cfg, dict(os.environ)))
+    for name in (
+        "storage and tracking reachable from every node",
+        "AWS credentials",
+        "read/write durable store",
+        "MLflow tracking server",
+        "container image",
+    ):
+        assert checks[name].ok, checks[name].line()  # fmt: skip
+    # moto serves no EC2 quotas: the check says it could not read them, and what to do
+    quota = checks["spot vCPU quota"]
+    assert not quota.ok and "L-7212CCBC" in quota.fix and "96 vCPUs" in quota.fix
+    assert "on_demand vCPU quota" in checks  # the job may fall back to on-demand
+
+    # what a first run trips on, each with its fix
+    bad = compose("vicuna", "full", ["storage.root=s3://no-such-bucket/x"])
+    checks = _by_name(
+        run_checks("aws-spot", bad, {**os.environ, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
+    )
+    assert not checks["read/write durable store"].ok
+    assert "s3:PutObject" in checks["read/write durable store"].fix
+    assert not checks["MLflow tracking server"].ok
+    local = compose("vicuna", "full")  # ./runs: a folder the nodes cannot see
+    checks = _by_name(run_checks("aws-spot", local, dict(os.environ)))
+    assert (
+        "storage.root=s3://bucket/prefix"
+        in checks["storage and tracking reachable from every node"].detail
+    )
+    import boto3
+
+    boto3.client("ecr").batch_delete_image(
+        repositoryName="orchestrator", imageIds=[{"imageTag": "latest"}]
+    )
+    checks = _by_name(run_checks("aws-spot", cfg, dict(os.environ)))
+    assert not checks["container image"].ok and "docker push" in checks["container image"].fix
