@@ -101,7 +101,7 @@ def _labels(group: dict) -> dict:
 
 @pytest.mark.parametrize("name", ["raycluster.yaml", "rayjob.yaml"])
 def test_kuberay_manifests(name):
-    (doc,) = _k8s(name)
+    (doc,) = [d for d in _k8s(name) if d["kind"] in ("RayCluster", "RayJob")]
     assert doc["apiVersion"] == "ray.io/v1"
     spec = doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"]["rayClusterSpec"]
     assert doc["kind"] in ("RayCluster", "RayJob")
@@ -132,7 +132,8 @@ def test_kuberay_manifests(name):
     if doc["kind"] == "RayJob":
         assert doc["spec"]["shutdownAfterJobFinishes"] is True
         assert doc["spec"]["entrypoint"].startswith("python -m orchestrator launch")
-        assert "checkpoint.dir=s3://" in doc["spec"]["entrypoint"]
+        env = yaml.safe_load(doc["spec"]["runtimeEnvYAML"])["env_vars"]
+        assert env["ORCHESTRATOR_STORAGE_ROOT"].startswith("s3://")  # checkpoints go under it
 
 
 def test_dockerfile_pins_what_the_project_pins():
@@ -185,3 +186,37 @@ def test_working_dir_excludes_keep_the_upload_small():
     )  # fmt: skip
     assert shipped < 100 * 2**20  # Ray's working_dir limit is 500 MiB; ours is a few MiB
     assert Path(INFRA / "README.md").exists()
+
+
+def test_every_cluster_definition_follows_the_storage_contract():
+    """Nodes share no disk (docs/storage.md): every definition points all nodes at an S3 durable
+    store and a tracking server, and gives GPU nodes node-local scratch."""
+    aws = _load("aws-spot.yaml")
+    opts = " ".join(aws["docker"]["run_options"])
+    assert re.search(r"ORCHESTRATOR_STORAGE_ROOT=s3://\S+", opts)
+    assert re.search(r"MLFLOW_TRACKING_URI=https?://\S+", opts)
+    workers = " ".join(aws["docker"]["worker_run_options"])
+    assert "ORCHESTRATOR_SCRATCH=/scratch" in workers and "/opt/dlami/nvme:/scratch" in workers
+
+    docs = list(yaml.safe_load_all((INFRA / "kuberay" / "raycluster.yaml").read_text()))
+    config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+    assert config["ORCHESTRATOR_STORAGE_ROOT"].startswith("s3://")
+    assert config["MLFLOW_TRACKING_URI"].startswith("http")
+    cluster = next(d for d in docs if d["kind"] == "RayCluster")["spec"]
+    for group in cluster["workerGroupSpecs"]:
+        pod = group["template"]["spec"]
+        c = pod["containers"][0]
+        assert {"name": "ORCHESTRATOR_SCRATCH", "value": "/scratch"} in c["env"], group["groupName"]
+        assert any(v["name"] == "scratch" for v in pod["volumes"])
+        assert c["envFrom"] == [{"configMapRef": {"name": "orchestrator-storage"}}]
+
+    job = yaml.safe_load((INFRA / "kuberay" / "rayjob.yaml").read_text())
+    env = yaml.safe_load(job["spec"]["runtimeEnvYAML"])["env_vars"]
+    assert env["ORCHESTRATOR_STORAGE_ROOT"].startswith("s3://")
+    assert (
+        env["MLFLOW_TRACKING_URI"].startswith("http")
+        and "checkpoint.dir=/" not in job["spec"]["entrypoint"]
+    )
+    for group in job["spec"]["rayClusterSpec"]["workerGroupSpecs"]:
+        pod = group["template"]["spec"]
+        assert any(v["name"] == "scratch" for v in pod["volumes"]), group["groupName"]
