@@ -5,18 +5,29 @@ A checkpoint is written into `.tmp-step_XXXXXXXX/`; when every rank has finished
 renames the folder to `step_XXXXXXXX/`. A folder without a valid manifest, or whose files do not
 match it (truncated, corrupted, missing), is never loaded: `latest_complete` skips it with a
 warning naming it. This holds however the writer died (SIGKILL, preemption, full disk).
+
+A manifest is also untrusted input (whoever can write the checkpoint prefix writes it):
+`parse_manifest` checks its shape and every listed path (relative, normalised, inside the
+checkpoint folder) before any file is touched; files must be regular files (no symlinks, no
+devices) of the listed size before they are hashed. Checkpoint shards are pickles (DCP's
+`.metadata`, DeepSpeed's files), so with ORCHESTRATOR_CHECKPOINT_KEY set every manifest is signed
+(HMAC-SHA256 over its canonical JSON, which lists each file's sha256) and an unsigned or
+mis-signed one is refused before anything in it is read. Without a key, the checkpoint prefix
+must be as trusted as the code (docs/security.md).
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 import os
 import re
 import shutil
+import stat
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -25,6 +36,90 @@ MANIFEST = "manifest.json"
 STEP_KEY = "step"
 FILES_KEY = "files"
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
+SIGNATURE_KEY = "signature"
+KEY_ENV = "ORCHESTRATOR_CHECKPOINT_KEY"
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class BadManifest(ValueError):
+    """A manifest that is malformed, lists a path outside its folder, or is not signed right."""
+
+
+def signing_key() -> bytes | None:
+    key = os.environ.get(KEY_ENV)
+    return key.encode() if key else None
+
+
+def _canonical(manifest: dict[str, Any]) -> bytes:
+    body = {k: v for k, v in manifest.items() if k != SIGNATURE_KEY}
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def sign(manifest: dict[str, Any], key: bytes | None) -> dict[str, Any]:
+    """The manifest with its HMAC-SHA256 signature (unchanged without a key)."""
+    if not key:
+        return manifest
+    return {
+        **manifest,
+        SIGNATURE_KEY: hmac.new(key, _canonical(manifest), hashlib.sha256).hexdigest(),
+    }
+
+
+def safe_rel(rel: Any, where: str) -> str:
+    """A listed file name: relative, normalised, inside the checkpoint folder."""
+    if not isinstance(rel, str) or not rel or "\x00" in rel or "\\" in rel:
+        raise BadManifest(f"{where}: file name {rel!r} is not a relative path")
+    pure = PurePosixPath(rel)
+    if pure.is_absolute() or any(p in ("", ".", "..") for p in rel.split("/")):
+        raise BadManifest(f"{where}: file {rel!r} is outside the checkpoint folder")
+    if pure.name == MANIFEST:
+        raise BadManifest(f"{where}: lists {MANIFEST} itself")
+    return str(pure)
+
+
+def parse_manifest(
+    raw: str | bytes, where: str, step: int | None = None, key: bytes | None = None
+) -> dict[str, Any]:
+    """A manifest checked for shape, paths and (with a key) its signature, before any of the
+    files it lists is touched.
+
+    Raises:
+        BadManifest: naming what is wrong.
+    """
+    try:
+        manifest = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BadManifest(f"{where}: unreadable manifest ({e})") from None
+    if not isinstance(manifest, dict):
+        raise BadManifest(
+            f"{where}: the manifest is a JSON {type(manifest).__name__}, not an object"
+        )
+    if key is not None:
+        sig = manifest.get(SIGNATURE_KEY)
+        good = hmac.new(key, _canonical(manifest), hashlib.sha256).hexdigest()
+        if not isinstance(sig, str) or not hmac.compare_digest(sig, good):
+            raise BadManifest(
+                f"{where}: {'unsigned' if sig is None else 'wrong signature'} "
+                f"({KEY_ENV} is set: only manifests signed with it are loaded)"
+            )
+    s = manifest.get(STEP_KEY)
+    if not isinstance(s, int) or isinstance(s, bool) or s < 0:
+        raise BadManifest(f"{where}: step {s!r} is not a step number")
+    if step is not None and s != step:
+        raise BadManifest(f"{where}: says step {s}, its folder is step {step}")
+    files = manifest.get(FILES_KEY)
+    if not isinstance(files, dict) or not files:
+        raise BadManifest(f"{where}: no files listed (a checkpoint without shards)")
+    for rel, meta in files.items():
+        safe_rel(rel, where)
+        if not isinstance(meta, dict):
+            raise BadManifest(f"{where}: entry {rel!r} is not an object")
+        n, digest = meta.get("bytes"), meta.get("sha256")
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise BadManifest(f"{where}: entry {rel!r} has no valid size (bytes={n!r})")
+        if not isinstance(digest, str) or not _SHA256.match(digest):
+            raise BadManifest(f"{where}: entry {rel!r} has no valid sha256")
+    return manifest
 
 
 def step_dirname(step: int) -> str:
@@ -53,7 +148,9 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def publish(tmp_dir: Path, final_dir: Path, manifest: dict[str, Any]) -> None:
-    """Write `manifest` into `tmp_dir` (last, atomically), then rename it to `final_dir`."""
+    """Write `manifest` into `tmp_dir` (last, atomically; signed when a key is set), then rename
+    it to `final_dir`."""
+    manifest = sign(manifest, signing_key())
     _write_atomic(tmp_dir / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
     if final_dir.exists():  # a stale copy of the same step (e.g. redone after a crash)
         trash = final_dir.with_name(f".trash-{final_dir.name}-{time.time_ns()}")
@@ -79,24 +176,33 @@ def commit(tmp_dir: Path, final_dir: Path, state: dict[str, Any]) -> dict[str, A
 
 
 def read_manifest(ckpt_dir: Path, verify_hashes: bool = True) -> dict[str, Any]:
-    """The manifest of a complete checkpoint. Raises ValueError saying what is wrong otherwise."""
+    """The manifest of a complete checkpoint. Raises ValueError (BadManifest) saying what is
+    wrong otherwise. Nothing outside `ckpt_dir` is read; sizes are checked before hashing."""
     path = ckpt_dir / MANIFEST
-    if not path.exists():
-        raise ValueError(f"{ckpt_dir}: no {MANIFEST} (the save never finished)")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: unreadable manifest ({e.msg})") from None
-    for rel, meta in manifest.get(FILES_KEY, {}).items():
+    if not path.is_file() or path.is_symlink():
+        raise BadManifest(f"{ckpt_dir}: no {MANIFEST} (the save never finished)")
+    m = _STEP_DIR.match(ckpt_dir.name)
+    manifest = parse_manifest(
+        path.read_bytes(), str(path), int(m.group(1)) if m else None, signing_key()
+    )
+    root = os.path.realpath(ckpt_dir)
+    for rel, meta in manifest[FILES_KEY].items():
         f = ckpt_dir / rel
-        if not f.exists():
-            raise ValueError(f"{ckpt_dir}: file {rel} listed in the manifest is missing")
-        if f.stat().st_size != meta["bytes"]:
-            raise ValueError(
-                f"{ckpt_dir}: file {rel} has {f.stat().st_size} bytes, manifest says {meta['bytes']}"
+        real = os.path.realpath(f)
+        if os.path.commonpath([root, real]) != root:
+            raise BadManifest(f"{ckpt_dir}: file {rel} resolves outside the checkpoint folder")
+        try:
+            st = os.lstat(f)
+        except FileNotFoundError:
+            raise BadManifest(f"{ckpt_dir}: file {rel} listed in the manifest is missing") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise BadManifest(f"{ckpt_dir}: file {rel} is not a regular file")
+        if st.st_size != meta["bytes"]:
+            raise BadManifest(
+                f"{ckpt_dir}: file {rel} has {st.st_size} bytes, manifest says {meta['bytes']}"
             )
         if verify_hashes and sha256_file(f) != meta["sha256"]:
-            raise ValueError(f"{ckpt_dir}: file {rel} does not match its sha256 (corrupted)")
+            raise BadManifest(f"{ckpt_dir}: file {rel} does not match its sha256 (corrupted)")
     return manifest
 
 

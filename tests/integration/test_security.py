@@ -1,0 +1,221 @@
+"""Untrusted input, planted the way an attacker (or a broken writer) would, on disk and on a real
+S3 endpoint (moto_server). Each test fails on code that trusts what it reads.
+
+Checkpoints: whoever can write the checkpoint prefix writes the manifest. Its paths must stay
+inside the checkpoint folder and be checked before any I/O; sizes before hashes; malformed
+manifests are skipped with a named reason and the previous checkpoint is used; objects that are
+not checkpoints are ignored; a failed download leaves nothing; and with a signing key, a manifest
+that is not signed with it is refused before any pickle in the checkpoint is read."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+
+from orchestrator.checkpoint.io import Checkpointer
+from orchestrator.checkpoint.manifest import KEY_ENV, MANIFEST, commit, step_dirname, tmp_dirname
+from orchestrator.checkpoint.store import IncompleteCheckpoint, LocalStore, S3Store
+
+pytestmark = pytest.mark.integration
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def save_local(root: Path, step: int, files: dict[str, bytes] | None = None) -> Path:
+    tmp = root / tmp_dirname(step)
+    tmp.mkdir(parents=True)
+    for name, data in (files or {"__0_0.distcp": b"x" * 100}).items():
+        (tmp / name).write_bytes(data)
+    commit(tmp, root / step_dirname(step), {"step": step})
+    return root / step_dirname(step)
+
+
+def load(url: str, cache: Path) -> tuple[int | None, list[str]]:
+    """What a resuming worker does: the newest checkpoint that verifies (shards 'read' by a
+    callback that records the folder), and the warnings about the ones skipped."""
+    import logging
+
+    seen: list[Path] = []
+    records: list[str] = []
+
+    class Grab(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    handler = Grab()
+    logging.getLogger("orchestrator.checkpoint.io").addHandler(handler)
+    try:
+        found = Checkpointer(url, staging=cache / "staging", keep_last=9).load_latest(
+            seen.append, cache
+        )
+    finally:
+        logging.getLogger("orchestrator.checkpoint.io").removeHandler(handler)
+    return (found[1]["step"] if found else None), records
+
+
+def forge(folder: Path, manifest) -> None:
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+
+
+# ---------------------------------------------------------------------- on disk
+@pytest.mark.parametrize(
+    ("manifest", "reason"),
+    [
+        ([1, 2], "JSON list"),
+        ({"step": 4, "files": {}}, "no files listed"),
+        ({"step": 4, "files": {"a.bin": {"sha256": "0" * 64}}}, "no valid size"),
+        ({"step": "latest", "files": {"a.bin": {"bytes": 1, "sha256": "0" * 64}}}, "not a step"),
+        ({"step": 4, "files": {"/dev/zero": {"bytes": 0, "sha256": "0" * 64}}}, "outside"),
+        ({"step": 4, "files": {"../../etc/passwd": {"bytes": 1, "sha256": "0" * 64}}}, "outside"),
+    ],
+)
+def test_a_malformed_or_escaping_manifest_on_disk_is_skipped_with_its_reason(
+    tmp_path, manifest, reason
+):
+    save_local(tmp_path / "ckpt", 2)
+    d4 = save_local(tmp_path / "ckpt", 4)
+    forge(d4, manifest)
+    step, warnings = load(str(tmp_path / "ckpt"), tmp_path / "cache")
+    assert step == 2, warnings
+    assert any(reason in w and "step_00000004" in w for w in warnings), warnings
+
+
+def test_a_listed_device_fifo_or_symlink_is_never_read(tmp_path):
+    """Files that would hang or leak a hash loop: a symlink to /dev/zero with the size the loop
+    needs, a symlink to a file outside, a symlink inside, a FIFO. Each is refused before a byte
+    is read (a FIFO would block forever), and no error says the size of the target."""
+    save_local(tmp_path / "ck", 2)
+    d4 = save_local(tmp_path / "ck", 4)
+    os.symlink("/dev/zero", d4 / "zero.bin")
+    os.symlink("/etc/hostname", d4 / "host.bin")
+    os.symlink(d4 / "__0_0.distcp", d4 / "inner.bin")
+    os.mkfifo(d4 / "pipe.bin")
+    m = json.loads((d4 / MANIFEST).read_text())
+    cases = {
+        "zero.bin": (10**15, "outside the checkpoint folder"),
+        "host.bin": (1, "outside the checkpoint folder"),
+        "inner.bin": (100, "not a regular file"),
+        "pipe.bin": (0, "not a regular file"),
+    }
+    for name, (size, reason) in cases.items():
+        m["files"] = {name: {"bytes": size, "sha256": "0" * 64}}
+        forge(d4, m)
+        step, warnings = load(str(tmp_path / "ck"), tmp_path / "cache")
+        assert step == 2 and any(name in w and reason in w for w in warnings), (name, warnings)
+        assert not any(" bytes, manifest says" in w for w in warnings), warnings
+
+
+def test_a_signed_store_refuses_a_forged_manifest_before_reading_any_pickle(tmp_path, monkeypatch):
+    """With a signing key, an attacker who can write the prefix but not sign plants a checkpoint
+    whose pickle would run code: it is refused before the pickle is opened."""
+    monkeypatch.setenv(KEY_ENV, "k" * 32)
+    root = tmp_path / "ckpt"
+    save_local(root, 2)
+    assert json.loads((root / step_dirname(2) / MANIFEST).read_text())["signature"]
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    payload = pickle.dumps(Evil())
+    evil = root / step_dirname(6)
+    evil.mkdir()
+    (evil / ".metadata").write_bytes(payload)
+    forge(
+        evil, {"step": 6, "files": {".metadata": {"bytes": len(payload), "sha256": _sha(payload)}}}
+    )
+
+    def read_shards(folder: Path) -> None:  # what DCP does with .metadata
+        if (folder / ".metadata").exists():
+            pickle.loads((folder / ".metadata").read_bytes())
+
+    found = Checkpointer(str(root), tmp_path / "st", keep_last=9).load_latest(
+        read_shards, tmp_path / "c"
+    )
+    assert found[1]["step"] == 2 and not marker.exists()
+    # the same manifest with a signature made with another key: refused too
+    forged = {"step": 6, "files": {".metadata": {"bytes": len(payload), "sha256": _sha(payload)}}}
+    forged["signature"] = "0" * 64
+    forge(evil, forged)
+    with pytest.raises(IncompleteCheckpoint, match="wrong signature"):
+        LocalStore(root).read_manifest(6)
+    assert not marker.exists()
+    # and a signed manifest whose file list is edited afterwards fails its signature
+    good = json.loads((root / step_dirname(2) / MANIFEST).read_text())
+    good["files"]["__0_0.distcp"]["bytes"] = 1
+    forge(root / step_dirname(2), good)
+    with pytest.raises(IncompleteCheckpoint, match="wrong signature"):
+        LocalStore(root).read_manifest(2)
+
+
+# ---------------------------------------------------------------------- on S3 (moto_server)
+@pytest.fixture
+def s3(start_moto, monkeypatch):
+    import boto3
+
+    url, _ = start_moto()
+    for k, v in {"AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t",
+                 "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": url}.items():  # fmt: skip
+        monkeypatch.setenv(k, v)
+    client = boto3.client("s3")
+    client.create_bucket(Bucket="ckpt")
+    return client
+
+
+def save_s3(tmp_path: Path, url: str, step: int) -> None:
+    ck = Checkpointer(url, staging=tmp_path / "staging", keep_last=9)
+
+    def write(folder: Path) -> None:
+        (folder / "__0_0.distcp").write_bytes(b"s" * 64)
+
+    ck.save(step, write, {"step": step})
+
+
+def test_an_s3_manifest_cannot_write_outside_the_cache(s3, tmp_path):
+    """A manifest listing ../ paths and an absolute path: nothing is written outside the cache
+    (a .bashrc), the checkpoint is skipped with its reason, the previous one is used."""
+    url = "s3://ckpt/run"
+    save_s3(tmp_path, url, 2)
+    home = tmp_path / "home"
+    cache = home / "scratch" / "cache"
+    bad = {"step": 4, "files": {
+        "../../../.bashrc": {"bytes": 5, "sha256": _sha(b"evil\n")},
+        str(home / "abs.txt"): {"bytes": 5, "sha256": _sha(b"evil\n")},
+    }}  # fmt: skip
+    for rel in bad["files"]:
+        s3.put_object(Bucket="ckpt", Key=f"run/step_00000004/{rel.lstrip('/')}", Body=b"evil\n")
+    s3.put_object(Bucket="ckpt", Key="run/step_00000004/manifest.json", Body=json.dumps(bad))
+    step, warnings = load(url, cache)
+    assert step == 2 and any("outside the checkpoint folder" in w for w in warnings), warnings
+    assert not (home / ".bashrc").exists() and not (home / "abs.txt").exists()
+    assert not list(home.rglob(".bashrc"))
+
+
+def test_stray_objects_under_the_prefix_are_ignored(s3, tmp_path):
+    url = "s3://ckpt/run2"
+    save_s3(tmp_path, url, 2)
+    s3.put_object(Bucket="ckpt", Key="run2/step_latest/manifest.json", Body=b'{"step": 9}')
+    s3.put_object(Bucket="ckpt", Key="run2/step_99/manifest.json", Body=b"{}")
+    s3.put_object(Bucket="ckpt", Key="run2/notes.txt", Body=b"hello")
+    assert S3Store(url).complete_steps() == [2]
+    assert load(url, tmp_path / "cache")[0] == 2
+
+
+def test_a_failed_download_leaves_nothing_behind(s3, tmp_path):
+    url = "s3://ckpt/run3"
+    save_s3(tmp_path, url, 2)
+    save_s3(tmp_path, url, 4)
+    s3.delete_object(Bucket="ckpt", Key="run3/step_00000004/__0_0.distcp")  # lost after commit
+    cache = tmp_path / "cache"
+    with pytest.raises(IncompleteCheckpoint, match="missing or has the wrong size"):
+        S3Store(url).fetch(4, cache)
+    assert not (cache / step_dirname(4)).exists()
+    assert load(url, cache)[0] == 2
