@@ -301,6 +301,9 @@ class FsdpConfig:
     """Free the gathered parameters after forward (ZeRO-3-like); False keeps them (ZeRO-2-like)."""
     cpu_offload: bool = False
     """Keep sharded parameters, gradients and optimizer state in CPU memory (CPUOffloadPolicy)."""
+    hsdp: bool | None = None
+    """Hybrid sharding (a 2-D mesh: shard within a node, replicate across nodes). None: on
+    when hardware.num_nodes > 1."""
 
 
 @dataclass

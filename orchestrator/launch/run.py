@@ -517,7 +517,9 @@ def _fit_tries(
                     **pinned,  # spot / on_demand nodes of an autoscaling cluster
                 },
             ),
-            torch_config=TorchConfig(backend="nccl" if on_gpu else "gloo"),
+            # On GPUs, NCCL for the tensors on the device and gloo for the few CPU-side ones
+            # (object collectives, checkpoint agreement flags): one process group serves both.
+            torch_config=TorchConfig(backend="cpu:gloo,cuda:nccl" if on_gpu else "gloo"),
             run_config=RunConfig(
                 name=f"attempt-{context.attempt}-try-{attempt_try}",
                 storage_path=storage_path,

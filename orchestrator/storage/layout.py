@@ -278,8 +278,12 @@ class RunStorage:
         return f"{self.root.rstrip('/')}/{DATA}/{key}"
 
     def node_dir(self, *parts: str) -> Path:
-        """A folder of this run in this node's scratch (created)."""
-        path = Path(self.scratch or default_scratch()) / self.job / self.run
+        """A folder of this run in this node's scratch (created). Named by the run and a hash
+        of its durable URL: two runs of the same name in different stores never share it."""
+        import hashlib
+
+        tag = hashlib.sha256(self.run_url.encode()).hexdigest()[:8]
+        path = Path(self.scratch or default_scratch()) / self.job / f"{self.run}-{tag}"
         path = path.joinpath(*parts)
         path.mkdir(parents=True, exist_ok=True)
         return path

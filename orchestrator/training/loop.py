@@ -130,6 +130,7 @@ class FinetuneRecipe:
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
         cfg = self.cfg
+        self.device = worker_device()
         torch.set_num_threads(cfg.train.num_threads_per_worker)
         torch.manual_seed(cfg.train.seed + self.rank)
 
@@ -372,7 +373,7 @@ class FinetuneRecipe:
     def train(self) -> None:
         cfg = self.cfg
         log_every = cfg.train.log_every_steps
-        loss_sum = torch.zeros(())
+        loss_acc = torch.zeros((), device=self.device)  # on the device: no sync per step
         steps_since_log: list[int] = []
         tokens_since_log = padded_since_log = 0
         t_log = time.perf_counter()
@@ -395,16 +396,9 @@ class FinetuneRecipe:
             )
 
             self.model.train()
-            for i, mb in enumerate(micro_batches):
-                with self.strategy.autocast():
-                    mb_loss_sum = self._loss_sum(mb)
-                # Gradients are averaged over ranks: scale so the result is the exact mean over
-                # every trained token of the global batch, whatever the split.
-                self.strategy.backward(
-                    mb_loss_sum * self.world / max(1, n_targets),
-                    last_micro_batch=i == len(micro_batches) - 1,
-                )
-                loss_sum += mb_loss_sum.detach().float()
+            loss_acc += forward_backward(
+                self.model, self.strategy, micro_batches, n_targets, self.world, self.device
+            )
             grad_norm = self.strategy.step(lr, cfg.optim.grad_clip)
 
             steps_since_log.append(self.step)
@@ -417,11 +411,11 @@ class FinetuneRecipe:
             step_times.append(time.perf_counter() - t0)
 
             if self.step % log_every == 0 or self.step == self.total_steps:
-                loss_sum_all = loss_sum.clone()
-                dist.all_reduce(loss_sum_all)
+                loss_all = loss_acc.clone()
+                dist.all_reduce(loss_all)
                 # Each logged loss is the token mean over the steps since the last log.
                 targets = sum(self.batches.step_targets(s) for s in steps_since_log)
-                loss = (loss_sum_all / max(1, targets)).item()
+                loss = (loss_all / max(1, targets)).item()
                 elapsed = time.perf_counter() - t_log
                 self._log_step(
                     loss,
@@ -431,7 +425,7 @@ class FinetuneRecipe:
                     step_times,
                     padding_efficiency=tokens_since_log / max(1, padded_since_log),
                 )
-                loss_sum.zero_()
+                loss_acc.zero_()
                 steps_since_log.clear()
                 tokens_since_log = padded_since_log = 0
                 t_log = time.perf_counter()
@@ -477,26 +471,10 @@ class FinetuneRecipe:
                 )
             )
         self.notice = self.watcher.notice()
-        flags = torch.tensor([due, int(self.notice is not None)])
+        flags = torch.tensor([due, int(self.notice is not None)], device=self.device)
         if dist.is_initialized():
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
         return bool(flags[0]), bool(flags[1])
-
-    def _loss_sum(self, mb: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Sum of next-token cross-entropy over trained (label != -100) positions."""
-        # Padded batches carry an attention mask; packed ones carry per-example position ids.
-        # No KV cache: with one, transformers does not look for packed sequences at all.
-        inputs = {k: mb[k] for k in ("input_ids", "attention_mask", "position_ids") if k in mb}
-        logits = self.model(**inputs, use_cache=False).logits
-        # Shift the labels, not the logits: slicing logits[:, :-1] would copy all of them
-        # (rows x width x vocab floats) once more per micro-batch.
-        labels = F.pad(mb["labels"][:, 1:], (0, 1), value=IGNORE_INDEX)
-        return F.cross_entropy(
-            logits.float().flatten(0, 1),
-            labels.flatten(),
-            ignore_index=IGNORE_INDEX,
-            reduction="sum",
-        )
 
     # ------------------------------------------------------------------ cost
     def usd_total(self) -> float:
@@ -671,14 +649,14 @@ class FinetuneRecipe:
         self.model.eval()
         micro = self.cfg.train.micro_batch_size
         n_batches = math.ceil(len(examples) / (micro * self.world))
-        totals = torch.zeros(2)
+        totals = torch.zeros(2, device=self.device)
         for b in range(n_batches):
             start = (b * self.world + self.rank) * micro
             chunk = examples[start : start + micro]
             weight = 1.0 if chunk else 0.0
-            mb = collate(chunk or examples[:1], self.data.pad_id)
+            mb = to_device(collate(chunk or examples[:1], self.data.pad_id), self.device)
             with self.strategy.autocast():
-                totals[0] += weight * self._loss_sum(mb).float()
+                totals[0] += weight * loss_sum(self.model, mb).float()
             totals[1] += weight * (mb["labels"][:, 1:] != IGNORE_INDEX).sum()
         dist.all_reduce(totals)
         return (totals[0] / totals[1]).item()
@@ -689,10 +667,11 @@ class FinetuneRecipe:
         the logits of a probe batch so the export can be checked against the trained model."""
         probe = collate((self.data.eval or self.data.train)[:2], self.data.pad_id)
         self.model.eval()
+        on_device = to_device(probe, self.device)
         with self.strategy.autocast():
             logits = self.model(
-                input_ids=probe["input_ids"], attention_mask=probe["attention_mask"]
-            ).logits
+                input_ids=on_device["input_ids"], attention_mask=on_device["attention_mask"]
+            ).logits.cpu()
         state = self.strategy.full_state_dict()
         if self.rank == 0:
             # A folder store is written in place; for S3 the export is staged on this node.
@@ -800,6 +779,64 @@ class FinetuneRecipe:
                 self.run_store.append_lines(METRICS_PENDING, [json.dumps(r) for r in left])
         if dist.is_initialized():
             dist.barrier()  # avoids gloo aborting at exit (docs/facts/stack.md, Ray)
+
+
+def worker_device() -> torch.device:
+    """This worker's device: Ray Train's (the GPU it was given), else cuda or cpu."""
+    try:
+        import ray.train.torch
+
+        return ray.train.torch.get_device()
+    except Exception:  # noqa: BLE001 - not in a Ray Train worker
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+
+
+def to_device(mb: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """A micro-batch on `device`. To a GPU: through pinned host memory, without blocking (the
+    copy overlaps the previous micro-batch's compute)."""
+    if device.type == "cuda":
+        return {k: v.pin_memory().to(device, non_blocking=True) for k, v in mb.items()}
+    return {k: v.to(device) for k, v in mb.items()}
+
+
+def loss_sum(model, mb: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Sum of next-token cross-entropy over trained (label != -100) positions."""
+    # Padded batches carry an attention mask; packed ones carry per-example position ids.
+    # No KV cache: with one, transformers does not look for packed sequences at all.
+    inputs = {k: mb[k] for k in ("input_ids", "attention_mask", "position_ids") if k in mb}
+    logits = model(**inputs, use_cache=False).logits
+    # Shift the labels, not the logits: slicing logits[:, :-1] would copy all of them
+    # (rows x width x vocab floats) once more per micro-batch.
+    labels = F.pad(mb["labels"][:, 1:], (0, 1), value=IGNORE_INDEX)
+    return F.cross_entropy(
+        logits.float().flatten(0, 1),
+        labels.flatten(),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+
+
+def forward_backward(
+    model, strategy, micro_batches: list[dict[str, torch.Tensor]], n_targets: int, world: int,
+    device: torch.device,
+) -> torch.Tensor:  # fmt: skip
+    """The forward and backward passes of one optimizer step on this rank. Returns this rank's
+    summed loss, on `device` (no host sync)."""
+    total = torch.zeros((), device=device)
+    for i, mb in enumerate(micro_batches):
+        mb = to_device(mb, device)
+        with strategy.autocast():
+            mb_loss_sum = loss_sum(model, mb)
+        # Gradients are averaged over ranks: scale so the result is the exact mean over every
+        # trained token of the global batch, whatever the split.
+        strategy.backward(
+            mb_loss_sum * world / max(1, n_targets),
+            last_micro_batch=i == len(micro_batches) - 1,
+        )
+        total += mb_loss_sum.detach().float()
+    return total
 
 
 def _node_id() -> str:

@@ -91,7 +91,7 @@ def build_model(cfg: ModelConfig, vocab_size: int | None = None, dtype=torch.flo
             kwargs["device_map"] = {"": torch.cuda.current_device()}
         model = AutoModelForCausalLM.from_pretrained(cfg.pretrained, dtype=dtype, **kwargs)
         if vocab_size and vocab_size > model.get_input_embeddings().num_embeddings:
-            model.resize_token_embeddings(vocab_size)
+            resize_embeddings(model, vocab_size)
         return model
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.init_seed)
@@ -99,6 +99,26 @@ def build_model(cfg: ModelConfig, vocab_size: int | None = None, dtype=torch.flo
         if cfg.mup_base_width is not None:
             apply_mup(model, cfg)
     return model
+
+
+@torch.no_grad()
+def resize_embeddings(model, vocab_size: int) -> None:
+    """Grow the token embeddings (and an untied output layer) to `vocab_size` for added tokens
+    (Dolly's and OpenAssistant's template keys, a pad token). The new rows are the mean of the
+    existing ones, as Stanford Alpaca did: deterministic, so every rank builds the same model
+    (a random init would differ per rank's seed, and FSDP does not broadcast parameters)."""
+    old = model.get_input_embeddings().num_embeddings
+    model.resize_token_embeddings(vocab_size, mean_resizing=False)
+    layers = [model.get_input_embeddings()]
+    out = model.get_output_embeddings()
+    if out is not None and out.weight is not layers[0].weight:
+        layers.append(out)
+    for layer in layers:
+        w = layer.weight
+        w[old:] = w[:old].float().mean(dim=0, keepdim=True).to(w.dtype)
+        bias = getattr(layer, "bias", None)
+        if bias is not None:
+            bias[old:] = bias[:old].float().mean().to(bias.dtype)
 
 
 MUP_HIDDEN = (

@@ -120,3 +120,38 @@ def test_export_loads_with_from_pretrained_and_gives_the_same_logits(method, tmp
         else:
             loaded = AutoModelForCausalLM.from_pretrained(out)
         torch.testing.assert_close(loaded(input_ids=x).logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_fsdp_mesh_is_hybrid_across_nodes():
+    from orchestrator.training.strategies import fsdp_mesh_shape
+
+    assert fsdp_mesh_shape(8, 1, None) == (8,)
+    assert fsdp_mesh_shape(16, 2, None) == (2, 8)  # shard within a node, replicate across
+    assert fsdp_mesh_shape(16, 2, False) == (16,)
+    with pytest.raises(ValueError, match="same number of workers on every node"):
+        fsdp_mesh_shape(10, 3, None)
+
+
+def test_added_token_rows_are_the_same_on_every_rank(tmp_path):
+    """Added tokens (Dolly's keys, a pad token) get the mean embedding: two ranks with different
+    seeds build identical models (a per-rank random init would silently differ under FSDP)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from orchestrator.config.schema import ModelConfig
+    from orchestrator.training.model import build_model, hf_config
+
+    base = ModelConfig(arch="gpt_neox", hidden_size=32, intermediate_size=64, num_layers=2,
+                       num_heads=4, vocab_size=100)  # fmt: skip
+    AutoModelForCausalLM.from_config(hf_config(base)).save_pretrained(tmp_path / "base")
+    cfg = ModelConfig(**{**base.__dict__, "pretrained": str(tmp_path / "base")})
+    models = []
+    for seed in (1, 2):  # rank 0 and rank 1 seed differently
+        torch.manual_seed(seed)
+        models.append(build_model(cfg, vocab_size=104))
+    a, b = (m.state_dict() for m in models)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    emb = models[0].get_input_embeddings().weight
+    assert emb.shape[0] == 104
+    assert torch.allclose(emb[100:], emb[:100].mean(0, keepdim=True).expand(4, -1))
