@@ -60,7 +60,7 @@ from orchestrator.tracking.mlflow_logger import (
 )
 from orchestrator.training.export import export_hf, sample_generations
 from orchestrator.training.methods import apply_method, count_trainable
-from orchestrator.training.model import build_model
+from orchestrator.training.model import build_meta_model, build_model, pretrained_state_dict
 from orchestrator.training.schedule import lr_at, warmup_steps_for
 from orchestrator.training.strategies import build_strategy
 
@@ -209,16 +209,6 @@ class FinetuneRecipe:
 
     def _setup_model(self, data: PreparedData) -> None:
         cfg = self.cfg
-        model = build_model(cfg.model, data.vocab_size)
-        if cfg.train.activation_checkpointing:
-            model.activation_checkpointing_enable(
-                activation_checkpointing_kwargs={"use_reentrant": False}
-            )
-        model = apply_method(model, cfg)
-        self.n_trainable, self.n_params = count_trainable(model)  # before wrapping: global counts
-        self.flops_per_token, self.peak_flops = self._flops_model(data)
-        self.strategy = build_strategy(model, cfg)
-        self.model = self.strategy.model
         self.checkpointer = Checkpointer(
             self.storage.checkpoint_url,
             staging=self.storage.node_dir(CKPT_STAGING),
@@ -226,6 +216,27 @@ class FinetuneRecipe:
             keep_every=cfg.checkpoint.keep_every,
             async_save=cfg.checkpoint.async_save,
         )
+        # A pretrained base under FSDP/DDP is built on the meta device on every rank and read
+        # from disk once (rank 0) then broadcast into place; not at all when a checkpoint will
+        # overwrite it. DeepSpeed and 8-bit bases load through transformers (ZeRO-3 straight
+        # into its partitions).
+        deferred = (
+            cfg.model.pretrained is not None
+            and cfg.train.strategy in ("fsdp", "ddp")
+            and not cfg.model.load_8bit
+        )
+        if deferred:
+            with torch.device("meta"):
+                model = self._wrap(build_meta_model(cfg.model, data.vocab_size))
+        else:
+            model = self._wrap(self._build_model(data))
+        self.n_trainable, self.n_params = count_trainable(model)  # before wrapping: global counts
+        self.flops_per_token, self.peak_flops = self._flops_model(data)
+        self.strategy = build_strategy(model, cfg)
+        self.model = self.strategy.model
+        resuming = cfg.checkpoint.resume != "never" and bool(self._complete_steps())
+        if deferred and not resuming:
+            self._load_pretrained(data)
         self.interval = Interval(
             cfg.checkpoint.interval,
             cfg.checkpoint.every_steps,
@@ -234,7 +245,8 @@ class FinetuneRecipe:
         )
         self.preemptions = self.ctx.preemptions_before
         self.app_failures = self.ctx.app_failures_before
-        self._resume()
+        if not self._resume() and deferred and resuming:  # no checkpoint verified after all
+            self._load_pretrained(data)
         self.last_save_step = self.step
         self.watcher = NoticeWatcher(poll_s=cfg.checkpoint.notice_poll_s).start()
         if self.rank == 0:
@@ -270,6 +282,46 @@ class FinetuneRecipe:
                 f"{self.batching} batching"
             )
 
+    def _wrap(self, model):
+        """Activation checkpointing and the training method (LoRA, adapter), before sharding."""
+        if self.cfg.train.activation_checkpointing:
+            model.activation_checkpointing_enable(
+                activation_checkpointing_kwargs={"use_reentrant": False}
+            )
+        return apply_method(model, self.cfg)
+
+    def _build_model(self, data: PreparedData):
+        cfg = self.cfg
+        if (
+            cfg.model.pretrained
+            and cfg.train.strategy == "deepspeed"
+            and cfg.deepspeed.zero_stage == 3
+        ):
+            # ZeRO-3: with this config alive, from_pretrained loads straight into partitions
+            # (deepspeed.zero.Init): no rank ever holds the whole model.
+            from transformers.integrations import HfDeepSpeedConfig
+
+            from orchestrator.training.strategies import deepspeed_config
+
+            self._hf_ds_config = HfDeepSpeedConfig(deepspeed_config(cfg, self.world))
+        return build_model(cfg.model, data.vocab_size)
+
+    def _complete_steps(self) -> list[int]:
+        steps = [self.checkpointer.store.complete_steps() if self.rank == 0 else None]
+        if dist.is_initialized():
+            dist.broadcast_object_list(steps, src=0)
+        return steps[0] or []
+
+    def _load_pretrained(self, data: PreparedData) -> None:
+        """Rank 0 reads the base (and initialises the method's weights); every rank receives its
+        part by broadcast."""
+        state = None
+        if self.rank == 0:
+            state = pretrained_state_dict(self.cfg.model, data.vocab_size, self._wrap)
+            self._print(f"loaded {self.cfg.model.pretrained} on rank 0; broadcasting")
+        self.strategy.load_full_state_dict(state)
+        del state
+
     def _flops_model(self, data: PreparedData) -> tuple[float, float]:
         """Model FLOPs per trained token and the cluster's peak FLOP/s, for the `mfu` metric."""
         from orchestrator.cost.estimator import Workload, flops_per_token
@@ -304,7 +356,8 @@ class FinetuneRecipe:
         except Exception as e:  # noqa: BLE001 - monitoring is optional, training is not
             self._print(f"warning: no system metrics: {e}")
 
-    def _resume(self) -> None:
+    def _resume(self) -> bool:
+        """Load the newest complete checkpoint; True when one was loaded."""
         mode = self.cfg.checkpoint.resume
         found = None
         if mode != "never":
@@ -317,7 +370,7 @@ class FinetuneRecipe:
                 "checkpoint"
             )
         if found is None:
-            return
+            return False
         path, state = found
         self.step = int(state[STEP_KEY])
         self.tokens_so_far = int(state.get(TOKENS_KEY, 0))
@@ -331,6 +384,7 @@ class FinetuneRecipe:
                 "(weights, optimizer and data position come from the checkpoint)"
             )
         self._print(f"resumed from {self.checkpointer.store.url}/{path.name} at step {self.step}")
+        return True
 
     def _read_checkpoint_checked(self, path: Path) -> None:
         """Refuse a checkpoint this strategy/worker count cannot read, then read it."""

@@ -77,6 +77,52 @@ def _count_params(config_class: str, config_repr: str) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def build_meta_model(cfg: ModelConfig, vocab_size: int | None = None, dtype=torch.float32):
+    """The pretrained model's skeleton on the `meta` device: no memory, no weights read. Ranks
+    that get their weights by broadcast (FSDP, DDP) or from a checkpoint start from this."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    check_gpu_features(cfg)
+    config = AutoConfig.from_pretrained(cfg.pretrained)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(
+            config, dtype=dtype, attn_implementation=cfg.attn_implementation
+        )
+        if vocab_size and vocab_size > model.get_input_embeddings().num_embeddings:
+            model.resize_token_embeddings(vocab_size, mean_resizing=False)
+    return model
+
+
+def pretrained_state_dict(
+    cfg: ModelConfig, vocab_size: int | None, wrap
+) -> dict[str, torch.Tensor]:
+    """The full state dict one rank broadcasts: the base read once, in the checkpoint's own dtype
+    (bf16/fp16 for the LLaMA and Pythia bases; the sharded fp32 parameters are cast on copy),
+    added-token rows resized, then `wrap` (the training method: LoRA/adapter weights are
+    initialised here, once)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(cfg.pretrained, dtype="auto")
+    if vocab_size and vocab_size > model.get_input_embeddings().num_embeddings:
+        resize_embeddings(model, vocab_size)
+    return wrap(model).state_dict()
+
+
+def init_non_persistent_buffers(model) -> None:
+    """After `to_empty`, recompute the buffers no state dict carries (the rotary inverse
+    frequencies) with transformers' own initialiser."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for name, module in model.named_modules():
+        if not getattr(module, "_non_persistent_buffers_set", None):
+            continue
+        if "RotaryEmbedding" not in type(module).__name__:
+            raise NotImplementedError(
+                f"{name} ({type(module).__name__}) has buffers no state dict holds; the meta-device "
+                "load knows how to rebuild only rotary embeddings"
+            )
+        base._init_weights(module)
+
+
 def build_model(cfg: ModelConfig, vocab_size: int | None = None, dtype=torch.float32):
     """The model on CPU, before any sharding. Random init is seeded by `cfg.init_seed`."""
     from transformers import AutoModelForCausalLM

@@ -45,6 +45,8 @@ class Strategy(Protocol):
 
     def full_state_dict(self) -> dict[str, torch.Tensor] | None: ...
 
+    def load_full_state_dict(self, state: dict[str, torch.Tensor] | None) -> None: ...
+
 
 def _param_groups(model, cfg: JobConfig) -> list[dict[str, Any]]:
     """Decay matrices, not norms and biases (as HF Trainer). Trainable parameters only. Under
@@ -71,6 +73,17 @@ def _adamw(model, cfg: JobConfig) -> torch.optim.Optimizer:
 def _set_lr(optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+def _materialize(model, device: str) -> None:
+    """A model built on `meta` gets real (uninitialised) storage on `device`, and the buffers no
+    state dict carries are recomputed. Its values come next: from a checkpoint, or from
+    `load_full_state_dict` (a broadcast from rank 0)."""
+    from orchestrator.training.model import init_non_persistent_buffers
+
+    if any(p.is_meta for p in model.parameters()):
+        model.to_empty(device=device)
+        init_non_persistent_buffers(model)
 
 
 def _to_float(x) -> float:
@@ -120,6 +133,18 @@ class _DcpStrategy:
             optim_state_dict=state["optim"],
         )
 
+    def load_full_state_dict(self, state: dict[str, torch.Tensor] | None) -> None:
+        """Collective: rank 0 passes the full state dict, the others None; every rank ends with
+        its part of it (FSDP: its shards; DDP: the whole), broadcast from rank 0, so the weights
+        are read from disk once per job, not once per GPU."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        set_model_state_dict(
+            self.model,
+            state or {},
+            options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True),
+        )
+
     def full_state_dict(self):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -139,11 +164,11 @@ class DdpStrategy(_DcpStrategy):
 
         self.bf16 = cfg.train.precision == "bf16"
         device_ids = [torch.cuda.current_device()] if torch.cuda.is_available() else None
+        _materialize(model, "cuda" if torch.cuda.is_available() else "cpu")
         if torch.cuda.is_available():
             model = model.cuda()
         self.model = DistributedDataParallel(model, device_ids=device_ids)
         self.optimizer = _adamw(self.model, cfg)
-        self._sync = contextlib.nullcontext
 
     def autocast(self):
         if not self.bf16:
@@ -198,7 +223,8 @@ class FsdpStrategy(_DcpStrategy):
             kwargs["offload_policy"] = CPUOffloadPolicy()
         for layer in decoder_layers(model):
             fully_shard(layer, **kwargs)
-        fully_shard(model, **kwargs)
+        fully_shard(model, **kwargs)  # on meta too: each rank then allocates only its shards
+        _materialize(model, device)
         self.model = model
         self.optimizer = _adamw(model, cfg)
 
