@@ -14,7 +14,10 @@ exact token mean over all of them, however they are split. So the split is free 
   block-diagonal causal mask (`find_packed_sequence_indices`): no example attends to another's
   tokens, and the first label of each example is dropped so no loss crosses a boundary. Padding
   is only at row ends. On GPU with varlen flash attention each example costs only its own
-  length; with sdpa/eager (CPU) every row pays attention over its whole length.
+  length; with sdpa/eager (CPU) every row pays attention over its whole length. For flash
+  attention a packed micro-batch is flattened into one row with explicit sequence boundaries
+  (`cu_seq_lens_*`): transformers infers packing from position ids only for a single row, and
+  would otherwise run plain causal attention across the examples of each row.
 
 Every rank must run the same number of forward/backward passes (the collectives of FSDP and
 ZeRO happen inside them), so the micro-batches of a step are split until their count is a
@@ -169,12 +172,15 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
 
 
 def collate_micro_batch(
-    mb: MicroBatch, examples: list[Example], pad_id: int, fallback: Example
+    mb: MicroBatch, examples: list[Example], pad_id: int, fallback: Example, flatten: bool = False
 ) -> dict[str, torch.Tensor]:
     """Tensors for one micro-batch. Padded: input_ids/labels/attention_mask. Packed:
     input_ids/labels/position_ids (no attention mask: transformers reads the example boundaries
-    from the restarting position ids). An empty micro-batch is one fully masked row of
-    `fallback` (it trains nothing, but runs the collectives)."""
+    from the restarting position ids). Packed with `flatten` (flash attention): one row of every
+    example back to back, no padding, and the boundaries given explicitly as `cu_seq_lens_q/k`
+    and `max_length_q/k` (varlen flash attention, no device sync to find them). An empty
+    micro-batch is one fully masked row of `fallback` (it trains nothing, but runs the
+    collectives)."""
     if not mb.rows:
         n = len(fallback.input_ids)
         return {
@@ -185,6 +191,8 @@ def collate_micro_batch(
     if not mb.packed:
         return collate([examples[i] for (i,) in mb.rows], pad_id)
     rows = [[examples[i] for i in r] for r in mb.rows]
+    if flatten:
+        return _flat(rows)
     width = max(sum(len(e.input_ids) for e in r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
@@ -201,3 +209,23 @@ def collate_micro_batch(
             at += n
         pos[k, at:] = torch.arange(width - at)
     return {"input_ids": ids, "labels": labels, "position_ids": pos}
+
+
+def _flat(rows: list[list[Example]]) -> dict:
+    seqs = [e for row in rows for e in row]
+    lengths = [len(e.input_ids) for e in seqs]
+    ids = torch.tensor([[t for e in seqs for t in e.input_ids]])
+    labels = torch.tensor([[t for e in seqs for t in e.labels]])
+    pos = torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0)
+    starts = torch.tensor([0] + lengths).cumsum(0)
+    labels[0, starts[:-1]] = IGNORE_INDEX  # no target across a boundary
+    cu = starts.to(torch.int32)
+    return {
+        "input_ids": ids,
+        "labels": labels,
+        "position_ids": pos,
+        "cu_seq_lens_q": cu,
+        "cu_seq_lens_k": cu,
+        "max_length_q": max(lengths),
+        "max_length_k": max(lengths),
+    }

@@ -195,6 +195,7 @@ class StepBatches:
         tokens_per_micro_batch: int | None = None,
         pack_len: int | None = None,
         group_steps: int = 1,
+        flatten: bool = False,
     ) -> None:
         if len(examples) < global_batch_size:
             raise DataError(
@@ -210,6 +211,8 @@ class StepBatches:
         self.pad_id = pad_id
         self.mode = mode
         self.group_steps = group_steps
+        self.flatten = flatten and mode == "packed"
+        """Packed micro-batches as one flat row with explicit boundaries (flash attention)."""
         self._lens = _lengths(examples)
         longest = max(self._lens)
         self.pack_len = max(pack_len or longest, longest)
@@ -272,11 +275,15 @@ class StepBatches:
     def padded_tokens(self, step: int) -> int:
         """Token slots processed in `step` over all ranks (the padding efficiency denominator)."""
         lengths = [len(e.input_ids) for e in self.global_examples(step)]
+        if self.flatten:  # one flat row per micro-batch: no padding at all
+            return sum(lengths)
         return sum(mb.slots(lengths) for rank in self.plan(step) for mb in rank if mb.rows)
 
     def step(self, step: int) -> tuple[list[dict[str, torch.Tensor]], int]:
         """(this rank's micro-batches, number of trained tokens in the whole global batch)."""
         batch = self.global_examples(step)
         mine = self.plan(step)[self.rank]
-        tensors = [collate_micro_batch(mb, batch, self.pad_id, batch[0]) for mb in mine]
+        tensors = [
+            collate_micro_batch(mb, batch, self.pad_id, batch[0], self.flatten) for mb in mine
+        ]
         return tensors, self.step_targets(step)

@@ -188,6 +188,7 @@ class FinetuneRecipe:
             tokens_per_micro_batch=cfg.train.tokens_per_micro_batch,
             pack_len=cfg.train.pack_len,
             group_steps=cfg.train.length_grouped_steps,
+            flatten=cfg.model.attn_implementation == "flash_attention_2",
         )
 
     def _text_batches(self, data: PreparedData):
@@ -851,15 +852,18 @@ def to_device(mb: dict[str, torch.Tensor], device: torch.device) -> dict[str, to
     """A micro-batch on `device`. To a GPU: through pinned host memory, without blocking (the
     copy overlaps the previous micro-batch's compute)."""
     if device.type == "cuda":
-        return {k: v.pin_memory().to(device, non_blocking=True) for k, v in mb.items()}
-    return {k: v.to(device) for k, v in mb.items()}
+        return {
+            k: v.pin_memory().to(device, non_blocking=True) if torch.is_tensor(v) else v
+            for k, v in mb.items()
+        }
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in mb.items()}
 
 
 def loss_sum(model, mb: dict[str, torch.Tensor]) -> torch.Tensor:
     """Sum of next-token cross-entropy over trained (label != -100) positions."""
     # Padded batches carry an attention mask; packed ones carry per-example position ids.
     # No KV cache: with one, transformers does not look for packed sequences at all.
-    inputs = {k: mb[k] for k in ("input_ids", "attention_mask", "position_ids") if k in mb}
+    inputs = {k: v for k, v in mb.items() if k != "labels"}
     logits = model(**inputs, use_cache=False).logits
     # Shift the labels, not the logits: slicing logits[:, :-1] would copy all of them
     # (rows x width x vocab floats) once more per micro-batch.
