@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from orchestrator.data.formats import DataError, Row, Turn, sharegpt_turns
-from orchestrator.data.templates import IGNORE_INDEX, Example
+from orchestrator.data.templates import IGNORE_INDEX, Example, encode_spans
 
 EOS = None  # a piece whose text is None is the tokenizer's EOS token
 
@@ -445,11 +445,9 @@ class PieceTemplate:
         pieces = render(self.name, s)
         if self.name == "gpt4all":
             return self._gpt4all(pieces, max_seq_len)
-        ids, labels = list(self.bos), [IGNORE_INDEX] * len(self.bos)
-        for p in pieces:
-            t = self._ids(p)
-            ids += t
-            labels += t if p.trained else [IGNORE_INDEX] * len(t)
+        # The whole text tokenized at once, as the originals did (Alpaca, Dolly, Baize,
+        # OpenAssistant); the mask comes from character offsets (templates.encode_spans).
+        ids, labels = encode_spans(self.tok, [(p.text, p.trained) for p in pieces], self.bos)
         if len(ids) > max_seq_len:
             if self.name == "dolly":
                 return []  # Dolly drops records at or over the model's max length
@@ -463,7 +461,7 @@ class PieceTemplate:
 
     def _gpt4all(self, pieces: list[Piece], max_seq_len: int) -> list[Example]:
         """gpt4all data.py: the prompt is cut to max_len // 2 tokens; EOS only if the response
-        was not truncated."""
+        was not truncated. It tokenized prompt and response separately, so do we."""
         prompt = self._ids(pieces[0])[: max_seq_len // 2]
         response = self._ids(pieces[1])
         ids = self.bos + prompt + response

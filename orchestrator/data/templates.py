@@ -5,8 +5,10 @@ Vicuna v1.1 (FastChat `conversation.py`, sep_style TWO, seps " " and "</s>"):
     {system} USER: {u1} ASSISTANT: {a1}</s>USER: {u2} ASSISTANT: {a2}</s>
 
 FastChat v1.1 trains only on the assistant replies and their "</s>"; the system prompt and the
-"USER: ... ASSISTANT:" parts get label -100. Each piece is tokenized on its own (as torchtune does
-per message) so the mask boundary falls exactly between pieces; "</s>" is the EOS token id.
+"USER: ... ASSISTANT:" parts get label -100. Like FastChat, each example's text is tokenized
+whole (`encode_spans`), then labelled by character offsets: tokenizing piece by piece gives other
+tokens at the boundaries with a SentencePiece tokenizer (LLaMA's adds "▁" at the start of every
+call). "</s>" is the EOS token id.
 """
 
 from __future__ import annotations
@@ -21,6 +23,34 @@ VICUNA_V11_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the user's questions."
 )
+
+
+def encode_spans(
+    tok, pieces: list[tuple[str | None, bool]], bos: list[int]
+) -> tuple[list[int], list[int]]:
+    """(ids, labels) of the concatenated pieces tokenized as one text, as the originals did.
+    A piece is (text, trained); text None is the EOS token. A token is trained when its first
+    character is in a trained piece (fast tokenizers give every token its character span).
+
+    Raises:
+        ValueError: a tokenizer without offsets (a slow tokenizer).
+    """
+    text, spans, at = "", [], 0
+    for piece, trained in pieces:
+        piece = tok.eos_token if piece is None else piece
+        if trained:
+            spans.append((at, at + len(piece)))
+        text += piece
+        at += len(piece)
+    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    if "offset_mapping" not in enc:
+        raise ValueError("templates need a fast tokenizer (character offsets for the loss mask)")
+    ids = list(bos) + list(enc["input_ids"])
+    labels = [IGNORE_INDEX] * len(bos)
+    for tid, (start, end) in zip(enc["input_ids"], enc["offset_mapping"]):
+        first = start if end > start else start - 1
+        labels.append(tid if any(a <= first < b for a, b in spans) else IGNORE_INDEX)
+    return ids, labels
 
 
 @dataclass
@@ -81,21 +111,32 @@ class VicunaV11Template:
         holds as many whole rounds as fit; a single round longer than the limit is truncated
         (FastChat truncated at model_max_length).
         """
-        examples: list[Example] = []
-        ids: list[int] = []
-        labels: list[int] = []
-        for first, later in self.rounds(turns):
-            rnd = later if ids else first
-            if ids and len(ids) + len(rnd.prompt) + len(rnd.reply) > max_seq_len:
-                examples.append(Example(ids, labels))
-                ids, labels, rnd = [], [], first
-            if not ids:
-                ids = self.bos + self.header
-                labels = [IGNORE_INDEX] * len(ids)
-            ids = ids + rnd.prompt + rnd.reply
-            labels = labels + [IGNORE_INDEX] * len(rnd.prompt) + rnd.reply
-        if ids:
-            examples.append(Example(ids, labels))
+        # Which rounds go together is decided on per-round token counts; each segment's text is
+        # then tokenized whole (FastChat tokenized conv.get_prompt()).
+        segments: list[list[int]] = []
+        n = 0
+        rounds = self.rounds(turns)
+        for r, (first, later) in enumerate(rounds):
+            rnd = later if segments and segments[-1] else first
+            size = len(rnd.prompt) + len(rnd.reply)
+            if segments and segments[-1] and n + size > max_seq_len:
+                segments.append([])
+                rnd = first
+                size = len(rnd.prompt) + len(rnd.reply)
+            if not segments or not segments[-1]:
+                if not segments:
+                    segments.append([])
+                n = len(self.bos) + len(self.header)
+            segments[-1].append(r)
+            n += size
+        examples = []
+        for seg in segments:
+            pieces: list[tuple[str | None, bool]] = [(VICUNA_V11_SYSTEM, False)]
+            for j, r in enumerate(seg):
+                user, reply = turns[2 * r][1], turns[2 * r + 1][1]
+                pieces += [(f"{' ' if j == 0 else ''}USER: {user} ASSISTANT:", False),
+                           (f" {reply}", True), (None, True)]  # fmt: skip
+            examples.append(Example(*encode_spans(self.tok, pieces, self.bos)))
         out = []
         for ex in examples:
             ex = Example(ex.input_ids[:max_seq_len], ex.labels[:max_seq_len])
