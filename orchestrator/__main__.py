@@ -53,12 +53,19 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         from orchestrator.cost.prices import apply_live_prices
 
         apply_live_prices(cfg)
+    from orchestrator.cost.memory import check_job
+
+    est = check_job(cfg)
     p = project(cfg, measured=measured, vocab_size=vocab)
-    print(
-        json.dumps(p.as_dict(), indent=1)
-        if args.json
-        else f"{cfg.job} ({cfg.scale}): {p.summary()}"
-    )
+    if args.json:
+        out = p.as_dict()
+        if est is not None:
+            out["gpu_memory"] = est.as_dict()
+        print(json.dumps(out, indent=1))
+    else:
+        print(f"{cfg.job} ({cfg.scale}): {p.summary()}")
+        if est is not None:
+            print(f"  GPU memory: {est.summary()}")
     return 0
 
 
@@ -169,11 +176,13 @@ def cmd_bills(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from orchestrator.config.load import JOBS_DIR, compose
 
+    from orchestrator.cost.memory import check_job
+
     jobs = args.jobs or sorted(p.stem for p in JOBS_DIR.glob("*.yaml"))
     for job in jobs:
         for scale in ("local", "full"):
-            compose(job, scale)
-            print(f"ok  {job} ({scale})")
+            est = check_job(compose(job, scale))  # GPU jobs: memory and node disk fit
+            print(f"ok  {job} ({scale})" + (f": {est.summary()}" if est else ""))
     return 0
 
 

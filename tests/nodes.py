@@ -3,9 +3,9 @@ benchmarks of the multi-node storage contract.
 
 The head (`--num-cpus=0`, so no training worker lands there) runs where the test runs. Each
 worker node is `ray start --block` inside its own mount namespace (`unshare --mount`, needs
-root), with a private empty tmpfs over /tmp and over the project's runs/: it sees neither the
-head's temp folders (the job driver's working dir, its scratch) nor any run folder, as a GPU node
-with its own disks would not. Network, Ray, S3 (moto) and MLflow on 127.0.0.1 are shared; only
+root), with private empty tmpfs mounts over the head's folders (`hidden()`): it sees neither the
+head's folders (its Ray temp dir with the job driver's working dir, its scratch and cache) nor
+any run folder, as a GPU node with its own disks would not. Network, Ray, S3 (moto) and MLflow on 127.0.0.1 are shared; only
 the filesystem differs. A node is "preempted" by SIGKILL of every process of its session.
 """
 
@@ -118,10 +118,21 @@ class IsolatedCluster:
                 )
         raise AssertionError("unreachable")
 
+    def hidden(self) -> list[str]:
+        """The head's folders a worker node must not see: the project's runs/, the head's Ray
+        temp dir (the job driver's working dir is in it), and this machine's scratch and cache
+        (the launcher prepares data and builds bases there). Not the project or its venv: the
+        image every node runs."""
+        from orchestrator.storage.layout import default_scratch
+
+        cache = os.environ.get("ORCHESTRATOR_CACHE") or str(Path.home() / ".cache" / "orchestrator")
+        return [str(REPO / "runs"), self.temp_dir, default_scratch(), cache]
+
     def _start_worker(self, label: str, cpus: int) -> Node:
         ray = str(Path(sys.executable).with_name("ray"))
-        hide = [str(REPO / "runs"), "/tmp"]
-        (REPO / "runs").mkdir(exist_ok=True)
+        hide = self.hidden()
+        for h in hide:
+            Path(h).mkdir(parents=True, exist_ok=True)
         mounts = " && ".join(f"mount -t tmpfs tmpfs {shlex.quote(h)}" for h in hide)
         if not self.isolate:  # the same shape of cluster on one disk (the baseline)
             mounts = "true"

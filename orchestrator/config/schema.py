@@ -500,6 +500,8 @@ class InstancePrice:
     source: str = MISSING
     startup_s: float | None = None
     """Launch start-up on this kind of node (None = cost.overheads.startup_s)."""
+    local_disk_gb: float | None = None
+    """Instance-store NVMe (GB) for node scratch: checkpoint staging, data and model caches."""
 
 
 @dataclass
@@ -507,6 +509,10 @@ class GpuSpec:
     peak_flops: float = MISSING
     """Dense bf16/fp16 tensor FLOP/s of one GPU."""
     source: str = MISSING
+    memory_gib: float | None = None
+    """Device memory (GiB), for the fit check."""
+    ray_type: str | None = None
+    """Ray's accelerator type (`accelerator_type:<ray_type>` resource): jobs are pinned to it."""
 
 
 @dataclass

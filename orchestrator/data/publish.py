@@ -108,8 +108,12 @@ def source_identity(cfg: DataConfig) -> dict[str, Any]:
 
 def data_key(cfg: DataConfig) -> tuple[str, dict[str, Any]]:
     """(key, identity): the key names the prepared folder `<root>/.data/<key>/`."""
+    from orchestrator.training.bases import base_id, is_base
+
     config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in KEY_EXCLUDES}
     identity = {"format_version": FORMAT_VERSION, "config": config, "source": source_identity(cfg)}
+    if is_base(cfg.tokenizer):  # a local base's tokenizer: the base's own hash
+        identity["tokenizer_base"] = base_id(cfg.tokenizer)
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:24], identity
 

@@ -59,6 +59,13 @@ def train_bpe(texts: Iterator[str], vocab_size: int, extra_special: list[str] | 
     )
 
 
+def tokenizer_source(ref: str) -> str:
+    """A tokenizer id or folder; `base:NAME` is a local base's folder (built on first use)."""
+    from orchestrator.training.bases import is_base, local_base
+
+    return str(local_base(ref)) if is_base(ref) else ref
+
+
 def load_or_train_tokenizer(cfg: DataConfig, out_dir: Path):
     """Returns (tokenizer, folder it is saved in). Reuses `out_dir` when it already holds one."""
     from transformers import AutoTokenizer
@@ -69,7 +76,7 @@ def load_or_train_tokenizer(cfg: DataConfig, out_dir: Path):
 
     special = TEMPLATE_SPECIAL_TOKENS.get(cfg.template, [])
     if cfg.tokenizer is not None:
-        tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(cfg.tokenizer))
         if special:  # as Dolly and OpenAssistant did: the template keys become single tokens
             tokenizer.add_special_tokens({"additional_special_tokens": special})
     else:

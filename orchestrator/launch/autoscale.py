@@ -61,6 +61,9 @@ def bundles(cfg: JobConfig, market: str) -> list[dict[str, float]]:
     one = {"CPU": hw.cpus_per_worker, market: units}
     if hw.gpus_per_worker:
         one["GPU"] = hw.gpus_per_worker
+        gpu = cfg.cost.gpus.get(hw.accelerator)
+        if gpu is not None and gpu.ray_type:  # the node type that has this GPU, no other
+            one[f"accelerator_type:{gpu.ray_type}"] = 0.001
     return [dict(one) for _ in range(hw.num_workers)]
 
 

@@ -28,6 +28,7 @@ from orchestrator.cost.estimator import (
     project,
 )
 from orchestrator.cost.ledger import Ledger, NodeLife, read_timeline
+from orchestrator.cost.memory import check_job
 from orchestrator.cost.prices import apply_live_prices
 from orchestrator.data.prepared import DataManifest
 from orchestrator.launch import autoscale
@@ -130,6 +131,7 @@ def launch(
     """
     t_start = time.time()
     cfg = compose(job, scale, overrides)  # bad config: fails here, before any cluster
+    check_job(cfg)  # GPU memory and node disk: a job that cannot fit fails here
     _check_hardware(cfg)
     _check_capabilities(cfg)
     run_name = run_name or f"{cfg.job}-{cfg.scale}-{datetime.now():%Y%m%d-%H%M%S}"
@@ -145,6 +147,7 @@ def launch(
     store = storage.run_store()
     meta = _existing_meta(store, cfg, run_name)
     data_url, data = _prepare_data(cfg, storage, meta)
+    _publish_base(cfg, storage)
     projection = project(
         cfg, measured=(data.num_train, data.train_tokens), vocab_size=data.vocab_size
     )
@@ -285,6 +288,16 @@ def _prepare_data(
         )
     print(f"  prepared data: {url}")
     return url, data
+
+
+def _publish_base(cfg: JobConfig, storage: RunStorage) -> None:
+    """A local base (`model.pretrained: base:NAME`) into the durable store, where every node
+    finds it; built on this machine first if it is not cached."""
+    from orchestrator.training import bases
+
+    if bases.is_base(cfg.model.pretrained):
+        cfg.model.pretrained = bases.publish(cfg.model.pretrained, storage.root)
+        print(f"  base model: {cfg.model.pretrained}")
 
 
 def _start_mlflow_run(cfg: JobConfig, uri: str, run_name: str, meta: RunMeta | None) -> str:
@@ -465,6 +478,11 @@ def _fit(cfg: JobConfig, context: RunContext, store, ledger: Ledger, t_start: fl
                 autoscale.release()
 
 
+def _ray_accelerator(cfg: JobConfig) -> str | None:
+    gpu = cfg.cost.gpus.get(cfg.hardware.accelerator)
+    return gpu.ray_type if gpu is not None else None
+
+
 def _record_grant(store, grant: autoscale.Grant) -> None:
     meta = RunMeta.from_json(store.read_text(RUN_META) or "{}")
     meta.grants.append({**grant.as_dict(), "time": time.time()})
@@ -511,6 +529,9 @@ def _fit_tries(
             scaling_config=ScalingConfig(
                 num_workers=hw.num_workers,
                 use_gpu=on_gpu,
+                # The GPU type is part of the request: an A100-80GB job never lands on 24 GB
+                # cards, or on pricier ones (infra/ node types carry the same resource).
+                accelerator_type=_ray_accelerator(cfg),
                 resources_per_worker={
                     "CPU": hw.cpus_per_worker,
                     **({"GPU": hw.gpus_per_worker} if on_gpu else {}),

@@ -25,8 +25,11 @@ def export_hf(
     vocab_size: int,
     tokenizer_dir: Path,
     out: Path,
+    base_ref: str | None = None,
 ) -> Path:
-    """Rebuild the model on CPU, load the gathered weights (strictly) and save it under `out`."""
+    """Rebuild the model on CPU, load the gathered weights (strictly) and save it under `out`.
+    `base_ref` names the pretrained base in an adapter export (its durable URL or hub id, not
+    the node-local copy training read)."""
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -41,6 +44,9 @@ def export_hf(
         model.save_pretrained(out)
         _copy_tokenizer(tokenizer_dir, out)
         return model
+    if base_ref:
+        for peft_cfg in model.peft_config.values():
+            peft_cfg.base_model_name_or_path = base_ref
     model.save_pretrained(out / "adapter")
     if not cfg.model.pretrained:  # the base is ours (random init): ship it with the adapter
         build_model(cfg.model, vocab_size).save_pretrained(out / "base")

@@ -210,6 +210,9 @@ class FinetuneRecipe:
 
     def _setup_model(self, data: PreparedData) -> None:
         cfg = self.cfg
+        self.base_ref = cfg.model.pretrained  # as the launcher named it (a durable URL, an id)
+        if cfg.model.pretrained and cfg.model.pretrained.startswith("s3://"):
+            cfg.model.pretrained = str(self._fetch_pretrained(cfg.model.pretrained))
         self.checkpointer = Checkpointer(
             self.storage.checkpoint_url,
             staging=self.storage.node_dir(CKPT_STAGING),
@@ -282,6 +285,18 @@ class FinetuneRecipe:
                 f"{self.n_params:,} parameters trainable, {self.world} workers, "
                 f"{self.batching} batching"
             )
+
+    def _fetch_pretrained(self, url: str) -> Path:
+        """A pretrained folder in S3, downloaded once per node into its scratch."""
+        from orchestrator.training.bases import fetch
+
+        cache = self.storage.node_shared_dir("pretrained")
+        leader, _ = node_leader()
+        if leader:
+            fetch(url, cache)
+        if dist.is_initialized():
+            dist.barrier()
+        return fetch(url, cache)
 
     def _wrap(self, model):
         """Activation checkpointing and the training method (LoRA, adapter), before sharding."""
@@ -737,7 +752,12 @@ class FinetuneRecipe:
                 else self.storage.node_dir(EXPORT_STAGING)
             )
             exported = export_hf(
-                state, self.cfg, self.data.vocab_size, Path(self.data.tokenizer_dir), out
+                state,
+                self.cfg,
+                self.data.vocab_size,
+                Path(self.data.tokenizer_dir),
+                out,
+                base_ref=self.base_ref,
             )
             torch.save({**probe, "logits": logits.float()}, out / "probe.pt")
             samples = sample_generations(exported, Path(self.data.tokenizer_dir), self.cfg)

@@ -46,11 +46,13 @@ def test_recipe_trains_exports_and_resumes(job, launch_workdir):
         from peft import PeftModel
         from safetensors.torch import load_file
 
-        PeftModel.from_pretrained(
-            AutoModelForCausalLM.from_pretrained(export / "base"), export / "adapter"
-        )
-        # ~1K trainable numbers on a random-init base barely move the loss in 4 steps; the
-        # zero-initialised gates opening shows the adapter trained.
+        # the adapter names its base by where the run published it (not a node's copy)
+        adapter_cfg = json.loads((export / "adapter/adapter_config.json").read_text())
+        base = adapter_cfg["base_model_name_or_path"]
+        assert "/.bases/" in base and Path(base).exists(), base
+        PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), export / "adapter")
+        # ~1K trainable numbers barely move the loss in 4 steps; the zero-initialised gates
+        # opening shows the adapter trained.
         gates = [v for k, v in load_file(export / "adapter/adapter_model.safetensors").items()
                  if k.endswith("adaption_gate")]  # fmt: skip
         assert gates and all(float(g.abs().max()) > 0 for g in gates)

@@ -161,7 +161,8 @@ def test_autoscale_bundles_and_modes(monkeypatch):
     from orchestrator.launch import autoscale
 
     gpu = compose("vicuna", "full")
-    assert autoscale.bundles(gpu, "spot") == [{"CPU": 8, "spot": 1, "GPU": 1}] * 8
+    want = {"CPU": 8, "spot": 1, "GPU": 1, "accelerator_type:A100-80G": 0.001}
+    assert autoscale.bundles(gpu, "spot") == [want] * 8
     local = compose("vicuna", "local")
     assert autoscale.bundles(local, "on_demand") == [{"CPU": 1, "on_demand": 1}] * 2
     monkeypatch.delenv("ORCHESTRATOR_CLUSTER", raising=False)
@@ -220,3 +221,39 @@ def test_every_cluster_definition_follows_the_storage_contract():
     for group in job["spec"]["rayClusterSpec"]["workerGroupSpecs"]:
         pod = group["template"]["spec"]
         assert any(v["name"] == "scratch" for v in pod["volumes"]), group["groupName"]
+
+
+def test_every_gpu_node_type_carries_its_gpu_type():
+    """Jobs ask for `accelerator_type:<GPU>` (ScalingConfig.accelerator_type and the autoscaler
+    bundles): every GPU node type must offer the one its instance has, and only that one."""
+    gpus = compose("vicuna", "full").cost.gpus
+    aws = _load("aws-spot.yaml")
+    checked = 0
+    for name, t in aws["available_node_types"].items():
+        res, labels = t["resources"], t.get("labels", {})
+        if not res.get("GPU"):
+            assert not any(k.startswith("accelerator_type:") for k in res), name
+            continue
+        want = f"accelerator_type:{gpus[CATALOG[labels['instance_type']].gpu].ray_type}"
+        assert [k for k in res if k.startswith("accelerator_type:")] == [want], name
+        assert res[want] == 1
+        checked += 1
+    for f in ("raycluster.yaml", "rayjob.yaml"):
+        (doc,) = [d for d in _k8s(f) if d["kind"] in ("RayCluster", "RayJob")]
+        spec = doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"]["rayClusterSpec"]
+        for g in spec["workerGroupSpecs"]:
+            want = f"accelerator_type:{gpus[CATALOG[_labels(g)['instance_type']].gpu].ray_type}"
+            assert _ray_resources(g).get(want) == 1, (f, g["groupName"])
+            checked += 1
+    assert checked >= 12
+
+
+def test_a_job_asks_for_its_gpu_type():
+    from orchestrator.launch import autoscale
+    from orchestrator.launch.run import _ray_accelerator
+
+    cfg = compose("dolly", "full")
+    assert _ray_accelerator(cfg) == "A100-40G"
+    (one, *_) = autoscale.bundles(cfg, "spot")
+    assert one["accelerator_type:A100-40G"] > 0 and one["GPU"] == 1
+    assert _ray_accelerator(compose("vicuna", "local")) is None
