@@ -175,7 +175,6 @@ def cmd_bills(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from orchestrator.config.load import JOBS_DIR, compose
-
     from orchestrator.cost.memory import check_job
 
     jobs = args.jobs or sorted(p.stem for p in JOBS_DIR.glob("*.yaml"))

@@ -28,7 +28,7 @@ scales:
 def test_vicuna_composes_at_both_scales():
     local = compose("vicuna")
     assert local.scale == "local"
-    assert local.model.hidden_size == 64 and local.model.pretrained is None
+    assert local.model.hidden_size == 64 and local.model.pretrained == "base:tiny_llama"
     assert local.data.source == "data/samples/sharegpt_sample.json"
     assert local.hardware.num_workers == 2 and local.hardware.accelerator == "cpu"
     assert local.train.strategy == "fsdp"

@@ -1,6 +1,10 @@
 """Strategy and method configuration: mapping onto DeepSpeed, impossible combinations, export."""
 
 import pytest
+
+# Methods and exports on a random-init model (the local recipes' pretrained base is built on
+# first use; these tests do not need its weights).
+RANDOM = ["model.pretrained=null"]
 import torch
 
 from orchestrator.config.load import compose
@@ -78,7 +82,9 @@ def test_impossible_combinations_fail_at_config_time(overrides, match):
     [("full", None), ("lora", 2 * 2 * (64 * 8 + 8 * 64)), ("adapter", 2 * (10 * 64 + 1))],
 )
 def test_methods_freeze_the_right_parameters(method, trainable):
-    cfg = compose("vicuna", overrides=[f"train.method={method}", "adapter.adapter_layers=2"])
+    cfg = compose(
+        "vicuna", overrides=[f"train.method={method}", "adapter.adapter_layers=2", *RANDOM]
+    )
     model = apply_method(build_model(cfg.model, 512), cfg)
     n_train, n_total = count_trainable(model)
     assert n_train == (n_total if trainable is None else trainable)
@@ -87,7 +93,7 @@ def test_methods_freeze_the_right_parameters(method, trainable):
 
 def test_adapter_starts_as_the_base_model():
     """LLaMA-Adapter's gates are zero-initialised: at step 0 the model is exactly the base."""
-    cfg = compose("vicuna", overrides=["train.method=adapter", "adapter.adapter_layers=2"])
+    cfg = compose("vicuna", overrides=["train.method=adapter", "adapter.adapter_layers=2", *RANDOM])
     x = torch.randint(0, 512, (2, 12))
     base = build_model(cfg.model, 512)(input_ids=x).logits
     adapted = apply_method(build_model(cfg.model, 512), cfg)(input_ids=x).logits
@@ -98,7 +104,9 @@ def test_adapter_starts_as_the_base_model():
 def test_export_loads_with_from_pretrained_and_gives_the_same_logits(method, tmp_path, tokenizer):
     from transformers import AutoModelForCausalLM
 
-    cfg = compose("vicuna", overrides=[f"train.method={method}", "adapter.adapter_layers=2"])
+    cfg = compose(
+        "vicuna", overrides=[f"train.method={method}", "adapter.adapter_layers=2", *RANDOM]
+    )
     model = apply_method(build_model(cfg.model, len(tokenizer)), cfg)
     with torch.no_grad():  # pretend training moved every trainable weight
         for p in model.parameters():
