@@ -1,15 +1,26 @@
 """Export a trained model as a Hugging Face folder that `from_pretrained` loads.
 
-- full: `export/` is a plain model folder (+ tokenizer).
+- full: `export/` is a plain model folder (+ tokenizer), safetensors sharded by layer.
 - lora with `export.merge_lora`: the adapter is merged into the weights: a plain model folder.
 - lora without merging, and adapter (LLaMA-Adapter cannot be merged): `export/adapter/` is a peft
   adapter folder and `export/base/` the frozen base it applies to (only for random-init bases;
-  a pretrained base is named by its id in the adapter's config).
+  a pretrained base is named by its durable URL or id in the adapter's config).
+
+`export_sharded` writes it layer by layer: the strategy gathers one tensor at a time
+(`iter_full_tensors`, collective), rank 0 merges LoRA weights as their parts arrive and writes a
+safetensors shard per layer, in the training dtype (bf16 on GPUs). No rank ever holds the whole
+model (a ZeRO-3 export used to gather every parameter on every GPU; an FSDP one re-loaded the
+base in fp32 on rank 0), and nothing is re-read from disk. Sample generations need the model
+in memory: they are made only up to `SAMPLE_MAX_PARAMS` (on CPU here), and skipped above it,
+saying so.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -52,6 +63,184 @@ def export_hf(
         build_model(cfg.model, vocab_size).save_pretrained(out / "base")
         _copy_tokenizer(tokenizer_dir, out / "base")
     return model
+
+
+SAMPLE_MAX_PARAMS = 1_000_000_000
+"""Above this size, sample generations are skipped (they would load the model on one CPU)."""
+_LAYER = re.compile(r"\.(?:layers|h)\.(\d+)\.")
+_PEFT_PREFIX = "base_model.model."
+
+
+def export_mode(cfg: JobConfig) -> str:
+    """ "model" (a plain folder: full fine-tune, merged LoRA) or "adapter" (a peft folder)."""
+    m = cfg.train.method
+    return "model" if m == "full" or (m == "lora" and cfg.export.merge_lora) else "adapter"
+
+
+_SAFETENSORS_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+    torch.uint8: "U8", torch.bool: "BOOL",
+}  # fmt: skip
+
+
+class _ShardWriter:
+    """safetensors files of one layer each (and one per run of non-layer tensors), with the
+    index transformers reads. Each tensor goes to disk as it arrives (the shard's data is
+    written to a side file, then the header and the data make the shard), so the writer holds
+    no tensor: memory is the one tensor being converted. The format is safetensors' own
+    (8-byte little-endian header length, a JSON header of dtype/shape/offsets, raw row-major
+    bytes); `safetensors.torch.save_file` would first build the whole shard in memory."""
+
+    def __init__(self, out: Path, dtype: torch.dtype) -> None:
+        self.out, self.dtype = out, dtype
+        self.key: str | None = None
+        self.entries: dict[str, dict] = {}
+        self.data = None
+        self.offset = 0
+        self.weight_map: dict[str, str] = {}
+        self.total = 0
+        self.n = 0
+
+    def add(self, name: str, t: torch.Tensor) -> None:
+        m = _LAYER.search(name)
+        key = m.group(1) if m else "other"
+        if self.entries and key != self.key:
+            self._flush()
+        self.key = key
+        if self.data is None:
+            self.data = (self.out / ".shard.data").open("wb")
+            self.offset = 0
+        t = (t.to(self.dtype) if t.is_floating_point() else t).contiguous()
+        nbytes = t.numel() * t.element_size()
+        if nbytes:
+            self.data.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+        self.entries[name] = {
+            "dtype": _SAFETENSORS_DTYPES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [self.offset, self.offset + nbytes],
+        }
+        self.offset += nbytes
+
+    def _flush(self) -> None:
+        import struct
+
+        self.n += 1
+        fname = f"model-{self.n:05d}.safetensors"
+        self.data.close()
+        header = json.dumps(
+            {"__metadata__": {"format": "pt"}, **self.entries}, separators=(",", ":")
+        ).encode()
+        header += b" " * (-len(header) % 8)  # the data starts 8-byte aligned
+        side = self.out / ".shard.data"
+        with (self.out / fname).open("wb") as f, side.open("rb") as src:
+            f.write(struct.pack("<Q", len(header)))
+            f.write(header)
+            shutil.copyfileobj(src, f, 16 << 20)
+        side.unlink()
+        for k, e in self.entries.items():
+            self.weight_map[k] = fname
+            self.total += e["data_offsets"][1] - e["data_offsets"][0]
+        self.entries, self.data = {}, None
+
+    def close(self) -> None:
+        if self.entries:
+            self._flush()
+        index = {"metadata": {"total_size": self.total}, "weight_map": self.weight_map}
+        (self.out / "model.safetensors.index.json").write_text(json.dumps(index, indent=1))
+
+
+def export_sharded(
+    tensors: Iterator[tuple[str, torch.Tensor | None]],
+    model,
+    cfg: JobConfig,
+    tokenizer_dir: Path,
+    out: Path,
+    rank: int,
+    base_ref: str | None = None,
+) -> None:
+    """Consume the collective tensor stream (every rank must); rank 0 writes the folder.
+    `model` is this rank's (wrapped or sharded) model, for its config and peft settings. A
+    streamed tensor is only valid until the next one is requested (a ZeRO-3 gather is
+    released then): what is kept longer is copied."""
+    if rank != 0:
+        for _ in tensors:
+            pass
+        return
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    peft = getattr(model, "peft_config", None)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if export_mode(cfg) == "adapter":
+        sd = {name: t.clone() for name, t in tensors if t is not None}  # small: trained only
+        if base_ref:
+            for peft_cfg in model.peft_config.values():
+                peft_cfg.base_model_name_or_path = base_ref
+        model.save_pretrained(out / "adapter", state_dict=sd)
+        if not cfg.model.pretrained:  # a random-init base (tests, from scratch): ship it
+            build_model(cfg.model, base.config.vocab_size).save_pretrained(out / "base")
+            _copy_tokenizer(tokenizer_dir, out / "base")
+        return
+    dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
+    writer = _ShardWriter(out, dtype)
+    scale = (cfg.lora.alpha / cfg.lora.r) if peft and cfg.train.method == "lora" else 1.0
+    tied = bool(getattr(base.config, "tie_word_embeddings", False))
+    pending: dict[str, dict[str, torch.Tensor]] = {}
+    for name, t in tensors:
+        name = name.removeprefix(_PEFT_PREFIX)
+        if ".lora_A." in name or ".lora_B." in name or ".base_layer." in name:
+            module, part = _lora_part(name)
+            got = pending.setdefault(module, {})
+            got[part] = t.clone()  # kept past this item: the stream may reuse its tensor
+            if {"weight", "A", "B"} <= set(got):  # every part of this LoRA linear is here
+                w = got.pop("weight").float() + scale * (
+                    got.pop("B").float() @ got.pop("A").float()
+                )
+                writer.add(f"{module}.weight", w)
+                if "bias" in got:
+                    writer.add(f"{module}.bias", got.pop("bias"))
+                if not got:
+                    pending.pop(module)
+            continue
+        if tied and name == "lm_head.weight":
+            continue
+        writer.add(name, t)
+    for module, got in pending.items():  # a bias that arrived after its weights
+        for part, t in got.items():
+            writer.add(f"{module}.{part}", t)
+    writer.close()
+    config = base.config
+    config.torch_dtype = dtype
+    config.save_pretrained(out)
+    _copy_tokenizer(tokenizer_dir, out)
+
+
+def _lora_part(name: str) -> tuple[str, str]:
+    """'...q_proj.lora_A.default.weight' -> ('...q_proj', 'A'); base_layer -> weight/bias."""
+    if ".lora_A." in name:
+        return name.split(".lora_A.")[0], "A"
+    if ".lora_B." in name:
+        return name.split(".lora_B.")[0], "B"
+    module, rest = name.split(".base_layer.")
+    return module, rest
+
+
+def load_export(out: Path):
+    """The exported model for sample generations (plain folder, or base + adapter), built on
+    this process alone (never under a live ZeRO-3 config: that would make it collective)."""
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    if (out / "adapter").exists():
+        from peft import PeftModel
+
+        cfg = json.loads((out / "adapter" / "adapter_config.json").read_text())
+        base_dir = out / "base" if (out / "base").exists() else cfg["base_model_name_or_path"]
+        base = AutoModelForCausalLM.from_pretrained(base_dir)
+        return PeftModel.from_pretrained(base, out / "adapter")
+    return AutoModelForCausalLM.from_pretrained(out)
 
 
 def fold_mup(model, cfg: JobConfig):

@@ -53,7 +53,13 @@ def decoder_layers(model) -> list[torch.nn.Module]:
 
 
 def count_trainable(model) -> tuple[int, int]:
-    """(trainable, total) parameters, counted before wrapping (global counts)."""
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    """(trainable, total) parameters, counted before wrapping (global counts; a parameter
+    ZeRO-3 has already partitioned counts its full size, `ds_numel`)."""
+    total = sum(numel(p) for p in model.parameters())
+    trainable = sum(numel(p) for p in model.parameters() if p.requires_grad)
     return trainable, total
+
+
+def numel(p) -> int:
+    """Elements of a parameter, whole (DeepSpeed ZeRO-3 leaves an empty tensor in place)."""
+    return int(getattr(p, "ds_numel", p.numel()))

@@ -49,12 +49,10 @@ def check_export(run_dir: Path, method: str = "full") -> None:
 
     out = run_dir / "export"
     probe = torch.load(out / "probe.pt")
-    if method == "adapter":
-        from peft import PeftModel
+    if method == "adapter":  # the base it names (a pretrained base's durable copy) + adapter
+        from orchestrator.training.export import load_export
 
-        model = PeftModel.from_pretrained(
-            AutoModelForCausalLM.from_pretrained(out / "base"), out / "adapter"
-        )
+        model = load_export(out)
     else:
         model = AutoModelForCausalLM.from_pretrained(out)
     with torch.no_grad():
