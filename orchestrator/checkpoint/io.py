@@ -2,11 +2,14 @@
 
 Save (every rank calls it at the same step):
   1. wait for the previous save to be persisted (saves never overlap);
-  2. every rank writes its shards and its RNG state into a local staging folder (blocking);
-  3. persist: each node's leader makes its node's files durable (`store.put_files`: hashes, and
-     on S3 uploads); the parts are gathered on rank 0, which writes the manifest last
-     (`store.commit`) and prunes. With `async_save` step 3 runs in a background thread, on its
-     own gloo process group, while training goes on.
+  2. every rank writes its shards and its RNG state into its own folder (`SaveTarget`): for an
+     S3 store a node-local staging folder per rank, for a folder store the checkpoint's own
+     temporary folder. Files are hashed as they are written. With `async_save` and DCP
+     (`dcp.async_save`), training blocks only while the state is copied to CPU memory;
+  3. persist: every rank uploads its own files (in parallel across ranks; S3) and reports their
+     sizes and hashes; the parts are gathered on rank 0, which writes the manifest last
+     (`store.commit`) and prunes. With `async_save` steps 2's write and 3 run in a background
+     thread, on their own gloo process group, while training goes on.
 
 A persist that fails (S3 down beyond the retries, disk full) leaves no complete checkpoint for
 that step and a warning; training continues and the next save tries again. Loading takes the
@@ -15,6 +18,7 @@ newest checkpoint whose files verify against their manifest, skipping broken one
 
 from __future__ import annotations
 
+import io
 import logging
 import shutil
 import threading
@@ -27,6 +31,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from orchestrator.checkpoint.hashing import SaveTarget
 from orchestrator.checkpoint.manifest import FILES_KEY, step_dirname
 from orchestrator.checkpoint.store import IncompleteCheckpoint, LocalStore, open_store
 
@@ -116,27 +121,41 @@ class Checkpointer:
         self.stats = SaveStats()
 
     # ------------------------------------------------------------------ save
-    def save(self, step: int, write_shards: Callable[[Path], None], state: dict[str, Any]) -> float:
-        """Checkpoint `step`. Returns the seconds training was blocked."""
+    def save(
+        self,
+        step: int,
+        write_shards: Callable[[SaveTarget, dist.ProcessGroup | None], Any],
+        state: dict[str, Any],
+    ) -> float:
+        """Checkpoint `step`. `write_shards(target, group)` writes this rank's part into
+        `target`; given a process group it may return a future (an async DCP save running on
+        that group). Returns the seconds training was blocked."""
         t0 = time.perf_counter()
         self.wait()
-        staging = self.store.staging_dir(step, self.staging)
-        if self.rank == 0:
-            shutil.rmtree(staging, ignore_errors=True)
+        shared = isinstance(self.store, LocalStore)
+        root = self.store.staging_dir(step, self.staging)
+        folder = root if shared else root / f"rank_{self.rank:05d}"
+        if self.rank == 0 and shared:
+            shutil.rmtree(root, ignore_errors=True)
+        if not shared:
+            shutil.rmtree(folder, ignore_errors=True)
         _barrier()
-        if self.leader:  # staging is node-local: one folder per node
-            staging.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
         _barrier()
-        write_shards(staging)
-        torch.save(torch.get_rng_state(), staging / f"rng_rank{self.rank}.pt")
-        _barrier()
+        target = SaveTarget(folder, self.rank)
+        future = write_shards(target, self.group if self.async_save else None)
+        buf = io.BytesIO()
+        torch.save(torch.get_rng_state(), buf)
+        target.write_bytes(f"rng_rank{self.rank}.pt", buf.getvalue())
         if self.async_save:
             self._pending = threading.Thread(
-                target=self._persist, args=(step, staging, state, t0), daemon=True
+                target=self._persist, args=(step, target, future, state, t0, shared), daemon=True
             )
             self._pending.start()
         else:
-            self._persist(step, staging, state, t0)
+            if future is not None:
+                future.result()
+            self._persist(step, target, None, state, t0, shared)
         blocked = time.perf_counter() - t0
         self.stats.blocked_s.append(blocked)
         return blocked
@@ -147,13 +166,21 @@ class Checkpointer:
             self._pending.join()
             self._pending = None
 
-    def _persist(self, step: int, staging: Path, state: dict[str, Any], t0: float) -> None:
+    def _persist(
+        self, step: int, target: SaveTarget, future, state: dict[str, Any], t0: float, shared: bool
+    ) -> None:
         part: dict[str, Any] | None = None
-        if self.leader:
-            try:
-                part = {"files": self.store.put_files(staging, step)}
-            except Exception as e:  # noqa: BLE001 - a storage hiccup must not kill training
-                part = {"error": f"{type(e).__name__}: {e}"}
+        try:
+            if future is not None:
+                future.result()  # the async write of this rank's shards
+            if shared:  # one folder for all ranks: report what this rank wrote (hashed)
+                part = {"files": target.written()}
+            else:  # every rank uploads its own folder's files, in parallel
+                files = target.files()
+                self.store.put_files(target.folder, step, files)
+                part = {"files": files}
+        except Exception as e:  # noqa: BLE001 - a storage hiccup must not kill training
+            part = {"error": f"{type(e).__name__}: {e}"}
         parts: list[dict[str, Any] | None] = [None] * (
             dist.get_world_size() if dist.is_initialized() else 1
         )
@@ -163,14 +190,21 @@ class Checkpointer:
             parts = [part]
         if self.rank == 0:
             errors = [p["error"] for p in parts if p and "error" in p]
-            files: dict[str, Any] = {}
-            for p in parts:
-                files.update((p or {}).get("files", {}))
             try:
                 if errors:
                     raise RuntimeError("; ".join(errors))
+                files = {}
+                for p in parts:
+                    files.update((p or {}).get("files") or {})
+                if shared:  # files written around the targets (DeepSpeed's): hashed now
+                    on_disk = {
+                        str(f.relative_to(target.folder))
+                        for f in target.folder.rglob("*")
+                        if f.is_file()
+                    }
+                    files.update(target.files(sorted(on_disk - set(files))))
                 manifest = {**state, FILES_KEY: files, "committed_at": time.time()}
-                self.store.commit(step, staging, manifest)
+                self.store.commit(step, target.folder, manifest)
                 self.stats.committed.append(step)
                 self.stats.bytes.append(sum(f["bytes"] for f in files.values()))
                 self.stats.persist_s.append(time.perf_counter() - t0)
@@ -186,8 +220,22 @@ class Checkpointer:
                 )
         if dist.is_initialized():
             dist.barrier(group=self.group)
-        if self.leader:
-            self.store.discard_staging(staging)
+        if not shared:
+            self.store.discard_staging(target.folder)
+
+    def save_fits(self, window_s: float) -> bool:
+        """Would a save finish within `window_s` (a spot notice's)? Collective: decided on rank
+        0 from its measured saves (written and committed, the longest of the last three; a save
+        still in flight counts twice) and broadcast, so every rank makes the same choice.
+        Unknown before the first save: try."""
+        fits = torch.tensor([1])
+        if self.rank == 0:
+            times = self.stats.persist_s[-3:] or self.stats.blocked_s[-3:]
+            need = max(times, default=0.0) * (2 if self._pending is not None else 1)
+            fits[0] = int(need <= window_s)
+        if dist.is_initialized():
+            dist.broadcast(fits, src=0)
+        return bool(fits.item())
 
     # ------------------------------------------------------------------ load
     def load_latest(

@@ -18,10 +18,10 @@ S3 layout is `s3://bucket/prefix/step_XXXXXXXX/...` with the manifest uploaded l
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,6 @@ from orchestrator.checkpoint.manifest import (
     MANIFEST,
     BadManifest,
     _write_atomic,
-    file_hashes,
     list_checkpoints,
     parse_manifest,
     publish,
@@ -68,8 +67,8 @@ class LocalStore:
     def staging_dir(self, step: int, base: Path) -> Path:
         return self.root / tmp_dirname(step)  # staged next to where it is published
 
-    def put_files(self, staging: Path, step: int) -> dict[str, dict[str, Any]]:
-        return file_hashes(staging)  # the files are already where they stay
+    def put_files(self, staging: Path, step: int, files: dict[str, dict[str, Any]]) -> None:
+        pass  # the files are already where they stay
 
     def commit(self, step: int, staging: Path, manifest: dict[str, Any]) -> None:
         """Write the manifest (last, atomically) and publish the folder."""
@@ -137,20 +136,10 @@ class S3Store:
     def staging_dir(self, step: int, base: Path) -> Path:
         return base / tmp_dirname(step)
 
-    def put_files(self, staging: Path, step: int) -> dict[str, dict[str, Any]]:
-        # Hash while uploading (hashlib and the socket writes both release the GIL).
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            hashing = pool.submit(file_hashes, staging)
-            rels = sorted(
-                str(p.relative_to(staging))
-                for p in staging.rglob("*")
-                if p.is_file() and p.name != MANIFEST
-            )
-            for rel in rels:
-                self.s3.upload(staging / rel, self.bucket, self._key(step, rel))
-            part = hashing.result()
-        assert sorted(part) == rels, "staging changed while it was uploaded"
-        return part
+    def put_files(self, staging: Path, step: int, files: dict[str, dict[str, Any]]) -> None:
+        """Upload one rank's files (already hashed) into the checkpoint's prefix."""
+        for rel in sorted(files):
+            self.s3.upload(staging / rel, self.bucket, self._key(step, rel))
 
     def commit(self, step: int, staging: Path, manifest: dict[str, Any]) -> None:
         """Upload the manifest last: only now is the checkpoint complete."""
@@ -166,6 +155,9 @@ class S3Store:
 
     def discard_staging(self, staging: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
+        parent = staging.parent  # the step's folder, once its last rank is done
+        with contextlib.suppress(OSError):
+            parent.rmdir()
 
     def complete_steps(self) -> list[int]:
         """Steps with a manifest, newest first. Anything else under the prefix is ignored."""

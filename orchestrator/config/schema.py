@@ -419,7 +419,9 @@ class CheckpointConfig:
     keep_every: int | None = None
     """Also keep every checkpoint whose step is a multiple of this (milestones)."""
     async_save: bool = False
-    """Upload/commit in the background; training blocks only while shards are written."""
+    """Save in the background. DCP (DDP, FSDP2): the state is copied into CPU memory and
+    training goes on while every rank writes and uploads its shards (`dcp.async_save`);
+    DeepSpeed writes synchronously and uploads in the background."""
     resume: str = "auto"
     """auto: continue from the newest complete checkpoint if one exists; never: refuse an existing run; must: fail without one."""
     dir: str | None = None
@@ -427,6 +429,10 @@ class CheckpointConfig:
     credentials from the AWS environment, e.g. AWS_ENDPOINT_URL). None = runs/<job>/<run>/checkpoints."""
     notice_poll_s: float = 2.0
     """How often the spot-notice watcher polls the cloud metadata endpoint."""
+    notice_window_s: float = 100.0
+    """Time a spot notice leaves for an emergency save (AWS gives 120 s before the node is
+    taken, minus detection). A save measured to take longer is not started: the run resumes
+    from the last interval checkpoint instead of losing a half-written one."""
 
     def __post_init__(self) -> None:
         _choice("checkpoint.interval", self.interval, ("steps", "minutes", "auto"))
@@ -436,6 +442,7 @@ class CheckpointConfig:
         _positive("checkpoint.keep_last", self.keep_last)
         _positive("checkpoint.keep_every", self.keep_every)
         _positive("checkpoint.notice_poll_s", self.notice_poll_s)
+        _positive("checkpoint.notice_window_s", self.notice_window_s)
         _choice("checkpoint.resume", self.resume, RESUME_MODES)
         if self.interval == "minutes" and self.every_minutes is None:
             raise ConfigError("checkpoint.interval=minutes needs checkpoint.every_minutes")
@@ -536,6 +543,9 @@ class Overheads:
     restart_s: float = 300.0
     """A new node after a preemption, plus reload."""
     checkpoint_write_bytes_per_s: float = 1.0e9
+    """One node writing (and uploading) its shards of a checkpoint; all nodes write at once."""
+    checkpoint_stage_bytes_per_s: float = 5.0e9
+    """One GPU copying its shard into CPU memory (what an async DCP save blocks training for)."""
     spot_preemptions_per_node_hour: float = 0.05
     """Expected spot interruptions per node-hour (SkyPilot/AWS reports for GPU spot: a few %/h)."""
 

@@ -204,6 +204,8 @@ class RunResult:
     method: str = ""
     batching: str = ""
     peak_rss_mb_per_worker: list[float] = field(default_factory=list)
+    peak_gpu_mb_per_worker: list[float] = field(default_factory=list)
+    """torch.cuda.max_memory_allocated per worker (0 on CPU)."""
     checkpoint_s: list[float] = field(default_factory=list)
     checkpoint_persist_s: list[float] = field(default_factory=list)
     checkpoint_bytes: list[int] = field(default_factory=list)

@@ -58,7 +58,14 @@ from orchestrator.tracking.mlflow_logger import (
     replay_all,
     replay_rows,
 )
-from orchestrator.training.export import export_hf, sample_generations
+from orchestrator.training.export import (
+    SAMPLE_MAX_PARAMS,
+    export_hf,
+    export_mode,
+    export_sharded,
+    load_export,
+    sample_generations,
+)
 from orchestrator.training.methods import apply_method, count_trainable
 from orchestrator.training.model import build_meta_model, build_model, pretrained_state_dict
 from orchestrator.training.schedule import lr_at, warmup_steps_for
@@ -238,6 +245,9 @@ class FinetuneRecipe:
         self.flops_per_token, self.peak_flops = self._flops_model(data)
         self.strategy = build_strategy(model, cfg)
         self.model = self.strategy.model
+        # The ZeRO-3 loading hook has done its job: later model builds (the export's samples,
+        # on rank 0 alone) must not think they are collective.
+        self._hf_ds_config = None
         resuming = cfg.checkpoint.resume != "never" and bool(self._complete_steps())
         if deferred and not resuming:
             self._load_pretrained(data)
@@ -315,10 +325,13 @@ class FinetuneRecipe:
         ):
             # ZeRO-3: with this config alive, from_pretrained loads straight into partitions
             # (deepspeed.zero.Init): no rank ever holds the whole model.
+            import deepspeed
             from transformers.integrations import HfDeepSpeedConfig
 
             from orchestrator.training.strategies import deepspeed_config
 
+            # DeepSpeed's own view of the world first (its config checks the batch against it).
+            deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
             self._hf_ds_config = HfDeepSpeedConfig(deepspeed_config(cfg, self.world))
         return build_model(cfg.model, data.vocab_size)
 
@@ -503,11 +516,24 @@ class FinetuneRecipe:
             save_due, notice = self._agree_on_save_and_notice()
             if notice:
                 self.stop_reason = "preempted"
-                self.save_checkpoint(emergency=True)
+                window = cfg.checkpoint.notice_window_s
+                source = self.notice.source if self.notice else "another rank"
+                if self.checkpointer.save_fits(window):
+                    self.save_checkpoint(emergency=True)
+                    self.checkpointer.wait()
+                    raise Preempted(
+                        f"spot notice ({source}): saved step {self.step}; the launcher resumes "
+                        "from it"
+                    )
+                # It would be cut off mid-write: the interval checkpoint is the resume point.
                 self.checkpointer.wait()
+                self._print(
+                    f"spot notice: a save takes longer than the {window:.0f} s notice window; "
+                    f"no emergency save, the run resumes from step {self.last_save_step}"
+                )
                 raise Preempted(
-                    f"spot notice ({self.notice.source if self.notice else 'another rank'}): "
-                    f"saved step {self.step}; the launcher resumes from it"
+                    f"spot notice ({source}): no time to save step {self.step}; the launcher "
+                    f"resumes from step {self.last_save_step}"
                 )
             if save_due or self.step == self.total_steps:
                 self.save_checkpoint()
@@ -695,19 +721,23 @@ class FinetuneRecipe:
         where = f"{self.checkpointer.store.url}/step_{self.step:08d}"
         if self.cfg.checkpoint.async_save and not emergency:
             self._print(
-                f"{how} step {self.step}: shards written in {seconds:.2f} s, persisting in the background to {where}"
+                f"{how} step {self.step}: training blocked {seconds:.2f} s; writing and "
+                f"uploading in the background to {where}"
             )
         else:
             self._print(f"{how} saved: {where} ({seconds:.2f} s)")
 
-    def _write_checkpoint(self, folder: Path) -> None:
+    def _write_checkpoint(self, target, group):
         """The strategy's shards, plus (rank 0) the metrics MLflow does not have yet: committed
         with the manifest, they reach MLflow even if this node is gone before it sends them."""
-        self.strategy.write_checkpoint(folder)
+        future = self.strategy.write_checkpoint(target, group)
         if self.rank == 0 and isinstance(self.logger, BufferedMlflowLogger):
             rows = self.logger.unsent()
             if rows:
-                (folder / METRICS_TAIL).write_text("".join(json.dumps(r) + "\n" for r in rows))
+                target.write_bytes(
+                    METRICS_TAIL, "".join(json.dumps(r) + "\n" for r in rows).encode()
+                )
+        return future
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
@@ -742,25 +772,32 @@ class FinetuneRecipe:
             logits = self.model(
                 input_ids=on_device["input_ids"], attention_mask=on_device["attention_mask"]
             ).logits.cpu()
-        state = self.strategy.full_state_dict()
+        # A folder store is written in place; for S3 the export is staged on this node.
+        in_place = isinstance(self.run_store, FolderStore)
+        out = (
+            self.run_store.local_path(EXPORT) if in_place else self.storage.node_dir(EXPORT_STAGING)
+        )
+        tokenizer_dir = Path(self.data.tokenizer_dir)
+        if self.cfg.model.mup_base_width is not None:  # muP folds multipliers into the weights
+            state = self.strategy.full_state_dict()
+            if self.rank == 0:
+                export_hf(state, self.cfg, self.data.vocab_size, tokenizer_dir, out,
+                          base_ref=self.base_ref)  # fmt: skip
+        else:
+            names = None
+            if export_mode(self.cfg) == "adapter":  # gather only what was trained
+                names = {n for n, p in _unwrapped(self.model).named_parameters() if p.requires_grad}
+            export_sharded(
+                self.strategy.iter_full_tensors(names), _unwrapped(self.model), self.cfg,
+                tokenizer_dir, out, self.rank, base_ref=self.base_ref,
+            )  # fmt: skip
         if self.rank == 0:
-            # A folder store is written in place; for S3 the export is staged on this node.
-            in_place = isinstance(self.run_store, FolderStore)
-            out = (
-                self.run_store.local_path(EXPORT)
-                if in_place
-                else self.storage.node_dir(EXPORT_STAGING)
-            )
-            exported = export_hf(
-                state,
-                self.cfg,
-                self.data.vocab_size,
-                Path(self.data.tokenizer_dir),
-                out,
-                base_ref=self.base_ref,
-            )
             torch.save({**probe, "logits": logits.float()}, out / "probe.pt")
-            samples = sample_generations(exported, Path(self.data.tokenizer_dir), self.cfg)
+            if self.n_params <= SAMPLE_MAX_PARAMS:
+                samples = sample_generations(load_export(out), tokenizer_dir, self.cfg)
+            else:
+                samples = {"skipped": f"{self.n_params:,} parameters: load {EXPORT}/ on a GPU "
+                           "to sample from it"}  # fmt: skip
             (out / "samples.json").write_text(json.dumps(samples, indent=1))
             if not in_place:
                 self.run_store.upload_dir(out, EXPORT)
@@ -773,6 +810,11 @@ class FinetuneRecipe:
         peak_rss_mb = [0.0] * self.world
         dist.all_gather_object(
             peak_rss_mb, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        )
+        peak_gpu_mb = [0.0] * self.world  # what the fit check estimated (cost/memory.py)
+        on_gpu = self.device.type == "cuda"
+        dist.all_gather_object(
+            peak_gpu_mb, torch.cuda.max_memory_allocated(self.device) / 2**20 if on_gpu else 0.0
         )
         if self.rank != 0:
             return
@@ -801,6 +843,7 @@ class FinetuneRecipe:
             method=self.cfg.train.method,
             batching=self.batching,
             peak_rss_mb_per_worker=peak_rss_mb,
+            peak_gpu_mb_per_worker=peak_gpu_mb,
             checkpoint_s=self.checkpoint_s,
             checkpoint_persist_s=self.checkpointer.stats.persist_s,
             checkpoint_bytes=self.checkpointer.stats.bytes,
@@ -854,6 +897,11 @@ class FinetuneRecipe:
                 self.run_store.append_lines(METRICS_PENDING, [json.dumps(r) for r in left])
         if dist.is_initialized():
             dist.barrier()  # avoids gloo aborting at exit (docs/facts/stack.md, Ray)
+
+
+def _unwrapped(model):
+    """The HF (or peft) model inside a DDP wrapper or a DeepSpeed engine."""
+    return getattr(model, "module", model)
 
 
 def worker_device() -> torch.device:

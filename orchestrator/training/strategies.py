@@ -19,12 +19,14 @@ another worker count on load; DeepSpeed writes its own ZeRO checkpoint (same wor
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
 
+from orchestrator.checkpoint.hashing import SaveTarget
 from orchestrator.config.schema import JobConfig
 from orchestrator.training.methods import decoder_layers
 
@@ -39,11 +41,15 @@ class Strategy(Protocol):
 
     def step(self, lr: float, max_norm: float | None) -> float: ...
 
-    def write_checkpoint(self, folder: Path) -> None: ...
+    def write_checkpoint(self, target: SaveTarget, group: Any = None) -> Any: ...
 
     def read_checkpoint(self, folder: Path) -> None: ...
 
     def full_state_dict(self) -> dict[str, torch.Tensor] | None: ...
+
+    def iter_full_tensors(
+        self, names: set[str] | None = None
+    ) -> Iterator[tuple[str, torch.Tensor | None]]: ...
 
     def load_full_state_dict(self, state: dict[str, torch.Tensor] | None) -> None: ...
 
@@ -112,12 +118,20 @@ class _DcpStrategy:
         self.optimizer.zero_grad(set_to_none=True)
         return _to_float(norm)
 
-    def write_checkpoint(self, folder: Path) -> None:
+    def write_checkpoint(self, target: SaveTarget, group: Any = None) -> Any:
+        """This rank's DCP shards into `target` (hashed as written). With a process group,
+        `dcp.async_save`: the state is staged in CPU memory, the files are written in a
+        background thread on that group, and a future is returned; training is blocked only
+        for the copy."""
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_state_dict
 
         model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(folder))
+        state = {"model": model_sd, "optim": optim_sd}
+        if group is not None:
+            return dcp.async_save(state, storage_writer=target.dcp_writer(), process_group=group)
+        dcp.save(state, storage_writer=target.dcp_writer())
+        return None
 
     def read_checkpoint(self, folder: Path) -> None:
         import torch.distributed.checkpoint as dcp
@@ -144,6 +158,22 @@ class _DcpStrategy:
             state or {},
             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True),
         )
+
+    def iter_full_tensors(
+        self, names: set[str] | None = None
+    ) -> Iterator[tuple[str, torch.Tensor | None]]:
+        """(name, the whole tensor on rank 0 / None elsewhere), one tensor at a time, in
+        state-dict order (only `names`, when given). Collective: a sharded tensor is
+        all-gathered only when its turn comes, so no rank ever holds more than one of them
+        besides its shards."""
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        for name, value in self.model.state_dict().items():
+            if names is not None and name.removeprefix("module.") not in names:
+                continue
+            if hasattr(value, "full_tensor"):
+                value = value.full_tensor()
+            yield name.removeprefix("module."), (value.detach().cpu() if rank == 0 else None)
+            del value
 
     def full_state_dict(self):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -316,8 +346,10 @@ class DeepSpeedStrategy:
         self.engine.step()
         return _to_float(self.engine.get_global_grad_norm())
 
-    def write_checkpoint(self, folder: Path) -> None:
-        self.engine.save_checkpoint(str(folder), tag=self.TAG, save_latest=False)
+    def write_checkpoint(self, target: SaveTarget, group: Any = None) -> Any:
+        """DeepSpeed writes synchronously (its files are hashed when persisted)."""
+        self.engine.save_checkpoint(str(target.folder), tag=self.TAG, save_latest=False)
+        return None
 
     def read_checkpoint(self, folder: Path) -> None:
         path, _ = self.engine.load_checkpoint(
@@ -325,6 +357,35 @@ class DeepSpeedStrategy:
         )
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load the checkpoint in {folder}")
+
+    def iter_full_tensors(
+        self, names: set[str] | None = None
+    ) -> Iterator[tuple[str, torch.Tensor | None]]:
+        """One parameter gathered at a time (ZeRO-3: GatheredParameters of that parameter only),
+        then the persistent buffers; rank 0 gets each whole tensor, the others None."""
+        import deepspeed
+
+        module = self.engine.module
+        rank = dist.get_rank()
+        for name, p in module.named_parameters():
+            if names is not None and name not in names:
+                continue
+            ctx = (
+                deepspeed.zero.GatheredParameters([p], modifier_rank=None)
+                if self.zero_stage == 3
+                else contextlib.nullcontext()
+            )
+            with ctx:  # the gathered tensor itself: valid until the next item is requested
+                yield name, (p.detach().cpu() if rank == 0 else None)
+        for name, b in module.named_buffers():
+            if names is not None:
+                break
+            if name.rsplit(".", 1)[-1] not in getattr(
+                module.get_submodule(name.rsplit(".", 1)[0]) if "." in name else module,
+                "_non_persistent_buffers_set",
+                set(),
+            ):
+                yield name, (b.detach().cpu() if rank == 0 else None)
 
     def full_state_dict(self):
         import deepspeed

@@ -10,7 +10,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from orchestrator.checkpoint.manifest import FILES_KEY, MANIFEST, tmp_dirname
+from orchestrator.checkpoint.manifest import FILES_KEY, MANIFEST, file_hashes, tmp_dirname
 from orchestrator.checkpoint.store import IncompleteCheckpoint, S3Store
 from orchestrator.storage.s3 import S3
 from tests.faults import FaultyProxy
@@ -40,7 +40,8 @@ def stage(base: Path, step: int, files: dict[str, bytes]) -> Path:
 
 def save(store: S3Store, base: Path, step: int, files: dict[str, bytes]) -> None:
     staging = stage(base, step, files)
-    part = store.put_files(staging, step)
+    part = file_hashes(staging)
+    store.put_files(staging, step, part)
     store.commit(step, staging, {"step": step, FILES_KEY: part})
 
 
@@ -50,7 +51,7 @@ def test_s3_roundtrip_multipart_and_manifest_last(s3, tmp_path):
     save(store, tmp_path, 2, {"__0_0.distcp": b"a" * 100, "sub/big.bin": big})
     # Files uploaded but no manifest yet: not a complete checkpoint.
     staging = stage(tmp_path, 4, {"__0_0.distcp": b"b" * 100})
-    store.put_files(staging, 4)
+    store.put_files(staging, 4, file_hashes(staging))
     assert store.complete_steps() == [2]
     folder = store.fetch(2, tmp_path / "cache")
     assert (folder / "sub/big.bin").read_bytes() == big
@@ -66,14 +67,15 @@ def test_s3_corrupted_or_truncated_objects_are_detected(s3, tmp_path):
     with pytest.raises(IncompleteCheckpoint, match="sha256"):
         store.fetch(4, tmp_path / "cache")
     client.put_object(Bucket="ckpts", Key="r/step_00000002/x.bin", Body=b"1" * 10)
-    with pytest.raises(IncompleteCheckpoint, match="bytes"):
+    with pytest.raises(IncompleteCheckpoint, match="wrong size"):
         store.fetch(2, tmp_path / "cache")
 
 
 def test_s3_commit_refuses_when_a_file_is_missing(s3, tmp_path):
     store = S3Store("s3://ckpts/m")
     staging = stage(tmp_path, 2, {"a.bin": b"a", "b.bin": b"b"})
-    part = store.put_files(staging, 2)
+    part = file_hashes(staging)
+    store.put_files(staging, 2, part)
     boto3.client("s3").delete_object(Bucket="ckpts", Key="m/step_00000002/b.bin")
     with pytest.raises(IncompleteCheckpoint, match="b.bin"):
         store.commit(2, staging, {"step": 2, FILES_KEY: part})
@@ -85,7 +87,8 @@ def test_s3_prune_keeps_last_and_milestones(s3, tmp_path):
     for step in (2, 4, 6, 8):
         save(store, tmp_path, step, {"w.bin": bytes([step]) * 10})
     stage(tmp_path, 5, {"w.bin": b"x"})
-    store.put_files(tmp_path / tmp_dirname(5), 5)  # an abandoned save
+    abandoned = tmp_path / tmp_dirname(5)
+    store.put_files(abandoned, 5, file_hashes(abandoned))  # an abandoned save
     store.prune(keep_last=1, keep_every=4, newest_committed=8)
     assert store.complete_steps() == [8, 4]
     keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="ckpts")["Contents"]]
@@ -113,7 +116,8 @@ def test_s3_gives_up_on_a_dead_endpoint_with_a_clear_error(s3, tmp_path, monkeyp
         store = S3Store("s3://ckpts/d", s3=S3(attempts=2, backoff_s=0.1))
         proxy.outage(60)
         with pytest.raises(Exception, match=r"(?i)connection|endpoint"):
-            store.put_files(stage(tmp_path, 2, {"a.bin": b"a"}), 2)
+            staged = stage(tmp_path, 2, {"a.bin": b"a"})
+            store.put_files(staged, 2, file_hashes(staged))
     finally:
         proxy.close()
 

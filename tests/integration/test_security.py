@@ -173,8 +173,8 @@ def s3(start_moto, monkeypatch):
 def save_s3(tmp_path: Path, url: str, step: int) -> None:
     ck = Checkpointer(url, staging=tmp_path / "staging", keep_last=9)
 
-    def write(folder: Path) -> None:
-        (folder / "__0_0.distcp").write_bytes(b"s" * 64)
+    def write(target, group) -> None:
+        target.write_bytes("__0_0.distcp", b"s" * 64)
 
     ck.save(step, write, {"step": step})
 

@@ -84,3 +84,19 @@ def test_auto_counts_steps_until_it_has_measured_a_save_then_follows_young_daly(
     assert iv.seconds(2.0, 3600, 5) < target
     # slower saves: longer interval
     assert iv.seconds(8.0, 0, 0) > target
+
+
+def test_an_emergency_save_is_tried_only_when_measured_saves_fit_the_notice(tmp_path):
+    """The spot notice leaves ~2 minutes: a save measured to take longer is not started (a
+    half-written checkpoint is worth nothing), the interval checkpoint is the resume point."""
+    from orchestrator.checkpoint.io import Checkpointer
+
+    ck = Checkpointer(str(tmp_path / "ck"), staging=tmp_path / "st", keep_last=1)
+    assert ck.save_fits(100.0)  # nothing measured yet: try
+    ck.stats.persist_s = [40.0, 130.0, 60.0]
+    assert not ck.save_fits(100.0)  # the slowest of the last three decides
+    ck.stats.persist_s = [40.0, 45.0]
+    assert ck.save_fits(100.0)
+    ck._pending = object()  # a save still in flight must finish first
+    assert not ck.save_fits(80.0) and ck.save_fits(90.0)
+    ck._pending = None

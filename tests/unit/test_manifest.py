@@ -7,6 +7,7 @@ import pytest
 from orchestrator.checkpoint.manifest import (
     MANIFEST,
     commit,
+    file_hashes,
     latest_complete,
     list_checkpoints,
     step_dirname,
@@ -128,7 +129,8 @@ def test_a_commit_that_dies_midway_leaves_the_previous_checkpoint_latest(
     staging = store.staging_dir(4, tmp_path)
     staging.mkdir()
     (staging / "__0_0.distcp").write_bytes(b"z" * 1000)
-    part = store.put_files(staging, 4)
+    part = file_hashes(staging)
+    store.put_files(staging, 4, part)
     module, name = target.split(".")
     monkeypatch.setattr(os, name, _fail_nth(getattr(os, name), n))
     with pytest.raises(DiskFull):

@@ -1,10 +1,6 @@
 """Strategy and method configuration: mapping onto DeepSpeed, impossible combinations, export."""
 
 import pytest
-
-# Methods and exports on a random-init model (the local recipes' pretrained base is built on
-# first use; these tests do not need its weights).
-RANDOM = ["model.pretrained=null"]
 import torch
 
 from orchestrator.config.load import compose
@@ -13,6 +9,10 @@ from orchestrator.training.export import export_hf
 from orchestrator.training.methods import apply_method, count_trainable, decoder_layers
 from orchestrator.training.model import build_model
 from orchestrator.training.strategies import deepspeed_config
+
+# Methods and exports on a random-init model (the local recipes' pretrained base is built on
+# first use; these tests do not need its weights).
+RANDOM = ["model.pretrained=null"]
 
 
 def test_deepspeed_config_means_the_same_hyperparameters():
