@@ -169,16 +169,59 @@ def train_tokens(cfg: JobConfig, measured: tuple[int, int] | None = None) -> flo
     return workload(cfg, measured).tokens
 
 
-def _checkpoint_bytes(w: Workload) -> float:
-    """bf16 weights + fp32 master + Adam moments = 16 bytes per trained parameter (+2 per frozen)."""
-    trained = w.n_params if w.method == "full" else 0.01 * w.n_params
-    return 16.0 * trained
+@dataclass(frozen=True)
+class SaveTimes:
+    """One checkpoint save of a job: seconds training is blocked, seconds until committed."""
+
+    blocked_s: float
+    total_s: float
+    measured: bool = False
+    """From this run's own saves (else the model below)."""
+
+
+def save_times(
+    cfg: JobConfig, n_params: int, n_trainable: int, measured: SaveTimes | None = None
+) -> SaveTimes:
+    """The save of `cfg`: measured when the run has saved before (its result file), else
+    modelled. Every rank writes and uploads its own shards, so a node's share goes at the
+    node's write rate (`checkpoint_write_bytes_per_s`), all nodes at once. An async DCP save
+    blocks training only while the state is copied into CPU staging, each GPU its shard at
+    `checkpoint_stage_bytes_per_s`; a synchronous save (or DeepSpeed's) blocks throughout."""
+    if measured is not None:
+        return measured
+    from orchestrator.cost.memory import checkpoint_bytes
+
+    hw, o = cfg.hardware, cfg.cost.overheads
+    nbytes = checkpoint_bytes(cfg, n_params, n_trainable)
+    write_s = nbytes / (o.checkpoint_write_bytes_per_s * max(1, hw.num_nodes))
+    if cfg.checkpoint.async_save and cfg.train.strategy != "deepspeed":
+        workers = hw.num_workers * (hw.gpus_per_worker if hw.accelerator != "cpu" else 1)
+        blocked = nbytes / (o.checkpoint_stage_bytes_per_s * max(1, workers))
+        return SaveTimes(blocked_s=blocked, total_s=blocked + write_s)
+    return SaveTimes(blocked_s=write_s, total_s=write_s)
+
+
+def measured_save_times(blocked_s: list[float], total_s: list[float]) -> SaveTimes | None:
+    """A run's measured save (the median of its saves), or None before its first save."""
+    if not blocked_s or not total_s:
+        return None
+    import statistics
+
+    return SaveTimes(statistics.median(blocked_s), statistics.median(total_s), measured=True)
 
 
 def project(
-    cfg: JobConfig, measured: tuple[int, int] | None = None, vocab_size: int | None = None
+    cfg: JobConfig,
+    measured: tuple[int, int] | None = None,
+    vocab_size: int | None = None,
+    saves: SaveTimes | None = None,
 ) -> Projection:
-    """The projected bill of `cfg` on its declared hardware, with a low/high range."""
+    """The projected bill of `cfg` on its declared hardware, with a low/high range.
+
+    Args:
+        measured: (examples, processed tokens) of one epoch of the prepared data.
+        saves: this run's measured save time (a continued run), else modelled (`save_times`).
+    """
     hw, cm = cfg.hardware, cfg.cost
     price = cm.instances[hw.instance_type]
     if hw.accelerator == "cpu":
@@ -200,8 +243,14 @@ def project(
         if cfg.train.max_steps is not None
         else math.ceil(w.tokens / w.seq_len / cfg.train.global_batch_size)
     )
-    # Sharded checkpoints: every node writes its shards at once.
-    save_s = _checkpoint_bytes(w) / (o.checkpoint_write_bytes_per_s * max(1, hw.num_nodes))
+    if w.method == "full":
+        n_trainable = w.n_params
+    else:
+        from orchestrator.cost.memory import trainable_params
+
+        n_trainable = trainable_params(cfg, vocab_size)[1]
+    save = save_times(cfg, w.n_params, n_trainable, saves)
+    save_s = save.blocked_s  # what a save costs training (Young/Daly's C)
     rate = o.spot_preemptions_per_node_hour * max(1, hw.num_nodes)
     ck = cfg.checkpoint
     if ck.interval == "minutes" and ck.every_minutes:
@@ -219,9 +268,12 @@ def project(
         "startup": (price.startup_s if price.startup_s is not None else o.startup_s) / 3600.0,
         "checkpoints": n_saves * save_s / 3600.0,
     }
-    # Spot: expected preemptions, each losing on average half a checkpoint interval + a restart.
+    # Spot: expected preemptions, each losing on average half a checkpoint interval, the part
+    # of a save still in flight (async: written after training resumed), and a restart.
     interval_h = compute_h / max(1, n_saves)
-    lost_per_preemption_h = interval_h / 2 + o.restart_s / 3600.0
+    lost_per_preemption_h = (
+        interval_h / 2 + (save.total_s - save.blocked_s) / 3600.0 + o.restart_s / 3600.0
+    )
     base_h = compute_h + sum(overhead.values())
     lost_share = rate * lost_per_preemption_h
     if lost_share >= 0.9:
@@ -276,6 +328,9 @@ def project(
             "peak_flops": peak,
             "steps": steps,
             "checkpoint_saves": n_saves,
+            "checkpoint_blocked_s": save.blocked_s,
+            "checkpoint_total_s": save.total_s,
+            "checkpoint_save_measured": save.measured,
             "preemptions_expected_on_spot": rate * spot_h,
             "hours_on_demand": base_h,
             "hours_spot": spot_h,

@@ -180,6 +180,19 @@ def trainable_params(cfg: JobConfig, vocab: int | None = None) -> tuple[int, int
     return _COUNTS[key]
 
 
+def checkpoint_bytes(cfg: JobConfig, n_params: int, n_trainable: int) -> float:
+    """Bytes of one checkpoint, the one figure the disk check, the bill and the save-time model
+    use. DCP (DDP, FSDP2) saves the model state dict as trained (fp32 weights: the sharded
+    master copy mixed precision computes from) and Adam's two fp32 moments of the trained
+    parameters: 4 P + 8 T. DeepSpeed saves the module's weights in their training dtype (2
+    bytes in bf16/fp16) and, per trained parameter, the fp32 master copy and both moments:
+    2 P + 12 T (4 P + 12 T in fp32)."""
+    if cfg.train.strategy == "deepspeed":
+        weight = 4.0 if cfg.train.precision == "fp32" else 2.0
+        return weight * n_params + 12.0 * n_trainable
+    return 4.0 * n_params + 8.0 * n_trainable
+
+
 def disk_bytes_per_node(
     cfg: JobConfig, n_params: int, n_trainable: int, data_bytes: float
 ) -> float:
@@ -188,7 +201,7 @@ def disk_bytes_per_node(
     the whole state dict), the pretrained base when it is fetched from S3 (bf16), and the
     prepared data copy (from an S3 store)."""
     nodes = max(1, cfg.hardware.num_nodes)
-    ckpt = 4.0 * n_params + 8.0 * n_trainable
+    ckpt = checkpoint_bytes(cfg, n_params, n_trainable)
     base = 2.0 * n_params if (cfg.model.pretrained or "").startswith("s3://") else 0.0
     return 2 * ckpt / nodes + base + data_bytes
 

@@ -24,6 +24,7 @@ from orchestrator.cost.bill import bill_markdown, log_bill
 from orchestrator.cost.estimator import (
     Projection,
     cluster_price_per_hour,
+    measured_save_times,
     price_per_hour,
     project,
 )
@@ -32,6 +33,7 @@ from orchestrator.cost.memory import check_job
 from orchestrator.cost.prices import apply_live_prices
 from orchestrator.data.prepared import DataManifest
 from orchestrator.launch import autoscale
+from orchestrator.launch.worker_env import worker_env
 from orchestrator.storage import resolve as storage_resolve
 from orchestrator.storage.layout import (
     BILL_JSON,
@@ -148,8 +150,14 @@ def launch(
     meta = _existing_meta(store, cfg, run_name)
     data_url, data = _prepare_data(cfg, storage, meta)
     _publish_base(cfg, storage)
+    previous = _read_result(store) if meta else None  # a continued run has measured its saves
     projection = project(
-        cfg, measured=(data.num_train, data.train_tokens), vocab_size=data.vocab_size
+        cfg,
+        measured=(data.num_train, data.train_tokens),
+        vocab_size=data.vocab_size,
+        saves=measured_save_times(previous.checkpoint_s, previous.checkpoint_persist_s)
+        if previous
+        else None,
     )
     low, high = projection.usd_range
     print(
@@ -368,29 +376,6 @@ def _bill_tags(bill: dict[str, Any], attempt: dict[str, Any], result: RunResult 
     return tags
 
 
-# Storage and tracking settings the driver has and the training workers need: on a Ray cluster
-# workers start from their node's environment, not the driver's (an IAM role on the node is the
-# better way to give S3 credentials; these cover endpoints, regions and explicit keys).
-FORWARDED_ENV = (
-    "AWS_ENDPOINT_URL",
-    "AWS_ENDPOINT_URL_S3",
-    "AWS_REGION",
-    "AWS_DEFAULT_REGION",
-    "AWS_PROFILE",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_EC2_METADATA_SERVICE_ENDPOINT",
-    "GCE_METADATA_HOST",
-    "MLFLOW_TRACKING_URI",
-    "MLFLOW_S3_ENDPOINT_URL",
-)
-
-
-def _forwarded_env() -> dict[str, str]:
-    return {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
-
-
 def _confirm_budget(cfg: JobConfig, projection: Projection, yes: bool) -> None:
     """A projection over budget.max_usd needs a yes before anything is spent."""
     cap = cfg.budget.max_usd
@@ -524,7 +509,7 @@ def _fit_tries(
             train_loop_config={
                 "config": to_dict(cfg),
                 "context": context.to_dict(),
-                "env": _forwarded_env(),
+                "env": worker_env(os.environ),  # settings; secrets only by opt-in
             },
             scaling_config=ScalingConfig(
                 num_workers=hw.num_workers,

@@ -146,3 +146,38 @@ def test_projection_over_the_cap_needs_a_yes(monkeypatch, tmp_path):
     with pytest.raises(ConfigError, match=r"exceeds budget.max_usd=\$1e-06.*--yes"):
         launch("vicuna", "local", ["budget.max_usd=0.000001"])
     assert not ray.is_initialized()
+
+
+def test_checkpoint_bytes_one_figure_per_strategy():
+    from orchestrator.cost.memory import checkpoint_bytes
+
+    fsdp = compose("vicuna", "full")
+    assert checkpoint_bytes(fsdp, 10, 10) == 120  # fp32 weights + Adam (m, v)
+    assert checkpoint_bytes(fsdp, 10, 1) == 48  # a frozen base saves its weights only
+    ds = compose("vicuna", "full", ["train.strategy=deepspeed", "train.precision=bf16"])
+    assert checkpoint_bytes(ds, 10, 10) == 140  # bf16 module + fp32 master and moments
+
+
+def test_save_times_async_blocks_only_for_the_copy_and_measured_wins():
+    from orchestrator.cost.estimator import SaveTimes, measured_save_times, save_times
+
+    n = 13_000_000_000
+    sync = save_times(compose("vicuna", "full", ["checkpoint.async_save=false"]), n, n)
+    asyn = save_times(compose("vicuna", "full", ["checkpoint.async_save=true"]), n, n)
+    assert sync.blocked_s == sync.total_s == pytest.approx(12 * n / 1e9)  # 1 node at 1 GB/s
+    assert asyn.blocked_s == pytest.approx(12 * n / (5e9 * 8))  # 8 GPUs copy at once
+    assert asyn.total_s == pytest.approx(asyn.blocked_s + sync.total_s)
+    two = save_times(
+        compose("vicuna", "full", ["checkpoint.async_save=false", "hardware.num_nodes=2"]), n, n
+    )
+    assert two.total_s == pytest.approx(sync.total_s / 2)  # every node writes its share
+    measured = measured_save_times([2.0, 1.0, 9.0], [30.0, 40.0, 50.0])
+    assert measured == SaveTimes(2.0, 40.0, measured=True)  # medians
+    assert measured_save_times([], []) is None
+    cfg = compose("vicuna", "full")
+    p = project(cfg, saves=measured)
+    assert p.assumptions["checkpoint_blocked_s"] == 2.0
+    assert p.assumptions["checkpoint_save_measured"] is True
+    # A save that blocks longer costs more hours.
+    slow = project(cfg, saves=SaveTimes(200.0, 400.0, measured=True))
+    assert slow.overhead_hours["checkpoints"] > p.overhead_hours["checkpoints"]
