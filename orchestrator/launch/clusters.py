@@ -312,8 +312,16 @@ def job_env(name: str) -> dict[str, str]:
     $ORCHESTRATOR_STORAGE_ROOT) as its shared root, and the sqlite MLflow store next to it, so
     runs and their MLflow records stay where the user launched from (not in the job's unpacked
     working_dir, which Ray deletes with the session)."""
+    from orchestrator.launch.worker_env import OPT_IN, forwarded_secrets
+
     env = {"ORCHESTRATOR_CLUSTER": name, "PYTHONUNBUFFERED": "1"}
     env.update({k: os.environ[k] for k in SUBMITTED_ENV if os.environ.get(k)})
+    # Static secrets only by name (ORCHESTRATOR_FORWARD_SECRETS): a runtime environment is
+    # stored in the cluster's GCS and shown on its dashboard.
+    secrets = [k for k in forwarded_secrets(os.environ) if os.environ.get(k)]
+    if secrets:
+        env[OPT_IN] = ",".join(secrets)
+        env.update({k: os.environ[k] for k in secrets})
     if is_fake(name):
         root = env.get("ORCHESTRATOR_STORAGE_ROOT", "runs")
         if not root.startswith("s3://"):
