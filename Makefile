@@ -45,7 +45,7 @@ help:
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@echo "setting up $(VENV): torch==2.13.0 (CPU) first, then the pinned rest"
+	@echo "setting up $(VENV): torch==2.13.0 first (PyPI's wheel: CUDA on a GPU machine), then the pinned rest"
 	$(BIN)/pip install -q torch==2.13.0 $(PIP_QUIET)
 	$(BIN)/pip install -q -e '.[dev]' $(PIP_QUIET)
 	$(BIN)/pip install -q --no-build-isolation deepspeed==0.19.8 $(PIP_QUIET)
@@ -97,7 +97,7 @@ test-integration: $(STAMP)
 	$(BIN)/python -m pytest -m integration
 
 test-gpu: $(STAMP)
-	$(BIN)/python -m pytest -m gpu
+	$(BIN)/python -m pytest -m gpu tests/gpu -v
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py

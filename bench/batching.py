@@ -125,6 +125,7 @@ def _config(steps: int, mode: str, workers: int, threads: int, **train):
             "export.enabled=false",
             "optim.lr=1e-4",
             f"data.max_seq_len={MAX_LEN}",
+            "model.pretrained=null",  # the bench model's own shape, random init as HF Trainer's
             *[
                 f"model.{k}={getattr(mc, k)}"
                 for k in (

@@ -35,6 +35,7 @@ def run(steps: int = 30, threads: int = 2) -> dict:
         "local",
         [
             f"train.max_steps={steps}",
+            "model.pretrained=null",  # the model is built here, from the same config
             "checkpoint.every_steps=100000",
             f"train.num_threads_per_worker={threads}",
             "hardware.num_workers=1",

@@ -23,6 +23,7 @@ def run(steps: int = 6) -> dict:
     from orchestrator.launch.run import launch
 
     model = [
+        "model.pretrained=null",  # its own shape, random init
         "model.hidden_size=512",
         "model.intermediate_size=1376",
         "model.num_layers=8",
