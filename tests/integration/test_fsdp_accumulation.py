@@ -28,6 +28,7 @@ SCRIPT = textwrap.dedent(
     from orchestrator.training.strategies import FsdpStrategy
 
     cfg = compose("vicuna", "local", ["train.strategy=fsdp", "train.activation_checkpointing=false",
+                                      "model.pretrained=null",
                                       f"hardware.num_workers={world}", f"hardware.num_nodes={nodes}",
                                       "train.micro_batch_size=1", "train.global_batch_size=16"])
     gen = torch.Generator().manual_seed(0)
