@@ -23,6 +23,7 @@ Errors name the file (or "command line") and the key, so a typo fails before any
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,28 @@ def _merge_into(schema: DictConfig, data: dict[str, Any], where: str) -> DictCon
         raise ConfigError(f"{where}: invalid key {key!r}: {msg}") from None
 
 
+_RESOLVER = re.compile(r"\$\{\s*[^}\s]*:")  # ${name:...}: a resolver call (oc.env, oc.decode, ...)
+
+
+def _refuse_resolvers(obj: Any, where: str, key: str = "") -> None:
+    """Interpolation between config keys (`${optim.lr}`) is allowed; resolvers are not: they
+    would read the environment (`${oc.env:AWS_SECRET_ACCESS_KEY}`) into params, tags, artifacts
+    and error messages. Checked on the raw text, before anything is resolved."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _refuse_resolvers(v, where, f"{key}.{k}" if key else str(k))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            _refuse_resolvers(v, where, f"{key}[{i}]")
+    elif isinstance(obj, str) and _RESOLVER.search(obj):
+        name = key or obj.partition("=")[0]
+        raise ConfigError(
+            f"{where}: {name}: resolvers such as ${{oc.env:...}} are not allowed in job configs "
+            "(they would copy environment values, secrets included, into MLflow and logs); "
+            "interpolating another key, like ${optim.lr}, is"
+        )
+
+
 def compose(
     job: str,
     scale: str | None = None,
@@ -160,24 +183,38 @@ def compose(
 
     where = f"{path} (scale {scale})"
     cfg: DictConfig = OmegaConf.structured(JobConfig)
+    blocks: dict[str, Path] = {}
     for section in BLOCK_DIRS:
         if section in merged:
             block_path, merged[section] = _split_block(section, merged[section], where)
             if block_path is not None:  # the block first, so its own errors name its file
-                cfg = _merge_into(cfg, {section: _read_yaml(block_path)}, str(block_path))
+                blocks[section] = block_path
+                block = _read_yaml(block_path)
+                _refuse_resolvers(block, str(block_path), section)
+                cfg = _merge_into(cfg, {section: block}, str(block_path))
+    _refuse_resolvers(merged, where)
     cfg = _merge_into(cfg, merged, where)
 
     if overrides:
         for item in overrides:
             if "=" not in item:
                 raise ConfigError(f"command line: override {item!r} must look like key=value")
-        cfg = _merge_into(
-            cfg, OmegaConf.to_container(OmegaConf.from_dotlist(overrides)), "command line"
-        )
+            _refuse_resolvers(item, "command line")
+        try:
+            dotlist = OmegaConf.to_container(OmegaConf.from_dotlist(overrides))
+        except (OmegaConfBaseException, yaml.YAMLError, ValueError) as e:
+            raise ConfigError(
+                f"command line: cannot read the overrides {overrides}: "
+                f"{str(e).splitlines()[0]} (values are YAML: quote brackets and colons)"
+            ) from None
+        cfg = _merge_into(cfg, dotlist, "command line")
+        where += " with the command-line overrides"
 
     try:
         obj = OmegaConf.to_object(cfg)
     except ConfigError as e:
+        if str(e).startswith("cost.") and "cost" in blocks:  # a catalog entry: name its file
+            where += f", price catalog {blocks['cost']}"
         raise ConfigError(f"{where}: {e}") from None
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", "") or ""

@@ -39,11 +39,10 @@ def bill_markdown(job: str, run: str, bill: dict[str, Any]) -> str:
 
 def log_bill(tracking_uri: str, run_id: str, store: Any) -> None:
     """bill.md and bill.json of the run's durable store as MLflow artifacts under bill/."""
-    from mlflow.tracking import MlflowClient
-
     from orchestrator.storage.layout import BILL_JSON, BILL_MD
+    from orchestrator.tracking.runs import client as mlflow_client
 
-    client = MlflowClient(tracking_uri)
+    client = mlflow_client(tracking_uri)
     for name in (BILL_MD, BILL_JSON):
         text = store.read_text(name)
         if text is not None:

@@ -142,9 +142,9 @@ def write_bills(out_dir: Path, tracking_uri: str, log_to_mlflow: bool = True) ->
     paths["json"].write_text(json.dumps({"projected": proj, "actual": actual}, indent=1))
     _chart(proj, paths["png"])
     if log_to_mlflow:
-        from mlflow.tracking import MlflowClient
+        from orchestrator.tracking.runs import client as mlflow_client
 
-        client = MlflowClient(tracking_uri)
+        client = mlflow_client(tracking_uri)
         exp = client.get_experiment_by_name("bills")
         exp_id = exp.experiment_id if exp else client.create_experiment("bills")
         run = client.create_run(exp_id, run_name="bills", tags={"kind": "bills"})

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Protocol
 
 from orchestrator.storage.s3 import S3, join_key, split_url
+from orchestrator.tracking.redact import scrub
 
 PARTS = ".parts"
 
@@ -87,6 +88,7 @@ class FolderStore:
             return None
 
     def write_text(self, rel: str, text: str) -> None:
+        text = scrub(text)  # nothing in the durable store carries a secret
         path = self._path(rel)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
@@ -99,6 +101,7 @@ class FolderStore:
     def append_lines(self, rel: str, lines: list[str]) -> None:
         if not lines:
             return
+        lines = [scrub(line) for line in lines]
         path = self._path(rel)
         path.parent.mkdir(parents=True, exist_ok=True)
         with self._lock, path.open("a") as f:
@@ -164,7 +167,7 @@ class S3Prefix:
         return None if data is None else data.decode()
 
     def write_text(self, rel: str, text: str) -> None:
-        self.s3.put_bytes(self.bucket, self._key(rel), text.encode())
+        self.s3.put_bytes(self.bucket, self._key(rel), scrub(text).encode())
 
     def append_lines(self, rel: str, lines: list[str]) -> None:
         if not lines:
@@ -174,7 +177,7 @@ class S3Prefix:
             seq = self._seq
         # Sortable and unique across processes: time, then pid and a per-process sequence.
         name = f"{time.time_ns():020d}-{os.getpid():07d}-{seq:06d}.jsonl"
-        body = "".join(line.rstrip("\n") + "\n" for line in lines).encode()
+        body = "".join(scrub(line).rstrip("\n") + "\n" for line in lines).encode()
         self.s3.put_bytes(self.bucket, self._key(f"{rel}{PARTS}/{name}"), body)
 
     def read_lines(self, rel: str) -> list[str]:

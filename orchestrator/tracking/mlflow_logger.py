@@ -51,9 +51,9 @@ def _client(tracking_uri: str):
     # Fail fast instead of MLflow's minutes of retries: our own thread retries.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-    from mlflow.tracking import MlflowClient
+    from orchestrator.tracking.runs import client
 
-    return MlflowClient(tracking_uri=tracking_uri)
+    return client(tracking_uri)
 
 
 def _sent_path(journal: Path) -> Path:

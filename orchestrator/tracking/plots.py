@@ -60,11 +60,10 @@ def loss_and_cost_plots(tracking_uri: str, run_id: str, out_dir: Path) -> list[P
 def log_run_artifacts(tracking_uri: str, run_id: str, store, checkpoint_url: str) -> None:
     """Loss/cost plots, the manifest of the latest complete checkpoint, sample generations
     (`store`: the run's folder in the durable store)."""
-    from mlflow.tracking import MlflowClient
-
     from orchestrator.checkpoint.store import open_store
+    from orchestrator.tracking.runs import client
 
-    c = MlflowClient(tracking_uri)
+    c = client(tracking_uri)
     with tempfile.TemporaryDirectory() as d:
         for p in loss_and_cost_plots(tracking_uri, run_id, Path(d)):
             c.log_artifact(run_id, str(p), "plots")

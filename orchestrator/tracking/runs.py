@@ -6,12 +6,13 @@ and in every checkpoint), so a run's metrics, params and bill stay in one place 
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
 
 from orchestrator.config.load import flatten
-from orchestrator.tracking.redact import redact
+from orchestrator.tracking.redact import redact, redact_value, scrub
 
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 
@@ -25,9 +26,69 @@ def tracking_uri() -> str:
 
 
 def client(uri: str):
+    """An MLflow client whose every string on the way in (params, tags, run names, text and
+    table artifacts, text files logged as artifacts) is scrubbed of secrets (tracking/redact.py).
+    All MLflow writes of the project go through it."""
+    return _safe_client_class()(tracking_uri=uri)
+
+
+_TEXT_SUFFIXES = (".md", ".json", ".jsonl", ".yaml", ".yml", ".txt", ".csv", ".log")
+
+
+@functools.cache
+def _safe_client_class():
+    from mlflow.entities import Param, RunTag
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=uri)
+    def tags_of(tags):
+        return {k: scrub(str(v)) for k, v in (tags or {}).items()}
+
+    class SafeMlflowClient(MlflowClient):
+        def create_run(self, experiment_id, *args, tags=None, run_name=None, **kwargs):
+            return super().create_run(
+                experiment_id, *args, tags=tags_of(tags),
+                run_name=scrub(run_name) if run_name else run_name, **kwargs,
+            )  # fmt: skip
+
+        def set_tag(self, run_id, key, value, *args, **kwargs):
+            return super().set_tag(run_id, key, scrub(str(value)), *args, **kwargs)
+
+        def log_param(self, run_id, key, value, *args, **kwargs):
+            return super().log_param(run_id, key, scrub(str(value)), *args, **kwargs)
+
+        def log_batch(self, run_id, metrics=(), params=(), tags=(), *args, **kwargs):
+            params = [Param(p.key, scrub(str(p.value))) for p in params]
+            tags = [RunTag(t.key, scrub(str(t.value))) for t in tags]
+            return super().log_batch(run_id, metrics, params, tags, *args, **kwargs)
+
+        def log_text(self, run_id, text, artifact_file, *args, **kwargs):
+            return super().log_text(run_id, scrub(text), artifact_file, *args, **kwargs)
+
+        def log_dict(self, run_id, dictionary, artifact_file, *args, **kwargs):
+            return super().log_dict(run_id, redact(dictionary), artifact_file, *args, **kwargs)
+
+        def log_table(self, run_id, data, artifact_file, *args, **kwargs):
+            if isinstance(data, dict):
+                data = {k: [redact_value(x) for x in v] for k, v in data.items()}
+            return super().log_table(run_id, data, artifact_file, *args, **kwargs)
+
+        def log_artifact(self, run_id, local_path, artifact_path=None, *args, **kwargs):
+            path = Path(local_path)
+            if path.is_file() and path.suffix in _TEXT_SUFFIXES:
+                text = path.read_text(errors="replace")
+                clean = scrub(text)
+                if clean != text:  # log a scrubbed copy under the same name
+                    import tempfile
+
+                    with tempfile.TemporaryDirectory() as d:
+                        copy = Path(d) / path.name
+                        copy.write_text(clean)
+                        return super().log_artifact(
+                            run_id, str(copy), artifact_path, *args, **kwargs
+                        )
+            return super().log_artifact(run_id, local_path, artifact_path, *args, **kwargs)
+
+    return SafeMlflowClient
 
 
 def start_or_continue(
