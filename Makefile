@@ -36,6 +36,19 @@ gpu ?= A100-80GB
 budget_usd ?=
 flops ?=
 gpu_hours ?=
+json ?=
+follow ?=
+MLFLOW_PORT ?= 5000
+
+# User values reach the program as ORCH_<name> environment variables, never as shell text:
+# `$` and `#` are escaped, the originals are not exported (Make would expand them, `$(shell ...)`
+# included, to build the recipes' environment), and recipes read the values in Python
+# (orchestrator/make_args.py). A run name like `x; rm -rf ~` is data, refused by the name check.
+USER_VARS := job scale run set yes variant cluster id gpu budget_usd flops gpu_hours json follow MLFLOW_PORT
+$(foreach v,$(USER_VARS),$(eval export ORCH_$(v) := $(subst #,\#,$(subst $$,$$$$,$(value $(v))))))
+unexport $(USER_VARS)
+MAKEOVERRIDES :=
+FROM_MAKE = $(BIN)/python -m orchestrator make $@
 
 .PHONY: help install launch preflight estimate plan cluster-up cluster-down cluster-status logs stop bills validate-configs test test-unit test-integration test-gpu \
         bench lint fmt clean
@@ -55,31 +68,31 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 launch: $(STAMP)
-	$(BIN)/python -m orchestrator launch $(job) $(if $(scale),--scale $(scale)) $(if $(run),--run $(run)) --set "$(set) $(if $(variant),variant=$(variant))" $(if $(yes),--yes) $(if $(cluster),--cluster $(cluster))
+	$(FROM_MAKE)
 
 estimate: $(STAMP)
-	$(BIN)/python -m orchestrator estimate $(job) $(if $(scale),--scale $(scale)) --set "$(set) $(if $(variant),variant=$(variant))" $(if $(json),--json)
+	$(FROM_MAKE)
 
 preflight: $(STAMP)
-	$(BIN)/python -m orchestrator preflight $(job) --cluster $(or $(cluster),$(error cluster=NAME is required, e.g. cluster=aws-spot)) $(if $(scale),--scale $(scale)) --set "$(set) $(if $(variant),variant=$(variant))"
+	$(FROM_MAKE)
 
 cluster-up: $(STAMP)
-	$(BIN)/python -m orchestrator cluster up $(or $(cluster),$(error cluster=NAME is required, e.g. cluster=aws-spot))
+	$(FROM_MAKE)
 
 cluster-down: $(STAMP)
-	$(BIN)/python -m orchestrator cluster down $(or $(cluster),$(error cluster=NAME is required))
+	$(FROM_MAKE)
 
 cluster-status: $(STAMP)
-	$(BIN)/python -m orchestrator cluster status $(or $(cluster),$(error cluster=NAME is required))
+	$(FROM_MAKE)
 
 logs: $(STAMP)
-	$(BIN)/python -m orchestrator cluster logs $(or $(cluster),$(error cluster=NAME is required)) --id $(or $(id),$(error id=SUBMISSION_ID is required)) $(if $(follow),--follow)
+	$(FROM_MAKE)
 
 stop: $(STAMP)
-	$(BIN)/python -m orchestrator cluster stop $(or $(cluster),$(error cluster=NAME is required)) --id $(or $(id),$(error id=SUBMISSION_ID is required))
+	$(FROM_MAKE)
 
 plan: $(STAMP)
-	$(BIN)/python -m orchestrator plan --gpu $(gpu) $(if $(budget_usd),--usd $(budget_usd)) $(if $(flops),--flops $(flops)) $(if $(gpu_hours),--gpu-hours $(gpu_hours)) $(if $(variant),--variant $(variant)) $(if $(json),--json)
+	$(FROM_MAKE)
 
 bills: $(STAMP)
 	$(BIN)/python -m orchestrator bills
@@ -113,7 +126,6 @@ fmt: $(STAMP)
 clean:
 	rm -rf runs mlflow.db mlruns mlartifacts
 
-MLFLOW_PORT ?= 5000
 .PHONY: mlflow-ui
 mlflow-ui: $(STAMP)  ## MLflow UI on 127.0.0.1:$(MLFLOW_PORT) over ./mlflow.db; prints the job's runs page
-	MLFLOW_PORT=$(MLFLOW_PORT) $(BIN)/python -m orchestrator.tracking.server $(job)
+	MLFLOW_PORT="$$ORCH_MLFLOW_PORT" $(BIN)/python -m orchestrator.tracking.server "$$ORCH_job"

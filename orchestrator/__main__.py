@@ -186,6 +186,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["make"]:  # the Makefile: user values come from ORCH_* variables
+        import os
+
+        from orchestrator.make_args import make_argv
+
+        try:
+            argv = make_argv(argv[1] if len(argv) > 1 else "", os.environ)
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     parser = argparse.ArgumentParser(prog="orchestrator", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
 
@@ -257,11 +268,17 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from orchestrator.launch.run import RunFailed
+    from orchestrator.tracking.redact import scrub
+
     try:
         return args.fn(args)
     except (ConfigError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {scrub(str(e))}", file=sys.stderr)
         return 2
+    except RunFailed as e:  # training stopped for good: say what, where, and how to go on
+        print(scrub(e.summary()), file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -10,9 +10,13 @@ Every error says which key is wrong and what would be valid. Units are in the na
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
 
 from omegaconf import MISSING
+
+from orchestrator.config.errors import ConfigError
+from orchestrator.config.names import NAME, RULE
 
 STRATEGIES = ("ddp", "fsdp", "deepspeed")
 METHODS = ("full", "lora", "adapter")
@@ -44,10 +48,6 @@ RESUME_MODES = ("auto", "never", "must")
 MARKETS = ("spot", "on_demand")
 
 
-class ConfigError(ValueError):
-    """A job config is invalid. The message names the key (and file) and the valid choices."""
-
-
 def _choice(key: str, value: object, choices: tuple) -> None:
     if value not in choices:
         raise ConfigError(f"{key}={value!r} is not valid; choose one of {list(choices)}")
@@ -56,8 +56,28 @@ def _choice(key: str, value: object, choices: tuple) -> None:
 def _positive(key: str, value: float | int | None, allow_zero: bool = False) -> None:
     if value is None:
         return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}={value!r} must be a finite number")
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"{key}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
+
+
+def _check_finite(obj: object, prefix: str) -> None:
+    """Every float in the config is finite: NaN passes every comparison (a cap of NaN dollars
+    is never reached) and inf disables what it bounds."""
+    if is_dataclass(obj):
+        items = [(f.name, getattr(obj, f.name)) for f in fields(obj)]
+    elif isinstance(obj, dict):
+        items = list(obj.items())
+    elif isinstance(obj, list | tuple):
+        items = [(str(i), v) for i, v in enumerate(obj)]
+    else:
+        return
+    for name, value in items:
+        key = f"{prefix}.{name}" if prefix else str(name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key}={value!r} must be a finite number")
+        _check_finite(value, key)
 
 
 @dataclass
@@ -566,10 +586,49 @@ class CostConfig:
     """Use AWS describe_spot_price_history when AWS credentials exist (else the catalog)."""
 
     def __post_init__(self) -> None:
+        _check_finite(self, "cost")
         if self.mfu is not None and not 0.0 < self.mfu <= 1.0:
             raise ConfigError(f"cost.mfu={self.mfu} must be in (0, 1]")
-        if not 0.0 < self.mfu_model.max_mfu <= 1.0:
-            raise ConfigError(f"cost.mfu_model.max_mfu={self.mfu_model.max_mfu} must be in (0, 1]")
+        m = self.mfu_model
+        if not 0.0 < m.max_mfu <= 1.0:
+            raise ConfigError(f"cost.mfu_model.max_mfu={m.max_mfu} must be in (0, 1]")
+        _positive("cost.mfu_model.half_seq_len", m.half_seq_len, allow_zero=True)
+        _positive("cost.mfu_model.int8_factor", m.int8_factor)
+        _positive("cost.mfu_model.range_low", m.range_low)
+        _positive("cost.mfu_model.range_high", m.range_high)
+        if m.range_low > m.range_high:
+            raise ConfigError("cost.mfu_model.range_low must not exceed range_high")
+        for gpu, factor in m.gpu_factor.items():
+            _positive(f"cost.mfu_model.gpu_factor.{gpu}", factor)
+        for name in ("startup_s", "restart_s"):
+            _positive(f"cost.overheads.{name}", getattr(self.overheads, name), allow_zero=True)
+        for name in (
+            "checkpoint_write_bytes_per_s",
+            "checkpoint_stage_bytes_per_s",
+        ):
+            _positive(f"cost.overheads.{name}", getattr(self.overheads, name))
+        _positive(
+            "cost.overheads.spot_preemptions_per_node_hour",
+            self.overheads.spot_preemptions_per_node_hour,
+            allow_zero=True,
+        )
+        _positive("cost.cpu_peak_flops_per_worker", self.cpu_peak_flops_per_worker)
+        # A price of 0 (or less) would make spend never grow and every cap unreachable.
+        for name, price in self.instances.items():
+            key = f"cost.instances.{name}"
+            _positive(f"{key}.on_demand_per_hour_usd", price.on_demand_per_hour_usd)
+            _positive(f"{key}.spot_per_hour_usd", price.spot_per_hour_usd)
+            _positive(f"{key}.num_gpus", price.num_gpus, allow_zero=True)
+            _positive(f"{key}.startup_s", price.startup_s, allow_zero=True)
+            _positive(f"{key}.local_disk_gb", price.local_disk_gb, allow_zero=True)
+            if not str(price.source or "").strip():
+                raise ConfigError(f"{key}.source is empty: every price needs its source")
+        for name, gpu in self.gpus.items():
+            key = f"cost.gpus.{name}"
+            _positive(f"{key}.peak_flops", gpu.peak_flops)
+            _positive(f"{key}.memory_gib", gpu.memory_gib)
+            if not str(gpu.source or "").strip():
+                raise ConfigError(f"{key}.source is empty: every GPU figure needs its source")
 
 
 @dataclass
@@ -689,6 +748,9 @@ class JobConfig:
 
     def __post_init__(self) -> None:
         _choice("scale", self.scale, SCALES)
+        if not NAME.fullmatch(self.job or ""):
+            raise ConfigError(f"job={self.job[:120]!r} is not a valid name: use {RULE}")
+        _check_finite(self, "")
         text = self.data.format == "text"
         from_scratch = text and self.train.method == "full" and self.model.pretrained is None
         if (self.train.max_tokens or self.plan.enabled) and not from_scratch:

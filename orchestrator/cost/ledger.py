@@ -87,6 +87,14 @@ class Ledger:
             data["bill"] = bill
         self.store.write_text(LEDGER, json.dumps(data, indent=1))
 
+    def hours(self, now: float | None = None) -> float:
+        """Cluster wall-clock hours of every launch so far (an open one counts until `now`)."""
+        now = time.time() if now is None else now
+        return sum(
+            max(0.0, (a["end"] if a["end"] is not None else now) - a["start"]) / 3600.0
+            for a in self.attempts
+        )
+
     def begin(self, start: float) -> dict[str, Any]:
         a = {"attempt": len(self.attempts) + 1, "start": start, "end": None}
         self.attempts.append(a)

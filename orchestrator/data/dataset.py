@@ -55,10 +55,16 @@ def iter_samples(cfg: DataConfig) -> Iterator[Sample | DataError]:
 
 def _iter_source(fmt: str, source: str, split: str, max_examples: int | None):
     rows = read_rows(source, split, max_examples)
-    if fmt == "oasst":
-        yield from oasst_threads(rows)
+    if fmt == "oasst":  # threads need the whole message table: unreadable lines come after
+        bad: list[DataError] = []
+        table = (r for r in rows if not (isinstance(r, DataError) and not bad.append(r)))
+        yield from oasst_threads(table)
+        yield from bad
         return
     for row in rows:
+        if isinstance(row, DataError):  # an unreadable line: the caller raises or skips it
+            yield row
+            continue
         try:
             yield from SAMPLE_ADAPTERS[fmt](row)
         except DataError as e:

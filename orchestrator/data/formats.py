@@ -40,7 +40,9 @@ class Row:
 FILE_SUFFIXES = (".json", ".jsonl", ".parquet")
 
 
-def read_rows(source: str, split: str = "train", max_rows: int | None = None) -> Iterator[Row]:
+def read_rows(
+    source: str, split: str = "train", max_rows: int | None = None
+) -> Iterator[Row | DataError]:
     """Rows of a local .json (list) / .jsonl / .parquet file, an s3:// object of those kinds
     (fetched once into ~/.cache/orchestrator/s3, with the S3 store's retries), or a Hugging
     Face dataset id (`datasets.load_dataset`, the full-scale path)."""
@@ -92,12 +94,18 @@ def _fetch_s3(url: str) -> Path:
     return local
 
 
-def _read_file(path: Path, max_rows: int | None, shown: str | None = None) -> Iterator[Row]:
-    """Rows of one file; `shown` is how errors name it (the s3:// URL of a fetched copy)."""
+def _read_file(
+    path: Path, max_rows: int | None, shown: str | None = None
+) -> Iterator[Row | DataError]:
+    """Rows of one file, and a DataError in place of each unreadable JSONL line; `shown` is how
+    errors name it (the s3:// URL of a fetched copy)."""
     if shown is not None:
         try:
             for row in _read_file(path, max_rows):
-                yield Row(row.data, row.where.replace(str(path), shown, 1))
+                if isinstance(row, DataError):
+                    yield DataError(str(row).replace(str(path), shown))
+                else:
+                    yield Row(row.data, row.where.replace(str(path), shown, 1))
         except DataError as e:
             raise DataError(str(e).replace(str(path), shown)) from None
         return
@@ -120,14 +128,25 @@ def _read_file(path: Path, max_rows: int | None, shown: str | None = None) -> It
                 if not line.strip():
                     continue
                 try:
-                    yield Row(json.loads(line), f"{path} line {lineno}")
+                    data = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise DataError(f"{path} line {lineno}: not valid JSON: {e.msg}") from None
+                    # A bad line is a bad row: yielded, so `data.on_error=skip` skips and counts
+                    # it like any other (the reader keeps going).
+                    yield DataError(
+                        f"{path} line {lineno} column {e.colno}: not valid JSON: {e.msg}"
+                    )
+                    continue
+                yield Row(data, f"{path} line {lineno}")
         return
+    text = path.read_text()
     try:
-        items = json.loads(path.read_text())
+        items = json.loads(text)
     except json.JSONDecodeError as e:
-        raise DataError(f"{path} line {e.lineno}: not valid JSON: {e.msg}") from None
+        cut = e.pos >= len(text.rstrip()) or e.msg.startswith("Unterminated string")
+        ends = " (the file ends inside it: truncated?)" if cut else ""
+        raise DataError(
+            f"{path} line {e.lineno} column {e.colno}: not valid JSON: {e.msg}{ends}"
+        ) from None
     if not isinstance(items, list):
         raise DataError(f"{path}: expected a JSON list of rows, got {type(items).__name__}")
     for i, item in enumerate(items[:max_rows] if max_rows is not None else items):

@@ -38,6 +38,8 @@ def ray_cluster(num_cpus: int, num_gpus: int = 0) -> Iterator[str]:
         return
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: socket paths are limited
     dashboard_port = free_port()
+    # Ray (>= 2.59) starts a cluster on this machine with token auth: its dashboard and Jobs
+    # API refuse requests without the token (tests/integration/test_security.py checks it).
     ray.init(
         address="local",
         num_cpus=max(num_cpus, os.cpu_count() or 1),

@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from orchestrator.config.load import REPO_ROOT
+from orchestrator.config.names import is_safe_name
 from orchestrator.config.schema import ConfigError
 
 INFRA = REPO_ROOT / "infra"
@@ -41,9 +42,14 @@ def state_dir() -> Path:
 
 
 # Never shipped to the cluster with the job (the image or the node has the environment).
+# What a Jobs API submission never uploads (Ray stores the package in the cluster's GCS, where
+# anyone with dashboard access can fetch it): environments, outputs, databases and caches, and
+# anything that looks like a credential.
 WORKING_DIR_EXCLUDES = [
     ".git", ".venv", "runs", "mlruns", "mlartifacts", "mlflow.db", ".torch_extensions",
     ".clusters", ".ruff_cache", "**/__pycache__", "*.pt", "bench/results/*.png",
+    ".env", ".env.*", "*.env", "*.pem", "*.key", "id_*", ".netrc", "credentials", "*.db",
+    ".ray", ".aws", ".ssh", "*.p12", "*.pfx", ".pypirc", ".git-credentials",
 ]  # fmt: skip
 
 
@@ -67,9 +73,11 @@ def _cli_env() -> dict[str, str]:
 
 
 def cluster_config(name: str) -> Path:
+    known = sorted(p.stem for p in INFRA.glob("*.yaml"))
+    if not is_safe_name(name):
+        raise ConfigError(f"cluster={str(name)[:80]!r} is not a cluster name; known: {known}")
     path = INFRA / f"{name}.yaml"
     if not path.exists():
-        known = sorted(p.stem for p in INFRA.glob("*.yaml"))
         raise ConfigError(f"no cluster named {name!r}: {path} does not exist; known: {known}")
     return path
 
@@ -102,6 +110,9 @@ def up(name: str, wait_s: float = 60.0) -> dict[str, Any]:
     """Start the cluster's head (fake provider: here; aws: `ray up`). Returns its state."""
     if is_fake(name):
         return _up_fake(name, wait_s)
+    # The cluster's token (RAY_AUTH_MODE=token on every node): this machine's ~/.ray/auth_token,
+    # created if missing and copied to the nodes by the cluster file's file_mounts.
+    subprocess.run([_ray_bin(), "get-auth-token", "--generate"], check=True, capture_output=True)
     cmd = [_ray_bin(), "up", "-y", "--no-config-cache", str(cluster_config(name))]
     print("$ " + shlex.join(cmd))
     subprocess.run(cmd, check=True)
@@ -139,8 +150,12 @@ def _up_fake(name: str, wait_s: float) -> dict[str, Any]:
     filled = Path(temp_dir) / "autoscaling.yaml"
     filled.write_text(yaml.safe_dump(cfg))
     head = cfg["available_node_types"][cfg["head_node_type"]]
+    # Token auth, explicitly (Ray 2.60 defaults to it for clusters on this machine; 2.61 for
+    # all): the dashboard and Jobs API refuse requests without ~/.ray/auth_token.
+    subprocess.run([_ray_bin(), "get-auth-token", "--generate"], check=True, capture_output=True)
     env = {
         **os.environ,
+        "RAY_AUTH_MODE": "token",
         "RAY_FAKE_CLUSTER": "1",
         "RAY_USAGE_STATS_ENABLED": "0",
         # The job driver on the head runs `python`: this environment's.

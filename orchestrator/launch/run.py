@@ -19,8 +19,10 @@ from datetime import datetime
 from typing import Any
 
 from orchestrator.config.load import compose, to_dict, to_yaml
+from orchestrator.config.names import check_name
 from orchestrator.config.schema import ConfigError, JobConfig
 from orchestrator.cost.bill import bill_markdown, log_bill
+from orchestrator.cost.budget import Spend, restart_allowed
 from orchestrator.cost.estimator import (
     Projection,
     cluster_price_per_hour,
@@ -31,6 +33,7 @@ from orchestrator.cost.estimator import (
 from orchestrator.cost.ledger import Ledger, NodeLife, read_timeline
 from orchestrator.cost.memory import check_job
 from orchestrator.cost.prices import apply_live_prices
+from orchestrator.data.formats import DataError
 from orchestrator.data.prepared import DataManifest
 from orchestrator.launch import autoscale
 from orchestrator.launch.worker_env import worker_env
@@ -132,6 +135,8 @@ def launch(
             when there is nobody to ask).
     """
     t_start = time.time()
+    if run_name is not None:
+        check_name("run", run_name)  # a folder and an object prefix: checked before anything
     cfg = compose(job, scale, overrides)  # bad config: fails here, before any cluster
     check_job(cfg)  # GPU memory and node disk: a job that cannot fit fails here
     _check_hardware(cfg)
@@ -188,6 +193,7 @@ def launch(
     ledger = Ledger(store)
     ledger.close_dangling(read_timeline(store))
     usd_before = ledger.bill(read_timeline(store))["usd_total"]
+    hours_before = ledger.hours()
     attempt = ledger.begin(t_start)  # the cluster is paid from the moment we start creating it
     mlruns.log_config(uri, run_id, to_dict(cfg), attempt["attempt"])
     store.delete(RESULT)
@@ -206,11 +212,15 @@ def launch(
         preemptions_before=sum(f.kind == "preemption" for f in failures),
         app_failures_before=sum(f.kind == "app" for f in failures),
         flush_s=cfg.storage.flush_s,
+        hours_before_attempt=hours_before,
     )
     status, launcher_stop = "FAILED", None
     try:
         launcher_stop = _fit(cfg, context, store, ledger, t_start)
         status = "FINISHED"
+    except RunFailed as e:
+        e.job, e.run, e.run_url = cfg.job, run_name, storage.run_url
+        raise
     finally:
         ledger.end(attempt)
         result = _read_result(store)
@@ -295,6 +305,14 @@ def _prepare_data(
             + (f", {data.skipped_rows} bad rows skipped" if data.skipped_rows else "")
         )
     print(f"  prepared data: {url}")
+    if cfg.data.format != "text" and data.num_train < cfg.train.global_batch_size:
+        # Caught here, before any worker starts (the workers would fail on it, and be retried).
+        raise DataError(
+            f"only {data.num_train} training examples ({data.num_rows} rows"
+            + (f", {data.skipped_rows} skipped" if data.skipped_rows else "")
+            + f"), fewer than one global batch (train.global_batch_size="
+            f"{cfg.train.global_batch_size}); lower the batch size or add data"
+        )
     return url, data
 
 
@@ -544,8 +562,8 @@ def _fit_tries(
             counts[kind] += 1
             record = FailureRecord(context.attempt, attempt_try, kind, detail[:2000], time.time())
             store.append_lines(FAILURES, [record.to_json()])
-            spent = context.usd_before_attempt + (
-                (time.time() - t_start) / 3600.0 * context.price_per_hour_usd
+            spent = Spend(context.usd_before_attempt, context.hours_before_attempt).after(
+                time.time() - t_start, context.price_per_hour_usd
             )
             if kind == "app" and counts["app"] > cfg.train.max_failures:
                 raise RunFailed(
@@ -558,8 +576,12 @@ def _fit_tries(
                     f"{counts['preemption']} preemptions in this launch "
                     f"(train.max_preemptions={cap})"
                 ) from e
-            if cfg.budget.max_usd is not None and spent >= cfg.budget.max_usd:
-                print(f"{kind}: not restarting, ${spent:.4f} spent of max_usd={cfg.budget.max_usd}")
+            cap = restart_allowed(cfg.budget, spent)
+            if cap is not None:
+                print(
+                    f"{kind}: not restarting: ${spent.usd:.4f} and {spent.hours:.3f} h spent, "
+                    f"{cap}={getattr(cfg.budget, cap)} reached"
+                )
                 return "budget"
             first_line = detail.strip().splitlines()[-1] if detail.strip() else kind
             print(
@@ -570,7 +592,25 @@ def _fit_tries(
 
 
 class RunFailed(RuntimeError):
-    """Training stopped for good (application errors beyond max_failures)."""
+    """Training stopped for good (application errors beyond max_failures, preemptions beyond
+    max_preemptions). The launcher adds the run's name and store before it propagates."""
+
+    job: str = ""
+    run: str = ""
+    run_url: str = ""
+
+    def summary(self) -> str:
+        """What a user reads at the end: what failed, where the details are, how to go on."""
+        lines = str(self).strip().splitlines() or ["training failed"]
+        what = lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1].strip()}"
+        return "\n".join(
+            [
+                f"error: run {self.run!r} of {self.job!r} stopped: {what[:600]}",
+                f"  details: {self.run_url}/{FAILURES} (every failed try, with its error), "
+                "and the workers' logs in the Ray session folder (ray logs / the dashboard)",
+                f"  continue (after fixing the cause): make launch job={self.job} run={self.run}",
+            ]
+        )
 
 
 def classify_failure(err: Exception) -> tuple[str, str]:

@@ -267,6 +267,12 @@ class RunStorage:
     scratch: str | None = None
     """Node-local scratch (None: each node's `default_scratch()`)."""
 
+    def __post_init__(self) -> None:
+        from orchestrator.config.names import check_name
+
+        check_name("job", self.job)  # they become folders: nothing may point outside the store
+        check_name("run", self.run)
+
     @property
     def run_url(self) -> str:
         return f"{self.root.rstrip('/')}/{self.job}/{self.run}"
@@ -317,6 +323,8 @@ class RunContext:
     """Preemptions of this run so far (from the launcher's failures.jsonl)."""
     app_failures_before: int = 0
     flush_s: float = 10.0
+    hours_before_attempt: float = 0.0
+    """Cluster wall-clock hours of earlier launches of this run (budget.max_hours)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -27,6 +27,7 @@ from orchestrator.checkpoint.notice import Notice, NoticeWatcher
 from orchestrator.checkpoint.policy import Interval
 from orchestrator.config.load import from_dict
 from orchestrator.config.schema import JobConfig
+from orchestrator.cost.budget import Spend, stop_before_next_step
 from orchestrator.cost.ledger import read_timeline, redone_steps
 from orchestrator.data.batching import collate, resolve_mode
 from orchestrator.data.dataset import StepBatches
@@ -574,8 +575,7 @@ class FinetuneRecipe:
 
     # ------------------------------------------------------------------ cost
     def usd_total(self) -> float:
-        hours = (time.time() - self.ctx.attempt_start_time) / 3600.0
-        return self.ctx.usd_before_attempt + hours * self.ctx.price_per_hour_usd
+        return self.spend().usd
 
     def _wall_offset(self) -> float:
         """time.time() - time.perf_counter(): turns perf_counter stamps into wall-clock time."""
@@ -613,31 +613,36 @@ class FinetuneRecipe:
 
     def _over_budget(self, step_times: list[float]) -> bool:
         """Would the next step (plus stopping: a save and tear-down) cross budget.max_usd /
-        max_hours? Decided on rank 0 for all ranks."""
+        max_hours? Decided on rank 0 (cost/budget.py) for all ranks."""
         b = self.cfg.budget
         if b.max_usd is None and b.max_hours is None:
             return False
         decision = [False]
         if self.rank == 0:
-            next_step_s = max(step_times[-5:]) if step_times else 0.0
-            reserve_s = max(self.checkpoint_s, default=0.0) + b.teardown_s
-            next_usd = (
-                self.usd_total() + (next_step_s + reserve_s) / 3600.0 * self.ctx.price_per_hour_usd
+            cap = stop_before_next_step(
+                b,
+                self.spend(),
+                next_step_s=max(step_times[-5:]) if step_times else 0.0,
+                stop_s=max(self.checkpoint_s, default=0.0) + b.teardown_s,
+                usd_per_hour=self.ctx.price_per_hour_usd,
             )
-            spent_h = (
-                (next_usd / self.ctx.price_per_hour_usd) if self.ctx.price_per_hour_usd else 0.0
-            )
-            decision[0] = bool(
-                (b.max_usd is not None and next_usd > b.max_usd)
-                or (b.max_hours is not None and spent_h > b.max_hours)
-            )
-            if decision[0]:
+            decision[0] = cap is not None
+            if cap is not None:
+                spent = self.spend()
                 self._print(
-                    f"budget: the next step would cross the cap (spent ${self.usd_total():.4f}, "
-                    f"max_usd={b.max_usd}, max_hours={b.max_hours}); saving and stopping"
+                    f"budget: the next step would cross {cap}={getattr(b, cap)} (spent "
+                    f"${spent.usd:.4f}, {spent.hours:.3f} h); saving and stopping"
                 )
         dist.broadcast_object_list(decision, src=0)
         return decision[0]
+
+    def spend(self) -> Spend:
+        """What the run has spent so far, in dollars and cluster hours (every launch)."""
+        hours = (time.time() - self.ctx.attempt_start_time) / 3600.0
+        return Spend(
+            self.ctx.usd_before_attempt + hours * self.ctx.price_per_hour_usd,
+            self.ctx.hours_before_attempt + hours,
+        )
 
     # ------------------------------------------------------------------ logging
     def _log_step(

@@ -54,6 +54,9 @@ def run_preemption_scenario(tmp_path, monkeypatch=None, wait_fallback_release=Fa
     clusters.up("local-fake")
     try:
         out["spot_nodes_before"] = len(spot())
+        out["jobs_api_without_token"] = _status_without_token(
+            clusters.state("local-fake")["dashboard_url"] + "/api/jobs/"
+        )
         t_submit = time.time()
         sid, _ = clusters.submit(
             "local-fake", "vicuna", "local",
@@ -143,9 +146,21 @@ def run_preemption_scenario(tmp_path, monkeypatch=None, wait_fallback_release=Fa
     return out
 
 
+def _status_without_token(url: str) -> int:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
 def test_fake_spot_cluster_scales_up_survives_a_preemption_and_scales_down(tmp_path, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     r = run_preemption_scenario(tmp_path, monkeypatch)
+    assert r["jobs_api_without_token"] == 401  # the cluster requires Ray's token
     assert r["spot_nodes_before"] == 0  # scaled to zero: only the head
     assert r["status"] == "SUCCEEDED", r["log"][-4000:]
     assert r["processes_killed"] >= 2  # the raylet and at least its training worker

@@ -219,3 +219,214 @@ def test_a_failed_download_leaves_nothing_behind(s3, tmp_path):
         S3Store(url).fetch(4, cache)
     assert not (cache / step_dirname(4)).exists()
     assert load(url, cache)[0] == 2
+
+
+# --------------------------------------------------------------------------- secrets
+SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY"  # AWS-style: contains '/'
+URL_PW = "p4ss/w@rd"  # a URL password with '/' and '@'
+SIGNATURE = "a1b2c3d4e5f60718293a4b5c6d7e8f90"
+BEARER = "eyJhbGciOiJIUzI1NiJ9.payload.sig123"
+
+
+def test_resolvers_are_refused_and_the_secret_never_printed(monkeypatch):
+    from orchestrator.config.load import compose
+    from orchestrator.config.schema import ConfigError
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    for override in (
+        "description=${oc.env:AWS_SECRET_ACCESS_KEY}",
+        "optim.lr=${oc.env:AWS_SECRET_ACCESS_KEY,1e-3}",
+        "data.source=${oc.decode:${oc.env:AWS_SECRET_ACCESS_KEY}}",
+    ):
+        with pytest.raises(ConfigError, match="resolvers") as e:
+            compose("vicuna", "local", [override])
+        assert SECRET not in str(e.value)
+    # interpolation between keys stays
+    assert compose("vicuna", "local", ["description=${job}"]).description == "vicuna"
+
+
+def test_planted_secrets_reach_no_store_artifact_tag_or_output(launch_workdir, monkeypatch, capfd):
+    """A run with secrets in the environment and in its config text: nothing under the working
+    directory (MLflow's store and artifacts, the run folder) and nothing printed holds them."""
+    from orchestrator.launch.run import launch
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("HF_TOKEN", "hf_" + "Q" * 34)
+    description = (
+        f"key {SECRET}; db postgresql://me:{URL_PW}@db.internal:5432/x; "
+        f"presigned https://b.s3.amazonaws.com/o?X-Amz-Signature={SIGNATURE}&x=1; "
+        f"Authorization: Bearer {BEARER}"
+    )
+    res = launch(
+        "vicuna", "local",
+        [f"description='{description}'", "train.max_steps=2", "checkpoint.every_steps=2",
+         "export.enabled=false"],
+        run_name="secrets",
+    )  # fmt: skip
+    assert res.stop_reason == "completed"
+    printed = "".join(capfd.readouterr())
+    planted = [SECRET, URL_PW, SIGNATURE, BEARER, "hf_" + "Q" * 34]
+    for secret in planted:
+        assert secret not in printed, secret
+    leaks = []
+    for p in Path(launch_workdir).rglob("*"):
+        if p.is_file():
+            data = p.read_bytes()
+            leaks += [(str(p), s) for s in planted if s.encode() in data]
+    assert not leaks, leaks
+    # what was there is still there, redacted
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient(res.tracking_uri).get_run(res.mlflow_run_id)
+    assert "***REDACTED***" in run.data.params["description"]
+    assert "db.internal:5432" in run.data.params["description"]
+
+
+# --------------------------------------------------------------------------- names
+@pytest.mark.parametrize("run", ["../../../../tmp/x", "/etc/cron.d", ".hidden", "a/b", "x" * 101])
+def test_run_names_that_escape_are_refused_before_anything_exists(tmp_path, monkeypatch, run):
+    from orchestrator.config.schema import ConfigError
+    from orchestrator.launch.run import launch
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="not a valid name"):
+        launch("vicuna", "local", ["train.max_steps=1"], run_name=run)
+    assert not any(tmp_path.iterdir())  # no runs/, no mlflow.db
+
+
+def test_job_names_that_escape_are_refused():
+    from orchestrator.config.load import compose
+    from orchestrator.config.schema import ConfigError
+
+    with pytest.raises(ConfigError, match=r"job='../../x' is not a valid name"):
+        compose("vicuna", "local", ["job=../../x"])
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["launch", "run=x; touch {p}"],
+        ["launch", "run=$(touch {p})"],
+        ["estimate", "set=$(touch {p})"],
+        ["estimate", 'set=a=1" ; touch {p}; echo "'],
+        ["estimate", "set=$(shell touch {p})"],
+        ["estimate", "job=`touch {p}`"],
+    ],
+)
+def test_make_passes_user_values_as_data_never_as_shell(tmp_path, args):
+    """`make` with values a script might pass along from somewhere untrusted: nothing runs."""
+    import subprocess
+
+    from orchestrator.config.load import REPO_ROOT
+
+    marker = tmp_path / "pwned"
+    argv = ["make", "-s", "-C", str(REPO_ROOT), args[0], args[1].format(p=marker)]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert not marker.exists(), out.stdout + out.stderr
+    assert out.returncode != 0  # refused, by name or config checks
+    assert "error:" in out.stderr
+
+
+# --------------------------------------------------------------------------- numbers
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("budget.max_usd=nan", "budget.max_usd=nan must be a finite number"),
+        ("budget.max_hours=inf", "budget.max_hours=inf must be a finite number"),
+        ("optim.lr=-1e-3", "optim.lr=-0.001 must be > 0"),
+        ("cost.instances.local-2vcpu.on_demand_per_hour_usd=0", r"catalog.*must be > 0"),
+        ("cost.instances.local-2vcpu.on_demand_per_hour_usd=-1", r"must be > 0"),
+        ("cost.gpus.A100-80GB.peak_flops=0", r"peak_flops=0.0 must be > 0"),
+        ("cost.cpu_peak_flops_per_worker=0", "must be > 0"),
+        ("checkpoint.mtbf_hours=nan", "must be a finite number"),
+        ("cost.instances.local-2vcpu.source=''", "source is empty"),
+    ],
+)
+def test_numbers_that_would_disable_safety_are_config_errors(override, match):
+    from orchestrator.config.load import compose
+    from orchestrator.config.schema import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        compose("vicuna", "local", [override])
+
+
+# --------------------------------------------------------------------------- data edges
+def test_fewer_examples_than_a_global_batch_fail_at_preparation(tmp_path, monkeypatch):
+    """Caught on the driver before any worker starts (no Ray cluster, no retries)."""
+    import ray
+
+    from orchestrator.data.formats import DataError
+    from orchestrator.launch.run import launch
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    started = ray.is_initialized()
+    with pytest.raises(DataError, match=r"fewer than one global batch"):
+        launch("vicuna", "local", ["data.max_examples=3", "train.global_batch_size=8"], "few")
+    assert ray.is_initialized() == started  # no cluster was started for it
+    assert not list(tmp_path.rglob("failures.jsonl"))
+
+
+# --------------------------------------------------------------------------- clusters
+def test_a_private_cluster_refuses_jobs_api_requests_without_the_token():
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import re, urllib.request, urllib.error
+        from orchestrator.launch.cluster import ray_cluster
+        with ray_cluster(1) as desc:
+            url = re.search(r"dashboard (http://\\S+),", desc).group(1)
+            for path in ("/api/jobs/", "/api/version"):
+                try:
+                    urllib.request.urlopen(url + path, timeout=10)
+                    print("OPEN", path)
+                except urllib.error.HTTPError as e:
+                    print("STATUS", path, e.code)
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=180, env=env
+    )
+    assert "STATUS /api/jobs/ 401" in out.stdout, out.stdout + out.stderr[-3000:]
+    assert "OPEN" not in out.stdout
+
+
+def test_jobs_api_uploads_leave_secret_looking_files_behind(tmp_path):
+    """Ray's own packaging, with the launcher's excludes: what would reach the cluster's GCS."""
+    import zipfile
+
+    from ray._private.runtime_env.packaging import create_package
+
+    from orchestrator.launch.clusters import WORKING_DIR_EXCLUDES
+
+    src = tmp_path / "repo"
+    secrets = [".env", ".env.prod", "deploy.pem", "id_rsa", "id_ed25519.pub", ".netrc",
+               "credentials", "mlflow.db", "store.db", ".ray/auth_token", ".aws/credentials",
+               "conf/server.key"]  # fmt: skip
+    keep = ["orchestrator/x.py", "jobs/vicuna.yaml", "README.md"]
+    for rel in secrets + keep:
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_text("x")
+    pkg = tmp_path / "pkg.zip"
+    create_package(str(src), pkg, include_gitignore=True, excludes=WORKING_DIR_EXCLUDES)
+    names = set(zipfile.ZipFile(pkg).namelist())
+    assert set(keep) <= names, names
+    assert not [s for s in secrets if s in names], names
+
+
+def test_a_failed_run_ends_with_a_short_message_not_a_traceback():
+    from orchestrator.launch.run import RunFailed
+
+    e = RunFailed(
+        "training failed 4 times with an application error (train.max_failures=3); last error:\n"
+        "Traceback (most recent call last):\n  File ...\nValueError: boom"
+    )
+    e.job, e.run, e.run_url = "vicuna", "r1", "runs/vicuna/r1"
+    text = e.summary()
+    assert text.splitlines()[0].startswith("error: run 'r1' of 'vicuna' stopped:")
+    assert "ValueError: boom" in text and "runs/vicuna/r1/failures.jsonl" in text
+    assert "make launch job=vicuna run=r1" in text and "File ..." not in text

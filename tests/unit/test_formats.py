@@ -33,10 +33,30 @@ def test_bad_rows_name_the_row_and_field(data, match):
         sharegpt_turns(Row(data, "f row 3"))
 
 
-def test_jsonl_errors_name_file_and_line(tmp_path):
+def test_jsonl_errors_name_file_line_and_column(tmp_path):
     p = tmp_path / "d.jsonl"
     p.write_text(json.dumps(conv(("human", "q"), ("gpt", "a"))) + "\n{not json\n")
-    with pytest.raises(DataError, match=r"d.jsonl line 2: not valid JSON"):
+    rows = list(read_rows(str(p)))
+    assert isinstance(rows[0], Row) and isinstance(rows[1], DataError)
+    assert "d.jsonl line 2 column 2: not valid JSON" in str(rows[1])
+
+
+def test_an_unreadable_jsonl_line_is_skipped_and_counted_under_skip(tmp_path, tokenizer):
+    p = tmp_path / "d.jsonl"
+    good = json.dumps(conv(("human", "q"), ("gpt", "a")))
+    p.write_text(f"{good}\n{{not json\n{good}\n")
+    with pytest.raises(DataError, match=r"d.jsonl line 2 column 2.*data.on_error=skip"):
+        build_examples(DataConfig(source=str(p)), tokenizer)
+    examples, n_rows, skipped = build_examples(
+        DataConfig(source=str(p), on_error="skip"), tokenizer
+    )
+    assert (len(examples), n_rows, skipped) == (2, 3, 1)
+
+
+def test_a_truncated_json_file_keeps_line_and_column(tmp_path):
+    p = tmp_path / "d.json"
+    p.write_text('[{"id": "a"},\n {"id": "b", "conv')
+    with pytest.raises(DataError, match=r"d.json line 2 column \d+: .*truncated"):
         list(read_rows(str(p)))
 
 

@@ -1,0 +1,51 @@
+"""The budget cap as pure decisions: what the loop and the launcher carry out.
+
+A run's spend is in dollars and in cluster wall-clock hours, both summed over every launch of
+the run. `budget.max_usd` caps the first and `budget.max_hours` the second, each on its own (a
+$0/h local cluster still stops on time).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from orchestrator.config.schema import BudgetConfig
+
+
+@dataclass(frozen=True)
+class Spend:
+    usd: float
+    """Dollars spent by the run so far (every launch)."""
+    hours: float
+    """Cluster wall-clock hours of the run so far (every launch)."""
+
+    def after(self, seconds: float, usd_per_hour: float) -> Spend:
+        """The spend `seconds` from now at `usd_per_hour`."""
+        return Spend(self.usd + seconds / 3600.0 * usd_per_hour, self.hours + seconds / 3600.0)
+
+
+def over_cap(cap: BudgetConfig, spend: Spend) -> str | None:
+    """The cap `spend` crosses ("max_usd" / "max_hours"), or None."""
+    if cap.max_usd is not None and spend.usd > cap.max_usd:
+        return "max_usd"
+    if cap.max_hours is not None and spend.hours > cap.max_hours:
+        return "max_hours"
+    return None
+
+
+def stop_before_next_step(
+    cap: BudgetConfig, spent: Spend, next_step_s: float, stop_s: float, usd_per_hour: float
+) -> str | None:
+    """Stop now if the next step plus stopping (a save and tear-down, `stop_s`) would cross a
+    cap: the run then ends inside it. Returns the cap, or None to go on."""
+    return over_cap(cap, spent.after(next_step_s + stop_s, usd_per_hour))
+
+
+def restart_allowed(cap: BudgetConfig, spent: Spend) -> str | None:
+    """After a failed try: None to restart, else the cap already reached (a restart would only
+    spend past it)."""
+    if cap.max_usd is not None and spent.usd >= cap.max_usd:
+        return "max_usd"
+    if cap.max_hours is not None and spent.hours >= cap.max_hours:
+        return "max_hours"
+    return None
