@@ -125,11 +125,16 @@ class FaultyProxy:
         self.server.server_close()
 
 
-def train_workers() -> list[psutil.Process]:
+def train_workers(started_after: float = 0.0) -> list[psutil.Process]:
+    """RayTrainWorker processes started after `started_after` (epoch seconds): the current
+    try's, not an idle or leftover worker of an earlier run or another Ray instance."""
     found = []
-    for p in psutil.process_iter(["cmdline"]):
+    for p in psutil.process_iter(["cmdline", "create_time"]):
         try:
-            if "RayTrainWorker" in " ".join(p.info["cmdline"] or []):
+            if (
+                "RayTrainWorker" in " ".join(p.info["cmdline"] or [])
+                and p.info["create_time"] >= started_after
+            ):
                 found.append(p)
         except psutil.Error:
             continue
@@ -165,12 +170,19 @@ class Chaos(threading.Thread):
 
         events = self.run_dir / "events.jsonl"
         offset = 0
+        try_start = time.time() - 1.0  # this run's first workers start after the thread
         for i, (sig, after) in enumerate(self.plan):
             while len(rows := rows_after(events, offset)) < after:
                 if self.done.wait(0.05):
                     return
-            workers = train_workers()
-            assert workers, "no RayTrainWorker process found"
+            # This try's workers: started since the try began, or rank 0 by the pid in the
+            # run's timeline (Ray may seat an actor in a worker process started earlier).
+            timeline = rows_after(self.run_dir / "timeline.jsonl", 0)
+            rank0 = timeline[-1]["pid"] if timeline else None
+            workers = [
+                w for w in train_workers() if w.pid == rank0 or w.create_time() >= try_start
+            ]
+            assert workers, "no RayTrainWorker process of this try found"
             victim = random.choice(workers)
             t = time.time()
             os.kill(victim.pid, sig)
@@ -181,6 +193,7 @@ class Chaos(threading.Thread):
                 if self.done.wait(0.1):
                     return
             offset = events.stat().st_size
+            try_start = t  # the next try's workers start after this kill
 
 
 def start_moto_server() -> tuple[str, subprocess.Popen]:

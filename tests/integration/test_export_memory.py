@@ -63,8 +63,9 @@ SCRIPT = textwrap.dedent(
                           for i in range(8))
         report["layer_bytes"] = layer_bytes
         report["largest_tensor"] = max(v.numel() * 4 for v in ref.values())
-    print("REPORT " + json.dumps(report))
+    print("REPORT " + json.dumps(report), flush=True)
     dist.barrier()
+    import os; os._exit(0)  # skip interpreter teardown: DeepSpeed/gloo threads may abort it
     """
 )
 
