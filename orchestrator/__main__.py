@@ -35,12 +35,14 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
+    """Our run's projected bill (the headline), or with --replay the original run's."""
     from orchestrator.config.load import compose
     from orchestrator.cost.estimator import project
+    from orchestrator.cost.lengths import Lengths
 
     cfg = compose(args.job, args.scale or "full", _overrides(args.set))
-    measured = vocab = None
-    if cfg.scale == "local":  # the sample ships with the project: measure it
+    lengths = vocab = None
+    if cfg.scale == "local" and cfg.data.format != "text":  # the sample ships: measure it
         import tempfile
         from pathlib import Path
 
@@ -48,15 +50,17 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
         with tempfile.TemporaryDirectory() as d:
             data = prepare_data(cfg.data, Path(d))
-        measured, vocab = (len(data.train), data.train_tokens), data.vocab_size
-    else:
+            values = tuple(int(n) for n in data.train.lengths())
+        lengths = Lengths(values, len(values), "measured", "the local sample, tokenized here")
+        vocab = data.vocab_size
+    elif cfg.scale != "local":
         from orchestrator.cost.prices import apply_live_prices
 
         apply_live_prices(cfg)
     from orchestrator.cost.memory import check_job
 
     est = check_job(cfg)
-    p = project(cfg, measured=measured, vocab_size=vocab)
+    p = project(cfg, vocab_size=vocab, replay=args.replay, lengths=lengths)
     if args.json:
         out = p.as_dict()
         if est is not None:
@@ -64,6 +68,10 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=1))
     else:
         print(f"{cfg.job} ({cfg.scale}): {p.summary()}")
+        if not args.replay:
+            print(
+                f"  the original run (--replay): {project(cfg, vocab_size=vocab, replay=True, lengths=lengths).summary()}"
+            )
         if est is not None:
             print(f"  GPU memory: {est.summary()}")
     return 0
@@ -235,6 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale", choices=["local", "full"], default=None)
     p.add_argument("--set", default=None)
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--replay", action="store_true",
+        help="project the original run as it was (its batching and kernels), not ours",
+    )  # fmt: skip
     p.set_defaults(fn=cmd_estimate)
 
     p = sub.add_parser(

@@ -179,9 +179,7 @@ class Chaos(threading.Thread):
             # run's timeline (Ray may seat an actor in a worker process started earlier).
             timeline = rows_after(self.run_dir / "timeline.jsonl", 0)
             rank0 = timeline[-1]["pid"] if timeline else None
-            workers = [
-                w for w in train_workers() if w.pid == rank0 or w.create_time() >= try_start
-            ]
+            workers = [w for w in train_workers() if w.pid == rank0 or w.create_time() >= try_start]
             assert workers, "no RayTrainWorker process of this try found"
             victim = random.choice(workers)
             t = time.time()

@@ -162,6 +162,31 @@ class SourceConfig:
     ShareGPT conversations mentioning "openai" or "chatgpt"."""
 
 
+LENGTH_KINDS = ("measured", "published", "assumed")
+
+
+@dataclass
+class LengthStats:
+    """Example lengths of a dataset the estimator cannot read: the count and mean tokens per
+    example (template and tokenizer applied, before padding), and where they come from. The
+    spread comes from the shipped sample of the same format (`sample`), rescaled to the mean;
+    the batch planner then counts the slots each batching mode processes."""
+
+    num_examples: int | None = None
+    """Examples of one epoch (after the recipe's splitting and filtering)."""
+    mean_tokens: float | None = None
+    sample: str | None = None
+    """A data block (conf/data) whose shipped sample has this format's shape of lengths."""
+    kind: str = "assumed"
+    """measured (tokenized here), published (a paper or card), assumed (estimated: say how)."""
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        _choice("data.lengths.kind", self.kind, LENGTH_KINDS)
+        _positive("data.lengths.num_examples", self.num_examples)
+        _positive("data.lengths.mean_tokens", self.mean_tokens)
+
+
 @dataclass
 class DataConfig:
     """Where the examples come from and how they become tokens and labels."""
@@ -194,10 +219,9 @@ class DataConfig:
     shuffle_seed: int = 1234
     on_error: str = "raise"
     """raise: a bad row stops the run with its file and line; skip: bad rows are skipped and counted."""
-    num_examples: int | None = None
-    """Declared row count of the full dataset, used for bills before any data is read."""
-    tokens_per_example: float | None = None
-    """Declared tokens processed per example (after the original's padding), for bills."""
+    lengths: LengthStats = field(default_factory=lambda: LengthStats())
+    """What the bill knows of a dataset that is not read here (full scale): its size and
+    example lengths. Data read here (local scale) is measured instead."""
     text_field: str = "text"
     """format: text: the field holding a document in .jsonl/.parquet rows and dataset ids
     (.txt/.md/.py/... files are one document each)."""
@@ -492,6 +516,11 @@ class HardwareConfig:
     spot_fallback: str = "on_demand"
     """on_demand: then ask for on-demand nodes (recorded in the bill); none: fail."""
     on_demand_wait_s: float = 900.0
+    head_instance_type: str | None = None
+    """The cluster's head node (an instance type from conf/pricing), billed on demand for the
+    whole run, waits included; None: no separate head (a local cluster)."""
+    scale_down_s: float = 0.0
+    """Idle time before the autoscaler removes workers after the job (infra/: 300 s on AWS)."""
 
     def __post_init__(self) -> None:
         _positive("hardware.num_workers", self.num_workers)
@@ -499,6 +528,7 @@ class HardwareConfig:
         _positive("hardware.spot_wait_s", self.spot_wait_s, allow_zero=True)
         _positive("hardware.on_demand_wait_s", self.on_demand_wait_s)
         _positive("hardware.num_nodes", self.num_nodes)
+        _positive("hardware.scale_down_s", self.scale_down_s, allow_zero=True)
         _positive("hardware.cpus_per_worker", self.cpus_per_worker, allow_zero=True)
         _positive("hardware.gpus_per_worker", self.gpus_per_worker, allow_zero=True)
         _choice("hardware.market", self.market, MARKETS)
@@ -527,8 +557,17 @@ class InstancePrice:
     source: str = MISSING
     startup_s: float | None = None
     """Launch start-up on this kind of node (None = cost.overheads.startup_s)."""
+    teardown_s: float | None = None
+    """From the last step to the cluster's release (None = cost.overheads.teardown_s)."""
     local_disk_gb: float | None = None
     """Instance-store NVMe (GB) for node scratch: checkpoint staging, data and model caches."""
+    gpu_link_bytes_per_s: float | None = None
+    """Collective bandwidth per GPU inside the node (NVLink/NVSwitch, else PCIe): what an
+    all-gather or reduce-scatter among the node's GPUs moves per second per GPU."""
+    network_bytes_per_s: float | None = None
+    """The node's network (EFA or ENA), shared by its GPUs, for collectives across nodes."""
+    ebs_gb: float = 0.0
+    """Root volume (GB) billed while the node runs."""
 
 
 @dataclass
@@ -538,22 +577,39 @@ class GpuSpec:
     source: str = MISSING
     memory_gib: float | None = None
     """Device memory (GiB), for the fit check."""
+    memory_bytes_per_s: float | None = None
+    """Device memory bandwidth: optimizer updates and decoding are bound by it."""
     ray_type: str | None = None
     """Ray's accelerator type (`accelerator_type:<ray_type>` resource): jobs are pinned to it."""
 
 
 @dataclass
-class MfuModel:
-    """MFU = max_mfu * L / (L + half_seq_len) * gpu_factor[gpu] (* int8_factor when loading 8-bit).
-    Calibrated on Alpaca and Vicuna (docs/COST_MODEL.md)."""
+class KernelModel:
+    """How fast one pass runs on a device: the share of peak FLOP/s its matmuls reach,
 
-    max_mfu: float = 0.3694
-    half_seq_len: float = 1166.8
+        eff = e_max * t / (t + t_half) * d / (d + d_half) * gpu_factor[gpu]
+
+    with t the tokens one GPU (or CPU worker) processes in one micro-batch and d the model
+    width: small passes and narrow models leave the device idle between kernels. The three
+    constants are fitted on llm-foundry's MPT throughput table (conf/benchmarks, `python -m
+    orchestrator.cost.calibration`); a CPU kernel is fitted on this machine's recorded runs.
+    See docs/COST_MODEL.md."""
+
+    e_max: float = 0.8127
+    t_half: float = 1305.4
+    d_half: float = 665.7
     gpu_factor: dict[str, float] = field(default_factory=dict)
-    int8_factor: float = 0.5
-    range_low: float = 0.75
-    """The low/high bill range: MFU from range_low x to range_high x the model's value."""
-    range_high: float = 1.25
+    """Per GPU type, relative to the A100 the constants were fitted on."""
+    int8_factor: float = 0.79
+    """bitsandbytes LLM.int8 matmuls relative to bf16 (a frozen 8-bit base)."""
+    eager_attention_factor: float = 0.5
+    """Attention without a fused (flash) kernel: its FLOPs run at this share of `eff`."""
+    frameworks: dict[str, float] = field(default_factory=dict)
+    """Named training stacks relative to the calibrated one (ours = 1.0)."""
+    range_low: float = 0.8
+    """The low/high bill range: efficiency from range_low x to range_high x the model's."""
+    range_high: float = 1.2
+    source: str = ""
 
 
 @dataclass
@@ -562,12 +618,17 @@ class Overheads:
     """Provisioning, image pull, Ray start, model load: paid once per launch."""
     restart_s: float = 300.0
     """A new node after a preemption, plus reload."""
+    teardown_s: float = 30.0
+    """From the last step to the end of the launch: final save, shutdown of the workers."""
     checkpoint_write_bytes_per_s: float = 1.0e9
     """One node writing (and uploading) its shards of a checkpoint; all nodes write at once."""
     checkpoint_stage_bytes_per_s: float = 5.0e9
     """One GPU copying its shard into CPU memory (what an async DCP save blocks training for)."""
     spot_preemptions_per_node_hour: float = 0.05
     """Expected spot interruptions per node-hour (SkyPilot/AWS reports for GPU spot: a few %/h)."""
+    spot_capacity_wait_s: float = 300.0
+    """Expected wait for spot GPU capacity per launch (the head is billed meanwhile); the
+    high end of the range waits `hardware.spot_wait_s` and falls back to on-demand."""
 
 
 @dataclass
@@ -576,10 +637,14 @@ class CostConfig:
 
     instances: dict[str, InstancePrice] = field(default_factory=dict)
     gpus: dict[str, GpuSpec] = field(default_factory=dict)
-    mfu_model: MfuModel = field(default_factory=MfuModel)
+    kernel: KernelModel = field(default_factory=KernelModel)
+    cpu_kernel: KernelModel = field(default_factory=KernelModel)
+    """The kernel model of CPU workers (local scale), fitted on this machine's recorded runs."""
     overheads: Overheads = field(default_factory=Overheads)
-    mfu: float | None = None
-    """Fixed MFU for projections; None = the MFU model."""
+    storage_usd_per_gb_month: float = 0.023
+    """S3 Standard, first 50 TB/month, us-east-1 (checkpoints and exports kept)."""
+    ebs_usd_per_gb_month: float = 0.08
+    """EBS gp3 root volumes of the nodes."""
     cpu_peak_flops_per_worker: float = 95.0e9
     """CPU workers (local scale): fp32 peak of one core (torch.mm ~190 GFLOP/s on 2 cores here)."""
     live_spot_prices: bool = True
@@ -587,26 +652,30 @@ class CostConfig:
 
     def __post_init__(self) -> None:
         _check_finite(self, "cost")
-        if self.mfu is not None and not 0.0 < self.mfu <= 1.0:
-            raise ConfigError(f"cost.mfu={self.mfu} must be in (0, 1]")
-        m = self.mfu_model
-        if not 0.0 < m.max_mfu <= 1.0:
-            raise ConfigError(f"cost.mfu_model.max_mfu={m.max_mfu} must be in (0, 1]")
-        _positive("cost.mfu_model.half_seq_len", m.half_seq_len, allow_zero=True)
-        _positive("cost.mfu_model.int8_factor", m.int8_factor)
-        _positive("cost.mfu_model.range_low", m.range_low)
-        _positive("cost.mfu_model.range_high", m.range_high)
-        if m.range_low > m.range_high:
-            raise ConfigError("cost.mfu_model.range_low must not exceed range_high")
-        for gpu, factor in m.gpu_factor.items():
-            _positive(f"cost.mfu_model.gpu_factor.{gpu}", factor)
-        for name in ("startup_s", "restart_s"):
+        for name, k in (("kernel", self.kernel), ("cpu_kernel", self.cpu_kernel)):
+            if not 0.0 < k.e_max <= 1.0:
+                raise ConfigError(f"cost.{name}.e_max={k.e_max} must be in (0, 1]")
+            for f in ("t_half", "d_half"):
+                _positive(f"cost.{name}.{f}", getattr(k, f), allow_zero=True)
+            for f in ("int8_factor", "eager_attention_factor", "range_low", "range_high"):
+                _positive(f"cost.{name}.{f}", getattr(k, f))
+            if k.range_low > k.range_high:
+                raise ConfigError(f"cost.{name}.range_low must not exceed range_high")
+            for key, factor in {**k.gpu_factor, **k.frameworks}.items():
+                _positive(f"cost.{name}.{key}", factor)
+        _positive("cost.storage_usd_per_gb_month", self.storage_usd_per_gb_month, allow_zero=True)
+        _positive("cost.ebs_usd_per_gb_month", self.ebs_usd_per_gb_month, allow_zero=True)
+        for name in ("startup_s", "restart_s", "teardown_s"):
             _positive(f"cost.overheads.{name}", getattr(self.overheads, name), allow_zero=True)
         for name in (
             "checkpoint_write_bytes_per_s",
             "checkpoint_stage_bytes_per_s",
         ):
             _positive(f"cost.overheads.{name}", getattr(self.overheads, name))
+        _positive(
+            "cost.overheads.spot_capacity_wait_s", self.overheads.spot_capacity_wait_s,
+            allow_zero=True,
+        )  # fmt: skip
         _positive(
             "cost.overheads.spot_preemptions_per_node_hour",
             self.overheads.spot_preemptions_per_node_hour,
@@ -620,13 +689,18 @@ class CostConfig:
             _positive(f"{key}.spot_per_hour_usd", price.spot_per_hour_usd)
             _positive(f"{key}.num_gpus", price.num_gpus, allow_zero=True)
             _positive(f"{key}.startup_s", price.startup_s, allow_zero=True)
+            _positive(f"{key}.teardown_s", price.teardown_s, allow_zero=True)
             _positive(f"{key}.local_disk_gb", price.local_disk_gb, allow_zero=True)
+            _positive(f"{key}.gpu_link_bytes_per_s", price.gpu_link_bytes_per_s)
+            _positive(f"{key}.network_bytes_per_s", price.network_bytes_per_s)
+            _positive(f"{key}.ebs_gb", price.ebs_gb, allow_zero=True)
             if not str(price.source or "").strip():
                 raise ConfigError(f"{key}.source is empty: every price needs its source")
         for name, gpu in self.gpus.items():
             key = f"cost.gpus.{name}"
             _positive(f"{key}.peak_flops", gpu.peak_flops)
             _positive(f"{key}.memory_gib", gpu.memory_gib)
+            _positive(f"{key}.memory_bytes_per_s", gpu.memory_bytes_per_s)
             if not str(gpu.source or "").strip():
                 raise ConfigError(f"{key}.source is empty: every GPU figure needs its source")
 
@@ -667,6 +741,8 @@ class StorageConfig:
     flush_s: float = 10.0
     """S3 stores: how often rank 0 writes its buffered timeline and events (and always at every
     checkpoint and at the end)."""
+    retention_days: float = 30.0
+    """How long the kept checkpoints and the export stay in the store (priced in the bill)."""
 
     def __post_init__(self) -> None:
         if (
@@ -678,6 +754,7 @@ class StorageConfig:
         if self.shared and self.root is not None and self.root.startswith("s3://"):
             raise ConfigError("storage.shared declares a shared folder; storage.root is s3://")
         _positive("storage.flush_s", self.flush_s)
+        _positive("storage.retention_days", self.retention_days, allow_zero=True)
 
 
 @dataclass
@@ -723,6 +800,38 @@ class PlanConfig:
         _positive("plan.tokens_per_param", self.tokens_per_param)
 
 
+REPLAY_BATCHING = ("pad_to_max", "pad", "grouped", "packed")
+ATTENTION_KINDS = ("flash", "sdpa", "eager")
+
+
+@dataclass
+class ReplayConfig:
+    """The original run as it was (docs/facts/originals.md), for `estimate --replay`: its
+    batching and attention kernel, on the job's full-scale hardware, run length and model.
+    What is not known of an original is marked [R] in the job file."""
+
+    batching: str = "pad"
+    """pad_to_max (every example padded to data.max_seq_len, FastChat's padding=max_length),
+    pad (to the longest of each per-device micro-batch, HF Trainer), grouped, packed."""
+    micro_batch_size: int | None = None
+    """The original's per-device micro-batch (None: train.micro_batch_size)."""
+    attention: str = "eager"
+    """flash (FlashAttention kernels), sdpa, eager (materialised scores)."""
+    framework: str = "ours"
+    """A key of cost.kernel.frameworks (the stack's speed relative to the calibrated one)."""
+    published_hours: float | None = None
+    """The original's published wall time, when docs/facts has one (a band check, not a target)."""
+    published_usd: float | None = None
+    published_source: str = ""
+
+    def __post_init__(self) -> None:
+        _choice("replay.batching", self.batching, REPLAY_BATCHING)
+        _choice("replay.attention", self.attention, ATTENTION_KINDS)
+        _positive("replay.micro_batch_size", self.micro_batch_size)
+        _positive("replay.published_hours", self.published_hours)
+        _positive("replay.published_usd", self.published_usd)
+
+
 @dataclass
 class JobConfig:
     job: str = MISSING
@@ -745,6 +854,7 @@ class JobConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
 
     def __post_init__(self) -> None:
         _choice("scale", self.scale, SCALES)
@@ -768,6 +878,16 @@ class JobConfig:
             raise ConfigError(
                 f"hardware.instance_type={hw.instance_type!r} has no price in cost.instances; "
                 f"known: {sorted(self.cost.instances)}"
+            )
+        if hw.head_instance_type is not None and hw.head_instance_type not in self.cost.instances:
+            raise ConfigError(
+                f"hardware.head_instance_type={hw.head_instance_type!r} has no price in "
+                f"cost.instances; known: {sorted(self.cost.instances)}"
+            )
+        if self.replay.framework not in {"ours", *self.cost.kernel.frameworks}:
+            raise ConfigError(
+                f"replay.framework={self.replay.framework!r} is not in cost.kernel.frameworks; "
+                f"known: {sorted({'ours', *self.cost.kernel.frameworks})}"
             )
         if hw.accelerator != "cpu" and hw.accelerator not in self.cost.gpus:
             raise ConfigError(

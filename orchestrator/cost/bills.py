@@ -15,10 +15,15 @@ from orchestrator.cost.estimator import project
 
 
 def projected_bills() -> list[dict[str, Any]]:
+    """Per recipe: our run's projected full-scale bill (the headline), the replay of the
+    original run, and the original's published figures where docs/facts has them."""
     rows = []
     for job in sorted(p.stem for p in JOBS_DIR.glob("*.yaml")):
         cfg = compose(job, "full")
         p = project(cfg)
+        r = project(cfg, replay=True)
+        low, high = p.usd_range
+        lengths = p.assumptions.get("lengths") or {}
         rows.append(
             {
                 "job": job,
@@ -27,14 +32,25 @@ def projected_bills() -> list[dict[str, Any]]:
                 "instance_type": p.instance_type,
                 "market": p.market,
                 "tokens_b": p.tokens / 1e9,
+                "lengths": lengths.get("kind", "packed rows"),
                 "mfu": p.mfu,
+                "hfu": p.hfu,
                 "hours": p.hours,
                 "hours_low": p.hours_low,
                 "hours_high": p.hours_high,
+                "usd": p.usd,
+                "usd_low": low,
+                "usd_high": high,
                 "usd_on_demand": p.usd_on_demand,
                 "usd_spot": p.usd_spot,
                 "usd_spot_low": p.usd_spot_low,
                 "usd_spot_high": p.usd_spot_high,
+                "replay_hours": r.hours,
+                "replay_usd": r.usd,
+                "replay_slots_per_token": r.slots / max(1.0, r.tokens),
+                "published_hours": cfg.replay.published_hours,
+                "published_usd": cfg.replay.published_usd,
+                "published_source": cfg.replay.published_source,
             }
         )
     return rows
@@ -74,19 +90,27 @@ def _markdown(proj: list[dict[str, Any]], actual: list[dict[str, Any]]) -> str:
         "",
         "## Projected full-scale bills (make estimate job=X for details)",
         "",
-        "| job | model | GPUs | tokens | MFU | hours (range) | on-demand | spot (range) |",
-        "|---|---|---|---|---|---|---|---|",
+        "Ours: this orchestrator's run (its batching, kernels, strategy and checkpoints), in the "
+        "job's market, with the range of the kernel model. Replay: the original run as it was "
+        "(`make estimate job=X` prints both). Published: the original's own figure, where "
+        "docs/facts/originals.md has one. Token lengths are measured, published or assumed "
+        "(docs/COST_MODEL.md).",
+        "",
+        "| job | model | GPUs | tokens (lengths) | MFU / HFU | ours: hours | ours: bill (range) "
+        "| replay: hours, bill | published |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in proj:
-        spot = (
-            f"${r['usd_spot']:,.0f} (${r['usd_spot_low']:,.0f}-${r['usd_spot_high']:,.0f})"
-            if r["usd_spot"] is not None
-            else "-"
-        )
+        published = "-"
+        if r["published_hours"]:
+            usd = f", ${r['published_usd']:,.0f}" if r["published_usd"] else ""
+            published = f"{r['published_hours']:,.0f} h{usd}"
         lines.append(
-            f"| {r['job']} | {r['model_params_b']:.1f}B | {r['gpus']} | {r['tokens_b']:.2f}B | "
-            f"{r['mfu']:.0%} | {r['hours']:,.1f} ({r['hours_low']:,.1f}-{r['hours_high']:,.1f}) | "
-            f"${r['usd_on_demand']:,.0f} | {spot} |"
+            f"| {r['job']} | {r['model_params_b']:.1f}B | {r['gpus']} | {r['tokens_b']:.2f}B "
+            f"({r['lengths']}) | {r['mfu']:.0%} / {r['hfu']:.0%} | {r['hours']:,.1f} "
+            f"({r['hours_low']:,.1f}-{r['hours_high']:,.1f}) | ${r['usd']:,.0f} "
+            f"(${r['usd_low']:,.0f}-${r['usd_high']:,.0f}) {r['market']} | "
+            f"{r['replay_hours']:,.1f} h, ${r['replay_usd']:,.0f} | {published} |"
         )
     lines += ["", "## Actual bills of runs in MLflow", ""]
     if not actual:
@@ -113,13 +137,13 @@ def _chart(proj: list[dict[str, Any]], path: Path) -> None:
     jobs = [r["job"] for r in proj]
     x = range(len(jobs))
     fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(jobs)), 4))
-    ax.bar([i - 0.2 for i in x], [r["usd_on_demand"] for r in proj], width=0.4, label="on-demand")
-    spot = [r["usd_spot"] or 0 for r in proj]
+    ours = [r["usd"] for r in proj]
     err = [
-        [s - (r["usd_spot_low"] or s) for s, r in zip(spot, proj)],
-        [(r["usd_spot_high"] or s) - s for s, r in zip(spot, proj)],
+        [u - r["usd_low"] for u, r in zip(ours, proj, strict=True)],
+        [r["usd_high"] - u for u, r in zip(ours, proj, strict=True)],
     ]
-    ax.bar([i + 0.2 for i in x], spot, width=0.4, yerr=err, capsize=4, label="spot (range)")
+    ax.bar([i - 0.2 for i in x], ours, width=0.4, yerr=err, capsize=4, label="ours (range)")
+    ax.bar([i + 0.2 for i in x], [r["replay_usd"] for r in proj], width=0.4, label="replay")
     ax.set_xticks(list(x), jobs)
     ax.set_ylabel("USD")
     ax.set_title("Projected full-scale training bill per recipe")

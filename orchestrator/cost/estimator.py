@@ -1,20 +1,17 @@
-"""Projected bills before launch: tokens -> FLOPs -> hours (MFU model + overheads) -> dollars.
+"""Projected bills: what a run processes, how long each step takes, and what that costs.
 
-FLOPs per processed token (docs/facts/hardware_and_prices.md):
-    full fine-tune      6N    (forward 2N + backward 4N)
-    LoRA / adapters     4N    (no weight gradients for the frozen base)
-    + 2N when activations are recomputed (activation checkpointing)
-    + 6 * n_layers * seq_len * d_model for attention (Kaplan), material at 2k context
+Two projections per job (docs/COST_MODEL.md):
 
-Hours = FLOPs / (num_gpus * peak * MFU) plus start-up, checkpoint saves, and the work expected to
-be lost to preemptions on spot. One MFU model serves every recipe (`conf/pricing`, `mfu_model`):
+- ours (the headline): this orchestrator's run, with its own batching (the batch planner over
+  the job's length distribution), attention kernel, strategy, method and checkpoint policy;
+- replay (`replay=True`): the original run as it was (`replay:` in the job file: its padding
+  or packing and attention kernel), on the same hardware and run length.
 
-    MFU = max_mfu * L / (L + half_seq_len) * gpu_factor * int8_factor
-
-where L is the sequence length actually processed (padding included). Short padded sequences
-keep GPUs far from peak; long packed ones approach `max_mfu`. The two constants are calibrated on
-the two published runs whose time is known (docs/COST_MODEL.md): Alpaca (7B, 8 x A100, ~3 h,
-L ~ 300) and Vicuna (13B, 8 x A100-80GB, ~24 h, L = 2048). No recipe has its own fudge factor.
+Hours = the sampled steps' time from the step-time model (`steptime.py`: FLOPs at a fitted
+kernel efficiency, exposed communication, optimizer), x the run's steps, + the final eval,
+start-up, checkpoint saves, and on spot the work expected to be lost to preemptions and the wait
+for capacity. Dollars = the worker nodes' hours at their price, + the head node for the whole
+run, + idle workers until scale-down, + storage of the kept checkpoints and export.
 """
 
 from __future__ import annotations
@@ -22,47 +19,29 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from orchestrator.config.schema import ConfigError, InstancePrice, JobConfig, MfuModel
+from orchestrator.config.schema import ConfigError, InstancePrice, JobConfig
+from orchestrator.cost import steptime
+from orchestrator.cost.lengths import Lengths, job_lengths, sample_steps
+from orchestrator.cost.steptime import Device, ModelShape, Pass, Regime
 from orchestrator.training.model import count_params
 
-
-@dataclass
-class Workload:
-    """What a run computes, independent of where it runs."""
-
-    n_params: int
-    n_layers: int
-    d_model: int
-    tokens: float
-    """Tokens processed over the run, padding included."""
-    seq_len: float
-    """Average processed sequence length."""
-    method: str = "full"
-    activation_checkpointing: bool = False
-    load_8bit: bool = False
-
-
-def flops_per_token(w: Workload) -> float:
-    dense = (6.0 if w.method == "full" else 4.0) * w.n_params
-    if w.activation_checkpointing:
-        dense += 2.0 * w.n_params
-    return dense + 6.0 * w.n_layers * w.seq_len * w.d_model
-
-
-def mfu(model: MfuModel, gpu: str, seq_len: float, load_8bit: bool = False) -> float:
-    value = model.max_mfu * seq_len / (seq_len + model.half_seq_len)
-    value *= model.gpu_factor.get(gpu, 1.0)
-    if load_8bit:
-        value *= model.int8_factor
-    return value
+SAMPLED_STEPS = 16
+"""Steps drawn from the length distribution and planned, to average the step time over."""
 
 
 @dataclass
 class Projection:
     n_params: int
     tokens: float
+    """Real tokens trained on over the run (padding excluded)."""
+    slots: float
+    """Token positions processed over the run (padding included)."""
     flops: float
+    """Model FLOPs (what MFU counts)."""
+    executed_flops: float
+    """FLOPs the hardware executes (padding, recomputation: what HFU counts)."""
     mfu: float
+    hfu: float
     num_gpus: int
     instance_type: str
     market: str
@@ -79,6 +58,9 @@ class Projection:
     usd_spot: float | None
     usd_spot_low: float | None
     usd_spot_high: float | None
+    usd_extra: dict[str, float] = field(default_factory=dict)
+    """Dollars besides the workers: head node, idle workers until scale-down, storage."""
+    replay: bool = False
     assumptions: dict = field(default_factory=dict)
 
     @property
@@ -96,77 +78,142 @@ class Projection:
         return self.usd_on_demand_low, self.usd_on_demand_high
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "usd": self.usd}
+        return {**asdict(self), "usd": self.usd, "usd_low": self.usd_range[0],
+                "usd_high": self.usd_range[1]}  # fmt: skip
 
     def summary(self) -> str:
         spot = ""
         if self.usd_spot is not None:
-            spot = f", ${self.usd_spot:,.0f} on spot (${self.usd_spot_low:,.0f}-${self.usd_spot_high:,.0f})"
+            spot = (
+                f", {_usd(self.usd_spot)} on spot "
+                f"({_usd(self.usd_spot_low)}-{_usd(self.usd_spot_high)})"
+            )
+        what = "replay of the original" if self.replay else "our run"
+        workers = "CPU worker" if self.assumptions.get("peak_flops", 1e13) < 1e12 else "GPU"
         return (
-            f"{self.n_params / 1e9:.2f}B params x {self.tokens / 1e9:.3f}B tokens = "
-            f"{self.flops:.2e} FLOPs -> {self.hours:,.1f} h ({self.hours_low:,.1f}-{self.hours_high:,.1f}) "
-            f"on {self.num_gpus} x GPU at {self.mfu:.0%} MFU ({self.instance_type}) -> "
-            f"${self.usd_on_demand:,.0f} on-demand{spot}"
+            f"{what}: {_count(self.n_params)} params x {_count(self.tokens)} tokens "
+            f"({self.slots / max(1.0, self.tokens):.2f} slots per token) = {self.flops:.2e} FLOPs "
+            f"-> {_duration(self.hours)} ({_duration(self.hours_low)}-{_duration(self.hours_high)})"
+            f" on {self.num_gpus} x {workers} at {self.mfu:.0%} MFU / {self.hfu:.0%} HFU "
+            f"({self.instance_type}) -> {_usd(self.usd_on_demand)} on-demand{spot}"
         )
 
 
-def workload(
-    cfg: JobConfig, measured: tuple[int, int] | None = None, vocab_size: int | None = None
-) -> Workload:
-    """The job's workload: tokens from the prepared data when measured, else the declared stats.
+def _count(n: float) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return f"{n:.0f}"
 
-    Args:
-        measured: (examples, processed tokens) of one epoch; None = the job's declared
-            `data.num_examples` x `data.tokens_per_example`.
-    """
-    if cfg.data.format == "text":  # pretraining: fixed-length packed sequences, sized in tokens
-        seq = cfg.data.max_seq_len
-        step_tokens = cfg.train.global_batch_size * seq
-        if cfg.train.max_steps is not None:
-            tokens = float(cfg.train.max_steps * step_tokens)
-        elif cfg.train.max_tokens is not None:
-            tokens = float(math.ceil(cfg.train.max_tokens / step_tokens) * step_tokens)
-        else:
+
+def _duration(hours: float) -> str:
+    return f"{hours:,.1f} h" if hours >= 0.1 else f"{hours * 3600:,.0f} s"
+
+
+def _usd(usd: float) -> str:
+    return f"${usd:,.0f}" if usd >= 10 else f"${usd:.4f}"
+
+
+def model_shape(cfg: JobConfig, vocab_size: int | None = None) -> ModelShape:
+    n = count_params(cfg.model, vocab_size)
+    if cfg.train.method == "full":
+        trained = n
+    else:
+        from orchestrator.cost.memory import trainable_params
+
+        trained = trainable_params(cfg, vocab_size)[1]
+    return ModelShape(n, trained, cfg.model.num_layers, cfg.model.hidden_size)
+
+
+def device(cfg: JobConfig, replay: bool = False) -> Device:
+    """The job's worker device and layout (GPU from the catalog; CPU workers at local scale)."""
+    hw, cm = cfg.hardware, cfg.cost
+    price = cm.instances[hw.instance_type]
+    framework = cm.kernel.frameworks.get(cfg.replay.framework, 1.0) if replay else 1.0
+    if hw.accelerator == "cpu":
+        return Device(
+            peak_flops=cm.cpu_peak_flops_per_worker, kernel=cm.cpu_kernel, gpu="cpu",
+            framework=framework, world=hw.num_workers, gpus_per_node=hw.num_workers,
+            nodes=max(1, hw.num_nodes),
+        )  # fmt: skip
+    gpu = cm.gpus[hw.accelerator]
+    world = hw.num_workers * hw.gpus_per_worker
+    nodes = max(1, hw.num_nodes)
+    return Device(
+        peak_flops=gpu.peak_flops, kernel=cm.kernel, gpu=hw.accelerator, framework=framework,
+        memory_bytes_per_s=gpu.memory_bytes_per_s, world=world,
+        gpus_per_node=max(1, world // nodes), nodes=nodes,
+        link_bytes_per_s=price.gpu_link_bytes_per_s,
+        network_bytes_per_s=price.network_bytes_per_s,
+    )  # fmt: skip
+
+
+def regime(cfg: JobConfig, replay: bool = False) -> Regime:
+    t = cfg.train
+    if t.strategy == "deepspeed":
+        strategy = f"zero{cfg.deepspeed.zero_stage}"
+    elif t.strategy == "fsdp":
+        hsdp = cfg.fsdp.hsdp if cfg.fsdp.hsdp is not None else cfg.hardware.num_nodes > 1
+        strategy = "hsdp" if hsdp and cfg.hardware.num_nodes > 1 else "fsdp"
+    else:
+        strategy = "ddp"
+    if replay:
+        attention = cfg.replay.attention
+    elif cfg.hardware.accelerator != "cpu" and cfg.model.attn_implementation == "flash_attention_2":
+        attention = "flash"
+    else:
+        attention = "sdpa" if cfg.model.attn_implementation == "sdpa" else "eager"
+    return Regime(
+        method=t.method, recompute=t.activation_checkpointing, load_8bit=cfg.model.load_8bit,
+        attention=attention, strategy=strategy,
+        param_bytes=2 if t.precision == "bf16" else 4,
+    )  # fmt: skip
+
+
+def batching(cfg: JobConfig, replay: bool = False) -> tuple[str, int, int | None]:
+    """(mode, per-device micro-batch, token budget) of ours or of the original's run."""
+    from orchestrator.data.batching import resolve_mode
+
+    if replay:
+        r = cfg.replay
+        return r.batching, r.micro_batch_size or cfg.train.micro_batch_size, None
+    mode = resolve_mode(cfg.train.batching, cfg.hardware.accelerator, cfg.model.attn_implementation)
+    return mode, cfg.train.micro_batch_size, cfg.train.tokens_per_micro_batch
+
+
+def total_steps(cfg: JobConfig, num_examples: int) -> int:
+    """Optimizer steps of the run, as the loop counts them."""
+    t = cfg.train
+    if t.max_steps is not None:
+        return t.max_steps
+    if cfg.data.format == "text":
+        if t.max_tokens is None:
             raise ConfigError(
                 f"job {cfg.job!r} ({cfg.scale}): data.format=text needs train.max_tokens, "
                 "train.max_steps or an enabled plan to size the run"
             )
-        return Workload(
-            n_params=count_params(cfg.model, vocab_size),
-            n_layers=cfg.model.num_layers,
-            d_model=cfg.model.hidden_size,
-            tokens=tokens,
-            seq_len=float(seq),
-            method=cfg.train.method,
-            activation_checkpointing=cfg.train.activation_checkpointing,
-        )
-    if measured is not None:
-        examples, per_epoch = measured
-    elif cfg.data.num_examples and cfg.data.tokens_per_example:
-        examples = cfg.data.num_examples
-        per_epoch = cfg.data.num_examples * cfg.data.tokens_per_example
-    else:
-        raise ConfigError(
-            f"job {cfg.job!r} ({cfg.scale}): cannot project the bill: set data.num_examples and "
-            "data.tokens_per_example (declared dataset stats) or measure the data"
-        )
-    examples_seen = examples * cfg.train.epochs
-    if cfg.train.max_steps is not None:
-        examples_seen = min(examples_seen, cfg.train.max_steps * cfg.train.global_batch_size)
-    return Workload(
-        n_params=count_params(cfg.model, vocab_size),
-        n_layers=cfg.model.num_layers,
-        d_model=cfg.model.hidden_size,
-        tokens=examples_seen * per_epoch / examples,
-        seq_len=per_epoch / examples,
-        method=cfg.train.method,
-        activation_checkpointing=cfg.train.activation_checkpointing,
-        load_8bit=cfg.model.load_8bit,
-    )
+        return math.ceil(t.max_tokens / (t.global_batch_size * cfg.data.max_seq_len))
+    return max(1, math.ceil(t.epochs * (num_examples // t.global_batch_size)))
 
 
-def train_tokens(cfg: JobConfig, measured: tuple[int, int] | None = None) -> float:
-    return workload(cfg, measured).tokens
+def step_passes(
+    cfg: JobConfig, lengths: Lengths | None, replay: bool, steps: int
+) -> list[list[list[Pass]]]:
+    """The planned passes of `steps` sampled steps (pretraining: full rows every pass)."""
+    world = device(cfg).world
+    if cfg.data.format == "text":
+        seq, micro = cfg.data.max_seq_len, cfg.train.micro_batch_size
+        per_rank = cfg.train.global_batch_size // (micro * world)
+        p = Pass(micro * seq, float(micro * seq * seq), micro * seq, float(micro * seq * seq))
+        return [[[p] * per_rank for _ in range(world)]]
+    assert lengths is not None
+    mode, micro, budget = batching(cfg, replay)
+    varlen = regime(cfg, replay).attention == "flash"
+    return sample_steps(
+        lengths, steps=steps, global_batch=cfg.train.global_batch_size, seed=cfg.train.seed,
+        mode=mode, world=world, micro_batch_size=micro, tokens_per_micro_batch=budget,
+        max_seq_len=cfg.data.max_seq_len, varlen=varlen,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -212,131 +259,180 @@ def measured_save_times(blocked_s: list[float], total_s: list[float]) -> SaveTim
 
 def project(
     cfg: JobConfig,
-    measured: tuple[int, int] | None = None,
     vocab_size: int | None = None,
     saves: SaveTimes | None = None,
+    replay: bool = False,
+    lengths: Lengths | None = None,
 ) -> Projection:
     """The projected bill of `cfg` on its declared hardware, with a low/high range.
 
     Args:
-        measured: (examples, processed tokens) of one epoch of the prepared data.
+        vocab_size: the tokenizer's size when known (the embedding is part of the model).
         saves: this run's measured save time (a continued run), else modelled (`save_times`).
+        replay: project the original run (`cfg.replay`) instead of ours.
+        lengths: the measured length distribution (a launch's prepared data), else the
+            job's (`lengths.job_lengths`).
     """
-    hw, cm = cfg.hardware, cfg.cost
+    hw, cm, o = cfg.hardware, cfg.cost, cfg.cost.overheads
     price = cm.instances[hw.instance_type]
-    if hw.accelerator == "cpu":
-        num_gpus, peak, gpu = hw.num_workers, cm.cpu_peak_flops_per_worker, "cpu"
-    else:
-        num_gpus, peak, gpu = (
-            hw.num_workers * hw.gpus_per_worker,
-            cm.gpus[hw.accelerator].peak_flops,
-            hw.accelerator,
-        )
-    w = workload(cfg, measured, vocab_size)
-    flops = flops_per_token(w) * w.tokens
-    util = cm.mfu if cm.mfu is not None else mfu(cm.mfu_model, gpu, w.seq_len, w.load_8bit)
-    compute_h = flops / (num_gpus * peak * util) / 3600.0
+    shape, dev, reg = model_shape(cfg, vocab_size), device(cfg, replay), regime(cfg, replay)
+    dist = None if cfg.data.format == "text" else (lengths or job_lengths(cfg))
+    steps = total_steps(cfg, dist.num_examples if dist else 0)
+    sampled = step_passes(cfg, dist, replay, min(steps, SAMPLED_STEPS))
 
-    o = cm.overheads
-    steps = (
-        cfg.train.max_steps
-        if cfg.train.max_steps is not None
-        else math.ceil(w.tokens / w.seq_len / cfg.train.global_batch_size)
-    )
-    if w.method == "full":
-        n_trainable = w.n_params
-    else:
-        from orchestrator.cost.memory import trainable_params
+    def per_step(f) -> float:  # the mean over the sampled steps of a sum over their passes
+        return sum(sum(f(p) for r in ranks for p in r) for ranks in sampled) / len(sampled)
 
-        n_trainable = trainable_params(cfg, vocab_size)[1]
-    save = save_times(cfg, w.n_params, n_trainable, saves)
-    save_s = save.blocked_s  # what a save costs training (Young/Daly's C)
+    step_s = sum(steptime.step_s(shape, reg, dev, ranks) for ranks in sampled) / len(sampled)
+    real, slots = per_step(lambda p: p.real), per_step(lambda p: p.slots)
+    model_f = per_step(lambda p: steptime.pass_flops(shape, reg, p)[2])
+    exec_f = per_step(lambda p: sum(steptime.pass_flops(shape, reg, p)[:2]))
+    compute_h = step_s * steps / 3600.0
+    peak_all = dev.peak_flops * dev.world
+    mfu = model_f / (step_s * peak_all) if step_s else 0.0
+    hfu = exec_f / (step_s * peak_all) if step_s else 0.0
+
+    # The final eval: a forward pass (~1/3 of a training pass) over the held-out examples.
+    if dist is not None:
+        eval_examples = dist.num_examples * cfg.data.eval_fraction
+        eval_h = eval_examples / cfg.train.global_batch_size * step_s / 3.0 / 3600.0
+    else:
+        eval_h = cfg.data.eval_sequences / cfg.train.global_batch_size * step_s / 3.0 / 3600.0
+    save = save_times(cfg, shape.n_params, shape.n_trainable, saves)
     rate = o.spot_preemptions_per_node_hour * max(1, hw.num_nodes)
+    spot = hw.market == "spot"
     ck = cfg.checkpoint
     if ck.interval == "minutes" and ck.every_minutes:
         n_saves = max(1, math.floor(compute_h * 60.0 / ck.every_minutes))
-    elif ck.interval == "auto":  # what the run will choose once it has measured a save
+    elif ck.interval == "auto":  # what the run chooses once it has measured a save
         from orchestrator.checkpoint.policy import young_daly_interval_s
 
-        # The cluster's MTBF: a preemption of any of its nodes stops the run.
-        mtbf_h = min(ck.mtbf_hours, 1.0 / rate) if hw.market == "spot" else ck.mtbf_hours
-        every_s = young_daly_interval_s(save_s, mtbf_h * 3600.0)
+        mtbf_h = min(ck.mtbf_hours, 1.0 / rate) if spot and rate else ck.mtbf_hours
+        every_s = young_daly_interval_s(max(save.blocked_s, 1e-3), mtbf_h * 3600.0)
         n_saves = max(1, math.floor(compute_h * 3600.0 / every_s))
     else:
         n_saves = max(1, steps // ck.every_steps)
     overhead = {
         "startup": (price.startup_s if price.startup_s is not None else o.startup_s) / 3600.0,
-        "checkpoints": n_saves * save_s / 3600.0,
+        "teardown": (price.teardown_s if price.teardown_s is not None else o.teardown_s) / 3600.0,
+        "checkpoints": n_saves * save.blocked_s / 3600.0,
+        "eval": eval_h,
     }
-    # Spot: expected preemptions, each losing on average half a checkpoint interval, the part
-    # of a save still in flight (async: written after training resumed), and a restart.
+    # Spot: each expected preemption loses half an interval, the save in flight and a restart.
     interval_h = compute_h / max(1, n_saves)
-    lost_per_preemption_h = (
-        interval_h / 2 + (save.total_s - save.blocked_s) / 3600.0 + o.restart_s / 3600.0
-    )
+    lost_h = interval_h / 2 + (save.total_s - save.blocked_s) / 3600.0 + o.restart_s / 3600.0
     base_h = compute_h + sum(overhead.values())
-    lost_share = rate * lost_per_preemption_h
-    if lost_share >= 0.9:
+    lost_share = rate * lost_h
+    if spot and lost_share >= 0.9:
         raise ConfigError(
             f"job {cfg.job!r}: on spot, {rate:.2f} preemptions per hour over {hw.num_nodes} "
-            f"nodes, each losing {lost_per_preemption_h:.2f} h, leave no time to train; "
-            "checkpoint more often (checkpoint.interval=auto), use fewer nodes or on_demand"
+            f"nodes, each losing {lost_h:.2f} h, leave no time to train; checkpoint more "
+            "often (checkpoint.interval=auto), use fewer nodes or on_demand"
         )
-    spot_h = base_h / (1.0 - lost_share)
-    spot = hw.market == "spot"
+    spot_h = base_h / (1.0 - lost_share) if spot else base_h
     hours = spot_h if spot else base_h
     overhead["preemptions"] = hours - base_h
 
-    lo, hi = cm.mfu_model.range_low, cm.mfu_model.range_high
     nodes = (
-        max(hw.num_nodes, math.ceil(num_gpus / max(1, price.num_gpus)))
+        max(hw.num_nodes, math.ceil(dev.world / max(1, price.num_gpus)))
         if price.num_gpus
         else hw.num_nodes
     )
     od = price.on_demand_per_hour_usd * nodes
     sp = price.spot_per_hour_usd * nodes if price.spot_per_hour_usd is not None else None
+    worker_rate = sp if spot and sp is not None else od
+    # Beyond the workers' hours: the head for the whole run (waits included), idle workers until
+    # the autoscaler removes them, the kept checkpoints and export in the store, the volumes.
+    wait_h = o.spot_capacity_wait_s / 3600.0 if spot else 0.0
+    extra: dict[str, float] = {}
+    if hw.head_instance_type is not None:
+        head = cm.instances[hw.head_instance_type]
+        extra["head_node"] = (hours + wait_h) * head.on_demand_per_hour_usd
+    extra["idle_until_scale_down"] = hw.scale_down_s / 3600.0 * worker_rate
+    from orchestrator.cost.memory import checkpoint_bytes
 
-    def at(h: float, mfu_scale: float) -> float:  # hours with MFU scaled (compute part only)
-        return h - compute_h + compute_h / mfu_scale
+    kept = checkpoint_bytes(cfg, shape.n_params, shape.n_trainable) * ck.keep_last
+    kept += 2.0 * shape.n_params  # the bf16 export
+    extra["storage"] = kept / 1e9 * cm.storage_usd_per_gb_month * cfg.storage.retention_days / 30.0
+    extra["volumes"] = nodes * price.ebs_gb * cm.ebs_usd_per_gb_month * hours / 730.0
+    usd_extra = sum(extra.values())
 
-    # More MFU than expected = fewer hours: the low bill comes from the high MFU.
-    h_low, h_high = at(hours, hi), at(hours, lo)
+    k = dev.kernel
+
+    def at(h: float, scale: float) -> float:  # hours with the kernel efficiency scaled
+        return h - compute_h + compute_h / scale
+
+    spot_low, spot_high = at(spot_h, k.range_high), at(spot_h, k.range_low)
+    assumptions = {
+        "steps": steps,
+        "examples_per_epoch": dist.num_examples if dist else None,
+        "lengths": {"kind": dist.kind, "source": dist.source, "mean": dist.mean} if dist else None,
+        "batching": batching(cfg, replay)[0] if dist else "packed rows",
+        "attention": reg.attention,
+        "strategy": reg.strategy,
+        "step_s": step_s,
+        "slots_per_real_token": slots / max(1.0, real),
+        "peak_flops": dev.peak_flops,
+        "checkpoint_saves": n_saves,
+        "checkpoint_blocked_s": save.blocked_s,
+        "checkpoint_total_s": save.total_s,
+        "checkpoint_save_measured": save.measured,
+        "preemptions_expected_on_spot": rate * spot_h,
+        "hours_on_demand": base_h,
+        "hours_spot": spot_h,
+        "spot_capacity_wait_h": wait_h,
+        "price_source": price.source,
+    }
+    if replay and cfg.replay.published_hours:
+        assumptions["published"] = replay_check(cfg, hours, hfu)
     return Projection(
-        n_params=w.n_params,
-        tokens=w.tokens,
-        flops=flops,
-        mfu=util,
-        num_gpus=num_gpus,
+        n_params=shape.n_params,
+        tokens=real * steps,
+        slots=slots * steps,
+        flops=model_f * steps,
+        executed_flops=exec_f * steps,
+        mfu=mfu,
+        hfu=hfu,
+        num_gpus=dev.world,
         instance_type=hw.instance_type,
         market=hw.market,
         compute_hours=compute_h,
         overhead_hours=overhead,
         hours=hours,
-        hours_low=h_low,
-        hours_high=h_high,
+        hours_low=at(hours, k.range_high),
+        hours_high=at(hours, k.range_low),
         price_on_demand_per_hour_usd=od,
         price_spot_per_hour_usd=sp,
-        usd_on_demand=base_h * od,
-        usd_on_demand_low=at(base_h, hi) * od,
-        usd_on_demand_high=at(base_h, lo) * od,
-        usd_spot=spot_h * sp if sp is not None else None,
-        usd_spot_low=at(spot_h, hi) * sp if sp is not None else None,
-        usd_spot_high=at(spot_h, lo) * sp if sp is not None else None,
-        assumptions={
-            "seq_len": w.seq_len,
-            "flops_per_token": flops_per_token(w),
-            "peak_flops": peak,
-            "steps": steps,
-            "checkpoint_saves": n_saves,
-            "checkpoint_blocked_s": save.blocked_s,
-            "checkpoint_total_s": save.total_s,
-            "checkpoint_save_measured": save.measured,
-            "preemptions_expected_on_spot": rate * spot_h,
-            "hours_on_demand": base_h,
-            "hours_spot": spot_h,
-            "price_source": price.source,
-        },
+        usd_on_demand=base_h * od + usd_extra,
+        usd_on_demand_low=at(base_h, k.range_high) * od + usd_extra,
+        usd_on_demand_high=at(base_h, k.range_low) * od + usd_extra,
+        usd_spot=spot_h * sp + usd_extra if sp is not None else None,
+        usd_spot_low=spot_low * sp + usd_extra if sp is not None else None,
+        usd_spot_high=spot_high * sp + usd_extra if sp is not None else None,
+        usd_extra=extra,
+        replay=replay,
+        assumptions=assumptions,
     )
+
+
+def replay_check(cfg: JobConfig, hours: float, hfu: float) -> dict:
+    """The original's published wall time as a band check: the HFU it implies on the same work,
+    against the best the calibrated kernel model gives any pass of this model's width. An
+    implied HFU above that best is inconsistent (the published time, or what it covered, is
+    off), not a target to tune to."""
+    r, k = cfg.replay, cfg.cost.kernel
+    implied = hfu * hours / r.published_hours
+    gpu = cfg.hardware.accelerator
+    best = steptime.efficiency(k, gpu, 1e12, cfg.model.hidden_size)
+    return {
+        "hours": r.published_hours,
+        "usd": r.published_usd,
+        "source": r.published_source,
+        "projected_over_published": hours / r.published_hours,
+        "implied_hfu": implied,
+        "best_kernel_hfu": best,
+        "consistent": implied <= best,
+    }
 
 
 def price_per_hour(price: InstancePrice, market: str) -> float:
@@ -347,6 +443,11 @@ def price_per_hour(price: InstancePrice, market: str) -> float:
 
 
 def cluster_price_per_hour(cfg: JobConfig) -> float:
-    """$/h of the job's cluster in its market (what the live ledger accrues)."""
-    price = cfg.cost.instances[cfg.hardware.instance_type]
-    return price_per_hour(price, cfg.hardware.market) * cfg.hardware.num_nodes
+    """$/h of the job's cluster in its market, its head node included (what the live ledger
+    accrues and the budget cap counts)."""
+    hw = cfg.hardware
+    price = cfg.cost.instances[hw.instance_type]
+    usd = price_per_hour(price, hw.market) * hw.num_nodes
+    if hw.head_instance_type is not None:
+        usd += cfg.cost.instances[hw.head_instance_type].on_demand_per_hour_usd
+    return usd

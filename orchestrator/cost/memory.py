@@ -220,7 +220,9 @@ def check_job(cfg: JobConfig, data_bytes: float | None = None) -> MemoryEstimate
     price = cfg.cost.instances.get(cfg.hardware.instance_type)
     if data_bytes is None:
         d = cfg.data
-        data_bytes = 5.0 * (d.num_examples or 0) * (d.tokens_per_example or 0)  # int32 + mask
+        data_bytes = (
+            5.0 * (d.lengths.num_examples or 0) * (d.lengths.mean_tokens or 0)
+        )  # int32 + mask
     need = disk_bytes_per_node(cfg, total, trainable, data_bytes)
     if price is not None and price.local_disk_gb and need > price.local_disk_gb * 1e9:
         raise ConfigError(

@@ -58,6 +58,13 @@ class DataManifest:
     s3:// URLs), in order; None for instruction data."""
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     """{relative path: {bytes, sha256}} of every file but the manifest."""
+    train_length_counts: list[list[int]] = field(default_factory=list)
+    """[[length, count], ...] of the training examples: the measured length distribution the
+    cost estimator plans batches over (cost/lengths.py)."""
+
+    def train_lengths(self) -> list[int]:
+        """Every training example's length (from the counts), sorted."""
+        return [n for n, c in self.train_length_counts for _ in range(c)]
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True)
@@ -220,6 +227,15 @@ def write_prepared(
         else 0,
         identity=identity,
         text_sources=text_sources,
+        train_length_counts=[
+            [int(n), int(c)]
+            for n, c in zip(
+                *np.unique(lengths[np.asarray(train_index, dtype=np.int64)], return_counts=True),
+                strict=True,
+            )
+        ]
+        if train_index
+        else [],
         files={
             str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
             for p in sorted(folder.rglob("*"))

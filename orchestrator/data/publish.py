@@ -39,7 +39,7 @@ from orchestrator.data.prepared import (
 from orchestrator.storage.durable import FolderStore, S3Prefix, open_durable
 from orchestrator.storage.layout import DATA
 
-KEY_EXCLUDES = ("rebuild", "num_examples", "tokens_per_example")
+KEY_EXCLUDES = ("rebuild", "lengths")
 """Config keys that do not change the prepared tokens."""
 
 

@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
+import yaml
+
 from orchestrator.config.load import compose, to_dict, to_yaml
 from orchestrator.config.names import check_name
 from orchestrator.config.schema import ConfigError, JobConfig
@@ -31,6 +33,7 @@ from orchestrator.cost.estimator import (
     project,
 )
 from orchestrator.cost.ledger import Ledger, NodeLife, read_timeline
+from orchestrator.cost.lengths import Lengths
 from orchestrator.cost.memory import check_job
 from orchestrator.cost.prices import apply_live_prices
 from orchestrator.data.formats import DataError
@@ -41,6 +44,8 @@ from orchestrator.storage import resolve as storage_resolve
 from orchestrator.storage.layout import (
     BILL_JSON,
     BILL_MD,
+    CONFIGS,
+    EXPORT,
     FAILURES,
     LAUNCH_RESULT,
     METRICS_PENDING,
@@ -56,6 +61,7 @@ from orchestrator.storage.layout import (
 from orchestrator.tracking import runs as mlruns
 from orchestrator.tracking.mlflow_logger import replay_all, replay_durable
 from orchestrator.tracking.plots import log_run_artifacts
+from orchestrator.tracking.redact import redact
 from orchestrator.training.model import count_params
 
 
@@ -156,9 +162,13 @@ def launch(
     data_url, data = _prepare_data(cfg, storage, meta)
     _publish_base(cfg, storage)
     previous = _read_result(store) if meta else None  # a continued run has measured its saves
+    lengths = None
+    if cfg.data.format != "text" and data.train_length_counts:
+        values = tuple(data.train_lengths())
+        lengths = Lengths(values, len(values), "measured", f"prepared data {data.key}")
     projection = project(
         cfg,
-        measured=(data.num_train, data.train_tokens),
+        lengths=lengths,
         vocab_size=data.vocab_size,
         saves=measured_save_times(previous.checkpoint_s, previous.checkpoint_persist_s)
         if previous
@@ -196,6 +206,10 @@ def launch(
     hours_before = ledger.hours()
     attempt = ledger.begin(t_start)  # the cluster is paid from the moment we start creating it
     mlruns.log_config(uri, run_id, to_dict(cfg), attempt["attempt"])
+    store.write_text(  # the resolved config of this launch, beside its results (redacted)
+        f"{CONFIGS}/attempt-{attempt['attempt']}.yaml",
+        yaml.safe_dump(redact(to_dict(cfg)), sort_keys=False),
+    )
     store.delete(RESULT)
 
     failures = read_failures(store)
@@ -230,6 +244,7 @@ def launch(
             replay_durable(uri, store, METRICS_PENDING)  # what the workers could not send
             log_bill(uri, run_id, store)
             log_run_artifacts(uri, run_id, store, storage.checkpoint_url)
+            _register_export(cfg, uri, run_id, run_name, store, bill, result)
             mlruns.finish(uri, run_id, _bill_tags(bill, attempt, result), status)
         except Exception as e:  # noqa: BLE001 - a dead tracking server must not hide the result
             print(f"warning: could not finalize the MLflow run: {e}", file=sys.stderr)
@@ -392,6 +407,38 @@ def _bill_tags(bill: dict[str, Any], attempt: dict[str, Any], result: RunResult 
     if "market_fallback" in bill:
         tags["market_fallback"] = bill["market_fallback"]
     return tags
+
+
+def _register_export(
+    cfg: JobConfig, uri: str, run_id: str, run_name: str, store, bill: dict, result
+) -> None:
+    """A finished run's export as an MLflow logged model, by reference, with its bill."""
+    exported = store.exists(f"{EXPORT}/config.json") or store.exists(
+        f"{EXPORT}/adapter/adapter_config.json"
+    )
+    if result is None or not exported:
+        return
+    tags = {
+        "job": cfg.job,
+        "scale": cfg.scale,
+        "bill_usd": f"{bill['usd_total']:.6f}",
+        "bill_usd_projected": f"{bill['projected']['usd']:.6f}",
+        "bill_usd_wasted_by_preemptions": f"{bill['by_category']['wasted']:.6f}",
+        "bill_spot_savings_usd": f"{bill['usd_spot_savings']:.6f}",
+        "bill_usd_upstream": "0",  # a pipeline stage adds its inputs' bills here
+        "tokens": str(result.tokens),
+        "eval_loss": "" if result.eval_loss is None else f"{result.eval_loss:.6f}",
+    }
+    params = {
+        "data_key": RunMeta.from_json(store.read_text(RUN_META) or "{}").data_key or "",
+        "config_hash": _config_hash(cfg),
+        "method": cfg.train.method,
+        "base": cfg.model.pretrained or "random init",
+    }
+    model_id = mlruns.register_model(
+        uri, run_id, f"{cfg.job}-{run_name}", f"{store.url}/{EXPORT}", tags, params
+    )
+    print(f"  registered the export in MLflow as logged model {model_id}")
 
 
 def _confirm_budget(cfg: JobConfig, projection: Projection, yes: bool) -> None:

@@ -1,7 +1,7 @@
 """The Chinchilla planner: a budget in dollars, FLOPs or GPU-hours -> the model that budget buys.
 
-    budget -> compute C (price and peak from conf/pricing, MFU from the cost model at the
-              packed sequence length)
+    budget -> compute C (price and peak from conf/pricing, the kernel efficiency of the step-time
+              model at one packed micro-batch and the planned width)
            -> N, D by each rule (scaling.py): 20 tokens/param, the Epoch refit, Hoffmann's fit
            -> a GPT-3-style shape within 5% of N (arch.py), batch size, peak LR and warmup from
               the Cerebras-GPT table
@@ -42,6 +42,7 @@ class Compute:
     """At the job's market price, compute only (no start-up or preemptions)."""
     peak_flops: float
     mfu: float
+    """The step-time model's kernel efficiency of one pass (model FLOPs per peak FLOP)."""
     usd_per_gpu_hour: float
     accelerator: str
 
@@ -81,19 +82,23 @@ class Plan:
         return asdict(self)
 
 
-def _hardware(cfg: JobConfig) -> tuple[float, float, float, str]:
-    """(peak FLOP/s per worker, MFU at the packed length, $ per worker-hour, accelerator)."""
-    from orchestrator.cost.estimator import mfu, price_per_hour
+def _hardware(cfg: JobConfig, width: int | None = None) -> tuple[float, float, float, str]:
+    """(peak FLOP/s per worker, the kernel efficiency of one full pass (micro-batch x context
+    tokens) at model width `width`, $ per worker-hour, accelerator): the step-time model's
+    arithmetic rate (cost/steptime.py), without communication (the projection adds it)."""
+    from orchestrator.cost.estimator import price_per_hour
+    from orchestrator.cost.steptime import efficiency
 
     hw, cm = cfg.hardware, cfg.cost
     price = cm.instances[hw.instance_type]
     node_usd = price_per_hour(price, hw.market) * hw.num_nodes
     workers = hw.num_workers * max(1, hw.gpus_per_worker)
     if hw.accelerator == "cpu":
-        peak, gpu = cm.cpu_peak_flops_per_worker, "cpu"
+        peak, gpu, kernel = cm.cpu_peak_flops_per_worker, "cpu", cm.cpu_kernel
     else:
-        peak, gpu = cm.gpus[hw.accelerator].peak_flops, hw.accelerator
-    util = cm.mfu if cm.mfu is not None else mfu(cm.mfu_model, gpu, cfg.data.max_seq_len)
+        peak, gpu, kernel = cm.gpus[hw.accelerator].peak_flops, hw.accelerator, cm.kernel
+    tokens = cfg.train.micro_batch_size * cfg.data.max_seq_len
+    util = efficiency(kernel, gpu, tokens, width or cfg.model.hidden_size)
     return peak, util, node_usd / workers, hw.accelerator
 
 
@@ -102,9 +107,11 @@ def compute_budget(
     flops: float | None = None,
     usd: float | None = None,
     gpu_hours: float | None = None,
+    width: int | None = None,
 ) -> Compute:
-    """Turn one budget into training FLOPs on the job's hardware."""
-    peak, util, usd_gpu_h, acc = _hardware(cfg)
+    """Turn one budget into training FLOPs on the job's hardware (at the kernel efficiency of
+    a model `width` wide; the job's own width when not given)."""
+    peak, util, usd_gpu_h, acc = _hardware(cfg, width)
     per_gpu_h = peak * util * 3600.0
     if flops is not None:
         gpu_hours = flops / per_gpu_h
@@ -249,6 +256,11 @@ def make_plan(cfg: JobConfig) -> tuple[Plan, JobConfig]:
     }
     compute = compute_budget(cfg, p.budget_flops, p.budget_usd, p.budget_gpu_hours)
     mup = cfg.model.mup_base_width is not None
+    for _ in range(2):  # the efficiency depends on the width the budget buys: settle it
+        chosen = size_for(compute.flops, vocab, context, p.tokens_per_param)[p.rule]
+        compute = compute_budget(
+            cfg, p.budget_flops, p.budget_usd, p.budget_gpu_hours, width=chosen.shape["d_model"]
+        )
     for _ in range(6):
         methods = size_for(compute.flops, vocab, context, p.tokens_per_param)
         chosen = methods[p.rule]
@@ -260,7 +272,7 @@ def make_plan(cfg: JobConfig) -> tuple[Plan, JobConfig]:
         # Overheads (start-up, attention FLOPs, checkpoints, preemptions) ate into the budget:
         # shrink the compute by the overshoot and size again.
         shrunk = compute.flops * (p.budget_usd / projection.usd) ** 1.05
-        compute = compute_budget(cfg, flops=shrunk)
+        compute = compute_budget(cfg, flops=shrunk, width=chosen.shape["d_model"])
     else:
         raise ConfigError(
             f"plan.budget_usd={p.budget_usd}: no plan fits; the fixed overheads alone "
@@ -312,7 +324,7 @@ def report(plan: Plan, cfg: JobConfig) -> str:
     lines = [
         f"budget {plan.budget} on {cfg.hardware.num_workers} x {c.accelerator} "
         f"({cfg.hardware.instance_type}, {cfg.hardware.market}, ${c.usd_per_gpu_hour:.3f} per "
-        f"GPU-hour, {c.peak_flops:.3g} FLOP/s peak, MFU {c.mfu:.1%})",
+        f"GPU-hour, {c.peak_flops:.3g} FLOP/s peak, kernel efficiency {c.mfu:.1%})",
         f"  = {c.flops:.3e} FLOPs = {c.gpu_hours:,.4g} GPU-hours = {_usd(c.usd)} of compute",
         "",
         f"{'rule':<18}{'N (rule)':>12}{'N (shape)':>12}{'tokens D':>12}{'D/N':>7}"

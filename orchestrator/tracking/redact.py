@@ -23,11 +23,11 @@ from typing import Any
 REDACTED = "***REDACTED***"
 
 _SECRET_KEY = re.compile(
-    r"(secret|passw(or)?d|token|api[_-]?key|access[_-]?key|credential|private[_-]?key|auth"
-    r"|signature)",
+    r"(secret|passw(or)?d|token(?!s|izer)|api[_-]?key|access[_-]?key|credential|private[_-]?key"
+    r"|auth|signature)",
     re.IGNORECASE,
-)
-_NOT_SECRET_KEYS = ("tokenizer", "max_tokens", "tokens_", "auth_mode")
+)  # "token" but not "tokens" (counts: mean_tokens, max_tokens) or "tokenizer"
+_NOT_SECRET_KEYS = ("auth_mode",)
 _SECRET_VALUES = [
     re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"),  # AWS access key id
     re.compile(r"\bghp_[A-Za-z0-9]{30,}\b"),  # GitHub token

@@ -353,29 +353,28 @@ class FinetuneRecipe:
         del state
 
     def _flops_model(self, data: PreparedData) -> tuple[float, float]:
-        """Model FLOPs per trained token and the cluster's peak FLOP/s, for the `mfu` metric."""
-        from orchestrator.cost.estimator import Workload, flops_per_token
+        """Model FLOPs per trained token and the cluster's peak FLOP/s, for the `mfu` metric:
+        the step-time model's count (cost/steptime.py pass_flops) for one example of the mean
+        length: 6 N (or 4 N + 2 T for a frozen base) + 12 L d s per token, no padding and no
+        recomputation (those are in `hfu`)."""
+        from orchestrator.cost.steptime import ModelShape, Pass, Regime, pass_flops
 
         cfg = self.cfg
-        w = Workload(
-            n_params=self.n_params,
-            n_layers=cfg.model.num_layers,
-            d_model=cfg.model.hidden_size,
-            tokens=data.train_tokens,
-            seq_len=(
-                cfg.data.max_seq_len
-                if cfg.data.format == "text"
-                else data.train_tokens / max(1, len(data.train))
-            ),
-            method=cfg.train.method,
-            activation_checkpointing=cfg.train.activation_checkpointing,
+        mean = (
+            cfg.data.max_seq_len
+            if cfg.data.format == "text"
+            else data.train_tokens / max(1, len(data.train))
         )
+        shape = ModelShape(self.n_params, self.n_trainable, cfg.model.num_layers,
+                           cfg.model.hidden_size)  # fmt: skip
+        one = Pass(slots=0, attn_sq=0.0, real=round(mean), real_sq=float(round(mean) ** 2))
+        per_token = pass_flops(shape, Regime(method=cfg.train.method), one)[2] / max(1, one.real)
         hw = cfg.hardware
         if hw.accelerator == "cpu":
             peak = cfg.cost.cpu_peak_flops_per_worker * self.world
         else:
             peak = cfg.cost.gpus[hw.accelerator].peak_flops * hw.gpus_per_worker * self.world
-        return flops_per_token(w), peak
+        return per_token, peak
 
     def _start_system_metrics(self) -> None:
         """CPU, memory, disk (and GPU memory) of this node, logged with the training metrics."""
@@ -663,6 +662,12 @@ class FinetuneRecipe:
             "grad_norm": grad_norm,
             "tokens_per_s": tokens_per_s,
             "mfu": tokens_per_s * self.flops_per_token / self.peak_flops,
+            # executed: padding slots and recomputation count too
+            "hfu": tokens_per_s
+            * self.flops_per_token
+            / self.peak_flops
+            / max(1e-9, padding_efficiency)
+            * (4.0 / 3.0 if self.cfg.train.activation_checkpointing else 1.0),
             "padding_efficiency": padding_efficiency,
             "preemptions": float(self.preemptions),
             "app_failures": float(self.app_failures),

@@ -49,7 +49,7 @@ def test_jsonl_and_parquet_from_s3(bucket, tmp_path):
     assert len(list((tmp_path / "cache/s3/data/g").glob("rows.jsonl.*"))) == 1
     bucket.put_object(Bucket="data", Key="g/rows.jsonl", Body=json.dumps(ROWS[0]) + "\n{oops\n")
     cfg = DataConfig(format="gpt4all", source="s3://data/g/rows.jsonl", template="gpt4all")
-    with pytest.raises(DataError, match=r"s3://data/g/rows.jsonl line 2: not valid JSON"):
+    with pytest.raises(DataError, match=r"s3://data/g/rows.jsonl line 2 column 2: not valid JSON"):
         prepare_data(cfg, tmp_path / "bad")
 
 

@@ -23,6 +23,7 @@ STEP_METRICS = [
     "grad_norm",
     "tokens_per_s",
     "mfu",
+    "hfu",
     "padding_efficiency",
     "cost/usd_total",
     "cost/usd_per_hour",
@@ -142,6 +143,28 @@ def test_artifacts_land_in_the_s3_store(outage_run, stack):
         "config/resolved_attempt1.yaml",
     ):
         assert any(k.endswith(f"{res.mlflow_run_id}/artifacts/{name}") for k in keys), name
+
+
+def test_the_export_is_a_logged_model_with_its_bill_and_the_experiment_trains_models(
+    outage_run, stack
+):
+    """The bill follows the model: a logged model by reference (no weights copied), tagged with
+    the bill, in an experiment marked as model training (MLflow 3 opens it in that view)."""
+    res, _ = outage_run
+    c = MlflowClient(res.tracking_uri)
+    run = c.get_run(res.mlflow_run_id)
+    exp = c.get_experiment(run.info.experiment_id)
+    assert exp.tags.get("mlflow.experimentKind") == "custom_model_development"
+    models = c.search_logged_models([exp.experiment_id])
+    mine = [m for m in models if m.source_run_id == res.mlflow_run_id]
+    assert len(mine) == 1, models
+    m = mine[0]
+    assert m.tags["export_uri"].endswith("/export")
+    assert float(m.tags["bill_usd"]) == pytest.approx(float(run.data.tags["bill_usd"]))
+    for key in ("bill_usd_projected", "bill_usd_wasted_by_preemptions", "tokens", "eval_loss"):
+        assert key in m.tags, key
+    assert m.params["data_key"] and m.params["method"] == "full"
+    assert not c.list_logged_model_artifacts(m.model_id)  # by reference: nothing copied
 
 
 @pytest.mark.skipif(

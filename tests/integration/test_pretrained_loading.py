@@ -7,6 +7,7 @@ well under the model's size (it used to load the whole model in fp32 on every ra
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -91,6 +92,12 @@ def base_folder(tmp_path_factory):
     return folder, n * 4
 
 
+# RSS measures live memory only if freed blocks go back to the OS: large allocations through
+# mmap (a fixed threshold: glibc otherwise raises it after the first big free and keeps later
+# tensors in a heap that never shrinks), and one malloc arena.
+RSS_ENV = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_ARENA_MAX": "2"}
+
+
 def _run(strategy: str, folder, tmp_path) -> list[dict]:
     init = f"file://{tmp_path / f'pg-{strategy}'}"
     procs = [
@@ -99,6 +106,7 @@ def _run(strategy: str, folder, tmp_path) -> list[dict]:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            env=RSS_ENV,
         )
         for r in range(2)
     ]
@@ -115,7 +123,9 @@ def test_fsdp_reads_the_base_once_and_ranks_hold_only_their_shards(base_folder, 
     assert fp32_bytes >= 300e6
     r0, r1 = _run("fsdp", folder, tmp_path)
     assert r0["keys_equal"] and r0["max_diff"] == 0.0 and r0["buffers_ok"], r0
-    assert r1["rss_increase"] < 0.75 * fp32_bytes, (r1["rss_increase"], fp32_bytes)
+    # Rank 1 holds its half (its FSDP shard) plus one tensor in flight, never the model: 215 MB
+    # of 325 measured here; reading the base on every rank costs the model + the shard.
+    assert r1["rss_increase"] < 0.8 * fp32_bytes, (r1["rss_increase"], fp32_bytes)
 
 
 def test_ddp_gets_the_same_weights_by_broadcast(base_folder, tmp_path):

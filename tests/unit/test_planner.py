@@ -96,7 +96,7 @@ def test_budgets_in_usd_flops_and_gpu_hours_agree():
     by_flops = compute_budget(cfg, flops=by_usd.flops)
     assert by_hours.flops == pytest.approx(by_usd.flops)
     assert by_flops.usd == pytest.approx(300.0)
-    # $300 of A100-80GB spot at the MFU model's value for 2048-token rows
+    # $300 of A100-80GB spot, at the step-time model's kernel efficiency for 2048-token rows
     assert by_usd.gpu_hours == pytest.approx(300.0 / (9.606 / 8))
 
 
@@ -107,6 +107,9 @@ def test_dollar_plan_fits_its_budget_with_overheads():
     plan, job = make_plan(cfg)
     assert plan.projected_usd <= 300.0 * 1.0001
     assert plan.projected_usd > 250.0  # and spends most of it
+    from orchestrator.cost.estimator import project
+
+    assert project(job).usd == pytest.approx(plan.projected_usd)  # `make plan` = `make estimate`
     m = plan.methods["tokens_per_param"]
     assert job.model.num_layers == m.shape["layers"] and job.train.max_tokens == int(m.tokens)
     assert m.tokens_per_param == pytest.approx(20.0)

@@ -47,8 +47,9 @@ def test_url_passwords_are_redacted_but_the_rest_stays():
 
 def test_ordinary_config_is_untouched():
     cfg = to_dict(compose("vicuna", "full"))
-    assert redact(cfg) == cfg  # tokenizer, tokens_per_example, ... are not secrets
+    assert redact(cfg) == cfg  # tokenizer, mean_tokens, ... are not secrets
     flat = flatten(redact(cfg))
     assert (
-        flat["data.tokenizer"] == "huggyllama/llama-13b" and flat["data.tokens_per_example"] == 2048
+        flat["data.tokenizer"] == "huggyllama/llama-13b"
+        and flat["data.lengths.mean_tokens"] == 1400
     )

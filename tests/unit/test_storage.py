@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from orchestrator.config.load import compose
-from orchestrator.config.schema import ConfigError, DataConfig
+from orchestrator.config.schema import ConfigError, DataConfig, LengthStats
 from orchestrator.data.prepared import BadPreparedData, open_prepared, write_prepared
 from orchestrator.data.publish import data_key
 from orchestrator.data.templates import Example
@@ -134,7 +134,8 @@ def test_data_key_follows_the_source_files_and_the_config(tmp_path):
                                max_seq_len=64))[0] != k2  # fmt: skip
     # flags that do not change the tokens do not change the key
     assert data_key(DataConfig(format="gpt4all", source=str(src), template="gpt4all",
-                               rebuild=True, num_examples=5))[0] == k2  # fmt: skip
+                               rebuild=True,
+                               lengths=LengthStats(num_examples=5, mean_tokens=9)))[0] == k2  # fmt: skip
     # a shipped sample has the same key on every checkout (named relative to the project)
     ident = data_key(compose("vicuna", "local").data)[1]
     assert ident["source"]["path"] == "data/samples/sharegpt_sample.json"
