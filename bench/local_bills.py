@@ -6,7 +6,9 @@ constants fitted on half the recipes, checked on the other half.
 
 from __future__ import annotations
 
+import json
 import os
+import statistics
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -50,6 +52,12 @@ def run() -> dict:
         missing = [j for j, r in runs.items() if r is None]
         assert not missing, f"runs without a recorded result: {missing}"
         e_max, t_half = fit_cpu([runs[j] for j in FIT])
+        # Fixed time per launch, from the FIT half's bills: before the first step (Ray and the
+        # worker group starting) and after the last (eval, export, shutdown), in seconds at the
+        # instance's price.
+        fixed = {job: _fixed_seconds(Path(measured[job]["run_dir"])) for job in RECIPES}
+        startup_s = statistics.median(fixed[j][0] for j in FIT)
+        teardown_s = statistics.median(fixed[j][1] for j in FIT)
 
         rows = {}
         for job in RECIPES:
@@ -57,8 +65,12 @@ def run() -> dict:
             cfg.cost.cpu_kernel = replace(
                 cfg.cost.cpu_kernel, e_max=e_max, t_half=t_half, d_half=0.0
             )
+            it = cfg.hardware.instance_type
+            cfg.cost.instances[it] = replace(
+                cfg.cost.instances[it], startup_s=startup_s, teardown_s=teardown_s
+            )
             run_dir = Path(measured[job]["run_dir"])
-            meta = __import__("json").loads((run_dir / "run.json").read_text())
+            meta = json.loads((run_dir / "run.json").read_text())
             manifest = DataManifest.from_json(
                 (run_dir.parent.parent / ".data" / meta["data_key"] / "manifest.json").read_text()
             )
@@ -77,11 +89,15 @@ def run() -> dict:
                 "wall_error": round(p.hours * 3600.0 / m["wall_s"] - 1.0, 3),
                 "usd_error": round(p.usd / m["usd"] - 1.0, 3),
                 "steps": m["steps"],
+                "startup_s_measured": round(fixed[job][0], 1),
+                "teardown_s_measured": round(fixed[job][1], 1),
             }
         _ = d
     check = [rows[j] for j in CHECK]
     return {
         "cpu_kernel": {"e_max": round(e_max, 4), "t_half": round(t_half, 1), "d_half": 0.0},
+        "local_startup_s": round(startup_s, 1),
+        "local_teardown_s": round(teardown_s, 1),
         "fit_on": FIT,
         "checked_on": CHECK,
         "check_worst_wall_error": max(abs(r["wall_error"]) for r in check),
@@ -89,3 +105,15 @@ def run() -> dict:
         "cpus": os.cpu_count(),
         "recipes": rows,
     }
+
+
+def _fixed_seconds(run_dir: Path) -> tuple[float, float]:
+    """(start-up, tail) seconds of a finished local run, from its bill: dollars of the
+    `startup` category, and of `eval_export` + `idle`, at the instance's price."""
+    from orchestrator.config.load import compose
+
+    bill = json.loads((run_dir / "bill.json").read_text())
+    cats = bill["by_category"]
+    cfg = compose("alpaca", "local")
+    per_s = cfg.cost.instances[cfg.hardware.instance_type].on_demand_per_hour_usd / 3600.0
+    return cats["startup"] / per_s, (cats["eval_export"] + cats["idle"]) / per_s

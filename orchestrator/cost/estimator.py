@@ -353,7 +353,10 @@ def project(
 
     kept = checkpoint_bytes(cfg, shape.n_params, shape.n_trainable) * ck.keep_last
     kept += 2.0 * shape.n_params  # the bf16 export
-    extra["storage"] = kept / 1e9 * cm.storage_usd_per_gb_month * cfg.storage.retention_days / 30.0
+    # A folder on the local machine's own disk is not billed (the ledger does not bill it either).
+    billed_store = hw.accelerator != "cpu" or str(cfg.storage.root or "").startswith("s3://")
+    per_gb = cm.storage_usd_per_gb_month if billed_store else 0.0
+    extra["storage"] = kept / 1e9 * per_gb * cfg.storage.retention_days / 30.0
     extra["volumes"] = nodes * price.ebs_gb * cm.ebs_usd_per_gb_month * hours / 730.0
     usd_extra = sum(extra.values())
 

@@ -82,9 +82,15 @@ def test_zero3_export_writes_layer_by_layer(tmp_path):
             stderr=subprocess.PIPE,
             text=True,
             # what Ray Train sets on every worker (DeepSpeed checks LOCAL_RANK)
-            env={**os.environ, "LOCAL_RANK": str(r), "RANK": str(r), "WORLD_SIZE": "2",
-                 # RSS = live memory: big blocks through mmap (returned on free), one arena
-                 "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_ARENA_MAX": "2"},  # fmt: skip
+            env={
+                **os.environ,
+                "LOCAL_RANK": str(r),
+                "RANK": str(r),
+                "WORLD_SIZE": "2",
+                # RSS = live memory: big blocks through mmap (returned on free), one arena
+                "MALLOC_MMAP_THRESHOLD_": "65536",
+                "MALLOC_ARENA_MAX": "2",
+            },  # fmt: skip
         )
         for r in range(2)
     ]

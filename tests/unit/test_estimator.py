@@ -292,3 +292,27 @@ def test_cpu_kernel_refit_recovers_the_constants_that_made_the_step_times():
         runs.append(run)
     e_max, t_half = fit_cpu(runs)
     assert (e_max, t_half) == pytest.approx((0.3, 700.0), rel=1e-3)
+
+
+def test_the_catalog_cpu_kernel_is_the_benchmarked_fit():
+    """The local scale's constants are the ones bench/local_bills.py fitted, not a placeholder:
+    a refit must be copied into the catalog (and the results file keeps the evidence)."""
+    import json
+    from pathlib import Path
+
+    from orchestrator.config.load import compose
+
+    bench = json.loads((Path(__file__).parents[2] / "bench/results/local_bills.json").read_text())
+    cfg = compose("vicuna", "local")
+    k = cfg.cost.cpu_kernel
+    assert (k.e_max, k.t_half, k.d_half) == (
+        bench["cpu_kernel"]["e_max"],
+        bench["cpu_kernel"]["t_half"],
+        bench["cpu_kernel"]["d_half"],
+    )
+    local = cfg.cost.instances[cfg.hardware.instance_type]
+    assert (local.startup_s, local.teardown_s) == (
+        bench["local_startup_s"],
+        bench["local_teardown_s"],
+    )
+    assert bench["check_worst_wall_error"] <= 0.25 and bench["check_worst_usd_error"] <= 0.25
