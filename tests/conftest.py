@@ -18,10 +18,11 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 def tokenizer():
     """A byte-level BPE trained on the shipped ShareGPT sample (what local runs use)."""
     from orchestrator.config.schema import DataConfig
-    from orchestrator.data.tokenizer import _texts, train_bpe
+    from orchestrator.data.dataset import template_texts
+    from orchestrator.data.tokenizer import train_bpe
 
     cfg = DataConfig(source=str(REPO_ROOT / "data/samples/sharegpt_sample.json"))
-    return train_bpe(_texts(cfg), vocab_size=512)
+    return train_bpe(template_texts(cfg), vocab_size=512)
 
 
 def requires_gpus(n: int):

@@ -32,10 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from orchestrator.config.schema import SCALES, ConfigError, JobConfig
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-JOBS_DIR = REPO_ROOT / "jobs"
-CONF_DIR = REPO_ROOT / "conf"
+from orchestrator.paths import CONF_DIR, JOBS_DIR, read_yaml_mapping
 
 # Job section -> folder of reusable blocks under conf/.
 BLOCK_DIRS = {"model": "model", "data": "data", "hardware": "hardware", "cost": "pricing"}
@@ -52,18 +49,6 @@ def job_path(job: str) -> Path:
         known = sorted(p.stem for p in JOBS_DIR.glob("*.yaml"))
         raise ConfigError(f"no job named {job!r}: {path} does not exist; known jobs: {known}")
     return path
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
-    return data
 
 
 def _split_block(section: str, value: Any, where: str) -> tuple[Path | None, dict[str, Any]]:
@@ -141,7 +126,7 @@ def compose(
         ConfigError: naming the file/key at fault and what would be valid.
     """
     path = job_path(job)
-    raw = _read_yaml(path)
+    raw = read_yaml_mapping(path)
     scales = raw.pop("scales", {}) or {}
     variants = raw.pop("variants", {}) or {}
     default_variant = raw.pop("default_variant", None)
@@ -189,7 +174,7 @@ def compose(
             block_path, merged[section] = _split_block(section, merged[section], where)
             if block_path is not None:  # the block first, so its own errors name its file
                 blocks[section] = block_path
-                block = _read_yaml(block_path)
+                block = read_yaml_mapping(block_path)
                 _refuse_resolvers(block, str(block_path), section)
                 cfg = _merge_into(cfg, {section: block}, str(block_path))
     _refuse_resolvers(merged, where)

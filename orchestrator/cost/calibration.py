@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.config.load import REPO_ROOT
+from orchestrator.paths import REPO_ROOT
 
 BENCHMARKS = REPO_ROOT / "conf" / "benchmarks" / "llm_foundry_mpt_a100.csv"
 BENCHMARK_SOURCE = (

@@ -25,6 +25,7 @@ from pathlib import Path
 from orchestrator.config.schema import ConfigError, DataConfig, JobConfig
 from orchestrator.cost.steptime import Pass
 from orchestrator.data.batching import default_budget, plan_step
+from orchestrator.paths import CONF_DIR, read_yaml_mapping
 
 
 @dataclass(frozen=True)
@@ -82,12 +83,10 @@ def sample_block(name: str) -> DataConfig:
     max_seq_len: the full scale's cap is applied after rescaling)."""
     from omegaconf import OmegaConf
 
-    from orchestrator.config.load import CONF_DIR, _read_yaml
-
     path = CONF_DIR / "data" / f"{name}.yaml"
     if not path.exists():
         raise ConfigError(f"data.lengths.sample={name!r}: no data block {path}")
-    raw = {**_read_yaml(path), "max_seq_len": SHAPE_MAX_SEQ_LEN}
+    raw = {**read_yaml_mapping(path), "max_seq_len": SHAPE_MAX_SEQ_LEN}
     merged = OmegaConf.merge(OmegaConf.structured(DataConfig), raw)
     return OmegaConf.to_object(merged)  # type: ignore[return-value]
 

@@ -26,9 +26,17 @@ from orchestrator.data.batching import (
     plan_step,
 )
 from orchestrator.data.formats import DataError, read_rows
-from orchestrator.data.instruct import SAMPLE_ADAPTERS, PieceTemplate, Sample, oasst_threads
+from orchestrator.data.instruct import (
+    SAMPLE_ADAPTERS,
+    TEMPLATE_SPECIAL_TOKENS,
+    PieceTemplate,
+    Sample,
+    oasst_threads,
+    render,
+)
 from orchestrator.data.prepared import DataManifest, PreparedData, open_prepared, write_prepared
-from orchestrator.data.templates import IGNORE_INDEX, TEMPLATES, Example
+from orchestrator.data.templates import IGNORE_INDEX, TEMPLATES, VICUNA_V11_SYSTEM, Example
+from orchestrator.data.text import build_text_data
 from orchestrator.data.tokenizer import load_or_train_tokenizer
 
 log = logging.getLogger(__name__)
@@ -104,6 +112,19 @@ def build_examples(cfg: DataConfig, tokenizer) -> tuple[list[Example], int, int]
     return examples, rows, skipped
 
 
+def template_texts(cfg: DataConfig) -> Iterator[str]:
+    """The text a local BPE is trained on: every sample as its template renders it."""
+    for s in iter_samples(cfg):
+        if isinstance(s, DataError):
+            continue  # bad rows are reported (or skipped) by the dataset pass
+        if cfg.template in TEMPLATES:
+            yield from (text for _, text in s.turns)
+        else:
+            yield from (p.text for p in render(cfg.template, s) if p.text)
+    if cfg.template in TEMPLATES:
+        yield VICUNA_V11_SYSTEM + " USER: ASSISTANT:"
+
+
 def build_prepared(
     cfg: DataConfig, folder: Path, key: str = "", identity: dict[str, Any] | None = None
 ) -> DataManifest:
@@ -113,11 +134,15 @@ def build_prepared(
         DataError: a bad row (unless data.on_error=skip), or no usable examples.
     """
     if cfg.format == "text":  # pretraining: streamed by the workers, see text.py
-        from orchestrator.data.text import build_text_data
-
         return build_text_data(cfg, folder, key, identity or {})
     with tempfile.TemporaryDirectory() as tmp:
-        tokenizer, tok_dir = load_or_train_tokenizer(cfg, Path(tmp) / "tokenizer")
+        tokenizer, tok_dir = load_or_train_tokenizer(
+            Path(tmp) / "tokenizer",
+            cfg.tokenizer,
+            cfg.tokenizer_vocab_size,
+            texts=lambda: template_texts(cfg),
+            special=TEMPLATE_SPECIAL_TOKENS.get(cfg.template, []),
+        )
         examples, rows, skipped = build_examples(cfg, tokenizer)
         order = list(range(len(examples)))
         random.Random(cfg.shuffle_seed).shuffle(order)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from orchestrator.paths import REPO_ROOT
 
 Turn = tuple[str, str]  # (role, text), role in {"user", "assistant"}
 
@@ -49,7 +49,7 @@ def read_rows(
     if source.startswith("s3://"):
         if not source.endswith(FILE_SUFFIXES):
             raise DataError(f"data.source={source!r}: an s3:// source must end in {FILE_SUFFIXES}")
-        yield from _read_file(_fetch_s3(source), max_rows, shown=source)
+        yield from _read_file(fetch_s3_source(source), max_rows, shown=source)
         return
     path = Path(source)
     if not path.is_absolute() and not path.exists() and (REPO_ROOT / path).exists():
@@ -70,28 +70,21 @@ def read_rows(
         yield Row(item, f"{source}[{split}] index {i}")
 
 
-def _fetch_s3(url: str) -> Path:
-    """Download an s3:// object once into this node's cache (keyed by its ETag, so a changed
-    object is fetched again): $ORCHESTRATOR_CACHE, else the node's scratch."""
+def fetch_s3_source(url: str) -> Path:
+    """An s3:// data object in this node's cache (fetched again only when its ETag changes):
+    $ORCHESTRATOR_CACHE, else the node's scratch. Errors name the source."""
     import os
 
     from orchestrator.storage.layout import S3_CACHE, default_scratch
-    from orchestrator.storage.s3 import S3, split_url
+    from orchestrator.storage.s3 import S3
 
-    bucket, key = split_url(url)
-    s3 = S3()
+    cache_root = Path(os.environ.get("ORCHESTRATOR_CACHE") or default_scratch()) / S3_CACHE
     try:
-        head = s3.head(bucket, key)
+        return S3().fetch_cached(url, cache_root)
+    except FileNotFoundError:
+        raise DataError(f"data.source={url!r}: cannot read the object (not found)") from None
     except Exception as e:  # noqa: BLE001 - named in the error
         raise DataError(f"data.source={url!r}: cannot read the object ({e})") from None
-    if head is None:
-        raise DataError(f"data.source={url!r}: cannot read the object (not found)")
-    etag = head.etag.replace("-", "_")
-    cache_root = Path(os.environ.get("ORCHESTRATOR_CACHE") or default_scratch())
-    local = cache_root / S3_CACHE / bucket / f"{key}.{etag}{Path(key).suffix}"
-    if not local.exists():
-        s3.download(bucket, key, local)
-    return local
 
 
 def _read_file(

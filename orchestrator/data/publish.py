@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.config.schema import DataConfig
-from orchestrator.data.formats import REPO_ROOT, DataError
+from orchestrator.data.formats import DataError
 from orchestrator.data.prepared import (
     FORMAT_VERSION,
     MANIFEST,
@@ -36,6 +36,7 @@ from orchestrator.data.prepared import (
     read_manifest,
     verify,
 )
+from orchestrator.paths import REPO_ROOT
 from orchestrator.storage.durable import FolderStore, S3Prefix, open_durable
 from orchestrator.storage.layout import DATA
 

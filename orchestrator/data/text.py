@@ -32,7 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.config.schema import DataConfig
-from orchestrator.data.formats import REPO_ROOT, DataError
+from orchestrator.data.formats import DataError, fetch_s3_source
+from orchestrator.data.tokenizer import load_or_train_tokenizer
+from orchestrator.paths import REPO_ROOT
 
 LINE_FORMATS = (".jsonl", ".json")
 EVAL_BUCKETS = 10_000
@@ -74,9 +76,7 @@ class TextFile:
 
     def local(self) -> str:
         if self.location.startswith("s3://"):
-            from orchestrator.data.formats import _fetch_s3
-
-            return str(_fetch_s3(self.location))
+            return str(fetch_s3_source(self.location))
         return self.location
 
 
@@ -343,18 +343,16 @@ def build_text_data(cfg: DataConfig, folder: Path, key: str, identity: dict[str,
 
     from orchestrator.data.prepared import write_prepared
     from orchestrator.data.templates import Example
-    from orchestrator.data.tokenizer import load_or_train_tokenizer, train_bpe
 
     files = resolve_files(cfg.source, cfg.exclude) if is_files(cfg.source) else []
     with tempfile.TemporaryDirectory() as tmp:
         tok_dir = Path(tmp) / "tokenizer"
-        if cfg.tokenizer is None:
-            tokenizer = train_bpe(
-                training_texts(cfg, files, cfg.tokenizer_train_bytes), cfg.tokenizer_vocab_size
-            )
-            tokenizer.save_pretrained(str(tok_dir))
-        else:
-            tokenizer, tok_dir = load_or_train_tokenizer(cfg, tok_dir)
+        tokenizer, tok_dir = load_or_train_tokenizer(
+            tok_dir,
+            cfg.tokenizer,
+            cfg.tokenizer_vocab_size,
+            texts=lambda: training_texts(cfg, files, cfg.tokenizer_train_bytes),
+        )
         held_out = TextStream(cfg, tokenizer, "eval", files).take(cfg.eval_sequences)
         pad = (
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -30,9 +30,9 @@ from typing import Any
 
 import yaml
 
-from orchestrator.config.load import REPO_ROOT
 from orchestrator.config.names import is_safe_name
 from orchestrator.config.schema import ConfigError
+from orchestrator.paths import REPO_ROOT
 
 INFRA = REPO_ROOT / "infra"
 

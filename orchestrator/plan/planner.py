@@ -15,7 +15,7 @@ prints the plan, the candidate sizes around the optimum and the job config it wo
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from orchestrator.config.schema import ConfigError, JobConfig
@@ -218,11 +218,9 @@ def hyperparams(
 
 
 def _filled(cfg: JobConfig, chosen: MethodPlan, hp: dict[str, Any]) -> JobConfig:
-    from orchestrator.config.load import from_dict, to_dict
-
     s = chosen.shape
-    d = to_dict(cfg)
-    d["model"].update(
+    model = replace(
+        cfg.model,
         arch="gpt2",
         num_layers=s["layers"],
         hidden_size=s["d_model"],
@@ -233,9 +231,11 @@ def _filled(cfg: JobConfig, chosen: MethodPlan, hp: dict[str, Any]) -> JobConfig
         tie_word_embeddings=True,
     )
     # (train.max_steps, when set, still caps the run: quick tests of a planned job)
-    d["train"].update(max_tokens=int(chosen.tokens), global_batch_size=hp["global_batch_size"])
-    d["optim"].update(lr=hp["lr"], warmup_steps=hp["warmup_steps"])
-    return from_dict(d)
+    train = replace(
+        cfg.train, max_tokens=int(chosen.tokens), global_batch_size=hp["global_batch_size"]
+    )
+    optim = replace(cfg.optim, lr=hp["lr"], warmup_steps=hp["warmup_steps"])
+    return replace(cfg, model=model, train=train, optim=optim)
 
 
 def make_plan(cfg: JobConfig) -> tuple[Plan, JobConfig]:

@@ -84,8 +84,8 @@ def check_cluster(
             "MLFLOW_TRACKING_URI=http://host:5000 (a tracking server every node reaches)"
         )
     if cfg.data.format == "text" and not is_s3(cfg.data.source or ""):
-        from orchestrator.config.load import REPO_ROOT
         from orchestrator.data.text import expand_source, is_files
+        from orchestrator.paths import REPO_ROOT
 
         src = expand_source(cfg.data.source or "")
         stdlib = "{python_stdlib}" in (cfg.data.source or "")

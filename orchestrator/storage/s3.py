@@ -168,6 +168,23 @@ class S3:
         finally:
             tmp.unlink(missing_ok=True)
 
+    def fetch_cached(self, url: str, cache_root: Path) -> Path:
+        """An s3:// object downloaded once into `cache_root/<bucket>/<key>.<etag><suffix>`: a
+        changed object (new ETag) is fetched again, an unchanged one never.
+
+        Raises:
+            FileNotFoundError: no such object. S3 errors propagate after the retries.
+        """
+        bucket, key = split_url(url)
+        head = self.head(bucket, key)
+        if head is None:
+            raise FileNotFoundError(url)
+        etag = head.etag.replace("-", "_")
+        local = cache_root / bucket / f"{key}.{etag}{Path(key).suffix}"
+        if not local.exists():
+            self.download(bucket, key, local)
+        return local
+
     def delete(self, bucket: str, keys: list[str]) -> None:
         for i in range(0, len(keys), 1000):
             batch = [{"Key": k} for k in keys[i : i + 1000]]

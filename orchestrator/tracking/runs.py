@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.config.load import flatten
+from orchestrator.paths import REPO_ROOT
 from orchestrator.tracking.redact import redact, redact_value, scrub
 
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
@@ -166,8 +167,6 @@ def log_config(uri: str, run_id: str, config: dict[str, Any], attempt: int) -> N
 def git_commit() -> str:
     """The commit of the code that runs ("+dirty" when it has uncommitted changes), or "unknown"."""
     import subprocess
-
-    from orchestrator.config.load import REPO_ROOT
 
     try:
         sha = subprocess.run(

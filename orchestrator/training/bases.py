@@ -8,7 +8,7 @@ every rank, read once by rank 0, broadcast). No hub is reachable here, so the ba
     data.tokenizer: base:tiny_llama        # its tokenizer tokenizes the recipe's data
 
 `conf/bases/<name>.yaml` is a pretraining job (data.format text on this Python's standard
-library). On first use it runs in a subprocess: a single-process world, the recipe loop, the
+library). On first use it runs in a subprocess (`training/base_build.py`): a single-process world, the recipe loop, the
 export; ~1 minute here. The Hugging Face folder it exports is cached outside the repository
 under the hash of the base's file (`$ORCHESTRATOR_CACHE/bases` or `~/.cache/orchestrator/bases`),
 and each launch publishes it to its durable store (`<root>/.bases/<name>-<hash>`), where the
@@ -28,8 +28,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from orchestrator.config.load import CONF_DIR
 from orchestrator.config.schema import ConfigError
+from orchestrator.paths import CONF_DIR
 
 PREFIX = "base:"
 BASES = CONF_DIR / "bases"
@@ -42,7 +42,7 @@ def is_base(ref: str | None) -> bool:
     return bool(ref) and ref.startswith(PREFIX)
 
 
-def _definition(name: str) -> Path:
+def definition(name: str) -> Path:
     path = BASES / f"{name}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in BASES.glob("*.yaml"))
@@ -53,7 +53,7 @@ def _definition(name: str) -> Path:
 def base_id(ref: str) -> str:
     """`base:NAME` -> `NAME-<hash of its definition and the builder>`."""
     name = ref[len(PREFIX) :]
-    text = _definition(name).read_text()
+    text = definition(name).read_text()
     digest = hashlib.sha256(f"{BUILDER_VERSION}\n{text}".encode()).hexdigest()[:12]
     return f"{name}-{digest}"
 
@@ -92,7 +92,7 @@ def _build_in_subprocess(name: str, folder: Path) -> None:
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     env.pop("RAY_ADDRESS", None)
     out = subprocess.run(
-        [sys.executable, "-m", "orchestrator.training.bases", "build", name, str(folder)],
+        [sys.executable, "-m", "orchestrator.training.base_build", name, str(folder)],
         env=env,
         capture_output=True,
         text=True,
@@ -158,68 +158,3 @@ def fetch(url: str, node_cache: Path) -> Path:
             shutil.rmtree(dest, ignore_errors=True)
             os.replace(tmp, dest)
     return dest
-
-
-def build(name: str, out: Path) -> dict:
-    """Pretrain the base in this process (a world of one) and export it to `out`."""
-    import tempfile
-
-    import torch
-    import torch.distributed as dist
-
-    from orchestrator.config.load import compose
-    from orchestrator.data.dataset import prepare_data
-    from orchestrator.storage.layout import RunContext, RunResult, RunStorage
-    from orchestrator.training.loop import FinetuneRecipe
-
-    cfg = compose(str(_definition(name)), "local")
-    with tempfile.TemporaryDirectory() as d:
-        d = Path(d)
-        if not dist.is_initialized():
-            store = dist.FileStore(str(d / "pg"), 1)
-            dist.init_process_group("gloo", store=store, rank=0, world_size=1)
-        prepare_data(cfg.data, d / "data")
-        import mlflow
-
-        uri = f"sqlite:///{d / 'mlflow.db'}"
-        client = mlflow.tracking.MlflowClient(uri)
-        run_id = client.create_run(client.create_experiment("base")).info.run_id
-        storage = RunStorage(str(d / "runs"), cfg.job, "build", str(d / "ckpt"), str(d / "scratch"))
-        ctx = RunContext(storage, str(d / "data"), uri, run_id, 1, time.time(), 0.0, 0.0, "base")
-        recipe = FinetuneRecipe(cfg, ctx)
-        recipe.setup()
-        try:
-            recipe.train()
-        finally:
-            recipe.cleanup()
-        export = Path(storage.run_url) / "export"
-        result = RunResult.from_json(storage.run_store().read_text("result.json") or "{}")
-        tmp = out.with_name(f".{out.name}.{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(export, tmp)
-        for f in ("probe.pt", "samples.json"):
-            (tmp / f).unlink(missing_ok=True)
-        info = {
-            "name": name,
-            "id": out.name,
-            "n_params": result.n_params,
-            "tokens": result.tokens,
-            "steps": result.step,
-            "eval_loss": result.eval_loss,
-            "torch": torch.__version__,
-            "built": time.time(),
-        }
-        (tmp / "base.json").write_text(json.dumps(info, indent=1))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
-    return info
-
-
-if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "build":
-        build(sys.argv[2], Path(sys.argv[3]))
-    elif len(sys.argv) == 3 and sys.argv[1] == "build":
-        print(local_base(PREFIX + sys.argv[2]))
-    else:
-        sys.exit("usage: python -m orchestrator.training.bases build NAME [OUT]")

@@ -317,7 +317,7 @@ def test_make_passes_user_values_as_data_never_as_shell(tmp_path, args):
     """`make` with values a script might pass along from somewhere untrusted: nothing runs."""
     import subprocess
 
-    from orchestrator.config.load import REPO_ROOT
+    from orchestrator.paths import REPO_ROOT
 
     marker = tmp_path / "pwned"
     argv = ["make", "-s", "-C", str(REPO_ROOT), args[0], args[1].format(p=marker)]

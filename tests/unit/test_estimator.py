@@ -154,7 +154,7 @@ def test_decode_is_memory_bound_at_small_batches():
 
 
 def test_print_projected_bills_of_all_jobs(capsys):
-    from orchestrator.config.load import JOBS_DIR
+    from orchestrator.paths import JOBS_DIR
 
     for job in sorted(JOBS_DIR.glob("*.yaml")):
         p = project(compose(str(job), "full"))
@@ -255,7 +255,7 @@ def test_the_readme_bills_are_the_projections():
     """The README's recipe table shows `make estimate`'s numbers (ours and the replay)."""
     import re
 
-    from orchestrator.config.load import REPO_ROOT
+    from orchestrator.paths import REPO_ROOT
 
     table = (REPO_ROOT / "README.md").read_text()
     checked = 0

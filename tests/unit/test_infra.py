@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.config.load import REPO_ROOT, compose
+from orchestrator.config.load import compose
 from orchestrator.config.schema import ConfigError
+from orchestrator.paths import REPO_ROOT
 
 INFRA = REPO_ROOT / "infra"
 CATALOG = compose("vicuna", "full").cost.instances

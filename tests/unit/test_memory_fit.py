@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.config.load import JOBS_DIR, compose
+from orchestrator.config.load import compose
 from orchestrator.config.schema import ConfigError
 from orchestrator.cost.memory import GIB, check_job, estimate, trainable_params
+from orchestrator.paths import JOBS_DIR
 
 JOBS = sorted(p.stem for p in JOBS_DIR.glob("*.yaml"))
 
