@@ -15,7 +15,7 @@ from pathlib import Path
 def run() -> dict:
     import yaml
 
-    from orchestrator.launch.clusters import cluster_config
+    from orchestrator.launch.named_clusters import cluster_config
     from tests.integration.test_autoscaler import run_preemption_scenario
 
     with tempfile.TemporaryDirectory() as d:

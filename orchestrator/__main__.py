@@ -19,11 +19,11 @@ def _overrides(text: str | None) -> list[str]:
 def cmd_launch(args: argparse.Namespace) -> int:
     if args.cluster:  # a named cluster (infra/): submit through the Ray Jobs API
         from orchestrator.config.load import compose
-        from orchestrator.launch import clusters
+        from orchestrator.launch import named_clusters
 
         cfg = compose(args.job, args.scale, _overrides(args.set))  # a typo fails here, not there
-        clusters.check_submission(args.cluster, cfg, args.run)  # storage the nodes can reach
-        _, status = clusters.submit(
+        named_clusters.check_submission(args.cluster, cfg, args.run)  # storage the nodes can reach
+        _, status = named_clusters.submit(
             args.cluster, args.job, args.scale, _overrides(args.set), args.run,
             follow=not args.detach,
         )  # fmt: skip
@@ -143,22 +143,22 @@ def _hardware_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
-    from orchestrator.launch import clusters
+    from orchestrator.launch import named_clusters
 
     if args.action == "up":
-        clusters.up(args.name)
+        named_clusters.up(args.name)
     elif args.action == "down":
-        clusters.down(args.name)
+        named_clusters.down(args.name)
     elif args.action == "status":
-        print(clusters.status(args.name))
+        print(named_clusters.status(args.name))
     elif args.action == "logs":
         if args.follow:
-            print(f"status: {clusters.follow_logs(args.name, args.id)}")
+            print(f"status: {named_clusters.follow_logs(args.name, args.id)}")
         else:
-            print(clusters.logs(args.name, args.id))
+            print(named_clusters.logs(args.name, args.id))
     elif args.action == "stop":
         print(
-            f"stop {args.id}: {'requested' if clusters.stop(args.name, args.id) else 'already ended'}"
+            f"stop {args.id}: {'requested' if named_clusters.stop(args.name, args.id) else 'already ended'}"
         )
     return 0
 
@@ -172,7 +172,7 @@ def cmd_preflight(args: argparse.Namespace) -> int:
 def cmd_bills(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from orchestrator.cost.bills import write_bills
+    from orchestrator.cost.bills_report import write_bills
     from orchestrator.tracking.runs import tracking_uri
 
     paths = write_bills(Path(args.out), tracking_uri(), log_to_mlflow=not args.no_mlflow)

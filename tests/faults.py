@@ -198,7 +198,7 @@ def start_moto_server() -> tuple[str, subprocess.Popen]:
     """A moto_server (a real HTTP AWS endpoint) on a free 127.0.0.1 port: (url, process)."""
     import urllib.request
 
-    from orchestrator.launch.cluster import free_port
+    from orchestrator.launch.ray_session import free_port
 
     port = free_port()
     proc = subprocess.Popen(

@@ -54,7 +54,7 @@ class IsolatedCluster:
     killed on exit."""
 
     def __init__(self, workdir: Path, env: dict[str, str], isolate: bool = True) -> None:
-        from orchestrator.launch.cluster import free_port
+        from orchestrator.launch.ray_session import free_port
 
         self.workdir = workdir
         self.isolate = isolate
@@ -76,7 +76,7 @@ class IsolatedCluster:
         self.workers: dict[str, Node] = {}
 
     def __enter__(self) -> IsolatedCluster:
-        from orchestrator.launch.cluster import free_port
+        from orchestrator.launch.ray_session import free_port
 
         ray = str(Path(sys.executable).with_name("ray"))
         cmd = [
@@ -92,7 +92,7 @@ class IsolatedCluster:
         return self
 
     def _wait_dashboard(self, timeout_s: float = 60.0) -> None:
-        from orchestrator.launch.clusters import _dashboard_alive
+        from orchestrator.launch.named_clusters import _dashboard_alive
 
         deadline = time.time() + timeout_s
         while not _dashboard_alive(self.dashboard_url):
@@ -155,7 +155,7 @@ class IsolatedCluster:
         import json
         import urllib.request
 
-        from orchestrator.launch.clusters import auth_headers
+        from orchestrator.launch.named_clusters import auth_headers
 
         url = f"{self.dashboard_url}/api/v0/nodes?detail=1&limit=1000"
         req = urllib.request.Request(url, headers=auth_headers())
@@ -186,7 +186,7 @@ class IsolatedCluster:
 
         from ray.job_submission import JobSubmissionClient
 
-        from orchestrator.launch.clusters import auth_headers
+        from orchestrator.launch.named_clusters import auth_headers
 
         script = (
             "import json, os, ray\n"
@@ -226,7 +226,7 @@ class IsolatedCluster:
         return killed
 
     def __exit__(self, *exc) -> None:
-        from orchestrator.launch.clusters import kill_processes
+        from orchestrator.launch.named_clusters import kill_processes
 
         for label in list(self.workers):
             self.kill(label)

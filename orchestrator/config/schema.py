@@ -926,9 +926,3 @@ class JobConfig:
                 f"data.max_seq_len={self.data.max_seq_len} exceeds "
                 f"model.max_position_embeddings={self.model.max_position_embeddings}"
             )
-
-    @property
-    def grad_accum_steps(self) -> int:
-        return self.train.global_batch_size // (
-            self.train.micro_batch_size * self.hardware.num_workers
-        )

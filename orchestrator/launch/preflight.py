@@ -85,10 +85,12 @@ def needed_vcpus(cfg: JobConfig) -> tuple[str, int]:
 
 
 def run_checks(cluster: str, cfg: JobConfig, env: dict[str, str]) -> list[Check]:
-    from orchestrator.launch import clusters
+    from orchestrator.launch import named_clusters
 
     checks = [_storage_check(cluster, cfg)]
-    provider = yaml.safe_load(clusters.cluster_config(cluster).read_text()).get("provider", {})
+    provider = yaml.safe_load(named_clusters.cluster_config(cluster).read_text()).get(
+        "provider", {}
+    )
     on_aws = provider.get("type") == "aws"
     if on_aws:
         ident = _aws_identity(provider.get("region"))
@@ -103,10 +105,10 @@ def run_checks(cluster: str, cfg: JobConfig, env: dict[str, str]) -> list[Check]
 
 
 def _storage_check(cluster: str, cfg: JobConfig) -> Check:
-    from orchestrator.launch import clusters
+    from orchestrator.launch import named_clusters
 
     try:
-        clusters.check_submission(cluster, cfg, None)
+        named_clusters.check_submission(cluster, cfg, None)
         return Check("storage and tracking reachable from every node", True, "yes")
     except ConfigError as e:
         return Check("storage and tracking reachable from every node", False, str(e),
@@ -207,9 +209,9 @@ ECR = re.compile(
 def _image_check(cluster: str, region: str | None) -> Check:
     import boto3
 
-    from orchestrator.launch import clusters
+    from orchestrator.launch import named_clusters
 
-    doc: dict[str, Any] = yaml.safe_load(clusters.cluster_config(cluster).read_text())
+    doc: dict[str, Any] = yaml.safe_load(named_clusters.cluster_config(cluster).read_text())
     image = (doc.get("docker") or {}).get("image", "")
     m = ECR.match(image)
     if not m:

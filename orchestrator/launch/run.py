@@ -23,7 +23,6 @@ import yaml
 from orchestrator.config.load import compose, to_dict, to_yaml
 from orchestrator.config.names import check_name
 from orchestrator.config.schema import ConfigError, JobConfig
-from orchestrator.cost.bill import bill_markdown, log_bill
 from orchestrator.cost.budget import Spend, restart_allowed
 from orchestrator.cost.estimator import (
     Projection,
@@ -36,6 +35,7 @@ from orchestrator.cost.ledger import Ledger, NodeLife, read_timeline
 from orchestrator.cost.lengths import Lengths
 from orchestrator.cost.memory import check_job
 from orchestrator.cost.prices import apply_live_prices
+from orchestrator.cost.run_bill import bill_markdown, log_bill
 from orchestrator.data.formats import DataError
 from orchestrator.data.prepared import DataManifest
 from orchestrator.launch import autoscale
@@ -504,7 +504,7 @@ def _fit(cfg: JobConfig, context: RunContext, store, ledger: Ledger, t_start: fl
     the budget); an application error restarts it at most `train.max_failures` times. On an
     autoscaling cluster the workers are requested first and released at the end. Returns the
     launcher's own stop reason when it stopped training itself (the budget at a restart)."""
-    from orchestrator.launch.cluster import ray_cluster
+    from orchestrator.launch.ray_session import ray_cluster
 
     hw = cfg.hardware
     on_gpu = hw.gpus_per_worker > 0

@@ -62,7 +62,3 @@ def tokens_per_param_optimum(flops: float, ratio: float = TOKENS_PER_PARAM) -> t
     """(N, D) with D = ratio * N and 6 N D = flops."""
     n = math.sqrt(flops / (6.0 * ratio))
     return n, ratio * n
-
-
-def training_flops(n_params: float, tokens: float) -> float:
-    return 6.0 * n_params * tokens

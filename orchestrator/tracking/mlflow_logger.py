@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from collections import deque
 from pathlib import Path
 from typing import Protocol
+
+from orchestrator.tracking.runs import client
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +49,8 @@ class NullLogger:
 
 
 def _client(tracking_uri: str):
-    # Fail fast instead of MLflow's minutes of retries: our own thread retries.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-    from orchestrator.tracking.runs import client
-
+    """Fails fast (runs.HTTP_TIMEOUT_S) instead of MLflow's minutes of retries: our own thread
+    retries."""
     return client(tracking_uri)
 
 

@@ -16,6 +16,11 @@ from orchestrator.paths import REPO_ROOT
 from orchestrator.tracking.redact import redact, redact_value, scrub
 
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
+HTTP_TIMEOUT_S = 10
+"""The one fail-fast setting for MLflow HTTP calls (driver and workers): a request to a dead
+tracking server gives up after this long, without MLflow's minutes of retries; the workers'
+logger keeps its own journal and retries in its thread (mlflow_logger.py). A user's
+MLFLOW_HTTP_REQUEST_TIMEOUT / MLFLOW_HTTP_REQUEST_MAX_RETRIES win."""
 
 
 def tracking_uri() -> str:
@@ -29,7 +34,8 @@ def tracking_uri() -> str:
 def client(uri: str):
     """An MLflow client whose every string on the way in (params, tags, run names, text and
     table artifacts, text files logged as artifacts) is scrubbed of secrets (tracking/redact.py).
-    All MLflow writes of the project go through it."""
+    All MLflow writes of the project go through it, failing fast (HTTP_TIMEOUT_S)."""
+    set_fail_fast_http()
     return _safe_client_class()(tracking_uri=uri)
 
 
@@ -192,7 +198,7 @@ def git_commit() -> str:
 def set_fail_fast_http() -> None:
     """MLflow's HTTP client retries for minutes by default; a dead server must not stall us."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(HTTP_TIMEOUT_S))
 
 
 def finish(uri: str, run_id: str, tags: dict[str, str], status: str) -> None:

@@ -40,7 +40,7 @@ def run_preemption_scenario(tmp_path, monkeypatch=None, wait_fallback_release=Fa
     bench/run.py autoscaler)."""
     import os
 
-    from orchestrator.launch import clusters
+    from orchestrator.launch import named_clusters
 
     env = {
         "ORCHESTRATOR_CLUSTERS_DIR": str(tmp_path / "clusters"),
@@ -49,22 +49,22 @@ def run_preemption_scenario(tmp_path, monkeypatch=None, wait_fallback_release=Fa
     }
     for k, v in env.items():
         monkeypatch.setenv(k, v) if monkeypatch else os.environ.__setitem__(k, v)
-    spot = lambda: clusters.market_nodes("local-fake", "spot")  # noqa: E731
+    spot = lambda: named_clusters.market_nodes("local-fake", "spot")  # noqa: E731
     out: dict = {}
-    clusters.up("local-fake")
+    named_clusters.up("local-fake")
     try:
         out["spot_nodes_before"] = len(spot())
         out["jobs_api_without_token"] = _status_without_token(
-            clusters.state("local-fake")["dashboard_url"] + "/api/jobs/"
+            named_clusters.state("local-fake")["dashboard_url"] + "/api/jobs/"
         )
         t_submit = time.time()
-        sid, _ = clusters.submit(
+        sid, _ = named_clusters.submit(
             "local-fake", "vicuna", "local",
             [f"train.max_steps={STEPS}", f"checkpoint.every_steps={EVERY}",
              "train.log_every_steps=1", "hardware.market=spot", "hardware.spot_wait_s=120"],
             run_name="fake", follow=False,
         )  # fmt: skip
-        c = clusters.client("local-fake")
+        c = named_clusters.client("local-fake")
 
         def explain(job_id: str | None = None):
             def text() -> str:
@@ -72,7 +72,7 @@ def run_preemption_scenario(tmp_path, monkeypatch=None, wait_fallback_release=Fa
                 if job_id:
                     log = (f"--- job {job_id}: {c.get_job_status(job_id)}\n"
                            + c.get_job_logs(job_id)[-6000:])  # fmt: skip
-                return log + "\n" + clusters.diagnose("local-fake")
+                return log + "\n" + named_clusters.diagnose("local-fake")
 
             return text
 
@@ -96,7 +96,7 @@ def run_preemption_scenario(tmp_path, monkeypatch=None, wait_fallback_release=Fa
         # the victim is chosen now: a spot node the run is using at this moment
         victim = spot()[0]["node_id"]
         t_kill = time.time()
-        out["processes_killed"] = clusters.preempt_fake_node(victim)
+        out["processes_killed"] = named_clusters.preempt_fake_node(victim)
 
         def replaced() -> bool:
             alive = spot()
@@ -122,7 +122,7 @@ def run_preemption_scenario(tmp_path, monkeypatch=None, wait_fallback_release=Fa
             "the spot nodes to be released", lambda: spot() == [], 180, explain=explain()
         )
         # No spot capacity in time (a wait of 0 s): the launcher falls back to on-demand nodes.
-        sid, status = clusters.submit(
+        sid, status = named_clusters.submit(
             "local-fake", "vicuna", "local",
             ["train.max_steps=2", "export.enabled=false", "hardware.market=spot",
              "hardware.spot_wait_s=0"],
@@ -134,7 +134,7 @@ def run_preemption_scenario(tmp_path, monkeypatch=None, wait_fallback_release=Fa
         out["fallback_log"] = c.get_job_logs(sid)
         out["fallback_run_dir"] = tmp_path / "runs" / "vicuna" / "fallback"
         if wait_fallback_release:  # the same release as the spot nodes': the bench times it
-            on_demand = lambda: clusters.market_nodes("local-fake", "on_demand")  # noqa: E731
+            on_demand = lambda: named_clusters.market_nodes("local-fake", "on_demand")  # noqa: E731
             _, out["fallback_end_to_zero_on_demand_nodes_s"] = wait_for(
                 "the on-demand nodes to be released",
                 lambda: on_demand() == [],
@@ -142,7 +142,7 @@ def run_preemption_scenario(tmp_path, monkeypatch=None, wait_fallback_release=Fa
                 explain=explain(),
             )
     finally:
-        clusters.down("local-fake")
+        named_clusters.down("local-fake")
     return out
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator.launch.cluster import free_port
+from orchestrator.launch.ray_session import free_port
 from orchestrator.tracking.server import runs_page_url, start_server, stop_server
 
 pytestmark = pytest.mark.integration

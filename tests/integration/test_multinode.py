@@ -51,8 +51,8 @@ def run_no_shared_disk_scenario(tmp: Path, moto_url: str, isolate: bool = True) 
     import boto3
     from ray.job_submission import JobSubmissionClient
 
-    from orchestrator.launch.cluster import free_port
-    from orchestrator.launch.clusters import WORKING_DIR_EXCLUDES, auth_headers
+    from orchestrator.launch.named_clusters import WORKING_DIR_EXCLUDES, auth_headers
+    from orchestrator.launch.ray_session import free_port
     from orchestrator.storage.durable import open_durable
     from orchestrator.tracking.server import start_server, stop_server
 

@@ -33,7 +33,7 @@ def aws(start_moto, monkeypatch):
 
 @pytest.fixture(scope="module")
 def tracking(tmp_path_factory):
-    from orchestrator.launch.cluster import free_port
+    from orchestrator.launch.ray_session import free_port
     from orchestrator.tracking.server import start_server, stop_server
 
     d = tmp_path_factory.mktemp("mlflow")

@@ -376,7 +376,7 @@ def test_a_private_cluster_refuses_jobs_api_requests_without_the_token():
     script = textwrap.dedent(
         """
         import re, urllib.request, urllib.error
-        from orchestrator.launch.cluster import ray_cluster
+        from orchestrator.launch.ray_session import ray_cluster
         with ray_cluster(1) as desc:
             url = re.search(r"dashboard (http://\\S+),", desc).group(1)
             for path in ("/api/jobs/", "/api/version"):
@@ -401,7 +401,7 @@ def test_jobs_api_uploads_leave_secret_looking_files_behind(tmp_path):
 
     from ray._private.runtime_env.packaging import create_package
 
-    from orchestrator.launch.clusters import WORKING_DIR_EXCLUDES
+    from orchestrator.launch.named_clusters import WORKING_DIR_EXCLUDES
 
     src = tmp_path / "repo"
     secrets = [".env", ".env.prod", "deploy.pem", "id_rsa", "id_ed25519.pub", ".netrc",

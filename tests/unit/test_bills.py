@@ -2,7 +2,7 @@ import json
 
 from mlflow.tracking import MlflowClient
 
-from orchestrator.cost.bills import write_bills
+from orchestrator.cost.bills_report import write_bills
 
 
 def test_bills_table_chart_and_mlflow_run(tmp_path):

@@ -184,7 +184,7 @@ def test_multi_node_gpu_types_have_efa_and_a_placement_group():
 
 
 def test_unknown_cluster_name_is_a_clear_error():
-    from orchestrator.launch.clusters import cluster_config
+    from orchestrator.launch.named_clusters import cluster_config
 
     with pytest.raises(
         ConfigError, match=r"no cluster named 'gcp'.*known: \['aws-spot', 'local-fake'\]"
@@ -210,7 +210,7 @@ def test_autoscale_bundles_and_modes(monkeypatch):
 
 
 def test_working_dir_excludes_keep_the_upload_small():
-    from orchestrator.launch.clusters import WORKING_DIR_EXCLUDES
+    from orchestrator.launch.named_clusters import WORKING_DIR_EXCLUDES
 
     for heavy in (".venv", ".git", "runs", "mlflow.db"):
         assert heavy in WORKING_DIR_EXCLUDES

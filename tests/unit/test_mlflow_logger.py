@@ -4,7 +4,7 @@ import time
 
 from mlflow.tracking import MlflowClient
 
-from orchestrator.launch.cluster import free_port
+from orchestrator.launch.ray_session import free_port
 from orchestrator.tracking.mlflow_logger import BufferedMlflowLogger, replay_spill
 
 

@@ -38,7 +38,7 @@ def test_an_unknown_name_is_refused_naming_the_valid_ones():
 
 
 def test_a_submission_carries_only_opted_in_secrets(monkeypatch):
-    from orchestrator.launch.clusters import job_env
+    from orchestrator.launch.named_clusters import job_env
 
     for k, v in ENV.items():
         monkeypatch.setenv(k, v)

@@ -134,7 +134,7 @@ def up(name: str, wait_s: float = 60.0) -> dict[str, Any]:
 
 
 def _up_fake(name: str, wait_s: float) -> dict[str, Any]:
-    from orchestrator.launch.cluster import free_port
+    from orchestrator.launch.ray_session import free_port
 
     try:
         current = state(name)
