@@ -29,9 +29,10 @@ def cmd_launch(args: argparse.Namespace) -> int:
         )  # fmt: skip
         return 0 if status in ("SUCCEEDED", "SUBMITTED") else 1
     from orchestrator.launch.run import launch
+    from orchestrator.storage.layout import StopReason
 
     res = launch(args.job, args.scale, _overrides(args.set), args.run, yes=args.yes)
-    return 0 if res.stop_reason in ("completed", "budget") else 1
+    return 0 if StopReason(res.stop_reason).ok else 1
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
@@ -280,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from orchestrator.launch.run import RunFailed
+    from orchestrator.launch.failures import RunFailed
     from orchestrator.tracking.redact import scrub
 
     try:

@@ -1,8 +1,15 @@
-"""The bill of a run as people read it: markdown + JSON, logged to MLflow under bill/."""
+"""The bill of a run: assembled from the ledger and timeline at the end of every launch, saved
+as bill.json / bill.md in the durable store, and logged to MLflow under bill/. (`bills_report.py`
+is `make bills`: every recipe's projections beside its runs' bills.)"""
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+from orchestrator.cost.estimator import Projection
+from orchestrator.cost.ledger import Ledger, read_timeline
+from orchestrator.storage.layout import BILL_JSON, BILL_MD, RUN_META, RunMeta
 
 
 def bill_markdown(job: str, run: str, bill: dict[str, Any]) -> str:
@@ -39,7 +46,6 @@ def bill_markdown(job: str, run: str, bill: dict[str, Any]) -> str:
 
 def log_bill(tracking_uri: str, run_id: str, store: Any) -> None:
     """bill.md and bill.json of the run's durable store as MLflow artifacts under bill/."""
-    from orchestrator.storage.layout import BILL_JSON, BILL_MD
     from orchestrator.tracking.runs import client as mlflow_client
 
     client = mlflow_client(tracking_uri)
@@ -47,3 +53,35 @@ def log_bill(tracking_uri: str, run_id: str, store: Any) -> None:
         text = store.read_text(name)
         if text is not None:
             client.log_text(run_id, text, f"bill/{name}")
+
+
+def write_bill(
+    job: str, store, ledger: Ledger, projection: Projection, stop_reason: str
+) -> dict[str, Any]:
+    """The bill of the run so far: ledger + timeline, the first launch's projection, the
+    market fallback if any; saved with the ledger and as bill.md / bill.json."""
+    meta = RunMeta.from_json(store.read_text(RUN_META) or "{}")
+    bill = ledger.bill(read_timeline(store))
+    if meta.projected is None:  # the first launch's projection is what the user was promised
+        low, high = projection.usd_range
+        meta.projected = {
+            "usd": projection.usd,
+            "hours": projection.hours,
+            "usd_low": low,
+            "usd_high": high,
+        }
+        store.write_text(RUN_META, meta.to_json())
+    bill["projected"] = dict(meta.projected)
+    bill["projected"]["error_pct"] = (
+        (bill["usd_total"] - bill["projected"]["usd"]) / bill["projected"]["usd"] * 100
+        if bill["projected"]["usd"]
+        else 0.0
+    )
+    bill["stop_reason"] = stop_reason
+    notes = [g["fallback_note"] for g in meta.grants if g.get("fallback_note")]
+    if notes:  # spot capacity did not come: the run was moved to on-demand nodes
+        bill["market_fallback"] = notes[-1]
+    ledger.save(bill)
+    store.write_text(BILL_MD, bill_markdown(job, meta.run, bill))
+    store.write_text(BILL_JSON, json.dumps(bill, indent=1))
+    return bill

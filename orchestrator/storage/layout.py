@@ -21,9 +21,11 @@ import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field, fields
-from enum import Enum
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any
+
+from orchestrator.cost.budget import Spend
 
 # ---------------------------------------------------------------------- names (defined once)
 RUN_META = "run.json"
@@ -112,6 +114,24 @@ def _from_dict(cls, data: dict[str, Any]):
     return cls(**{k: v for k, v in data.items() if k in names})
 
 
+class StopReason(StrEnum):
+    """Why training (or a launch) ended: result.json, bill.json, MLflow's `stop_reason` tag."""
+
+    COMPLETED = "completed"
+    """Every step ran; eval and export done."""
+    BUDGET = "budget"
+    """budget.max_usd / max_hours: saved and stopped before the cap (or not restarted at it)."""
+    PREEMPTED = "preempted"
+    """A spot notice: saved (if it fit in the notice window); the launcher resumes."""
+    FAILED = "failed"
+    """Training stopped for good (errors beyond max_failures, preemptions beyond the cap)."""
+
+    @property
+    def ok(self) -> bool:
+        """Ended as the user asked (the command exits 0)."""
+        return self in (StopReason.COMPLETED, StopReason.BUDGET)
+
+
 @dataclass
 class RunMeta:
     """run.json: what a later launch (from anywhere) needs to continue the run."""
@@ -193,7 +213,7 @@ class RunResult:
 
     step: int
     total_steps: int
-    stop_reason: str
+    stop_reason: StopReason
     eval_loss: float | None = None
     usd_total: float = 0.0
     tokens: int = 0
@@ -227,6 +247,7 @@ class RunResult:
     def from_json(cls, text: str) -> RunResult:
         d = json.loads(text)
         d["pretrain"] = {k: v for k, v in d.items() if k.startswith("pretrain/")}
+        d["stop_reason"] = StopReason(d["stop_reason"])
         return _from_dict(cls, d)
 
 
@@ -325,6 +346,14 @@ class RunContext:
     flush_s: float = 10.0
     hours_before_attempt: float = 0.0
     """Cluster wall-clock hours of earlier launches of this run (budget.max_hours)."""
+
+    def spent(self, now: float) -> Spend:
+        """What the run has spent by `now`, in dollars and cluster hours, over every launch:
+        the one place "spent so far" is computed (the loop's budget and metrics, the
+        launcher's restart decision)."""
+        return Spend(self.usd_before_attempt, self.hours_before_attempt).after(
+            now - self.attempt_start_time, self.price_per_hour_usd
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -14,6 +14,7 @@ import os
 import resource
 import sys
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ from orchestrator.storage.layout import (
     EventRecord,
     RunContext,
     RunResult,
+    StopReason,
     TimelineRecord,
 )
 from orchestrator.storage.streams import RecordStream
@@ -80,6 +82,15 @@ TOKENS_KEY = "tokens_so_far"
 CONFIG_HASH_KEY = "config_hash"
 STRATEGY_KEY = "strategy"
 WORLD_KEY = "world_size"
+
+
+@dataclass(frozen=True)
+class Control:
+    """The ranks' agreement after a step (one collective): save, stop for the budget, notice."""
+
+    save: bool
+    budget_stop: bool
+    notice: bool
 
 
 class Preempted(RuntimeError):
@@ -114,7 +125,7 @@ class FinetuneRecipe:
         self.world = dist.get_world_size() if dist.is_initialized() else 1
         self.step = 0
         self.tokens_so_far = 0
-        self.stop_reason = "completed"
+        self.stop_reason = StopReason.COMPLETED
         self.checkpoint_s: list[float] = []
         self.usd_wasted = 0.0
         self.preemptions = 0
@@ -463,9 +474,10 @@ class FinetuneRecipe:
         step_times: list[float] = []
         if self.step >= self.total_steps:
             self._print(f"nothing to do: already at step {self.step} of {self.total_steps}")
+        control = self._control(step_times)  # a resumed run may have spent its budget already
         while self.step < self.total_steps:
-            if self._over_budget(step_times):
-                self.stop_reason = "budget"
+            if control.budget_stop:
+                self.stop_reason = StopReason.BUDGET
                 break
             t0 = time.perf_counter()
             micro_batches, n_targets = self.batches.step(self.step)
@@ -513,9 +525,9 @@ class FinetuneRecipe:
                 tokens_since_log = padded_since_log = 0
                 t_log = time.perf_counter()
 
-            save_due, notice = self._agree_on_save_and_notice()
-            if notice:
-                self.stop_reason = "preempted"
+            control = self._control(step_times)
+            if control.notice:
+                self.stop_reason = StopReason.PREEMPTED
                 window = cfg.checkpoint.notice_window_s
                 source = self.notice.source if self.notice else "another rank"
                 if self.checkpointer.save_fits(window):
@@ -535,11 +547,11 @@ class FinetuneRecipe:
                     f"spot notice ({source}): no time to save step {self.step}; the launcher "
                     f"resumes from step {self.last_save_step}"
                 )
-            if save_due or self.step == self.total_steps:
+            if control.save or self.step == self.total_steps:
                 self.save_checkpoint()
 
         self.eval_loss = None
-        if self.stop_reason == "budget":
+        if self.stop_reason == StopReason.BUDGET:
             self.save_checkpoint()  # stop cleanly; eval and export would spend past the cap
         else:
             t = time.time()
@@ -549,14 +561,15 @@ class FinetuneRecipe:
             self._record("eval", t, time.time())
         self._finish(step_times)
 
-    def _agree_on_save_and_notice(self) -> tuple[bool, bool]:
-        """(save now?, spot notice?) agreed by all ranks in one small all-reduce: rank 0 owns
-        the interval policy (time-based intervals must not diverge between ranks); any rank
-        may have received a notice (SIGTERM, metadata endpoint, Ray drain)."""
-        due = 0
+    def _control(self, step_times: list[float]) -> Control:
+        """What every rank does next, agreed in the step's one control collective (a 3-flag
+        MAX all-reduce): rank 0 owns the policies (the checkpoint interval and the budget,
+        `cost/budget.py`: time-based decisions must not diverge between ranks); any rank may
+        have received a spot notice (SIGTERM, metadata endpoint, Ray drain)."""
+        save = budget = 0
         if self.rank == 0:
             save_s = max(self.checkpointer.stats.blocked_s[-3:], default=None)
-            due = int(
+            save = int(
                 self.interval.save_due(
                     self.step,
                     self.last_save_step,
@@ -566,11 +579,12 @@ class FinetuneRecipe:
                     preemptions=self.preemptions,
                 )
             )
+            budget = int(self._budget_stop(step_times, saving=bool(save)))
         self.notice = self.watcher.notice()
-        flags = torch.tensor([due, int(self.notice is not None)], device=self.device)
+        flags = torch.tensor([save, budget, int(self.notice is not None)], device=self.device)
         if dist.is_initialized():
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        return bool(flags[0]), bool(flags[1])
+        return Control(save=bool(flags[0]), budget_stop=bool(flags[1]), notice=bool(flags[2]))
 
     # ------------------------------------------------------------------ cost
     def usd_total(self) -> float:
@@ -610,38 +624,31 @@ class FinetuneRecipe:
             return self.cfg.checkpoint.every_steps
         return max(1, round(seconds / (sum(recent_step_s) / len(recent_step_s))))
 
-    def _over_budget(self, step_times: list[float]) -> bool:
-        """Would the next step (plus stopping: a save and tear-down) cross budget.max_usd /
-        max_hours? Decided on rank 0 (cost/budget.py) for all ranks."""
+    def _budget_stop(self, step_times: list[float], saving: bool) -> bool:
+        """Rank 0: would the next step (after the save now due, if any) plus stopping (a save
+        and tear-down) cross budget.max_usd / max_hours? (cost/budget.py decides.)"""
         b = self.cfg.budget
         if b.max_usd is None and b.max_hours is None:
             return False
-        decision = [False]
-        if self.rank == 0:
-            cap = stop_before_next_step(
-                b,
-                self.spend(),
-                next_step_s=max(step_times[-5:]) if step_times else 0.0,
-                stop_s=max(self.checkpoint_s, default=0.0) + b.teardown_s,
-                usd_per_hour=self.ctx.price_per_hour_usd,
+        save_s = max(self.checkpoint_s, default=0.0)
+        cap = stop_before_next_step(
+            b,
+            self.spend(),
+            next_step_s=(max(step_times[-5:]) if step_times else 0.0) + (save_s if saving else 0),
+            stop_s=save_s + b.teardown_s,
+            usd_per_hour=self.ctx.price_per_hour_usd,
+        )
+        if cap is not None:
+            spent = self.spend()
+            self._print(
+                f"budget: the next step would cross {cap}={getattr(b, cap)} (spent "
+                f"${spent.usd:.4f}, {spent.hours:.3f} h); saving and stopping"
             )
-            decision[0] = cap is not None
-            if cap is not None:
-                spent = self.spend()
-                self._print(
-                    f"budget: the next step would cross {cap}={getattr(b, cap)} (spent "
-                    f"${spent.usd:.4f}, {spent.hours:.3f} h); saving and stopping"
-                )
-        dist.broadcast_object_list(decision, src=0)
-        return decision[0]
+        return cap is not None
 
     def spend(self) -> Spend:
         """What the run has spent so far, in dollars and cluster hours (every launch)."""
-        hours = (time.time() - self.ctx.attempt_start_time) / 3600.0
-        return Spend(
-            self.ctx.usd_before_attempt + hours * self.ctx.price_per_hour_usd,
-            self.ctx.hours_before_attempt + hours,
-        )
+        return self.ctx.spent(time.time())
 
     # ------------------------------------------------------------------ logging
     def _log_step(

@@ -10,7 +10,7 @@ from ray.train.v2._internal.exceptions import (
 )
 from ray.train.v2.api.exceptions import ControllerError, WorkerGroupError
 
-from orchestrator.launch.run import classify_failure
+from orchestrator.launch.failures import classify_failure
 from orchestrator.training.loop import Preempted
 
 

@@ -285,7 +285,7 @@ def test_every_gpu_node_type_carries_its_gpu_type():
 
 def test_a_job_asks_for_its_gpu_type():
     from orchestrator.launch import autoscale
-    from orchestrator.launch.run import _ray_accelerator
+    from orchestrator.launch.supervise import ray_accelerator as _ray_accelerator
 
     cfg = compose("dolly", "full")
     assert _ray_accelerator(cfg) == "A100-40G"

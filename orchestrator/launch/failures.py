@@ -1,0 +1,70 @@
+"""A failed training try, as Ray reports it: preemption or application error, and the error a
+run ends with when it stops for good."""
+
+from __future__ import annotations
+
+from orchestrator.launch.restart import FailureKind
+from orchestrator.storage.layout import FAILURES
+
+
+class RunFailed(RuntimeError):
+    """Training stopped for good (application errors beyond max_failures, preemptions beyond
+    max_preemptions). The launcher adds the run's name and store before it propagates."""
+
+    job: str = ""
+    run: str = ""
+    run_url: str = ""
+
+    def summary(self) -> str:
+        """What a user reads at the end: what failed, where the details are, how to go on."""
+        lines = str(self).strip().splitlines() or ["training failed"]
+        what = lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1].strip()}"
+        return "\n".join(
+            [
+                f"error: run {self.run!r} of {self.job!r} stopped: {what[:600]}",
+                f"  details: {self.run_url}/{FAILURES} (every failed try, with its error), "
+                "and the workers' logs in the Ray session folder (ray logs / the dashboard)",
+                f"  continue (after fixing the cause): make launch job={self.job} run={self.run}",
+            ]
+        )
+
+
+def classify_failure(err: Exception) -> tuple[FailureKind, str]:
+    """(kind, detail) of a failed training try.
+
+    Preemption: Ray's PreemptionError (a drained node), a worker process or node that died
+    (SIGKILL, node lost: RayActorError), or our `Preempted` after a spot notice. If any rank was
+    lost that way, the others' errors are collateral (broken collectives), so preemption wins.
+    Application: anything else (an exception in training code, bad data, a worker killed for
+    running out of memory: it would fail again)."""
+    from ray.exceptions import OutOfMemoryError, RayActorError
+    from ray.train.v2.api.exceptions import PreemptionError, WorkerGroupError
+
+    if isinstance(err, PreemptionError):
+        return FailureKind.PREEMPTION, str(err)
+    if not isinstance(err, WorkerGroupError):
+        return FailureKind.APP, str(err)
+
+    def unwrap(e: Exception) -> Exception:
+        for attr in ("health_check_failure", "_base_exc"):
+            inner = getattr(e, attr, None)
+            if isinstance(inner, BaseException):
+                return unwrap(inner)  # type: ignore[arg-type]
+        return e
+
+    causes = {rank: unwrap(e) for rank, e in err.worker_failures.items()}
+    lost = [
+        r
+        for r, c in causes.items()
+        if isinstance(c, RayActorError)
+        and not isinstance(c, OutOfMemoryError)
+        and "memory monitor" not in str(c)
+    ]
+    notices = [r for r, c in causes.items() if type(c).__name__ == "Preempted"]
+    if notices:
+        return FailureKind.PREEMPTION, f"spot notice on rank(s) {notices}: {causes[notices[0]]}"
+    if lost:
+        return FailureKind.PREEMPTION, f"worker rank(s) {lost} lost: {str(causes[lost[0]])[:500]}"
+    rank = min(causes) if causes else 0
+    detail = str(err.worker_failures.get(rank, err))
+    return FailureKind.APP, f"rank {rank}: {detail}"
