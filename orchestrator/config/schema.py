@@ -17,6 +17,7 @@ from omegaconf import MISSING
 
 from orchestrator.config.errors import ConfigError
 from orchestrator.config.names import NAME, RULE
+from orchestrator.data.prompts import STYLES, format_templates
 
 STRATEGIES = ("ddp", "fsdp", "deepspeed")
 METHODS = ("full", "lora", "adapter")
@@ -25,22 +26,10 @@ DATA_FORMATS = (
     "sharegpt", "alpaca", "dolly", "gpt4all", "baize", "oasst",
     "hh_rlhf", "webgpt", "summarize", "hc3", "oig", "mixture", "text",
 )  # fmt: skip
-TEMPLATES = ("vicuna_v1.1", "alpaca", "alpaca_lora", "dolly", "gpt4all", "baize", "oasst", "koala")
-# Which templates read which formats (the instruction formats have two fields, chats alternate).
-# A mixture is checked source by source.
-FORMAT_TEMPLATES = {
-    "sharegpt": ("vicuna_v1.1", "koala"),
-    "alpaca": ("alpaca", "alpaca_lora", "koala"),
-    "dolly": ("dolly",),
-    "gpt4all": ("gpt4all",),
-    "baize": ("baize",),
-    "oasst": ("oasst",),
-    "hh_rlhf": ("koala",),
-    "webgpt": ("koala",),
-    "summarize": ("koala",),
-    "hc3": ("koala",),
-    "oig": ("koala",),
-}
+# Templates and the formats each reads: derived from the prompt styles (data/prompts.py), the one
+# place a template is defined. A mixture is checked source by source.
+TEMPLATES = tuple(STYLES)
+FORMAT_TEMPLATES = format_templates()
 BATCHING_MODES = ("auto", "pad", "grouped", "packed")
 SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("fp32", "bf16")

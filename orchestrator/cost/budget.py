@@ -8,8 +8,10 @@ $0/h local cluster still stops on time).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from orchestrator.config.schema import BudgetConfig
+if TYPE_CHECKING:  # a type only: this module stays a leaf (storage/layout.py imports Spend)
+    from orchestrator.config.schema import BudgetConfig
 
 
 @dataclass(frozen=True)

@@ -26,16 +26,10 @@ from orchestrator.data.batching import (
     plan_step,
 )
 from orchestrator.data.formats import DataError, read_rows
-from orchestrator.data.instruct import (
-    SAMPLE_ADAPTERS,
-    TEMPLATE_SPECIAL_TOKENS,
-    PieceTemplate,
-    Sample,
-    oasst_threads,
-    render,
-)
+from orchestrator.data.instruct import SAMPLE_ADAPTERS, Sample, oasst_threads
 from orchestrator.data.prepared import DataManifest, PreparedData, open_prepared, write_prepared
-from orchestrator.data.templates import IGNORE_INDEX, TEMPLATES, VICUNA_V11_SYSTEM, Example
+from orchestrator.data.prompts import PieceTemplate, style
+from orchestrator.data.templates import IGNORE_INDEX, Example
 from orchestrator.data.text import build_text_data
 from orchestrator.data.tokenizer import load_or_train_tokenizer
 
@@ -81,16 +75,7 @@ def _iter_source(fmt: str, source: str, split: str, max_examples: int | None):
 
 def build_examples(cfg: DataConfig, tokenizer) -> tuple[list[Example], int, int]:
     """All examples of the source, in file order. Returns (examples, samples read, rows skipped)."""
-    if cfg.template in TEMPLATES:
-        chat = TEMPLATES[cfg.template](tokenizer)
-
-        def to_examples(s: Sample) -> list[Example]:
-            return chat.examples(s.turns, cfg.max_seq_len)
-    else:
-        piece = PieceTemplate(cfg.template, tokenizer)
-
-        def to_examples(s: Sample) -> list[Example]:
-            return piece.examples(s, cfg.max_seq_len)
+    template = PieceTemplate(cfg.template, tokenizer)
 
     examples: list[Example] = []
     rows = skipped = 0
@@ -104,7 +89,7 @@ def build_examples(cfg: DataConfig, tokenizer) -> tuple[list[Example], int, int]
             continue
         if item.negative and cfg.conditioning == "positive_only":
             continue
-        for e in to_examples(item):
+        for e in template.examples(item, cfg.max_seq_len):
             e.weight = item.weight
             examples.append(e)
     if not examples:
@@ -114,15 +99,12 @@ def build_examples(cfg: DataConfig, tokenizer) -> tuple[list[Example], int, int]
 
 def template_texts(cfg: DataConfig) -> Iterator[str]:
     """The text a local BPE is trained on: every sample as its template renders it."""
+    st = style(cfg.template)
     for s in iter_samples(cfg):
         if isinstance(s, DataError):
             continue  # bad rows are reported (or skipped) by the dataset pass
-        if cfg.template in TEMPLATES:
-            yield from (text for _, text in s.turns)
-        else:
-            yield from (p.text for p in render(cfg.template, s) if p.text)
-    if cfg.template in TEMPLATES:
-        yield VICUNA_V11_SYSTEM + " USER: ASSISTANT:"
+        yield from st.bpe_texts(s)
+    yield from st.bpe_extra_texts()
 
 
 def build_prepared(
@@ -141,7 +123,7 @@ def build_prepared(
             cfg.tokenizer,
             cfg.tokenizer_vocab_size,
             texts=lambda: template_texts(cfg),
-            special=TEMPLATE_SPECIAL_TOKENS.get(cfg.template, []),
+            special=style(cfg.template).special_tokens,
         )
         examples, rows, skipped = build_examples(cfg, tokenizer)
         order = list(range(len(examples)))

@@ -292,8 +292,7 @@ def sample_generations(
     """Greedy completions of SAMPLE_PROMPTS in the job's chat template."""
     from transformers import AutoTokenizer
 
-    from orchestrator.data.instruct import STOP_TEXT, generation_prompt
-    from orchestrator.data.templates import TEMPLATES
+    from orchestrator.data.prompts import style
 
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     if cfg.data.format == "text":
@@ -301,25 +300,17 @@ def sample_generations(
             {"prompt": p, "completion": _greedy(model, tok, tok.encode(p), max_new_tokens)}
             for p in TEXT_PROMPTS
         ]
-    name = cfg.data.template
+    st = style(cfg.data.template)
     bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
     stop = [tok.eos_token_id]
-    if name in STOP_TEXT:
-        stop_ids = tok.encode(STOP_TEXT[name], add_special_tokens=False)
+    if st.stop_text:
+        stop_ids = tok.encode(st.stop_text, add_special_tokens=False)
         if len(stop_ids) == 1:  # a special token (Dolly's and OA's keys)
             stop.append(stop_ids[0])
     model.eval()
     rows = []
     for prompt in SAMPLE_PROMPTS:
-        if name in TEMPLATES:
-            template = TEMPLATES[name](tok)
-            ids = (
-                template.bos
-                + template.header
-                + template.rounds([("user", prompt), ("assistant", "")])[0][0].prompt
-            )
-        else:
-            ids = bos + tok.encode(generation_prompt(name, prompt), add_special_tokens=False)
+        ids = bos + tok.encode(st.prompt(prompt), add_special_tokens=False)
         out = model.generate(
             torch.tensor([ids]),
             max_new_tokens=max_new_tokens,
@@ -328,8 +319,8 @@ def sample_generations(
             pad_token_id=tok.pad_token_id,
         )
         text = tok.decode(out[0, len(ids) :], skip_special_tokens=True)
-        if name in STOP_TEXT:
-            text = text.split(STOP_TEXT[name])[0]
+        if st.stop_text:
+            text = text.split(st.stop_text)[0]
         rows.append({"prompt": prompt, "completion": text.strip()})
     return rows
 

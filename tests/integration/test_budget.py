@@ -12,11 +12,11 @@ from orchestrator.checkpoint.manifest import latest_complete
 
 pytestmark = pytest.mark.integration
 
-# $5.40/h = 0.15 cent per second: the cap of $0.12 is 80 s of cluster time, of which start-up
-# (~25 s here, more on a loaded machine) and the 20 s reserved for stopping leave about a minute
-# of steps: hit mid-run, long before 5000 steps are done.
+# $5.40/h = 0.15 cent per second: the cap of $0.20 is 133 s of cluster time, of which start-up
+# (~20 s here, over a minute on a loaded machine) and the 20 s reserved for stopping leave at
+# least half a minute of steps (~0.2 s each): hit mid-run, long before 5000 steps are done.
 PRICE_PER_HOUR = 5.4
-CAP = 0.12
+CAP = 0.2
 PRICE = [
     f"cost.instances.local-2vcpu.on_demand_per_hour_usd={PRICE_PER_HOUR}",
     "checkpoint.every_steps=1000",

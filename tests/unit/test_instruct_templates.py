@@ -8,13 +8,13 @@ import pytest
 from orchestrator.data.formats import DataError, Row
 from orchestrator.data.instruct import (
     BAIZE_HEADER,
-    PieceTemplate,
     alpaca_samples,
     baize_samples,
     dolly_samples,
     gpt4all_samples,
     oasst_threads,
 )
+from orchestrator.data.prompts import PieceTemplate
 from orchestrator.data.templates import IGNORE_INDEX
 from tests.unit.test_templates import trained_spans
 

@@ -9,7 +9,6 @@ from orchestrator.config.schema import ConfigError, DataConfig, SourceConfig
 from orchestrator.data.dataset import iter_samples, prepare_data
 from orchestrator.data.formats import DataError, Row
 from orchestrator.data.instruct import (
-    PieceTemplate,
     alpaca_samples,
     hc3_samples,
     hh_rlhf_samples,
@@ -17,6 +16,7 @@ from orchestrator.data.instruct import (
     summarize_samples,
     webgpt_samples,
 )
+from orchestrator.data.prompts import PieceTemplate
 from tests.unit.test_templates import trained_spans
 
 HH = Row(
@@ -51,7 +51,7 @@ def test_koala_template_text_and_trained_spans(tokenizer):
 
 def test_koala_reads_alpaca_with_its_input():
     [s] = alpaca_samples(Row({"instruction": "Sort.", "input": "b a", "output": "a b"}, "x"))
-    from orchestrator.data.instruct import render
+    from orchestrator.data.prompts import render
 
     assert render("koala", s)[1].text == "USER: Sort.\n\nb a GPT:"
 
