@@ -118,6 +118,7 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check orchestrator tests bench
 	$(BIN)/ruff format --check orchestrator tests bench
+	$(BIN)/mypy
 
 fmt: $(STAMP)
 	$(BIN)/ruff format orchestrator tests bench

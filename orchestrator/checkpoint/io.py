@@ -263,10 +263,15 @@ class Checkpointer:
                 dist.all_reduce(flag, op=dist.ReduceOp.MIN)
             if not flag.item():
                 continue
-            found = [(folder, manifest) if self.rank == 0 else None]
+            found: list[tuple[Path, dict[str, Any]] | None] = [None]
+            if self.rank == 0:
+                assert folder is not None and manifest is not None
+                found = [(folder, manifest)]
             if dist.is_initialized():
                 dist.broadcast_object_list(found, src=0)
-            folder0, manifest = found[0]
+            entry = found[0]
+            assert entry is not None, "rank 0 found this checkpoint complete"
+            folder0, manifest = entry
             if folder is None:  # not a node leader: read the leader's copy on this node
                 in_place = isinstance(self.store, LocalStore)
                 folder = folder0 if in_place else cache / step_dirname(step)

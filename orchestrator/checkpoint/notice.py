@@ -29,6 +29,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import FrameType
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ class NoticeWatcher:
         self._notice: Notice | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._restore_sigterm: Callable[[], None] | None = None
+        self._restore_sigterm: Callable[[], object] | None = None
         self.sources: list[tuple[str, Ec2Metadata | GcpMetadata]] = []
         self._thread: threading.Thread | None = None
         self._fallback: threading.Timer | None = None
@@ -208,7 +209,7 @@ class NoticeWatcher:
             previous = signal.getsignal(signal.SIGTERM)
             expired = threading.Event()
 
-            def handler(signum: int, frame: object) -> None:
+            def handler(signum: int, frame: FrameType | None) -> None:
                 if not expired.is_set():
                     self._on_sigterm(exit_now)
                 elif callable(previous):
@@ -230,20 +231,20 @@ class NoticeWatcher:
             import ray._private.worker as ray_worker
 
             original = ray_worker.raise_sys_exit_with_custom_error_message
-            handler = signal.getsignal(signal.SIGTERM)
-            if "main_loop" not in getattr(handler, "__qualname__", ""):
-                raise RuntimeError(f"unexpected SIGTERM handler {handler!r}")
+            current = signal.getsignal(signal.SIGTERM)
+            if "main_loop" not in getattr(current, "__qualname__", ""):
+                raise RuntimeError(f"unexpected SIGTERM handler {current!r}")
         except Exception as e:  # noqa: BLE001
             log.warning("SIGTERM will not give a spot notice here: %s", e)
             return
 
-        def exit_now() -> None:
+        def exit_via_ray() -> None:
             ray_worker.raise_sys_exit_with_custom_error_message = original
             os.kill(os.getpid(), signal.SIGTERM)
 
         def hooked(message: str, exit_code: int = 1) -> None:
             if message.startswith("The process receives a SIGTERM"):
-                self._on_sigterm(exit_now)
+                self._on_sigterm(exit_via_ray)
                 return
             original(message, exit_code)
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -155,7 +155,7 @@ def compose(
                 f"{path}: no variant {variant!r}; the job has {sorted(variants) or 'none'}"
             )
         raw = _deep_merge(raw, variants[variant] or {})
-    merged = _deep_merge(raw, scales[scale] or {})
+    merged: dict[str, Any] = _deep_merge(raw, scales[scale] or {})
     for item in list(overrides):  # `model=llama_7b` swaps a whole block
         key, _, value = item.partition("=")
         if key in BLOCK_DIRS and value and not value.startswith(("{", "[")):
@@ -174,9 +174,9 @@ def compose(
             block_path, merged[section] = _split_block(section, merged[section], where)
             if block_path is not None:  # the block first, so its own errors name its file
                 blocks[section] = block_path
-                block = read_yaml_mapping(block_path)
-                _refuse_resolvers(block, str(block_path), section)
-                cfg = _merge_into(cfg, {section: block}, str(block_path))
+                block_data = read_yaml_mapping(block_path)
+                _refuse_resolvers(block_data, str(block_path), section)
+                cfg = _merge_into(cfg, {section: block_data}, str(block_path))
     _refuse_resolvers(merged, where)
     cfg = _merge_into(cfg, merged, where)
 
@@ -186,7 +186,9 @@ def compose(
                 raise ConfigError(f"command line: override {item!r} must look like key=value")
             _refuse_resolvers(item, "command line")
         try:
-            dotlist = OmegaConf.to_container(OmegaConf.from_dotlist(overrides))
+            dotlist = cast(
+                dict[str, Any], OmegaConf.to_container(OmegaConf.from_dotlist(overrides))
+            )
         except (OmegaConfBaseException, yaml.YAMLError, ValueError) as e:
             raise ConfigError(
                 f"command line: cannot read the overrides {overrides}: "

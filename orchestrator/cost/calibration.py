@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from orchestrator.cost.steptime import Device, ModelShape, Regime
 from orchestrator.paths import REPO_ROOT
 
 BENCHMARKS = REPO_ROOT / "conf" / "benchmarks" / "llm_foundry_mpt_a100.csv"
@@ -72,7 +73,7 @@ def benchmark_rows(max_seq_len: int = MAX_SEQ_LEN) -> list[BenchmarkRow]:
         ]
 
 
-def kernel_eff(params: Sequence[float], tokens: float, width: float) -> float:
+def kernel_eff(params: Sequence[float] | np.ndarray, tokens: float, width: float) -> float:
     e, t_half, d_half = params
     return e * tokens / (tokens + t_half) * width / (width + d_half)
 
@@ -140,9 +141,9 @@ class RecordedRun:
     job: str
     step_s: float
     """Measured mean seconds per optimizer step."""
-    model: object
-    regime: object
-    device: object
+    model: ModelShape
+    regime: Regime
+    device: Device
     passes: list
     """Planned passes of sampled steps (steps x ranks x passes)."""
 
@@ -186,7 +187,8 @@ def recorded_run(run_dir: Path, name: str | None = None) -> RecordedRun | None:
         return None
     res = json.loads(result.read_text())
     raw = OmegaConf.load(configs[-1])
-    cfg: JobConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(JobConfig), raw))
+    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(JobConfig), raw))
+    assert isinstance(cfg, JobConfig)
     if cfg.scale != "local" or cfg.data.format == "text" or len(res.get("step_s", [])) < 3:
         return None
     key = json.loads(meta.read_text()).get("data_key")

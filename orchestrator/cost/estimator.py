@@ -73,7 +73,11 @@ class Projection:
     @property
     def usd_range(self) -> tuple[float, float]:
         """(low, high) of the bill in the job's own market."""
-        if self.market == "spot" and self.usd_spot is not None:
+        if (
+            self.market == "spot"
+            and self.usd_spot_low is not None
+            and self.usd_spot_high is not None
+        ):
             return self.usd_spot_low, self.usd_spot_high
         return self.usd_on_demand_low, self.usd_on_demand_high
 
@@ -83,7 +87,11 @@ class Projection:
 
     def summary(self) -> str:
         spot = ""
-        if self.usd_spot is not None:
+        if (
+            self.usd_spot is not None
+            and self.usd_spot_low is not None
+            and self.usd_spot_high is not None
+        ):
             spot = (
                 f", {_usd(self.usd_spot)} on spot "
                 f"({_usd(self.usd_spot_low)}-{_usd(self.usd_spot_high)})"
@@ -424,6 +432,8 @@ def replay_check(cfg: JobConfig, hours: float, hfu: float) -> dict:
     implied HFU above that best is inconsistent (the published time, or what it covered, is
     off), not a target to tune to."""
     r, k = cfg.replay, cfg.cost.kernel
+    if not r.published_hours:
+        raise ValueError(f"job {cfg.job!r}: replay.published_hours is not set")
     implied = hfu * hours / r.published_hours
     gpu = cfg.hardware.accelerator
     best = steptime.efficiency(k, gpu, 1e12, cfg.model.hidden_size)

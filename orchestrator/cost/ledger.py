@@ -82,7 +82,10 @@ class Ledger:
             self.nodes = [NodeLife(**n) for n in data.get("nodes", [])]
 
     def save(self, bill: dict[str, Any] | None = None) -> None:
-        data = {"attempts": self.attempts, "nodes": [asdict(n) for n in self.nodes]}
+        data: dict[str, Any] = {
+            "attempts": self.attempts,
+            "nodes": [asdict(n) for n in self.nodes],
+        }
         if bill is not None:
             data["bill"] = bill
         self.store.write_text(LEDGER, json.dumps(data, indent=1))

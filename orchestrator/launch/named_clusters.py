@@ -47,7 +47,7 @@ def state_dir() -> Path:
 # anything that looks like a credential.
 WORKING_DIR_EXCLUDES = [
     ".git", ".venv", "runs", "mlruns", "mlartifacts", "mlflow.db", ".torch_extensions",
-    ".clusters", ".ruff_cache", "**/__pycache__", "*.pt", "bench/results/*.png",
+    ".clusters", ".ruff_cache", ".mypy_cache", "**/__pycache__", "*.pt", "bench/results/*.png",
     ".env", ".env.*", "*.env", "*.pem", "*.key", "id_*", ".netrc", "credentials", "*.db",
     ".ray", ".aws", ".ssh", "*.p12", "*.pfx", ".pypirc", ".git-credentials",
 ]  # fmt: skip
