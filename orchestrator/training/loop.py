@@ -28,12 +28,13 @@ from orchestrator.checkpoint.notice import Notice, NoticeWatcher
 from orchestrator.checkpoint.policy import Interval
 from orchestrator.config.load import from_dict
 from orchestrator.config.schema import JobConfig
-from orchestrator.cost.budget import Spend, stop_before_next_step
 from orchestrator.cost.ledger import read_timeline, redone_steps
+from orchestrator.cost.meter import CostMeter
 from orchestrator.data.batching import collate, resolve_mode
 from orchestrator.data.dataset import StepBatches
 from orchestrator.data.prepared import PreparedData
 from orchestrator.data.templates import IGNORE_INDEX
+from orchestrator.plan.summary import pretrain_summary
 from orchestrator.storage.durable import FolderStore
 from orchestrator.storage.layout import (
     CKPT_CACHE,
@@ -127,11 +128,9 @@ class FinetuneRecipe:
         self.tokens_so_far = 0
         self.stop_reason = StopReason.COMPLETED
         self.checkpoint_s: list[float] = []
-        self.usd_wasted = 0.0
         self.preemptions = 0
         self.app_failures = 0
-        self.lost_steps = 0
-        self.lost_s = 0.0
+        self.meter = CostMeter(ctx, cfg.budget)
         self.last_save_step = 0
         self.t_last_save = time.perf_counter()
         self.notice: Notice | None = None
@@ -280,9 +279,7 @@ class FinetuneRecipe:
             # and is lost: price it now, so `cost/usd_wasted` is right from the first step.
             timeline = read_timeline(self.run_store)
             redone = redone_steps(timeline, resumed_at=self.step)
-            self.lost_steps = len(redone)
-            self.lost_s = sum(r["end"] - r["start"] for r in redone)
-            self.usd_wasted = self.lost_s / 3600.0 * self.ctx.price_per_hour_usd
+            self.meter.set_lost(len(redone), sum(r["end"] - r["start"] for r in redone))
             self._start_system_metrics()
             self._record("setup", self._t_created, time.time())
             # Before asking what MLflow has: journals a dead process left on this node, and the
@@ -588,7 +585,7 @@ class FinetuneRecipe:
 
     # ------------------------------------------------------------------ cost
     def usd_total(self) -> float:
-        return self.spend().usd
+        return self.meter.spent().usd
 
     def _wall_offset(self) -> float:
         """time.time() - time.perf_counter(): turns perf_counter stamps into wall-clock time."""
@@ -603,14 +600,14 @@ class FinetuneRecipe:
         )
 
     def _projected_usd(self, step_times: list[float]) -> float:
-        """Spent so far + the remaining steps, saves and tear-down at the pace measured so far."""
+        """The bill at the pace measured so far: remaining steps, saves and tear-down."""
         recent = step_times[-20:] or [0.0]
         saves_left = (self.total_steps - self.step) // self._interval_steps(recent) + 1
-        save_s = max(self.checkpoint_s, default=0.0)
-        left_s = (self.total_steps - self.step) * sum(recent) / len(recent) + saves_left * save_s
-        return (
-            self.usd_total()
-            + (left_s + self.cfg.budget.teardown_s) / 3600.0 * self.ctx.price_per_hour_usd
+        return self.meter.projected_usd(
+            self.total_steps - self.step,
+            sum(recent) / len(recent),
+            saves_left,
+            max(self.checkpoint_s, default=0.0),
         )
 
     def _interval_steps(self, recent_step_s: list[float]) -> int:
@@ -625,30 +622,18 @@ class FinetuneRecipe:
         return max(1, round(seconds / (sum(recent_step_s) / len(recent_step_s))))
 
     def _budget_stop(self, step_times: list[float], saving: bool) -> bool:
-        """Rank 0: would the next step (after the save now due, if any) plus stopping (a save
-        and tear-down) cross budget.max_usd / max_hours? (cost/budget.py decides.)"""
-        b = self.cfg.budget
-        if b.max_usd is None and b.max_hours is None:
-            return False
+        """Rank 0: would the next step (after the save now due, if any) plus stopping cross
+        budget.max_usd / max_hours? The meter decides (cost/meter.py, cost/budget.py)."""
         save_s = max(self.checkpoint_s, default=0.0)
-        cap = stop_before_next_step(
-            b,
-            self.spend(),
-            next_step_s=(max(step_times[-5:]) if step_times else 0.0) + (save_s if saving else 0),
-            stop_s=save_s + b.teardown_s,
-            usd_per_hour=self.ctx.price_per_hour_usd,
-        )
+        next_s = (max(step_times[-5:]) if step_times else 0.0) + (save_s if saving else 0.0)
+        cap = self.meter.budget_stop(next_s, save_s)
         if cap is not None:
-            spent = self.spend()
+            spent = self.meter.spent()
             self._print(
-                f"budget: the next step would cross {cap}={getattr(b, cap)} (spent "
-                f"${spent.usd:.4f}, {spent.hours:.3f} h); saving and stopping"
+                f"budget: the next step would cross {cap}={getattr(self.cfg.budget, cap)} "
+                f"(spent ${spent.usd:.4f}, {spent.hours:.3f} h); saving and stopping"
             )
         return cap is not None
-
-    def spend(self) -> Spend:
-        """What the run has spent so far, in dollars and cluster hours (every launch)."""
-        return self.ctx.spent(time.time())
 
     # ------------------------------------------------------------------ logging
     def _log_step(
@@ -678,15 +663,9 @@ class FinetuneRecipe:
             "padding_efficiency": padding_efficiency,
             "preemptions": float(self.preemptions),
             "app_failures": float(self.app_failures),
-            "lost_steps": float(self.lost_steps),
-            "lost_time_s": self.lost_s,
             "attempt": float(self.ctx.attempt),
             "checkpoint/interval_steps": float(self._interval_steps(step_times[-20:])),
-            "cost/usd_total": usd,
-            "cost/usd_per_hour": self.ctx.price_per_hour_usd,
-            "cost/usd_per_1m_tokens": usd / max(1, self.tokens_so_far) * 1e6,
-            "cost/usd_wasted": self.usd_wasted,
-            "cost/usd_projected_total": self._projected_usd(step_times),
+            **self.meter.metrics(self.tokens_so_far, self._projected_usd(step_times)),
         }
         if self.system_metrics is not None:
             metrics.update(self.system_metrics.maybe_sample(force=self.step == self.total_steps))
@@ -867,7 +846,7 @@ class FinetuneRecipe:
             checkpoints_committed=self.checkpointer.stats.committed,
             checkpoints_failed=self.checkpointer.stats.failed,
             preemptions=self.preemptions,
-            lost_steps=self.lost_steps,
+            lost_steps=self.meter.lost_steps,
             max_log_call_s=self.max_log_call_s,
             step_s=step_times,
             pretrain=pretrain,
@@ -877,29 +856,17 @@ class FinetuneRecipe:
         self.run_store.write_text(RESULT, result.to_json())
 
     def _pretrain_summary(self) -> dict[str, float]:
-        """Planned vs trained tokens and the scaling-law prediction (pretraining runs only)."""
+        """Planned vs trained tokens and the scaling-law fit (pretraining runs only)."""
         cfg = self.cfg
         if cfg.data.format != "text":
             return {}
-        from orchestrator.plan.scaling import FITS
-
-        stream = self.batches.stream.pos
+        stream = self.batches.stream
         planned = (
             cfg.train.max_tokens
             or self.total_steps * cfg.train.global_batch_size * cfg.data.max_seq_len
         )
-        trained = max(1, self.tokens_so_far)
-        return {
-            "pretrain/tokens_planned": float(planned),
-            "pretrain/tokens_trained": float(trained),
-            "pretrain/tokens_per_param": trained / self.n_params,
-            # The fit is of 70M-16B-parameter runs on MassiveText: outside that range (or on
-            # another corpus and tokenizer) it ranks sizes, it does not forecast this loss.
-            "pretrain/predicted_loss_epoch_fit": FITS["epoch"].loss(self.n_params, trained),
-            "pretrain/fit_in_range": float(7e7 <= self.n_params <= 1.6e10),
-            "pretrain/data_epochs": stream.epoch
-            + stream.file / max(1, len(self.batches.stream.files) or 1),
-        }
+        epochs = stream.pos.epoch + stream.pos.file / max(1, len(stream.files) or 1)
+        return pretrain_summary(self.n_params, planned, self.tokens_so_far, epochs)
 
     def cleanup(self) -> None:
         if hasattr(self, "watcher"):
