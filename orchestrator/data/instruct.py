@@ -189,7 +189,7 @@ def oasst_threads(rows: Iterable[Row]) -> list[Sample]:
 HH_TURN = re.compile(r"\n\n(Human|Assistant): ")
 
 
-def _hh_turns(text: str, where: str) -> list[Turn]:
+def hh_turns(text: str, where: str) -> list[Turn]:
     parts = HH_TURN.split(text)
     if parts[0].strip():
         raise DataError(f"{where}: text before the first '\\n\\nHuman: ' turn")
@@ -206,8 +206,8 @@ def hh_rlhf_samples(row: Row) -> list[Sample]:
     The chosen dialogue is a positive sample, the rejected one a negative sample."""
     chosen, rejected = _field(row, "chosen"), _field(row, "rejected")
     return [
-        Sample(_hh_turns(chosen, f"{row.where} field 'chosen'"), "", row.where),
-        Sample(_hh_turns(rejected, f"{row.where} field 'rejected'"), "", row.where, negative=True),
+        Sample(hh_turns(chosen, f"{row.where} field 'chosen'"), "", row.where),
+        Sample(hh_turns(rejected, f"{row.where} field 'rejected'"), "", row.where, negative=True),
     ]
 
 

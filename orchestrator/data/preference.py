@@ -1,0 +1,153 @@
+"""Preference data: rows -> `RankedGroup`s (a conversation so far, and two or more replies to
+it ranked best -> worst), the input of reward-model and DPO stages.
+
+Formats, each in its real shape (shipped samples under data/samples/):
+- stack_exchange_paired (lvwerra/stack-exchange-paired, StackLLaMA): `question`, `response_j`
+  (preferred), `response_k`; one pair per row.
+- hh_rlhf (Anthropic/hh-rlhf): `chosen`, `rejected` whole transcripts; as OpenAssistant's
+  `anthropic_rlhf`: prefix = the chosen dialogue without its last reply, replies = (chosen's last,
+  rejected's last); rows whose two transcripts differ before the last reply are bad rows.
+- webgpt (openai/webgpt_comparisons): `question.full_text`, `answer_0/1`, `score_0/1`; ties
+  dropped (neither is known to be better).
+- oasst (oasst1 message trees, OpenAssistant's `oasst_export`): every prefix ending on a prompter
+  turn with >= 2 ranked assistant replies, sorted by `rank`; deleted or unreviewed messages left
+  out. `group.key` is the tree id: split train/held-out by it, or the metric leaks.
+Sources: docs/facts/rlhf.md.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from orchestrator.data.formats import DataError, Row, Turn, read_rows
+from orchestrator.data.instruct import hh_turns
+
+STACK_TEMPLATE = "Question: {question}\n\nAnswer: "
+"""StackLLaMA's template in all three stages (`"Question: " + q + "\\n\\nAnswer: " + a`)."""
+
+
+@dataclass
+class RankedGroup:
+    prompt: list[Turn]
+    """The conversation so far, ending with a user turn."""
+    replies: list[str]
+    """Two or more replies, best first."""
+    where: str
+    key: str
+    """What held-out splits are made by (the question, or the conversation tree)."""
+
+
+def _text(row: Row, name: str) -> str:
+    v = row.data.get(name) if isinstance(row.data, dict) else None
+    if not isinstance(v, str) or not v.strip():
+        raise DataError(f"{row.where}: missing or empty string field {name!r}")
+    return v
+
+
+def stack_exchange_pair(row: Row) -> list[RankedGroup]:
+    q = _text(row, "question")
+    good, other = _text(row, "response_j"), _text(row, "response_k")
+    qid = row.data.get("qid", q)
+    return [RankedGroup([("user", q)], [good, other], row.where, f"se:{qid}")]
+
+
+def hh_pair(row: Row) -> list[RankedGroup]:
+    chosen = hh_turns(_text(row, "chosen"), f"{row.where} field 'chosen'")
+    rejected = hh_turns(_text(row, "rejected"), f"{row.where} field 'rejected'")
+    if chosen[-1][0] != "assistant" or rejected[-1][0] != "assistant":
+        raise DataError(f"{row.where}: both transcripts must end with an Assistant reply")
+    if chosen[:-1] != rejected[:-1]:
+        raise DataError(f"{row.where}: 'chosen' and 'rejected' differ before their last reply")
+    prefix = chosen[:-1]
+    return [RankedGroup(prefix, [chosen[-1][1], rejected[-1][1]], row.where, f"hh:{prefix[0][1]}")]
+
+
+def webgpt_group(row: Row) -> list[RankedGroup]:
+    q = row.data.get("question") if isinstance(row.data, dict) else None
+    if not isinstance(q, dict) or not isinstance(q.get("full_text"), str):
+        raise DataError(f"{row.where}: missing field 'question.full_text'")
+    answers = [_text(row, "answer_0"), _text(row, "answer_1")]
+    scores = [row.data.get("score_0"), row.data.get("score_1")]
+    if not all(isinstance(x, int | float) for x in scores):
+        raise DataError(f"{row.where}: fields 'score_0' and 'score_1' must be numbers")
+    if scores[0] == scores[1]:
+        return []
+    order = sorted(range(2), key=lambda i: -scores[i])  # type: ignore[operator]
+    return [
+        RankedGroup([("user", q["full_text"])], [answers[i] for i in order], row.where,
+                    f"webgpt:{q['full_text']}")
+    ]  # fmt: skip
+
+
+ROW_ADAPTERS = {"stack_exchange_paired": stack_exchange_pair, "hh_rlhf": hh_pair,
+                "webgpt": webgpt_group}  # fmt: skip
+FORMATS = (*ROW_ADAPTERS, "oasst")
+
+
+def oasst_groups(rows: Iterable[Row]) -> list[RankedGroup]:
+    """Every prefix of every tree that ends on a prompter message with >= 2 ranked replies."""
+    by_id: dict[str, dict] = {}
+    children: dict[str, list[str]] = defaultdict(list)
+    where: dict[str, str] = {}
+    for row in rows:
+        d = row.data
+        if not isinstance(d, dict) or not all(
+            isinstance(d.get(k), str) for k in ("message_id", "role", "text")
+        ):
+            raise DataError(f"{row.where}: expected an oasst1 message (message_id, role, text)")
+        if d.get("deleted") or d.get("review_result") is False:
+            continue
+        by_id[d["message_id"]] = d
+        where[d["message_id"]] = row.where
+        if d.get("parent_id"):
+            children[d["parent_id"]].append(d["message_id"])
+
+    def path(mid: str) -> list[Turn]:
+        turns: list[Turn] = []
+        node: str | None = mid
+        while node is not None and node in by_id:
+            d = by_id[node]
+            turns.append(("user" if d["role"] == "prompter" else "assistant", d["text"]))
+            node = d.get("parent_id")
+        return turns[::-1]
+
+    groups = []
+    for mid, d in by_id.items():
+        if d["role"] != "prompter":
+            continue
+        ranked = [by_id[c] for c in children[mid] if c in by_id and by_id[c]["role"] == "assistant"
+                  and isinstance(by_id[c].get("rank"), int)]  # fmt: skip
+        if len(ranked) < 2:
+            continue
+        ranked.sort(key=lambda c: c["rank"])
+        tree = str(d.get("message_tree_id") or mid)
+        groups.append(RankedGroup(path(mid), [c["text"] for c in ranked], where[mid], tree))
+    return groups
+
+
+def read_groups(
+    source: str, fmt: str, max_rows: int | None = None
+) -> Iterator[RankedGroup | DataError]:
+    """The ranked groups of a source; a bad row is yielded as its DataError (naming the file
+    and line), for the caller to raise or skip and count."""
+    if fmt == "oasst":
+        rows = [r for r in read_rows(source, max_rows=max_rows)]
+        bad = [r for r in rows if isinstance(r, DataError)]
+        yield from bad
+        try:
+            yield from oasst_groups(r for r in rows if not isinstance(r, DataError))
+        except DataError as e:
+            yield e
+        return
+    if fmt not in ROW_ADAPTERS:
+        raise DataError(f"preference format {fmt!r} unknown; valid: {list(FORMATS)}")
+    for row in read_rows(source, max_rows=max_rows):
+        if isinstance(row, DataError):
+            yield row
+            continue
+        try:
+            yield from ROW_ADAPTERS[fmt](row)
+        except DataError as e:
+            yield e
