@@ -175,12 +175,18 @@ class Chaos(threading.Thread):
             while len(rows := rows_after(events, offset)) < after:
                 if self.done.wait(0.05):
                     return
-            # This try's workers: started since the try began, or rank 0 by the pid in the
-            # run's timeline (Ray may seat an actor in a worker process started earlier).
+            # This try's workers: rank 0 by the pid in the run's timeline (its last row is a
+            # step this try logged; Ray may seat an actor in a worker process started earlier),
+            # and the workers its raylet started since the try began. Never a RayTrainWorker of
+            # another Ray instance on this machine (another test or launch running alongside).
             timeline = rows_after(self.run_dir / "timeline.jsonl", 0)
             rank0 = timeline[-1]["pid"] if timeline else None
-            workers = [w for w in train_workers() if w.pid == rank0 or w.create_time() >= try_start]
-            assert workers, "no RayTrainWorker process of this try found"
+            ours = [w for w in train_workers() if w.pid == rank0]
+            assert ours, f"rank 0 of this try (pid {rank0}) is not running"
+            raylet = ours[0].ppid()
+            workers = ours + [
+                w for w in train_workers(try_start) if w.pid != rank0 and w.ppid() == raylet
+            ]
             victim = random.choice(workers)
             t = time.time()
             os.kill(victim.pid, sig)
