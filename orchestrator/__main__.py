@@ -28,9 +28,21 @@ def cmd_launch(args: argparse.Namespace) -> int:
             follow=not args.detach,
         )  # fmt: skip
         return 0 if status in ("SUCCEEDED", "SUBMITTED") else 1
+    from orchestrator.config.load import job_stages
     from orchestrator.launch.run import launch
     from orchestrator.storage.layout import StopReason
 
+    if job_stages(args.job, args.scale):  # a multi-stage job: its stages in order
+        from datetime import datetime
+
+        from orchestrator.launch.pipeline import run_pipeline
+
+        run = args.run or f"{args.job}-{datetime.now():%Y%m%d-%H%M%S}"
+        out = run_pipeline(args.job, args.scale, _overrides(args.set), run, args.stage, args.yes)
+        return 0 if StopReason(out.stop_reason).ok else 1
+    if args.stage:
+        print(f"error: job {args.job!r} has no stages (stage={args.stage})", file=sys.stderr)
+        return 2
     res = launch(args.job, args.scale, _overrides(args.set), args.run, yes=args.yes)
     return 0 if StopReason(res.stop_reason).ok else 1
 
@@ -221,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         "--cluster", default=None, help="a cluster from infra/ (e.g. aws-spot, local-fake)"
     )
     p.add_argument("--detach", action="store_true", help="with --cluster: submit and return")
+    p.add_argument("--stage", default=None, help="a pipeline job: run this stage only")
     p.set_defaults(fn=cmd_launch)
 
     p = sub.add_parser("cluster", help="named clusters from infra/: up, down, status, logs, stop")

@@ -144,10 +144,14 @@ def compose(
 
     overrides = list(overrides or [])
     variant = default_variant
+    stage = None
     for item in list(overrides):  # `variant=1.3b` picks one of the job's variants
         key, _, value = item.partition("=")
         if key == "variant":
             variant = value
+            overrides.remove(item)
+        elif key == "stage":  # one stage of a pipeline job (launch/pipeline.py)
+            stage = value
             overrides.remove(item)
     if variant is not None:
         if variant not in variants:
@@ -156,6 +160,16 @@ def compose(
             )
         raw = _deep_merge(raw, variants[variant] or {})
     merged: dict[str, Any] = _deep_merge(raw, scales[scale] or {})
+    stages = merged.pop("stages", None) or {}
+    if stage is not None:
+        if stage not in stages:
+            raise ConfigError(
+                f"{path}: no stage {stage!r}; the job has {list(stages) or 'no stages'}"
+            )
+        spec = stages[stage] or {}
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{path}: stages.{stage} must be a mapping, got {spec!r}")
+        merged = _deep_merge(merged, spec.get("config") or {})
     for item in list(overrides):  # `model=llama_7b` swaps a whole block
         key, _, value = item.partition("=")
         if key in BLOCK_DIRS and value and not value.startswith(("{", "[")):
@@ -241,3 +255,16 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = val
     return out
+
+
+def job_stages(job: str, scale: str | None = None) -> dict[str, dict[str, Any]]:
+    """The `stages:` of a pipeline job at `scale` (the scale's `stages` overlay merged), in
+    order: name -> {input, budget_share, gate, config}. Empty for a single-stage job."""
+    path = job_path(job)
+    raw = read_yaml_mapping(path)
+    scales = raw.get("scales", {}) or {}
+    scale = scale or raw.get("default_scale", "local")
+    stages = _deep_merge(raw.get("stages") or {}, (scales.get(scale) or {}).get("stages") or {})
+    if not isinstance(stages, dict):
+        raise ConfigError(f"{path}: stages must be a mapping of stage name -> settings")
+    return {str(k): dict(v or {}) for k, v in stages.items()}

@@ -17,7 +17,12 @@ def config_hash(cfg: JobConfig) -> str:
     return hashlib.sha256(to_yaml(cfg).encode()).hexdigest()[:16]
 
 
-def start_run(cfg: JobConfig, uri: str, run_name: str, meta: RunMeta | None) -> str:
+def start_run(
+    cfg: JobConfig, uri: str, run_name: str, meta: RunMeta | None, parent: str | None = None
+) -> str:
+    """Start (or continue) the run's MLflow run; `parent`: the pipeline's run (a stage is its
+    child run)."""
+    nested = {"mlflow.parentRunId": parent} if parent else {}
     return mlruns.start_or_continue(
         uri,
         cfg.tracking.experiment or cfg.job,
@@ -33,6 +38,7 @@ def start_run(cfg: JobConfig, uri: str, run_name: str, meta: RunMeta | None) -> 
             "git_commit": mlruns.git_commit(),
             "cluster": os.environ.get("RAY_ADDRESS", "local"),
             "mlflow.note.content": cfg.description,
+            **nested,
         },
     )
 

@@ -90,12 +90,14 @@ def launch(
     overrides: list[str] | None = None,
     run_name: str | None = None,
     yes: bool = False,
+    parent_run_id: str | None = None,
 ) -> LaunchResult:
     """Run (or continue) a job on Ray and return where everything is.
 
     Args:
         yes: launch even when the projected bill exceeds `budget.max_usd` (else ask, or refuse
             when there is nobody to ask).
+        parent_run_id: the MLflow run of the pipeline this launch is a stage of.
 
     Raises:
         ConfigError, DataError: bad input, before anything is spent.
@@ -111,7 +113,7 @@ def launch(
     _publish_base(cfg, storage)
     projection = _project_this_run(cfg, store, data, meta is not None)
     checks.confirm_budget(cfg, projection, yes)
-    run_id = _open_run(cfg, uri, run_name, storage, meta, data)
+    run_id = _open_run(cfg, uri, run_name, storage, meta, data, parent_run_id)
     ledger = Ledger(store)
     context, attempt = _begin_attempt(cfg, storage, ledger, uri, run_id, data_url, t_start)
     status, launcher_stop = "FAILED", None
@@ -201,11 +203,12 @@ def _open_run(
     storage: RunStorage,
     meta: RunMeta | None,
     data: DataManifest,
+    parent_run_id: str | None = None,
 ) -> str:
     """Start (or continue) the MLflow run, write run.json, and send what earlier launches
     could not. Returns the MLflow run id."""
     mlruns.set_fail_fast_http()
-    run_id = mlflow_run.start_run(cfg, uri, run_name, meta)
+    run_id = mlflow_run.start_run(cfg, uri, run_name, meta, parent_run_id)
     store = storage.run_store()
     meta = RunMeta(
         job=cfg.job,

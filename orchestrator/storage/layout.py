@@ -125,11 +125,13 @@ class StopReason(StrEnum):
     """A spot notice: saved (if it fit in the notice window); the launcher resumes."""
     FAILED = "failed"
     """Training stopped for good (errors beyond max_failures, preemptions beyond the cap)."""
+    GATE = "gate"
+    """A pipeline stopped between stages: a gate's metric was not met (launch/pipeline.py)."""
 
     @property
     def ok(self) -> bool:
         """Ended as the user asked (the command exits 0)."""
-        return self in (StopReason.COMPLETED, StopReason.BUDGET)
+        return self in (StopReason.COMPLETED, StopReason.BUDGET, StopReason.GATE)
 
 
 @dataclass

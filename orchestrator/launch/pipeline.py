@@ -1,0 +1,275 @@
+"""Multi-stage jobs: a job lists `stages:` (e.g. sft -> reward -> ppo), each a config overlay
+with its own method, data and resources, run one after another as launches of their own.
+
+    stages:
+      sft:   {budget_share: 0.5, config: {...}}
+      more:  {input: sft, budget_share: 0.5, gate: {stage: sft, metric: eval_loss, max: 4.0},
+              config: {...}}
+
+- A stage's `input` names an earlier stage: its export in the durable store becomes this stage's
+  `model.pretrained` (by reference, nothing copied).
+- Budget: `budget.max_usd` of the job is split by `budget_share`; what a stage leaves unspent
+  rolls over to the next. A stage whose projected bill exceeds what it may spend is not started:
+  the pipeline stops at that boundary with stop reason `budget`, saying so.
+- A `gate` is checked before its stage starts: the named metric of an earlier stage's MLflow run
+  must be >= `min` / <= `max`; else the pipeline stops with stop reason `gate` and the value.
+- A finished stage is skipped on relaunch when its resolved config is unchanged (its hash is
+  kept in `pipeline.json` in the durable store); a preempted or stopped stage resumes from its
+  own checkpoints (the launch of the same run name continues it).
+- MLflow: one parent run per pipeline run, a child run per stage (`mlflow.parentRunId`); the
+  bill is per stage (each child's `bill_usd`) and in total (the parent's `pipeline_bill_usd`),
+  so `make bills` counts each dollar once.
+
+The decisions (budgets, gates, skips) are pure functions below; `run_pipeline` carries them out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from orchestrator.config.load import compose, job_stages, to_yaml
+from orchestrator.config.names import check_name
+from orchestrator.config.schema import ConfigError
+from orchestrator.storage import resolve as storage_resolve
+from orchestrator.storage.layout import EXPORT, StopReason
+
+PIPELINE = "pipeline.json"  # in the pipeline run's folder of the durable store
+
+
+@dataclass(frozen=True)
+class Gate:
+    stage: str
+    metric: str
+    min: float | None = None
+    max: float | None = None
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    input: str | None = None
+    budget_share: float | None = None
+    gate: Gate | None = None
+
+
+def stages_of(job: str, scale: str | None) -> list[Stage]:
+    """The job's stages in order, checked: names, inputs and gates that name earlier stages,
+    shares in (0, 1] summing to at most 1."""
+    raw = job_stages(job, scale)
+    out: list[Stage] = []
+    for name, spec in raw.items():
+        check_name("stage", name)
+        unknown = set(spec) - {"input", "budget_share", "gate", "config"}
+        if unknown:
+            raise ConfigError(
+                f"job {job!r}: stages.{name}: unknown keys {sorted(unknown)}; valid: "
+                "['budget_share', 'config', 'gate', 'input']"
+            )
+        earlier = [s.name for s in out]
+        if spec.get("input") is not None and spec["input"] not in earlier:
+            raise ConfigError(
+                f"job {job!r}: stages.{name}.input={spec['input']!r} must be an earlier stage "
+                f"({earlier or 'none'})"
+            )
+        share = spec.get("budget_share")
+        if share is not None and not (isinstance(share, int | float) and 0 < share <= 1):
+            raise ConfigError(
+                f"job {job!r}: stages.{name}.budget_share={share!r}: a number in (0, 1]"
+            )
+        gate = None
+        if spec.get("gate") is not None:
+            g = spec["gate"]
+            if not isinstance(g, dict) or g.get("stage") not in earlier or not g.get("metric"):
+                raise ConfigError(
+                    f"job {job!r}: stages.{name}.gate must be {{stage: <an earlier stage>, "
+                    f"metric: NAME, min: X and/or max: Y}}, got {g!r}"
+                )
+            gate = Gate(g["stage"], str(g["metric"]), g.get("min"), g.get("max"))
+        out.append(Stage(name, spec.get("input"), share, gate))
+    total = sum(s.budget_share or 0.0 for s in out)
+    if total > 1.0 + 1e-9:
+        raise ConfigError(f"job {job!r}: the stages' budget_share values sum to {total:g} > 1")
+    return out
+
+
+# ------------------------------------------------------------------------- pure decisions
+def stage_budget(
+    total: float | None, stages: list[Stage], index: int, spent: float
+) -> float | None:
+    """What stage `index` may spend: its share of `total` plus what earlier stages left of
+    theirs (`spent`: what they cost). Stages without a share split what no share claims."""
+    if total is None:
+        return None
+    unclaimed = 1.0 - sum(s.budget_share or 0.0 for s in stages)
+    free = [s for s in stages if s.budget_share is None]
+
+    def share(s: Stage) -> float:
+        return s.budget_share if s.budget_share is not None else unclaimed / len(free)
+
+    allowed_so_far = sum(share(s) for s in stages[: index + 1]) * total
+    return max(0.0, allowed_so_far - spent)
+
+
+def gate_passes(gate: Gate, value: float | None) -> bool:
+    if value is None:
+        return False
+    if gate.min is not None and value < gate.min:
+        return False
+    return not (gate.max is not None and value > gate.max)
+
+
+@dataclass
+class StageRecord:
+    status: str  # "done" | "stopped"
+    config_hash: str
+    run: str
+    mlflow_run_id: str
+    stop_reason: str
+    usd: float
+    export_url: str | None
+
+
+def skip(record: StageRecord | None, config_hash: str) -> bool:
+    """A finished stage with the same resolved config is not run again."""
+    return record is not None and record.status == "done" and record.config_hash == config_hash
+
+
+# ------------------------------------------------------------------------------ running
+@dataclass
+class PipelineResult:
+    job: str
+    run: str
+    stop_reason: str
+    message: str
+    usd_total: float
+    mlflow_run_id: str
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def run_pipeline(
+    job: str,
+    scale: str | None,
+    overrides: list[str] | None,
+    run_name: str,
+    only: str | None = None,
+    yes: bool = False,
+) -> PipelineResult:
+    """Run the job's stages in order (or only `only`), skipping finished ones."""
+    import hashlib
+
+    from orchestrator.cost.estimator import project
+    from orchestrator.launch.run import launch
+    from orchestrator.tracking import runs as mlruns
+
+    check_name("run", run_name)
+    overrides = list(overrides or [])
+    stages = stages_of(job, scale)
+    if not stages:
+        raise ConfigError(f"job {job!r} has no stages: launch it with make launch job={job}")
+    if only is not None and only not in [s.name for s in stages]:
+        raise ConfigError(f"stage={only!r}: the job's stages are {[s.name for s in stages]}")
+    top = compose(job, scale, overrides)
+    store = storage_resolve.resolve(top, run_name, os.environ).run_store()
+    state = json.loads(store.read_text(PIPELINE) or "{}")
+    records = {k: StageRecord(**v) for k, v in state.get("stages", {}).items()}
+    uri = mlruns.tracking_uri()
+    parent = state.get("mlflow_run_id") or mlruns.start_or_continue(
+        uri, top.tracking.experiment or top.job, run_name, None,
+        {"job": top.job, "scale": top.scale, "kind": "pipeline"},
+    )  # fmt: skip
+
+    def save() -> None:
+        store.write_text(
+            PIPELINE,
+            json.dumps(
+                {"mlflow_run_id": parent, "stages": {k: asdict(v) for k, v in records.items()}},
+                indent=1,
+            ),  # fmt: skip
+        )
+
+    save()
+    reason, message = StopReason.COMPLETED, "every stage finished"
+    for i, st in enumerate(stages):
+        if only is not None and st.name != only:
+            continue
+        stage_over = [f"stage={st.name}"]
+        if st.input is not None:
+            src = records.get(st.input)
+            if src is None or src.export_url is None:
+                raise ConfigError(
+                    f"stage {st.name!r} needs stage {st.input!r}'s export, which does not exist "
+                    f"yet: run the pipeline (or stage={st.input}) first"
+                )
+            stage_over.append(f"model.pretrained={src.export_url}")
+        spent = sum(r.usd for n, r in records.items() if n != st.name)
+        cap = stage_budget(top.budget.max_usd, stages, i, spent)
+        if cap is not None:
+            stage_over.append(f"budget.max_usd={cap:.6g}")
+        cfg = compose(job, scale, overrides + stage_over)
+        digest = hashlib.sha256(to_yaml(cfg).encode()).hexdigest()[:16]
+        if skip(records.get(st.name), digest):
+            print(f"stage {st.name}: finished before with the same config; skipped")
+            continue
+        if st.gate is not None:
+            value = _metric(uri, records.get(st.gate.stage), st.gate.metric)
+            if not gate_passes(st.gate, value):
+                reason = StopReason.GATE
+                message = (
+                    f"gate before stage {st.name!r}: {st.gate.stage}'s {st.gate.metric} = "
+                    f"{value} (needs min={st.gate.min}, max={st.gate.max})"
+                )
+                break
+        if cap is not None:
+            projected = project(cfg).usd
+            if projected > cap and not yes:
+                reason = StopReason.BUDGET
+                message = (
+                    f"stage {st.name!r} projects ${projected:.4f}, more than the ${cap:.4f} "
+                    "left for it (budget.max_usd and budget_share); stopped at its boundary"
+                )
+                break
+        print(f"stage {st.name} ({i + 1}/{len(stages)})" + (f", budget ${cap:.4f}" if cap else ""))
+        res = launch(job, scale, overrides + stage_over, run_name=f"{run_name}-{st.name}",
+                     yes=True, parent_run_id=parent)  # fmt: skip
+        exported = store_exists(res.run_dir, f"{EXPORT}/config.json")
+        records[st.name] = StageRecord(
+            "done" if res.stop_reason == StopReason.COMPLETED else "stopped",
+            digest, res.run, res.mlflow_run_id, str(res.stop_reason), res.usd_total,
+            f"{res.run_dir}/{EXPORT}" if exported else None,
+        )  # fmt: skip
+        save()
+        if res.stop_reason != StopReason.COMPLETED:
+            reason = StopReason(res.stop_reason)
+            message = f"stage {st.name!r} stopped: {res.stop_reason}"
+            break
+    total = sum(r.usd for r in records.values())
+    c = mlruns.client(uri)
+    for name, r in records.items():
+        c.log_metric(parent, f"pipeline/{name}/usd", r.usd)
+    mlruns.finish(uri, parent, {"stop_reason": str(reason), "pipeline_bill_usd": f"{total:.6f}",
+                                "pipeline_message": message},
+                  "FINISHED" if reason.ok else "FAILED")  # fmt: skip
+    print(
+        f"pipeline {run_name} ({job}): {reason}: {message}; ${total:.6f} in total", file=sys.stdout
+    )
+    return PipelineResult(job, run_name, str(reason), message, total, parent,
+                          {k: asdict(v) for k, v in records.items()})  # fmt: skip
+
+
+def store_exists(run_url: str, rel: str) -> bool:
+    from orchestrator.storage.durable import open_durable
+
+    return open_durable(run_url).exists(rel)
+
+
+def _metric(uri: str, record: StageRecord | None, metric: str) -> float | None:
+    """The latest value of `metric` in a stage's MLflow run (None: no such stage or metric)."""
+    if record is None:
+        return None
+    from orchestrator.tracking import runs as mlruns
+
+    return mlruns.client(uri).get_run(record.mlflow_run_id).data.metrics.get(metric)

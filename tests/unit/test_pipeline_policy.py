@@ -1,0 +1,82 @@
+"""Multi-stage jobs: the stages' checks and the pipeline's pure decisions (launch/pipeline.py)."""
+
+import pytest
+import yaml
+
+from orchestrator.config.load import compose
+from orchestrator.config.schema import ConfigError
+from orchestrator.launch.pipeline import (
+    Gate,
+    Stage,
+    StageRecord,
+    gate_passes,
+    skip,
+    stage_budget,
+    stages_of,
+)
+from orchestrator.paths import JOBS_DIR
+
+
+def _job(tmp_path, stages, name="piped"):
+    raw = yaml.safe_load((JOBS_DIR / "vicuna.yaml").read_text())
+    raw["stages"] = stages
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return str(path)
+
+
+def test_stages_are_overlays_in_order(tmp_path):
+    job = _job(tmp_path, {
+        "sft": {"budget_share": 0.6, "config": {"train": {"max_steps": 6}}},
+        "more": {"input": "sft", "gate": {"stage": "sft", "metric": "eval_loss", "max": 9},
+                 "config": {"train": {"max_steps": 4}, "optim": {"lr": 1e-5}}},
+    })  # fmt: skip
+    stages = stages_of(job, "local")
+    assert [s.name for s in stages] == ["sft", "more"]
+    assert stages[1] == Stage("more", "sft", None, Gate("sft", "eval_loss", None, 9))
+    more = compose(job, "local", ["stage=more"])
+    assert more.train.max_steps == 4 and more.optim.lr == 1e-5
+    assert compose(job, "local", ["stage=sft"]).train.max_steps == 6
+    assert compose(job, "local").train.max_steps == compose("vicuna", "local").train.max_steps
+
+
+@pytest.mark.parametrize(
+    ("stages", "match"),
+    [
+        ({"a": {"input": "b"}, "b": {}}, "must be an earlier stage"),
+        ({"a": {"budget_share": 0.7}, "b": {"budget_share": 0.5}}, "sum to 1.2"),
+        ({"a": {"budget_share": 0}}, "budget_share=0"),
+        ({"a": {}, "b": {"gate": {"stage": "c", "metric": "x"}}}, "gate must be"),
+        ({"a": {"typo": 1}}, "unknown keys"),
+        ({"../x": {}}, "not a valid name"),
+    ],
+)
+def test_bad_stages_are_named(tmp_path, stages, match):
+    with pytest.raises(ConfigError, match=match):
+        stages_of(_job(tmp_path, stages), "local")
+
+
+def test_an_unknown_stage_lists_the_stages(tmp_path):
+    job = _job(tmp_path, {"sft": {}})
+    with pytest.raises(ConfigError, match=r"no stage 'rl'.*\['sft'\]"):
+        compose(job, "local", ["stage=rl"])
+
+
+def test_stage_budgets_roll_unspent_shares_over():
+    st = [Stage("a", budget_share=0.5), Stage("b", budget_share=0.3), Stage("c")]
+    assert stage_budget(None, st, 0, 0.0) is None
+    assert stage_budget(10.0, st, 0, 0.0) == pytest.approx(5.0)
+    assert stage_budget(10.0, st, 1, 2.0) == pytest.approx(8.0 - 2.0)  # a left $3: rolled over
+    assert stage_budget(10.0, st, 2, 7.0) == pytest.approx(3.0)  # c takes the unclaimed 0.2
+    assert stage_budget(10.0, st, 1, 9.0) == 0.0  # overspent earlier: nothing left
+
+
+def test_gates_and_skips():
+    g = Gate("rm", "reward/accuracy", min=0.6)
+    assert gate_passes(g, 0.61) and not gate_passes(g, 0.59) and not gate_passes(g, None)
+    assert gate_passes(Gate("s", "eval_loss", max=2.0), 1.5)
+    assert not gate_passes(Gate("s", "eval_loss", min=1.0, max=2.0), 2.5)
+    done = StageRecord("done", "h1", "r-sft", "id", "completed", 0.1, "/x/export")
+    assert skip(done, "h1") and not skip(done, "h2") and not skip(None, "h1")
+    stopped = StageRecord("stopped", "h1", "r-sft", "id", "budget", 0.1, None)
+    assert not skip(stopped, "h1")
