@@ -49,9 +49,26 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
 def cmd_estimate(args: argparse.Namespace) -> int:
     """Our run's projected bill (the headline), or with --replay the original run's."""
-    from orchestrator.config.load import compose
+    from orchestrator.config.load import compose, job_stages
     from orchestrator.cost.estimator import project
     from orchestrator.cost.lengths import Lengths
+
+    if job_stages(args.job, args.scale or "full"):  # a pipeline: each stage and the total
+        from orchestrator.launch.pipeline import project_pipeline
+
+        pp = project_pipeline(args.job, args.scale or "full", _overrides(args.set))
+        if args.json:
+            print(json.dumps(pp, indent=1))
+        else:
+            for name, p in pp["stages"].items():
+                print(
+                    f"  stage {name}: ${p['usd']:.4f} (${p['usd_low']:.4f}-${p['usd_high']:.4f}), {p['hours']:.3f} h"
+                )
+            t = pp["total"]
+            print(
+                f"{args.job}: ${t['usd']:.4f} (${t['usd_low']:.4f}-${t['usd_high']:.4f}), {t['hours']:.3f} h in total"
+            )
+        return 0
 
     cfg = compose(args.job, args.scale or "full", _overrides(args.set))
     lengths = vocab = None

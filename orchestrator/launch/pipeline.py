@@ -138,6 +138,24 @@ def skip(record: StageRecord | None, config_hash: str) -> bool:
     return record is not None and record.status == "done" and record.config_hash == config_hash
 
 
+def project_pipeline(job: str, scale: str | None, overrides: list[str] | None = None) -> dict:
+    """Each stage's projected bill (its own config, before anything runs) and the total."""
+    from orchestrator.cost.estimator import project
+
+    out: dict[str, Any] = {"stages": {}}
+    for st in stages_of(job, scale):
+        p = project(compose(job, scale, list(overrides or []) + [f"stage={st.name}"]))
+        out["stages"][st.name] = p.as_dict()
+    rows = out["stages"].values()
+    out["total"] = {
+        "usd": sum(r["usd"] for r in rows),
+        "usd_low": sum(r["usd_low"] for r in rows),
+        "usd_high": sum(r["usd_high"] for r in rows),
+        "hours": sum(r["hours"] for r in rows),
+    }
+    return out
+
+
 # ------------------------------------------------------------------------------ running
 @dataclass
 class PipelineResult:

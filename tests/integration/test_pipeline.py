@@ -55,8 +55,8 @@ def test_stages_chain_gate_and_skip_on_relaunch(launch_workdir):
     children = client.search_runs([exp], f"tags.mlflow.parentRunId = '{out.mlflow_run_id}'")
     assert sorted(r.info.run_name for r in children) == ["p1-more", "p1-sft"]
     child_usd = sum(float(r.data.tags["bill_usd"]) for r in children)
-    assert float(parent.data.tags["pipeline_bill_usd"]) == pytest.approx(child_usd, rel=1e-6)
-    assert out.usd_total == pytest.approx(child_usd, rel=1e-6)
+    assert float(parent.data.tags["pipeline_bill_usd"]) == pytest.approx(child_usd, abs=2e-6)
+    assert out.usd_total == pytest.approx(child_usd, abs=2e-6)  # tags hold 6 decimals
 
     # Relaunch: finished stages are skipped (no new attempt), the gate says no again.
     again = run_pipeline(str(job), "local", [], "p1")

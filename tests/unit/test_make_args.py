@@ -38,3 +38,9 @@ def test_required_values_are_named():
     ]  # fmt: skip
     with pytest.raises(ConfigError, match="unknown target"):
         make_argv("rm", {})
+
+
+def test_a_pipeline_stage_is_passed_on():
+    assert make_argv("launch", env(job="piped", run="p1", stage="more")) == [
+        "launch", "piped", "--run", "p1", "--stage", "more",
+    ]  # fmt: skip

@@ -80,3 +80,19 @@ def test_gates_and_skips():
     assert skip(done, "h1") and not skip(done, "h2") and not skip(None, "h1")
     stopped = StageRecord("stopped", "h1", "r-sft", "id", "budget", 0.1, None)
     assert not skip(stopped, "h1")
+
+
+def test_a_pipeline_projection_lists_each_stage_and_the_total(tmp_path):
+    from orchestrator.cost.estimator import project
+    from orchestrator.launch.pipeline import project_pipeline
+
+    job = _job(tmp_path, {
+        "sft": {"config": {"train": {"max_steps": 40}}},
+        "more": {"input": "sft", "config": {"train": {"max_steps": 10}}},
+    })  # fmt: skip
+    pp = project_pipeline(job, "full")
+    assert list(pp["stages"]) == ["sft", "more"]
+    each = [project(compose(job, "full", [f"stage={s}"])).usd for s in ("sft", "more")]
+    assert [pp["stages"][s]["usd"] for s in ("sft", "more")] == pytest.approx(each)
+    assert pp["total"]["usd"] == pytest.approx(sum(each))
+    assert pp["stages"]["sft"]["usd"] > pp["stages"]["more"]["usd"]  # 40 steps cost more than 10
