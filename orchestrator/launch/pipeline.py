@@ -180,6 +180,7 @@ def run_pipeline(
     import hashlib
 
     from orchestrator.cost.estimator import project
+    from orchestrator.launch.failures import RunFailed
     from orchestrator.launch.run import launch
     from orchestrator.tracking import runs as mlruns
 
@@ -251,8 +252,15 @@ def run_pipeline(
                 )
                 break
         print(f"stage {st.name} ({i + 1}/{len(stages)})" + (f", budget ${cap:.4f}" if cap else ""))
-        res = launch(job, scale, overrides + stage_over, run_name=f"{run_name}-{st.name}",
-                     yes=True, parent_run_id=parent)  # fmt: skip
+        try:
+            res = launch(job, scale, overrides + stage_over, run_name=f"{run_name}-{st.name}",
+                         yes=True, parent_run_id=parent)  # fmt: skip
+        except RunFailed as e:  # the stage's own summary says what and how to continue
+            mlruns.finish(uri, parent, {"stop_reason": str(StopReason.FAILED),
+                                        "pipeline_message": f"stage {st.name!r} failed"},
+                          "FAILED")  # fmt: skip
+            e.run = run_name  # continuing the pipeline continues this stage
+            raise
         exported = store_exists(res.run_dir, f"{EXPORT}/config.json")
         records[st.name] = StageRecord(
             "done" if res.stop_reason == StopReason.COMPLETED else "stopped",
