@@ -211,10 +211,10 @@ def hh_rlhf_samples(row: Row) -> list[Sample]:
     ]
 
 
-def webgpt_samples(row: Row) -> list[Sample]:
+def webgpt_ranked(row: Row) -> tuple[str, list[str]] | None:
     """openai/webgpt_comparisons {"question": {"full_text"}, "answer_0", "answer_1", "score_0",
-    "score_1"}: the higher-scored answer is positive, the other negative; ties are dropped
-    (neither is known to be better)."""
+    "score_1"}: (question, answers best first); None for a tie or a blank answer (neither is
+    known to be better). Read by the SFT adapter below and by data/preference.py."""
     q = row.data.get("question") if isinstance(row.data, dict) else None
     if not isinstance(q, dict) or not isinstance(q.get("full_text"), str):
         raise DataError(f"{row.where}: missing field 'question.full_text'")
@@ -223,12 +223,20 @@ def webgpt_samples(row: Row) -> list[Sample]:
     if not all(isinstance(x, int | float) for x in scores):
         raise DataError(f"{row.where}: fields 'score_0' and 'score_1' must be numbers")
     if scores[0] == scores[1] or not all(a.strip() for a in answers):
-        return []
+        return None
     good = 0 if scores[0] > scores[1] else 1
-    turns = [("user", q["full_text"])]
+    return q["full_text"], [answers[good], answers[1 - good]]
+
+
+def webgpt_samples(row: Row) -> list[Sample]:
+    """The higher-scored answer is a positive sample, the other a negative one."""
+    ranked = webgpt_ranked(row)
+    if ranked is None:
+        return []
+    turns = [("user", ranked[0])]
     return [
-        Sample(turns + [("assistant", answers[good])], "", row.where),
-        Sample(turns + [("assistant", answers[1 - good])], "", row.where, negative=True),
+        Sample(turns + [("assistant", ranked[1][0])], "", row.where),
+        Sample(turns + [("assistant", ranked[1][1])], "", row.where, negative=True),
     ]
 
 

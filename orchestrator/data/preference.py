@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from orchestrator.data.formats import DataError, Row, Turn, read_rows
-from orchestrator.data.instruct import hh_turns
+from orchestrator.data.instruct import hh_turns, webgpt_ranked
 
 STACK_TEMPLATE = "Question: {question}\n\nAnswer: "
 """StackLLaMA's template in all three stages (`"Question: " + q + "\\n\\nAnswer: " + a`)."""
@@ -65,20 +65,11 @@ def hh_pair(row: Row) -> list[RankedGroup]:
 
 
 def webgpt_group(row: Row) -> list[RankedGroup]:
-    q = row.data.get("question") if isinstance(row.data, dict) else None
-    if not isinstance(q, dict) or not isinstance(q.get("full_text"), str):
-        raise DataError(f"{row.where}: missing field 'question.full_text'")
-    answers = [_text(row, "answer_0"), _text(row, "answer_1")]
-    scores = [row.data.get("score_0"), row.data.get("score_1")]
-    if not all(isinstance(x, int | float) for x in scores):
-        raise DataError(f"{row.where}: fields 'score_0' and 'score_1' must be numbers")
-    if scores[0] == scores[1]:
+    ranked = webgpt_ranked(row)
+    if ranked is None:
         return []
-    order = sorted(range(2), key=lambda i: -scores[i])  # type: ignore[operator]
-    return [
-        RankedGroup([("user", q["full_text"])], [answers[i] for i in order], row.where,
-                    f"webgpt:{q['full_text']}")
-    ]  # fmt: skip
+    question, answers = ranked
+    return [RankedGroup([("user", question)], answers, row.where, f"webgpt:{question}")]
 
 
 ROW_ADAPTERS = {"stack_exchange_paired": stack_exchange_pair, "hh_rlhf": hh_pair,

@@ -39,12 +39,7 @@ def build(name: str, out: Path) -> dict:
         run_id = client.create_run(client.create_experiment("base")).info.run_id
         storage = RunStorage(str(d / "runs"), cfg.job, "build", str(d / "ckpt"), str(d / "scratch"))
         ctx = RunContext(storage, str(d / "data"), uri, run_id, 1, time.time(), 0.0, 0.0, "base")
-        recipe = FinetuneRecipe(cfg, ctx)
-        recipe.setup()
-        try:
-            recipe.train()
-        finally:
-            recipe.cleanup()
+        FinetuneRecipe(cfg, ctx).run()
         export = Path(storage.run_url) / "export"
         result = RunResult.from_json(storage.run_store().read_text("result.json") or "{}")
         tmp = out.with_name(f".{out.name}.{os.getpid()}")

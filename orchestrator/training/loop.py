@@ -868,6 +868,14 @@ class FinetuneRecipe:
         epochs = stream.pos.epoch + stream.pos.file / max(1, len(stream.files) or 1)
         return pretrain_summary(self.n_params, planned, self.tokens_so_far, epochs)
 
+    def run(self) -> None:
+        """setup, train (eval and export at the end), cleanup whatever happens."""
+        self.setup()
+        try:
+            self.train()
+        finally:
+            self.cleanup()
+
     def cleanup(self) -> None:
         if hasattr(self, "watcher"):
             self.watcher.stop()
@@ -974,9 +982,4 @@ def train_fn(loop_config: dict[str, Any]) -> None:
     cfg = from_dict(loop_config["config"])
     ctx = RunContext.from_dict(loop_config["context"])
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    recipe = FinetuneRecipe(cfg, ctx)
-    recipe.setup()
-    try:
-        recipe.train()
-    finally:
-        recipe.cleanup()
+    FinetuneRecipe(cfg, ctx).run()
