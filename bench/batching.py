@@ -190,7 +190,7 @@ def ours_on_ray(examples, steps: int, mode: str, workers: int = 2) -> dict:
 
     from orchestrator.config.load import to_dict
     from orchestrator.data.dataset import StepBatches
-    from orchestrator.training.loop import train_fn
+    from orchestrator.training.entry import train_fn
 
     cfg = _config(steps, mode, workers, 1)
     d = Path(tempfile.mkdtemp(prefix="bench-batching-"))

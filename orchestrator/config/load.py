@@ -158,7 +158,10 @@ def compose(
             raise ConfigError(
                 f"{path}: no variant {variant!r}; the job has {sorted(variants) or 'none'}"
             )
-        raw = _deep_merge(raw, variants[variant] or {})
+        spec = dict(variants[variant] or {})
+        # A variant may carry per-scale settings too; they win over the job's own.
+        scales = _deep_merge(scales, spec.pop("scales", None) or {})
+        raw = _deep_merge(raw, spec)
     merged: dict[str, Any] = _deep_merge(raw, scales[scale] or {})
     stages = merged.pop("stages", None) or {}
     if stage is not None:

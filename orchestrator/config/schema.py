@@ -21,10 +21,13 @@ from orchestrator.data.prompts import STYLES, format_templates
 
 STRATEGIES = ("ddp", "fsdp", "deepspeed")
 METHODS = ("full", "lora", "adapter")
+OBJECTIVES = ("sft", "reward", "dpo", "ppo")
+PREFERENCE_FORMATS = ("stack_exchange_paired", "hh_rlhf", "webgpt", "oasst")
+"""Formats of `data.kind: preference` (data/preference.py: rows -> ranked reply groups)."""
 SCALES = ("local", "full")
 DATA_FORMATS = (
     "sharegpt", "alpaca", "dolly", "gpt4all", "baize", "oasst",
-    "hh_rlhf", "webgpt", "summarize", "hc3", "oig", "mixture", "text",
+    "hh_rlhf", "webgpt", "summarize", "hc3", "oig", "stack_exchange_paired", "mixture", "text",
 )  # fmt: skip
 # Templates and the formats each reads: derived from the prompt styles (data/prompts.py), the one
 # place a template is defined. A mixture is checked source by source.
@@ -162,7 +165,8 @@ class LengthStats:
     the batch planner then counts the slots each batching mode processes."""
 
     num_examples: int | None = None
-    """Examples of one epoch (after the recipe's splitting and filtering)."""
+    """Examples of one epoch (after the recipe's splitting and filtering); for preference data,
+    replies (a pair counts 2), each prompt + reply tokens long."""
     mean_tokens: float | None = None
     sample: str | None = None
     """A data block (conf/data) whose shipped sample has this format's shape of lengths."""
@@ -180,6 +184,11 @@ class LengthStats:
 class DataConfig:
     """Where the examples come from and how they become tokens and labels."""
 
+    kind: str = "sft"
+    """sft: conversations (turns) for supervised fine-tuning and pretraining text; preference:
+    a prompt and two or more replies ranked best -> worst (reward models, DPO; PPO takes its
+    prompts from it). Formats of preference data: stack_exchange_paired, hh_rlhf, webgpt,
+    oasst (message trees)."""
     format: str = "sharegpt"
     """Row format: sharegpt ({"id", "conversations": [{"from": "human"|"gpt", "value"}]}),
     alpaca (instruction/input/output), dolly (instruction/context/response), gpt4all
@@ -194,6 +203,9 @@ class DataConfig:
     """Koala: positive_negative trains worse answers as negative samples (behind the negative
     marker); positive_only drops them (Koala's instruct_po mix)."""
     split: str = "train"
+    data_dir: str | None = None
+    """Hugging Face dataset ids: the sub-directory to load (stack-exchange-paired keeps each
+    stage's data in its own: data/finetune, data/reward, data/evaluation, data/rl)."""
     template: str = "vicuna_v1.1"
     tokenizer: str | None = None
     """Hugging Face tokenizer id/folder; None = train a byte-level BPE on the data (local scale)."""
@@ -227,10 +239,14 @@ class DataConfig:
     anew; the checkpoint's data position then points into different data). Refused otherwise."""
 
     def __post_init__(self) -> None:
-        _choice("data.format", self.format, DATA_FORMATS)
+        _choice("data.kind", self.kind, ("sft", "preference"))
         _choice("data.template", self.template, TEMPLATES)
+        if self.kind == "preference":  # any prompt style renders a prompt and its replies
+            _choice("data.format", self.format, PREFERENCE_FORMATS)
+            self._check_sizes()
+            return
+        _choice("data.format", self.format, DATA_FORMATS)
         _positive("data.eval_sequences", self.eval_sequences)
-        _choice("data.on_error", self.on_error, ("raise", "skip"))
         _choice("data.conditioning", self.conditioning, ("positive_negative", "positive_only"))
         if self.format == "mixture":
             if not self.sources:
@@ -250,6 +266,10 @@ class DataConfig:
                     f"data.template={self.template!r} cannot read {key}.format={fmt!r}; "
                     f"valid: {list(FORMAT_TEMPLATES[fmt])}"
                 )
+        self._check_sizes()
+
+    def _check_sizes(self) -> None:
+        _choice("data.on_error", self.on_error, ("raise", "skip"))
         _positive("data.max_seq_len", self.max_seq_len)
         _positive("data.max_examples", self.max_examples)
         if not 0.0 <= self.eval_fraction < 0.5:
@@ -269,6 +289,11 @@ class TrainConfig:
     """How the model is spread over workers: ddp | fsdp (torch FSDP2) | deepspeed."""
     method: str = "full"
     """full fine-tune | lora | adapter."""
+    objective: str = "sft"
+    """What a step optimises: sft (next-token loss), reward (a scalar head ranking replies:
+    `reward:`), dpo (direct preference optimisation: `dpo:`), ppo (RL from a reward model:
+    `ppo:`). reward, dpo and ppo read data.kind=preference; their batch sizes count groups of
+    replies (reward, dpo) or prompts (ppo), not sequences."""
     epochs: float = 3.0
     max_steps: int | None = None
     """Stop after this many optimizer steps (overrides epochs)."""
@@ -310,6 +335,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _choice("train.strategy", self.strategy, STRATEGIES)
         _choice("train.method", self.method, METHODS)
+        _choice("train.objective", self.objective, OBJECTIVES)
         _choice("train.batching", self.batching, BATCHING_MODES)
         _positive("train.tokens_per_micro_batch", self.tokens_per_micro_batch)
         _positive("train.pack_len", self.pack_len)
@@ -396,6 +422,126 @@ class AdapterSettings:
     def __post_init__(self) -> None:
         _positive("adapter.adapter_len", self.adapter_len)
         _positive("adapter.adapter_layers", self.adapter_layers)
+
+
+@dataclass
+class RewardSettings:
+    """train.objective=reward: a scalar head on the model scores each reply (docs/rl.md)."""
+
+    loss: str = "pairwise"
+    """pairwise: -logsigmoid(r_best - r_other) over the pairs of a group (StackLLaMA,
+    ColossalChat); ranking: OpenAssistant's K-wise loss over every ordered pair of a group plus
+    l2 * 0.5 * (s_i^2 + s_j^2)."""
+    l2: float = 0.001
+    """ranking only: OpenAssistant's score_l2_reg."""
+    pooling: str = "last"
+    """How per-token head outputs become a reply's score: last (the last real token: TRL's
+    sequence classifier, OpenAssistant) or mean (over every position but the last, padding
+    included: ColossalChat as of April 2023)."""
+
+    def __post_init__(self) -> None:
+        _choice("reward.loss", self.loss, ("pairwise", "ranking"))
+        _choice("reward.pooling", self.pooling, ("last", "mean"))
+        _positive("reward.l2", self.l2, allow_zero=True)
+
+
+@dataclass
+class DpoSettings:
+    """train.objective=dpo (Rafailov et al. 2023)."""
+
+    beta: float = 0.1
+    label_smoothing: float = 0.0
+    """> 0: conservative DPO (cDPO): the preference labels are flipped with this probability."""
+    reference: str = "auto"
+    """The frozen reference's log-probs: adapter (LoRA: the same model with its adapter
+    disabled, no extra memory), copy (a frozen copy of the starting model: one more model in
+    memory), auto (adapter for lora, copy for full)."""
+
+    def __post_init__(self) -> None:
+        _positive("dpo.beta", self.beta)
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ConfigError(f"dpo.label_smoothing={self.label_smoothing} must be in [0, 0.5)")
+        _choice("dpo.reference", self.reference, ("auto", "adapter", "copy"))
+
+
+@dataclass
+class PpoSettings:
+    """train.objective=ppo: one iteration (a step) = generate replies to train.global_batch_size
+    prompts, score them, then `epochs` passes of clipped PPO updates in mini-batches of
+    train.micro_batch_size per worker. The switches cover both originals (docs/rl.md)."""
+
+    reward_model: str | None = None
+    """The reward model's folder or durable URL (a pipeline sets it from its reward stage)."""
+    reward_pooling: str = "last"
+    """As reward.pooling of the stage that trained it."""
+    reward_baseline: float = 0.0
+    """Subtracted from every score (StackLLaMA's --reward_baseline); no normalisation."""
+    epochs: int = 4
+    """PPO epochs over each rollout batch."""
+    kl: str = "adaptive"
+    """adaptive (Ziegler et al.: kl_coef moves toward kl_target) or fixed."""
+    kl_coef: float = 0.2
+    kl_target: float = 6.0
+    kl_horizon: float = 10000.0
+    kl_estimator: str = "k1"
+    """k1: log p - log ref (StackLLaMA); k3: (e^d - 1) - d (ColossalChat)."""
+    kl_placement: str = "token"
+    """token: -kl_coef * KL at every reply token, score added at the last (StackLLaMA);
+    sequence: one reward score - kl_coef * mean KL over the reply (ColossalChat)."""
+    advantage: str = "gae"
+    """gae (gamma, lam; whitened) or reward_minus_value (one scalar per reply, ColossalChat)."""
+    gamma: float = 1.0
+    lam: float = 0.95
+    whiten_advantages: bool = True
+    value_model: str = "head"
+    """head: a linear value head on the policy's last hidden state (StackLLaMA, TRL's
+    ValueHead); critic: a separate network initialised from the reward model (ColossalChat)."""
+    cliprange: float = 0.2
+    cliprange_value: float = 0.2
+    vf_coef: float = 0.1
+    critic_lr_scale: float = 1.0
+    """The value model's learning rate as a multiple of optim.lr."""
+    ptx_coef: float = 0.0
+    """ColossalChat's pretraining mix: actor loss = ptx_coef * ptx + (1 - ptx_coef) * policy,
+    ptx = next-token loss on the best-ranked replies of the stage's data."""
+    target_kl: float | None = None
+    """Stop an iteration's PPO epochs early once the policy's KL from the rollout policy exceeds
+    1.5 x target_kl (TRL's early_stopping)."""
+    max_new_tokens: int = 32
+    min_new_tokens: int | None = None
+    """When set, each iteration's reply length is drawn uniformly in [min, max] (StackLLaMA's
+    LengthSampler), seeded by the step."""
+    stop_at_eos: bool = True
+    """False: every reply is exactly the drawn length (StackLLaMA generated with eos_token_id
+    100000, a token that does not exist); True: a reply ends at EOS (ColossalChat)."""
+    max_prompt_tokens: int = 96
+    """Prompts are cut to their last this many tokens."""
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        _choice("ppo.reward_pooling", self.reward_pooling, ("last", "mean"))
+        _choice("ppo.kl", self.kl, ("adaptive", "fixed"))
+        _choice("ppo.kl_estimator", self.kl_estimator, ("k1", "k3"))
+        _choice("ppo.kl_placement", self.kl_placement, ("token", "sequence"))
+        _choice("ppo.advantage", self.advantage, ("gae", "reward_minus_value"))
+        _choice("ppo.value_model", self.value_model, ("head", "critic"))
+        for key in ("epochs", "max_new_tokens", "max_prompt_tokens", "min_new_tokens",
+                    "kl_target", "kl_horizon", "temperature", "cliprange", "cliprange_value",
+                    "critic_lr_scale", "target_kl"):  # fmt: skip
+            _positive(f"ppo.{key}", getattr(self, key))
+        for key in ("kl_coef", "vf_coef", "top_k"):
+            _positive(f"ppo.{key}", getattr(self, key), allow_zero=True)
+        if not 0.0 <= self.ptx_coef < 1.0:
+            raise ConfigError(f"ppo.ptx_coef={self.ptx_coef} must be in [0, 1)")
+        if not 0.0 < self.top_p <= 1.0 or not 0.0 <= self.lam <= 1.0 or not 0 < self.gamma <= 1:
+            raise ConfigError("ppo.top_p must be in (0, 1], ppo.lam in [0, 1], ppo.gamma in (0, 1]")
+        if self.min_new_tokens is not None and self.min_new_tokens > self.max_new_tokens:
+            raise ConfigError(
+                f"ppo.min_new_tokens={self.min_new_tokens} exceeds ppo.max_new_tokens="
+                f"{self.max_new_tokens}"
+            )
 
 
 @dataclass
@@ -836,6 +982,9 @@ class JobConfig:
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
     adapter: AdapterSettings = field(default_factory=AdapterSettings)
+    reward: RewardSettings = field(default_factory=RewardSettings)
+    dpo: DpoSettings = field(default_factory=DpoSettings)
+    ppo: PpoSettings = field(default_factory=PpoSettings)
     export: ExportConfig = field(default_factory=ExportConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     cost: CostConfig = field(default_factory=CostConfig)
@@ -910,8 +1059,40 @@ class JobConfig:
                 f"adapter.adapter_layers={self.adapter.adapter_layers} exceeds "
                 f"model.num_layers={self.model.num_layers}"
             )
+        self._check_objective()
         if self.data.max_seq_len > self.model.max_position_embeddings:
             raise ConfigError(
                 f"data.max_seq_len={self.data.max_seq_len} exceeds "
                 f"model.max_position_embeddings={self.model.max_position_embeddings}"
+            )
+
+    def _check_objective(self) -> None:
+        """Preference and RL objectives: their data, strategies and what they start from."""
+        obj, kind = self.train.objective, self.data.kind
+        if (obj == "sft") != (kind == "sft"):
+            raise ConfigError(
+                f"train.objective={obj!r} cannot read data.kind={kind!r}: sft reads data.kind=sft, "
+                "reward/dpo/ppo read data.kind=preference"
+            )
+        if obj == "sft":
+            return
+        if self.train.strategy == "fsdp" or (
+            self.train.strategy == "deepspeed" and self.deepspeed.zero_stage == 3
+        ):
+            raise ConfigError(
+                f"train.objective={obj} runs with train.strategy=ddp or deepspeed (ZeRO 0-2): "
+                "its extra models (reference, reward) are whole on every worker; FSDP and ZeRO-3 "
+                "are not supported for preference and RL stages yet"
+            )
+        if self.train.method == "adapter":
+            raise ConfigError(f"train.objective={obj}: use train.method=full or lora")
+        if self.model.pretrained is None:
+            raise ConfigError(
+                f"train.objective={obj} starts from a trained model: set model.pretrained (a "
+                "pipeline sets it from the stage named in `input`)"
+            )
+        if obj == "ppo" and self.ppo.advantage == "gae" and self.ppo.value_model != "head":
+            raise ConfigError(
+                "ppo.advantage=gae needs per-token values: ppo.value_model=head (a critic gives "
+                "one value per reply: use ppo.advantage=reward_minus_value)"
             )

@@ -189,11 +189,73 @@ def batching(cfg: JobConfig, replay: bool = False) -> tuple[str, int, int | None
     return mode, cfg.train.micro_batch_size, cfg.train.tokens_per_micro_batch
 
 
+REPLIES_PER_GROUP = 2
+"""Preference data is projected as pairs (OpenAssistant's ranked groups hold 2-5 replies:
+their steps cost more, which the measured local runs show)."""
+
+
+@dataclass(frozen=True)
+class ObjectiveWork:
+    """What a reward/DPO step or a PPO iteration costs beyond one pass over the step's
+    sequences (which the planner prices): multiples of that pass, plus decode-bound seconds."""
+
+    train_passes: float
+    """Training-pass equivalents (forward + backward = 1; a forward alone = 1/3)."""
+    tokens: float
+    """Tokens processed per sampled token (PPO: prompt + reply per prompt)."""
+    extra_s: float = 0.0
+    """Generation: seconds of decode steps (memory-bandwidth bound, steptime.decode_step_s)."""
+
+
+def objective_work(cfg: JobConfig, shape, dev, mean_len: float) -> ObjectiveWork:
+    """The passes of a step of `cfg.train.objective` (docs/rl.md#what-a-stage-costs):
+
+    - reward: every reply of a group through the model: one training pass per reply; a
+      step of G groups is G x REPLIES_PER_GROUP sequences (the step's passes are planned over
+      G groups of single replies, so x REPLIES_PER_GROUP).
+    - dpo: the policy's training pass over chosen and rejected, plus the reference's forward
+      over both (1/3 of a pass of the full model; with a frozen base the policy's pass costs
+      ~2/3 of a full one, so the reference adds 1/2 of it).
+    - ppo: per iteration, generation of the replies (decode steps: the weights and the KV cache
+      read once per token, batch = prompts per worker), scoring (forwards of the policy + value,
+      the reference and the reward model: 3 x 1/3 pass, plus the critic's if any), then
+      `ppo.epochs` training passes (x 2 with a separate critic, + a ptx pass each epoch).
+      Sequences are prompt + reply long: the planned pass (over prompts) scales by
+      (prompt + reply) / prompt.
+    """
+    obj = cfg.train.objective
+    k = REPLIES_PER_GROUP
+    frozen = cfg.train.method != "full"
+    if obj == "reward":
+        return ObjectiveWork(train_passes=k, tokens=k)
+    if obj == "dpo":
+        ref = 0.5 if frozen else 1.0 / 3.0
+        return ObjectiveWork(train_passes=k * (1.0 + ref), tokens=k)
+    p = cfg.ppo
+    reply = (
+        p.max_new_tokens if p.min_new_tokens is None else (p.min_new_tokens + p.max_new_tokens) / 2
+    )
+    if p.stop_at_eos:
+        reply = reply / 2.0  # replies that stop at EOS end, on average, halfway (assumed)
+    prompt = max(1.0, min(mean_len, float(p.max_prompt_tokens)))
+    grow = (prompt + reply) / prompt
+    critic = 2.0 if p.value_model == "critic" else 1.0
+    forwards = (3.0 + (1.0 if p.value_model == "critic" else 0.0)) / 3.0
+    passes = grow * (forwards + p.epochs * critic) + (p.epochs if p.ptx_coef > 0 else 0.0)
+    per_worker = max(1, cfg.train.global_batch_size // max(1, dev.world))
+    weight_bytes = 1.0 if cfg.model.load_8bit else (4.0 if cfg.train.precision == "fp32" else 2.0)
+    decode = steptime.decode_step_s(shape, dev, per_worker, int(prompt + reply / 2), weight_bytes)
+    return ObjectiveWork(train_passes=passes, tokens=grow, extra_s=math.ceil(reply) * decode)
+
+
 def total_steps(cfg: JobConfig, num_examples: int) -> int:
-    """Optimizer steps of the run, as the loop counts them."""
+    """Optimizer steps of the run, as the loop counts them (reward/DPO: steps of groups, PPO:
+    iterations of global_batch_size prompts)."""
     t = cfg.train
     if t.max_steps is not None:
         return t.max_steps
+    if t.objective in ("reward", "dpo", "ppo"):
+        num_examples = num_examples // REPLIES_PER_GROUP
     if cfg.data.format == "text":
         if t.max_tokens is None:
             raise ConfigError(
@@ -295,6 +357,10 @@ def project(
     real, slots = per_step(lambda p: p.real), per_step(lambda p: p.slots)
     model_f = per_step(lambda p: steptime.pass_flops(shape, reg, p)[2])
     exec_f = per_step(lambda p: sum(steptime.pass_flops(shape, reg, p)[:2]))
+    if cfg.train.objective != "sft":  # a step of groups or a PPO iteration (objective_work)
+        w = objective_work(cfg, shape, dev, dist.mean if dist else 0.0)
+        step_s, real, slots = step_s * w.train_passes + w.extra_s, real * w.tokens, slots * w.tokens
+        model_f, exec_f = model_f * w.train_passes, exec_f * w.train_passes
     compute_h = step_s * steps / 3600.0
     peak_all = dev.peak_flops * dev.world
     mfu = model_f / (step_s * peak_all) if step_s else 0.0

@@ -52,11 +52,13 @@ def iter_samples(cfg: DataConfig) -> Iterator[Sample | DataError]:
                     item.weight = src.weight
                 yield item
     else:
-        yield from _iter_source(cfg.format, cfg.source, cfg.split, cfg.max_examples)
+        yield from _iter_source(cfg.format, cfg.source, cfg.split, cfg.max_examples, cfg.data_dir)
 
 
-def _iter_source(fmt: str, source: str, split: str, max_examples: int | None):
-    rows = read_rows(source, split, max_examples)
+def _iter_source(
+    fmt: str, source: str, split: str, max_examples: int | None, data_dir: str | None = None
+):
+    rows = read_rows(source, split, max_examples, data_dir)
     if fmt == "oasst":  # threads need the whole message table: unreadable lines come after
         bad: list[DataError] = []
         table = (r for r in rows if not (isinstance(r, DataError) and not bad.append(r)))
@@ -117,6 +119,10 @@ def build_prepared(
     """
     if cfg.format == "text":  # pretraining: streamed by the workers, see text.py
         return build_text_data(cfg, folder, key, identity or {})
+    if cfg.kind == "preference":  # ranked reply groups: reward models, DPO, PPO prompts
+        from orchestrator.data.preference import build_preference_prepared
+
+        return build_preference_prepared(cfg, folder, key, identity)
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer, tok_dir = load_or_train_tokenizer(
             Path(tmp) / "tokenizer",

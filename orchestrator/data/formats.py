@@ -41,7 +41,7 @@ FILE_SUFFIXES = (".json", ".jsonl", ".parquet")
 
 
 def read_rows(
-    source: str, split: str = "train", max_rows: int | None = None
+    source: str, split: str = "train", max_rows: int | None = None, data_dir: str | None = None
 ) -> Iterator[Row | DataError]:
     """Rows of a local .json (list) / .jsonl / .parquet file, an s3:// object of those kinds
     (fetched once into ~/.cache/orchestrator/s3, with the S3 store's retries), or a Hugging
@@ -63,7 +63,7 @@ def read_rows(
         raise DataError(f"data.source={source!r}: not a {'/'.join(FILE_SUFFIXES)} file")
     import datasets  # the full-scale path: a Hugging Face dataset id
 
-    ds = datasets.load_dataset(source, split=split)
+    ds = datasets.load_dataset(source, split=split, data_dir=data_dir)
     for i, item in enumerate(ds):
         if max_rows is not None and i >= max_rows:
             return

@@ -305,6 +305,16 @@ def sharegpt_samples(row: Row) -> list[Sample]:
     return [Sample(sharegpt_turns(row), "", row.where)]
 
 
+def stack_exchange_samples(row: Row) -> list[Sample]:
+    """lvwerra/stack-exchange-paired for SFT (StackLLaMA's data/finetune): the question and its
+    preferred answer `response_j`."""
+    q = _field(row, "question", key="qid")
+    a = _field(row, "response_j", key="qid")
+    if not q.strip() or not a.strip():
+        raise DataError(f"{_where(row, 'qid')}: empty question or response_j")
+    return [Sample([("user", q), ("assistant", a)], where=_where(row, "qid"))]
+
+
 SAMPLE_ADAPTERS = {
     "sharegpt": sharegpt_samples,
     "alpaca": alpaca_samples,
@@ -316,5 +326,6 @@ SAMPLE_ADAPTERS = {
     "summarize": summarize_samples,
     "hc3": hc3_samples,
     "oig": oig_samples,
+    "stack_exchange_paired": stack_exchange_samples,
 }
 """Row-wise formats. `oasst` works on the whole message table (oasst_threads)."""

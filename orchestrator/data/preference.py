@@ -17,12 +17,23 @@ Sources: docs/facts/rlhf.md.
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from orchestrator.data.formats import DataError, Row, Turn, read_rows
-from orchestrator.data.instruct import hh_turns, webgpt_ranked
+from orchestrator.data.instruct import Sample, hh_turns, webgpt_ranked
+from orchestrator.data.prepared import DataManifest, write_prepared
+from orchestrator.data.prompts import PieceTemplate, style
+from orchestrator.data.templates import IGNORE_INDEX, Example, encode_spans
+from orchestrator.data.tokenizer import load_or_train_tokenizer
+
+log = logging.getLogger(__name__)
 
 STACK_TEMPLATE = "Question: {question}\n\nAnswer: "
 """StackLLaMA's template in all three stages (`"Question: " + q + "\\n\\nAnswer: " + a`)."""
@@ -119,12 +130,16 @@ def oasst_groups(rows: Iterable[Row]) -> list[RankedGroup]:
 
 
 def read_groups(
-    source: str, fmt: str, max_rows: int | None = None
+    source: str,
+    fmt: str,
+    max_rows: int | None = None,
+    split: str = "train",
+    data_dir: str | None = None,
 ) -> Iterator[RankedGroup | DataError]:
     """The ranked groups of a source; a bad row is yielded as its DataError (naming the file
     and line), for the caller to raise or skip and count."""
     if fmt == "oasst":
-        rows = [r for r in read_rows(source, max_rows=max_rows)]
+        rows = [r for r in read_rows(source, split, max_rows, data_dir)]
         bad = [r for r in rows if isinstance(r, DataError)]
         yield from bad
         try:
@@ -134,7 +149,7 @@ def read_groups(
         return
     if fmt not in ROW_ADAPTERS:
         raise DataError(f"preference format {fmt!r} unknown; valid: {list(FORMATS)}")
-    for row in read_rows(source, max_rows=max_rows):
+    for row in read_rows(source, split, max_rows, data_dir):
         if isinstance(row, DataError):
             yield row
             continue
@@ -142,3 +157,101 @@ def read_groups(
             yield from ROW_ADAPTERS[fmt](row)
         except DataError as e:
             yield e
+
+
+# ------------------------------------------------------------------------------ preparation
+def reply_example(template, prompt: list[Turn], reply: str, max_seq_len: int) -> Example | None:
+    """The prompt and one reply as one example, labels only on the reply. Prompt and reply are
+    tokenized apart and joined (as TRL's DPO and PPO do): the prompt's tokens are exactly what
+    a PPO stage generates from, and no reply character merges into the last prompt token.
+    None when it does not fit: a pair is compared whole or not at all (TRL's reward script
+    filters long pairs out the same way)."""
+    pieces = template.style.render(Sample(turns=[*prompt, ("assistant", reply)]))
+    last_prompt = max(i for i, p in enumerate(pieces) if not p.trained)
+    head, _ = encode_spans(template.tok, [(p.text, False) for p in pieces[: last_prompt + 1]],
+                           template.bos)  # fmt: skip
+    tail, _ = encode_spans(template.tok, [(p.text, True) for p in pieces[last_prompt + 1 :]], [])
+    ids = head + tail
+    if len(ids) > max_seq_len or not tail:
+        return None
+    return Example(ids, [IGNORE_INDEX] * len(head) + tail)
+
+
+def held_out(key: str, fraction: float) -> bool:
+    """The held-out split by group key (question, conversation tree): stable across runs and
+    machines, and no key on both sides (an OA tree's prefixes share replies)."""
+    h = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
+    return h % 1_000_000 < fraction * 1_000_000
+
+
+def build_preference_prepared(
+    cfg, folder: Path, key: str = "", identity: dict[str, Any] | None = None
+) -> DataManifest:
+    """Tokenize ranked groups into a prepared data folder: each group's replies are consecutive
+    examples, best first, with `groups.npy` naming each example's group. Bad rows raise or are
+    skipped and counted (data.on_error) as elsewhere; groups with a reply over data.max_seq_len
+    are skipped and counted.
+
+    Raises:
+        DataError: a bad row (unless data.on_error=skip), or fewer than 2 usable groups.
+    """
+    st = style(cfg.template)
+
+    def groups() -> Iterator[RankedGroup | DataError]:
+        return read_groups(cfg.source, cfg.format, cfg.max_examples, cfg.split, cfg.data_dir)
+
+    def texts() -> Iterator[str]:
+        for g in groups():
+            if isinstance(g, RankedGroup):
+                for r in g.replies:
+                    yield from st.bpe_texts(Sample(turns=[*g.prompt, ("assistant", r)]))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer, tok_dir = load_or_train_tokenizer(
+            Path(tmp) / "tokenizer", cfg.tokenizer, cfg.tokenizer_vocab_size, texts=texts,
+            special=st.special_tokens,
+        )  # fmt: skip
+        template = PieceTemplate(cfg.template, tokenizer)
+        examples: list[Example] = []
+        group_of: list[int] = []
+        train_idx: list[int] = []
+        eval_idx: list[int] = []
+        rows = skipped = too_long = n_groups = 0
+        for g in groups():
+            rows += 1
+            if isinstance(g, DataError):
+                if cfg.on_error == "raise":
+                    raise DataError(f"{g} (set data.on_error=skip to skip bad rows)") from None
+                skipped += 1
+                log.warning("skipping bad row: %s", g)
+                continue
+            replies = [reply_example(template, g.prompt, r, cfg.max_seq_len) for r in g.replies]
+            if any(e is None for e in replies):
+                too_long += 1
+                continue
+            side = eval_idx if held_out(g.key, cfg.eval_fraction) else train_idx
+            for e in replies:
+                side.append(len(examples))
+                examples.append(e)  # type: ignore[arg-type]
+                group_of.append(n_groups)
+            n_groups += 1
+        if too_long:
+            log.warning("%d groups skipped: a reply over data.max_seq_len=%d tokens", too_long,
+                        cfg.max_seq_len)  # fmt: skip
+        if n_groups < 2 or not train_idx:
+            raise DataError(
+                f"data.source={cfg.source!r}: {n_groups} usable ranked groups in {rows} rows "
+                f"({too_long} over data.max_seq_len={cfg.max_seq_len}); need at least 2"
+            )
+        pad_id = tokenizer.pad_token_id
+        if pad_id is None:
+            pad_id = (
+                tokenizer.unk_token_id
+                if tokenizer.unk_token_id is not None
+                else tokenizer.eos_token_id
+            )
+        return write_prepared(
+            folder, key=key, examples=examples, train_index=train_idx, eval_index=eval_idx,
+            tokenizer_dir=tok_dir, vocab_size=len(tokenizer), pad_id=int(pad_id), num_rows=rows,
+            skipped_rows=skipped + too_long, identity=identity or {}, groups=group_of,
+        )  # fmt: skip

@@ -10,6 +10,7 @@ its key, and opened by every worker (fetched to node scratch first when the stor
     ids-00000.npy      int32 token ids of the examples in shard 0, back to back
     mask-00000.npy     uint8, 1 where the token is a training target (label = id), else 0 (-100)
     train.npy, eval.npy  int64 indices into examples.npy (train repeats examples by mixture weight)
+    groups.npy         preference data only: int64 [n], the ranked group of every example
     tokenizer/         the tokenizer (save_pretrained)
 
 Nothing is a pickle: a prepared folder in a shared bucket cannot run code on the workers that
@@ -33,6 +34,7 @@ from orchestrator.data.templates import IGNORE_INDEX, Example
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer"
+GROUPS = "groups.npy"
 SHARD_TOKENS = 1 << 26  # 64M tokens (256 MB of int32) per shard
 
 
@@ -119,6 +121,10 @@ class ExampleSet(Sequence[Example]):
     def __iter__(self) -> Iterator[Example]:
         return (self._one(i) for i in range(len(self)))
 
+    def rows(self) -> np.ndarray:
+        """The example rows (of examples.npy) this set reads, in order."""
+        return np.asarray(self._index)
+
     def lengths(self) -> np.ndarray:
         return self._table[self._index, 2] if len(self) else np.zeros(0, dtype=np.int64)
 
@@ -133,6 +139,8 @@ class PreparedData:
     train: ExampleSet
     eval: ExampleSet
     tokenizer_dir: str
+    groups: np.ndarray | None = None
+    """Preference data: the group id of every example row (see write_prepared)."""
 
     @property
     def vocab_size(self) -> int:
@@ -181,9 +189,14 @@ def write_prepared(
     skipped_rows: int,
     identity: dict[str, Any],
     text_sources: list[str] | None = None,
+    groups: list[int] | None = None,
 ) -> DataManifest:
-    """Write a prepared data folder (manifest last) into `folder` (new or empty)."""
+    """Write a prepared data folder (manifest last) into `folder` (new or empty). `groups`
+    (preference data): the group id of every example; a group's replies are consecutive
+    examples, best first."""
     folder.mkdir(parents=True, exist_ok=True)
+    if groups is not None:
+        np.save(folder / GROUPS, np.asarray(groups, dtype=np.int64))
     table = np.zeros((len(examples), 3), dtype=np.int64)
     shards: list[tuple[list, list]] = [([], [])]
     at = 0
@@ -288,4 +301,5 @@ def open_prepared(folder: Path, verify_hashes: bool = False) -> PreparedData:
     mask = [np.load(folder / f"mask-{s:05d}.npy", mmap_mode="r") for s in range(n_shards)]
     train = ExampleSet(table, weights, np.load(folder / "train.npy"), ids, mask)
     evals = ExampleSet(table, weights, np.load(folder / "eval.npy"), ids, mask)
-    return PreparedData(manifest, train, evals, str(folder / TOKENIZER))
+    groups = np.load(folder / GROUPS) if (folder / GROUPS).exists() else None
+    return PreparedData(manifest, train, evals, str(folder / TOKENIZER), groups)

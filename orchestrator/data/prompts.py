@@ -176,6 +176,26 @@ def _koala_render(s: Sample) -> list[Piece]:  # EasyLM koala.md; markers: koala_
     return pieces
 
 
+def _stack_llama_render(s: Sample) -> list[Piece]:  # TRL examples/stack_llama (all stages)
+    pieces = []
+    for role, t in s.turns:
+        if role == "user":
+            pieces.append(Piece(f"Question: {t}\n\nAnswer: ", False))
+        else:
+            pieces.append(Piece(t, True))
+    return pieces
+
+
+def _hh_render(s: Sample) -> list[Piece]:  # Anthropic hh-rlhf transcripts (ColossalChat's RM)
+    pieces = []
+    for role, t in s.turns:
+        if role == "user":
+            pieces.append(Piece(f"\n\nHuman: {t}\n\nAssistant:", False))
+        else:
+            pieces.append(Piece(f" {t}", True))
+    return pieces
+
+
 def _first_piece(render: Callable[[Sample], list[Piece]]) -> Callable[[str], str]:
     """The prompt is the rendered sample's first piece (the masked prompt)."""
     return lambda user: render(Sample([("user", user), ("assistant", "")]))[0].text or ""
@@ -220,6 +240,15 @@ STYLES: dict[str, PromptStyle] = {
             stop_text="<|endoftext|>",
             special_tokens=("<|prompter|>", "<|assistant|>", "<|endoftext|>"),
             source="Open-Assistant model/model_training (format_pairs)",
+        ),
+        PromptStyle(
+            "stack_llama", ("stack_exchange_paired",), _stack_llama_render,
+            prompt=lambda u: f"Question: {u}\n\nAnswer: ", train_on_inputs=True,
+            stop_text="Question:", source="TRL @d8ae4d08 examples/stack_llama/scripts",
+        ),
+        PromptStyle(
+            "hh", ("hh_rlhf",), _hh_render, prompt=lambda u: f"\n\nHuman: {u}\n\nAssistant:",
+            stop_text="Human:", source="Anthropic/hh-rlhf transcript format",
         ),
         PromptStyle(
             "koala", ("sharegpt", "alpaca", *_CHATS), _koala_render,

@@ -259,6 +259,24 @@ def make_hh(n: int = 120, seed: int = 6) -> list[dict]:
     return rows
 
 
+def make_stack_exchange_paired(n: int = 240, seed: int = 11) -> list[dict]:
+    """lvwerra/stack-exchange-paired rows {"qid", "question", "date", "metadata", "response_j"
+    (the preferred answer), "response_k"}: the better answer solves the question, the other is
+    unhelpful or answers a different question."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        q, good = rng.choice(TASKS)(rng)
+        bad = rng.choice(UNHELPFUL) if rng.random() < 0.5 else rng.choice(TASKS)(rng)[1]
+        qid = 1000 + i
+        rows.append({
+            "qid": qid, "question": q, "date": f"2023/{1 + i % 12:02d}/{1 + i % 28:02d}",
+            "metadata": [f"https://stackoverflow.com/questions/{qid}"],
+            "response_j": good, "response_k": bad,
+        })  # fmt: skip
+    return rows
+
+
 def make_webgpt(n: int = 80, seed: int = 7) -> list[dict]:
     """openai/webgpt_comparisons rows: question.full_text, answer_0/1, score_0/1 (some ties)."""
     rng = random.Random(seed)
@@ -359,6 +377,7 @@ SAMPLES = {
     "koala/summarize_sample.jsonl": (make_summarize, "jsonl"),
     "koala/hc3_sample.jsonl": (make_hc3, "jsonl"),
     "koala/oig_sample.jsonl": (make_oig, "jsonl"),
+    "stack_exchange_paired_sample.jsonl": (make_stack_exchange_paired, "jsonl"),
 }
 
 

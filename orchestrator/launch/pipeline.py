@@ -7,7 +7,8 @@ with its own method, data and resources, run one after another as launches of th
               config: {...}}
 
 - A stage's `input` names an earlier stage: its export in the durable store becomes this stage's
-  `model.pretrained` (by reference, nothing copied).
+  `model.pretrained` (by reference, nothing copied). A mapping {config key: stage} sets other
+  keys too: PPO takes `{model.pretrained: sft, ppo.reward_model: reward}`.
 - Budget: `budget.max_usd` of the job is split by `budget_share`; what a stage leaves unspent
   rolls over to the next. A stage whose projected bill exceeds what it may spend is not started:
   the pipeline stops at that boundary with stop reason `budget`, saying so.
@@ -51,7 +52,8 @@ class Gate:
 @dataclass(frozen=True)
 class Stage:
     name: str
-    input: str | None = None
+    inputs: tuple[tuple[str, str], ...] = ()
+    """(config key, earlier stage whose export it names), e.g. ("model.pretrained", "sft")."""
     budget_share: float | None = None
     gate: Gate | None = None
 
@@ -70,11 +72,7 @@ def stages_of(job: str, scale: str | None) -> list[Stage]:
                 "['budget_share', 'config', 'gate', 'input']"
             )
         earlier = [s.name for s in out]
-        if spec.get("input") is not None and spec["input"] not in earlier:
-            raise ConfigError(
-                f"job {job!r}: stages.{name}.input={spec['input']!r} must be an earlier stage "
-                f"({earlier or 'none'})"
-            )
+        inputs = _inputs(job, name, spec.get("input"), earlier)
         share = spec.get("budget_share")
         if share is not None and not (isinstance(share, int | float) and 0 < share <= 1):
             raise ConfigError(
@@ -89,11 +87,38 @@ def stages_of(job: str, scale: str | None) -> list[Stage]:
                     f"metric: NAME, min: X and/or max: Y}}, got {g!r}"
                 )
             gate = Gate(g["stage"], str(g["metric"]), g.get("min"), g.get("max"))
-        out.append(Stage(name, spec.get("input"), share, gate))
+        out.append(Stage(name, inputs, share, gate))
     total = sum(s.budget_share or 0.0 for s in out)
     if total > 1.0 + 1e-9:
         raise ConfigError(f"job {job!r}: the stages' budget_share values sum to {total:g} > 1")
     return out
+
+
+INPUT_KEYS = ("model.pretrained", "ppo.reward_model")
+"""Config keys a stage's `input` may set to an earlier stage's export."""
+
+
+def _inputs(job: str, name: str, raw: Any, earlier: list[str]) -> tuple[tuple[str, str], ...]:
+    if raw is None:
+        return ()
+    pairs = {"model.pretrained": raw} if isinstance(raw, str) else raw
+    if not isinstance(pairs, dict):
+        raise ConfigError(
+            f"job {job!r}: stages.{name}.input must be a stage name or a mapping "
+            f"{{config key: stage}}, got {raw!r}"
+        )
+    for key, src in pairs.items():
+        if key not in INPUT_KEYS:
+            raise ConfigError(
+                f"job {job!r}: stages.{name}.input: {key!r} is not a key an export can set; "
+                f"valid: {list(INPUT_KEYS)}"
+            )
+        if src not in earlier:
+            raise ConfigError(
+                f"job {job!r}: stages.{name}.input.{key}={src!r} must be an earlier stage "
+                f"({earlier or 'none'})"
+            )
+    return tuple(pairs.items())
 
 
 # ------------------------------------------------------------------------- pure decisions
@@ -191,7 +216,9 @@ def run_pipeline(
         raise ConfigError(f"job {job!r} has no stages: launch it with make launch job={job}")
     if only is not None and only not in [s.name for s in stages]:
         raise ConfigError(f"stage={only!r}: the job's stages are {[s.name for s in stages]}")
-    top = compose(job, scale, overrides)
+    # The pipeline's own settings (storage, tracking, budget) as its first stage resolves them:
+    # a job's top level need not be a whole config (each stage brings its data).
+    top = compose(job, scale, overrides + [f"stage={stages[0].name}"])
     store = storage_resolve.resolve(top, run_name, os.environ).run_store()
     state = json.loads(store.read_text(PIPELINE) or "{}")
     records = {k: StageRecord(**v) for k, v in state.get("stages", {}).items()}
@@ -216,14 +243,14 @@ def run_pipeline(
         if only is not None and st.name != only:
             continue
         stage_over = [f"stage={st.name}"]
-        if st.input is not None:
-            src = records.get(st.input)
+        for key, src_name in st.inputs:
+            src = records.get(src_name)
             if src is None or src.export_url is None:
                 raise ConfigError(
-                    f"stage {st.name!r} needs stage {st.input!r}'s export, which does not exist "
-                    f"yet: run the pipeline (or stage={st.input}) first"
+                    f"stage {st.name!r} needs stage {src_name!r}'s export, which does not exist "
+                    f"yet: run the pipeline (or stage={src_name}) first"
                 )
-            stage_over.append(f"model.pretrained={src.export_url}")
+            stage_over.append(f"{key}={src.export_url}")
         spent = sum(r.usd for n, r in records.items() if n != st.name)
         cap = stage_budget(top.budget.max_usd, stages, i, spent)
         if cap is not None:

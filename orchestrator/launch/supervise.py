@@ -119,7 +119,7 @@ def _trainer(cfg: JobConfig, context: RunContext, grant: autoscale.Grant | None,
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from orchestrator.training.loop import train_fn
+    from orchestrator.training.entry import train_fn
 
     hw = cfg.hardware
     on_gpu = hw.gpus_per_worker > 0

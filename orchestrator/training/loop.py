@@ -1,6 +1,6 @@
 """The worker-side training loop: one recipe class, read from top to bottom.
 
-Runs inside each Ray Train worker (`train_fn`). Ray has already set up the process group
+Runs inside each Ray Train worker (`training/entry.py` `train_fn`). Ray has already set up the process group
 (gloo on CPU, NCCL on GPU); this file does everything else. A worker may be on a node that shares
 no disk with the launcher: it gets its instructions in the RunContext (through Ray), its data and
 checkpoints from the durable store, and reports there (storage contract: orchestrator/storage).
@@ -14,7 +14,7 @@ import os
 import resource
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,6 @@ import torch.nn.functional as F
 from orchestrator.checkpoint.io import Checkpointer, node_leader
 from orchestrator.checkpoint.notice import Notice, NoticeWatcher
 from orchestrator.checkpoint.policy import Interval
-from orchestrator.config.load import from_dict
 from orchestrator.config.schema import JobConfig
 from orchestrator.cost.ledger import read_timeline, redone_steps
 from orchestrator.cost.meter import CostMeter
@@ -94,6 +93,23 @@ class Control:
     notice: bool
 
 
+@dataclass
+class StepWork:
+    """What one optimizer step (or PPO iteration) did, for the logs and the meter."""
+
+    loss_sum: torch.Tensor
+    """This rank's loss summed over its units (on the device: no sync per step)."""
+    units: int
+    """What the loss is a mean over, all ranks: trained tokens, preference groups, replies."""
+    tokens: int
+    """Tokens processed on all ranks (the tokens/s and token counters)."""
+    padded: int
+    """Token slots including padding, all ranks (padding efficiency)."""
+    grad_norm: float
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Further per-rank sums over the same units, logged as means (e.g. reward/accuracy)."""
+
+
 class Preempted(RuntimeError):
     """Raised by every rank after the emergency checkpoint of a spot notice: the launcher
     restarts the run (a preemption, not an application error)."""
@@ -137,6 +153,8 @@ class FinetuneRecipe:
         self.max_log_call_s = 0.0
         self.system_metrics = None
         self.logger: MetricLogger = NullLogger()
+        self.eval_loss: float | None = None
+        self.eval_metrics: dict[str, float] = {}
         self._t_created = time.time()
         self.storage = ctx.storage
         self.run_store = ctx.storage.run_store()
@@ -242,11 +260,7 @@ class FinetuneRecipe:
         # from disk once (rank 0) then broadcast into place; not at all when a checkpoint will
         # overwrite it. DeepSpeed and 8-bit bases load through transformers (ZeRO-3 straight
         # into its partitions).
-        deferred = (
-            cfg.model.pretrained is not None
-            and cfg.train.strategy in ("fsdp", "ddp")
-            and not cfg.model.load_8bit
-        )
+        deferred = self._deferred_load()
         if deferred:
             with torch.device("meta"):
                 model = self._wrap(build_meta_model(cfg.model, data.vocab_size))
@@ -304,6 +318,15 @@ class FinetuneRecipe:
                 f"{self.n_params:,} parameters trainable, {self.world} workers, "
                 f"{self.batching} batching"
             )
+
+    def _deferred_load(self) -> bool:
+        """Build on the meta device and fill by broadcast from rank 0 (FSDP/DDP bases)."""
+        cfg = self.cfg
+        return (
+            cfg.model.pretrained is not None
+            and cfg.train.strategy in ("fsdp", "ddp")
+            and not cfg.model.load_8bit
+        )
 
     def _fetch_pretrained(self, url: str) -> Path:
         """A pretrained folder in S3, downloaded once per node into its scratch."""
@@ -415,6 +438,7 @@ class FinetuneRecipe:
             if "data_stream" not in state:
                 raise RuntimeError(f"{path}: no data_stream position in its manifest")
             self.batches.load_state_dict(state["data_stream"])
+        self._load_extra_state(state, path)
         if state.get(CONFIG_HASH_KEY) != self.ctx.config_hash:
             self._print(
                 f"warning: the config changed since {path.name}; the new config wins "
@@ -422,6 +446,13 @@ class FinetuneRecipe:
             )
         self._print(f"resumed from {self.checkpointer.store.url}/{path.name} at step {self.step}")
         return True
+
+    def _extra_state(self) -> dict[str, Any]:
+        """An objective's own state for the checkpoint manifest (PPO: the KL controller)."""
+        return {}
+
+    def _load_extra_state(self, state: dict[str, Any], path: Path) -> None:
+        """Restore what `_extra_state` saved."""
 
     def _read_checkpoint_checked(self, path: Path) -> None:
         """Refuse a checkpoint this strategy/worker count cannot read, then read it."""
@@ -465,8 +496,8 @@ class FinetuneRecipe:
         cfg = self.cfg
         log_every = cfg.train.log_every_steps
         loss_acc = torch.zeros((), device=self.device)  # on the device: no sync per step
-        steps_since_log: list[int] = []
-        tokens_since_log = padded_since_log = 0
+        sums: dict[str, torch.Tensor] = {}
+        units_since_log = tokens_since_log = padded_since_log = 0
         t_log = time.perf_counter()
         step_times: list[float] = []
         if self.step >= self.total_steps:
@@ -477,7 +508,6 @@ class FinetuneRecipe:
                 self.stop_reason = StopReason.BUDGET
                 break
             t0 = time.perf_counter()
-            micro_batches, n_targets = self.batches.step(self.step)
             lr = lr_at(
                 self.step,
                 peak_lr=cfg.optim.lr,
@@ -486,40 +516,40 @@ class FinetuneRecipe:
                 schedule=cfg.optim.schedule,
                 min_lr_ratio=cfg.optim.min_lr_ratio,
             )
+            work = self._train_step(lr)
+            loss_acc += work.loss_sum
+            for k, v in work.sums.items():
+                sums[k] = sums.get(k, 0) + v
 
-            self.model.train()
-            loss_acc += forward_backward(
-                self.model, self.strategy, micro_batches, n_targets, self.world, self.device
-            )
-            grad_norm = self.strategy.step(lr, cfg.optim.grad_clip)
-
-            steps_since_log.append(self.step)
             self._record("step", t0 + self._wall_offset(), time.time(), step=self.step + 1)
             self.step += 1
-            step_tokens = sum(len(e.input_ids) for e in self.batches.global_examples(self.step - 1))
-            tokens_since_log += step_tokens
-            padded_since_log += self.batches.padded_tokens(self.step - 1)
-            self.tokens_so_far += step_tokens
+            units_since_log += work.units
+            tokens_since_log += work.tokens
+            padded_since_log += work.padded
+            self.tokens_so_far += work.tokens
             step_times.append(time.perf_counter() - t0)
 
             if self.step % log_every == 0 or self.step == self.total_steps:
-                loss_all = loss_acc.clone()
-                dist.all_reduce(loss_all)
-                # Each logged loss is the token mean over the steps since the last log.
-                targets = sum(self.batches.step_targets(s) for s in steps_since_log)
-                loss = (loss_all / max(1, targets)).item()
+                # One all-reduce of every sum; each logged value is the mean over the units
+                # (trained tokens, preference groups, rollout replies) since the last log.
+                names = sorted(sums)
+                totals = torch.stack([loss_acc, *(sums[k] for k in names)]).float()
+                dist.all_reduce(totals)
+                per_unit = (totals / max(1, units_since_log)).tolist()
+                loss = per_unit[0]
                 elapsed = time.perf_counter() - t_log
                 self._log_step(
                     loss,
                     lr,
-                    grad_norm,
+                    work.grad_norm,
                     tokens_since_log / max(elapsed, 1e-9),
                     step_times,
                     padding_efficiency=tokens_since_log / max(1, padded_since_log),
+                    extra={**dict(zip(names, per_unit[1:], strict=True)), **self._step_metrics()},
                 )
                 loss_acc.zero_()
-                steps_since_log.clear()
-                tokens_since_log = padded_since_log = 0
+                sums.clear()
+                units_since_log = tokens_since_log = padded_since_log = 0
                 t_log = time.perf_counter()
 
             control = self._control(step_times)
@@ -557,6 +587,27 @@ class FinetuneRecipe:
                 self.export()
             self._record("eval", t, time.time())
         self._finish(step_times)
+
+    def _train_step(self, lr: float) -> StepWork:
+        """One optimizer step of next-token loss over the step's global batch. Objectives with
+        other steps (rl/recipes.py) override this and keep everything else of the loop."""
+        micro_batches, n_targets = self.batches.step(self.step)
+        self.model.train()
+        loss = forward_backward(
+            self.model, self.strategy, micro_batches, n_targets, self.world, self.device
+        )
+        grad_norm = self.strategy.step(lr, self.cfg.optim.grad_clip)
+        return StepWork(
+            loss_sum=loss,
+            units=self.batches.step_targets(self.step),
+            tokens=sum(len(e.input_ids) for e in self.batches.global_examples(self.step)),
+            padded=self.batches.padded_tokens(self.step),
+            grad_norm=grad_norm,
+        )
+
+    def _step_metrics(self) -> dict[str, float]:
+        """Metrics an objective logs as they are (not averaged), e.g. PPO's kl_coef."""
+        return {}
 
     def _control(self, step_times: list[float]) -> Control:
         """What every rank does next, agreed in the step's one control collective (a 3-flag
@@ -644,6 +695,7 @@ class FinetuneRecipe:
         tokens_per_s: float,
         step_times: list[float],
         padding_efficiency: float,
+        extra: dict[str, float] | None = None,
     ) -> None:
         if self.rank != 0:
             return
@@ -667,6 +719,7 @@ class FinetuneRecipe:
             "checkpoint/interval_steps": float(self._interval_steps(step_times[-20:])),
             **self.meter.metrics(self.tokens_so_far, self._projected_usd(step_times)),
         }
+        metrics.update(extra or {})
         if self.system_metrics is not None:
             metrics.update(self.system_metrics.maybe_sample(force=self.step == self.total_steps))
         t = time.perf_counter()
@@ -705,6 +758,7 @@ class FinetuneRecipe:
         }
         if hasattr(self.batches, "state_dict"):  # text stream: where step self.step starts
             state["data_stream"] = self.batches.state_dict()
+        state.update(self._extra_state())
         t = time.time()
         seconds = self.checkpointer.save(self.step, self._write_checkpoint, state)
         self.checkpoint_s.append(seconds)
@@ -817,6 +871,9 @@ class FinetuneRecipe:
         if self.eval_loss is not None:
             self.logger.log({"eval_loss": self.eval_loss}, step=max(self.step, 1))
             _say(f"eval loss {self.eval_loss:.4f} at step {self.step}")
+        if self.eval_metrics:  # an objective's held-out metrics (reward/accuracy, dpo/accuracy)
+            self.logger.log(self.eval_metrics, step=max(self.step, 1))
+            _say("held out: " + ", ".join(f"{k} {v:.4f}" for k, v in self.eval_metrics.items()))
         pretrain = self._pretrain_summary()
         if pretrain:
             self.logger.log(pretrain, step=max(self.step, 1))
@@ -971,15 +1028,3 @@ def _say(msg: str) -> None:
     print shows every line twice on the driver."""
     sys.stdout.write(msg + "\n")
     sys.stdout.flush()
-
-
-def train_fn(loop_config: dict[str, Any]) -> None:
-    """Ray Train entry point, run by every worker."""
-    from orchestrator.tracking.runs import set_fail_fast_http
-
-    set_fail_fast_http()
-    os.environ.update(loop_config.get("env", {}))  # the driver's S3/MLflow settings (run.py)
-    cfg = from_dict(loop_config["config"])
-    ctx = RunContext.from_dict(loop_config["context"])
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    FinetuneRecipe(cfg, ctx).run()

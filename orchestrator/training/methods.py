@@ -10,8 +10,9 @@ import torch
 from orchestrator.config.schema import JobConfig
 
 
-def apply_method(model, cfg: JobConfig):
-    """Returns the model to train: unchanged (full), or a peft model with only adapters trainable."""
+def apply_method(model, cfg: JobConfig, task_type: str = "CAUSAL_LM"):
+    """Returns the model to train: unchanged (full), or a peft model with only adapters
+    trainable. task_type SEQ_CLS (reward models) also trains the new score head in full."""
     method = cfg.train.method
     if method == "full":
         return model
@@ -25,7 +26,7 @@ def apply_method(model, cfg: JobConfig):
             lora_dropout=lc.dropout,
             target_modules=list(lc.target_modules),
             bias=lc.bias,
-            task_type="CAUSAL_LM",
+            task_type=task_type,
         )
     elif method == "adapter":
         peft_cfg = AdaptionPromptConfig(

@@ -33,7 +33,9 @@ def test_stages_are_overlays_in_order(tmp_path):
     })  # fmt: skip
     stages = stages_of(job, "local")
     assert [s.name for s in stages] == ["sft", "more"]
-    assert stages[1] == Stage("more", "sft", None, Gate("sft", "eval_loss", None, 9))
+    assert stages[1] == Stage(
+        "more", (("model.pretrained", "sft"),), None, Gate("sft", "eval_loss", None, 9)
+    )
     more = compose(job, "local", ["stage=more"])
     assert more.train.max_steps == 4 and more.optim.lr == 1e-5
     assert compose(job, "local", ["stage=sft"]).train.max_steps == 6

@@ -19,11 +19,14 @@ def _groups(source, fmt):
 
 def test_stack_exchange_paired_prefers_response_j():
     groups = _groups(SAMPLES / "stack_exchange_paired_sample.jsonl", "stack_exchange_paired")
-    assert len(groups) == 10
-    g = groups[0]
-    assert g.prompt == [("user", "How do I reverse a list in Python?")]
-    assert g.replies[0].startswith("Use slicing") and g.replies[1] == "Write a loop."
-    assert g.key == "se:1000"
+    assert len(groups) == 240
+    g = groups[1]
+    assert g.prompt == [("user", "Spell the word 'silver' backwards.")]
+    assert g.replies == [
+        "The word 'silver' backwards is 'revlis'.",
+        "78 - 52 = 26. So 78 minus 52 is 26.",
+    ]
+    assert g.key == "se:1001"
     assert STACK_TEMPLATE.format(question="q") == "Question: q\n\nAnswer: "
 
 

@@ -1,0 +1,549 @@
+"""Reward-model, DPO and PPO stages: the fine-tuning recipe (training/loop.py) with another step.
+
+Each class keeps everything else of the loop: strategies, checkpoints with the same data order
+and MLflow run, spot notices, the budget cap, cost metrics and the export. What differs:
+
+- `RewardRecipe` (train.objective=reward): a scalar head on the model (`ScoreModel`); batches
+  are ranked groups; the pairwise or OpenAssistant K-wise loss; held-out `reward/accuracy`
+  (pairs in the right order) and `reward/best_vs_worst`. Exports a sequence-classification
+  model folder (LoRA merged) that `AutoModelForSequenceClassification` loads.
+- `DpoRecipe` (train.objective=dpo): DPO/cDPO against a frozen reference: the same model with
+  its LoRA adapter disabled (no extra memory) or a frozen copy (full fine-tune). Held-out
+  `dpo/accuracy` and `dpo/reward_margin`.
+- `PpoRecipe` (train.objective=ppo): one step = one PPO iteration (generate, score, update).
+  Everything random in an iteration is seeded by (seed, step, rank), and the KL controller's
+  coefficient is in the checkpoint manifest, so a resumed stage repeats exactly what an
+  uninterrupted one does (tests/integration/test_rl_stages.py kills one to check).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from orchestrator.data.batching import collate
+from orchestrator.data.prepared import PreparedData
+from orchestrator.data.templates import IGNORE_INDEX
+from orchestrator.rl import kl as klmod
+from orchestrator.rl import ppo
+from orchestrator.rl.batches import GroupBatches
+from orchestrator.rl.losses import completion_logprobs, dpo_loss, ranking_loss
+from orchestrator.rl.models import (
+    PolicyValue,
+    ScoreModel,
+    entropy,
+    load_score_model,
+    pool,
+    token_logprobs,
+)
+from orchestrator.storage.durable import FolderStore
+from orchestrator.storage.layout import EXPORT, EXPORT_STAGING
+from orchestrator.training.export import _copy_tokenizer, sample_generations
+from orchestrator.training.loop import FinetuneRecipe, StepWork, _unwrapped, loss_sum, to_device
+from orchestrator.training.methods import apply_method
+from orchestrator.training.model import build_model
+
+
+def _dtype(cfg) -> torch.dtype:
+    return torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
+
+
+class _GroupRecipe(FinetuneRecipe):
+    """Shared by reward models and DPO: steps of ranked groups, held-out metrics per group."""
+
+    def _deferred_load(self) -> bool:
+        return False  # every rank loads its whole model (DDP / ZeRO-2; see the schema's check)
+
+    def _wrap(self, model):
+        return model  # the stage's _build_model applies the method to the right part
+
+    def _step_batches(self, data: PreparedData) -> GroupBatches:  # type: ignore[override]
+        if data.groups is None:
+            raise RuntimeError(f"{self.ctx.data_url}: not preference data (no groups.npy)")
+        return self._group_batches(data.train, data.groups[data.train.rows()])
+
+    def _group_batches(self, examples, group_ids) -> GroupBatches:
+        cfg = self.cfg
+        return GroupBatches(
+            examples, group_ids, groups_per_step=cfg.train.global_batch_size,
+            micro_groups=cfg.train.micro_batch_size, world_size=self.world, rank=self.rank,
+            seed=cfg.train.seed, pad_id=self.data.pad_id,
+        )  # fmt: skip
+
+    def _group_step(
+        self, mb: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(loss summed over the micro-batch's groups, metric sums) for one micro-batch."""
+        raise NotImplementedError
+
+    def _train_step(self, lr: float) -> StepWork:
+        micro_batches, n_groups = self.batches.step(self.step)
+        self.model.train()
+        total = torch.zeros((), device=self.device)
+        sums: dict[str, torch.Tensor] = {}
+        for i, mb in enumerate(micro_batches):
+            mb = to_device(mb, self.device)
+            with self.strategy.autocast():
+                loss, metrics = self._group_step(mb)
+            # Gradients are averaged over ranks: the result is the mean over the step's groups.
+            self.strategy.backward(
+                loss * self.world / n_groups, last_micro_batch=i == len(micro_batches) - 1
+            )
+            total += loss.detach().float()
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0) + v
+        grad_norm = self.strategy.step(lr, self.cfg.optim.grad_clip)
+        real, padded = self.batches.tokens(self.step)
+        return StepWork(total, n_groups, real, padded, grad_norm, sums)
+
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        """Held-out loss and metrics over every held-out group. Every rank runs the same number
+        of forwards; ranks past the end repeat a batch with weight 0."""
+        data = self.data
+        if data.groups is None or not len(data.eval):
+            return None
+        held = self._group_batches_all(data.eval, data.groups[data.eval.rows()])
+        self.model.eval()
+        per = self.cfg.train.micro_batch_size
+        n_batches = math.ceil(len(held.groups) / (per * self.world))
+        totals: dict[str, torch.Tensor] = {}
+        count = torch.zeros((), device=self.device)
+        for b in range(n_batches):
+            start = (b * self.world + self.rank) * per
+            chunk = list(range(start, min(start + per, len(held.groups))))
+            weight = 1.0 if chunk else 0.0
+            rows = [e for g in (chunk or [0]) for e in held.replies(g)]
+            mb = collate(rows, data.pad_id)
+            mb["group_sizes"] = torch.tensor([len(held.groups[g]) for g in (chunk or [0])])
+            with self.strategy.autocast():
+                loss, metrics = self._group_step(to_device(mb, self.device))
+            for k, v in {"eval_loss": loss.detach().float(), **metrics}.items():
+                totals[k] = totals.get(k, 0) + weight * v
+            count += len(chunk)
+        names = sorted(totals)
+        stacked = torch.stack([*(totals[k] for k in names), count])
+        dist.all_reduce(stacked)
+        values = (stacked[:-1] / stacked[-1].clamp(min=1)).tolist()
+        out = dict(zip(names, values, strict=True))
+        eval_loss = out.pop("eval_loss")
+        self.eval_metrics = out
+        return eval_loss
+
+    def _export_dir(self) -> Path:
+        """Where rank 0 writes the export: in place in a folder store, else node scratch."""
+        if isinstance(self.run_store, FolderStore):
+            return self.run_store.local_path(EXPORT)
+        return self.storage.node_dir(EXPORT_STAGING)
+
+    def _publish_export(self, out: Path) -> None:
+        if not isinstance(self.run_store, FolderStore):
+            self.run_store.upload_dir(out, EXPORT)
+        self._print(f"exported: {self.run_store.url}/{EXPORT}")
+
+    def _group_batches_all(self, examples, group_ids) -> GroupBatches:
+        """All held-out groups in file order (one step holding every group)."""
+        n = len(set(group_ids.tolist()))
+        return GroupBatches(examples, group_ids, groups_per_step=n, micro_groups=1,
+                            world_size=1, rank=0, seed=0, pad_id=self.data.pad_id)  # fmt: skip
+
+
+class RewardRecipe(_GroupRecipe):
+    """A reward model: the pairwise or K-wise ranking loss on a scalar head."""
+
+    def _build_model(self, data: PreparedData):
+        cfg = self.cfg
+        lm = load_score_model(cfg.model.pretrained, data.vocab_size, data.pad_id, cfg.train.seed)
+        if cfg.train.activation_checkpointing:
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return ScoreModel(apply_method(lm, cfg, task_type="SEQ_CLS"))
+
+    def _group_step(self, mb):
+        scores = pool(self.model(mb["input_ids"], mb["attention_mask"]), mb["attention_mask"],
+                      self.cfg.reward.pooling)  # fmt: skip
+        sizes = mb["group_sizes"].tolist()
+        l2 = self.cfg.reward.l2 if self.cfg.reward.loss == "ranking" else 0.0
+        loss = ranking_loss(scores, sizes, l2=l2) * len(sizes)  # summed over groups
+        acc = bvw = margin = 0.0
+        at = 0
+        s = scores.detach()
+        for k in sizes:
+            g = s[at : at + k]
+            at += k
+            i, j = torch.triu_indices(k, k, offset=1, device=g.device)
+            acc += float((g[i] > g[j]).float().mean())
+            bvw += float(g[0] > g[k - 1])
+            margin += float(g[0] - g[k - 1])
+        dev = self.device
+        return loss, {
+            "reward/accuracy": torch.tensor(acc, device=dev),
+            "reward/best_vs_worst": torch.tensor(bvw, device=dev),
+            "reward/margin": torch.tensor(margin, device=dev),
+        }
+
+    @torch.no_grad()
+    def export(self) -> None:
+        """A sequence-classification folder (LoRA merged) + tokenizer, and a probe: the scores
+        of a few held-out replies, to check the export against the trained model."""
+        out = self._export_dir()
+        if self.rank == 0:
+            lm = _unwrapped(self.model).lm
+            self.model.eval()
+            probe = collate((self.data.eval or self.data.train)[:2], self.data.pad_id)
+            scores = pool(_unwrapped(self.model)(probe["input_ids"].to(self.device),
+                                                 probe["attention_mask"].to(self.device)),
+                          probe["attention_mask"].to(self.device), self.cfg.reward.pooling)  # fmt: skip
+            merged = copy.deepcopy(lm)
+            if hasattr(merged, "merge_and_unload"):
+                merged = merged.merge_and_unload()
+            merged.save_pretrained(out)
+            _copy_tokenizer(Path(self.data.tokenizer_dir), out)
+            torch.save({**probe, "scores": scores.float().cpu(),
+                        "pooling": self.cfg.reward.pooling}, out / "probe.pt")  # fmt: skip
+            self._publish_export(out)
+        if dist.is_initialized():
+            dist.barrier()
+
+
+class DpoRecipe(_GroupRecipe):
+    """DPO / cDPO: chosen = a group's best reply, rejected = its worst."""
+
+    def _build_model(self, data: PreparedData):
+        cfg = self.cfg
+        policy = apply_method(build_model(cfg.model, data.vocab_size), cfg)
+        mode = cfg.dpo.reference
+        if mode == "auto":
+            mode = "adapter" if cfg.train.method == "lora" else "copy"
+        if mode == "adapter" and cfg.train.method != "lora":
+            raise RuntimeError("dpo.reference=adapter needs train.method=lora")
+        self.reference = None
+        if mode == "copy":  # a frozen copy of the starting model, never wrapped or trained
+            self.reference = build_model(cfg.model, data.vocab_size).to(self.device).eval()
+            self.reference.requires_grad_(False)
+        if cfg.train.activation_checkpointing:
+            policy.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+        return policy
+
+    def _ref_logits(self, ids, mask):
+        if self.reference is not None:
+            return self.reference(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        with _unwrapped(self.model).disable_adapter():
+            return _unwrapped(self.model)(
+                input_ids=ids, attention_mask=mask, use_cache=False
+            ).logits
+
+    def _group_step(self, mb):
+        sizes = mb["group_sizes"].tolist()
+        starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        rows = torch.tensor([r for s, k in zip(starts, sizes, strict=True) for r in (s, s + k - 1)],
+                            device=mb["input_ids"].device)  # fmt: skip
+        ids, mask = mb["input_ids"][rows], mb["attention_mask"][rows]
+        completion = (mb["labels"][rows] != IGNORE_INDEX).long()
+        logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        logp = completion_logprobs(logits, ids, completion)
+        with torch.no_grad():
+            ref = completion_logprobs(self._ref_logits(ids, mask), ids, completion)
+        d = self.cfg.dpo
+        out = dpo_loss(logp[0::2], logp[1::2], ref[0::2], ref[1::2], d.beta, d.label_smoothing)
+        n = len(sizes)
+        dev = self.device
+        return out.loss * n, {
+            "dpo/accuracy": torch.tensor(out.accuracy * n, device=dev),
+            "dpo/reward_margin": torch.tensor(out.margin * n, device=dev),
+            "dpo/reward_chosen": out.reward_chosen.sum().float(),
+            "dpo/reward_rejected": out.reward_rejected.sum().float(),
+        }
+
+
+class PpoRecipe(_GroupRecipe):
+    """PPO from a reward model (see orchestrator/rl/ppo.py for the two originals' switches)."""
+
+    def _build_model(self, data: PreparedData):
+        cfg = self.cfg
+        p = cfg.ppo
+        dtype = _dtype(cfg)
+        rm_path = self._local_model(p.reward_model)
+        policy = build_model(cfg.model, data.vocab_size)
+        self.reference = None
+        if cfg.train.method != "lora":  # a frozen copy of the starting policy (ColossalChat)
+            self.reference = copy.deepcopy(policy).to(self.device).eval().requires_grad_(False)
+        policy = apply_method(policy, cfg)
+        if cfg.train.activation_checkpointing:
+            policy.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+        critic = None
+        if p.value_model == "critic":  # initialised from the reward model, trained in full
+            critic = ScoreModel(load_score_model(rm_path, data.vocab_size, data.pad_id,
+                                                 cfg.train.seed))  # fmt: skip
+        self.reward_model = ScoreModel(
+            load_score_model(rm_path, data.vocab_size, data.pad_id, cfg.train.seed, dtype)
+        ).to(self.device).eval().requires_grad_(False)  # fmt: skip
+        self.kl_ctl = (klmod.adaptive(p.kl_coef, p.kl_target, p.kl_horizon) if p.kl == "adaptive"
+                       else klmod.fixed(p.kl_coef))  # fmt: skip
+        self._last: dict[str, float] = {}
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(data.tokenizer_dir)
+        self.eos_id = tok.eos_token_id
+        return PolicyValue(policy, critic, cfg.train.seed)
+
+    def _local_model(self, ref: str | None) -> str:
+        if ref is None:
+            raise RuntimeError("ppo.reward_model is not set")
+        return str(self._fetch_pretrained(ref)) if ref.startswith("s3://") else ref
+
+    # --------------------------------------------------------------- state in the manifest
+    def _extra_state(self) -> dict[str, Any]:
+        return {"ppo": {"kl_coef": self.kl_ctl.value}}
+
+    def _load_extra_state(self, state: dict[str, Any], path: Path) -> None:
+        saved = state.get("ppo")
+        if not isinstance(saved, dict) or not isinstance(saved.get("kl_coef"), int | float):
+            raise RuntimeError(f"{path}: a PPO checkpoint without ppo.kl_coef in its manifest")
+        self.kl_ctl = klmod.KlController(float(saved["kl_coef"]), self.kl_ctl.target,
+                                         self.kl_ctl.horizon)  # fmt: skip
+
+    def _step_metrics(self) -> dict[str, float]:
+        return {"rl/kl_coef": self.kl_ctl.value, **self._last}
+
+    # --------------------------------------------------------------- one iteration
+    def _seed(self, salt: int) -> None:
+        torch.manual_seed(
+            (self.cfg.train.seed * 1_000_003 + self.step) * 7919 + self.rank * 31 + salt
+        )
+
+    @torch.no_grad()
+    def _generate(
+        self, prompts: list[list[int]]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """Sampled replies, right-padded with the prompts: (ids [B, T], attention mask,
+        reply mask, reply tokens)."""
+        p = self.cfg.ppo
+        pad = self.data.pad_id
+        prompts = [q[-p.max_prompt_tokens :] for q in prompts]
+        width = max(len(q) for q in prompts)
+        left = torch.full((len(prompts), width), pad, dtype=torch.long)
+        att = torch.zeros_like(left)
+        for i, q in enumerate(prompts):
+            left[i, width - len(q) :] = torch.tensor(q)
+            att[i, width - len(q) :] = 1
+        n_new = p.max_new_tokens
+        if p.min_new_tokens is not None:  # StackLLaMA's LengthSampler, one draw per iteration
+            n_new = int(torch.randint(p.min_new_tokens, p.max_new_tokens + 1, (1,)))
+        policy = _unwrapped(self.model).policy
+        policy.eval()
+        out = policy.generate(
+            input_ids=left.to(self.device), attention_mask=att.to(self.device),
+            max_new_tokens=n_new, min_new_tokens=0 if p.stop_at_eos else n_new,
+            do_sample=True, top_k=p.top_k, top_p=p.top_p, temperature=p.temperature,
+            pad_token_id=pad, eos_token_id=self.eos_id if p.stop_at_eos else None,
+        )  # fmt: skip
+        replies = out[:, width:].cpu()
+        rows, spans = [], []
+        for i, q in enumerate(prompts):
+            r = replies[i].tolist()
+            if p.stop_at_eos and self.eos_id in r:
+                r = r[: r.index(self.eos_id) + 1]
+            rows.append(q + r)
+            spans.append((len(q), len(r)))
+        t = max(len(r) for r in rows)
+        ids = torch.full((len(rows), t), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        reply = torch.zeros_like(ids)
+        for i, (r, (lq, lr)) in enumerate(zip(rows, spans, strict=True)):
+            ids[i, : len(r)] = torch.tensor(r)
+            mask[i, : len(r)] = 1
+            reply[i, lq : lq + lr] = 1
+        return ids, mask, reply, sum(lr for _, lr in spans)
+
+    @torch.no_grad()
+    def _score(self, ids, mask, reply) -> dict[str, torch.Tensor]:
+        """Old log-probs and values, reference log-probs, reward-model scores, advantages."""
+        p = self.cfg.ppo
+        net = _unwrapped(self.model)
+        net.eval()
+        logits, values = net(ids, mask)
+        logp = token_logprobs(logits, ids)
+        act = reply[:, 1:].float()  # position t scores token t+1
+        if self.reference is not None:
+            ref_logits = self.reference(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        else:
+            with net.policy.disable_adapter():
+                ref_logits = net.policy(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        ref_logp = token_logprobs(ref_logits, ids)
+        score = pool(self.reward_model(ids, mask), mask, p.reward_pooling) - p.reward_baseline
+        kl_tok = (klmod.k1 if p.kl_estimator == "k1" else klmod.k3)(logp, ref_logp) * act
+        if p.value_model == "critic":  # one value per reply: the mean over the prompt
+            old_v = self._seq_value(values, mask, reply)
+        else:
+            old_v = values[:, :-1] * act
+        coef = self.kl_ctl.value
+        if p.kl_placement == "token":
+            rewards = ppo.token_rewards(score, kl_tok, act, coef)
+        else:
+            rewards = ppo.sequence_reward(score, kl_tok, act, coef)
+        if p.advantage == "gae":
+            if rewards.dim() == 1:  # a sequence reward at the last reply token
+                rewards = ppo.token_rewards(rewards, torch.zeros_like(kl_tok), act, 0.0)
+            if old_v.dim() == 1:
+                raise RuntimeError("ppo.advantage=gae needs per-token values: ppo.value_model=head")
+            adv, returns = ppo.gae(rewards, old_v, act, p.gamma, p.lam)
+        else:
+            r_seq = rewards if rewards.dim() == 1 else (rewards * act).sum(1)
+            v_seq = (
+                old_v if old_v.dim() == 1 else ppo.masked_mean(old_v, act) * torch.ones_like(r_seq)
+            )
+            adv = (r_seq - v_seq).unsqueeze(1) * act
+            returns = r_seq
+        if p.whiten_advantages:
+            adv = ppo.whiten(adv, act) * act
+        return {"ids": ids, "mask": mask, "reply": reply, "act": act, "logp": logp,
+                "old_v": old_v, "adv": adv, "returns": returns, "score": score,
+                "kl": (klmod.k1(logp, ref_logp) * act).sum(1)}  # fmt: skip
+
+    @staticmethod
+    def _seq_value(values, mask, reply) -> torch.Tensor:
+        prompt = (mask.bool() & ~reply.bool()).float()
+        return (values * prompt).sum(1) / prompt.sum(1).clamp(min=1.0)
+
+    def _train_step(self, lr: float) -> StepWork:
+        cfg, p = self.cfg, self.cfg.ppo
+        self._seed(0)
+        t0 = time.perf_counter()
+        ids, mask, reply, n_reply = self._generate(self.batches.prompts(self.step))
+        t1 = time.perf_counter()
+        ro = self._score(ids.to(self.device), mask.to(self.device), reply.to(self.device))
+        t2 = time.perf_counter()
+        ptx_rows = self.batches.best_replies(self.step) if p.ptx_coef > 0 else []
+        b = ids.shape[0]
+        mini = cfg.train.micro_batch_size
+        sums = {k: torch.zeros((), device=self.device) for k in
+                ("rl/value_loss", "rl/clipfrac", "rl/entropy", "rl/policy_loss")}  # fmt: skip
+        total = torch.zeros((), device=self.device)
+        updates = 0
+        grad_norm = float("nan")
+        self.model.train()
+        for epoch in range(p.epochs):
+            self._seed(1 + epoch)
+            order = torch.randperm(b).tolist()
+            kls = []
+            for start in range(0, b, mini):
+                idx = torch.tensor(order[start : start + mini], device=self.device)
+                loss, parts = self._ppo_loss(ro, idx, ptx_rows)
+                self.strategy.backward(loss, last_micro_batch=True)
+                grad_norm = self.strategy.step(lr, cfg.optim.grad_clip)
+                n = len(idx)
+                total += loss.detach() * n
+                for k in sums:
+                    sums[k] += parts[k] * n
+                kls.append(parts["approx_kl"])
+                updates += 1
+            if p.target_kl is not None:  # TRL's early stopping, agreed by every rank
+                kl_now = torch.stack(kls).mean().reshape(1)
+                dist.all_reduce(kl_now)
+                if float(kl_now) / self.world > 1.5 * p.target_kl:
+                    break
+        t3 = time.perf_counter()
+        # One all-reduce for what the controller and the counters need from every rank.
+        agg = torch.tensor([float(ro["kl"].sum()), float(mask.sum()), float(n_reply)],
+                           device=self.device, dtype=torch.float64)  # fmt: skip
+        dist.all_reduce(agg)
+        n_global = b * self.world
+        self.kl_ctl = self.kl_ctl.update(float(agg[0]) / n_global, n_global)
+        self._last = {
+            "rl/gen_tokens_per_s": float(agg[2]) / self.world / max(t1 - t0, 1e-9),
+            "rl/time_generate_s": t1 - t0, "rl/time_score_s": t2 - t1,
+            "rl/time_update_s": t3 - t2, "rl/updates": float(updates),
+        }  # fmt: skip
+        seen = b * updates / math.ceil(b / mini)  # samples through this iteration's updates
+        for k in sums:  # per-sample means over this iteration's updates, as sums over b samples
+            sums[k] = sums[k] * b / seen
+        sums["rl/reward_mean"] = ro["score"].sum().float()
+        sums["rl/kl"] = ro["kl"].sum().float()
+        return StepWork(total * b / seen, n_global, int(agg[1]), int(agg[1]), grad_norm, sums)
+
+    def _ppo_loss(self, ro, idx, ptx_rows) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        p = self.cfg.ppo
+        ids, mask, act = ro["ids"][idx], ro["mask"][idx], ro["act"][idx]
+        with self.strategy.autocast():
+            logits, values = self.model(ids, mask)
+        logp = token_logprobs(logits, ids)
+        pg, clipfrac, approx_kl = ppo.policy_loss(logp, ro["logp"][idx], ro["adv"][idx], act,
+                                                  p.cliprange)  # fmt: skip
+        if p.value_model == "critic":
+            v = self._seq_value(values, mask, ro["reply"][idx])
+            vf = ppo.value_loss(v, ro["old_v"][idx], ro["returns"][idx], torch.ones_like(v),
+                                p.cliprange_value)  # fmt: skip
+        else:
+            v = values[:, :-1]
+            vf = ppo.value_loss(v, ro["old_v"][idx], ro["returns"][idx], act, p.cliprange_value)
+        actor = pg
+        if p.ptx_coef > 0:  # ColossalChat: a convex mix with next-token loss on good replies
+            rows = [ptx_rows[i] for i in idx.tolist()]
+            mb = to_device(collate(rows, self.data.pad_id), self.device)
+            n_tok = (mb["labels"][:, 1:] != IGNORE_INDEX).sum().clamp(min=1)
+            with self.strategy.autocast():
+                ptx_loss = loss_sum(_unwrapped(self.model).policy, mb) / n_tok
+            actor = p.ptx_coef * ptx_loss + (1 - p.ptx_coef) * pg
+        ent = ppo.masked_mean(entropy(logits[:, :-1]).detach(), act)
+        loss = actor + p.vf_coef * vf
+        return loss, {"rl/value_loss": vf.detach(), "rl/clipfrac": clipfrac, "rl/entropy": ent,
+                      "rl/policy_loss": pg.detach(), "approx_kl": approx_kl}  # fmt: skip
+
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        """The mean reward-model score of greedy replies to the held-out prompts."""
+        data = self.data
+        if data.groups is None or not len(data.eval):
+            return None
+        held = self._group_batches_all(data.eval, data.groups[data.eval.rows()])
+        prompts = [held.replies(g)[0] for g in range(len(held.groups))]
+        from orchestrator.rl.batches import prompt_ids
+
+        mine = [prompt_ids(e) for e in prompts[self.rank :: self.world]] or [prompt_ids(prompts[0])]
+        self._seed(10_000)
+        ids, mask, _, _ = self._generate(mine)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        score = pool(self.reward_model(ids, mask), mask, self.cfg.ppo.reward_pooling)
+        agg = torch.tensor([float(score.sum()), float(len(score))], device=self.device)
+        dist.all_reduce(agg)
+        self.eval_metrics = {"rl/eval_reward_mean": float(agg[0] / agg[1])}
+        return None
+
+    @torch.no_grad()
+    def export(self) -> None:
+        """The policy: merged (full, or LoRA with export.merge_lora) or its adapter folder."""
+        out = self._export_dir()
+        if self.rank == 0:
+            policy = copy.deepcopy(_unwrapped(self.model).policy)
+            if hasattr(policy, "merge_and_unload") and self.cfg.export.merge_lora:
+                policy = policy.merge_and_unload()
+            if hasattr(policy, "peft_config"):
+                for pc in policy.peft_config.values():
+                    pc.base_model_name_or_path = self.base_ref
+                policy.save_pretrained(out / "adapter")
+            else:
+                policy.save_pretrained(out)
+                _copy_tokenizer(Path(self.data.tokenizer_dir), out)
+                samples = sample_generations(
+                    policy.float().cpu(), Path(self.data.tokenizer_dir), self.cfg
+                )
+                (out / "samples.json").write_text(json.dumps(samples, indent=1))
+            self._publish_export(out)
+        if dist.is_initialized():
+            dist.barrier()
+
+
+RECIPES: dict[str, type[FinetuneRecipe]] = {
+    "sft": FinetuneRecipe, "reward": RewardRecipe, "dpo": DpoRecipe, "ppo": PpoRecipe,
+}  # fmt: skip

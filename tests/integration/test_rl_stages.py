@@ -1,0 +1,146 @@
+"""Preference and RL stages end to end at local scale (tiny pretrained Llama/Pythia bases, shipped
+samples in their real shapes, 2 CPU workers through the real launcher).
+
+- StackLLaMA's whole pipeline (SFT -> reward model -> PPO) with its PPO stage SIGKILLed mid-run:
+  the resumed stage's per-step metrics (one value per step in its one MLflow child run) and
+  final weights equal an uninterrupted PPO run's; the reward gate passes on held-out accuracy;
+  the SFT and reward stages resume from their own checkpoints with the same losses.
+- DPO, OpenAssistant's K-wise reward model and ColossalChat's reward model: the resume test
+  every recipe stage has (the last checkpoint deleted, the relaunch redoes the same losses).
+- ColossalChat's whole pipeline (critic, ptx mix, sequence-level KL, DeepSpeed ZeRO-2) with a
+  PPO resume: `slow`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from safetensors.torch import load_file
+
+from orchestrator.checkpoint.manifest import step_dirname
+from tests.faults import Chaos
+
+pytestmark = pytest.mark.integration
+
+PPO_METRICS = ["loss", "rl/kl_coef", "rl/reward_mean", "rl/kl", "rl/entropy", "rl/value_loss",
+               "rl/clipfrac", "rl/policy_loss"]  # fmt: skip
+
+
+def losses(run_dir: Path, attempt: int) -> dict[int, float]:
+    rows = [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if r["attempt"] == attempt}
+
+
+def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def redo_last_checkpoint(job: str, overrides: list[str], run_name: str, steps: int) -> None:
+    """Delete the newest checkpoint of a finished run, relaunch it: it resumes from the one
+    before and redoes the same steps with the same losses."""
+    from orchestrator.launch.run import launch
+
+    run_dir = Path("runs") / job / run_name
+    first = losses(run_dir, 1)
+    ckpts = sorted(p.name for p in (run_dir / "checkpoints").glob("step_*"))
+    assert ckpts[-1] == step_dirname(steps), ckpts
+    shutil.rmtree(run_dir / "checkpoints" / ckpts[-1])
+    again = launch(job, "local", overrides, run_name=run_name)
+    assert again.attempt == 2 and again.step == steps and again.stop_reason == "completed"
+    second = losses(run_dir, 2)
+    resumed_at = int(ckpts[-2].split("_")[1])
+    assert sorted(second) == list(range(resumed_at + 1, steps + 1))
+    for step, loss in second.items():
+        assert loss == pytest.approx(first[step], abs=1e-6), (job, run_name, step)
+
+
+def test_stack_llama_pipeline_ppo_sigkill_and_stage_resumes(launch_workdir):
+    from orchestrator.launch.pipeline import run_pipeline
+    from orchestrator.launch.run import launch
+
+    ppo_dir = launch_workdir / "runs" / "stack_llama" / "sl-ppo"
+    chaos = Chaos(ppo_dir, [(signal.SIGKILL, 3)])  # kill a worker once 3 PPO steps are logged
+    chaos.start()
+    try:
+        out = run_pipeline("stack_llama", "local", [], "sl")
+    finally:
+        chaos.done.set()
+        chaos.join(10)
+    assert chaos.error is None, chaos.error
+    assert out.stop_reason == "completed", out
+    assert len(chaos.log) == 1 and chaos.log[0]["at_step"] >= 3, chaos.log
+    from orchestrator.storage.layout import read_failures
+
+    assert len(read_failures(ppo_dir)) == 1  # killed once, resumed by the launcher
+
+    client = MlflowClient(f"sqlite:///{launch_workdir}/mlflow.db")
+    kids = {r.info.run_name: r for r in client.search_runs(
+        [client.get_run(out.mlflow_run_id).info.experiment_id],
+        f"tags.mlflow.parentRunId = '{out.mlflow_run_id}'")}  # fmt: skip
+    assert sorted(kids) == ["sl-ppo", "sl-reward", "sl-sft"]
+    # The gate read the reward model's held-out accuracy (>= 0.6 at this scale).
+    assert kids["sl-reward"].data.metrics["reward/accuracy"] >= 0.6
+
+    # An uninterrupted PPO stage from the same SFT and reward exports.
+    sft, rm = out.stages["sft"]["export_url"], out.stages["reward"]["export_url"]
+    base = launch("stack_llama", "local",
+                  ["stage=ppo", f"model.pretrained={sft}", f"ppo.reward_model={rm}"],
+                  run_name="ppo-base")  # fmt: skip
+    assert base.stop_reason == "completed" and base.step == 8
+    killed = kids["sl-ppo"].info.run_id
+    for key in PPO_METRICS:
+        got, want = history(client, killed, key), history(client, base.mlflow_run_id, key)
+        assert [s for s, _ in got] == list(range(1, 9)), (key, got)  # one value per step
+        assert [v for _, v in got] == pytest.approx([v for _, v in want], abs=1e-5), key
+    a = load_file(ppo_dir / "export" / "model.safetensors")
+    b = load_file(Path(base.run_dir) / "export" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert (a[k] - b[k]).abs().max() <= 1e-6, k
+
+    # The SFT and reward stages resume from their own checkpoints (same run names, same config).
+    redo_last_checkpoint("stack_llama", ["stage=sft"], "sl-sft", 30)
+    redo_last_checkpoint(
+        "stack_llama", ["stage=reward", f"model.pretrained={sft}"], "sl-reward", 40
+    )
+
+
+@pytest.mark.parametrize(
+    "job, overrides",
+    [
+        ("stack_llama_2", ["stage=dpo"]),  # DPO, reference = the adapter disabled
+        ("oasst", ["variant=reward"]),  # OpenAssistant's K-wise loss, DeepSpeed ZeRO-2
+        ("colossal_chat", ["stage=reward"]),  # mean-pooled reward model, ZeRO-2
+    ],
+)
+def test_preference_stage_resumes(job, overrides, launch_workdir):
+    from orchestrator.launch.run import launch
+
+    ov = [*overrides, "train.max_steps=4", "checkpoint.every_steps=2", "checkpoint.keep_last=5"]
+    res = launch(job, "local", ov, run_name="pref")
+    assert res.stop_reason == "completed" and res.step == 4
+    client = MlflowClient(f"sqlite:///{launch_workdir}/mlflow.db")
+    metrics = client.get_run(res.mlflow_run_id).data.metrics
+    prefix = "dpo/" if "stage=dpo" in overrides else "reward/"
+    assert 0.0 <= metrics[f"{prefix}accuracy"] <= 1.0, metrics
+    redo_last_checkpoint(job, ov, "pref", 4)
+
+
+@pytest.mark.slow
+def test_colossal_chat_pipeline_and_ppo_resume(launch_workdir):
+    from orchestrator.launch.pipeline import run_pipeline
+
+    out = run_pipeline("colossal_chat", "local", [], "cc")
+    assert out.stop_reason == "completed", out
+    sft, rm = out.stages["sft"]["export_url"], out.stages["reward"]["export_url"]
+    redo_last_checkpoint(
+        "colossal_chat",
+        ["stage=ppo", f"model.pretrained={sft}", f"ppo.reward_model={rm}"],
+        "cc-ppo",
+        6,
+    )
