@@ -144,10 +144,10 @@ def _hardware_overrides(args: argparse.Namespace) -> list[str]:
     """--gpu X (--market, --nodes): the catalog's cheapest node of that GPU, all its GPUs used."""
     if args.gpu in (None, "cpu"):
         return [f"hardware.market={args.market}"] if args.market else []
-    from orchestrator.config.load import compose
+    from orchestrator.config.load import job_configs
     from orchestrator.cost.estimator import price_per_hour
 
-    cost = compose(args.job, "full").cost
+    cost = next(iter(job_configs(args.job, "full").values())).cost
     market = args.market or "spot"
     nodes = [
         (price_per_hour(p, market) / p.num_gpus, name, p)
@@ -212,14 +212,16 @@ def cmd_bills(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from orchestrator.config.load import JOBS_DIR, compose
+    from orchestrator.config.load import JOBS_DIR, job_configs
     from orchestrator.cost.memory import check_job
 
     jobs = args.jobs or sorted(p.stem for p in JOBS_DIR.glob("*.yaml"))
     for job in jobs:
         for scale in ("local", "full"):
-            est = check_job(compose(job, scale))  # GPU jobs: memory and node disk fit
-            print(f"ok  {job} ({scale})" + (f": {est.summary()}" if est else ""))
+            for stage, cfg in job_configs(job, scale).items():  # every stage of a pipeline
+                est = check_job(cfg)  # GPU jobs: memory and node disk fit
+                name = f"{job}:{stage}" if stage else job
+                print(f"ok  {name} ({scale})" + (f": {est.summary()}" if est else ""))
     return 0
 
 

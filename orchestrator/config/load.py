@@ -271,3 +271,13 @@ def job_stages(job: str, scale: str | None = None) -> dict[str, dict[str, Any]]:
     if not isinstance(stages, dict):
         raise ConfigError(f"{path}: stages must be a mapping of stage name -> settings")
     return {str(k): dict(v or {}) for k, v in stages.items()}
+
+
+def job_configs(
+    job: str, scale: str | None = None, overrides: list[str] | None = None
+) -> dict[str, JobConfig]:
+    """Every config a job runs: {stage: config} for a pipeline job, {"": config} otherwise."""
+    stages = job_stages(job, scale)
+    if not stages:
+        return {"": compose(job, scale, overrides)}
+    return {s: compose(job, scale, [*(overrides or []), f"stage={s}"]) for s in stages}

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from orchestrator.config.load import JOBS_DIR, compose
+from orchestrator.config.load import JOBS_DIR, job_configs
 from orchestrator.cost.estimator import project
 
 
@@ -18,8 +18,12 @@ def projected_bills() -> list[dict[str, Any]]:
     """Per recipe: our run's projected full-scale bill (the headline), the replay of the
     original run, and the original's published figures where docs/facts has them."""
     rows = []
-    for job in sorted(p.stem for p in JOBS_DIR.glob("*.yaml")):
-        cfg = compose(job, "full")
+    configs = [
+        (f"{job}:{stage}" if stage else job, cfg)
+        for job in sorted(p.stem for p in JOBS_DIR.glob("*.yaml"))
+        for stage, cfg in job_configs(job, "full").items()  # a pipeline: a row per stage
+    ]
+    for job, cfg in configs:
         p = project(cfg)
         r = project(cfg, replay=True)
         low, high = p.usd_range

@@ -42,12 +42,14 @@ class MemoryEstimate:
     overhead_bytes: float
     gpu_bytes: float
     tokens_per_micro_batch: int
+    extra_models_bytes: float = 0.0
+    """Preference and RL stages: the frozen reference copy, the reward model, the critic."""
 
     @property
     def total_bytes(self) -> float:
         return (
             self.state_bytes + self.gathered_bytes + self.activation_bytes + self.logits_bytes
-            + self.overhead_bytes
+            + self.overhead_bytes + self.extra_models_bytes
         )  # fmt: skip
 
     @property
@@ -60,18 +62,47 @@ class MemoryEstimate:
             f"~{g(self.total_bytes)} GiB per GPU of {g(self.gpu_bytes)} (state {g(self.state_bytes)}, "
             f"gathered layers {g(self.gathered_bytes)}, activations {g(self.activation_bytes)} at "
             f"{self.tokens_per_micro_batch:,} tokens per micro-batch, logits {g(self.logits_bytes)}, "
-            f"overhead {g(self.overhead_bytes)})"
-        )
+            f"overhead {g(self.overhead_bytes)}"
+            + (f", reference/reward/critic models {g(self.extra_models_bytes)}"
+               if self.extra_models_bytes else "")
+            + ")"
+        )  # fmt: skip
 
     def as_dict(self) -> dict:
         return {**asdict(self), "total_bytes": self.total_bytes, "fits": self.fits}
 
 
 def tokens_per_micro_batch(cfg: JobConfig) -> int:
-    """The most tokens a micro-batch can hold (what the pad mode needs at worst)."""
+    """The most tokens a micro-batch can hold (what the pad mode needs at worst). Reward and
+    DPO micro-batches hold groups: two replies each (as the estimator counts them)."""
     t = cfg.train
     seq = cfg.data.max_seq_len
-    return t.tokens_per_micro_batch or t.micro_batch_size * seq
+    replies = 2 if t.objective in ("reward", "dpo") else 1
+    return t.tokens_per_micro_batch or t.micro_batch_size * seq * replies
+
+
+def extra_models_bytes(cfg: JobConfig, n_params: int) -> float:
+    """Whole models a preference or RL stage holds on every GPU besides the trained one, each
+    the size of the policy: DPO/PPO's frozen reference copy (full fine-tunes; LoRA disables
+    its adapter instead), PPO's reward model, and a critic trained in full (weights, gradients
+    and Adam states as the strategy keeps the policy's)."""
+    t = cfg.train
+    half = t.precision == "bf16"
+    dtype = 2 if half else 4
+    P = float(n_params)
+    out = 0.0
+    if t.objective in ("dpo", "ppo") and t.method == "full":
+        out += dtype * P
+    if t.objective == "ppo":
+        out += dtype * P  # the reward model, frozen
+        if cfg.ppo.value_model == "critic":
+            world = cfg.hardware.num_workers
+            zero = cfg.deepspeed.zero_stage if t.strategy == "deepspeed" else None
+            w, g, o = (2, 2, 12) if half else (4, 4, 8)
+            if zero is not None and cfg.deepspeed.offload_optimizer:
+                o = 0
+            out += (w + g + o) * P if zero in (None, 0) else w * P + (g + o) * P / world
+    return out
 
 
 def estimate(cfg: JobConfig, n_params: int, n_trainable: int, vocab: int) -> MemoryEstimate:
@@ -129,7 +160,8 @@ def estimate(cfg: JobConfig, n_params: int, n_trainable: int, vocab: int) -> Mem
     base = state + gathered + act + logits
     overhead = 2 * GIB + 0.1 * base
     gpu = cfg.cost.gpus[hw.accelerator].memory_gib if hw.accelerator in cfg.cost.gpus else None
-    return MemoryEstimate(state, gathered, act, logits, overhead, (gpu or 0) * GIB, tokens)
+    return MemoryEstimate(state, gathered, act, logits, overhead, (gpu or 0) * GIB, tokens,
+                          extra_models_bytes(cfg, n_params))  # fmt: skip
 
 
 def check_fits(cfg: JobConfig, n_params: int, n_trainable: int, vocab: int) -> MemoryEstimate:

@@ -40,7 +40,6 @@ from orchestrator.data.formats import DataError
 from orchestrator.data.prepared import DataManifest
 from orchestrator.launch import checks, mlflow_run
 from orchestrator.launch.failures import RunFailed
-from orchestrator.launch.restart import FailureKind
 from orchestrator.launch.supervise import supervise
 from orchestrator.storage import resolve as storage_resolve
 from orchestrator.storage.layout import (
@@ -54,7 +53,6 @@ from orchestrator.storage.layout import (
     RunResult,
     RunStorage,
     StopReason,
-    read_failures,
 )
 from orchestrator.tracking import runs as mlruns
 from orchestrator.tracking.mlflow_logger import replay_all, replay_durable
@@ -163,7 +161,7 @@ def _configure(
     note = apply_live_prices(cfg)
     if note:
         print(note)
-    _print_projection(cfg)
+    _print_projection(cfg, job, overrides or [])
     return cfg, run_name or f"{cfg.job}-{cfg.scale}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
@@ -252,7 +250,6 @@ def _begin_attempt(
         yaml.safe_dump(redact(to_dict(cfg)), sort_keys=False),
     )
     store.delete(RESULT)
-    failures = read_failures(store)
     context = RunContext(
         storage=storage,
         data_url=data_url,
@@ -263,8 +260,6 @@ def _begin_attempt(
         usd_before_attempt=usd_before,
         price_per_hour_usd=cluster_price_per_hour(cfg),
         config_hash=mlflow_run.config_hash(cfg),
-        preemptions_before=sum(f.kind == FailureKind.PREEMPTION for f in failures),
-        app_failures_before=sum(f.kind == FailureKind.APP for f in failures),
         flush_s=cfg.storage.flush_s,
         hours_before_attempt=hours_before,
     )
@@ -371,10 +366,12 @@ def _read_result(store) -> RunResult | None:
     return RunResult.from_json(text) if text else None
 
 
-def _print_projection(cfg: JobConfig) -> None:
-    """The projected full-scale bill of the recipe, before anything runs."""
+def _print_projection(cfg: JobConfig, job: str, overrides: list[str]) -> None:
+    """The projected full-scale bill of the recipe (its variant and stage), before anything
+    runs."""
+    keep = [o for o in overrides if o.partition("=")[0] in ("variant", "stage")]
     try:
-        full = cfg if cfg.scale == "full" else compose(cfg.job, "full")
+        full = cfg if cfg.scale == "full" else compose(job, "full", keep)
         print(f"projected full-scale bill of {cfg.job!r}: {project(full).summary()}")
     except ConfigError as e:
         print(f"(no full-scale projection: {e})")

@@ -81,7 +81,7 @@ def _tries(
     tally = Tally()
     for attempt_try in itertools.count(1):
         ledger.sync_nodes(cluster_nodes(cfg, t_start))
-        failures = read_failures(store)
+        failures = read_failures(store)  # before every try: the counts the loop starts from
         context.preemptions_before = sum(f.kind == FailureKind.PREEMPTION for f in failures)
         context.app_failures_before = sum(f.kind == FailureKind.APP for f in failures)
         trainer = _trainer(cfg, context, grant, attempt_try)

@@ -162,3 +162,17 @@ def test_packed_flash_attention_equals_examples_alone():
             logits[k : k + n].float(), alone[i].float(), atol=2e-2, rtol=2e-2
         )
         k += n
+
+
+@requires_gpus(1)
+@pytest.mark.parametrize("job", ["stack_llama", "colossal_chat"])
+def test_rl_pipeline_on_one_gpu(job, workdir):
+    """Every stage of the RL recipes on CUDA (DDP + LoRA with an adapter-disabled reference;
+    ZeRO-2 with a critic and the ptx mix): the batches, rollouts, the reward model and the
+    reference all on the worker's GPU, bf16."""
+    from orchestrator.launch.pipeline import run_pipeline
+
+    over = [o for o in gpu_overrides(1) if not o.startswith(("train.max_steps", "checkpoint."))]
+    out = run_pipeline(job, "local", over, f"gpu-{job}")
+    assert out.stop_reason in ("completed", "gate"), out
+    assert out.stages["sft"]["status"] == out.stages["reward"]["status"] == "done"

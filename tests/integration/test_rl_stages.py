@@ -5,10 +5,10 @@ samples in their real shapes, 2 CPU workers through the real launcher).
   the resumed stage's per-step metrics (one value per step in its one MLflow child run) and
   final weights equal an uninterrupted PPO run's; the reward gate passes on held-out accuracy;
   the SFT and reward stages resume from their own checkpoints with the same losses.
-- DPO, OpenAssistant's K-wise reward model and ColossalChat's reward model: the resume test
-  every recipe stage has (the last checkpoint deleted, the relaunch redoes the same losses).
-- ColossalChat's whole pipeline (critic, ptx mix, sequence-level KL, DeepSpeed ZeRO-2) with a
-  PPO resume: `slow`.
+- DPO and OpenAssistant's K-wise reward model: the resume test every recipe stage has (the
+  last checkpoint deleted, the relaunch redoes the same losses).
+- ColossalChat's whole pipeline (mean-pooled reward model, critic, ptx mix, sequence-level KL,
+  DeepSpeed ZeRO-2) with its reward and PPO stages resumed: `slow` (~4 min).
 """
 
 from __future__ import annotations
@@ -115,7 +115,6 @@ def test_stack_llama_pipeline_ppo_sigkill_and_stage_resumes(launch_workdir):
     [
         ("stack_llama_2", ["stage=dpo"]),  # DPO, reference = the adapter disabled
         ("oasst", ["variant=reward"]),  # OpenAssistant's K-wise loss, DeepSpeed ZeRO-2
-        ("colossal_chat", ["stage=reward"]),  # mean-pooled reward model, ZeRO-2
     ],
 )
 def test_preference_stage_resumes(job, overrides, launch_workdir):
@@ -138,6 +137,10 @@ def test_colossal_chat_pipeline_and_ppo_resume(launch_workdir):
     out = run_pipeline("colossal_chat", "local", [], "cc")
     assert out.stop_reason == "completed", out
     sft, rm = out.stages["sft"]["export_url"], out.stages["reward"]["export_url"]
+    # the mean-pooled reward model (ZeRO-2) and the PPO stage (critic, ptx) resume exactly
+    redo_last_checkpoint(
+        "colossal_chat", ["stage=reward", f"model.pretrained={sft}"], "cc-reward", 30
+    )
     redo_last_checkpoint(
         "colossal_chat",
         ["stage=ppo", f"model.pretrained={sft}", f"ppo.reward_model={rm}"],

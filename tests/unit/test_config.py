@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config.load import compose, flatten, to_dict
+from orchestrator.config.load import compose, flatten, job_configs, to_dict
 from orchestrator.config.schema import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -115,4 +115,4 @@ def test_flatten_resolved_config():
 def test_every_job_file_validates():
     for job in sorted((REPO / "jobs").glob("*.yaml")):
         for scale in ("local", "full"):
-            compose(str(job), scale)
+            assert job_configs(str(job), scale)  # every stage of a pipeline job

@@ -154,12 +154,14 @@ def test_decode_is_memory_bound_at_small_batches():
 
 
 def test_print_projected_bills_of_all_jobs(capsys):
+    from orchestrator.config.load import job_configs
     from orchestrator.paths import JOBS_DIR
 
     for job in sorted(JOBS_DIR.glob("*.yaml")):
-        p = project(compose(str(job), "full"))
-        print(f"{job.stem}: {p.summary()}")
-        assert p.usd > 0 and p.hours > 0
+        for stage, cfg in job_configs(str(job), "full").items():
+            p = project(cfg)
+            print(f"{job.stem} {stage}: {p.summary()}")
+            assert p.usd > 0 and p.hours > 0
     assert "vicuna" in capsys.readouterr().out
 
 

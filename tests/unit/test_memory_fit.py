@@ -16,8 +16,22 @@ JOBS = sorted(p.stem for p in JOBS_DIR.glob("*.yaml"))
 
 @pytest.mark.parametrize("job", JOBS)
 def test_every_recipe_fits_its_gpus(job):
-    est = check_job(compose(job, "full"))
-    assert est is not None and est.fits, est.summary()
+    from orchestrator.config.load import job_configs
+
+    for stage, cfg in job_configs(job, "full").items():  # every stage of a pipeline job
+        est = check_job(cfg)
+        assert est is not None and est.fits, (stage, est.summary())
+
+
+def test_rl_stages_count_their_extra_models():
+    from orchestrator.config.load import compose
+    from orchestrator.cost.memory import extra_models_bytes
+
+    ppo = compose("colossal_chat", "full", ["stage=ppo"])  # full: reference + RM + critic
+    lora = compose("stack_llama", "full", ["stage=ppo"])  # LoRA: adapter off, RM only
+    n = 6_738_415_616
+    assert extra_models_bytes(ppo, n) > 2 * 2 * n > extra_models_bytes(lora, n) == 2 * n
+    assert extra_models_bytes(compose("stack_llama", "full", ["stage=reward"]), n) == 0
 
 
 def test_a_13b_full_fine_tune_with_ddp_is_refused_naming_the_fix():
