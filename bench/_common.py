@@ -77,3 +77,35 @@ def bench_context(d: Path, data_url: str):
         price_per_hour_usd=0.1,
         config_hash="bench",
     )
+
+
+CKPT_MODEL = [
+    "model.pretrained=null",
+    "model.hidden_size=512",
+    "model.intermediate_size=1376",
+    "model.num_layers=8",
+    "model.num_heads=8",
+    "train.activation_checkpointing=false",
+]
+"""The checkpoint benchmarks' model: a ~25M-parameter Llama (vicuna's local shape, widened)."""
+
+
+def ckpt_strategy(world: int, batch_shape: tuple[int, int], seed: int = 0):
+    """(strategy, train_step) of the checkpoint benchmarks: CKPT_MODEL under vicuna's local
+    strategy on `world` workers (a process group must exist), and one step on a fixed batch."""
+    import torch
+
+    from orchestrator.config.load import compose
+    from orchestrator.training.model import build_model
+    from orchestrator.training.strategies import build_strategy
+
+    cfg = compose("vicuna", "local", [*CKPT_MODEL, f"hardware.num_workers={world}"])
+    strategy = build_strategy(build_model(cfg.model, 4096), cfg)
+    batch = torch.randint(0, 4096, batch_shape, generator=torch.Generator().manual_seed(seed))
+
+    def train_step() -> None:
+        loss = strategy.model(input_ids=batch, labels=batch).loss
+        strategy.backward(loss, True)
+        strategy.step(1e-4, 1.0)
+
+    return strategy, train_step

@@ -32,36 +32,13 @@ def run(train_steps: int = 12, save_every: int = 3, threads: int = 2) -> dict:
 
     import boto3
 
+    from bench._common import ckpt_strategy
     from orchestrator.checkpoint.io import Checkpointer
-    from orchestrator.config.load import compose
-    from orchestrator.training.model import build_model
-    from orchestrator.training.strategies import build_strategy
 
     torch.set_num_threads(threads)
     single_process_group()
-    cfg = compose(
-        "vicuna",
-        "local",
-        [
-            "model.pretrained=null",
-            "model.hidden_size=512",
-            "model.intermediate_size=1376",
-            "model.num_layers=8",
-            "model.num_heads=8",
-            "train.activation_checkpointing=false",
-            "hardware.num_workers=1",
-        ],
-    )
-    model = build_model(cfg.model, 4096)
-    strategy = build_strategy(model, cfg)
-    n_params = sum(p.numel() for p in model.parameters())
-    gen = torch.Generator().manual_seed(0)
-    batch = torch.randint(0, 4096, (4, 256), generator=gen)
-
-    def train_step() -> None:
-        loss = strategy.model(input_ids=batch, labels=batch).loss
-        strategy.backward(loss, True)
-        strategy.step(1e-4, 1.0)
+    strategy, train_step = ckpt_strategy(1, (4, 256))
+    n_params = sum(p.numel() for p in strategy.model.parameters())
 
     train_step()  # optimizer state exists from here on
     write_s: list[float] = []

@@ -65,31 +65,10 @@ def _rank_main(rank: int, d: str, s3_url: str, saves: int, out: str) -> None:
     from ckpt_baseline.io import Checkpointer as Baseline
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
+    from bench._common import ckpt_strategy
     from orchestrator.checkpoint.io import Checkpointer
-    from orchestrator.config.load import compose
-    from orchestrator.training.model import build_model
-    from orchestrator.training.strategies import build_strategy
 
-    cfg = compose(
-        "vicuna",
-        "local",
-        [
-            "model.pretrained=null",
-            "model.hidden_size=512",
-            "model.intermediate_size=1376",
-            "model.num_layers=8",
-            "model.num_heads=8",
-            "train.activation_checkpointing=false",
-            f"hardware.num_workers={WORLD}",
-        ],
-    )
-    strategy = build_strategy(build_model(cfg.model, 4096), cfg)
-    batch = torch.randint(0, 4096, (2, 128), generator=torch.Generator().manual_seed(rank))
-
-    def train_step() -> None:
-        loss = strategy.model(input_ids=batch, labels=batch).loss
-        strategy.backward(loss, True)
-        strategy.step(1e-4, 1.0)
+    strategy, train_step = ckpt_strategy(WORLD, (2, 128), seed=rank)
 
     def old_write(folder: Path) -> None:  # what the baseline's strategy did
         model_sd, optim_sd = get_state_dict(strategy.model, strategy.optimizer)

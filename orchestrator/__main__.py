@@ -12,8 +12,11 @@ from orchestrator.config.schema import ConfigError
 from orchestrator.data.formats import DataError
 
 
-def _overrides(text: str | None) -> list[str]:
-    return text.split() if text else []
+def _overrides(texts: list[str] | str | None) -> list[str]:
+    """`--set "a=1 b=2"`, repeatable: every flag's overrides, in order."""
+    if isinstance(texts, str):
+        texts = [texts]
+    return [item for text in texts or [] for item in text.split()]
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
@@ -244,7 +247,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("job", help="job name (jobs/<job>.yaml) or path to a job file")
     p.add_argument("--scale", choices=["local", "full"], default=None)
     p.add_argument("--run", default=None, help="run name; an existing run is continued")
-    p.add_argument("--set", default=None, help='overrides, e.g. "optim.lr=1e-5 train.max_steps=20"')
+    p.add_argument(
+        "--set", action="append", default=None,
+        help='overrides, e.g. "optim.lr=1e-5 train.max_steps=20" (repeatable)',
+    )  # fmt: skip
     p.add_argument(
         "--yes", action="store_true", help="launch even if the projection exceeds budget.max_usd"
     )
@@ -268,13 +274,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("job")
     p.add_argument("--cluster", required=True, help="a cluster from infra/ (e.g. aws-spot)")
     p.add_argument("--scale", choices=["local", "full"], default=None)
-    p.add_argument("--set", default=None)
+    p.add_argument("--set", action="append", default=None)
     p.set_defaults(fn=cmd_preflight)
 
     p = sub.add_parser("estimate", help="projected bill of a job (no cluster needed)")
     p.add_argument("job")
     p.add_argument("--scale", choices=["local", "full"], default=None)
-    p.add_argument("--set", default=None)
+    p.add_argument("--set", action="append", default=None)
     p.add_argument("--json", action="store_true")
     p.add_argument(
         "--replay", action="store_true",

@@ -455,13 +455,15 @@ class DpoSettings:
     reference: str = "auto"
     """The frozen reference's log-probs: adapter (LoRA: the same model with its adapter
     disabled, no extra memory), copy (a frozen copy of the starting model: one more model in
-    memory), auto (adapter for lora, copy for full)."""
+    memory for the whole stage), cached (computed once at the start by a temporary copy, kept in
+    the run's durable folder: no extra memory while training, one forward per reply), auto
+    (adapter for lora, copy for full)."""
 
     def __post_init__(self) -> None:
         _positive("dpo.beta", self.beta)
         if not 0.0 <= self.label_smoothing < 0.5:
             raise ConfigError(f"dpo.label_smoothing={self.label_smoothing} must be in [0, 0.5)")
-        _choice("dpo.reference", self.reference, ("auto", "adapter", "copy"))
+        _choice("dpo.reference", self.reference, ("auto", "adapter", "copy", "cached"))
 
 
 @dataclass

@@ -230,6 +230,8 @@ def objective_work(cfg: JobConfig, shape, dev, mean_len: float) -> ObjectiveWork
         return ObjectiveWork(train_passes=k, tokens=k)
     if obj == "dpo":
         ref = 0.5 if frozen else 1.0 / 3.0
+        if cfg.dpo.reference == "cached":  # one forward per reply per run, not per epoch
+            ref /= max(1.0, cfg.train.epochs)
         return ObjectiveWork(train_passes=k * (1.0 + ref), tokens=k)
     p = cfg.ppo
     reply = (

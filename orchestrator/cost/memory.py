@@ -91,7 +91,8 @@ def extra_models_bytes(cfg: JobConfig, n_params: int) -> float:
     dtype = 2 if half else 4
     P = float(n_params)
     out = 0.0
-    if t.objective in ("dpo", "ppo") and t.method == "full":
+    ref = cfg.dpo.reference if t.objective == "dpo" else "copy"
+    if t.objective in ("dpo", "ppo") and t.method == "full" and ref in ("auto", "copy"):
         out += dtype * P
     if t.objective == "ppo":
         out += dtype * P  # the reward model, frozen

@@ -1,6 +1,9 @@
-"""Preference and RL stages (reward models, DPO, PPO): losses, controllers and data shapes.
+"""Preference and RL stages: reward models, DPO and PPO (docs/rl.md).
 
-What is here so far: the objectives as pure functions checked against their formulas, the KL
-controllers, and preference data (`data/preference.py`). The multi-stage pipeline, the stages'
-training loops and their recipes are not built yet (issue: preference and RL stages).
+- losses.py: pairwise and OpenAssistant K-wise reward losses, rank metrics, DPO/cDPO.
+- kl.py: adaptive (Ziegler) and fixed KL controllers, k1/k3 estimators.
+- ppo.py: PPO's arithmetic (token/sequence rewards, GAE, whitening, clipped losses).
+- models.py: ScoreModel (a scalar head per position), PolicyValue (policy + value head/critic).
+- batches.py: deterministic steps of ranked groups (or their prompts) per rank.
+- recipes.py: RewardRecipe, DpoRecipe, PpoRecipe: the fine-tuning loop with their step.
 """

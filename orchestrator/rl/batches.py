@@ -52,8 +52,12 @@ class GroupBatches:
         rank: int,
         seed: int,
         pad_id: int,
+        offset: int = 0,
     ) -> None:
         self.examples = examples
+        self.offset = offset
+        """Added to positions in `examples` to make the `rows` ids of micro-batches (DPO's
+        cached reference log-probs index the training set, then the held-out set)."""
         self.groups = group_rows(group_ids)
         self.groups_per_step = groups_per_step
         self.micro_groups = micro_groups
@@ -96,17 +100,22 @@ class GroupBatches:
     def replies(self, group: int) -> list[Example]:
         return [self.examples[i] for i in self.groups[group]]
 
+    def collate_groups(self, chunk: list[int]) -> dict[str, torch.Tensor]:
+        """One micro-batch of whole groups: padded replies, `group_sizes`, and `rows` (each
+        reply's position in the examples, + offset)."""
+        mb = collate([e for g in chunk for e in self.replies(g)], self.pad_id)
+        mb["group_sizes"] = torch.tensor([len(self.groups[g]) for g in chunk])
+        mb["rows"] = torch.tensor([self.offset + i for g in chunk for i in self.groups[g]])
+        return mb
+
     def step(self, step: int) -> tuple[list[dict[str, torch.Tensor]], int]:
         """This rank's micro-batches of step `step` (each with `group_sizes`), and the number of
         groups in the global batch."""
         mine = self.rank_groups(step)
-        out = []
-        for i in range(0, len(mine), self.micro_groups):
-            chunk = mine[i : i + self.micro_groups]
-            rows = [e for g in chunk for e in self.replies(g)]
-            mb = collate(rows, self.pad_id)
-            mb["group_sizes"] = torch.tensor([len(self.groups[g]) for g in chunk])
-            out.append(mb)
+        out = [
+            self.collate_groups(mine[i : i + self.micro_groups])
+            for i in range(0, len(mine), self.micro_groups)
+        ]
         return out, self.groups_per_step
 
     def tokens(self, step: int) -> tuple[int, int]:

@@ -44,7 +44,7 @@ from orchestrator.rl.models import (
     token_logprobs,
 )
 from orchestrator.storage.durable import FolderStore
-from orchestrator.storage.layout import EXPORT, EXPORT_STAGING
+from orchestrator.storage.layout import DPO_REFERENCE, EXPORT, EXPORT_STAGING
 from orchestrator.training.export import _copy_tokenizer, sample_generations
 from orchestrator.training.loop import FinetuneRecipe, StepWork, _unwrapped, loss_sum, to_device
 from orchestrator.training.methods import apply_method
@@ -120,9 +120,7 @@ class _GroupRecipe(FinetuneRecipe):
             start = (b * self.world + self.rank) * per
             chunk = list(range(start, min(start + per, len(held.groups))))
             weight = 1.0 if chunk else 0.0
-            rows = [e for g in (chunk or [0]) for e in held.replies(g)]
-            mb = collate(rows, data.pad_id)
-            mb["group_sizes"] = torch.tensor([len(held.groups[g]) for g in (chunk or [0])])
+            mb = held.collate_groups(chunk or [0])
             with self.strategy.autocast():
                 loss, metrics = self._group_step(to_device(mb, self.device))
             for k, v in {"eval_loss": loss.detach().float(), **metrics}.items():
@@ -149,10 +147,12 @@ class _GroupRecipe(FinetuneRecipe):
         self._print(f"exported: {self.run_store.url}/{EXPORT}")
 
     def _group_batches_all(self, examples, group_ids) -> GroupBatches:
-        """All held-out groups in file order (one step holding every group)."""
+        """All held-out groups in file order (one step holding every group); `rows` ids after
+        the training set's."""
         n = len(set(group_ids.tolist()))
         return GroupBatches(examples, group_ids, groups_per_step=n, micro_groups=1,
-                            world_size=1, rank=0, seed=0, pad_id=self.data.pad_id)  # fmt: skip
+                            world_size=1, rank=0, seed=0, pad_id=self.data.pad_id,
+                            offset=len(self.data.train))  # fmt: skip
 
 
 class RewardRecipe(_GroupRecipe):
@@ -213,7 +213,10 @@ class RewardRecipe(_GroupRecipe):
 
 
 class DpoRecipe(_GroupRecipe):
-    """DPO / cDPO: chosen = a group's best reply, rejected = its worst."""
+    """DPO / cDPO: chosen = a group's best reply, rejected = its worst. The reference's
+    log-probs (dpo.reference): the LoRA model with its adapter disabled, a frozen copy of the
+    starting model on every worker, or cached: computed once per run by a temporary copy (each
+    worker its share) and kept in the run's durable folder, where a resumed stage reads them."""
 
     def _build_model(self, data: PreparedData):
         cfg = self.cfg
@@ -223,35 +226,88 @@ class DpoRecipe(_GroupRecipe):
             mode = "adapter" if cfg.train.method == "lora" else "copy"
         if mode == "adapter" and cfg.train.method != "lora":
             raise RuntimeError("dpo.reference=adapter needs train.method=lora")
+        self.ref_mode = mode
         self.reference = None
+        self.ref_cache: torch.Tensor | None = None
         if mode == "copy":  # a frozen copy of the starting model, never wrapped or trained
-            self.reference = build_model(cfg.model, data.vocab_size).to(self.device).eval()
-            self.reference.requires_grad_(False)
+            self.reference = self._starting_model(data)
         if cfg.train.activation_checkpointing:
             policy.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False}
             )
         return policy
 
-    def _ref_logits(self, ids, mask):
+    def _starting_model(self, data: PreparedData):
+        model = build_model(self.cfg.model, data.vocab_size).to(self.device).eval()
+        return model.requires_grad_(False)
+
+    def setup(self) -> None:
+        super().setup()
+        if self.ref_mode == "cached":
+            self.ref_cache = self._reference_cache().to(self.device)
+
+    @torch.no_grad()
+    def _reference_cache(self) -> torch.Tensor:
+        """Completion log-probs of every training and held-out reply under the starting model,
+        indexed like the micro-batches' `rows`."""
+        text = self.run_store.read_text(DPO_REFERENCE)
+        train, held = self.data.train, self.data.eval
+        total = len(train) + len(held)
+        if text:
+            cached = json.loads(text)
+            if isinstance(cached, list) and len(cached) == total:
+                return torch.tensor(cached, dtype=torch.float32)
+            self._print(f"warning: {DPO_REFERENCE} does not match the data; computing it again")
+        reference = self._starting_model(self.data)
+        mine = list(range(self.rank, total, self.world))
+        values: dict[int, float] = {}
+        for i in range(0, len(mine), 8):
+            idx = mine[i : i + 8]
+            rows = [train[j] if j < len(train) else held[j - len(train)] for j in idx]
+            mb = to_device(collate(rows, self.data.pad_id), self.device)
+            with self.strategy.autocast():
+                logits = reference(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"],
+                                   use_cache=False).logits  # fmt: skip
+            lp = completion_logprobs(logits, mb["input_ids"], (mb["labels"] != IGNORE_INDEX).long())
+            values.update(zip(idx, lp.float().tolist(), strict=True))
+        del reference
+        parts: list[dict[int, float]] = [{} for _ in range(self.world)]
+        if dist.is_initialized():
+            dist.all_gather_object(parts, values)
+        else:
+            parts = [values]
+        merged = [0.0] * total
+        for part in parts:
+            for j, v in part.items():
+                merged[j] = v
+        if self.rank == 0:
+            self.run_store.write_text(DPO_REFERENCE, json.dumps(merged))
+            self._print(f"reference log-probs of {total} replies cached: {DPO_REFERENCE}")
+        return torch.tensor(merged, dtype=torch.float32)
+
+    def _ref_logps(self, ids, mask, completion, rows) -> torch.Tensor:
+        if self.ref_cache is not None:
+            return self.ref_cache[rows]
         if self.reference is not None:
-            return self.reference(input_ids=ids, attention_mask=mask, use_cache=False).logits
-        with _unwrapped(self.model).disable_adapter():
-            return _unwrapped(self.model)(
-                input_ids=ids, attention_mask=mask, use_cache=False
-            ).logits
+            logits = self.reference(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        else:
+            with _unwrapped(self.model).disable_adapter():
+                logits = _unwrapped(self.model)(
+                    input_ids=ids, attention_mask=mask, use_cache=False
+                ).logits
+        return completion_logprobs(logits, ids, completion)
 
     def _group_step(self, mb):
         sizes = mb["group_sizes"].tolist()
         starts = [sum(sizes[:i]) for i in range(len(sizes))]
-        rows = torch.tensor([r for s, k in zip(starts, sizes, strict=True) for r in (s, s + k - 1)],
+        pick = torch.tensor([r for s, k in zip(starts, sizes, strict=True) for r in (s, s + k - 1)],
                             device=mb["input_ids"].device)  # fmt: skip
-        ids, mask = mb["input_ids"][rows], mb["attention_mask"][rows]
-        completion = (mb["labels"][rows] != IGNORE_INDEX).long()
+        ids, mask = mb["input_ids"][pick], mb["attention_mask"][pick]
+        completion = (mb["labels"][pick] != IGNORE_INDEX).long()
         logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
         logp = completion_logprobs(logits, ids, completion)
         with torch.no_grad():
-            ref = completion_logprobs(self._ref_logits(ids, mask), ids, completion)
+            ref = self._ref_logps(ids, mask, completion, mb["rows"][pick])
         d = self.cfg.dpo
         out = dpo_loss(logp[0::2], logp[1::2], ref[0::2], ref[1::2], d.beta, d.label_smoothing)
         n = len(sizes)

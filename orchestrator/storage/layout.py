@@ -44,6 +44,7 @@ EXPORT = "export"
 RAY_STORAGE = "ray"
 DATA = ".data"  # <root>/.data/<key>/ (a leading dot: never a job name)
 METRICS_TAIL = "metrics_tail.jsonl"  # inside a checkpoint folder
+DPO_REFERENCE = "dpo_reference_logps.json"  # DPO with dpo.reference=cached (rl/recipes.py)
 # node scratch, under <scratch>/<job>/<run>/
 CKPT_STAGING = "ckpt_staging"
 CKPT_CACHE = "ckpt_cache"

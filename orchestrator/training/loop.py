@@ -1,7 +1,7 @@
 """The worker-side training loop: one recipe class, read from top to bottom.
 
-Runs inside each Ray Train worker (`training/entry.py` `train_fn`). Ray has already set up the process group
-(gloo on CPU, NCCL on GPU); this file does everything else. A worker may be on a node that shares
+Runs inside each Ray Train worker (`training/entry.py` `train_fn`). Ray has already set up the
+process group (gloo on CPU, NCCL on GPU); this file does everything else. A worker may be on a node that shares
 no disk with the launcher: it gets its instructions in the RunContext (through Ray), its data and
 checkpoints from the durable store, and reports there (storage contract: orchestrator/storage).
 """
@@ -129,6 +129,8 @@ class FinetuneRecipe:
           the same data order and MLflow run (DCP checkpoints reshard to a new worker count).
         - Cost as a metric and a budget cap that saves and stops before a step would cross it.
         - Eval loss on the held-out split and a Hugging Face export at the end.
+        - Other objectives (reward models, DPO, PPO: orchestrator/rl/recipes.py) override
+          `_train_step`, `evaluate` and `export` and keep everything else.
 
     Raises:
         RuntimeError: `checkpoint.resume: must` without a checkpoint; a checkpoint written by

@@ -6,7 +6,8 @@ samples in their real shapes, 2 CPU workers through the real launcher).
   final weights equal an uninterrupted PPO run's; the reward gate passes on held-out accuracy;
   the SFT and reward stages resume from their own checkpoints with the same losses.
 - DPO and OpenAssistant's K-wise reward model: the resume test every recipe stage has (the
-  last checkpoint deleted, the relaunch redoes the same losses).
+  last checkpoint deleted, the relaunch redoes the same losses); DPO with cached reference
+  log-probs (full fine-tune) too, `slow`.
 - ColossalChat's whole pipeline (mean-pooled reward model, critic, ptx mix, sequence-level KL,
   DeepSpeed ZeRO-2) with its reward and PPO stages resumed: `slow` (~4 min).
 """
@@ -103,8 +104,8 @@ def test_stack_llama_pipeline_ppo_sigkill_and_stage_resumes(launch_workdir):
     for k in a:
         assert (a[k] - b[k]).abs().max() <= 1e-6, k
 
-    # The SFT and reward stages resume from their own checkpoints (same run names, same config).
-    redo_last_checkpoint("stack_llama", ["stage=sft"], "sl-sft", 30)
+    # The reward stage resumes from its own checkpoints (same run name, same config); the SFT
+    # stage is an SFT recipe like those of test_recipes.py.
     redo_last_checkpoint(
         "stack_llama", ["stage=reward", f"model.pretrained={sft}"], "sl-reward", 40
     )
@@ -114,6 +115,12 @@ def test_stack_llama_pipeline_ppo_sigkill_and_stage_resumes(launch_workdir):
     "job, overrides",
     [
         ("stack_llama_2", ["stage=dpo"]),  # DPO, reference = the adapter disabled
+        # full fine-tune, reference log-probs cached in the run folder (read back on resume)
+        pytest.param(
+            "stack_llama_2",
+            ["stage=dpo", "train.method=full", "dpo.reference=cached"],
+            marks=pytest.mark.slow,  # (keeps make test's RL share under 5 minutes)
+        ),
         ("oasst", ["variant=reward"]),  # OpenAssistant's K-wise loss, DeepSpeed ZeRO-2
     ],
 )
@@ -121,13 +128,22 @@ def test_preference_stage_resumes(job, overrides, launch_workdir):
     from orchestrator.launch.run import launch
 
     ov = [*overrides, "train.max_steps=4", "checkpoint.every_steps=2", "checkpoint.keep_last=5"]
-    res = launch(job, "local", ov, run_name="pref")
+    cached = "dpo.reference=cached" in overrides
+    run = "pref-cached" if cached else "pref"  # (the module's runs/ is shared by the cases)
+    res = launch(job, "local", ov, run_name=run)
     assert res.stop_reason == "completed" and res.step == 4
     client = MlflowClient(f"sqlite:///{launch_workdir}/mlflow.db")
     metrics = client.get_run(res.mlflow_run_id).data.metrics
     prefix = "dpo/" if "stage=dpo" in overrides else "reward/"
     assert 0.0 <= metrics[f"{prefix}accuracy"] <= 1.0, metrics
-    redo_last_checkpoint(job, ov, "pref", 4)
+    cache = Path(res.run_dir) / "dpo_reference_logps.json"
+    if cached:  # one log-prob per reply, all < 0; the resumed run reads them, not a new copy
+        values = json.loads(cache.read_text())
+        assert values and all(v < 0 for v in values)
+        before = cache.stat().st_mtime_ns
+    redo_last_checkpoint(job, ov, run, 4)
+    if cached:
+        assert cache.stat().st_mtime_ns == before
 
 
 @pytest.mark.slow

@@ -44,3 +44,14 @@ def test_a_pipeline_stage_is_passed_on():
     assert make_argv("launch", env(job="piped", run="p1", stage="more")) == [
         "launch", "piped", "--run", "p1", "--stage", "more",
     ]  # fmt: skip
+
+
+def test_repeated_set_flags_all_apply():
+    from orchestrator.__main__ import _overrides
+
+    assert _overrides(["optim.lr=1e-2", "train.max_steps=60 seed=1"]) == [
+        "optim.lr=1e-2",
+        "train.max_steps=60",
+        "seed=1",
+    ]
+    assert _overrides("a=1 b=2") == ["a=1", "b=2"] and _overrides(None) == []

@@ -129,3 +129,23 @@ def test_objective_work_counts_pairs_references_and_generation():
     dpo = compose("stack_llama_2", "full", ["stage=dpo"])
     wd = objective_work(dpo, model_shape(dpo), device(dpo), 300.0)
     assert wd.train_passes == pytest.approx(2 * 1.5)  # LoRA: reference forward = 1/2 pass
+
+
+def test_a_bad_preference_row_names_its_line_or_is_skipped_and_counted(tmp_path):
+    import json
+
+    from orchestrator.config.schema import DataConfig
+    from orchestrator.data.formats import DataError
+    from orchestrator.data.preference import build_preference_prepared
+
+    rows = [{"qid": i, "question": f"What is {i} plus {i}?", "response_j": f"{2 * i}.",
+             "response_k": "No idea."} for i in range(12)]  # fmt: skip
+    rows[5].pop("response_k")
+    src = tmp_path / "pairs.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    kw = dict(kind="preference", format="stack_exchange_paired", source=str(src),
+              template="stack_llama", tokenizer=None, max_seq_len=128, eval_fraction=0.2)  # fmt: skip
+    with pytest.raises(DataError, match=r"pairs.jsonl.* line 6.*response_k"):
+        build_preference_prepared(DataConfig(**kw), tmp_path / "a")
+    m = build_preference_prepared(DataConfig(**kw, on_error="skip"), tmp_path / "b")
+    assert m.skipped_rows == 1 and m.num_train + m.num_eval == 2 * 11
