@@ -455,12 +455,13 @@ class PpoRecipe(_GroupRecipe):
                 raise RuntimeError("ppo.advantage=gae needs per-token values: ppo.value_model=head")
             adv, returns = ppo.gae(rewards, old_v, act, p.gamma, p.lam)
         else:
+            # One scalar per reply: the reward minus the reply's value (a critic's, or the
+            # mean of a value head's over the reply); the value's target is that reward.
             r_seq = rewards if rewards.dim() == 1 else (rewards * act).sum(1)
-            v_seq = (
-                old_v if old_v.dim() == 1 else ppo.masked_mean(old_v, act) * torch.ones_like(r_seq)
-            )
+            per_token = old_v.dim() == 2
+            v_seq = (old_v * act).sum(1) / act.sum(1).clamp(min=1.0) if per_token else old_v
             adv = (r_seq - v_seq).unsqueeze(1) * act
-            returns = r_seq
+            returns = r_seq.unsqueeze(1) * act if per_token else r_seq
         if p.whiten_advantages:
             adv = ppo.whiten(adv, act) * act
         return {"ids": ids, "mask": mask, "reply": reply, "act": act, "logp": logp,
