@@ -318,3 +318,26 @@ def test_the_catalog_cpu_kernel_is_the_benchmarked_fit():
         bench["local_teardown_s"],
     )
     assert bench["check_worst_wall_error"] <= 0.25 and bench["check_worst_usd_error"] <= 0.25
+
+
+def test_the_readme_pipeline_bills_are_the_projections():
+    """The README's rows of multi-stage recipes show `make estimate`'s totals (spot, range)."""
+    import re
+
+    from orchestrator.launch.pipeline import project_pipeline
+    from orchestrator.paths import REPO_ROOT
+
+    checked = 0
+    for line in (REPO_ROOT / "README.md").read_text().splitlines():
+        m = re.match(
+            r"\| `(\w+)` \|.* (\d+) stages \| ([\d.]+) h, \$([\d,]+) \(\$([\d,]+)-\$([\d,]+)\) \|",
+            line,
+        )
+        if not m:
+            continue
+        t = project_pipeline(m.group(1), "full")["total"]
+        assert f"{t['hours']:.1f}" == m.group(3), (m.group(1), t)
+        got = [f"{t[k]:,.0f}" for k in ("usd", "usd_low", "usd_high")]
+        assert got == [m.group(4), m.group(5), m.group(6)], (m.group(1), t)
+        checked += 1
+    assert checked == 3  # stack_llama, stack_llama_2, colossal_chat
