@@ -45,7 +45,7 @@ from orchestrator.rl.models import (
 )
 from orchestrator.storage.durable import FolderStore
 from orchestrator.storage.layout import DPO_REFERENCE, EXPORT, EXPORT_STAGING
-from orchestrator.training.export import _copy_tokenizer, sample_generations
+from orchestrator.training.export import SAMPLE_MAX_PARAMS, _copy_tokenizer, sample_generations
 from orchestrator.training.loop import FinetuneRecipe, StepWork, _unwrapped, loss_sum, to_device
 from orchestrator.training.methods import apply_method
 from orchestrator.training.model import build_model
@@ -200,9 +200,8 @@ class RewardRecipe(_GroupRecipe):
             scores = pool(_unwrapped(self.model)(probe["input_ids"].to(self.device),
                                                  probe["attention_mask"].to(self.device)),
                           probe["attention_mask"].to(self.device), self.cfg.reward.pooling)  # fmt: skip
-            merged = copy.deepcopy(lm)
-            if hasattr(merged, "merge_and_unload"):
-                merged = merged.merge_and_unload()
+            # Training is over: merge in place (no second copy of the model on the GPU).
+            merged = lm.merge_and_unload() if hasattr(lm, "merge_and_unload") else lm
             merged.save_pretrained(out)
             _copy_tokenizer(Path(self.data.tokenizer_dir), out)
             torch.save({**probe, "scores": scores.float().cpu(),
@@ -238,8 +237,9 @@ class DpoRecipe(_GroupRecipe):
         return policy
 
     def _starting_model(self, data: PreparedData):
-        model = build_model(self.cfg.model, data.vocab_size).to(self.device).eval()
-        return model.requires_grad_(False)
+        """The starting model, frozen, in the training dtype (bf16 on GPUs), on the device."""
+        model = build_model(self.cfg.model, data.vocab_size, dtype=_dtype(self.cfg))
+        return model.to(self.device).eval().requires_grad_(False)
 
     def setup(self) -> None:
         super().setup()
@@ -331,7 +331,8 @@ class PpoRecipe(_GroupRecipe):
         policy = build_model(cfg.model, data.vocab_size)
         self.reference = None
         if cfg.train.method != "lora":  # a frozen copy of the starting policy (ColossalChat)
-            self.reference = copy.deepcopy(policy).to(self.device).eval().requires_grad_(False)
+            self.reference = copy.deepcopy(policy).to(self.device, _dtype(cfg))
+            self.reference.eval().requires_grad_(False)
         policy = apply_method(policy, cfg)
         if cfg.train.activation_checkpointing:
             policy.gradient_checkpointing_enable(
@@ -582,19 +583,24 @@ class PpoRecipe(_GroupRecipe):
         """The policy: merged (full, or LoRA with export.merge_lora) or its adapter folder."""
         out = self._export_dir()
         if self.rank == 0:
-            policy = copy.deepcopy(_unwrapped(self.model).policy)
+            # Training is over: merge in place (no second copy of the model on the GPU).
+            policy = _unwrapped(self.model).policy
             if hasattr(policy, "merge_and_unload") and self.cfg.export.merge_lora:
                 policy = policy.merge_and_unload()
-            if hasattr(policy, "peft_config"):
+            if hasattr(policy, "peft_config"):  # the adapter, naming its base's durable URL
                 for pc in policy.peft_config.values():
                     pc.base_model_name_or_path = self.base_ref
                 policy.save_pretrained(out / "adapter")
             else:
                 policy.save_pretrained(out)
                 _copy_tokenizer(Path(self.data.tokenizer_dir), out)
-                samples = sample_generations(
-                    policy.float().cpu(), Path(self.data.tokenizer_dir), self.cfg
-                )
+                if self.n_params <= SAMPLE_MAX_PARAMS:
+                    samples = sample_generations(
+                        policy.float().cpu(), Path(self.data.tokenizer_dir), self.cfg
+                    )
+                else:
+                    samples = {"skipped": f"{self.n_params:,} parameters: load {EXPORT}/ on a "
+                               "GPU to sample from it"}  # fmt: skip
                 (out / "samples.json").write_text(json.dumps(samples, indent=1))
             self._publish_export(out)
         if dist.is_initialized():

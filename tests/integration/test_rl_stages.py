@@ -98,8 +98,11 @@ def test_stack_llama_pipeline_ppo_sigkill_and_stage_resumes(launch_workdir):
         got, want = history(client, killed, key), history(client, base.mlflow_run_id, key)
         assert [s for s, _ in got] == list(range(1, 9)), (key, got)  # one value per step
         assert [v for _, v in got] == pytest.approx([v for _, v in want], abs=1e-5), key
-    a = load_file(ppo_dir / "export" / "model.safetensors")
-    b = load_file(Path(base.run_dir) / "export" / "model.safetensors")
+    # the trained weights: the PPO stage exports its LoRA adapter (naming the SFT export)
+    adapter = "export/adapter/adapter_model.safetensors"
+    a, b = load_file(ppo_dir / adapter), load_file(Path(base.run_dir) / adapter)
+    cfg = json.loads((ppo_dir / "export/adapter/adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == sft
     assert a.keys() == b.keys()
     for k in a:
         assert (a[k] - b[k]).abs().max() <= 1e-6, k
