@@ -336,8 +336,10 @@ def test_the_readme_pipeline_bills_are_the_projections():
         if not m:
             continue
         t = project_pipeline(m.group(1), "full")["total"]
-        assert f"{t['hours']:.1f}" == m.group(3), (m.group(1), t)
-        got = [f"{t[k]:,.0f}" for k in ("usd", "usd_low", "usd_high")]
-        assert got == [m.group(4), m.group(5), m.group(6)], (m.group(1), t)
+        # within the table's rounding (a sum of stage projections can sit on a .5 boundary,
+        # and the length shapes measured from the shipped samples vary in the last cent)
+        assert abs(t["hours"] - float(m.group(3))) <= 0.051, (m.group(1), t)
+        for k, g in (("usd", 4), ("usd_low", 5), ("usd_high", 6)):
+            assert abs(t[k] - float(m.group(g).replace(",", ""))) <= 0.51, (m.group(1), k, t)
         checked += 1
     assert checked == 3  # stack_llama, stack_llama_2, colossal_chat
