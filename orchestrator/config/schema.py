@@ -98,8 +98,12 @@ class ModelConfig:
     tie_word_embeddings: bool = False
     init_seed: int = 0
     """Seed of the random initialisation (random-init models only)."""
+    revision: str | None = None
+    """Hugging Face model ids: the commit (or tag/branch) to load. A commit pins the base a
+    checkpoint or an export was trained on (a resume compares it); None = the hub's main."""
     load_8bit: bool = False
-    """Load the frozen base in 8-bit (bitsandbytes, CUDA only), as Alpaca-LoRA and Baize did."""
+    """Load the frozen base in 8-bit (bitsandbytes LLM.int8 layers), as Alpaca-LoRA and Baize
+    did: on GPUs at full scale and on CPU workers at the local scale (the same int8 layers)."""
     attn_implementation: str = "sdpa"
     """sdpa (torch, everywhere) | eager | flash_attention_2 (CUDA + the flash-attn package)."""
     init_std: float = 0.02
@@ -1040,22 +1044,23 @@ class JobConfig:
                 f"train.global_batch_size={self.train.global_batch_size} must be a multiple of "
                 f"train.micro_batch_size * hardware.num_workers = {per_step}"
             )
-        if hw.accelerator == "cpu" and (
-            self.model.load_8bit or self.model.attn_implementation == "flash_attention_2"
-        ):
+        if hw.accelerator == "cpu" and self.model.attn_implementation == "flash_attention_2":
             raise ConfigError(
-                "model.load_8bit (bitsandbytes) and model.attn_implementation=flash_attention_2 need "
-                "CUDA GPUs; with hardware.accelerator='cpu' use load_8bit=false and sdpa"
+                "model.attn_implementation=flash_attention_2 needs CUDA GPUs; with "
+                "hardware.accelerator='cpu' use sdpa"
             )
         if self.model.load_8bit and self.train.method == "full":
             raise ConfigError(
                 "model.load_8bit freezes the base in int8: use train.method=lora or adapter"
             )
-        if self.fsdp.cpu_offload and hw.accelerator == "cpu":
+        if self.model.load_8bit and self.train.strategy != "ddp":
             raise ConfigError(
-                "fsdp.cpu_offload needs GPUs (FSDP2 offloads from the accelerator to CPU memory); "
-                "with hardware.accelerator='cpu' everything is already in CPU memory: set it to false"
+                f"model.load_8bit needs train.strategy=ddp (got {self.train.strategy!r}): "
+                "bitsandbytes' int8 weights can be neither sharded by FSDP2 nor partitioned by "
+                "ZeRO; every worker holds the whole int8 base"
             )
+        if self.model.load_8bit and self.model.pretrained is None:
+            raise ConfigError("model.load_8bit quantizes pretrained weights: set model.pretrained")
         if self.train.method == "adapter" and self.adapter.adapter_layers > self.model.num_layers:
             raise ConfigError(
                 f"adapter.adapter_layers={self.adapter.adapter_layers} exceeds "

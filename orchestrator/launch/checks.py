@@ -64,3 +64,38 @@ def confirm_budget(cfg: JobConfig, projection: Projection, yes: bool) -> None:
     raise ConfigError(
         f"{msg}. Launch with --yes (make launch ... yes=1) to accept, or raise the cap"
     )
+
+
+def check_resume(cfg: JobConfig, storage, digests: dict[str, str]) -> int:
+    """A continued run: refuse, before any worker starts, to resume a checkpoint this job
+    cannot read (another strategy, DeepSpeed on another worker count, a LoRA/adapter
+    checkpoint on another base), naming what to change. Reads only the newest complete
+    checkpoint's manifest. Returns its size in bytes (0: nothing to resume)."""
+    from orchestrator.checkpoint.resume import resume_problem
+    from orchestrator.checkpoint.store import IncompleteCheckpoint, open_store
+
+    if cfg.checkpoint.resume == "never":
+        return 0
+    store = open_store(storage.checkpoint_url)
+    for step in store.complete_steps():
+        try:
+            state = store.read_manifest(step)
+        except IncompleteCheckpoint:
+            continue  # the workers skip it too, and take the next older one
+        holds = "all" if cfg.train.method == "full" else "trainable"
+        problem = resume_problem(
+            state, cfg, cfg.hardware.num_workers, digests.get("model.pretrained", ""), holds
+        )
+        if problem:
+            raise ConfigError(f"cannot continue from {store.url}/step_{step:08d}: {problem}")
+        return sum(int(f.get("bytes", 0)) for f in state.get("files", {}).values())
+    return 0
+
+
+def collective_timeout_s(resume_bytes: int, num_nodes: int, floor_s: float = 1800.0) -> float:
+    """The worker group's collective timeout (`TorchConfig(timeout_s=...)`): ranks wait in
+    collectives while the others fetch and verify their part of the checkpoint, so the timeout
+    allows each node to fetch its share at a pessimistic 50 MB/s, twice over, plus ten minutes;
+    never below torch's default of 30 minutes."""
+    per_node = resume_bytes / max(1, num_nodes)
+    return max(floor_s, 2 * per_node / 50e6 + 600.0)

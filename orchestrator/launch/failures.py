@@ -29,12 +29,21 @@ class RunFailed(RuntimeError):
         )
 
 
+def is_fatal(err: BaseException) -> bool:
+    """A worker's FatalError, however Ray re-raised it (its error classes derive from the
+    cause's class, named alike)."""
+    from orchestrator.config.errors import FatalError
+
+    return isinstance(err, FatalError) or any(k.__name__ == "FatalError" for k in type(err).__mro__)
+
+
 def classify_failure(err: Exception) -> tuple[FailureKind, str]:
     """(kind, detail) of a failed training try.
 
     Preemption: Ray's PreemptionError (a drained node), a worker process or node that died
     (SIGKILL, node lost: RayActorError), or our `Preempted` after a spot notice. If any rank was
     lost that way, the others' errors are collateral (broken collectives), so preemption wins.
+    Fatal: a FatalError (a model or checkpoint failing verification, a refused resume).
     Application: anything else (an exception in training code, bad data, a worker killed for
     running out of memory: it would fail again)."""
     from ray.exceptions import OutOfMemoryError, RayActorError
@@ -60,9 +69,12 @@ def classify_failure(err: Exception) -> tuple[FailureKind, str]:
         and not isinstance(c, OutOfMemoryError)
         and "memory monitor" not in str(c)
     ]
+    fatal = [r for r, c in causes.items() if is_fatal(c)]
     notices = [r for r, c in causes.items() if type(c).__name__ == "Preempted"]
     if notices:
         return FailureKind.PREEMPTION, f"spot notice on rank(s) {notices}: {causes[notices[0]]}"
+    if fatal and not lost:  # a verification failure, not the echo of a lost rank
+        return FailureKind.FATAL, f"rank {fatal[0]}: {causes[fatal[0]]}"
     if lost:
         return FailureKind.PREEMPTION, f"worker rank(s) {lost} lost: {str(causes[lost[0]])[:500]}"
     rank = min(causes) if causes else 0

@@ -18,6 +18,9 @@ class FailureKind(StrEnum):
     """A worker or node lost (SIGKILL, a drained or dead node), or a spot notice."""
     APP = "app"
     """Anything else: an exception in training code, bad data, out of memory."""
+    FATAL = "fatal"
+    """An error a retry cannot fix (config.errors.FatalError): a model or checkpoint that fails
+    verification, a resume the job cannot make. Never retried."""
 
 
 class Action(StrEnum):
@@ -64,10 +67,15 @@ def decide(
 ) -> Decision:
     """What to do after a failed try. `tally` includes this failure.
 
-    In order: application errors beyond `train.max_failures` fail the run (a bug would fail
+    In order: a fatal error fails the run at once; application errors beyond `train.max_failures` fail the run (a bug would fail
     again); preemptions beyond `train.max_preemptions` (None: no limit) fail it; a budget cap
     already reached stops it cleanly (a restart would only spend past the cap); otherwise
     restart from the latest complete checkpoint."""
+    if kind == FailureKind.FATAL:
+        return Decision(
+            Action.FAIL, "training cannot go on, and a retry would fail the same way",
+            StopReason.FAILED,
+        )  # fmt: skip
     if kind == FailureKind.APP and tally.app_errors > max_failures:
         return Decision(
             Action.FAIL,

@@ -109,11 +109,14 @@ def launch(
     meta = _existing_meta(store, cfg, run_name)
     data_url, data = _prepare_data(cfg, storage, meta)
     _publish_base(cfg, storage)
+    digests = _model_digests(cfg)
+    resume_bytes = checks.check_resume(cfg, storage, digests) if meta is not None else 0
     projection = _project_this_run(cfg, store, data, meta is not None)
     checks.confirm_budget(cfg, projection, yes)
     run_id = _open_run(cfg, uri, run_name, storage, meta, data, parent_run_id)
     ledger = Ledger(store)
     context, attempt = _begin_attempt(cfg, storage, ledger, uri, run_id, data_url, t_start)
+    context.model_digests, context.resume_bytes = digests, resume_bytes
     status, launcher_stop = "FAILED", None
     try:
         launcher_stop = supervise(cfg, context, store, ledger, t_start)
@@ -359,6 +362,17 @@ def _publish_base(cfg: JobConfig, storage: RunStorage) -> None:
     if bases.is_base(cfg.model.pretrained):
         cfg.model.pretrained = bases.publish(cfg.model.pretrained, storage.root)
         print(f"  base model: {cfg.model.pretrained}")
+
+
+def _model_digests(cfg: JobConfig) -> dict[str, str]:
+    """The identity of every model the job reads (training/bases.model_identity), taken before
+    any worker starts: workers verify what they load against it, checkpoints record it."""
+    from orchestrator.training.bases import model_identity
+
+    out = {"model.pretrained": model_identity(cfg.model.pretrained, cfg.model.revision)}
+    if cfg.train.objective == "ppo" and cfg.ppo.reward_model:
+        out["ppo.reward_model"] = model_identity(cfg.ppo.reward_model)
+    return out
 
 
 def _read_result(store) -> RunResult | None:

@@ -18,6 +18,7 @@ from orchestrator.config.schema import JobConfig
 from orchestrator.cost.estimator import cluster_price_per_hour
 from orchestrator.cost.ledger import Ledger
 from orchestrator.launch import autoscale
+from orchestrator.launch.checks import collective_timeout_s
 from orchestrator.launch.failures import RunFailed, classify_failure
 from orchestrator.launch.nodes import cluster_nodes
 from orchestrator.launch.restart import Action, FailureKind, Tally, decide
@@ -104,7 +105,7 @@ def _tries(
                 spent=context.spent(time.time()),
             )
             if decision.action == Action.FAIL:
-                last = f"; last error:\n{detail}" if kind == FailureKind.APP else ""
+                last = f"; last error:\n{detail}" if kind != FailureKind.PREEMPTION else ""
                 raise RunFailed(decision.message + last) from e
             if decision.action == Action.STOP:
                 print(decision.message)
@@ -147,7 +148,10 @@ def _trainer(cfg: JobConfig, context: RunContext, grant: autoscale.Grant | None,
         ),
         # On GPUs, NCCL for the tensors on the device and gloo for the few CPU-side ones
         # (object collectives, checkpoint agreement flags): one process group serves both.
-        torch_config=TorchConfig(backend="cpu:gloo,cuda:nccl" if on_gpu else "gloo"),
+        torch_config=TorchConfig(
+            backend="cpu:gloo,cuda:nccl" if on_gpu else "gloo",
+            timeout_s=int(collective_timeout_s(context.resume_bytes, hw.num_nodes)),
+        ),
         run_config=RunConfig(
             name=f"attempt-{context.attempt}-try-{attempt_try}",
             storage_path=storage_path,

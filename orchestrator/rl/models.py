@@ -46,17 +46,23 @@ class ScoreModel(nn.Module):
 
 
 def load_score_model(
-    path: str, vocab_size: int | None, pad_id: int, seed: int, dtype=torch.float32
+    path: str,
+    vocab_size: int | None,
+    pad_id: int,
+    seed: int,
+    dtype=torch.float32,
+    quantized: dict | None = None,
 ):
     """A sequence-classification model with one output from `path` (a causal LM's folder: the
     head is new, initialised from `seed` so every rank builds the same one; a reward model's
-    folder: its trained head)."""
+    folder: its trained head). `quantized`: `training.model.quantized_kwargs` of an 8-bit base
+    (its linears int8, the score head not: bitsandbytes keeps the output layer)."""
     from transformers import AutoModelForSequenceClassification
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         lm = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=1, dtype=dtype, pad_token_id=pad_id
+            path, num_labels=1, dtype=dtype, pad_token_id=pad_id, **(quantized or {})
         )
     if vocab_size and vocab_size > lm.get_input_embeddings().num_embeddings:
         resize_embeddings(lm, vocab_size)

@@ -18,7 +18,6 @@ and MLflow run, spot notices, the budget cap, cost metrics and the export. What 
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
@@ -45,10 +44,24 @@ from orchestrator.rl.models import (
 )
 from orchestrator.storage.durable import FolderStore
 from orchestrator.storage.layout import DPO_REFERENCE, EXPORT, EXPORT_STAGING
-from orchestrator.training.export import SAMPLE_MAX_PARAMS, _copy_tokenizer, sample_generations
-from orchestrator.training.loop import FinetuneRecipe, StepWork, _unwrapped, loss_sum, to_device
+from orchestrator.training.export import (
+    SAMPLE_MAX_PARAMS,
+    export_mode,
+    export_whole,
+    load_export,
+    sample_generations,
+)
+from orchestrator.training.loop import (
+    FinetuneRecipe,
+    StepWork,
+    _unwrapped,
+    base_dtype,
+    is_durable,
+    loss_sum,
+    to_device,
+)
 from orchestrator.training.methods import apply_method
-from orchestrator.training.model import build_model
+from orchestrator.training.model import build_model, quantized_kwargs
 
 
 def _dtype(cfg) -> torch.dtype:
@@ -141,11 +154,6 @@ class _GroupRecipe(FinetuneRecipe):
             return self.run_store.local_path(EXPORT)
         return self.storage.node_dir(EXPORT_STAGING)
 
-    def _publish_export(self, out: Path) -> None:
-        if not isinstance(self.run_store, FolderStore):
-            self.run_store.upload_dir(out, EXPORT)
-        self._print(f"exported: {self.run_store.url}/{EXPORT}")
-
     def _group_batches_all(self, examples, group_ids) -> GroupBatches:
         """All held-out groups in file order (one step holding every group); `rows` ids after
         the training set's."""
@@ -160,7 +168,8 @@ class RewardRecipe(_GroupRecipe):
 
     def _build_model(self, data: PreparedData):
         cfg = self.cfg
-        lm = load_score_model(cfg.model.pretrained, data.vocab_size, data.pad_id, cfg.train.seed)
+        lm = load_score_model(cfg.model.pretrained, data.vocab_size, data.pad_id, cfg.train.seed,
+                              base_dtype(cfg), quantized_kwargs(cfg.model))  # fmt: skip
         if cfg.train.activation_checkpointing:
             lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         return ScoreModel(apply_method(lm, cfg, task_type="SEQ_CLS"))
@@ -200,13 +209,13 @@ class RewardRecipe(_GroupRecipe):
             scores = pool(_unwrapped(self.model)(probe["input_ids"].to(self.device),
                                                  probe["attention_mask"].to(self.device)),
                           probe["attention_mask"].to(self.device), self.cfg.reward.pooling)  # fmt: skip
-            # Training is over: merge in place (no second copy of the model on the GPU).
-            merged = lm.merge_and_unload() if hasattr(lm, "merge_and_unload") else lm
-            merged.save_pretrained(out)
-            _copy_tokenizer(Path(self.data.tokenizer_dir), out)
+            # LoRA merged layer by layer into the base's weights (an 8-bit base: its original
+            # weights), written one tensor at a time: no second copy of the model.
+            hashed = export_whole(lm, self.cfg, Path(self.data.tokenizer_dir), out,
+                                  self.base_ref, mode="model")  # fmt: skip
             torch.save({**probe, "scores": scores.float().cpu(),
                         "pooling": self.cfg.reward.pooling}, out / "probe.pt")  # fmt: skip
-            self._publish_export(out)
+            self.publish_export(out, "reward_model", hashed)
         if dist.is_initialized():
             dist.barrier()
 
@@ -219,7 +228,7 @@ class DpoRecipe(_GroupRecipe):
 
     def _build_model(self, data: PreparedData):
         cfg = self.cfg
-        policy = apply_method(build_model(cfg.model, data.vocab_size), cfg)
+        policy = apply_method(build_model(cfg.model, data.vocab_size, dtype=base_dtype(cfg)), cfg)
         mode = cfg.dpo.reference
         if mode == "auto":
             mode = "adapter" if cfg.train.method == "lora" else "copy"
@@ -328,11 +337,12 @@ class PpoRecipe(_GroupRecipe):
         p = cfg.ppo
         dtype = _dtype(cfg)
         rm_path = self._local_model(p.reward_model)
-        policy = build_model(cfg.model, data.vocab_size)
+        policy = build_model(cfg.model, data.vocab_size, dtype=base_dtype(cfg))
         self.reference = None
-        if cfg.train.method != "lora":  # a frozen copy of the starting policy (ColossalChat)
-            self.reference = copy.deepcopy(policy).to(self.device, _dtype(cfg))
-            self.reference.eval().requires_grad_(False)
+        if cfg.train.method != "lora":  # the starting policy, frozen (ColossalChat), read in
+            # the training dtype (no fp32 copy of the policy); LoRA: the adapter disabled
+            self.reference = build_model(cfg.model, data.vocab_size, dtype=dtype)
+            self.reference.to(self.device).eval().requires_grad_(False)
         policy = apply_method(policy, cfg)
         if cfg.train.activation_checkpointing:
             policy.gradient_checkpointing_enable(
@@ -341,10 +351,17 @@ class PpoRecipe(_GroupRecipe):
         critic = None
         if p.value_model == "critic":  # initialised from the reward model, trained in full
             critic = ScoreModel(load_score_model(rm_path, data.vocab_size, data.pad_id,
-                                                 cfg.train.seed))  # fmt: skip
+                                                 cfg.train.seed, base_dtype(cfg)))  # fmt: skip
+        # The reward model is frozen: in 8-bit when the job's bases are (as StackLLaMA's PPO
+        # loaded it), else in the training dtype.
+        quantized = quantized_kwargs(cfg.model)
         self.reward_model = ScoreModel(
-            load_score_model(rm_path, data.vocab_size, data.pad_id, cfg.train.seed, dtype)
-        ).to(self.device).eval().requires_grad_(False)  # fmt: skip
+            load_score_model(rm_path, data.vocab_size, data.pad_id, cfg.train.seed, dtype,
+                             quantized)
+        )  # fmt: skip
+        if not quantized:  # an 8-bit model is placed on its device as it loads
+            self.reward_model.to(self.device)
+        self.reward_model.eval().requires_grad_(False)
         self.kl_ctl = (klmod.adaptive(p.kl_coef, p.kl_target, p.kl_horizon) if p.kl == "adaptive"
                        else klmod.fixed(p.kl_coef))  # fmt: skip
         self._last: dict[str, float] = {}
@@ -357,7 +374,8 @@ class PpoRecipe(_GroupRecipe):
     def _local_model(self, ref: str | None) -> str:
         if ref is None:
             raise RuntimeError("ppo.reward_model is not set")
-        return str(self._fetch_pretrained(ref)) if ref.startswith("s3://") else ref
+        digest = self.ctx.model_digests.get("ppo.reward_model", "")
+        return str(self._fetch_pretrained(ref, digest)) if is_durable(ref) else ref
 
     # --------------------------------------------------------------- state in the manifest
     def _extra_state(self) -> dict[str, Any]:
@@ -478,9 +496,14 @@ class PpoRecipe(_GroupRecipe):
         cfg, p = self.cfg, self.cfg.ppo
         self._seed(0)
         t0 = time.perf_counter()
-        ids, mask, reply, n_reply = self._generate(self.batches.prompts(self.step))
+        # Generation and scoring run in the training precision, as the updates do (an 8-bit
+        # base returns activations in the dtype it is given: outside autocast, fp32 ones would
+        # reach attention kernels that refuse them).
+        with self.strategy.autocast():
+            ids, mask, reply, n_reply = self._generate(self.batches.prompts(self.step))
         t1 = time.perf_counter()
-        ro = self._score(ids.to(self.device), mask.to(self.device), reply.to(self.device))
+        with self.strategy.autocast():
+            ro = self._score(ids.to(self.device), mask.to(self.device), reply.to(self.device))
         t2 = time.perf_counter()
         ptx_rows = self.batches.best_replies(self.step) if p.ptx_coef > 0 else []
         b = ids.shape[0]
@@ -570,9 +593,10 @@ class PpoRecipe(_GroupRecipe):
 
         mine = [prompt_ids(e) for e in prompts[self.rank :: self.world]] or [prompt_ids(prompts[0])]
         self._seed(10_000)
-        ids, mask, _, _ = self._generate(mine)
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        score = pool(self.reward_model(ids, mask), mask, self.cfg.ppo.reward_pooling)
+        with self.strategy.autocast():
+            ids, mask, _, _ = self._generate(mine)
+            ids, mask = ids.to(self.device), mask.to(self.device)
+            score = pool(self.reward_model(ids, mask), mask, self.cfg.ppo.reward_pooling)
         agg = torch.tensor([float(score.sum()), float(len(score))], device=self.device)
         dist.all_reduce(agg)
         self.eval_metrics = {"rl/eval_reward_mean": float(agg[0] / agg[1])}
@@ -583,26 +607,18 @@ class PpoRecipe(_GroupRecipe):
         """The policy: merged (full, or LoRA with export.merge_lora) or its adapter folder."""
         out = self._export_dir()
         if self.rank == 0:
-            # Training is over: merge in place (no second copy of the model on the GPU).
             policy = _unwrapped(self.model).policy
-            if hasattr(policy, "merge_and_unload") and self.cfg.export.merge_lora:
-                policy = policy.merge_and_unload()
-            if hasattr(policy, "peft_config"):  # the adapter, naming its base's durable URL
-                for pc in policy.peft_config.values():
-                    pc.base_model_name_or_path = self.base_ref
-                policy.save_pretrained(out / "adapter")
-            else:
-                policy.save_pretrained(out)
-                _copy_tokenizer(Path(self.data.tokenizer_dir), out)
+            mode = export_mode(self.cfg)
+            tok = Path(self.data.tokenizer_dir)
+            hashed = export_whole(policy, self.cfg, tok, out, self.base_ref, mode)
+            if mode == "model":
                 if self.n_params <= SAMPLE_MAX_PARAMS:
-                    samples = sample_generations(
-                        policy.float().cpu(), Path(self.data.tokenizer_dir), self.cfg
-                    )
+                    samples = sample_generations(load_export(out), tok, self.cfg)
                 else:
                     samples = {"skipped": f"{self.n_params:,} parameters: load {EXPORT}/ on a "
                                "GPU to sample from it"}  # fmt: skip
                 (out / "samples.json").write_text(json.dumps(samples, indent=1))
-            self._publish_export(out)
+            self.publish_export(out, mode, hashed)
         if dist.is_initialized():
             dist.barrier()
 

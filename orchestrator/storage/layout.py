@@ -349,6 +349,13 @@ class RunContext:
     flush_s: float = 10.0
     hours_before_attempt: float = 0.0
     """Cluster wall-clock hours of earlier launches of this run (budget.max_hours)."""
+    model_digests: dict[str, str] = field(default_factory=dict)
+    """{config key: identity} of the models the job reads (`model.pretrained`,
+    `ppo.reward_model`), as the launcher found them (training/bases.model_identity): workers
+    verify what they load against it, and checkpoints record the base's."""
+    resume_bytes: int = 0
+    """Size of the checkpoint this launch resumes from (0: none), as its manifest says: the
+    collective timeout of the worker group allows for fetching it."""
 
     def spent(self, now: float) -> Spend:
         """What the run has spent by `now`, in dollars and cluster hours, over every launch:

@@ -18,6 +18,7 @@ import mlflow
 import torch
 import torch.distributed as dist
 
+from orchestrator.checkpoint.exports import write_model_manifest
 from orchestrator.config.load import compose
 from orchestrator.data.dataset import prepare_data
 from orchestrator.storage.layout import RunContext, RunResult, RunStorage
@@ -58,6 +59,7 @@ def build(name: str, out: Path) -> dict:
             "built": time.time(),
         }
         (tmp / "base.json").write_text(json.dumps(info, indent=1))
+        write_model_manifest(tmp, "base")  # content-addressed, as every export
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(out, ignore_errors=True)
         os.replace(tmp, out)

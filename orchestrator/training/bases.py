@@ -33,8 +33,9 @@ from orchestrator.paths import CONF_DIR
 
 PREFIX = "base:"
 BASES = CONF_DIR / "bases"
-BUILDER_VERSION = 1
-"""Bumped when the way a base is built changes (its cache key changes with it)."""
+BUILDER_VERSION = 2
+"""Bumped when the way a base is built changes (its cache key changes with it). 2: the base
+carries a model manifest (checkpoint/exports.py)."""
 BASES_DIR = ".bases"  # in the durable store: <root>/.bases/<name>-<hash>
 
 
@@ -135,18 +136,34 @@ def publish(ref: str, root: str) -> str:
     return url
 
 
-def fetch(url: str, node_cache: Path) -> Path:
+def fetch(
+    url: str, node_cache: Path, expect_digest: str | None = None, verify: bool = True
+) -> Path:
     """A pretrained folder (`model.pretrained` as a folder or an s3:// prefix) on this node:
-    from S3 downloaded once per node (a lock serialises the node's processes)."""
+    from S3 downloaded once per node (a lock serialises the node's processes). A folder that
+    carries a model manifest (every export and local base does) is verified file by file
+    against it, and its digest against `expect_digest` (what the launcher recorded): a
+    replaced or corrupted model is refused here, naming the file, never trained on.
+    `verify=False`: a folder the node's leader has verified already is used as it is.
+
+    Raises:
+        BadModel: the folder does not match its manifest or the expected digest.
+    """
     from orchestrator.storage.durable import FolderStore, open_durable
 
     store = open_durable(url)
     if isinstance(store, FolderStore):
-        return store.local_path()
+        folder = store.local_path()
+        if verify:
+            _verify(folder, expect_digest, url)
+        return folder
     key = hashlib.sha256(url.encode()).hexdigest()[:12]
     dest = node_cache / f"{url.rstrip('/').rsplit('/', 1)[-1]}-{key}"
+    done = dest.with_name(dest.name + ".fetched")  # beside it: the folder holds only the model
     with _locked(dest.with_name(dest.name + ".lock")):
-        if not (dest / ".fetched").exists():
+        if done.exists() and done.read_text() != (expect_digest or url):
+            done.unlink()  # fetched for another digest: the prefix changed since
+        if not done.exists():
             tmp = dest.with_name(f".{dest.name}.{os.getpid()}")
             shutil.rmtree(tmp, ignore_errors=True)
             names = store.list()
@@ -154,7 +171,82 @@ def fetch(url: str, node_cache: Path) -> Path:
                 raise RuntimeError(f"model.pretrained={url}: no config.json under that prefix")
             for rel in names:
                 store.get_file(rel, tmp / rel)
-            (tmp / ".fetched").write_text(url)
+            try:
+                _verify(tmp, expect_digest, url)
+            except ValueError:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
             shutil.rmtree(dest, ignore_errors=True)
             os.replace(tmp, dest)
+            done.write_text(expect_digest or url)
     return dest
+
+
+def _verify(folder: Path, expect_digest: str | None, url: str) -> None:
+    """A folder with a model manifest: every file against it, and its digest against the
+    expected one. Without a manifest, a `sha256:` expectation is checked on its files."""
+    from orchestrator.checkpoint.exports import (
+        MODEL_MANIFEST,
+        BadModel,
+        model_digest,
+        verify_model_folder,
+    )
+    from orchestrator.checkpoint.manifest import file_hashes
+
+    expect = expect_digest if expect_digest and expect_digest.startswith("sha256:") else None
+    try:
+        if (folder / MODEL_MANIFEST).exists():
+            verify_model_folder(folder, expect)
+        elif expect is not None and model_digest({"files": file_hashes(folder)}) != expect:
+            raise BadModel(f"{folder}: its files are not the ones the launch recorded ({expect})")
+    except BadModel as e:
+        raise BadModel(str(e).replace(str(folder), url)) from None
+
+
+def model_identity(ref: str | None, revision: str | None = None) -> str:
+    """What a model reference is, as a string that changes when its weights do (the launcher's
+    view, before any worker starts):
+
+    - a folder or s3:// prefix with a model manifest: its digest (`sha256:...`);
+    - a folder without one: the same digest computed from its files (read and hashed here);
+    - an s3:// prefix without one: the SHA-256 of its listing (names, sizes, ETags);
+    - a Hugging Face id: `hf:<id>@<revision>` (pin `model.revision` to a commit for a check
+      that means something: a branch can move);
+    - None: `random-init`.
+    """
+    from orchestrator.checkpoint.exports import (
+        MODEL_MANIFEST,
+        model_digest,
+        parse_model_manifest,
+        read_model_manifest,
+    )
+
+    if not ref:
+        return "random-init"
+    if ref.startswith("s3://"):
+        from orchestrator.storage.s3 import S3, split_url
+
+        text = _s3_text(ref, MODEL_MANIFEST)
+        if text is not None:
+            return model_digest(parse_model_manifest(text, f"{ref}/{MODEL_MANIFEST}"))
+        bucket, prefix = split_url(ref)
+        listing = S3().list(bucket, prefix.rstrip("/") + "/" if prefix else "")
+        if not listing:
+            raise ConfigError(f"model reference {ref}: nothing under that prefix")
+        rows = sorted((k[len(prefix) :], o.size, o.etag) for k, o in listing.items())
+        return "s3-etags:" + hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+    path = Path(ref)
+    if path.is_dir():
+        manifest = read_model_manifest(path)
+        if manifest is not None:
+            return model_digest(manifest)
+        from orchestrator.checkpoint.manifest import file_hashes
+
+        return model_digest({"files": file_hashes(path)})
+    return f"hf:{ref}@{revision or 'main'}"
+
+
+def _s3_text(url: str, rel: str) -> str | None:
+    from orchestrator.storage.durable import open_durable
+
+    return open_durable(url).read_text(rel)

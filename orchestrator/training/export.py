@@ -1,10 +1,21 @@
 """Export a trained model as a Hugging Face folder that `from_pretrained` loads.
 
 - full: `export/` is a plain model folder (+ tokenizer), safetensors sharded by layer.
-- lora with `export.merge_lora`: the adapter is merged into the weights: a plain model folder.
+- lora with `export.merge_lora`: the adapter is merged into the weights: a plain model folder,
+  and the adapter alone beside it in `export/adapter/`.
 - lora without merging, and adapter (LLaMA-Adapter cannot be merged): `export/adapter/` is a peft
   adapter folder and `export/base/` the frozen base it applies to (only for random-init bases;
   a pretrained base is named by its durable URL or id in the adapter's config).
+
+Whether an export is a model or an adapter is whether `export/config.json` exists. Every export
+ends with `model_manifest.json` (checkpoint/exports.py): each file's size and SHA-256, the
+shards' hashed while they are written.
+
+An 8-bit base (`model.load_8bit`) is merged from its original weights, read tensor by tensor
+from `model.pretrained` (as TRL's merge script loads the base in its own precision), never from
+the int8 codes training ran on: adding B·A to the codes, or to `CB·SCB/127`, would bake the
+quantisation error into every merged layer. Only when the original files cannot be found is the
+int8 weight dequantised, and the export says so (`export_note` in its config).
 
 `export_sharded` writes it layer by layer: the strategy gathers one tensor at a time
 (`iter_full_tensors`, collective), rank 0 merges LoRA weights as their parts arrive and writes a
@@ -17,11 +28,13 @@ saying so.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -84,6 +97,64 @@ _SAFETENSORS_DTYPES = {
 }  # fmt: skip
 
 
+class OriginalWeights:
+    """The base's own tensors, read one at a time from its safetensors files (a folder, or the
+    Hugging Face cache of a hub id that training loaded). Names are looked up as they are, and
+    with or without the causal LM's `model.` prefix."""
+
+    def __init__(self, folder: Path) -> None:
+        from safetensors import safe_open
+
+        self.folder = folder
+        index = folder / "model.safetensors.index.json"
+        if index.exists():
+            weight_map = json.loads(index.read_text())["weight_map"]
+        else:
+            weight_map = {}
+            for f in sorted(folder.glob("*.safetensors")):
+                with safe_open(str(f), "pt") as h:
+                    weight_map.update({k: f.name for k in h.keys()})  # noqa: SIM118
+        if not weight_map:
+            raise FileNotFoundError(f"{folder}: no safetensors weights")
+        self.weight_map: dict[str, str] = weight_map
+        self._open: dict[str, Any] = {}
+
+    @classmethod
+    def find(cls, ref: str | None, revision: str | None = None) -> OriginalWeights | None:
+        """The original weights of `ref` on this machine, or None (not safetensors, not here)."""
+        if not ref:
+            return None
+        folder = Path(ref)
+        if not folder.is_dir():
+            try:
+                from huggingface_hub import snapshot_download
+
+                folder = Path(snapshot_download(ref, revision=revision, local_files_only=True))
+            except Exception:  # noqa: BLE001 - not in the cache: the caller dequantises
+                return None
+        try:
+            return cls(folder)
+        except (FileNotFoundError, OSError, KeyError, ValueError):
+            return None
+
+    def get(self, name: str) -> torch.Tensor | None:
+        from safetensors import safe_open
+
+        for key in (name, name.removeprefix("model."), f"model.{name}"):
+            fname = self.weight_map.get(key)
+            if fname is None:
+                continue
+            if fname not in self._open:
+                self._open[fname] = safe_open(str(self.folder / fname), "pt")
+            return self._open[fname].get_tensor(key)
+        return None
+
+
+def dequantize_int8(codes: torch.Tensor, scb: torch.Tensor) -> torch.Tensor:
+    """LLM.int8 row-wise dequantisation: W ~ CB * SCB / 127 (each output row's absmax)."""
+    return codes.float() * (scb.float().unsqueeze(1) / 127.0)
+
+
 class _ShardWriter:
     """safetensors files of one layer each (and one per run of non-layer tensors), with the
     index transformers reads. Each tensor goes to disk as it arrives (the shard's data is
@@ -101,6 +172,8 @@ class _ShardWriter:
         self.weight_map: dict[str, str] = {}
         self.total = 0
         self.n = 0
+        self.hashed: dict[str, dict[str, Any]] = {}
+        """{file: {bytes, sha256}} of the shards, hashed as they were written."""
 
     def add(self, name: str, t: torch.Tensor) -> None:
         m = _LAYER.search(name)
@@ -133,11 +206,19 @@ class _ShardWriter:
         ).encode()
         header += b" " * (-len(header) % 8)  # the data starts 8-byte aligned
         side = self.out / ".shard.data"
+        sha = hashlib.sha256()
+        n = 0
         with (self.out / fname).open("wb") as f, side.open("rb") as src:
-            f.write(struct.pack("<Q", len(header)))
-            f.write(header)
-            shutil.copyfileobj(src, f, 16 << 20)
+            for chunk in (struct.pack("<Q", len(header)), header):
+                f.write(chunk)
+                sha.update(chunk)
+                n += len(chunk)
+            while chunk := src.read(16 << 20):
+                f.write(chunk)
+                sha.update(chunk)
+                n += len(chunk)
         side.unlink()
+        self.hashed[fname] = {"bytes": n, "sha256": sha.hexdigest()}
         for k, e in self.entries.items():
             self.weight_map[k] = fname
             self.total += e["data_offsets"][1] - e["data_offsets"][0]
@@ -158,52 +239,90 @@ def export_sharded(
     out: Path,
     rank: int,
     base_ref: str | None = None,
-) -> None:
+    mode: str | None = None,
+) -> dict[str, dict[str, Any]]:
     """Consume the collective tensor stream (every rank must); rank 0 writes the folder.
     `model` is this rank's (wrapped or sharded) model, for its config and peft settings. A
     streamed tensor is only valid until the next one is requested (a ZeRO-3 gather is
-    released then): what is kept longer is copied."""
+    released then): what is kept longer is copied. Returns {file: {bytes, sha256}} of what was
+    hashed while written (for the model manifest). `mode`: "model" or "adapter" (default:
+    `export_mode(cfg)`; a reward model is always merged)."""
     if rank != 0:
         for _ in tensors:
             pass
-        return
+        return {}
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     peft = getattr(model, "peft_config", None)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if export_mode(cfg) == "adapter":
+    if (mode or export_mode(cfg)) == "adapter":
         sd = {name: t.clone() for name, t in tensors if t is not None}  # small: trained only
-        if base_ref:
-            for peft_cfg in model.peft_config.values():
-                peft_cfg.base_model_name_or_path = base_ref
-        model.save_pretrained(out / "adapter", state_dict=sd)
+        _save_adapter(model, sd, out / "adapter", base_ref)
         if not cfg.model.pretrained:  # a random-init base (tests, from scratch): ship it
             build_model(cfg.model, base.config.vocab_size).save_pretrained(out / "base")
             _copy_tokenizer(tokenizer_dir, out / "base")
-        return
+        return {}
     dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
     writer = _ShardWriter(out, dtype)
     scale = (cfg.lora.alpha / cfg.lora.r) if peft and cfg.train.method == "lora" else 1.0
     tied = bool(getattr(base.config, "tie_word_embeddings", False))
+    original = OriginalWeights.find(cfg.model.pretrained, cfg.model.revision) if (
+        cfg.model.load_8bit
+    ) else None  # fmt: skip
+    dequantized: list[str] = []
     pending: dict[str, dict[str, torch.Tensor]] = {}
-    for name, t in tensors:
-        name = name.removeprefix(_PEFT_PREFIX)
+    adapter: dict[str, torch.Tensor] = {}
+    codes: dict[str, torch.Tensor] = {}  # int8 weights waiting for their SCB (no original)
+
+    def base_weight(module: str, t: torch.Tensor) -> torch.Tensor | None:
+        """The frozen weight of `module`: `t` itself, or for an int8 one the original (None:
+        wait for the SCB that comes next in the stream, and dequantise)."""
+        if t.dtype != torch.int8:
+            return t
+        w = original.get(f"{module}.weight") if original is not None else None
+        if w is None:
+            codes[module] = t.clone()
+        return w
+
+    for full_name, t in tensors:
+        name = full_name.removeprefix(_PEFT_PREFIX)
+        if ".original_module." in name:  # peft modules_to_save: the trained copy is the one
+            continue
+        if ".modules_to_save." in name:  # e.g. a reward model's score head, trained in full
+            adapter[full_name] = t.clone()
+            name = re.sub(r"\.modules_to_save\.[^.]+\.", ".", name)
+        if name.endswith((".SCB", ".weight_format")):  # bitsandbytes' int8 bookkeeping
+            module = name.rsplit(".", 1)[0].removesuffix(".base_layer")
+            if name.endswith(".SCB") and module in codes:
+                dequantized.append(module)
+                w = dequantize_int8(codes.pop(module), t)
+                if module in pending:  # a LoRA linear: merge into the dequantised weight
+                    pending[module]["weight"] = w
+                    _merge_ready(pending, module, scale, writer)
+                else:
+                    writer.add(f"{module}.weight", w)
+            continue
         if ".lora_A." in name or ".lora_B." in name or ".base_layer." in name:
             module, part = _lora_part(name)
+            if part in ("A", "B"):
+                adapter[full_name] = t.clone()
             got = pending.setdefault(module, {})
-            got[part] = t.clone()  # kept past this item: the stream may reuse its tensor
-            if {"weight", "A", "B"} <= set(got):  # every part of this LoRA linear is here
-                w = got.pop("weight").float() + scale * (
-                    got.pop("B").float() @ got.pop("A").float()
-                )
-                writer.add(f"{module}.weight", w)
-                if "bias" in got:
-                    writer.add(f"{module}.bias", got.pop("bias"))
-                if not got:
-                    pending.pop(module)
+            if part == "weight":
+                w = base_weight(module, t)
+                if w is None:
+                    continue
+                got[part] = w.clone()
+            else:
+                got[part] = t.clone()  # kept past this item: the stream may reuse its tensor
+            _merge_ready(pending, module, scale, writer)
             continue
         if tied and name == "lm_head.weight":
+            continue
+        if name.endswith(".weight") and t.dtype == torch.int8:  # a frozen int8 linear
+            w = base_weight(name.removesuffix(".weight"), t)
+            if w is not None:
+                writer.add(name, w)
             continue
         writer.add(name, t)
     for module, got in pending.items():  # a bias that arrived after its weights
@@ -212,8 +331,58 @@ def export_sharded(
     writer.close()
     config = base.config
     config.torch_dtype = dtype
+    config.architectures = [type(base).__name__]
+    if getattr(config, "quantization_config", None) is not None:  # trained in 8-bit, saved plain
+        del config.quantization_config
+    if dequantized:
+        config.export_note = (
+            f"{len(dequantized)} int8 layers were dequantised (CB*SCB/127): the base's "
+            f"original weights were not found ({cfg.model.pretrained})"
+        )
+        print(f"warning: {config.export_note}", flush=True)
     config.save_pretrained(out)
     _copy_tokenizer(tokenizer_dir, out)
+    if any(".lora_" in k for k in adapter):  # the adapter alone too: what TRL users publish
+        _save_adapter(model, adapter, out / "adapter", base_ref)
+    return dict(writer.hashed)
+
+
+def export_whole(
+    model, cfg: JobConfig, tokenizer_dir: Path, out: Path, base_ref: str | None, mode: str
+) -> dict[str, dict[str, Any]]:
+    """`export_sharded` of a model this rank holds whole (DDP and ZeRO 0-2 stages: reward
+    models, PPO policies), one tensor at a time to the CPU."""
+    if mode == "adapter":  # only what was trained (peft keeps the adapter's keys of it)
+        trained = {n for n, p in model.named_parameters() if p.requires_grad}
+        items = ((n, t) for n, t in model.state_dict().items() if n in trained)
+    else:
+        items = iter(model.state_dict().items())
+    stream = ((n, t.detach().cpu()) for n, t in items)
+    return export_sharded(stream, model, cfg, tokenizer_dir, out, 0, base_ref, mode)
+
+
+def _merge_ready(
+    pending: dict[str, dict[str, torch.Tensor]], module: str, scale: float, writer: _ShardWriter
+) -> None:
+    """Write a LoRA linear once its base weight and both factors are here: W + scale * B A."""
+    got = pending[module]
+    if not {"weight", "A", "B"} <= set(got):
+        return
+    w = got.pop("weight").float() + scale * (got.pop("B").float() @ got.pop("A").float())
+    writer.add(f"{module}.weight", w)
+    if "bias" in got:
+        writer.add(f"{module}.bias", got.pop("bias"))
+    if not got:
+        pending.pop(module)
+
+
+def _save_adapter(model, sd: dict[str, torch.Tensor], out: Path, base_ref: str | None) -> None:
+    """A peft adapter folder of `sd`, naming its base by `base_ref` (a durable URL or hub id,
+    not the node-local copy training read)."""
+    if base_ref:
+        for peft_cfg in model.peft_config.values():
+            peft_cfg.base_model_name_or_path = base_ref
+    model.save_pretrained(out, state_dict=sd)
 
 
 def _lora_part(name: str) -> tuple[str, str]:
@@ -233,7 +402,7 @@ def load_export(out: Path):
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
     unset_hf_deepspeed_config()
-    if (out / "adapter").exists():
+    if not (out / "config.json").exists():  # an adapter export (no merged model)
         from peft import PeftModel
 
         cfg = json.loads((out / "adapter" / "adapter_config.json").read_text())

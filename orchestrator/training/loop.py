@@ -26,6 +26,19 @@ import torch.nn.functional as F
 from orchestrator.checkpoint.io import Checkpointer, node_leader
 from orchestrator.checkpoint.notice import Notice, NoticeWatcher
 from orchestrator.checkpoint.policy import Interval
+from orchestrator.checkpoint.resume import (
+    BASE_KEY,
+    CONFIG_HASH_KEY,
+    COST_KEY,
+    HOLDS_KEY,
+    RUN_ID_KEY,
+    STEP_KEY,
+    STRATEGY_KEY,
+    TOKENS_KEY,
+    WORLD_KEY,
+    resume_problem,
+)
+from orchestrator.config.errors import FatalError
 from orchestrator.config.schema import JobConfig
 from orchestrator.cost.ledger import read_timeline, redone_steps
 from orchestrator.cost.meter import CostMeter
@@ -73,15 +86,6 @@ from orchestrator.training.methods import apply_method, count_trainable
 from orchestrator.training.model import build_meta_model, build_model, pretrained_state_dict
 from orchestrator.training.schedule import lr_at, warmup_steps_for
 from orchestrator.training.strategies import build_strategy
-
-# Keys of the training state stored in every checkpoint manifest.
-STEP_KEY = "step"
-RUN_ID_KEY = "mlflow_run_id"
-COST_KEY = "cost_usd_so_far"
-TOKENS_KEY = "tokens_so_far"
-CONFIG_HASH_KEY = "config_hash"
-STRATEGY_KEY = "strategy"
-WORLD_KEY = "world_size"
 
 
 @dataclass(frozen=True)
@@ -249,8 +253,11 @@ class FinetuneRecipe:
     def _setup_model(self, data: PreparedData) -> None:
         cfg = self.cfg
         self.base_ref = cfg.model.pretrained  # as the launcher named it (a durable URL, an id)
-        if cfg.model.pretrained and cfg.model.pretrained.startswith("s3://"):
-            cfg.model.pretrained = str(self._fetch_pretrained(cfg.model.pretrained))
+        self.base_digest = self.ctx.model_digests.get("model.pretrained", "")
+        if cfg.model.pretrained and is_durable(cfg.model.pretrained):
+            cfg.model.pretrained = str(
+                self._fetch_pretrained(cfg.model.pretrained, self.base_digest)
+            )
         self.checkpointer = Checkpointer(
             self.storage.checkpoint_url,
             staging=self.storage.node_dir(CKPT_STAGING),
@@ -276,7 +283,9 @@ class FinetuneRecipe:
         # on rank 0 alone) must not think they are collective.
         self._hf_ds_config = None
         resuming = cfg.checkpoint.resume != "never" and bool(self._complete_steps())
-        if deferred and not resuming:
+        # A LoRA/adapter checkpoint holds only what was trained: the base is loaded first.
+        holds_all = not getattr(self.strategy, "trainable_only", False)
+        if deferred and not (resuming and holds_all):
             self._load_pretrained(data)
         self.interval = Interval(
             cfg.checkpoint.interval,
@@ -286,7 +295,7 @@ class FinetuneRecipe:
         )
         self.preemptions = self.ctx.preemptions_before
         self.app_failures = self.ctx.app_failures_before
-        if not self._resume() and deferred and resuming:  # no checkpoint verified after all
+        if not self._resume() and deferred and resuming and holds_all:  # none verified after all
             self._load_pretrained(data)
         self.last_save_step = self.step
         self.watcher = NoticeWatcher(poll_s=cfg.checkpoint.notice_poll_s).start()
@@ -330,17 +339,16 @@ class FinetuneRecipe:
             and not cfg.model.load_8bit
         )
 
-    def _fetch_pretrained(self, url: str) -> Path:
-        """A pretrained folder in S3, downloaded once per node into its scratch."""
+    def _fetch_pretrained(self, url: str, digest: str = "") -> Path:
+        """A pretrained folder of the durable store on this node: from S3 downloaded once per
+        node into its scratch; verified against its model manifest and the digest the
+        launcher recorded by each node's leader (the other ranks wait, then use it)."""
         from orchestrator.training.bases import fetch
 
         cache = self.storage.node_shared_dir("pretrained")
         leader, _ = node_leader()
-        if leader:
-            fetch(url, cache)
-        if dist.is_initialized():
-            dist.barrier()
-        return fetch(url, cache)
+        on_leaders(lambda: fetch(url, cache, digest or None), leader, what=f"loading {url}")
+        return fetch(url, cache, digest or None, verify=False)
 
     def _wrap(self, model):
         """Activation checkpointing and the training method (LoRA, adapter), before sharding."""
@@ -352,6 +360,9 @@ class FinetuneRecipe:
 
     def _build_model(self, data: PreparedData):
         cfg = self.cfg
+        if cfg.model.load_8bit:  # int8 base on this worker's device, in the training dtype
+            return build_model(cfg.model, data.vocab_size, dtype=train_dtype(cfg.train.precision))
+        dtype = base_dtype(cfg)
         if (
             cfg.model.pretrained
             and cfg.train.strategy == "deepspeed"
@@ -367,7 +378,7 @@ class FinetuneRecipe:
             # DeepSpeed's own view of the world first (its config checks the batch against it).
             deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
             self._hf_ds_config = HfDeepSpeedConfig(deepspeed_config(cfg, self.world))
-        return build_model(cfg.model, data.vocab_size)
+        return build_model(cfg.model, data.vocab_size, dtype=dtype)
 
     def _complete_steps(self) -> list[int]:
         steps = [self.checkpointer.store.complete_steps() if self.rank == 0 else None]
@@ -461,21 +472,12 @@ class FinetuneRecipe:
         from orchestrator.checkpoint.manifest import read_manifest
 
         state = read_manifest(path, verify_hashes=False)
-        saved_strategy = state.get(STRATEGY_KEY, "fsdp")
-        dcp_family = {"ddp", "fsdp"}
-        if (
-            saved_strategy != self.cfg.train.strategy
-            and not {saved_strategy, self.cfg.train.strategy} <= dcp_family
-        ):
-            raise RuntimeError(
-                f"{path} was written by strategy {saved_strategy!r}; it cannot be "
-                f"resumed with train.strategy={self.cfg.train.strategy!r}"
-            )
-        if saved_strategy == "deepspeed" and state.get(WORLD_KEY, self.world) != self.world:
-            raise RuntimeError(
-                f"{path} is a DeepSpeed checkpoint of {state[WORLD_KEY]} workers; "
-                f"resume it with hardware.num_workers={state[WORLD_KEY]}"
-            )
+        problem = resume_problem(
+            state, self.cfg, self.world, self.base_digest,
+            "trainable" if getattr(self.strategy, "trainable_only", False) else "all",
+        )  # fmt: skip
+        if problem:  # the launcher checks this before starting; here in case it changed since
+            raise FatalError(f"{path}: {problem}")
         self.strategy.read_checkpoint(path)
         tail = path / METRICS_TAIL
         if self.rank == 0 and tail.exists():  # metrics MLflow may not have got before the save
@@ -757,6 +759,10 @@ class FinetuneRecipe:
             },
             "attempt": self.ctx.attempt,
             "emergency": emergency,
+            # What the shards hold, and the base they apply to (a LoRA/adapter checkpoint
+            # holds only the trained parameters: resuming on another base would be garbage).
+            HOLDS_KEY: "trainable" if getattr(self.strategy, "trainable_only", False) else "all",
+            BASE_KEY: {"ref": self.base_ref, "digest": self.base_digest},
         }
         if hasattr(self.batches, "state_dict"):  # text stream: where step self.step starts
             state["data_stream"] = self.batches.state_dict()
@@ -830,6 +836,7 @@ class FinetuneRecipe:
             self.run_store.local_path(EXPORT) if in_place else self.storage.node_dir(EXPORT_STAGING)
         )
         tokenizer_dir = Path(self.data.tokenizer_dir)
+        hashed: dict[str, dict[str, Any]] = {}
         if self.cfg.model.mup_base_width is not None:  # muP folds multipliers into the weights
             state = self.strategy.full_state_dict()
             if self.rank == 0:
@@ -839,7 +846,7 @@ class FinetuneRecipe:
             names = None
             if export_mode(self.cfg) == "adapter":  # gather only what was trained
                 names = {n for n, p in _unwrapped(self.model).named_parameters() if p.requires_grad}
-            export_sharded(
+            hashed = export_sharded(
                 self.strategy.iter_full_tensors(names), _unwrapped(self.model), self.cfg,
                 tokenizer_dir, out, self.rank, base_ref=self.base_ref,
             )  # fmt: skip
@@ -851,11 +858,26 @@ class FinetuneRecipe:
                 samples = {"skipped": f"{self.n_params:,} parameters: load {EXPORT}/ on a GPU "
                            "to sample from it"}  # fmt: skip
             (out / "samples.json").write_text(json.dumps(samples, indent=1))
-            if not in_place:
-                self.run_store.upload_dir(out, EXPORT)
-            self._print(f"exported a Hugging Face model folder: {self.run_store.url}/{EXPORT}")
+            kind = "model" if export_mode(self.cfg) == "model" else "adapter"
+            self.publish_export(out, kind, hashed)
         if dist.is_initialized():
             dist.barrier()
+
+    def publish_export(
+        self, out: Path, kind: str, hashed: dict[str, dict[str, Any]] | None = None
+    ) -> None:
+        """Rank 0: the export's model manifest (last), then the folder into the durable store
+        (a folder store holds it in place already)."""
+        from orchestrator.checkpoint.exports import model_digest, write_model_manifest
+
+        manifest = write_model_manifest(
+            out, kind, hashed, extra={"base": {"ref": self.base_ref, "digest": self.base_digest}}
+        )
+        if not isinstance(self.run_store, FolderStore):
+            self.run_store.upload_dir(out, EXPORT)
+        self._print(
+            f"exported ({kind}, {model_digest(manifest)[:19]}...): {self.run_store.url}/{EXPORT}"
+        )
 
     def _finish(self, step_times: list[float]) -> None:
         self.checkpointer.wait()
@@ -948,6 +970,53 @@ class FinetuneRecipe:
                 self.run_store.append_lines(METRICS_PENDING, [json.dumps(r) for r in left])
         if dist.is_initialized():
             dist.barrier()  # avoids gloo aborting at exit (docs/facts/stack.md, Ray)
+
+
+def on_leaders(fn, leader: bool, what: str) -> Any:
+    """Run `fn` on each node's leader while the node's other ranks wait; a failure on any
+    leader is raised on every rank (instead of leaving the others waiting in a collective
+    until its timeout). A verification failure (ValueError: BadModel, BadManifest) is a
+    FatalError: no retry would pass it."""
+    out, err = None, None
+    if leader:
+        try:
+            out = fn()
+        except ValueError as e:
+            err = ("fatal", str(e))
+        except Exception as e:  # noqa: BLE001 - re-raised on every rank below
+            err = ("error", f"{type(e).__name__}: {e}")
+    errs: list[Any] = [err]
+    if dist.is_initialized():
+        errs = [None] * dist.get_world_size()
+        dist.all_gather_object(errs, err)
+    first = next((e for e in errs if e is not None), None)
+    if first is not None:
+        kind, msg = first
+        raise (FatalError if kind == "fatal" else RuntimeError)(f"{what}: {msg}")
+    return out
+
+
+def is_durable(ref: str) -> bool:
+    """A model reference in a durable store (an s3:// prefix or an existing folder), not a
+    Hugging Face hub id."""
+    return ref.startswith("s3://") or Path(ref).is_dir()
+
+
+def train_dtype(precision: str) -> torch.dtype:
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def base_dtype(cfg: JobConfig) -> torch.dtype:
+    """The dtype every rank reads a whole pretrained model in (the paths that do not load it
+    once and broadcast: DeepSpeed, 8-bit bases, preference and RL stages). A frozen base
+    (LoRA, adapters) and a DeepSpeed model (its engine casts the module to bf16 and keeps fp32
+    masters in the optimizer) are read in the training precision: a 7B model is 14 GB per
+    rank, not 28. A full fine-tune under DDP keeps fp32 weights (autocast computes in bf16)."""
+    if cfg.train.precision != "bf16":
+        return torch.float32
+    if cfg.train.method != "full" or cfg.train.strategy == "deepspeed":
+        return torch.bfloat16
+    return torch.float32
 
 
 def _unwrapped(model):

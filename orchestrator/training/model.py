@@ -83,7 +83,7 @@ def build_meta_model(cfg: ModelConfig, vocab_size: int | None = None, dtype=torc
     from transformers import AutoConfig, AutoModelForCausalLM
 
     check_gpu_features(cfg)
-    config = AutoConfig.from_pretrained(cfg.pretrained)
+    config = AutoConfig.from_pretrained(cfg.pretrained, **pretrained_kwargs(cfg))
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(
             config, dtype=dtype, attn_implementation=cfg.attn_implementation
@@ -102,7 +102,9 @@ def pretrained_state_dict(
     initialised here, once)."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(cfg.pretrained, dtype="auto")
+    model = AutoModelForCausalLM.from_pretrained(
+        cfg.pretrained, dtype="auto", **pretrained_kwargs(cfg)
+    )
     if vocab_size and vocab_size > model.get_input_embeddings().num_embeddings:
         resize_embeddings(model, vocab_size)
     return wrap(model).state_dict()
@@ -123,18 +125,41 @@ def init_non_persistent_buffers(model) -> None:
         base._init_weights(module)
 
 
+def quantized_kwargs(cfg: ModelConfig) -> dict:
+    """`from_pretrained` arguments of an 8-bit base (bitsandbytes LLM.int8, `Linear8bitLt`),
+    placed on this worker's device: its GPU, or the CPU at the local scale (the same int8
+    layers run forward and backward there). Empty when the base is not 8-bit."""
+    if not cfg.load_8bit:
+        return {}
+    from transformers import BitsAndBytesConfig
+
+    device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
+    return {
+        "quantization_config": BitsAndBytesConfig(load_in_8bit=True),
+        "device_map": {"": device},
+    }
+
+
+def pretrained_kwargs(cfg: ModelConfig) -> dict:
+    """What every `from_pretrained` of the base passes: the pinned revision of a hub id."""
+    return {"revision": cfg.revision} if cfg.revision else {}
+
+
 def build_model(cfg: ModelConfig, vocab_size: int | None = None, dtype=torch.float32):
-    """The model on CPU, before any sharding. Random init is seeded by `cfg.init_seed`."""
+    """The model on CPU (an 8-bit base: on its device), before any sharding. Random init is
+    seeded by `cfg.init_seed`.
+
+    `dtype` is what the non-quantized weights and so the activations are in. An 8-bit base must
+    be built in the training precision (bf16 on GPUs): bitsandbytes returns activations in the
+    dtype it is given, and a base loaded in fp32 would feed fp32 to attention kernels that
+    refuse it (flash-attn) while autocast does not reach inside bitsandbytes' matmuls."""
     from transformers import AutoModelForCausalLM
 
     check_gpu_features(cfg)
     kwargs = {"attn_implementation": cfg.attn_implementation}
     if cfg.pretrained:
-        if cfg.load_8bit:
-            from transformers import BitsAndBytesConfig
-
-            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
-            kwargs["device_map"] = {"": torch.cuda.current_device()}
+        kwargs.update(quantized_kwargs(cfg))
+        kwargs.update(pretrained_kwargs(cfg))
         model = AutoModelForCausalLM.from_pretrained(cfg.pretrained, dtype=dtype, **kwargs)
         if vocab_size and vocab_size > model.get_input_embeddings().num_embeddings:
             resize_embeddings(model, vocab_size)
@@ -224,14 +249,13 @@ def check_gpu_features(cfg: ModelConfig) -> None:
     """CUDA-only features must find CUDA and their package, else say what is missing."""
     import importlib.util
 
-    if cfg.load_8bit or cfg.attn_implementation == "flash_attention_2":
-        if not torch.cuda.is_available():
-            raise RuntimeError(
-                "model.load_8bit / flash_attention_2 need a CUDA GPU; none is visible"
-            )
+    if cfg.attn_implementation == "flash_attention_2" and not torch.cuda.is_available():
+        raise RuntimeError(
+            "model.attn_implementation=flash_attention_2 needs a CUDA GPU; none is visible"
+        )
     if cfg.load_8bit and importlib.util.find_spec("bitsandbytes") is None:
         raise RuntimeError(
-            "model.load_8bit needs the bitsandbytes package (pip install bitsandbytes)"
+            "model.load_8bit needs the bitsandbytes package (pip install bitsandbytes==0.50.2)"
         )
     if (
         cfg.attn_implementation == "flash_attention_2"

@@ -62,13 +62,19 @@ def _param_groups(model, cfg: JobConfig) -> list[dict[str, Any]]:
     groups: dict[tuple[bool, float], list] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            key = (p.ndim >= 2, mup_lr_scale(name, cfg.model))
+            key = (is_matrix(p), mup_lr_scale(name, cfg.model))
             groups.setdefault(key, []).append(p)
     wd = cfg.optim.weight_decay
     return [
         {"params": ps, "weight_decay": wd if matrix else 0.0, "lr_scale": scale}
         for (matrix, scale), ps in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))
     ]
+
+
+def is_matrix(p: torch.Tensor) -> bool:
+    """A weight matrix (decayed), by its whole shape: a ZeRO-3 partitioned parameter's `.data`
+    is an empty 1-D tensor, its real shape is `ds_shape`."""
+    return len(getattr(p, "ds_shape", p.shape)) >= 2
 
 
 def _adamw(model, cfg: JobConfig) -> torch.optim.Optimizer:
@@ -100,12 +106,38 @@ def _to_float(x) -> float:
     return float(x)
 
 
+def trainable_state_dict(model) -> dict[str, torch.Tensor]:
+    """{name: tensor} of the trainable parameters only (LoRA, adapters, a score or value head),
+    named as `get_optimizer_state_dict` names them (no DDP `module.` prefix). The tensors share
+    the parameters' storage (FSDP2: their local DTensor shards), so DCP loads into them in
+    place. Built from `named_parameters`, never from `state_dict()`: an 8-bit base's
+    `Linear8bitLt` writes `SCB`/`weight_format` entries that are not attributes, which DCP's
+    `get_state_dict` looks up (and fails on) even with `ignore_frozen_params`."""
+    module = getattr(model, "module", model)
+    return {n: p.detach() for n, p in module.named_parameters() if p.requires_grad}
+
+
 class _DcpStrategy:
-    """Shared by DDP and FSDP2: torch optimizer, DCP checkpoints."""
+    """Shared by DDP and FSDP2: torch optimizer, DCP checkpoints.
+
+    A checkpoint holds what training changes: every parameter of a full fine-tune, only the
+    trainable ones (and their optimizer state) of a LoRA or adapter job, whose frozen base is
+    named in the manifest (`base`) and loaded from where it came from on resume."""
 
     name = "dcp"
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
+    trainable_only: bool = False
+
+    def _checkpoint_state(self) -> dict[str, Any]:
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, get_state_dict
+
+        if self.trainable_only:
+            model_sd = trainable_state_dict(self.model)
+            optim_sd = get_optimizer_state_dict(self.model, self.optimizer)
+        else:
+            model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        return {"model": model_sd, "optim": optim_sd}
 
     def autocast(self):
         return contextlib.nullcontext()
@@ -124,10 +156,8 @@ class _DcpStrategy:
         background thread on that group, and a future is returned; training is blocked only
         for the copy."""
         import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_state_dict
 
-        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
-        state = {"model": model_sd, "optim": optim_sd}
+        state = self._checkpoint_state()
         if group is not None:
             return dcp.async_save(state, storage_writer=target.dcp_writer(), process_group=group)
         dcp.save(state, storage_writer=target.dcp_writer())
@@ -135,11 +165,13 @@ class _DcpStrategy:
 
     def read_checkpoint(self, folder: Path) -> None:
         import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+        from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict, set_state_dict
 
-        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
-        state = {"model": model_sd, "optim": optim_sd}
+        state = self._checkpoint_state()
         dcp.load(state, checkpoint_id=str(folder))
+        if self.trainable_only:  # the parameters were loaded in place; the base is the base
+            set_optimizer_state_dict(self.model, self.optimizer, optim_state_dict=state["optim"])
+            return
         set_state_dict(
             self.model,
             self.optimizer,
@@ -193,9 +225,10 @@ class DdpStrategy(_DcpStrategy):
         from torch.nn.parallel import DistributedDataParallel
 
         self.bf16 = cfg.train.precision == "bf16"
+        self.trainable_only = cfg.train.method != "full"
         device_ids = [torch.cuda.current_device()] if torch.cuda.is_available() else None
         _materialize(model, "cuda" if torch.cuda.is_available() else "cpu")
-        if torch.cuda.is_available():
+        if torch.cuda.is_available() and not cfg.model.load_8bit:  # 8-bit: placed at load
             model = model.cuda()
         self.model = DistributedDataParallel(model, device_ids=device_ids)
         self.optimizer = _adamw(self.model, cfg)
@@ -226,6 +259,20 @@ def fsdp_mesh_shape(world: int, num_nodes: int, hsdp: bool | None) -> tuple[int,
     return (num_nodes, world // num_nodes)
 
 
+def materialize_device(device: str, cpu_offload: bool) -> str:
+    """Where a meta-built model's shards get their storage: in CPU memory when FSDP2 offloads
+    them (its offload policy checks, at the first forward, that sharded parameters are on the
+    CPU: shards materialised on the GPU fail there), else on the worker's device."""
+    return "cpu" if cpu_offload else device
+
+
+def offload_pins_memory() -> bool:
+    """FSDP2's CPU offload pins host memory for fast copies to the GPU; pinning needs an
+    accelerator (`CPUOffloadPolicy()` pins by default, which on a CPU-only host raises "Cannot
+    access accelerator device when none is available")."""
+    return torch.cuda.is_available()
+
+
 class FsdpStrategy(_DcpStrategy):
     """torch FSDP2: `fully_shard` on every decoder layer, then on the root; HSDP (a 2-D mesh:
     shard within a node, replicate across nodes) on multi-node clusters."""
@@ -237,6 +284,7 @@ class FsdpStrategy(_DcpStrategy):
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.trainable_only = cfg.train.method != "full"
         shape = fsdp_mesh_shape(dist.get_world_size(), cfg.hardware.num_nodes, cfg.fsdp.hsdp)
         self.hsdp = len(shape) == 2
         names = ("replicate", "shard") if self.hsdp else ("shard",)
@@ -250,11 +298,11 @@ class FsdpStrategy(_DcpStrategy):
                 param_dtype=torch.bfloat16, reduce_dtype=torch.float32
             )
         if cfg.fsdp.cpu_offload:
-            kwargs["offload_policy"] = CPUOffloadPolicy()
+            kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=offload_pins_memory())
         for layer in decoder_layers(model):
             fully_shard(layer, **kwargs)
         fully_shard(model, **kwargs)  # on meta too: each rank then allocates only its shards
-        _materialize(model, device)
+        _materialize(model, materialize_device(device, cfg.fsdp.cpu_offload))
         self.model = model
         self.optimizer = _adamw(model, cfg)
 
@@ -329,6 +377,7 @@ class DeepSpeedStrategy:
         )
         self.model = self.engine
         self.zero_stage = cfg.deepspeed.zero_stage
+        self.trainable_only = cfg.train.method != "full"
 
     def autocast(self):
         return contextlib.nullcontext()  # DeepSpeed keeps bf16 weights itself
@@ -348,13 +397,17 @@ class DeepSpeedStrategy:
 
     def write_checkpoint(self, target: SaveTarget, group: Any = None) -> Any:
         """DeepSpeed writes synchronously (its files are hashed when persisted)."""
-        self.engine.save_checkpoint(str(target.folder), tag=self.TAG, save_latest=False)
+        self.engine.save_checkpoint(
+            str(target.folder), tag=self.TAG, save_latest=False,
+            exclude_frozen_parameters=self.trainable_only,
+        )  # fmt: skip
         return None
 
     def read_checkpoint(self, folder: Path) -> None:
         path, _ = self.engine.load_checkpoint(
-            str(folder), tag=self.TAG, load_lr_scheduler_states=False
-        )
+            str(folder), tag=self.TAG, load_lr_scheduler_states=False,
+            load_module_strict=not self.trainable_only,  # LoRA/adapter: the base is not in it
+        )  # fmt: skip
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load the checkpoint in {folder}")
 

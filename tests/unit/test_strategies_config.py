@@ -60,15 +60,15 @@ def test_deepspeed_offload_uses_its_cpu_adam():
             ["deepspeed.optimizer=torch", "deepspeed.offload_optimizer=true"],
             r"cannot run with offload",
         ),
-        (["fsdp.cpu_offload=true"], r"fsdp.cpu_offload needs GPUs"),
         (
             ["train.method=adapter", "adapter.adapter_layers=3"],
             r"adapter_layers=3 exceeds model.num_layers=2",
         ),
         (["train.method=qlora"], r"train.method='qlora' is not valid.*'full', 'lora', 'adapter'"),
         (["lora.target_modules=[]", "train.method=lora"], r"lora.target_modules must name"),
-        (["model.load_8bit=true", "train.method=lora"], r"need\s+CUDA GPUs"),
-        (["model.attn_implementation=flash_attention_2"], r"need\s+CUDA GPUs"),
+        (["model.load_8bit=true", "train.method=lora"], r"load_8bit needs train.strategy=ddp"),
+        (["model.load_8bit=true", "train.method=full"], r"freezes the base in int8"),
+        (["model.attn_implementation=flash_attention_2"], r"needs CUDA GPUs"),
         (["model.attn_implementation=flash"], r"model.attn_implementation='flash' is not valid"),
     ],
 )
