@@ -42,7 +42,21 @@ def test_recipe_trains_exports_and_resumes(job, launch_workdir):
     first = losses(run_dir, 1)
     assert sorted(first) == [1, 2, 3, 4]
     export = run_dir / "export"
-    if (export / "adapter").exists():  # LLaMA-Adapter: a peft folder over the frozen base
+    from orchestrator.checkpoint.exports import verify_model_folder
+
+    verify_model_folder(export)  # content-addressed: every file matches its manifest
+    ckpt = json.loads((Path(res.checkpoint_dir) / step_dirname(4) / "manifest.json").read_text())
+    from orchestrator.config.load import compose
+
+    cfg = compose(job, "local", OVERRIDES)
+    # LoRA/adapter checkpoints hold the trained parameters, and name the base they apply to
+    assert ckpt["holds"] == ("all" if cfg.train.method == "full" else "trainable"), ckpt["holds"]
+    if cfg.model.pretrained:
+        assert ckpt["base"]["digest"].startswith("sha256:"), ckpt["base"]
+    if cfg.model.load_8bit:  # trained on an int8 base, exported as a plain model
+        assert "quantization_config" not in json.loads((export / "config.json").read_text())
+        assert (export / "adapter" / "adapter_config.json").exists()  # and the adapter alone
+    if not (export / "config.json").exists():  # LLaMA-Adapter: a peft folder over the base
         from peft import PeftModel
         from safetensors.torch import load_file
 
@@ -63,9 +77,6 @@ def test_recipe_trains_exports_and_resumes(job, launch_workdir):
     assert len(json.loads((run_dir / "export" / "samples.json").read_text())) == prompts
     if job == "cerebras_gpt":  # pretraining: streamed rows, planned vs trained tokens logged
         result = json.loads((run_dir / "result.json").read_text())
-        from orchestrator.config.load import compose
-
-        cfg = compose(job, "local", OVERRIDES)
         assert result["tokens"] == 4 * cfg.train.global_batch_size * cfg.data.max_seq_len
         assert result["pretrain/tokens_planned"] == cfg.train.max_tokens
 
