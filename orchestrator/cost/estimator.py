@@ -123,14 +123,12 @@ def _usd(usd: float) -> str:
 
 
 def model_shape(cfg: JobConfig, vocab_size: int | None = None) -> ModelShape:
-    n = count_params(cfg.model, vocab_size)
-    if cfg.train.method == "full":
-        trained = n
-    else:
-        from orchestrator.cost.memory import trainable_params
+    from orchestrator.cost.memory import checkpoint_counts, trainable_params
 
-        trained = trainable_params(cfg, vocab_size)[1]
-    return ModelShape(n, trained, cfg.model.num_layers, cfg.model.hidden_size)
+    n = count_params(cfg.model, vocab_size)
+    trained = n if cfg.train.method == "full" else trainable_params(cfg, vocab_size)[1]
+    tensors, held = checkpoint_counts(cfg, vocab_size)
+    return ModelShape(n, trained, cfg.model.num_layers, cfg.model.hidden_size, tensors, held)
 
 
 def device(cfg: JobConfig, replay: bool = False) -> Device:
@@ -299,7 +297,8 @@ class SaveTimes:
 
 
 def save_times(
-    cfg: JobConfig, n_params: int, n_trainable: int, measured: SaveTimes | None = None
+    cfg: JobConfig, n_params: int, n_trainable: int, measured: SaveTimes | None = None,
+    n_tensors: int = 0, n_held: int | None = None,
 ) -> SaveTimes:
     """The save of `cfg`: measured when the run has saved before (its result file), else
     modelled. Every rank writes and uploads its own shards, so a node's share goes at the
@@ -311,7 +310,7 @@ def save_times(
     from orchestrator.cost.memory import checkpoint_bytes
 
     hw, o = cfg.hardware, cfg.cost.overheads
-    nbytes = checkpoint_bytes(cfg, n_params, n_trainable)
+    nbytes = checkpoint_bytes(cfg, n_params, n_trainable, n_tensors, n_held)
     write_s = nbytes / (o.checkpoint_write_bytes_per_s * max(1, hw.num_nodes))
     if cfg.checkpoint.async_save and cfg.train.strategy != "deepspeed":
         workers = hw.num_workers * (hw.gpus_per_worker if hw.accelerator != "cpu" else 1)
@@ -374,7 +373,9 @@ def project(
         eval_h = eval_examples / cfg.train.global_batch_size * step_s / 3.0 / 3600.0
     else:
         eval_h = cfg.data.eval_sequences / cfg.train.global_batch_size * step_s / 3.0 / 3600.0
-    save = save_times(cfg, shape.n_params, shape.n_trainable, saves)
+    save = save_times(
+        cfg, shape.n_params, shape.n_trainable, saves, shape.n_tensors, shape.n_held
+    )
     rate = o.spot_preemptions_per_node_hour * max(1, hw.num_nodes)
     spot = hw.market == "spot"
     ck = cfg.checkpoint
@@ -427,7 +428,9 @@ def project(
     extra["idle_until_scale_down"] = hw.scale_down_s / 3600.0 * worker_rate
     from orchestrator.cost.memory import checkpoint_bytes
 
-    kept = checkpoint_bytes(cfg, shape.n_params, shape.n_trainable) * ck.keep_last
+    kept = ck.keep_last * checkpoint_bytes(
+        cfg, shape.n_params, shape.n_trainable, shape.n_tensors, shape.n_held
+    )
     kept += 2.0 * shape.n_params  # the bf16 export
     # A folder on the local machine's own disk is not billed (the ledger does not bill it either).
     billed_store = hw.accelerator != "cpu" or str(cfg.storage.root or "").startswith("s3://")

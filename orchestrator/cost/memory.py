@@ -192,12 +192,14 @@ def check_fits(cfg: JobConfig, n_params: int, n_trainable: int, vocab: int) -> M
     )
 
 
-_COUNTS: dict[tuple, tuple[int, int]] = {}
+_COUNTS: dict[tuple, tuple[int, int, int, int]] = {}
 
 
-def trainable_params(cfg: JobConfig, vocab: int | None = None) -> tuple[int, int]:
-    """(total, trainable) parameters of the job's model with its method applied, counted on
-    the meta device (no memory, no download; cached per model and method)."""
+def _counts(cfg: JobConfig, vocab: int | None) -> tuple[int, int, int, int]:
+    """(total, trainable, trained tensors, numbers a checkpoint holds) of the job's model with
+    its method applied, counted on the meta device (no memory, no download; cached per model
+    and method). A full fine-tune's checkpoint holds its state dict, where tied embeddings
+    appear twice; a LoRA/adapter checkpoint holds the trained tensors."""
     key = (repr(cfg.model), cfg.train.method, repr(cfg.lora), repr(cfg.adapter), vocab)
     if key not in _COUNTS:
         import torch
@@ -209,32 +211,97 @@ def trainable_params(cfg: JobConfig, vocab: int | None = None) -> tuple[int, int
         with torch.device("meta"):
             model = apply_method(AutoModelForCausalLM.from_config(hf_config(cfg.model, vocab)), cfg)
         trainable, total = count_trainable(model)
-        _COUNTS[key] = (total, trainable)
+        tensors = sum(1 for p in model.parameters() if p.requires_grad)
+        held = (
+            sum(v.numel() for v in model.state_dict().values())
+            if cfg.train.method == "full"
+            else trainable
+        )
+        _COUNTS[key] = (total, trainable, tensors, held)
     return _COUNTS[key]
 
 
-def checkpoint_bytes(cfg: JobConfig, n_params: int, n_trainable: int) -> float:
+def trainable_params(cfg: JobConfig, vocab: int | None = None) -> tuple[int, int]:
+    """(total, trainable) parameters of the job's model with its method applied."""
+    total, trainable, _, _ = _counts(cfg, vocab)
+    return total, trainable
+
+
+def checkpoint_counts(cfg: JobConfig, vocab: int | None = None) -> tuple[int, int]:
+    """(trained tensors, numbers the module state of a checkpoint holds): the inputs of
+    `checkpoint_bytes` beyond P and T."""
+    _, _, tensors, held = _counts(cfg, vocab)
+    return tensors, held
+
+
+# What a checkpoint writes beyond the numbers themselves, measured on this project's own
+# checkpoints (torch 2.13, DeepSpeed 0.19; tests/unit/test_checkpoint_size.py keeps it honest).
+DCP_ITEM_BYTES = 1600.0
+"""Per item of a DCP state dict, per rank holding a shard of it: its record in the rank's
+.distcp file and in the shared .metadata (1.45-1.76 KB measured)."""
+DCP_ITEMS_PER_TENSOR = 4
+"""A trained tensor's weight, Adam's two moments and its step count."""
+DCP_GROUP_ITEMS = 26
+"""The optimizer's two parameter groups (decay, no decay), 13 settings each."""
+RNG_BYTES_PER_RANK = 6.6e3
+"""Each rank's RNG states (rng_rank<N>.pt)."""
+DS_FILE_BYTES = 10e3
+"""Each DeepSpeed model/optimizer file's own structure (names, shapes, engine settings)."""
+DS_SCRIPTS_BYTES = 41e3
+"""zero_to_fp32.py and zero_to_torch.py, which DeepSpeed copies into every checkpoint."""
+MANIFEST_BYTES = 2e3
+
+
+def _ranks(cfg: JobConfig) -> int:
+    hw = cfg.hardware
+    return hw.num_workers * (hw.gpus_per_worker if hw.accelerator != "cpu" else 1)
+
+
+def checkpoint_bytes(
+    cfg: JobConfig, n_params: int, n_trainable: int, n_tensors: int = 0, n_held: int | None = None
+) -> float:
     """Bytes of one checkpoint, the one figure the disk check, the bill and the save-time model
-    use. DCP (DDP, FSDP2) saves the model state dict as trained (fp32 weights: the sharded
-    master copy mixed precision computes from) and Adam's two fp32 moments of the trained
-    parameters: 4 P + 8 T. DeepSpeed saves the module's weights in their training dtype (2
-    bytes in bf16/fp16) and, per trained parameter, the fp32 master copy and both moments:
-    2 P + 12 T (4 P + 12 T in fp32)."""
+    use. P parameters, T of them trained (in `n_tensors` tensors), on R ranks:
+
+    - DCP (DDP, FSDP2) saves the parameters it holds as trained (fp32: the master copy mixed
+      precision computes from) and Adam's two fp32 moments: 4 P + 8 T for a full fine-tune,
+      4 T + 8 T for LoRA and adapters, whose checkpoint holds only the trained parameters
+      (the frozen base is named by its digest in the manifest). Each item costs
+      `DCP_ITEM_BYTES` once (DDP: replicated items are written once) or once per rank
+      (FSDP2: every rank writes its shard of every item).
+    - DeepSpeed saves the module in its training dtype (2 bytes in bf16/fp16; without the
+      frozen base: `exclude_frozen_parameters`) and, per trained parameter, the fp32 master copy
+      and both moments: 2 P + 12 T (2 T + 12 T for LoRA). Under ZeRO-3 the module's partitions
+      live only in the optimizer files: 12 T.
+    - every rank adds its RNG states; DeepSpeed adds its two conversion scripts.
+
+    The overheads are kilobytes: they matter for the tiny local models, not at 7B. `n_held`,
+    when counted (`checkpoint_counts`), replaces P or T as the numbers the module state holds
+    (tied embeddings are saved under both names).
+    """
+    ranks = _ranks(cfg)
+    held = n_held if n_held is not None else (n_params if cfg.train.method == "full" else n_trainable)
+    fixed = MANIFEST_BYTES + RNG_BYTES_PER_RANK * ranks
     if cfg.train.strategy == "deepspeed":
         weight = 4.0 if cfg.train.precision == "fp32" else 2.0
-        return weight * n_params + 12.0 * n_trainable
-    return 4.0 * n_params + 8.0 * n_trainable
+        zero3 = cfg.deepspeed.zero_stage == 3
+        module = 0.0 if zero3 else weight * held
+        files = ranks + (ranks if zero3 else 1)  # optimizer files + model-state files
+        return module + 12.0 * n_trainable + files * DS_FILE_BYTES + DS_SCRIPTS_BYTES + fixed
+    shards = ranks if cfg.train.strategy == "fsdp" else 1
+    items = DCP_ITEMS_PER_TENSOR * n_tensors * shards + DCP_GROUP_ITEMS
+    return 4.0 * held + 8.0 * n_trainable + items * DCP_ITEM_BYTES + fixed
 
 
 def disk_bytes_per_node(
-    cfg: JobConfig, n_params: int, n_trainable: int, data_bytes: float
+    cfg: JobConfig, n_params: int, n_trainable: int, data_bytes: float, n_tensors: int = 0,
+    n_held: int | None = None,
 ) -> float:
     """Node-local scratch one node needs: its share of a checkpoint being staged and of one
-    being fetched on resume (weights in fp32 + Adam state for the trained part: DCP saves
-    the whole state dict), the pretrained base when it is fetched from S3 (bf16), and the
-    prepared data copy (from an S3 store)."""
+    being fetched on resume (`checkpoint_bytes`), the pretrained base when it is fetched from
+    S3 (bf16), and the prepared data copy (from an S3 store)."""
     nodes = max(1, cfg.hardware.num_nodes)
-    ckpt = checkpoint_bytes(cfg, n_params, n_trainable)
+    ckpt = checkpoint_bytes(cfg, n_params, n_trainable, n_tensors, n_held)
     base = 2.0 * n_params if (cfg.model.pretrained or "").startswith("s3://") else 0.0
     return 2 * ckpt / nodes + base + data_bytes
 
@@ -248,7 +315,7 @@ def check_job(cfg: JobConfig, data_bytes: float | None = None) -> MemoryEstimate
     if cfg.hardware.accelerator == "cpu":
         return None
     vocab = cfg.model.vocab_size
-    total, trainable = trainable_params(cfg, vocab)
+    total, trainable, tensors, held = _counts(cfg, vocab)
     est = check_fits(cfg, total, trainable, vocab)
     price = cfg.cost.instances.get(cfg.hardware.instance_type)
     if data_bytes is None:
@@ -256,7 +323,7 @@ def check_job(cfg: JobConfig, data_bytes: float | None = None) -> MemoryEstimate
         data_bytes = (
             5.0 * (d.lengths.num_examples or 0) * (d.lengths.mean_tokens or 0)
         )  # int32 + mask
-    need = disk_bytes_per_node(cfg, total, trainable, data_bytes)
+    need = disk_bytes_per_node(cfg, total, trainable, data_bytes, tensors, held)
     if price is not None and price.local_disk_gb and need > price.local_disk_gb * 1e9:
         raise ConfigError(
             f"{cfg.job} ({cfg.scale}) needs ~{need / 1e9:,.0f} GB of node-local scratch per node "

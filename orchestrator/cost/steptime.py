@@ -43,6 +43,10 @@ class ModelShape:
     n_trainable: int
     n_layers: int
     d_model: int
+    n_tensors: int = 0
+    """Trained parameter tensors (a checkpoint's per-item overhead)."""
+    n_held: int | None = None
+    """Numbers a checkpoint's module state holds (None: P for full fine-tunes, else T)."""
 
 
 @dataclass(frozen=True)

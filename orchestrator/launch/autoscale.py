@@ -67,6 +67,45 @@ def bundles(cfg: JobConfig, market: str) -> list[dict[str, float]]:
     return [dict(one) for _ in range(hw.num_workers)]
 
 
+def markets(cfg: JobConfig) -> list[str]:
+    """The markets a launch may buy its workers in, in order (spot, then the fallback)."""
+    hw = cfg.hardware
+    out = [hw.market]
+    if hw.market == "spot" and hw.spot_fallback == "on_demand":
+        out.append("on_demand")
+    return out
+
+
+def node_type_for(node_types: dict[str, Any], cfg: JobConfig, market: str) -> tuple[str, dict]:
+    """Pure: the cluster's node type the autoscaler will launch for the job's workers in
+    `market`: the one labelled with the instance type the projection priced, in that market,
+    whose node holds the job's GPUs per node (a 1-GPU job on an 8-GPU type pays for 7 idle
+    GPUs).
+
+    Raises:
+        ConfigError: no node type matches, naming what the job asks for and what exists.
+    """
+    from orchestrator.config.schema import ConfigError
+
+    hw = cfg.hardware
+    nodes = max(1, hw.num_nodes)
+    gpus_per_node = hw.num_workers * hw.gpus_per_worker // nodes
+    offered = []
+    for name, t in node_types.items():
+        res, labels = t.get("resources", {}), t.get("labels", {})
+        if market not in res:
+            continue
+        offered.append(f"{name} ({labels.get('instance_type')}, {res.get('GPU', 0)} GPUs)")
+        if labels.get("instance_type") == hw.instance_type and res.get("GPU", 0) == gpus_per_node:
+            return name, t
+    raise ConfigError(
+        f"{cfg.job} ({cfg.scale}): no {market} node type of the cluster offers "
+        f"{hw.instance_type} with {gpus_per_node} GPUs per node (hardware block); the cluster "
+        f"has: {', '.join(offered) or 'none'}. Add one to the cluster file (infra/) or pick a "
+        "hardware block whose instance it offers"
+    )
+
+
 def _have(market: str, need: float) -> float:
     import ray
 

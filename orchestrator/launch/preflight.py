@@ -84,19 +84,39 @@ def needed_vcpus(cfg: JobConfig) -> tuple[str, int]:
     return hw.instance_type, hw.num_nodes * (price.vcpus or 1)
 
 
+def node_type_checks(node_types: dict, cfg: JobConfig) -> tuple[list[Check], dict[str, dict]]:
+    """Pure: for each market the launch may use, the node type it will launch (a Check each),
+    and those node types by market."""
+    from orchestrator.launch.autoscale import markets, node_type_for
+
+    checks, found = [], {}
+    for market in markets(cfg):
+        name = f"{market} node type for {cfg.hardware.instance_type}"
+        try:
+            tname, t = node_type_for(node_types, cfg, market)
+        except ConfigError as e:
+            checks.append(Check(name, False, str(e), "see docs/clusters.md (node types)"))
+            continue
+        found[market] = t
+        checks.append(Check(name, True, f"{tname} ({t['node_config'].get('InstanceType')}, "
+                                        f"{t['resources'].get('GPU', 0)} GPUs per node)"))  # fmt: skip
+    return checks, found
+
+
 def run_checks(cluster: str, cfg: JobConfig, env: dict[str, str]) -> list[Check]:
     from orchestrator.launch import named_clusters
 
     checks = [_storage_check(cluster, cfg)]
-    provider = yaml.safe_load(named_clusters.cluster_config(cluster).read_text()).get(
-        "provider", {}
-    )
+    spec = yaml.safe_load(named_clusters.cluster_config(cluster).read_text())
+    provider = spec.get("provider", {})
     on_aws = provider.get("type") == "aws"
     if on_aws:
+        typed, launched = node_type_checks(spec.get("available_node_types", {}), cfg)
+        checks += typed
         ident = _aws_identity(provider.get("region"))
         checks.append(ident)
-        if ident.ok:
-            checks += _quota_checks(cfg, provider.get("region"))
+        if ident.ok and launched:
+            checks += _quota_checks(cfg, provider.get("region"), launched)
     checks += _store_checks(cfg, env)
     checks.append(_tracking_check(env))
     if on_aws:
@@ -132,18 +152,16 @@ def _aws_identity(region: str | None) -> Check:
         )  # fmt: skip
 
 
-def _quota_checks(cfg: JobConfig, region: str | None) -> list[Check]:
+def _quota_checks(cfg: JobConfig, region: str | None, launched: dict[str, dict]) -> list[Check]:
+    """The vCPU quota of each node type the launch will ask for (its family, its vCPUs)."""
     import boto3
 
-    itype, need = needed_vcpus(cfg)
-    fam = family(itype)
-    codes = QUOTA_CODES[fam]
-    markets = [cfg.hardware.market]
-    if cfg.hardware.market == "spot" and cfg.hardware.spot_fallback == "on_demand":
-        markets.append("on_demand")
     out = []
     sq = boto3.client("service-quotas", region_name=region)
-    for market in markets:
+    for market, t in launched.items():
+        itype = t["node_config"]["InstanceType"]
+        need = max(1, cfg.hardware.num_nodes) * int(t["resources"].get("CPU", 1))
+        codes = QUOTA_CODES[family(itype)]
         code = codes[market]
         try:
             value = sq.get_service_quota(ServiceCode="ec2", QuotaCode=code)["Quota"]["Value"]

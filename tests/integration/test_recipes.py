@@ -53,6 +53,15 @@ def test_recipe_trains_exports_and_resumes(job, launch_workdir):
     assert ckpt["holds"] == ("all" if cfg.train.method == "full" else "trainable"), ckpt["holds"]
     if cfg.model.pretrained:
         assert ckpt["base"]["digest"].startswith("sha256:"), ckpt["base"]
+    # the size the bill, the disk check and the save-time model use is what was written
+    from orchestrator.cost.memory import MANIFEST_BYTES, checkpoint_bytes, checkpoint_counts
+    from orchestrator.cost.memory import trainable_params
+
+    vocab = json.loads(((export if (export / "config.json").exists() else Path(ckpt["base"]["ref"]))
+                        / "config.json").read_text())["vocab_size"]  # fmt: skip
+    written = sum(f["bytes"] for f in ckpt["files"].values())
+    modelled = checkpoint_bytes(cfg, *trainable_params(cfg, vocab), *checkpoint_counts(cfg, vocab))
+    assert written == pytest.approx(modelled - MANIFEST_BYTES, rel=0.12), (written, modelled)
     if cfg.model.load_8bit:  # trained on an int8 base, exported as a plain model
         assert "quantization_config" not in json.loads((export / "config.json").read_text())
         assert (export / "adapter" / "adapter_config.json").exists()  # and the adapter alone

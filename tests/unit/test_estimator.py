@@ -221,11 +221,24 @@ def test_projection_over_the_cap_needs_a_yes(monkeypatch, tmp_path):
 def test_checkpoint_bytes_one_figure_per_strategy():
     from orchestrator.cost.memory import checkpoint_bytes
 
+    def numbers(cfg, p, t):  # what the formula adds per parameter, overheads aside
+        return checkpoint_bytes(cfg, p, t) - checkpoint_bytes(cfg, 0, 0)
+
     fsdp = compose("vicuna", "full")
-    assert checkpoint_bytes(fsdp, 10, 10) == 120  # fp32 weights + Adam (m, v)
-    assert checkpoint_bytes(fsdp, 10, 1) == 48  # a frozen base saves its weights only
-    ds = compose("vicuna", "full", ["train.strategy=deepspeed", "train.precision=bf16"])
-    assert checkpoint_bytes(ds, 10, 10) == 140  # bf16 module + fp32 master and moments
+    assert numbers(fsdp, 10, 10) == 120  # fp32 weights + Adam (m, v)
+    lora = compose("vicuna", "full", ["train.method=lora"])
+    assert numbers(lora, 10, 1) == 12  # only the trained part: its weights and moments
+    ds = compose("vicuna", "full", ["train.strategy=deepspeed", "train.precision=bf16",
+                                    "deepspeed.zero_stage=2"])  # fmt: skip
+    assert numbers(ds, 10, 10) == 140  # bf16 module + fp32 master and moments
+    ds3 = compose("vicuna", "full", ["train.strategy=deepspeed", "deepspeed.zero_stage=3"])
+    assert numbers(ds3, 10, 10) == 120  # ZeRO-3: the module lives in the optimizer's partitions
+    # a 7B LoRA checkpoint is megabytes, not the 27 GB of its base
+    from orchestrator.cost.memory import checkpoint_counts, trainable_params
+
+    a = compose("alpaca_lora", "full")
+    p, t = trainable_params(a)
+    assert checkpoint_bytes(a, p, t, *checkpoint_counts(a)) < 100e6 < 4 * p
 
 
 def test_save_times_async_blocks_only_for_the_copy_and_measured_wins():

@@ -299,3 +299,72 @@ def test_a_job_asks_for_its_gpu_type():
     (one, *_) = autoscale.bundles(cfg, "spot")
     assert one["accelerator_type:A100-40G"] > 0 and one["GPU"] == 1
     assert _ray_accelerator(compose("vicuna", "local")) is None
+
+
+def _full_scale_configs():
+    """Every full-scale config a job runs (each stage of a pipeline), and every GPU hardware
+    block in conf/hardware/ applied to vicuna (a block a user may pick)."""
+    from orchestrator.config.load import job_configs
+    from orchestrator.paths import CONF_DIR, JOBS_DIR
+
+    for path in sorted(JOBS_DIR.glob("*.yaml")):
+        for stage, cfg in job_configs(path.stem, "full").items():
+            yield f"{path.stem}{':' + stage if stage else ''}", cfg
+    for block in sorted((CONF_DIR / "hardware").glob("*.yaml")):
+        if block.stem != "local_cpu":
+            yield f"hardware={block.stem}", compose("vicuna", "full", [f"hardware={block.stem}"])
+
+
+def test_every_full_scale_hardware_block_has_its_node_type_in_every_market():
+    """The node type the autoscaler launches is the one the projection priced: same instance
+    label, same GPUs per node (baize's one A100 once had only an 8-GPU p4d type), in spot and
+    in the on-demand fallback."""
+    from orchestrator.launch.autoscale import markets, node_type_for
+
+    types = _load("aws-spot.yaml")["available_node_types"]
+    checked = 0
+    for name, cfg in _full_scale_configs():
+        assert cfg.hardware.accelerator != "cpu", name
+        assert cfg.cost.instances[cfg.hardware.instance_type].cloud == "aws", name
+        for market in markets(cfg):
+            tname, t = node_type_for(types, cfg, market)  # raises naming what is missing
+            assert t["node_config"]["InstanceType"] == cfg.hardware.instance_type, (name, tname)
+            checked += 1
+    assert checked >= 30
+
+
+def test_node_type_for_refuses_a_node_shape_the_job_did_not_price():
+    from orchestrator.launch.autoscale import node_type_for
+
+    cfg = compose("baize", "full")
+    eight = {"p4d_spot": {"resources": {"GPU": 8, "spot": 8},
+                          "labels": {"instance_type": cfg.hardware.instance_type}}}  # fmt: skip
+    with pytest.raises(ConfigError, match=r"1 GPUs per node.*p4d_spot"):
+        node_type_for(eight, cfg, "spot")
+
+
+def test_every_gpu_node_type_has_its_root_volume_and_the_caches_on_scratch():
+    aws = _load("aws-spot.yaml")
+    for name, t in aws["available_node_types"].items():
+        (root,) = t["node_config"]["BlockDeviceMappings"]
+        size = root["Ebs"]["VolumeSize"]
+        # the bill prices the volume the node really has
+        assert size == CATALOG[t["labels"]["instance_type"]].ebs_gb, name
+        if t["resources"].get("GPU"):
+            opts = (t.get("docker") or {}).get("worker_run_options") or aws["docker"][
+                "worker_run_options"
+            ]
+            assert "--env HF_HOME=/scratch/hf" in opts, name  # 13-26 GB bases off the root
+            assert "--env ORCHESTRATOR_SCRATCH=/scratch" in opts, name
+
+
+def test_preflight_names_the_node_type_it_will_launch_and_its_quota_family():
+    from orchestrator.launch.preflight import QUOTA_CODES, family, node_type_checks
+
+    types = _load("aws-spot.yaml")["available_node_types"]
+    checks, launched = node_type_checks(types, compose("baize", "full"))
+    assert all(c.ok for c in checks) and set(launched) == {"spot", "on_demand"}
+    itype = launched["spot"]["node_config"]["InstanceType"]
+    assert itype == "g6e.xlarge" and QUOTA_CODES[family(itype)]["name"] == "G and VT"
+    bad, none = node_type_checks({}, compose("baize", "full"))
+    assert not none and not any(c.ok for c in bad) and len(bad) == 2
