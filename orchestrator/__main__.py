@@ -21,14 +21,18 @@ def _overrides(texts: list[str] | str | None) -> list[str]:
 
 def cmd_launch(args: argparse.Namespace) -> int:
     if args.cluster:  # a named cluster (infra/): submit through the Ray Jobs API
-        from orchestrator.config.load import compose
+        from orchestrator.config.load import job_configs
         from orchestrator.launch import named_clusters
+        from orchestrator.launch.checks import remote_consent
 
-        cfg = compose(args.job, args.scale, _overrides(args.set))  # a typo fails here, not there
+        over = _overrides(args.set)
+        yes = remote_consent(args.job, args.scale, over, args.stage, args.yes)  # asked here
+        configs = job_configs(args.job, args.scale, over)  # every stage: a typo fails here
+        cfg = configs[args.stage] if args.stage else next(iter(configs.values()))
         named_clusters.check_submission(args.cluster, cfg, args.run)  # storage the nodes can reach
         _, status = named_clusters.submit(
-            args.cluster, args.job, args.scale, _overrides(args.set), args.run,
-            follow=not args.detach,
+            args.cluster, args.job, args.scale, over, args.run,
+            follow=not args.detach, stage=args.stage, yes=yes,
         )  # fmt: skip
         return 0 if status in ("SUCCEEDED", "SUBMITTED") else 1
     from orchestrator.config.load import job_stages

@@ -297,8 +297,12 @@ class SaveTimes:
 
 
 def save_times(
-    cfg: JobConfig, n_params: int, n_trainable: int, measured: SaveTimes | None = None,
-    n_tensors: int = 0, n_held: int | None = None,
+    cfg: JobConfig,
+    n_params: int,
+    n_trainable: int,
+    measured: SaveTimes | None = None,
+    n_tensors: int = 0,
+    n_held: int | None = None,
 ) -> SaveTimes:
     """The save of `cfg`: measured when the run has saved before (its result file), else
     modelled. Every rank writes and uploads its own shards, so a node's share goes at the
@@ -373,9 +377,7 @@ def project(
         eval_h = eval_examples / cfg.train.global_batch_size * step_s / 3.0 / 3600.0
     else:
         eval_h = cfg.data.eval_sequences / cfg.train.global_batch_size * step_s / 3.0 / 3600.0
-    save = save_times(
-        cfg, shape.n_params, shape.n_trainable, saves, shape.n_tensors, shape.n_held
-    )
+    save = save_times(cfg, shape.n_params, shape.n_trainable, saves, shape.n_tensors, shape.n_held)
     rate = o.spot_preemptions_per_node_hour * max(1, hw.num_nodes)
     spot = hw.market == "spot"
     ck = cfg.checkpoint

@@ -280,7 +280,9 @@ def checkpoint_bytes(
     (tied embeddings are saved under both names).
     """
     ranks = _ranks(cfg)
-    held = n_held if n_held is not None else (n_params if cfg.train.method == "full" else n_trainable)
+    held = (
+        n_held if n_held is not None else (n_params if cfg.train.method == "full" else n_trainable)
+    )
     fixed = MANIFEST_BYTES + RNG_BYTES_PER_RANK * ranks
     if cfg.train.strategy == "deepspeed":
         weight = 4.0 if cfg.train.precision == "fp32" else 2.0
@@ -294,7 +296,11 @@ def checkpoint_bytes(
 
 
 def disk_bytes_per_node(
-    cfg: JobConfig, n_params: int, n_trainable: int, data_bytes: float, n_tensors: int = 0,
+    cfg: JobConfig,
+    n_params: int,
+    n_trainable: int,
+    data_bytes: float,
+    n_tensors: int = 0,
     n_held: int | None = None,
 ) -> float:
     """Node-local scratch one node needs: its share of a checkpoint being staged and of one

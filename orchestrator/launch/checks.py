@@ -49,21 +49,60 @@ def check_capabilities(cfg: JobConfig) -> None:
             )
 
 
-def confirm_budget(cfg: JobConfig, projection: Projection, yes: bool) -> None:
-    """A projection over budget.max_usd needs a yes before anything is spent."""
-    cap = cfg.budget.max_usd
-    if cap is None or projection.usd <= cap or yes:
-        return
+def confirm_usd(cap: float | None, projected_usd: float, yes: bool, what: str = "bill") -> bool:
+    """A projection over the cap needs a yes (`--yes`, or the user's answer at a terminal)
+    before anything is spent. Returns True when the launch goes ahead over the cap with that
+    consent, False when it is within the cap.
+
+    Raises:
+        ConfigError: over the cap without consent (nobody to ask, or the answer was no).
+    """
+    if cap is None or projected_usd <= cap:
+        return False
+    if yes:
+        return True
     msg = (
-        f"the projected bill ${projection.usd:.4f} exceeds budget.max_usd=${cap}; the run will "
+        f"the projected {what} ${projected_usd:.4f} exceeds budget.max_usd=${cap}; the run will "
         "stop at the cap with a checkpoint"
     )
     if sys.stdin is not None and sys.stdin.isatty():
         if input(f"{msg}. Launch anyway? [y/N] ").strip().lower() in ("y", "yes"):
-            return
+            return True
     raise ConfigError(
         f"{msg}. Launch with --yes (make launch ... yes=1) to accept, or raise the cap"
     )
+
+
+def confirm_budget(cfg: JobConfig, projection: Projection, yes: bool) -> bool:
+    """`confirm_usd` for one run's projection."""
+    return confirm_usd(cfg.budget.max_usd, projection.usd, yes)
+
+
+def remote_consent(
+    job: str, scale: str | None, overrides: list[str], stage: str | None, yes: bool
+) -> bool:
+    """A launch submitted to a cluster decides its budget here, where the user is: the
+    projection of what will run (the one stage, or the whole pipeline, or the job) against
+    its cap. Returns whether the submission carries `--yes` (given, or answered at the
+    prompt); raises ConfigError before anything is submitted when it is refused."""
+    from orchestrator.config.load import compose, job_stages
+    from orchestrator.cost.estimator import project
+
+    if job_stages(job, scale):
+        from orchestrator.launch.pipeline import project_pipeline, stages_of
+
+        stages = [s.name for s in stages_of(job, scale)]
+        if stage is not None and stage not in stages:
+            raise ConfigError(f"stage={stage!r}: the job's stages are {stages}")
+        top = compose(job, scale, [*overrides, f"stage={stage or stages[0]}"])
+        pp = project_pipeline(job, scale, overrides)
+        usd = pp["stages"][stage]["usd"] if stage else pp["total"]["usd"]
+        what = f"bill of stage {stage}" if stage else "bill of the pipeline"
+        return confirm_usd(top.budget.max_usd, usd, yes, what) or yes
+    if stage is not None:
+        raise ConfigError(f"job {job!r} has no stages (stage={stage})")
+    cfg = compose(job, scale, overrides)
+    return confirm_usd(cfg.budget.max_usd, project(cfg).usd, yes) or yes
 
 
 def check_resume(cfg: JobConfig, storage, digests: dict[str, str]) -> int:

@@ -357,16 +357,16 @@ def check_submission(name: str, cfg, run_name: str | None) -> None:
     storage_resolve.check_cluster(cfg, storage, uri, env)
 
 
-def submit(
-    name: str,
+def entrypoint(
     job: str,
     scale: str | None = None,
     overrides: list[str] | None = None,
     run_name: str | None = None,
-    follow: bool = True,
-) -> tuple[str, str]:
-    """Submit `orchestrator launch` to the named cluster. Returns (submission id, final status
-    or "SUBMITTED" when not following)."""
+    stage: str | None = None,
+    yes: bool = False,
+) -> list[str]:
+    """Pure: the launch command the cluster runs, carrying the user's words and no others
+    (`--stage` and `--yes` only when given: the budget question was asked on this side)."""
     args = ["python", "-m", "orchestrator", "launch", job]
     if scale:
         args += ["--scale", scale]
@@ -374,7 +374,27 @@ def submit(
         args += ["--set", " ".join(overrides)]
     if run_name:
         args += ["--run", run_name]
-    args.append("--yes")  # the budget question was asked here, nobody can answer it there
+    if stage:
+        args += ["--stage", stage]
+    if yes:
+        args.append("--yes")
+    return args
+
+
+def submit(
+    name: str,
+    job: str,
+    scale: str | None = None,
+    overrides: list[str] | None = None,
+    run_name: str | None = None,
+    follow: bool = True,
+    stage: str | None = None,
+    yes: bool = False,
+) -> tuple[str, str]:
+    """Submit `orchestrator launch` to the named cluster. Returns (submission id, final status
+    or "SUBMITTED" when not following). The caller has made the budget decision
+    (`checks.remote_consent`); `yes` carries it."""
+    args = entrypoint(job, scale, overrides, run_name, stage, yes)
     env = job_env(name)
     c = client(name)
     deadline = time.time() + 90

@@ -4,12 +4,14 @@ any money is spent. Every failed check says how to fix it.
 1. the job composes, and its storage and tracking are reachable from every node
    (storage.root on S3 or a declared shared folder, a tracking server: resolve.check_cluster);
 2. AWS credentials and region (STS GetCallerIdentity);
-3. EC2 vCPU quotas (Service Quotas) for the instance family of the job's nodes, spot and (when
-   the job may fall back) on-demand, against what the job needs;
+3. the node type the autoscaler will launch for the job, in each market it may use (same
+   instance as the projection priced, same GPUs per node), and the EC2 vCPU quota (Service
+   Quotas) of that type's family against what the job needs;
 4. read and write access to the durable store and the checkpoint prefix (a marker object put,
    read back and deleted);
 5. the MLflow tracking server answers;
-6. the cluster's container image exists (ECR: DescribeImages).
+6. the cluster's container image exists (ECR: DescribeImages) and holds what the job needs
+   (its labels, written at build time by infra/Dockerfile: flash-attn, bitsandbytes).
 
 Checks 2, 3 and 6 are for clusters on AWS (provider `aws` in infra/); the others for every
 cluster. The quota decision is a pure function (`quota_check`), unit-tested with numbers.
@@ -120,7 +122,7 @@ def run_checks(cluster: str, cfg: JobConfig, env: dict[str, str]) -> list[Check]
     checks += _store_checks(cfg, env)
     checks.append(_tracking_check(env))
     if on_aws:
-        checks.append(_image_check(cluster, provider.get("region")))
+        checks.append(_image_check(cluster, provider.get("region"), cfg))
     return checks
 
 
@@ -224,7 +226,78 @@ ECR = re.compile(
 )
 
 
-def _image_check(cluster: str, region: str | None) -> Check:
+IMAGE_NEEDS = {
+    "org.orchestrator.flash-attn": "model.attn_implementation=flash_attention_2",
+    "org.orchestrator.bitsandbytes": "model.load_8bit=true",
+}
+"""Image label -> the setting that needs what it names."""
+
+
+def image_needs(cfg: JobConfig) -> list[str]:
+    """The image labels the job needs set to a version (not "none")."""
+    out = []
+    if cfg.model.attn_implementation == "flash_attention_2":
+        out.append("org.orchestrator.flash-attn")
+    if cfg.model.load_8bit:
+        out.append("org.orchestrator.bitsandbytes")
+    return out
+
+
+def image_contents_check(image: str, cfg: JobConfig, labels: dict[str, str] | None) -> Check:
+    """Pure: does the image hold what the job needs? `labels` are the image's (None: the image
+    has none of this project's labels, i.e. it was not built from infra/Dockerfile)."""
+    name = "container image contents"
+    needs = image_needs(cfg)
+    if not needs:
+        return Check(name, True, "the job needs no optional CUDA package")
+    if labels is None or not any(k.startswith("org.orchestrator.") for k in labels):
+        return Check(name, False, f"{image} carries no org.orchestrator.* labels: what it holds "
+                     "is unknown", "build it from infra/Dockerfile and push it")  # fmt: skip
+    missing = [k for k in needs if labels.get(k, "none") in ("", "none")]
+    if missing:
+        what = "; ".join(f"{IMAGE_NEEDS[k]} needs {k.split('.')[-1]}" for k in missing)
+        return Check(name, False, f"{image}: {what}, which the image was built without",
+                     "rebuild without --build-arg FLASH_ATTN_VERSION= (the default installs "
+                     "it), or change the setting")  # fmt: skip
+    return Check(name, True, ", ".join(f"{k.split('.')[-1]} {labels[k]}" for k in needs))
+
+
+def manifest_config_digest(manifest: dict) -> str | None:
+    """The config blob's digest of an image manifest (None for a manifest list / index, whose
+    entries are manifests of their own)."""
+    return (manifest.get("config") or {}).get("digest")
+
+
+def _image_labels(ecr, account: str, repo: str, ref: dict) -> dict[str, str]:
+    """The labels of an ECR image: its manifest, then its config blob (linux/amd64 from an
+    index)."""
+    import json
+
+    types = [
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.oci.image.index.v1+json",
+    ]
+    got = ecr.batch_get_image(registryId=account, repositoryName=repo, imageIds=[ref],
+                              acceptedMediaTypes=types)  # fmt: skip
+    manifest = json.loads(got["images"][0]["imageManifest"])
+    if manifest_config_digest(manifest) is None:
+        (one,) = [m for m in manifest.get("manifests", [])
+                  if (m.get("platform") or {}).get("architecture") == "amd64"][:1]  # fmt: skip
+        got = ecr.batch_get_image(registryId=account, repositoryName=repo,
+                                  imageIds=[{"imageDigest": one["digest"]}],
+                                  acceptedMediaTypes=types)  # fmt: skip
+        manifest = json.loads(got["images"][0]["imageManifest"])
+    url = ecr.get_download_url_for_layer(
+        registryId=account, repositoryName=repo, layerDigest=manifest_config_digest(manifest)
+    )["downloadUrl"]
+    with urllib.request.urlopen(url, timeout=30) as r:  # noqa: S310 - ECR's presigned https URL
+        config = json.loads(r.read())
+    return dict((config.get("config") or {}).get("Labels") or {})
+
+
+def _image_check(cluster: str, region: str | None, cfg: JobConfig) -> Check:
     import boto3
 
     from orchestrator.launch import named_clusters
@@ -240,11 +313,19 @@ def _image_check(cluster: str, region: str | None) -> Check:
     try:
         ecr = boto3.client("ecr", region_name=m["region"] or region)
         ecr.describe_images(registryId=m["account"], repositoryName=m["repo"], imageIds=[ref])
-        return Check("container image", True, image)
     except Exception as e:  # noqa: BLE001 - reported
         return Check("container image", False, f"{image}: {type(e).__name__}: {str(e)[:200]}",
                      "build and push it: docker build -f infra/Dockerfile -t IMAGE . && "
                      "docker push IMAGE (after aws ecr get-login-password | docker login ...)")  # fmt: skip
+    if not image_needs(cfg):
+        return Check("container image", True, image)
+    try:
+        labels = _image_labels(ecr, m["account"], m["repo"], ref)
+    except Exception as e:  # noqa: BLE001 - reported
+        return Check("container image contents", False,
+                     f"{image}: could not read its labels: {type(e).__name__}: {str(e)[:200]}",
+                     "allow ecr:BatchGetImage and ecr:GetDownloadUrlForLayer")  # fmt: skip
+    return image_contents_check(image, cfg, labels)
 
 
 def main(cluster: str, job: str, scale: str | None, overrides: list[str]) -> int:

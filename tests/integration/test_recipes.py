@@ -54,8 +54,12 @@ def test_recipe_trains_exports_and_resumes(job, launch_workdir):
     if cfg.model.pretrained:
         assert ckpt["base"]["digest"].startswith("sha256:"), ckpt["base"]
     # the size the bill, the disk check and the save-time model use is what was written
-    from orchestrator.cost.memory import MANIFEST_BYTES, checkpoint_bytes, checkpoint_counts
-    from orchestrator.cost.memory import trainable_params
+    from orchestrator.cost.memory import (
+        MANIFEST_BYTES,
+        checkpoint_bytes,
+        checkpoint_counts,
+        trainable_params,
+    )
 
     vocab = json.loads(((export if (export / "config.json").exists() else Path(ckpt["base"]["ref"]))
                         / "config.json").read_text())["vocab_size"]  # fmt: skip
