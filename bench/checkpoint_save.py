@@ -28,15 +28,15 @@ that upload to the background."""
 WORLD = 2
 
 
-def _baseline_package(d: Path) -> None:
-    """`ckpt_baseline.{io,store,manifest}`: the baseline's checkpoint modules, importing each
+def _baseline_package(d: Path, commit: str = BASELINE_COMMIT) -> None:
+    """`ckpt_baseline.{io,store,manifest}`: the checkpoint modules at `commit`, importing each
     other instead of today's."""
     pkg = d / "ckpt_baseline"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
     for name in ("io", "store", "manifest"):
         src = subprocess.run(
-            ["git", "show", f"{BASELINE_COMMIT}:orchestrator/checkpoint/{name}.py"],
+            ["git", "show", f"{commit}:orchestrator/checkpoint/{name}.py"],
             cwd=REPO,
             check=True,
             capture_output=True,

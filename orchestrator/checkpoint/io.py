@@ -31,6 +31,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from orchestrator.checkpoint.fetch import FetchStats
 from orchestrator.checkpoint.hashing import SaveTarget
 from orchestrator.checkpoint.manifest import FILES_KEY, step_dirname
 from orchestrator.checkpoint.store import IncompleteCheckpoint, LocalStore, open_store
@@ -119,6 +120,7 @@ class Checkpointer:
         self.group = dist.new_group(backend="gloo") if dist.is_initialized() else None
         self._pending: threading.Thread | None = None
         self.stats = SaveStats()
+        self.fetch_stats = FetchStats()  # of the last load
 
     # ------------------------------------------------------------------ save
     def save(
@@ -239,48 +241,71 @@ class Checkpointer:
 
     # ------------------------------------------------------------------ load
     def load_latest(
-        self, read_shards: Callable[[Path], None], cache: Path
+        self,
+        read_shards: Callable[[Path], None],
+        cache: Path,
+        plan_files: Callable[[Callable[[list[str]], Path]], set[str] | None] | None = None,
     ) -> tuple[Path, dict[str, Any]] | None:
         """Load the newest complete checkpoint (shards + this rank's RNG). Returns (folder,
-        manifest), or None when there is none. A checkpoint that fails verification is skipped
-        with a warning naming it, and the next older one is tried. From S3, each node's leader
-        downloads the checkpoint into `cache` (node-local) and the node's other ranks read it."""
+        manifest), or None when there is none. Every rank fetches and verifies only the files
+        it reads (checkpoint/fetch.py): `plan_files(ensure)` names the strategy's shard files
+        for this rank (DCP's load plan; None: every shard file), after `ensure`-ing what it
+        needs to plan. A checkpoint that fails verification on any rank is skipped with a
+        warning naming it, and the next older one is tried."""
+        from orchestrator.checkpoint.fetch import RankFetch, rank_files
+
         cache = cache / _safe_name(self.node)
         steps = [self.store.complete_steps() if self.rank == 0 else None]
         if dist.is_initialized():
             dist.broadcast_object_list(steps, src=0)
         for step in steps[0] or []:
-            ok, folder, manifest = True, None, None
-            if self.leader:
+            got: list[Any] = [None]
+            if self.rank == 0:  # one read of the manifest, checked (signature, paths)
                 try:
-                    folder = self.store.fetch(step, cache)
-                    manifest = self.store.read_manifest(step)
+                    got = [self.store.read_manifest(step)]
                 except IncompleteCheckpoint as e:
-                    log.warning("skipping incomplete checkpoint: %s", e)
-                    ok = False
-            flag = torch.tensor([1 if ok else 0])
+                    got = [str(e)]
+            if dist.is_initialized():
+                dist.broadcast_object_list(got, src=0)
+            if isinstance(got[0], str):
+                log.warning("skipping incomplete checkpoint: %s", got[0])
+                continue
+            manifest = got[0]
+            fetch = RankFetch(self.store, step, manifest, cache)
+            ok, error = 1, None
+            try:
+                shards = plan_files(fetch.ensure) if plan_files is not None else None
+                fetch.ensure(rank_files(manifest[FILES_KEY], self.rank, shards))
+            except IncompleteCheckpoint as e:
+                log.warning("skipping incomplete checkpoint: %s", e)
+                ok = 0
+            except Exception as e:  # noqa: BLE001 - every rank raises below, not only this one
+                ok, error = -1, e
+            flag = torch.tensor([ok])
             if dist.is_initialized():
                 dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            if flag.item() < 0:  # not a broken checkpoint: a fault, on some rank
+                if error is not None:
+                    raise error
+                raise RuntimeError(f"loading {step_dirname(step)} failed on another rank")
             if not flag.item():
+                _barrier()
+                if self.leader and not fetch.in_place:
+                    shutil.rmtree(fetch.folder.parent, ignore_errors=True)
                 continue
-            found: list[tuple[Path, dict[str, Any]] | None] = [None]
-            if self.rank == 0:
-                assert folder is not None and manifest is not None
-                found = [(folder, manifest)]
-            if dist.is_initialized():
-                dist.broadcast_object_list(found, src=0)
-            entry = found[0]
-            assert entry is not None, "rank 0 found this checkpoint complete"
-            folder0, manifest = entry
-            if folder is None:  # not a node leader: read the leader's copy on this node
-                in_place = isinstance(self.store, LocalStore)
-                folder = folder0 if in_place else cache / step_dirname(step)
+            folder = fetch.folder
             read_shards(folder)
             rng = folder / f"rng_rank{self.rank}.pt"
             if rng.exists():  # absent when resuming on more workers than saved
                 torch.set_rng_state(torch.load(rng, weights_only=True))  # a tensor, no pickle
+            self.fetch_stats = fetch.stats
+            log.info(
+                "checkpoint %s: rank %d read %d files, fetched %.1f MB, verified %.1f MB",
+                step_dirname(step), self.rank, len(fetch.stats.files),
+                fetch.stats.fetched_bytes / 1e6, fetch.stats.verified_bytes / 1e6,
+            )  # fmt: skip
             _barrier()
-            if self.leader and not isinstance(self.store, LocalStore):
-                shutil.rmtree(folder, ignore_errors=True)  # the downloaded copy
-            return folder0, manifest
+            if self.leader and not fetch.in_place:
+                shutil.rmtree(folder.parent, ignore_errors=True)  # the downloaded copy
+            return folder, manifest
         return None

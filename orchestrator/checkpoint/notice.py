@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -43,6 +44,24 @@ class Notice:
     """ec2 | gcp | sigterm | ray_drain"""
     received_at: float
     detail: str = ""
+
+
+_DOOMED = re.compile(r"\[doomed node ([0-9a-f]+) deadline ([0-9.]+)\]")
+
+
+def doomed_tag(node_id: str, deadline: float) -> str:
+    """What a rank that received a notice says about its node in its Preempted error: the
+    launcher drains that node before the next try (`doomed_nodes`)."""
+    return f"[doomed node {node_id} deadline {deadline:.0f}]"
+
+
+def doomed_nodes(text: str) -> dict[str, float]:
+    """Pure: {node id: deadline (unix s)} of every doomed-node tag in `text` (the failure's
+    detail), the earliest deadline per node."""
+    out: dict[str, float] = {}
+    for node, deadline in _DOOMED.findall(text):
+        out[node] = min(out.get(node, float("inf")), float(deadline))
+    return out
 
 
 def _http(req: urllib.request.Request, timeout: float) -> tuple[int, str]:

@@ -38,6 +38,28 @@ from orchestrator.paths import REPO_ROOT
 
 LINE_FORMATS = (".jsonl", ".json")
 EVAL_BUCKETS = 10_000
+STREAM_RETRIES = 6
+"""Consecutive transient failures of a streamed (Hub) source before the run fails."""
+
+
+def stream_backoff_s(failures: int) -> float:
+    """Pure: the wait before retry `failures` of a stream (1, 2, 4, ... capped at 60 s)."""
+    return float(min(60.0, 2.0 ** (failures - 1)))
+
+
+def is_transient(e: BaseException) -> bool:
+    """Pure: a network hiccup worth retrying (connection reset, timeout, 5xx), not a bad row or
+    a missing dataset."""
+    if isinstance(e, DataError | KeyError | ValueError | TypeError | FileNotFoundError):
+        return False
+    if isinstance(e, ConnectionError | TimeoutError):
+        return True
+    names = {c.__name__ for c in type(e).__mro__}
+    if names & {"ConnectionError", "Timeout", "ReadTimeout", "ChunkedEncodingError",
+                "ClientConnectionError", "ServerDisconnectedError", "IncompleteRead"}:  # fmt: skip
+        return True
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    return isinstance(status, int) and (status >= 500 or status == 429)
 
 
 def _stdlib(pattern: str) -> str:
@@ -257,27 +279,46 @@ class TextStream:
     def _hf_documents(self) -> Iterator[str]:
         import datasets
 
+        failures = 0
         while True:
             if self._hf_iter is None:
                 ds = datasets.load_dataset(self.cfg.source, split=self.cfg.split, streaming=True)
                 if self.pos.hf_state is not None:
                     ds.load_state_dict(self.pos.hf_state)
                 self._hf_ds, self._hf_iter = ds, iter(ds)
-            for row in self._hf_iter:
-                index, self.pos.hf_rows = self.pos.hf_rows, self.pos.hf_rows + 1
-                self.pos.hf_state = self._hf_ds.state_dict()  # = after this row
-                if self._wanted(f"{self.cfg.source}#{index}"):
-                    text = row.get(self.cfg.text_field)
-                    if not isinstance(text, str):
-                        raise DataError(
-                            f"{self.cfg.source} row {index}: field {self.cfg.text_field!r} "
-                            f"(data.text_field) must be a string, got {type(text).__name__}"
-                        )
-                    yield text
-            if self.split == "eval":
-                return
-            self.pos.epoch += 1
-            self.pos.hf_state, self.pos.hf_rows, self._hf_iter = None, 0, None
+            try:
+                row = next(self._hf_iter)
+                failures = 0
+            except StopIteration:
+                row = None
+            except Exception as e:  # noqa: BLE001 - transient ones retried, others raised
+                failures += 1
+                if not is_transient(e) or failures > STREAM_RETRIES:
+                    raise DataError(
+                        f"{self.cfg.source}: reading the stream failed after {failures} "
+                        f"tries at row {self.pos.hf_rows}: {type(e).__name__}: {e}"
+                    ) from e
+                import time
+
+                time.sleep(stream_backoff_s(failures))
+                self._hf_iter = None  # reopen at the last row read (hf_state)
+                continue
+            if row is None:  # the end of a pass
+                if self.split == "eval":
+                    return
+                self.pos.epoch += 1
+                self.pos.hf_state, self.pos.hf_rows, self._hf_iter = None, 0, None
+                continue
+            index, self.pos.hf_rows = self.pos.hf_rows, self.pos.hf_rows + 1
+            self.pos.hf_state = self._hf_ds.state_dict()  # = after this row
+            if self._wanted(f"{self.cfg.source}#{index}"):
+                text = row.get(self.cfg.text_field)
+                if not isinstance(text, str):
+                    raise DataError(
+                        f"{self.cfg.source} row {index}: field {self.cfg.text_field!r} "
+                        f"(data.text_field) must be a string, got {type(text).__name__}"
+                    )
+                yield text
 
     def documents_once(self) -> Iterator[str]:
         """The documents of one pass from the current position (no wrap-around)."""
@@ -397,13 +438,32 @@ def worker_files(cfg: DataConfig, names: list[str] | None) -> list[TextFile]:
     return files
 
 
+def all_gather_exchange(mine: Any) -> list[Any]:
+    """Every rank's `mine`, in rank order (torch.distributed; a world of one without it)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [mine]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, mine)
+    return out
+
+
 class TextStepBatches:
     """The batches of a pretraining run, for one rank: step s takes the next
     `global_batch_size` packed rows of the stream; rank r trains rows r, r + world, ...
 
-    Every rank reads and tokenizes the same stream (so the position is one small dict, the same
-    on every rank, and a resumed run may have another worker count); steps must be asked for in
-    order, which is how the loop trains. `state_dict()` after step s is where step s + 1 starts.
+    The rows are the stream's (`TextStream.sequences`: documents in order, EOS-separated,
+    packed), so they depend only on the source, the tokenizer and the step, never on the worker
+    count, and a checkpoint taken by W workers resumes on any other number. Tokenizing is what
+    costs, so it is shared: documents are read by every rank (text only), and document i of a
+    round is tokenized by rank i mod W only; the ranks then exchange the token ids
+    (`exchange`, an all-gather), so each rank tokenizes 1/W of the corpus. The next step's
+    first round is read and tokenized in a background thread while the current step trains;
+    the exchange itself runs on the training thread, in step order, as every collective must.
+
+    Steps must be asked for in order, which is how the loop trains. `state_dict()` after step s
+    is where step s + 1 starts (taken before any read-ahead).
     """
 
     def __init__(
@@ -417,9 +477,10 @@ class TextStepBatches:
         world_size: int,
         rank: int,
         pad_id: int,
+        exchange: Any = None,
     ) -> None:
         self.stream = TextStream(cfg, tokenizer, "train", files)
-        self._rows = self.stream.sequences()
+        self.tok = tokenizer
         self.global_batch_size = global_batch_size
         self.micro = micro_batch_size
         self.world = world_size
@@ -428,21 +489,106 @@ class TextStepBatches:
         self.seq_len = cfg.max_seq_len
         self.mode = "pad"  # every row is full: no padding, no grouping needed
         self.steps_per_epoch = 1 << 62  # a stream has no fixed epoch length
+        self.exchange = exchange or all_gather_exchange
+        self.tokenized = 0
+        """Documents this rank has tokenized (about 1/world of those read)."""
+        self._tokens_per_doc: float | None = None
         self._next_step = 0
         self._cache: dict[int, list] = {}
+        self._reset()
+
+    READ_KEYS = ("file", "offset", "epoch", "hf_rows", "hf_state")
+    """The reader's part of the position (the rest, the buffer and the counts, is the rows')."""
+
+    def _reader_position(self) -> dict[str, Any]:
+        return {k: getattr(self.stream.pos, k) for k in self.READ_KEYS}
+
+    def _reset(self) -> None:
+        self._docs = self.stream._documents()
+        self._ahead: Any = None  # the read-ahead of the next step's first round
+        self._consumed = self._reader_position()  # after the last document in the buffer
+        self._snapshot = self.stream.state_dict()
+
+    def _take_snapshot(self) -> None:
+        """The position after the rows cut so far: documents read ahead are not in it."""
+        self._snapshot = {**self.stream.state_dict(), **self._consumed}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"next_step": self._next_step, "stream": self.stream.state_dict()}
+        return {"next_step": self._next_step, "stream": self._snapshot}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._join_ahead()
         self.stream.load_state_dict(state["stream"])
-        self._rows = self.stream.sequences()
         self._next_step = int(state["next_step"])
         self._cache.clear()
+        self._reset()
 
     @property
     def epoch(self) -> int:
-        return self.stream.pos.epoch
+        return int(self._snapshot["epoch"])
+
+    # -- rounds: read documents, tokenize this rank's share, exchange
+    def _round_size(self) -> int:
+        """Documents for the rest of the step (from the mean tokens per document so far),
+        a multiple of the world size (every rank gets the same count)."""
+        need = self.global_batch_size * self.seq_len - len(self.stream.pos.buffer)
+        per_doc = self._tokens_per_doc or float(self.seq_len)
+        docs = max(1, -(-max(need, 1) // max(1, int(per_doc))))
+        return -(-docs // self.world) * self.world
+
+    def _read_and_tokenize(self, n: int) -> tuple[int, list[list[int]], dict[str, Any]]:
+        """Read the next `n` documents (all ranks), tokenize this rank's share. Returns the
+        count, this rank's token ids and the reader's position after them."""
+        texts = [next(self._docs) for _ in range(n)]
+        after = self._reader_position()
+        mine = texts[self.rank :: self.world]
+        self.tokenized += len(mine)
+        ids = self.tok(mine, add_special_tokens=False)["input_ids"] if mine else []
+        return n, [list(x) for x in ids], after
+
+    def _join_ahead(self) -> tuple[int, list[list[int]], dict[str, Any]] | None:
+        ahead, self._ahead = self._ahead, None
+        if ahead is None:
+            return None
+        thread, box = ahead
+        thread.join()
+        if "error" in box:
+            raise box["error"]
+        return box["result"]
+
+    def _start_ahead(self) -> None:
+        import threading
+
+        if self._ahead is not None:  # the last one is still pending (this step did not need it)
+            return
+        n = self._round_size()
+        box: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                box["result"] = self._read_and_tokenize(n)
+            except BaseException as e:  # noqa: BLE001 - re-raised on the training thread
+                box["error"] = e
+
+        thread = threading.Thread(target=work, name="text-read-ahead", daemon=True)
+        thread.start()
+        self._ahead = (thread, box)
+
+    def _fill(self) -> None:
+        """Rounds until the buffer holds the step's rows."""
+        need = self.global_batch_size * self.seq_len
+        pos = self.stream.pos
+        while len(pos.buffer) < need:
+            got = self._join_ahead() or self._read_and_tokenize(self._round_size())
+            n, mine, self._consumed = got
+            parts = self.exchange(mine)
+            docs = [parts[i % self.world][i // self.world] for i in range(n)]
+            for ids in docs:
+                pos.buffer.extend(ids + [self.stream.eos])
+            pos.documents += n
+            total = sum(len(d) + 1 for d in docs)
+            seen = self._tokens_per_doc
+            self._tokens_per_doc = total / n if seen is None else 0.8 * seen + 0.2 * total / n
 
     def global_examples(self, step: int):
         from orchestrator.data.templates import Example
@@ -453,10 +599,16 @@ class TextStepBatches:
                     f"text batches are streamed in order: asked for step {step}, "
                     f"the stream is at step {self._next_step}"
                 )
-            rows = [next(self._rows) for _ in range(self.global_batch_size)]
+            self._fill()
+            pos, n = self.stream.pos, self.seq_len
+            rows = [pos.buffer[i * n : (i + 1) * n] for i in range(self.global_batch_size)]
+            del pos.buffer[: self.global_batch_size * n]
+            pos.sequences += self.global_batch_size
             self._cache = {s: v for s, v in self._cache.items() if s >= step - 1}
             self._cache[step] = [Example(input_ids=r, labels=r) for r in rows]
             self._next_step += 1
+            self._take_snapshot()
+            self._start_ahead()
         return self._cache[step]
 
     def step_targets(self, step: int) -> int:

@@ -71,8 +71,9 @@ def classify_failure(err: Exception) -> tuple[FailureKind, str]:
     ]
     fatal = [r for r, c in causes.items() if is_fatal(c)]
     notices = [r for r, c in causes.items() if type(c).__name__ == "Preempted"]
-    if notices:
-        return FailureKind.PREEMPTION, f"spot notice on rank(s) {notices}: {causes[notices[0]]}"
+    if notices:  # every noticing rank's message: each names its doomed node
+        said = "; ".join(dict.fromkeys(str(causes[r]) for r in notices))
+        return FailureKind.PREEMPTION, f"spot notice on rank(s) {notices}: {said}"
     if fatal and not lost:  # a verification failure, not the echo of a lost rank
         return FailureKind.FATAL, f"rank {fatal[0]}: {causes[fatal[0]]}"
     if lost:

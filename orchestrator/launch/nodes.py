@@ -49,3 +49,46 @@ def cluster_nodes(cfg: JobConfig, t_start: float) -> list[NodeLife]:
                 continue  # gone before this launch
         nodes.append(NodeLife(n.node_id, itype, market, p, od, max(start, t_start), end))
     return nodes
+
+
+def to_drain(doomed: dict[str, float], alive: set[str], driver: str) -> dict[str, float]:
+    """Pure: the doomed nodes worth draining: alive (a dead one takes nothing anyway), and not
+    the node this launcher runs on (the head, or a one-node local cluster: draining it would
+    leave the next try nowhere to run; its own SIGTERM handling is the notice there)."""
+    return {n: d for n, d in doomed.items() if n in alive and n != driver}
+
+
+def drain(doomed: dict[str, float], why: str) -> list[str]:
+    """Ask Ray's GCS to drain each doomed node (reason: preemption, with its deadline), as
+    `ray drain-node` does: the scheduler places nothing new there, so the next try's workers
+    land elsewhere (the autoscaler brings a replacement) instead of on a node that dies within
+    two minutes. Returns the nodes whose drain was accepted; a refusal or an error is printed,
+    never raised (the node may be gone already)."""
+    if not doomed:
+        return []
+    import ray
+    from ray.core.generated import autoscaler_pb2
+
+    drained = []
+    try:
+        gcs = ray._raylet.GcsClient(address=ray.get_runtime_context().gcs_address)
+    except Exception as e:  # noqa: BLE001 - reported
+        print(f"warning: cannot reach the GCS to drain {sorted(doomed)}: {e}", file=sys.stderr)
+        return []
+    alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+    driver = ray.get_runtime_context().get_node_id()
+    for node, deadline in sorted(to_drain(doomed, alive, driver).items()):
+        try:
+            ok, refusal = gcs.drain_node(
+                node, autoscaler_pb2.DrainNodeReason.Value("DRAIN_NODE_REASON_PREEMPTION"),
+                why[:200], int(deadline * 1000),
+            )  # fmt: skip
+        except Exception as e:  # noqa: BLE001 - reported
+            ok, refusal = False, f"{type(e).__name__}: {e}"
+        if ok:
+            drained.append(node)
+            print(f"drained node {node[:12]} (spot notice; deadline in "
+                  f"{max(0.0, deadline - time.time()):.0f} s): the next try runs elsewhere")  # fmt: skip
+        else:
+            print(f"warning: node {node[:12]} was not drained: {refusal}", file=sys.stderr)
+    return drained

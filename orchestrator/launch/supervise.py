@@ -13,6 +13,7 @@ import os
 import time
 from typing import Any
 
+from orchestrator.checkpoint.notice import doomed_nodes
 from orchestrator.config.load import to_dict
 from orchestrator.config.schema import JobConfig
 from orchestrator.cost.estimator import cluster_price_per_hour
@@ -20,7 +21,7 @@ from orchestrator.cost.ledger import Ledger
 from orchestrator.launch import autoscale
 from orchestrator.launch.checks import collective_timeout_s
 from orchestrator.launch.failures import RunFailed, classify_failure
-from orchestrator.launch.nodes import cluster_nodes
+from orchestrator.launch.nodes import cluster_nodes, drain
 from orchestrator.launch.restart import Action, FailureKind, Tally, decide
 from orchestrator.launch.worker_env import worker_env
 from orchestrator.storage import resolve as storage_resolve
@@ -112,6 +113,8 @@ def _tries(
                 return decision.stop_reason
             last_line = detail.strip().splitlines()[-1] if detail.strip() else kind
             print(f"{kind} #{tally.of(kind)}: {last_line[:300]}\n{decision.message}")
+            if kind == FailureKind.PREEMPTION:  # a spot notice: not on the doomed node again
+                drain(doomed_nodes(detail), f"spot notice ({cfg.job}, attempt {context.attempt})")
     return None
 
 

@@ -39,6 +39,8 @@ BILL_MD = "bill.md"
 BILL_JSON = "bill.json"
 CONFIGS = "config"  # config/attempt-N.yaml
 METRICS_PENDING = "metrics_pending.jsonl"
+RESUMES = "resumes.jsonl"
+"""One line per resume: the checkpoint, and what each rank fetched and verified of it."""
 CHECKPOINTS = "checkpoints"
 EXPORT = "export"
 RAY_STORAGE = "ray"

@@ -24,7 +24,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from orchestrator.checkpoint.io import Checkpointer, node_leader
-from orchestrator.checkpoint.notice import Notice, NoticeWatcher
+from orchestrator.checkpoint.manifest import FILES_KEY
+from orchestrator.checkpoint.notice import Notice, NoticeWatcher, doomed_tag
 from orchestrator.checkpoint.policy import Interval
 from orchestrator.checkpoint.resume import (
     BASE_KEY,
@@ -59,6 +60,7 @@ from orchestrator.storage.layout import (
     METRICS_PENDING,
     METRICS_TAIL,
     RESULT,
+    RESUMES,
     TIMELINE,
     EventRecord,
     RunContext,
@@ -435,8 +437,9 @@ class FinetuneRecipe:
         found = None
         if mode != "never":
             found = self.checkpointer.load_latest(
-                self._read_checkpoint_checked, self.storage.node_dir(CKPT_CACHE)
-            )
+                self._read_checkpoint_checked, self.storage.node_dir(CKPT_CACHE),
+                getattr(self.strategy, "checkpoint_files", None),
+            )  # fmt: skip
         if mode == "must" and found is None:
             raise RuntimeError(
                 f"checkpoint.resume=must but {self.storage.checkpoint_url} has no complete "
@@ -458,7 +461,33 @@ class FinetuneRecipe:
                 "(weights, optimizer and data position come from the checkpoint)"
             )
         self._print(f"resumed from {self.checkpointer.store.url}/{path.name} at step {self.step}")
+        self._report_fetch(state)
         return True
+
+    def _report_fetch(self, state: dict[str, Any]) -> None:
+        """What each rank fetched and verified of the checkpoint it resumed from (collective):
+        printed, and a line of the run's resumes.jsonl."""
+        from dataclasses import asdict
+
+        mine = asdict(self.checkpointer.fetch_stats)
+        mine.pop("files")
+        mine["rank"] = self.rank
+        ranks: list[Any] = [mine]
+        if dist.is_initialized():
+            ranks = [None] * self.world
+            dist.all_gather_object(ranks, mine)
+        if self.rank != 0:
+            return
+        total = sum(f["bytes"] for f in state.get(FILES_KEY, {}).values())
+        most = max(r["fetched_bytes"] for r in ranks)
+        self._print(
+            f"resume: checkpoint of {total / 1e6:.1f} MB; the most one rank fetched "
+            f"{most / 1e6:.1f} MB, verified {max(r['verified_bytes'] for r in ranks) / 1e6:.1f} MB"
+        )
+        self.run_store.append_lines(RESUMES, [json.dumps({
+            "attempt": self.ctx.attempt, "step": self.step, "checkpoint_bytes": total,
+            "ranks": ranks,
+        })])  # fmt: skip
 
     def _extra_state(self) -> dict[str, Any]:
         """An objective's own state for the checkpoint manifest (PPO: the KL controller)."""
@@ -561,6 +590,8 @@ class FinetuneRecipe:
                 self.stop_reason = StopReason.PREEMPTED
                 window = cfg.checkpoint.notice_window_s
                 source = self.notice.source if self.notice else "another rank"
+                if self.notice is not None:  # this node goes: the launcher drains it first
+                    source += " " + doomed_tag(_node_id(), self.notice.received_at + window)
                 if self.checkpointer.save_fits(window):
                     self.save_checkpoint(emergency=True)
                     self.checkpointer.wait()

@@ -19,7 +19,7 @@ another worker count on load; DeepSpeed writes its own ZeRO checkpoint (same wor
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -162,6 +162,15 @@ class _DcpStrategy:
             return dcp.async_save(state, storage_writer=target.dcp_writer(), process_group=group)
         dcp.save(state, storage_writer=target.dcp_writer())
         return None
+
+    def checkpoint_files(self, ensure: Callable[[list[str]], Path]) -> set[str]:
+        """The `.distcp` files `read_checkpoint` will read on this rank (its load plan against
+        the checkpoint's metadata, which `ensure` fetches and verifies first)."""
+        from orchestrator.checkpoint.fetch import dcp_plan_files
+
+        folder = ensure([".metadata"])
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        return dcp_plan_files(self._checkpoint_state(), folder / ".metadata", rank)
 
     def read_checkpoint(self, folder: Path) -> None:
         import torch.distributed.checkpoint as dcp

@@ -38,8 +38,15 @@ def test_a_killed_worker_is_a_preemption_and_the_others_errors_are_collateral():
 
 
 def test_a_spot_notice_is_a_preemption():
-    kind, detail = classify_failure(group({0: user(Preempted("sigterm")), 1: user(Preempted("x"))}))
+    from orchestrator.checkpoint.notice import doomed_nodes, doomed_tag
+
+    kind, detail = classify_failure(group({
+        0: user(Preempted(f"spot notice (ec2 {doomed_tag('aa', 5)}): saved step 3")),
+        1: user(Preempted("spot notice (another rank): saved step 3")),
+        2: user(Preempted(f"spot notice (ec2 {doomed_tag('bb', 6)}): saved step 3")),
+    }))  # fmt: skip
     assert kind == "preemption" and "spot notice" in detail
+    assert doomed_nodes(detail) == {"aa": 5.0, "bb": 6.0}  # every noticing node, to drain
 
 
 def test_user_code_errors_are_application_errors_naming_the_rank():
@@ -56,3 +63,17 @@ def test_out_of_memory_kills_are_not_preemptions():
 
 def test_controller_errors_are_application_errors():
     assert classify_failure(ControllerError(RuntimeError("scheduling")))[0] == "app"
+
+
+def test_doomed_nodes_are_named_by_the_ranks_that_got_the_notice():
+    from orchestrator.checkpoint.notice import doomed_nodes, doomed_tag
+    from orchestrator.launch.nodes import to_drain
+
+    a, b = "ab" * 14, "cd" * 14
+    text = (f"spot notice on rank(s) [0, 3]: spot notice (ec2 {doomed_tag(a, 1000.4)}): saved; "
+            f"spot notice (sigterm {doomed_tag(b, 990)}); again {doomed_tag(a, 995)}")  # fmt: skip
+    assert doomed_nodes(text) == {a: 995.0, b: 990.0}  # the earliest deadline per node
+    assert doomed_nodes("worker rank(s) [1] lost") == {}
+    # alive ones only, never the launcher's own node (a one-node cluster would be left empty)
+    assert to_drain(doomed_nodes(text), alive={a, b}, driver=b) == {a: 995.0}
+    assert to_drain(doomed_nodes(text), alive={b}, driver="x") == {b: 990.0}

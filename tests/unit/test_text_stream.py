@@ -115,28 +115,120 @@ def test_stdlib_source_resolves_on_any_machine():
     assert all(f.name.startswith("python3") and not f.name.startswith("/") for f in files)
 
 
+class ThreadWorld:
+    """`world` ranks as threads of this process, exchanging through an all-gather built on a
+    barrier: the collective TextStepBatches makes, without a process group."""
+
+    def __init__(self, world: int) -> None:
+        import threading
+
+        self.world, self.slots = world, [None] * world
+        self.barrier = threading.Barrier(world)
+
+    def exchange(self, rank: int):
+        def gather(mine):
+            self.slots[rank] = mine
+            self.barrier.wait()
+            out = list(self.slots)
+            self.barrier.wait()  # everyone has read before anyone writes the next round
+            return out
+
+        return gather
+
+    def run(self, fn) -> list:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(self.world) as pool:
+            return list(pool.map(fn, range(self.world)))
+
+
+def _batches(cfg, tok, world, rank, exchange=None, gbs=8):
+    return TextStepBatches(cfg, tok, None, global_batch_size=gbs, micro_batch_size=2,
+                           world_size=world, rank=rank, pad_id=0, exchange=exchange)  # fmt: skip
+
+
+def _reference_rows(cfg, tok, steps, gbs=8):
+    """The stream's own rows (TextStream.sequences, one process): what any world must train."""
+    rows = TextStream(cfg, tok, "train").sequences()
+    return [[next(rows) for _ in range(gbs)] for _ in range(steps)]
+
+
 @pytest.mark.parametrize("world", [1, 2, 4])
 def test_step_batches_split_rows_over_ranks_and_resume_with_another_world(corpus, tok, world):
     cfg = _cfg(corpus)
-    ref = TextStepBatches(cfg, tok, None, global_batch_size=8, micro_batch_size=2,
-                          world_size=1, rank=0, pad_id=0)  # fmt: skip
-    steps = [[e.input_ids for e in ref.global_examples(s)] for s in range(6)]
-    state = None
-    for rank in range(world):
-        b = TextStepBatches(cfg, tok, None, global_batch_size=8, micro_batch_size=2,
-                            world_size=world, rank=rank, pad_id=0)  # fmt: skip
+    steps = _reference_rows(cfg, tok, 6)
+    tw = ThreadWorld(world)
+
+    def rank_main(rank: int):
+        b = _batches(cfg, tok, world, rank, tw.exchange(rank))
         for s in range(3):
             mbs, targets = b.step(s)
             mine = [r for mb in mbs for r in mb["input_ids"].tolist()]
             assert mine == steps[s][rank::world] and targets == 8 * 15
-        state = b.state_dict()
+        return b.state_dict()
+
+    states = tw.run(rank_main)
+    assert all(st == states[0] for st in states)  # one position, the same on every rank
     # a checkpoint taken after step 3 by `world` workers resumes on 1 worker at step 3
-    again = TextStepBatches(cfg, tok, None, global_batch_size=8, micro_batch_size=2,
-                            world_size=1, rank=0, pad_id=0)  # fmt: skip
-    again.load_state_dict(json.loads(json.dumps(state)))
+    again = _batches(cfg, tok, 1, 0)
+    again.load_state_dict(json.loads(json.dumps(states[0])))
     assert [[e.input_ids for e in again.global_examples(s)] for s in range(3, 6)] == steps[3:]
     with pytest.raises(RuntimeError, match="streamed in order"):
         again.global_examples(1)
+
+
+def test_each_rank_tokenizes_its_share_and_worlds_agree(corpus, tok):
+    """World 16: each rank tokenizes ~1/16 of the documents read, and worlds 2 and 4 train the
+    same rows as the stream read by one process."""
+    cfg = _cfg(corpus)
+    calls: dict[int, int] = {}
+
+    class Counting:  # the real tokenizer, counting the documents each rank hands it
+        def __init__(self, rank):
+            self.rank, self.eos_token_id = rank, tok.eos_token_id
+
+        def __call__(self, texts, **kw):
+            calls[self.rank] = calls.get(self.rank, 0) + len(texts)
+            return tok(texts, **kw)
+
+    tw = ThreadWorld(16)
+
+    def rank_main(rank: int):
+        b = TextStepBatches(cfg, Counting(rank), None, global_batch_size=32, micro_batch_size=2,
+                            world_size=16, rank=rank, pad_id=0, exchange=tw.exchange(rank))  # fmt: skip
+        rows = [[e.input_ids for e in b.global_examples(s)] for s in range(4)]
+        return rows, b.stream.pos.documents
+
+    out = tw.run(rank_main)
+    read = out[0][1]
+    assert all(rows == out[0][0] for rows, _ in out)
+    assert sum(calls.values()) <= read + 16 * 2  # nothing tokenized twice (read-ahead aside)
+    assert max(calls.values()) <= read / 16 + 2 * 4  # ~1/16 each (rounds are multiples of 16)
+    ref = _reference_rows(cfg, tok, 4, gbs=32)
+    assert out[0][0] == ref
+    for world in (2, 4):
+        tw2 = ThreadWorld(world)
+
+        def main(rank, w=world, t=tw2):
+            b = _batches(cfg, tok, w, rank, t.exchange(rank), 32)
+            return [[e.input_ids for e in b.global_examples(s)] for s in range(4)]
+
+        assert all(rows == ref for rows in tw2.run(main)), world
+
+
+def test_stream_retry_policy_is_pure():
+    from orchestrator.data.text import is_transient, stream_backoff_s
+
+    assert [stream_backoff_s(k) for k in (1, 2, 3, 8)] == [1.0, 2.0, 4.0, 60.0]
+    assert is_transient(ConnectionResetError()) and is_transient(TimeoutError())
+    assert not is_transient(DataError("bad row")) and not is_transient(KeyError("text"))
+
+    class HTTPError(Exception):
+        def __init__(self, code):
+            self.response = type("R", (), {"status_code": code})()
+
+    assert is_transient(HTTPError(503)) and is_transient(HTTPError(429))
+    assert not is_transient(HTTPError(404))
 
 
 def test_prepare_trains_a_tokenizer_and_packs_held_out_rows(corpus, tmp_path):
