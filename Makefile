@@ -111,7 +111,7 @@ test-integration: $(STAMP)
 	$(BIN)/python -m pytest -m integration
 
 test-gpu: $(STAMP)
-	$(BIN)/python -m pytest -m gpu tests/gpu -v
+	$(BIN)/python -m pytest -m gpu tests/gpu -v -rs
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py

@@ -23,7 +23,6 @@ Errors name the file (or "command line") and the key, so a typo fails before any
 from __future__ import annotations
 
 import dataclasses
-import re
 from pathlib import Path
 from typing import Any, cast
 
@@ -32,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from orchestrator.config.schema import SCALES, ConfigError, JobConfig
-from orchestrator.paths import CONF_DIR, JOBS_DIR, read_yaml_mapping
+from orchestrator.paths import CONF_DIR, JOBS_DIR, check_yaml_expansion, read_yaml_mapping
 
 # Job section -> folder of reusable blocks under conf/.
 BLOCK_DIRS = {"model": "model", "data": "data", "hardware": "hardware", "cost": "pricing"}
@@ -93,7 +92,28 @@ def _merge_into(schema: DictConfig, data: dict[str, Any], where: str) -> DictCon
         raise ConfigError(f"{where}: invalid key {key!r}: {msg}") from None
 
 
-_RESOLVER = re.compile(r"\$\{\s*[^}\s]*:")  # ${name:...}: a resolver call (oc.env, oc.decode, ...)
+def calls_resolver(text: str) -> bool:
+    """Does `text` call a resolver (`${oc.env:X}`, `${ oc.env :X}`, nested, any spelling)?
+    Decided by OmegaConf's own grammar: a value OmegaConf would resolve is parsed as OmegaConf
+    parses it, and any resolver node in the tree counts. A value with `${` that does not parse
+    counts too (OmegaConf would fail on it later anyway)."""
+    if "${" not in text:
+        return False
+    from omegaconf.errors import GrammarParseError
+    from omegaconf.grammar.gen.OmegaConfGrammarParser import OmegaConfGrammarParser
+    from omegaconf.grammar_parser import parse
+
+    try:
+        tree = parse(text)
+    except GrammarParseError:
+        return True
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, OmegaConfGrammarParser.InterpolationResolverContext):
+            return True
+        todo.extend(node.getChildren() if hasattr(node, "getChildren") else [])
+    return False
 
 
 def _refuse_resolvers(obj: Any, where: str, key: str = "") -> None:
@@ -106,7 +126,7 @@ def _refuse_resolvers(obj: Any, where: str, key: str = "") -> None:
     elif isinstance(obj, list):
         for i, v in enumerate(obj):
             _refuse_resolvers(v, where, f"{key}[{i}]")
-    elif isinstance(obj, str) and _RESOLVER.search(obj):
+    elif isinstance(obj, str) and calls_resolver(obj):
         name = key or obj.partition("=")[0]
         raise ConfigError(
             f"{where}: {name}: resolvers such as ${{oc.env:...}} are not allowed in job configs "
@@ -202,6 +222,7 @@ def compose(
             if "=" not in item:
                 raise ConfigError(f"command line: override {item!r} must look like key=value")
             _refuse_resolvers(item, "command line")
+            check_yaml_expansion(item.partition("=")[2], f"command line: {item.partition('=')[0]}")
         try:
             dotlist = cast(
                 dict[str, Any], OmegaConf.to_container(OmegaConf.from_dotlist(overrides))

@@ -72,6 +72,49 @@ def _check_finite(obj: object, prefix: str) -> None:
         _check_finite(value, key)
 
 
+# Money, time and size settings: never negative, and each below a stated maximum (a setting
+# beyond it is a typo or an attack: `budget.teardown_s=-1e9` once disabled the cap).
+UNIT_SUFFIXES = ("_s", "_hours", "_usd", "_days", "_bytes", "_gb", "_gib", "_minutes")
+MAXIMA: tuple[tuple[str, float], ...] = (
+    ("budget.max_usd", 1e7),
+    ("budget.max_hours", 8760.0),
+    ("budget.teardown_s", 3600.0),
+    ("checkpoint.notice_window_s", 3600.0),
+    ("checkpoint.notice_poll_s", 600.0),
+    ("storage.flush_s", 3600.0),
+    ("storage.retention_days", 3650.0),
+    ("*_per_s", math.inf),  # a rate, not a duration
+    ("*_s", 7 * 86400.0),
+    ("*_hours", 10 * 8760.0),
+    ("*_days", 36500.0),
+)
+"""Key pattern -> maximum (the first match applies)."""
+
+
+def _check_bounds(obj: object, prefix: str) -> None:
+    """Every number whose key names a unit of money, time or size (`UNIT_SUFFIXES`) is >= 0
+    and within `MAXIMA`."""
+    from fnmatch import fnmatchcase
+
+    if is_dataclass(obj):
+        items = [(f.name, getattr(obj, f.name)) for f in fields(obj)]
+    elif isinstance(obj, dict):
+        items = list(obj.items())
+    else:
+        return
+    for name, value in items:
+        key = f"{prefix}.{name}" if prefix else str(name)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if str(name).endswith(UNIT_SUFFIXES) or str(name).endswith("_per_s"):
+                if value < 0:
+                    raise ConfigError(f"{key}={value!r} must be >= 0")
+                limit = next((m for pat, m in MAXIMA if fnmatchcase(key, pat)), None)
+                if limit is not None and value > limit:
+                    raise ConfigError(f"{key}={value!r} is beyond its maximum of {limit:g}")
+            continue
+        _check_bounds(value, key)
+
+
 @dataclass
 class ModelConfig:
     """The network. At full scale `pretrained` names the weights; the architecture numbers are
@@ -1005,6 +1048,7 @@ class JobConfig:
         if not NAME.fullmatch(self.job or ""):
             raise ConfigError(f"job={self.job[:120]!r} is not a valid name: use {RULE}")
         _check_finite(self, "")
+        _check_bounds(self, "")
         text = self.data.format == "text"
         from_scratch = text and self.train.method == "full" and self.model.pretrained is None
         if (self.train.max_tokens or self.plan.enabled) and not from_scratch:

@@ -37,7 +37,11 @@ def test_strategies_on_nccl(overrides, tmp_path, monkeypatch):
     assert res.stop_reason == "completed" and res.step == 4
 
 
-@pytest.mark.skipif(importlib.util.find_spec("flash_attn") is None, reason="needs flash-attn")
+@pytest.mark.skipif(
+    importlib.util.find_spec("flash_attn") is None,
+    reason="needs flash-attn: MAX_JOBS=4 .venv/bin/pip install --no-build-isolation "
+    "flash-attn==2.8.3.post2",
+)
 def test_flash_attention(tmp_path, monkeypatch):
     from orchestrator.launch.run import launch
 
