@@ -178,6 +178,8 @@ def commit(tmp_dir: Path, final_dir: Path, state: dict[str, Any]) -> dict[str, A
 def read_manifest(ckpt_dir: Path, verify_hashes: bool = True) -> dict[str, Any]:
     """The manifest of a complete checkpoint. Raises ValueError (BadManifest) saying what is
     wrong otherwise. Nothing outside `ckpt_dir` is read; sizes are checked before hashing."""
+    if ckpt_dir.is_symlink():  # another run's checkpoint, or anything else, linked in
+        raise BadManifest(f"{ckpt_dir}: a symlink, not a checkpoint folder of this run")
     path = ckpt_dir / MANIFEST
     if not path.is_file() or path.is_symlink():
         raise BadManifest(f"{ckpt_dir}: no {MANIFEST} (the save never finished)")
@@ -213,7 +215,7 @@ def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
     found = []
     for p in root.iterdir():
         m = _STEP_DIR.match(p.name)
-        if m and p.is_dir():
+        if m and p.is_dir() and not p.is_symlink():  # a linked folder is not this run's
             found.append((int(m.group(1)), p))
     return sorted(found, reverse=True)
 

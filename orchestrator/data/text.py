@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 import sysconfig
 import zlib
 from collections.abc import Iterator
@@ -128,6 +129,17 @@ def resolve_files(source: str, exclude: list[str] | None = None) -> list[TextFil
     if not files:
         raise DataError(f"data.source={source!r} ({src}): no files match")
     root = _root(src)
+    if not p.is_file():  # a folder or a glob: nothing it lists may lead outside it
+        head = src.split("*")[0].split("?")[0].split("[")[0]
+        top = p if p.is_dir() else (Path(head) if head.endswith("/") else Path(head).parent)
+        inside = os.path.realpath(top)
+        for f in files:
+            real = os.path.realpath(f)
+            if os.path.commonpath([inside, real]) != inside:
+                raise DataError(
+                    f"data.source={source!r}: {f} is a link to {real}, outside the corpus "
+                    f"folder {top}: copy the file in, or point data.source at it"
+                )
     out = []
     for f in files:
         try:

@@ -45,12 +45,30 @@ def state_dir() -> Path:
 # What a Jobs API submission never uploads (Ray stores the package in the cluster's GCS, where
 # anyone with dashboard access can fetch it): environments, outputs, databases and caches, and
 # anything that looks like a credential.
-WORKING_DIR_EXCLUDES = [
-    ".git", ".venv", "runs", "mlruns", "mlartifacts", "mlflow.db", ".torch_extensions",
-    ".clusters", ".ruff_cache", ".mypy_cache", "**/__pycache__", "*.pt", "bench/results/*.png",
-    ".env", ".env.*", "*.env", "*.pem", "*.key", "id_*", ".netrc", "credentials", "*.db",
-    ".ray", ".aws", ".ssh", "*.p12", "*.pfx", ".pypirc", ".git-credentials",
+SHIPPED = ("orchestrator", "jobs", "conf", "data", "pyproject.toml", "README.md")
+"""What a launch on a cluster uploads of the repository (Ray's `working_dir`): an allow-list
+at the top level, so a `.hf_token`, `service-account.json` or `aws_credentials.ini` left in the
+checkout never leaves the machine."""
+
+SECRET_PATTERNS = [
+    ".env", ".env.*", "*.env", "*.pem", "*.key", "id_*", ".netrc", "*.p12", "*.pfx", ".pypirc",
+    ".git-credentials", "*credential*", "*secret*", "*password*", "*token*", "*service-account*",
+    "*service_account*",
+    "*.kdbx", "!*.py",  # code is shipped whatever its name (tokenizer.py)
 ]  # fmt: skip
+"""Credential-looking files anywhere inside what is shipped (gitignore syntax, as Ray reads it)."""
+
+HEAVY = ["**/__pycache__", "*.pt", "*.db", ".torch_extensions", "runs", "mlruns", ".venv"]
+
+
+def working_dir_excludes(root: Path = REPO_ROOT) -> list[str]:
+    """Ray `excludes` for the repository: every top-level entry outside `SHIPPED`, then heavy
+    and credential-looking files inside it."""
+    outside = sorted(f"/{p.name}" for p in root.iterdir() if p.name not in SHIPPED)
+    return outside + HEAVY + SECRET_PATTERNS
+
+
+WORKING_DIR_EXCLUDES = working_dir_excludes()
 
 
 def auth_headers() -> dict[str, str]:
@@ -112,7 +130,7 @@ def up(name: str, wait_s: float = 60.0) -> dict[str, Any]:
         return _up_fake(name, wait_s)
     # The cluster's token (RAY_AUTH_MODE=token on every node): this machine's ~/.ray/auth_token,
     # created if missing and copied to the nodes by the cluster file's file_mounts.
-    subprocess.run([_ray_bin(), "get-auth-token", "--generate"], check=True, capture_output=True)
+    ensure_auth_token()
     cmd = [_ray_bin(), "up", "-y", "--no-config-cache", str(cluster_config(name))]
     print("$ " + shlex.join(cmd))
     subprocess.run(cmd, check=True)
@@ -152,12 +170,15 @@ def _up_fake(name: str, wait_s: float) -> dict[str, Any]:
     head = cfg["available_node_types"][cfg["head_node_type"]]
     # Token auth, explicitly (Ray 2.60 defaults to it for clusters on this machine; 2.61 for
     # all): the dashboard and Jobs API refuse requests without ~/.ray/auth_token.
-    subprocess.run([_ray_bin(), "get-auth-token", "--generate"], check=True, capture_output=True)
+    ensure_auth_token()
     env = {
         **os.environ,
         "RAY_AUTH_MODE": "token",
         "RAY_FAKE_CLUSTER": "1",
         "RAY_USAGE_STATS_ENABLED": "0",
+        # No Prometheus exporter: Ray binds it to every interface, unauthenticated, unless the
+        # node's IP is a loopback one (the fake nodes have made-up IPs). Nothing here reads it.
+        "RAY_enable_metrics_collection": "0",
         # The job driver on the head runs `python`: this environment's.
         "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
     }
@@ -190,6 +211,16 @@ def _up_fake(name: str, wait_s: float) -> dict[str, Any]:
         time.sleep(0.5)
     print(f"cluster {name} is up: GCS {data['gcs_address']}, Jobs API {data['dashboard_url']}")
     return data
+
+
+def ensure_auth_token() -> Path:
+    """This machine's Ray token (~/.ray/auth_token), created if missing, readable by its owner
+    only (Ray writes it 0644: anyone on the machine could then drive the cluster)."""
+    token = Path.home() / ".ray" / "auth_token"
+    subprocess.run([_ray_bin(), "get-auth-token", "--generate"], check=True, capture_output=True)
+    token.chmod(0o600)
+    token.parent.chmod(0o700)
+    return token
 
 
 def _dashboard_alive(url: str) -> bool:
@@ -404,7 +435,7 @@ def submit(
                 entrypoint=shlex.join(args),
                 runtime_env={
                     "working_dir": str(REPO_ROOT),
-                    "excludes": WORKING_DIR_EXCLUDES,
+                    "excludes": working_dir_excludes(),
                     "env_vars": env,
                 },
             )

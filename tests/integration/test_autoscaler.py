@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -52,6 +53,7 @@ def run_preemption_scenario(tmp_path, monkeypatch=None, wait_fallback_release=Fa
     spot = lambda: named_clusters.market_nodes("local-fake", "spot")  # noqa: E731
     out: dict = {}
     named_clusters.up("local-fake")
+    out["token_mode"] = (Path.home() / ".ray" / "auth_token").stat().st_mode & 0o777
     try:
         out["spot_nodes_before"] = len(spot())
         out["jobs_api_without_token"] = _status_without_token(
@@ -118,6 +120,7 @@ def run_preemption_scenario(tmp_path, monkeypatch=None, wait_fallback_release=Fa
             out["kill_to_resumed_step_s"] = resumed[0]["time"] - t_kill
         out["losses_before"] = {e["step"]: e["loss"] for e in before}
         out["losses_redone"] = {e["step"]: e["loss"] for e in resumed}
+        out["open_metrics_ports"] = _prometheus_on_all_interfaces()  # spot nodes still up
         _, out["job_end_to_zero_spot_nodes_s"] = wait_for(
             "the spot nodes to be released", lambda: spot() == [], 180, explain=explain()
         )
@@ -157,10 +160,33 @@ def _status_without_token(url: str) -> int:
         return e.code
 
 
+def _prometheus_on_all_interfaces() -> list[int]:
+    """Ports listening on every interface that answer Prometheus text (Ray's metrics exporter:
+    unauthenticated, so it must not face the network)."""
+    import urllib.request
+
+    import psutil
+
+    ports = {c.laddr.port for c in psutil.net_connections("tcp")
+             if c.status == "LISTEN" and c.laddr.ip in ("0.0.0.0", "::")}  # fmt: skip
+    found = []
+    for port in sorted(ports):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as r:
+                body = r.read(4096)
+        except Exception:  # noqa: BLE001 - not HTTP, or no /metrics
+            continue
+        if b"# HELP" in body or b"# TYPE" in body:
+            found.append(port)
+    return found
+
+
 def test_fake_spot_cluster_scales_up_survives_a_preemption_and_scales_down(tmp_path, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     r = run_preemption_scenario(tmp_path, monkeypatch)
     assert r["jobs_api_without_token"] == 401  # the cluster requires Ray's token
+    assert r["token_mode"] == 0o600  # and only its owner can read it
+    assert r["open_metrics_ports"] == []  # no unauthenticated exporter on every interface
     assert r["spot_nodes_before"] == 0  # scaled to zero: only the head
     assert r["status"] == "SUCCEEDED", r["log"][-4000:]
     assert r["processes_killed"] >= 2  # the raylet and at least its training worker

@@ -112,6 +112,20 @@ def test_a_listed_device_fifo_or_symlink_is_never_read(tmp_path):
         assert not any(" bytes, manifest says" in w for w in warnings), warnings
 
 
+def test_a_step_folder_that_is_a_symlink_to_another_runs_is_not_loaded(tmp_path):
+    """Another run's (valid, newer) checkpoint linked into this run's folder is not this run's
+    state: it is neither listed nor readable as a checkpoint."""
+    from orchestrator.checkpoint.manifest import BadManifest, read_manifest
+
+    save_local(tmp_path / "mine", 2)
+    theirs = save_local(tmp_path / "theirs", 8)
+    os.symlink(theirs, tmp_path / "mine" / step_dirname(8))
+    step, warnings = load(str(tmp_path / "mine"), tmp_path / "cache")
+    assert step == 2, warnings
+    with pytest.raises(BadManifest, match="a symlink, not a checkpoint folder"):
+        read_manifest(tmp_path / "mine" / step_dirname(8))
+
+
 def test_a_signed_store_refuses_a_forged_manifest_before_reading_any_pickle(tmp_path, monkeypatch):
     """With a signing key, an attacker who can write the prefix but not sign plants a checkpoint
     whose pickle would run code: it is refused before the pickle is opened."""
@@ -401,18 +415,21 @@ def test_jobs_api_uploads_leave_secret_looking_files_behind(tmp_path):
 
     from ray._private.runtime_env.packaging import create_package
 
-    from orchestrator.launch.named_clusters import WORKING_DIR_EXCLUDES
+    from orchestrator.launch.named_clusters import working_dir_excludes
 
     src = tmp_path / "repo"
     secrets = [".env", ".env.prod", "deploy.pem", "id_rsa", "id_ed25519.pub", ".netrc",
                "credentials", "mlflow.db", "store.db", ".ray/auth_token", ".aws/credentials",
-               "conf/server.key"]  # fmt: skip
-    keep = ["orchestrator/x.py", "jobs/vicuna.yaml", "README.md"]
+               "conf/server.key", ".hf_token", "service-account.json", "aws_credentials.ini",
+               "conf/gcp-service-account.json", "data/hf_token.txt", "jobs/my_secrets.yaml",
+               "notes/passwords.txt", "orchestrator/.env"]  # fmt: skip
+    keep = ["orchestrator/x.py", "orchestrator/data/tokenizer.py", "jobs/vicuna.yaml",
+            "README.md", "conf/model/llama_7b.yaml", "data/alpaca_sample.json"]  # fmt: skip
     for rel in secrets + keep:
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
         (src / rel).write_text("x")
     pkg = tmp_path / "pkg.zip"
-    create_package(str(src), pkg, include_gitignore=True, excludes=WORKING_DIR_EXCLUDES)
+    create_package(str(src), pkg, include_gitignore=True, excludes=working_dir_excludes(src))
     names = set(zipfile.ZipFile(pkg).namelist())
     assert set(keep) <= names, names
     assert not [s for s in secrets if s in names], names

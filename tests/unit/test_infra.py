@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-from fnmatch import fnmatch
 from pathlib import Path
 
 import pytest
@@ -216,23 +215,24 @@ def test_autoscale_bundles_and_modes(monkeypatch):
 
 
 def test_working_dir_excludes_keep_the_upload_small():
-    from orchestrator.launch.named_clusters import WORKING_DIR_EXCLUDES
+    """What Ray would upload of this checkout (its own PathSpec matcher on the launcher's
+    excludes): the allow-listed code and data, a few MiB; nothing heavy or secret-looking."""
+    from ray._private.thirdparty.pathspec import PathSpec
 
-    for heavy in (".venv", ".git", "runs", "mlflow.db"):
-        assert heavy in WORKING_DIR_EXCLUDES
+    from orchestrator.launch.named_clusters import SHIPPED, working_dir_excludes
 
-    def excluded(rel: Path) -> bool:  # Ray's gitignore-style patterns, as it applies them
-        pats = [x.removeprefix("**/") for x in WORKING_DIR_EXCLUDES]
-        return any(fnmatch(part, x) for part in rel.parts for x in pats) or any(
-            fnmatch(str(rel), x) for x in pats
-        )
+    spec = PathSpec.from_lines("gitwildmatch", working_dir_excludes())
 
-    shipped = sum(
-        p.stat().st_size
-        for p in REPO_ROOT.rglob("*")
-        if p.is_file() and not excluded(p.relative_to(REPO_ROOT))
-    )
-    assert shipped < 100 * 2**20  # Ray's working_dir limit is 500 MiB; ours is a few MiB
+    def shipped(p: Path) -> bool:  # Ray prunes an excluded folder with everything under it
+        rel = p.relative_to(REPO_ROOT)
+        return not any(spec.match_file(str(Path(*rel.parts[: i + 1])))
+                       for i in range(len(rel.parts)))  # fmt: skip
+
+    files = [p for p in REPO_ROOT.rglob("*") if p.is_file() and shipped(p)]
+    assert {p.relative_to(REPO_ROOT).parts[0] for p in files} <= set(SHIPPED)
+    assert REPO_ROOT / "orchestrator" / "data" / "tokenizer.py" in files
+    assert not any(p.relative_to(REPO_ROOT).parts[0] in (".venv", ".git", "runs") for p in files)
+    assert sum(p.stat().st_size for p in files) < 100 * 2**20  # Ray's limit is 500 MiB
     assert Path(INFRA / "README.md").exists()
 
 

@@ -268,3 +268,17 @@ def test_hugging_face_streaming_source_resumes_exactly(corpus, tok):
     resumed = stream()
     resumed.load_state_dict(state)
     assert head + resumed.take(37) == whole
+
+
+def test_a_corpus_file_linking_outside_the_corpus_is_refused(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("fine")
+    (tmp_path / "private.txt").write_text("not part of the corpus")
+    (corpus / "inner.txt").symlink_to(corpus / "a.txt")  # inside: fine
+    assert len(resolve_files(str(corpus))) == 2
+    (corpus / "leak.txt").symlink_to(tmp_path / "private.txt")
+    with pytest.raises(DataError, match=r"leak.txt is a link to .*private.txt, outside the corpus"):
+        resolve_files(str(corpus))
+    with pytest.raises(DataError, match="outside the corpus"):
+        resolve_files(str(corpus / "*.txt"))
