@@ -12,3 +12,9 @@ class FatalError(RuntimeError):
     that fails verification, a resume this job cannot make. Raised in a worker, it fails the
     run at once (no retry: a retry would pay for the cluster to fail the same way), with this
     message, which says what to change."""
+
+
+class BudgetRefusal(ConfigError):
+    """A launch that its budget cannot pay for (what is spent plus its start-up and tear-down
+    exceed `budget.max_usd`): refused before anything starts. A pipeline stops at that stage's
+    boundary with stop reason `budget`."""

@@ -73,6 +73,25 @@ def confirm_usd(cap: float | None, projected_usd: float, yes: bool, what: str = 
     )
 
 
+def startup_refusal(
+    cap: float | None, spent_usd: float, startup_usd: float, teardown_usd: float
+) -> str | None:
+    """Pure: why a launch must not start under its cap (None: it may). Every launch pays its
+    start-up (cluster, workers, loading) before the first step can check the budget, and its
+    tear-down after the last: when what is spent plus those exceeds the cap, starting would
+    only spend money past it (a capped pipeline launched twice once spent 3x its cap)."""
+    if cap is None:
+        return None
+    need = spent_usd + startup_usd + teardown_usd
+    if need <= cap:
+        return None
+    return (
+        f"budget.max_usd=${cap:.4f}: ${spent_usd:.4f} is spent and ${max(0.0, cap - spent_usd):.4f}"
+        f" is left, but starting costs ${startup_usd:.4f} (start-up) + ${teardown_usd:.4f} "
+        "(tear-down) before a step can run; not started. Raise the cap to continue"
+    )
+
+
 def confirm_budget(cfg: JobConfig, projection: Projection, yes: bool) -> bool:
     """`confirm_usd` for one run's projection."""
     return confirm_usd(cfg.budget.max_usd, projection.usd, yes)

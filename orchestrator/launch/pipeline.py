@@ -32,6 +32,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from orchestrator.config.errors import BudgetRefusal
 from orchestrator.config.load import compose, job_stages, to_yaml
 from orchestrator.config.names import check_name
 from orchestrator.config.schema import ConfigError
@@ -282,6 +283,9 @@ def run_pipeline(
         try:
             res = launch(job, scale, overrides + stage_over, run_name=f"{run_name}-{st.name}",
                          yes=True, parent_run_id=parent)  # fmt: skip
+        except BudgetRefusal as e:  # its cap cannot pay its start-up: stop at the boundary
+            reason, message = StopReason.BUDGET, f"stage {st.name!r}: {e}"
+            break
         except RunFailed as e:  # the stage's own summary says what and how to continue
             mlruns.finish(uri, parent, {"stop_reason": str(StopReason.FAILED),
                                         "pipeline_message": f"stage {st.name!r} failed"},
@@ -299,6 +303,8 @@ def run_pipeline(
             reason = StopReason(res.stop_reason)
             message = f"stage {st.name!r} stopped: {res.stop_reason}"
             break
+    if reason == StopReason.COMPLETED:
+        message = completion_message([s.name for s in stages], only, records)
     total = sum(r.usd for r in records.values())
     c = mlruns.client(uri)
     for name, r in records.items():
@@ -311,6 +317,17 @@ def run_pipeline(
     )
     return PipelineResult(job, run_name, str(reason), message, total, parent,
                           {k: asdict(v) for k, v in records.items()})  # fmt: skip
+
+
+def completion_message(stages: list[str], only: str | None, records: dict[str, Any]) -> str:
+    """Pure: what a pipeline launch that stopped at no gate, cap or failure says: every stage
+    finished, or (with `stage=`) which one ran and which stages are still to run."""
+    if only is None:
+        return "every stage finished"
+    pending = [s for s in stages if s != only and getattr(records.get(s), "status", None) != "done"]
+    return f"stage {only} finished" + (
+        f"; stages {', '.join(pending)} not run" if pending else "; every stage is done"
+    )
 
 
 def store_exists(run_url: str, rel: str) -> bool:

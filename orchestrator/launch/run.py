@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from orchestrator.config.errors import BudgetRefusal
 from orchestrator.config.load import compose, to_dict
 from orchestrator.config.names import check_name
 from orchestrator.config.schema import ConfigError, JobConfig
@@ -112,6 +113,7 @@ def launch(
     digests = _model_digests(cfg)
     resume_bytes = checks.check_resume(cfg, storage, digests) if meta is not None else 0
     projection = _project_this_run(cfg, store, data, meta is not None)
+    _check_startup_budget(cfg, store, projection, meta is not None)
     checks.confirm_budget(cfg, projection, yes)
     run_id = _open_run(cfg, uri, run_name, storage, meta, data, parent_run_id)
     ledger = Ledger(store)
@@ -174,6 +176,21 @@ def _storage(cfg: JobConfig, run_name: str, uri: str) -> RunStorage:
     if os.environ.get("RAY_ADDRESS"):
         storage_resolve.check_cluster(cfg, storage, uri, os.environ)
     return storage
+
+
+def _check_startup_budget(cfg: JobConfig, store, projection: Projection, continued: bool) -> None:
+    """Refuse (ConfigError) a launch whose cap cannot cover what it spends before and after
+    its steps, given what the run has spent already."""
+    if cfg.budget.max_usd is None:
+        return
+    spent = Ledger(store).bill(read_timeline(store))["usd_total"] if continued else 0.0
+    rate = cluster_price_per_hour(cfg)
+    why = checks.startup_refusal(
+        cfg.budget.max_usd, spent, projection.overhead_hours.get("startup", 0.0) * rate,
+        cfg.budget.teardown_s / 3600.0 * rate,
+    )  # fmt: skip
+    if why:
+        raise BudgetRefusal(f"{cfg.job} ({cfg.scale}): {why}")
 
 
 def _project_this_run(cfg: JobConfig, store, data: DataManifest, continued: bool) -> Projection:

@@ -550,6 +550,7 @@ class FinetuneRecipe:
                 min_lr_ratio=cfg.optim.min_lr_ratio,
             )
             work = self._train_step(lr)
+            check_finite("gradient norm", work.grad_norm, self.step + 1, cfg.train.precision)
             loss_acc += work.loss_sum
             for k, v in work.sums.items():
                 sums[k] = sums.get(k, 0) + v
@@ -570,6 +571,7 @@ class FinetuneRecipe:
                 dist.all_reduce(totals)
                 per_unit = (totals / max(1, units_since_log)).tolist()
                 loss = per_unit[0]
+                check_finite("loss", loss, self.step, "fp32")  # the same value on every rank
                 elapsed = time.perf_counter() - t_log
                 self._log_step(
                     loss,
@@ -1035,6 +1037,24 @@ def is_durable(ref: str) -> bool:
 
 def train_dtype(precision: str) -> torch.dtype:
     return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def check_finite(what: str, value: float | None, step: int, precision: str) -> None:
+    """A NaN or infinite loss or gradient norm stops the run as a failure, naming the step: it
+    would train garbage and report "completed" (a corrupted shard once did). Under fp16 loss
+    scaling an infinite gradient norm is a skipped step, not a failure.
+
+    Raises:
+        FatalError: on every rank (the values are all-reduced), so the launcher does not retry.
+    """
+    if value is None or math.isfinite(value):
+        return
+    if precision == "fp16" and what == "gradient norm":
+        return
+    raise FatalError(
+        f"non-finite {what} ({value}) at step {step}: stopped (the weights, data or learning "
+        "rate are broken; the last checkpoint before it is the resume point)"
+    )
 
 
 def base_dtype(cfg: JobConfig) -> torch.dtype:

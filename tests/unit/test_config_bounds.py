@@ -79,3 +79,15 @@ def test_yaml_alias_bombs_are_refused_before_anything_expands(tmp_path):
     ok = tmp_path / "ok.yaml"  # a few aliases, as a person writes them, are fine
     ok.write_text("base: &b {lr: 1, wd: 0}\none: *b\ntwo: *b\n")
     assert read_yaml_mapping(ok)["two"] == {"lr": 1, "wd": 0}
+
+
+def test_a_non_finite_loss_or_gradient_is_a_failure_naming_the_step():
+    from orchestrator.config.errors import FatalError
+    from orchestrator.training.loop import check_finite
+
+    check_finite("loss", 2.5, 3, "bf16")
+    check_finite("gradient norm", float("inf"), 3, "fp16")  # a skipped fp16 step, not a failure
+    with pytest.raises(FatalError, match=r"non-finite loss \(nan\) at step 7"):
+        check_finite("loss", float("nan"), 7, "fp32")
+    with pytest.raises(FatalError, match="non-finite gradient norm"):
+        check_finite("gradient norm", float("inf"), 2, "bf16")

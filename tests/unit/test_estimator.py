@@ -213,8 +213,12 @@ def test_projection_over_the_cap_needs_a_yes(monkeypatch, tmp_path):
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("sys.stdin", None)  # nobody to ask
+    free_start = ["budget.teardown_s=0", "cost.instances.local-2vcpu.startup_s=0"]
     with pytest.raises(ConfigError, match=r"exceeds budget.max_usd=\$1e-06.*--yes"):
-        launch("vicuna", "local", ["budget.max_usd=0.000001"])
+        launch("vicuna", "local", ["budget.max_usd=0.000001", *free_start])
+    # a cap that cannot even pay the start-up and tear-down: refused, --yes or not
+    with pytest.raises(ConfigError, match=r"starting costs \$0.0005 \(start-up\) \+ \$0.0006"):
+        launch("vicuna", "local", ["budget.max_usd=0.0004", "budget.teardown_s=20"], yes=True)
     assert not ray.is_initialized()
 
 

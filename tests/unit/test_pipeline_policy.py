@@ -98,3 +98,17 @@ def test_a_pipeline_projection_lists_each_stage_and_the_total(tmp_path):
     assert [pp["stages"][s]["usd"] for s in ("sft", "more")] == pytest.approx(each)
     assert pp["total"]["usd"] == pytest.approx(sum(each))
     assert pp["stages"]["sft"]["usd"] > pp["stages"]["more"]["usd"]  # 40 steps cost more than 10
+
+
+def test_a_one_stage_launch_says_which_stages_are_left():
+    from orchestrator.launch.pipeline import StageRecord, completion_message
+
+    done = StageRecord("done", "h", "r-sft", "m", "completed", 0.1, "x")
+    assert completion_message(["sft", "dpo"], None, {}) == "every stage finished"
+    assert completion_message(["sft", "dpo"], "sft", {"sft": done}) == (
+        "stage sft finished; stages dpo not run"
+    )
+    both = {"sft": done, "dpo": done}
+    assert (
+        completion_message(["sft", "dpo"], "dpo", both) == "stage dpo finished; every stage is done"
+    )

@@ -54,3 +54,13 @@ def test_an_answer_at_the_terminal_is_carried_as_yes(monkeypatch):
     monkeypatch.setattr("sys.stdin", Tty())
     monkeypatch.setattr("builtins.input", lambda prompt: "y")
     assert remote_consent("vicuna", "local", ["budget.max_usd=0.000001"], None, False) is True
+
+
+def test_a_launch_that_cannot_pay_its_start_up_under_the_cap_is_refused():
+    from orchestrator.launch.checks import startup_refusal
+
+    assert startup_refusal(None, 5.0, 1.0, 1.0) is None  # no cap
+    assert startup_refusal(10.0, 7.0, 2.0, 1.0) is None  # exactly covered
+    why = startup_refusal(10.0, 9.0, 2.0, 0.5)
+    assert why and "$9.0000 is spent and $1.0000 is left" in why and "$2.0000 (start-up)" in why
+    assert startup_refusal(1.0, 3.0, 0.1, 0.1)  # already over: nothing left to start with
