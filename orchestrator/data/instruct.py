@@ -6,7 +6,6 @@ weight). How a sample becomes text and labels is its prompt style: `prompts.py`.
 from __future__ import annotations
 
 import re
-from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -123,33 +122,18 @@ def _check_alternating(turns: list[Turn], where: str) -> None:
         raise DataError(f"{where}: conversation ends on a user turn")
 
 
-def oasst_threads(rows: Iterable[Row]) -> list[Sample]:
+def oasst_threads(rows: Iterable[Row]) -> list[Sample | DataError]:
     """oasst1 messages (message_id, parent_id, role prompter/assistant, text, rank, deleted,
     review_result, message_tree_id) -> one thread per tree, as the OA SFT data did for its
     "best" threads: from the root prompt, follow the highest-ranked assistant reply (rank 0 is
     best), then the first prompter follow-up, until a reply has no follow-up. Deleted messages and
-    messages that failed review are left out."""
-    by_id: dict[str, dict] = {}
-    where: dict[str, str] = {}
-    children: dict[str, list[str]] = defaultdict(list)
-    roots: list[str] = []
-    for row in rows:
-        d = row.data
-        if not isinstance(d, dict):
-            raise DataError(f"{row.where}: expected an oasst1 message object")
-        for name in ("message_id", "role", "text"):
-            if not isinstance(d.get(name), str):
-                raise DataError(f"{row.where}: missing or non-string field {name!r}")
-        if d["role"] not in ("prompter", "assistant"):
-            raise DataError(f"{row.where}: role={d['role']!r}; valid: ['assistant', 'prompter']")
-        if d.get("deleted") or d.get("review_result") is False:
-            continue
-        by_id[d["message_id"]] = d
-        where[d["message_id"]] = row.where
-        if d.get("parent_id"):
-            children[d["parent_id"]].append(d["message_id"])
-        else:
-            roots.append(d["message_id"])
+    messages that failed review are left out. The trees are checked first (data/oasst.py): each
+    problem (a cycle, an orphan, a repeated id, an empty text) comes back as a DataError after
+    the threads, for the caller to raise or skip and count."""
+    from orchestrator.data.oasst import build_forest
+
+    forest, problems = build_forest(rows)
+    by_id, where, children, roots = forest.by_id, forest.where, forest.children, forest.roots
 
     def best(ids: list[str], role: str) -> str | None:
         ok = [i for i in ids if i in by_id and by_id[i]["role"] == role]
@@ -167,7 +151,8 @@ def oasst_threads(rows: Iterable[Row]) -> list[Sample]:
     samples = []
     for root in roots:
         if by_id[root]["role"] != "prompter":
-            raise DataError(f"{where[root]}: a tree must start with a prompter message")
+            problems.append(DataError(f"{where[root]}: a tree must start with a prompter message"))
+            continue
         turns: list[Turn] = []
         node: str | None = root
         while node is not None:
@@ -181,8 +166,11 @@ def oasst_threads(rows: Iterable[Row]) -> list[Sample]:
         if turns:
             samples.append(Sample(turns, "", where[root]))
     if not samples:
-        raise DataError("oasst: no tree with an answered prompter message")
-    return samples
+        raise DataError(
+            "oasst: no tree with an answered prompter message"
+            + (f" (first problem: {problems[0]})" if problems else "")
+        )
+    return [*samples, *problems]
 
 
 # ------------------------------------------------- Koala's sources (koala_data_pipeline, [R] wording)
@@ -198,6 +186,9 @@ def hh_turns(text: str, where: str) -> list[Turn]:
         for who, body in zip(parts[1::2], parts[2::2], strict=True)
     ]
     _check_alternating(turns, where)
+    empty = [i for i, (_, body) in enumerate(turns) if not body]
+    if empty:
+        raise DataError(f"{where}: turn {empty[0]} ({turns[empty[0]][0]}) is empty")
     return turns
 
 

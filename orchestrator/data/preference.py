@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import tempfile
-from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,23 +87,13 @@ ROW_ADAPTERS = {"stack_exchange_paired": stack_exchange_pair, "hh_rlhf": hh_pair
 FORMATS = (*ROW_ADAPTERS, "oasst")
 
 
-def oasst_groups(rows: Iterable[Row]) -> list[RankedGroup]:
-    """Every prefix of every tree that ends on a prompter message with >= 2 ranked replies."""
-    by_id: dict[str, dict] = {}
-    children: dict[str, list[str]] = defaultdict(list)
-    where: dict[str, str] = {}
-    for row in rows:
-        d = row.data
-        if not isinstance(d, dict) or not all(
-            isinstance(d.get(k), str) for k in ("message_id", "role", "text")
-        ):
-            raise DataError(f"{row.where}: expected an oasst1 message (message_id, role, text)")
-        if d.get("deleted") or d.get("review_result") is False:
-            continue
-        by_id[d["message_id"]] = d
-        where[d["message_id"]] = row.where
-        if d.get("parent_id"):
-            children[d["parent_id"]].append(d["message_id"])
+def oasst_groups(rows: Iterable[Row]) -> list[RankedGroup | DataError]:
+    """Every prefix of every tree that ends on a prompter message with >= 2 ranked replies. The
+    trees are checked first (data/oasst.py); each problem follows the groups as a DataError."""
+    from orchestrator.data.oasst import build_forest
+
+    forest, problems = build_forest(rows)
+    by_id, children, where = forest.by_id, forest.children, forest.where
 
     def path(mid: str) -> list[Turn]:
         turns: list[Turn] = []
@@ -126,7 +115,7 @@ def oasst_groups(rows: Iterable[Row]) -> list[RankedGroup]:
         ranked.sort(key=lambda c: c["rank"])
         tree = str(d.get("message_tree_id") or mid)
         groups.append(RankedGroup(path(mid), [c["text"] for c in ranked], where[mid], tree))
-    return groups
+    return [*groups, *problems]
 
 
 def read_groups(

@@ -54,14 +54,32 @@ _AUTH_HEADER = re.compile(
 )
 
 
-def _env_secrets(environ: Mapping[str, str]) -> list[str]:
-    """Values of secret-looking environment variables, longest first (8+ characters: shorter
-    ones would mask ordinary words)."""
-    values = {
-        v
-        for k, v in environ.items()
-        if _SECRET_KEY.search(k) and not k.startswith("ORCHESTRATOR_FORWARD") and len(v) >= 8
+OWN_SECRETS = ("ORCHESTRATOR_CHECKPOINT_KEY", "RAY_AUTH_TOKEN", "MLFLOW_TRACKING_PASSWORD",
+               "MLFLOW_TRACKING_TOKEN", "AWS_SESSION_TOKEN", "AWS_SECRET_ACCESS_KEY")  # fmt: skip
+"""Secrets the project itself reads (the checkpoint signing key: whoever knows it can sign a
+manifest), whatever their names look like."""
+
+
+def secret_names(environ: Mapping[str, str]) -> set[str]:
+    """Environment variables whose values are secret: the project's own (`OWN_SECRETS`), every
+    name listed in ORCHESTRATOR_FORWARD_SECRETS, and any secret-looking name (`*_KEY` too)."""
+    forwarded = {n.strip() for n in environ.get("ORCHESTRATOR_FORWARD_SECRETS", "").split(",")}
+    return {
+        k
+        for k in environ
+        if k in OWN_SECRETS
+        or k in forwarded
+        or (
+            not k.startswith("ORCHESTRATOR_FORWARD")
+            and (_SECRET_KEY.search(k) or k.endswith("_KEY"))
+        )
     }
+
+
+def _env_secrets(environ: Mapping[str, str]) -> list[str]:
+    """Values of secret environment variables (`secret_names`), longest first (8+ characters:
+    shorter ones would mask ordinary words)."""
+    values = {environ[k] for k in secret_names(environ) if len(environ[k]) >= 8}
     return sorted(values, key=len, reverse=True)
 
 

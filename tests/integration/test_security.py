@@ -266,8 +266,14 @@ def test_planted_secrets_reach_no_store_artifact_tag_or_output(launch_workdir, m
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
     monkeypatch.setenv("HF_TOKEN", "hf_" + "Q" * 34)
+    signing = "sign-" + "k7" * 16  # the checkpoint signing key: whoever has it signs manifests
+    forwarded = "dsn-" + "z9" * 12  # any secret the user forwards, whatever its name
+    monkeypatch.setenv(KEY_ENV, signing)
+    monkeypatch.setenv("ORCHESTRATOR_FORWARD_SECRETS", "WAREHOUSE_DSN")
+    monkeypatch.setenv("WAREHOUSE_DSN", forwarded)
     description = (
-        f"key {SECRET}; db postgresql://me:{URL_PW}@db.internal:5432/x; "
+        f"key {SECRET}; sign {signing}; dsn {forwarded}; "
+        f"db postgresql://me:{URL_PW}@db.internal:5432/x; "
         f"presigned https://b.s3.amazonaws.com/o?X-Amz-Signature={SIGNATURE}&x=1; "
         f"Authorization: Bearer {BEARER}"
     )
@@ -279,7 +285,7 @@ def test_planted_secrets_reach_no_store_artifact_tag_or_output(launch_workdir, m
     )  # fmt: skip
     assert res.stop_reason == "completed"
     printed = "".join(capfd.readouterr())
-    planted = [SECRET, URL_PW, SIGNATURE, BEARER, "hf_" + "Q" * 34]
+    planted = [SECRET, URL_PW, SIGNATURE, BEARER, "hf_" + "Q" * 34, signing, forwarded]
     for secret in planted:
         assert secret not in printed, secret
     leaks = []

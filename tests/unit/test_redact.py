@@ -53,3 +53,20 @@ def test_ordinary_config_is_untouched():
         flat["data.tokenizer"] == "huggyllama/llama-13b"
         and flat["data.lengths.mean_tokens"] == 1400
     )
+
+
+def test_the_projects_own_and_forwarded_secrets_are_scrubbed_whatever_their_names():
+    from orchestrator.tracking.redact import REDACTED, scrub
+
+    env = {
+        "ORCHESTRATOR_CHECKPOINT_KEY": "signing-key-0123456789",
+        "ORCHESTRATOR_FORWARD_SECRETS": "WAREHOUSE_DSN",
+        "WAREHOUSE_DSN": "dsn-value-0123456789",
+        "STRIPE_KEY": "rk_live_0123456789",
+        "HOME": "/home/someone-long",
+    }
+    text = (
+        "a signing-key-0123456789 b dsn-value-0123456789 c rk_live_0123456789 d /home/someone-long"
+    )
+    out = scrub(text, env)
+    assert out.count(REDACTED) == 3 and "/home/someone-long" in out
