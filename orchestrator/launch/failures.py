@@ -37,6 +37,30 @@ def is_fatal(err: BaseException) -> bool:
     return isinstance(err, FatalError) or any(k.__name__ == "FatalError" for k in type(err).__mro__)
 
 
+def startup_failure(err: Exception) -> str | None:
+    """What stopped the workers from starting, said as a configuration error (None: not a
+    start-up failure). Ray Train retried it `STARTUP_RETRIES` times already: the same cause
+    would stop the next try (a missing module does not appear by itself)."""
+    controller = getattr(err, "controller_failure", None)
+    if controller is None or type(controller).__name__ not in (
+        "WorkerGroupStartupFailedError", "WorkerGroupStartupTimeoutError",
+    ):  # fmt: skip
+        return None
+    text = str(controller)
+    cause = text.strip().splitlines()[-1] if text.strip() else type(controller).__name__
+    advice = ""
+    if "ModuleNotFoundError" in text or "No module named" in text:
+        advice = (
+            " The workers cannot import the code: launch through a cluster definition "
+            "(make launch ... cluster=NAME, which ships the code as the job's working_dir), or "
+            "install the project on every node (the image from infra/Dockerfile)"
+        )
+    elif type(controller).__name__ == "WorkerGroupStartupTimeoutError":
+        advice = (" The workers did not start in time: the cluster may lack the resources the "
+                  "job asks for (make preflight), or the nodes are too slow to start them")  # fmt: skip
+    return f"the training workers could not start: {cause[:500]}.{advice}"
+
+
 def classify_failure(err: Exception) -> tuple[FailureKind, str]:
     """(kind, detail) of a failed training try.
 
@@ -51,6 +75,9 @@ def classify_failure(err: Exception) -> tuple[FailureKind, str]:
 
     if isinstance(err, PreemptionError):
         return FailureKind.PREEMPTION, str(err)
+    startup = startup_failure(err)
+    if startup is not None:
+        return FailureKind.FATAL, startup
     if not isinstance(err, WorkerGroupError):
         return FailureKind.APP, str(err)
 

@@ -20,6 +20,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def code_runtime_env(environ) -> dict | None:
+    """How the code reaches the workers of a cluster named by RAY_ADDRESS: the repository's
+    allow-listed files as Ray's `working_dir` (what a Jobs API submission ships), unless this
+    launcher already runs as a submitted job (ORCHESTRATOR_CLUSTER: the job's working_dir is
+    already there). Nodes cannot see this machine's editable install."""
+    if environ.get("ORCHESTRATOR_CLUSTER"):
+        return None
+    from orchestrator.launch.named_clusters import working_dir_excludes
+    from orchestrator.paths import REPO_ROOT
+
+    return {"working_dir": str(REPO_ROOT), "excludes": working_dir_excludes()}
+
+
 @contextlib.contextmanager
 def ray_cluster(num_cpus: int, num_gpus: int = 0) -> Iterator[str]:
     """Yields a description of the cluster in use; shuts down what it started."""
@@ -30,7 +43,7 @@ def ray_cluster(num_cpus: int, num_gpus: int = 0) -> Iterator[str]:
         yield "existing Ray session"
         return
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, runtime_env=code_runtime_env(os.environ))
         try:
             yield f"Ray cluster at {address}"
         finally:

@@ -118,6 +118,11 @@ def _tries(
     return None
 
 
+STARTUP_RETRIES = 2
+"""Ray Train's retries of a worker group that fails to start (its default is forever, billing
+the cluster meanwhile)."""
+
+
 def _trainer(cfg: JobConfig, context: RunContext, grant: autoscale.Grant | None, attempt_try: int):
     """The TorchTrainer of one try: the job's workers, their resources and process group."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
@@ -160,7 +165,14 @@ def _trainer(cfg: JobConfig, context: RunContext, grant: autoscale.Grant | None,
             storage_path=storage_path,
             storage_filesystem=storage_fs,
             # Retries are decided here, where preemptions and app errors are told apart.
-            failure_config=FailureConfig(max_failures=0, max_preemption_failures=0),
+            # Worker-group start-up failures (workers that cannot import the code, a node dying
+            # while they start) are retried by Ray this many times, not forever; what is left
+            # is classified by `classify_failure` (launch/failures.py).
+            failure_config=FailureConfig(
+                max_failures=0,
+                max_preemption_failures=0,
+                controller_failure_limit=STARTUP_RETRIES,
+            ),  # fmt: skip
         ),
     )
 

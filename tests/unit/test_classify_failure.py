@@ -2,6 +2,7 @@
 apart from the exceptions Ray Train raises."""
 
 import traceback
+from pathlib import Path
 
 from ray.exceptions import ActorDiedError, OutOfMemoryError
 from ray.train.v2._internal.exceptions import (
@@ -77,3 +78,32 @@ def test_doomed_nodes_are_named_by_the_ranks_that_got_the_notice():
     # alive ones only, never the launcher's own node (a one-node cluster would be left empty)
     assert to_drain(doomed_nodes(text), alive={a, b}, driver=b) == {a: 995.0}
     assert to_drain(doomed_nodes(text), alive={b}, driver="x") == {b: 990.0}
+
+
+def test_workers_that_cannot_start_are_a_configuration_failure_naming_the_cause():
+    from ray.train.v2._internal.exceptions import (
+        WorkerGroupStartupFailedError,
+        WorkerGroupStartupTimeoutError,
+    )
+    from ray.train.v2.api.exceptions import ControllerError
+
+    from orchestrator.launch.restart import Action, Tally, decide
+
+    err = ControllerError(WorkerGroupStartupFailedError(
+        "Traceback ...\nModuleNotFoundError: No module named 'orchestrator'"))  # fmt: skip
+    kind, detail = classify_failure(err)
+    assert kind == "fatal" and "No module named 'orchestrator'" in detail
+    assert "cluster=NAME" in detail  # how the code reaches the workers
+    d = decide(kind, Tally().add(kind), max_failures=3, max_preemptions=10, budget=None, spent=0)
+    assert d.action == Action.FAIL  # not retried again by the launcher
+    kind, detail = classify_failure(ControllerError(WorkerGroupStartupTimeoutError("timed out")))
+    assert kind == "fatal" and "make preflight" in detail
+
+
+def test_a_launch_through_ray_address_ships_the_code():
+    from orchestrator.launch.ray_session import code_runtime_env
+
+    env = code_runtime_env({"RAY_ADDRESS": "ray://head:10001"})
+    assert env is not None and (Path(env["working_dir"]) / "orchestrator").is_dir()
+    assert "/.venv" in env["excludes"] and "!*.py" in env["excludes"]
+    assert code_runtime_env({"ORCHESTRATOR_CLUSTER": "aws-spot"}) is None  # a submitted job
