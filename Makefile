@@ -31,6 +31,7 @@ set ?=
 yes ?=
 variant ?=
 stage ?=
+fresh ?=
 cluster ?=
 id ?=
 gpu ?= A100-80GB
@@ -45,7 +46,7 @@ MLFLOW_PORT ?= 5000
 # `$` and `#` are escaped, the originals are not exported (Make would expand them, `$(shell ...)`
 # included, to build the recipes' environment), and recipes read the values in Python
 # (orchestrator/make_args.py). A run name like `x; rm -rf ~` is data, refused by the name check.
-USER_VARS := job scale run set yes variant stage cluster id gpu budget_usd flops gpu_hours json follow MLFLOW_PORT
+USER_VARS := job scale run set yes variant stage fresh cluster id gpu budget_usd flops gpu_hours json follow MLFLOW_PORT
 $(foreach v,$(USER_VARS),$(eval export ORCH_$(v) := $(subst #,\#,$(subst $$,$$$$,$(value $(v))))))
 unexport $(USER_VARS)
 MAKEOVERRIDES :=

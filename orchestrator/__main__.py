@@ -32,7 +32,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
         named_clusters.check_submission(args.cluster, cfg, args.run)  # storage the nodes can reach
         _, status = named_clusters.submit(
             args.cluster, args.job, args.scale, over, args.run,
-            follow=not args.detach, stage=args.stage, yes=yes,
+            follow=not args.detach, stage=args.stage, yes=yes, fresh=args.fresh,
         )  # fmt: skip
         return 0 if status in ("SUCCEEDED", "SUBMITTED") else 1
     from orchestrator.config.load import job_stages
@@ -45,10 +45,12 @@ def cmd_launch(args: argparse.Namespace) -> int:
         from orchestrator.launch.pipeline import run_pipeline
 
         run = args.run or f"{args.job}-{datetime.now():%Y%m%d-%H%M%S}"
-        out = run_pipeline(args.job, args.scale, _overrides(args.set), run, args.stage, args.yes)
+        out = run_pipeline(args.job, args.scale, _overrides(args.set), run, args.stage, args.yes,
+                           args.fresh)  # fmt: skip
         return 0 if StopReason(out.stop_reason).ok else 1
-    if args.stage:
-        print(f"error: job {args.job!r} has no stages (stage={args.stage})", file=sys.stderr)
+    if args.stage or args.fresh:
+        what = f"stage={args.stage}" if args.stage else f"fresh={args.fresh}"
+        print(f"error: job {args.job!r} has no stages ({what})", file=sys.stderr)
         return 2
     res = launch(args.job, args.scale, _overrides(args.set), args.run, yes=args.yes)
     return 0 if StopReason(res.stop_reason).ok else 1
@@ -263,6 +265,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--detach", action="store_true", help="with --cluster: submit and return")
     p.add_argument("--stage", default=None, help="a pipeline job: run this stage only")
+    p.add_argument(
+        "--fresh", default=None,
+        help="a pipeline job: start this stage and the ones after it over (new run folders)",
+    )  # fmt: skip
     p.set_defaults(fn=cmd_launch)
 
     p = sub.add_parser("cluster", help="named clusters from infra/: up, down, status, logs, stop")

@@ -42,7 +42,7 @@ def make_argv(target: str, env: Mapping[str, str]) -> list[str]:
         return (
             ["launch", get("job") or "vicuna"] + opt("--scale", "scale") + opt("--run", "run")
             + sets + (["--yes"] if get("yes") else []) + opt("--cluster", "cluster")
-            + opt("--stage", "stage")
+            + opt("--stage", "stage") + opt("--fresh", "fresh")
         )  # fmt: skip
     if target == "estimate":
         return (

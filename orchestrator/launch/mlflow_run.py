@@ -59,6 +59,17 @@ def bill_tags(bill: dict[str, Any], attempt: dict[str, Any], result: RunResult |
     return tags
 
 
+def export_digest(store) -> str | None:
+    """The digest of a run's export (its model manifest's file table), or None without one."""
+    from orchestrator.checkpoint.exports import MODEL_MANIFEST, model_digest, parse_model_manifest
+
+    for rel in (f"{EXPORT}/{MODEL_MANIFEST}", f"{EXPORT}/adapter/{MODEL_MANIFEST}"):
+        text = store.read_text(rel)
+        if text:
+            return model_digest(parse_model_manifest(text, f"{store.url}/{rel}"))
+    return None
+
+
 def register_export(
     cfg: JobConfig, uri: str, run_id: str, run_name: str, store, bill: dict, result
 ) -> None:
@@ -78,6 +89,7 @@ def register_export(
         "bill_usd_upstream": "0",  # a pipeline stage adds its inputs' bills here
         "tokens": str(result.tokens),
         "eval_loss": "" if result.eval_loss is None else f"{result.eval_loss:.6f}",
+        "export_digest": export_digest(store) or "",
     }
     params = {
         "data_key": RunMeta.from_json(store.read_text(RUN_META) or "{}").data_key or "",

@@ -395,6 +395,7 @@ def entrypoint(
     run_name: str | None = None,
     stage: str | None = None,
     yes: bool = False,
+    fresh: str | None = None,
 ) -> list[str]:
     """Pure: the launch command the cluster runs, carrying the user's words and no others
     (`--stage` and `--yes` only when given: the budget question was asked on this side)."""
@@ -407,6 +408,8 @@ def entrypoint(
         args += ["--run", run_name]
     if stage:
         args += ["--stage", stage]
+    if fresh:
+        args += ["--fresh", fresh]
     if yes:
         args.append("--yes")
     return args
@@ -421,11 +424,12 @@ def submit(
     follow: bool = True,
     stage: str | None = None,
     yes: bool = False,
+    fresh: str | None = None,
 ) -> tuple[str, str]:
     """Submit `orchestrator launch` to the named cluster. Returns (submission id, final status
     or "SUBMITTED" when not following). The caller has made the budget decision
     (`checks.remote_consent`); `yes` carries it."""
-    args = entrypoint(job, scale, overrides, run_name, stage, yes)
+    args = entrypoint(job, scale, overrides, run_name, stage, yes, fresh)
     env = job_env(name)
     c = client(name)
     deadline = time.time() + 90

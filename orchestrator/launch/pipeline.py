@@ -26,14 +26,16 @@ The decisions (budgets, gates, skips) are pure functions below; `run_pipeline` c
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from orchestrator.config.errors import BudgetRefusal
-from orchestrator.config.load import compose, job_stages, to_yaml
+from orchestrator.config.load import compose, job_stages
 from orchestrator.config.names import check_name
 from orchestrator.config.schema import ConfigError
 from orchestrator.storage import resolve as storage_resolve
@@ -150,18 +152,87 @@ def gate_passes(gate: Gate, value: float | None) -> bool:
 
 @dataclass
 class StageRecord:
-    status: str  # "done" | "stopped"
+    status: str  # "started" | "done" | "stopped"
     config_hash: str
+    """The stage's identity (`stage_identity`)."""
     run: str
     mlflow_run_id: str
     stop_reason: str
     usd: float
     export_url: str | None
+    export_digest: str | None = None
+    """The export's model-manifest digest when the stage finished: what the next stage must
+    find there (checkpoint/exports.py)."""
+    config: dict[str, Any] = field(default_factory=dict)
+    """The flattened identity config, to name what changed."""
+    generation: int = 0
+    """How many times the stage was started fresh (`fresh=<stage>`): its run folder's suffix."""
+
+
+# What may change in a started or finished stage without making it another stage: how long it
+# runs (continuing is `set="train.max_steps=<more>"`), its budget (derived from what the other
+# stages spent), its checkpoint and log cadence, prices, tracking, and the input URLs (their
+# digests stand for them). Everything else is what the stage is.
+CONTINUATION_KEYS = (
+    "train.max_steps", "train.epochs", "train.log_every_steps", "train.max_failures",
+    "train.max_preemptions", "description", "model.pretrained", "ppo.reward_model",
+)  # fmt: skip
+CONTINUATION_SECTIONS = ("budget.", "checkpoint.", "cost.", "tracking.", "storage.", "replay.")
+
+
+def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: obj}
+
+
+def identity_config(cfg_dict: dict[str, Any]) -> dict[str, Any]:
+    """Pure: the flattened config that makes a stage what it is (`CONTINUATION_*` left out)."""
+    return {
+        k: v for k, v in _flat(cfg_dict).items()
+        if k not in CONTINUATION_KEYS and not k.startswith(CONTINUATION_SECTIONS)
+    }  # fmt: skip
+
+
+def stage_identity(cfg_dict: dict[str, Any], input_digests: dict[str, str]) -> str:
+    """Pure: a stage's identity: its config minus what may change (`identity_config`) and the
+    digests of the exports it reads."""
+    body = json.dumps([identity_config(cfg_dict), sorted(input_digests.items())],
+                      sort_keys=True, default=str)  # fmt: skip
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Pure: the identity keys whose values differ (or exist on one side only)."""
+    return sorted(k for k in set(old) | set(new) if old.get(k, "<unset>") != new.get(k, "<unset>"))
+
+
+def stage_decision(record: StageRecord | None, identity: str, fresh: bool) -> tuple[str, str]:
+    """Pure: what to do with a stage: ("run", why), ("skip", why) or ("refuse", why).
+
+    - no record, or `fresh`: run (fresh: in a new run folder, the old one kept);
+    - the same identity: skip when done, else resume (run under the same run name);
+    - another identity: refuse, never silently resume or skip under a different config.
+    """
+    if record is None:
+        return "run", "not run before"
+    if fresh:
+        return "run", "started fresh"
+    if record.config_hash == identity:
+        if record.status == "done":
+            return "skip", "finished before with the same config"
+        return "run", f"continues ({record.status})"
+    return "refuse", "its config or inputs changed since it " + (
+        "finished" if record.status == "done" else "started"
+    )
 
 
 def skip(record: StageRecord | None, config_hash: str) -> bool:
-    """A finished stage with the same resolved config is not run again."""
-    return record is not None and record.status == "done" and record.config_hash == config_hash
+    """A finished stage with the same identity is not run again."""
+    return stage_decision(record, config_hash, False)[0] == "skip"
 
 
 def project_pipeline(job: str, scale: str | None, overrides: list[str] | None = None) -> dict:
@@ -201,10 +272,13 @@ def run_pipeline(
     run_name: str,
     only: str | None = None,
     yes: bool = False,
+    fresh: str | None = None,
 ) -> PipelineResult:
-    """Run the job's stages in order (or only `only`), skipping finished ones."""
-    import hashlib
-
+    """Run the job's stages in order (or only `only`), skipping finished ones. A stage whose
+    config or inputs changed since it started is refused (naming the keys) unless `fresh`
+    names it or an earlier stage: then it and every stage after it start over in new run
+    folders (the old ones kept)."""
+    from orchestrator.config.load import to_dict
     from orchestrator.cost.estimator import project
     from orchestrator.launch.failures import RunFailed
     from orchestrator.launch.run import launch
@@ -215,8 +289,12 @@ def run_pipeline(
     stages = stages_of(job, scale)
     if not stages:
         raise ConfigError(f"job {job!r} has no stages: launch it with make launch job={job}")
-    if only is not None and only not in [s.name for s in stages]:
-        raise ConfigError(f"stage={only!r}: the job's stages are {[s.name for s in stages]}")
+    names = [s.name for s in stages]
+    if only is not None and only not in names:
+        raise ConfigError(f"stage={only!r}: the job's stages are {names}")
+    if fresh is not None and fresh not in names:
+        raise ConfigError(f"fresh={fresh!r}: the job's stages are {names}")
+    fresh_from = names.index(fresh) if fresh is not None else len(names)
     # The pipeline's own settings (storage, tracking, budget) as its first stage resolves them:
     # a job's top level need not be a whole config (each stage brings its data).
     top = compose(job, scale, overrides + [f"stage={stages[0].name}"])
@@ -244,23 +322,42 @@ def run_pipeline(
         if only is not None and st.name != only:
             continue
         stage_over = [f"stage={st.name}"]
+        digests: dict[str, str] = {}
         for key, src_name in st.inputs:
             src = records.get(src_name)
-            if src is None or src.export_url is None:
+            if src is None or src.export_url is None or src.status != "done":
                 raise ConfigError(
                     f"stage {st.name!r} needs stage {src_name!r}'s export, which does not exist "
                     f"yet: run the pipeline (or stage={src_name}) first"
                 )
+            digests[key] = verified_input(src_name, src)
             stage_over.append(f"{key}={src.export_url}")
         spent = sum(r.usd for n, r in records.items() if n != st.name)
         cap = stage_budget(top.budget.max_usd, stages, i, spent)
         if cap is not None:
             stage_over.append(f"budget.max_usd={cap:.6g}")
         cfg = compose(job, scale, overrides + stage_over)
-        digest = hashlib.sha256(to_yaml(cfg).encode()).hexdigest()[:16]
-        if skip(records.get(st.name), digest):
-            print(f"stage {st.name}: finished before with the same config; skipped")
+        as_dict = to_dict(cfg)
+        digest = stage_identity(as_dict, digests)
+        ident = {**identity_config(as_dict), **{f"input {k}": v for k, v in digests.items()}}
+        record = records.get(st.name)
+        action, why = stage_decision(record, digest, i >= fresh_from)
+        if action == "skip":
+            print(f"stage {st.name}: {why}; skipped")
             continue
+        if action == "refuse":
+            assert record is not None
+            keys = changed_keys(record.config, ident) if record.config else ["(not recorded)"]
+            raise ConfigError(
+                f"stage {st.name!r} of run {run_name!r}: {why} ({', '.join(keys[:12])}"
+                f"{', ...' if len(keys) > 12 else ''}); it is not resumed under another config. "
+                f"Start it (and the stages after it) over with fresh={st.name}, or use a new "
+                f"run=<name>; to run longer, change only train.max_steps"
+            )
+        generation = (record.generation if record else 0) + (
+            1 if record is not None and i >= fresh_from else 0
+        )
+        stage_run = f"{run_name}-{st.name}" + (f"-g{generation}" if generation else "")
         if st.gate is not None:
             value = _metric(uri, records.get(st.gate.stage), st.gate.metric)
             if not gate_passes(st.gate, value):
@@ -279,9 +376,17 @@ def run_pipeline(
                     "left for it (budget.max_usd and budget_share); stopped at its boundary"
                 )
                 break
+        # started: a relaunch with another config is refused from here on
+        if record is None or record.generation != generation:
+            record = StageRecord("started", digest, stage_run, "", "", 0.0, None, None, ident,
+                                 generation)  # fmt: skip
+        else:
+            record.status, record.config_hash, record.config = "started", digest, ident
+        records[st.name] = record
+        save()
         print(f"stage {st.name} ({i + 1}/{len(stages)})" + (f", budget ${cap:.4f}" if cap else ""))
         try:
-            res = launch(job, scale, overrides + stage_over, run_name=f"{run_name}-{st.name}",
+            res = launch(job, scale, overrides + stage_over, run_name=stage_run,
                          yes=True, parent_run_id=parent)  # fmt: skip
         except BudgetRefusal as e:  # its cap cannot pay its start-up: stop at the boundary
             reason, message = StopReason.BUDGET, f"stage {st.name!r}: {e}"
@@ -292,11 +397,15 @@ def run_pipeline(
                           "FAILED")  # fmt: skip
             e.run = run_name  # continuing the pipeline continues this stage
             raise
+        from orchestrator.launch.mlflow_run import export_digest
+        from orchestrator.storage.durable import open_durable
+
         exported = store_exists(res.run_dir, f"{EXPORT}/config.json")
         records[st.name] = StageRecord(
             "done" if res.stop_reason == StopReason.COMPLETED else "stopped",
             digest, res.run, res.mlflow_run_id, str(res.stop_reason), res.usd_total,
             f"{res.run_dir}/{EXPORT}" if exported else None,
+            export_digest(open_durable(res.run_dir)) if exported else None, ident, generation,
         )  # fmt: skip
         save()
         if res.stop_reason != StopReason.COMPLETED:
@@ -328,6 +437,32 @@ def completion_message(stages: list[str], only: str | None, records: dict[str, A
     return f"stage {only} finished" + (
         f"; stages {', '.join(pending)} not run" if pending else "; every stage is done"
     )
+
+
+def verified_input(name: str, record: StageRecord) -> str:
+    """The digest of stage `name`'s export as found now, checked against the one recorded when
+    the stage finished, and (a folder) every file against the export's manifest.
+
+    Raises:
+        ConfigError: the export is gone, was replaced, or a file does not match, naming the
+            path and the mismatch.
+    """
+    from orchestrator.checkpoint.exports import BadModel, verify_model_folder
+    from orchestrator.training.bases import model_identity
+
+    url = str(record.export_url)
+    try:
+        found = model_identity(url)
+        if not url.startswith("s3://"):  # a folder: read it all now (workers fetching from
+            verify_model_folder(Path(url))  # s3 verify every file as they download it)
+    except (BadModel, ConfigError, OSError, ValueError) as e:
+        raise ConfigError(f"stage {name!r}'s export {url}: {e}") from None
+    if record.export_digest is not None and found != record.export_digest:
+        raise ConfigError(
+            f"stage {name!r}'s export {url} is not what the stage made: its digest is {found}, "
+            f"the stage recorded {record.export_digest}; start the stage over (fresh={name})"
+        )
+    return found
 
 
 def store_exists(run_url: str, rel: str) -> bool:

@@ -36,7 +36,8 @@ def test_stages_chain_gate_and_skip_on_relaunch(launch_workdir):
     job = launch_workdir / "piped.yaml"
     job.write_text(yaml.safe_dump(raw, sort_keys=False))
 
-    out = run_pipeline(str(job), "local", [], "p1")
+    capped = ["budget.max_usd=1"]  # a stage's cap is derived: it is not part of its identity
+    out = run_pipeline(str(job), "local", capped, "p1")
     assert out.stop_reason == "gate" and "more's eval_loss" in out.message, out
     sft, more = out.stages["sft"], out.stages["more"]
     assert sft["status"] == more["status"] == "done" and "last" not in out.stages
@@ -59,7 +60,7 @@ def test_stages_chain_gate_and_skip_on_relaunch(launch_workdir):
     assert out.usd_total == pytest.approx(child_usd, abs=2e-6)  # tags hold 6 decimals
 
     # Relaunch: finished stages are skipped (no new attempt), the gate says no again.
-    again = run_pipeline(str(job), "local", [], "p1")
+    again = run_pipeline(str(job), "local", capped, "p1")
     assert again.stop_reason == "gate"
     for name in ("sft", "more"):
         meta = json.loads(
@@ -68,3 +69,21 @@ def test_stages_chain_gate_and_skip_on_relaunch(launch_workdir):
         assert len(meta["attempts"]) == 1, name
     state = json.loads((launch_workdir / "runs" / "vicuna" / "p1" / PIPELINE).read_text())
     assert state["mlflow_run_id"] == out.mlflow_run_id
+
+    # A changed stage is refused by name, never resumed or skipped under the new config
+    from orchestrator.config.schema import ConfigError
+
+    with pytest.raises(ConfigError, match=r"stage 'sft' of run 'p1'.*optim.lr.*fresh=sft"):
+        run_pipeline(str(job), "local", [*capped, "optim.lr=0.005"], "p1")
+    # fresh=more: that stage starts over in a new folder, the old one kept
+    redo = run_pipeline(str(job), "local", capped, "p1", fresh="more")
+    assert redo.stop_reason == "gate" and redo.stages["more"]["run"] == "p1-more-g1"
+    assert (launch_workdir / "runs" / "vicuna" / "p1-more" / "ledger.json").exists()
+    assert redo.stages["more"]["export_digest"].startswith("sha256:")
+    # an export changed after its stage made it (4 KB overwritten, size kept) is refused
+    shard = max(Path(sft["export_url"]).glob("*.safetensors"), key=lambda p: p.stat().st_size)
+    data = bytearray(shard.read_bytes())
+    data[-4096:] = bytes(4096)
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ConfigError, match=r"stage 'sft'.s export .*does not match"):
+        run_pipeline(str(job), "local", capped, "p1")

@@ -112,3 +112,39 @@ def test_a_one_stage_launch_says_which_stages_are_left():
     assert (
         completion_message(["sft", "dpo"], "dpo", both) == "stage dpo finished; every stage is done"
     )
+
+
+def test_a_stages_identity_ignores_what_may_change_and_sees_everything_else():
+    from orchestrator.config.load import compose, to_dict
+    from orchestrator.launch.pipeline import changed_keys, identity_config, stage_identity
+
+    base = to_dict(compose("vicuna", "local"))
+    ident = stage_identity(base, {"model.pretrained": "sha256:a"})
+    for continuation in (["budget.max_usd=0.5"], ["train.max_steps=999"],
+                         ["checkpoint.every_steps=7"], ["cost.overheads.startup_s=1"]):  # fmt: skip
+        other = to_dict(compose("vicuna", "local", continuation))
+        assert stage_identity(other, {"model.pretrained": "sha256:a"}) == ident, continuation
+    changed = to_dict(compose("vicuna", "local", ["optim.lr=0.5"]))
+    assert stage_identity(changed, {"model.pretrained": "sha256:a"}) != ident
+    assert changed_keys(identity_config(base), identity_config(changed)) == ["optim.lr"]
+    assert stage_identity(base, {"model.pretrained": "sha256:b"}) != ident  # another input
+
+
+def test_stage_decisions_table():
+    from orchestrator.launch.pipeline import StageRecord, stage_decision
+
+    def rec(status, ident="i1"):
+        return StageRecord(status, ident, "r", "m", "", 0.0, None)
+
+    table = [
+        (None, "i1", False, "run"),
+        (rec("done"), "i1", False, "skip"),
+        (rec("stopped"), "i1", False, "run"),  # resumes its checkpoints
+        (rec("started"), "i1", False, "run"),
+        (rec("done"), "i2", False, "refuse"),
+        (rec("started"), "i2", False, "refuse"),
+        (rec("done"), "i2", True, "run"),  # fresh
+        (rec("done"), "i1", True, "run"),
+    ]
+    for record, ident, fresh, want in table:
+        assert stage_decision(record, ident, fresh)[0] == want, (record, ident, fresh)
