@@ -45,7 +45,9 @@ KEY_EXCLUDES = ("rebuild", "lengths")
 
 
 def _file_identity(source: str) -> dict[str, Any]:
-    """One data file: s3 ETag, or local path + size + mtime."""
+    """One data file: its S3 ETag, or a local file's path, size and SHA-256 (its content: a
+    file rewritten in place with the same size and mtime is another file; local data files are
+    small next to a training run, and hashing them costs well under a second per GB)."""
     if source.startswith("s3://"):
         from orchestrator.storage.s3 import S3, split_url
 
@@ -67,7 +69,9 @@ def _file_identity(source: str) -> dict[str, Any]:
             name = str(path.resolve().relative_to(REPO_ROOT))
         except ValueError:
             name = str(path.resolve())
-        return {"path": name, "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+        from orchestrator.data.prepared import sha256_file
+
+        return {"path": name, "bytes": st.st_size, "sha256": sha256_file(path)}
     return {"hf": source}
 
 

@@ -18,6 +18,7 @@ and MLflow run, spot notices, the budget cap, cost metrics and the export. What 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -62,6 +63,39 @@ from orchestrator.training.loop import (
 )
 from orchestrator.training.methods import apply_method
 from orchestrator.training.model import build_model, quantized_kwargs
+
+
+def reference_cache_key(reference: str, data_key: str, rows: int, precision: str) -> str:
+    """Pure: what the DPO reference log-probs depend on: the reference model's digest, the
+    prepared data's key, the row count and the precision they were computed in."""
+    body = json.dumps([reference, data_key, rows, precision])
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def write_reference_cache(key: str, values: list[float]) -> str:
+    body = json.dumps(values)
+    return json.dumps({"key": key, "sha256": hashlib.sha256(body.encode()).hexdigest(),
+                       "values": values})  # fmt: skip
+
+
+def read_reference_cache(text: str, key: str, rows: int) -> list[float] | None:
+    """Pure: the cached values when the file is this key's and unchanged since it was written
+    (its own SHA-256), all finite, one per row; else None (compute them again)."""
+    import math
+
+    try:
+        d = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(d, dict) or d.get("key") != key or not isinstance(d.get("values"), list):
+        return None
+    values = d["values"]
+    if hashlib.sha256(json.dumps(values).encode()).hexdigest() != d.get("sha256"):
+        return None
+    ok = len(values) == rows and all(
+        isinstance(v, int | float) and math.isfinite(v) for v in values
+    )
+    return values if ok else None
 
 
 def _dtype(cfg) -> torch.dtype:
@@ -262,11 +296,16 @@ class DpoRecipe(_GroupRecipe):
         text = self.run_store.read_text(DPO_REFERENCE)
         train, held = self.data.train, self.data.eval
         total = len(train) + len(held)
+        key = reference_cache_key(
+            self.ctx.model_digests.get("model.pretrained", ""), self.data.key, total,
+            self.cfg.train.precision,
+        )  # fmt: skip
         if text:
-            cached = json.loads(text)
-            if isinstance(cached, list) and len(cached) == total:
+            cached = read_reference_cache(text, key, total)
+            if cached is not None:
                 return torch.tensor(cached, dtype=torch.float32)
-            self._print(f"warning: {DPO_REFERENCE} does not match the data; computing it again")
+            self._print(f"warning: {DPO_REFERENCE} is not this reference's on this data (or was "
+                        "changed since it was written); computing it again")  # fmt: skip
         reference = self._starting_model(self.data)
         mine = list(range(self.rank, total, self.world))
         values: dict[int, float] = {}
@@ -290,7 +329,7 @@ class DpoRecipe(_GroupRecipe):
             for j, v in part.items():
                 merged[j] = v
         if self.rank == 0:
-            self.run_store.write_text(DPO_REFERENCE, json.dumps(merged))
+            self.run_store.write_text(DPO_REFERENCE, write_reference_cache(key, merged))
             self._print(f"reference log-probs of {total} replies cached: {DPO_REFERENCE}")
         return torch.tensor(merged, dtype=torch.float32)
 

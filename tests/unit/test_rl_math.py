@@ -149,3 +149,31 @@ def test_a_bad_preference_row_names_its_line_or_is_skipped_and_counted(tmp_path)
         build_preference_prepared(DataConfig(**kw), tmp_path / "a")
     m = build_preference_prepared(DataConfig(**kw, on_error="skip"), tmp_path / "b")
     assert m.skipped_rows == 1 and m.num_train + m.num_eval == 2 * 11
+
+
+def test_the_dpo_reference_cache_is_keyed_by_content_and_checks_itself():
+    """A cache file rewritten with the same size and mtime was used as-is (loss 9e8): now it is
+    keyed by the reference's digest and the data, and carries its own SHA-256."""
+    import json
+
+    from orchestrator.rl.recipes import (
+        read_reference_cache,
+        reference_cache_key,
+        write_reference_cache,
+    )
+
+    key = reference_cache_key("sha256:ref", "data-key", 3, "bf16")
+    text = write_reference_cache(key, [-1.5, -2.0, -0.25])
+    assert read_reference_cache(text, key, 3) == [-1.5, -2.0, -0.25]
+    other = reference_cache_key("sha256:other-ref", "data-key", 3, "bf16")
+    assert read_reference_cache(text, other, 3) is None  # another reference model
+    assert (
+        read_reference_cache(text, reference_cache_key("sha256:ref", "new-data", 3, "bf16"), 3)
+        is None
+    )
+    tampered = json.loads(text)
+    tampered["values"][1] = -9e8  # same length, same key
+    assert read_reference_cache(json.dumps(tampered), key, 3) is None
+    assert read_reference_cache("[-1.5, -2.0, -0.25]", key, 3) is None  # the old format
+    nan = write_reference_cache(key, [-1.0, float("nan"), -1.0])
+    assert read_reference_cache(nan, key, 3) is None

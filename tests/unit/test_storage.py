@@ -128,7 +128,11 @@ def test_data_key_follows_the_source_files_and_the_config(tmp_path):
     k1, ident = data_key(cfg)
     assert data_key(cfg)[0] == k1 and ident["source"]["bytes"] == src.stat().st_size
     os.utime(src, ns=(1, 1))
-    assert data_key(cfg)[0] != k1  # the file changed (mtime)
+    assert data_key(cfg)[0] == k1  # touched, not changed: the same data
+    st = src.stat()
+    src.write_text('{"prompt": "x", "response": "b"}\n')  # same size, mtime put back
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert src.stat().st_size == st.st_size and data_key(cfg)[0] != k1  # the content changed
     k2 = data_key(cfg)[0]
     assert data_key(DataConfig(format="gpt4all", source=str(src), template="gpt4all",
                                max_seq_len=64))[0] != k2  # fmt: skip
