@@ -132,6 +132,9 @@ def test_launch_with_s3_checkpoints_through_a_failing_endpoint(
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    # The module's Ray cluster started before these credentials were set: its workers get them
+    # the documented way (docs/security.md), not from whatever the test process leaked before.
+    monkeypatch.setenv("ORCHESTRATOR_FORWARD_SECRETS", "AWS_ACCESS_KEY_ID,AWS_SECRET_ACCESS_KEY")
     proxy = FaultyProxy(s3, fail_every=4)
     monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
     overrides = [
