@@ -14,9 +14,12 @@ with its own method, data and resources, run one after another as launches of th
   the pipeline stops at that boundary with stop reason `budget`, saying so.
 - A `gate` is checked before its stage starts: the named metric of an earlier stage's MLflow run
   must be >= `min` / <= `max`; else the pipeline stops with stop reason `gate` and the value.
-- A finished stage is skipped on relaunch when its resolved config is unchanged (its hash is
-  kept in `pipeline.json` in the durable store); a preempted or stopped stage resumes from its
-  own checkpoints (the launch of the same run name continues it).
+- A stage's identity (`stage_identity`) is its config minus what may change (budget, length,
+  checkpoint and log cadence, prices) plus its inputs' export digests. On relaunch a finished
+  stage with the same identity is skipped, a started one continues from its own checkpoints,
+  and one whose identity changed is refused naming the keys (`fresh=<stage>` starts it and the
+  stages after it over in new run folders). Inputs are checked against the digest recorded
+  when their stage finished (`verified_input`).
 - MLflow: one parent run per pipeline run, a child run per stage (`mlflow.parentRunId`); the
   bill is per stage (each child's `bill_usd`) and in total (the parent's `pipeline_bill_usd`),
   so `make bills` counts each dollar once.
