@@ -184,7 +184,10 @@ def _up_fake(name: str, wait_s: float) -> dict[str, Any]:
     }
     env.pop("RAY_ADDRESS", None)
     cmd = [
+        # A loopback node IP: Ray then binds its unauthenticated Prometheus exporters (the
+        # dashboard's, the autoscaler's, the agent's) to 127.0.0.1 instead of every interface.
         _ray_bin(), "start", "--head", f"--port={port}", "--dashboard-host=127.0.0.1",
+        "--node-ip-address=127.0.0.1",
         f"--dashboard-port={dash}", f"--autoscaling-config={filled}", f"--temp-dir={temp_dir}",
         # Every port chosen free: other Ray instances on this host keep their defaults.
         f"--dashboard-agent-listen-port={free_port()}", f"--ray-client-server-port={free_port()}",

@@ -120,7 +120,9 @@ def run_preemption_scenario(tmp_path, monkeypatch=None, wait_fallback_release=Fa
             out["kill_to_resumed_step_s"] = resumed[0]["time"] - t_kill
         out["losses_before"] = {e["step"]: e["loss"] for e in before}
         out["losses_redone"] = {e["step"]: e["loss"] for e in resumed}
-        out["open_metrics_ports"] = _prometheus_on_all_interfaces()  # spot nodes still up
+        out["open_metrics_ports"] = _prometheus_on_all_interfaces(  # spot nodes still up
+            named_clusters.state("local-fake")["temp_dir"]
+        )
         _, out["job_end_to_zero_spot_nodes_s"] = wait_for(
             "the spot nodes to be released", lambda: spot() == [], 180, explain=explain()
         )
@@ -160,15 +162,24 @@ def _status_without_token(url: str) -> int:
         return e.code
 
 
-def _prometheus_on_all_interfaces() -> list[int]:
-    """Ports listening on every interface that answer Prometheus text (Ray's metrics exporter:
-    unauthenticated, so it must not face the network)."""
+def _prometheus_on_all_interfaces(temp_dir: str) -> list[int]:
+    """Ports of the cluster's processes (those writing under its temp dir) listening on every
+    interface that answer Prometheus text (Ray's exporters: unauthenticated, so they must not
+    face the network). Other Ray sessions on the machine are not this cluster's."""
     import urllib.request
 
     import psutil
 
+    def ours(pid: int | None) -> bool:
+        try:
+            return pid is not None and any(
+                f.path.startswith(temp_dir) for f in psutil.Process(pid).open_files()
+            )
+        except psutil.Error:
+            return False
+
     ports = {c.laddr.port for c in psutil.net_connections("tcp")
-             if c.status == "LISTEN" and c.laddr.ip in ("0.0.0.0", "::")}  # fmt: skip
+             if c.status == "LISTEN" and c.laddr.ip in ("0.0.0.0", "::") and ours(c.pid)}  # fmt: skip
     found = []
     for port in sorted(ports):
         try:
