@@ -122,7 +122,7 @@ def run_checks(cluster: str, cfg: JobConfig, env: dict[str, str]) -> list[Check]
     checks += _store_checks(cfg, env)
     checks.append(_tracking_check(env))
     if on_aws:
-        checks.append(_image_check(cluster, provider.get("region"), cfg))
+        checks += _image_checks(cluster, provider.get("region"), cfg)
     return checks
 
 
@@ -297,7 +297,8 @@ def _image_labels(ecr, account: str, repo: str, ref: dict) -> dict[str, str]:
     return dict((config.get("config") or {}).get("Labels") or {})
 
 
-def _image_check(cluster: str, region: str | None, cfg: JobConfig) -> Check:
+def _image_checks(cluster: str, region: str | None, cfg: JobConfig) -> list[Check]:
+    """The image exists; and holds what the job needs (when it needs something)."""
     import boto3
 
     from orchestrator.launch import named_clusters
@@ -306,26 +307,27 @@ def _image_check(cluster: str, region: str | None, cfg: JobConfig) -> Check:
     image = (doc.get("docker") or {}).get("image", "")
     m = ECR.match(image)
     if not m:
-        return Check("container image", False, f"{image!r} is not an ECR image reference",
+        return [Check("container image", False, f"{image!r} is not an ECR image reference",
                      "push infra/Dockerfile's image to ECR and set docker.image in "
-                     f"infra/{cluster}.yaml (account.dkr.ecr.region.amazonaws.com/repo:tag)")  # fmt: skip
+                     f"infra/{cluster}.yaml (account.dkr.ecr.region.amazonaws.com/repo:tag)")]  # fmt: skip
     ref = {"imageDigest": m["digest"]} if m["digest"] else {"imageTag": m["tag"] or "latest"}
     try:
         ecr = boto3.client("ecr", region_name=m["region"] or region)
         ecr.describe_images(registryId=m["account"], repositoryName=m["repo"], imageIds=[ref])
     except Exception as e:  # noqa: BLE001 - reported
-        return Check("container image", False, f"{image}: {type(e).__name__}: {str(e)[:200]}",
+        return [Check("container image", False, f"{image}: {type(e).__name__}: {str(e)[:200]}",
                      "build and push it: docker build -f infra/Dockerfile -t IMAGE . && "
-                     "docker push IMAGE (after aws ecr get-login-password | docker login ...)")  # fmt: skip
+                     "docker push IMAGE (after aws ecr get-login-password | docker login ...)")]  # fmt: skip
+    exists = Check("container image", True, image)
     if not image_needs(cfg):
-        return Check("container image", True, image)
+        return [exists]
     try:
         labels = _image_labels(ecr, m["account"], m["repo"], ref)
     except Exception as e:  # noqa: BLE001 - reported
-        return Check("container image contents", False,
+        return [exists, Check("container image contents", False,
                      f"{image}: could not read its labels: {type(e).__name__}: {str(e)[:200]}",
-                     "allow ecr:BatchGetImage and ecr:GetDownloadUrlForLayer")  # fmt: skip
-    return image_contents_check(image, cfg, labels)
+                     "allow ecr:BatchGetImage and ecr:GetDownloadUrlForLayer")]  # fmt: skip
+    return [exists, image_contents_check(image, cfg, labels)]
 
 
 def main(cluster: str, job: str, scale: str | None, overrides: list[str]) -> int:
