@@ -25,8 +25,10 @@ def code_runtime_env(environ) -> dict | None:
     allow-listed files as Ray's `working_dir` (what a Jobs API submission ships), unless this
     launcher already runs as a submitted job (ORCHESTRATOR_CLUSTER: the job's working_dir is
     already there). Nodes cannot see this machine's editable install."""
-    if environ.get("ORCHESTRATOR_CLUSTER"):
-        return None
+    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+
+    if environ.get("ORCHESTRATOR_CLUSTER") or environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR):
+        return None  # a job submitted through the Jobs API: its own runtime env ships the code
     from orchestrator.launch.named_clusters import working_dir_excludes
     from orchestrator.paths import REPO_ROOT
 

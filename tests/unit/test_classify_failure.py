@@ -107,3 +107,4 @@ def test_a_launch_through_ray_address_ships_the_code():
     assert env is not None and (Path(env["working_dir"]) / "orchestrator").is_dir()
     assert "/.venv" in env["excludes"] and "!*.py" in env["excludes"]
     assert code_runtime_env({"ORCHESTRATOR_CLUSTER": "aws-spot"}) is None  # a submitted job
+    assert code_runtime_env({"RAY_JOB_CONFIG_JSON_ENV_VAR": "{}"}) is None  # any Jobs API job
