@@ -269,8 +269,8 @@ def test_planted_secrets_reach_no_store_artifact_tag_or_output(launch_workdir, m
     signing = "sign-" + "k7" * 16  # the checkpoint signing key: whoever has it signs manifests
     forwarded = "dsn-" + "z9" * 12  # any secret the user forwards, whatever its name
     monkeypatch.setenv(KEY_ENV, signing)
-    monkeypatch.setenv("ORCHESTRATOR_FORWARD_SECRETS", "WAREHOUSE_DSN")
-    monkeypatch.setenv("WAREHOUSE_DSN", forwarded)
+    monkeypatch.setenv("ORCHESTRATOR_FORWARD_SECRETS", "MLFLOW_TRACKING_USERNAME")
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", forwarded)
     description = (
         f"key {SECRET}; sign {signing}; dsn {forwarded}; "
         f"db postgresql://me:{URL_PW}@db.internal:5432/x; "
@@ -280,6 +280,7 @@ def test_planted_secrets_reach_no_store_artifact_tag_or_output(launch_workdir, m
     res = launch(
         "vicuna", "local",
         [f"description='{description}'", "train.max_steps=2", "checkpoint.every_steps=2",
+         "model.pretrained=null",  # the shared base was published unsigned, before the key
          "export.enabled=false"],
         run_name="secrets",
     )  # fmt: skip
