@@ -169,9 +169,10 @@ def test_launch_with_s3_checkpoints_through_a_failing_endpoint(
     timeline = [json.loads(line) for line in (Path(res2.run_dir) / "timeline.jsonl").open()]
     second = [r["step"] for r in timeline if r["kind"] == "step" and r["attempt"] == 2]
     assert second == [13, 14, 15]  # resumed from step 12 on S3
-    # each rank fetched its own shard file (FSDP at the same size), not the whole checkpoint
+    # the ranks fetched the files their load plans read, each file once on this node (DCP
+    # keeps the replicated items in one rank's file, so which rank fetches what varies)
     (resume,) = [json.loads(x) for x in (Path(res2.run_dir) / "resumes.jsonl").open()]
     assert resume["step"] == 12 and sorted(r["rank"] for r in resume["ranks"]) == [0, 1]
-    for r in resume["ranks"]:
-        assert 0 < r["fetched_bytes"] < 0.75 * resume["checkpoint_bytes"], resume
+    assert sum(r["fetched_bytes"] for r in resume["ranks"]) == resume["checkpoint_bytes"], resume
+    assert all(r["fetched_bytes"] > 0 for r in resume["ranks"]), resume  # both fetched in parallel
     assert store.complete_steps()[0] == 15
