@@ -23,7 +23,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     if args.cluster:  # a named cluster (infra/): submit through the Ray Jobs API
         from orchestrator.config.load import job_configs
         from orchestrator.launch import named_clusters
-        from orchestrator.launch.checks import remote_consent
+        from orchestrator.launch.remote import remote_consent
 
         over = _overrides(args.set)
         yes = remote_consent(args.job, args.scale, over, args.stage, args.yes)  # asked here

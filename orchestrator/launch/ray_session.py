@@ -29,7 +29,7 @@ def code_runtime_env(environ) -> dict | None:
 
     if environ.get("ORCHESTRATOR_CLUSTER") or environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR):
         return None  # a job submitted through the Jobs API: its own runtime env ships the code
-    from orchestrator.launch.named_clusters import working_dir_excludes
+    from orchestrator.launch.shipping import working_dir_excludes
     from orchestrator.paths import REPO_ROOT
 
     return {"working_dir": str(REPO_ROOT), "excludes": working_dir_excludes()}

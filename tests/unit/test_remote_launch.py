@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.config.schema import ConfigError
-from orchestrator.launch.checks import confirm_usd, remote_consent
+from orchestrator.launch.checks import confirm_usd
 from orchestrator.launch.named_clusters import entrypoint
+from orchestrator.launch.remote import remote_consent
 
 
 def test_entrypoint_carries_stage_and_yes_only_when_given():
