@@ -109,3 +109,23 @@ def ckpt_strategy(world: int, batch_shape: tuple[int, int], seed: int = 0):
         strategy.step(1e-4, 1.0)
 
     return strategy, train_step
+
+
+def join_s3_world(rank: int, world: int, d: str, s3_url: str) -> None:
+    """A spawned benchmark rank: imports from the repo and `d` (a baseline package), moto's
+    credentials and endpoint, one thread, and a gloo process group over a file store in `d`."""
+    import sys
+
+    import torch
+    import torch.distributed as dist
+
+    sys.path[:0] = [str(REPO), d]
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="bench",
+        AWS_SECRET_ACCESS_KEY="bench",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_ENDPOINT_URL=s3_url,
+    )
+    torch.set_num_threads(1)
+    store = dist.FileStore(str(Path(d) / "pg"), world)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world)

@@ -11,11 +11,10 @@ import os
 import re
 import statistics
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from bench._common import REPO
+from bench._common import REPO, join_s3_world
 
 IN_PROCESS = True  # spawns its own 2-rank process group: run before Ray starts
 
@@ -47,19 +46,9 @@ def _baseline_package(d: Path, commit: str = BASELINE_COMMIT) -> None:
 
 
 def _rank_main(rank: int, d: str, s3_url: str, saves: int, out: str) -> None:
-    import torch
     import torch.distributed as dist
 
-    sys.path[:0] = [str(REPO), d]
-    os.environ.update(
-        AWS_ACCESS_KEY_ID="bench",
-        AWS_SECRET_ACCESS_KEY="bench",
-        AWS_DEFAULT_REGION="us-east-1",
-        AWS_ENDPOINT_URL=s3_url,
-    )
-    torch.set_num_threads(1)
-    store = dist.FileStore(str(Path(d) / "pg"), WORLD)
-    dist.init_process_group("gloo", store=store, rank=rank, world_size=WORLD)
+    join_s3_world(rank, WORLD, d, s3_url)
 
     import torch.distributed.checkpoint as dcp
     from ckpt_baseline.io import Checkpointer as Baseline

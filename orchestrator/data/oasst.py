@@ -35,43 +35,7 @@ def build_forest(rows: Iterable[Row]) -> tuple[Forest, list[DataError]]:
     an empty text, a repeated id (the first one stays), a missing parent (the orphan's subtree
     is left out), a cycle of parents (left out). Deleted messages and messages that failed
     review are left out with their replies, as in the OA data pipeline."""
-    problems: list[DataError] = []
-    kept: dict[str, dict] = {}
-    where: dict[str, str] = {}
-    removed: set[str] = set()  # deleted, failed review, or empty: their replies go too
-    for row in rows:
-        d = row.data
-        if not isinstance(d, dict) or not all(
-            isinstance(d.get(k), str) for k in ("message_id", "role", "text")
-        ):
-            problems.append(DataError(f"{row.where}: expected an oasst1 message object with "
-                                      "string fields message_id, role and text"))  # fmt: skip
-            continue
-        mid = d["message_id"]
-        if d["role"] not in ("prompter", "assistant"):
-            problems.append(
-                DataError(f"{row.where}: role={d['role']!r}; valid: ['assistant', 'prompter']")
-            )
-            continue
-        if mid in kept or mid in removed:
-            first = where.get(mid, "an earlier line")
-            problems.append(DataError(
-                f"{row.where}: message_id {mid!r} repeats the one at {first}; the first is kept"
-            ))  # fmt: skip
-            continue
-        if d.get("parent_id") is not None and not isinstance(d["parent_id"], str):
-            problems.append(DataError(f"{row.where}: message {mid!r}: parent_id must be a string"))
-            continue
-        if d.get("deleted") or d.get("review_result") is False:
-            removed.add(mid)
-            continue
-        if not d["text"].strip():
-            problems.append(DataError(f"{row.where}: message {mid!r} has an empty text"))
-            removed.add(mid)
-            continue
-        kept[mid] = d
-        where[mid] = row.where
-
+    kept, where, removed, problems = _read_messages(rows)
     forest = Forest(where=where)
     for mid, d in kept.items():
         parent = d.get("parent_id")
@@ -85,10 +49,67 @@ def build_forest(rows: Iterable[Row]) -> tuple[Forest, list[DataError]]:
         mid = todo.pop()
         forest.by_id[mid] = kept[mid]
         todo.extend(c for c in forest.children.get(mid, ()) if c in kept)
-    # What is left over: name the top of each unreachable part once.
+    problems += _unreachable(kept, set(forest.by_id), where, removed)
+    return forest, problems
+
+
+def _read_messages(
+    rows: Iterable[Row],
+) -> tuple[dict[str, dict], dict[str, str], set[str], list[DataError]]:
+    """(kept messages by id, each one's file and line, ids left out with their replies, the
+    problems of single rows)."""
+    problems: list[DataError] = []
+    kept: dict[str, dict] = {}
+    where: dict[str, str] = {}
+    removed: set[str] = set()  # deleted, failed review, or empty: their replies go too
+    for row in rows:
+        d = row.data
+        if not isinstance(d, dict) or not all(
+            isinstance(d.get(k), str) for k in ("message_id", "role", "text")
+        ):
+            problems.append(DataError(f"{row.where}: expected an oasst1 message object with "
+                                      "string fields message_id, role and text"))  # fmt: skip
+            continue
+        mid = d["message_id"]
+        problem = _row_problem(d, row.where, where if mid in kept or mid in removed else None)
+        if problem is not None:
+            problems.append(problem)
+            if problem.args[0].endswith("has an empty text"):
+                removed.add(mid)
+            continue
+        if d.get("deleted") or d.get("review_result") is False:
+            removed.add(mid)
+            continue
+        kept[mid] = d
+        where[mid] = row.where
+    return kept, where, removed, problems
+
+
+def _row_problem(d: dict, at: str, seen_where: dict[str, str] | None) -> DataError | None:
+    """What is wrong with one message on its own (None: nothing). `seen_where` is given when
+    its id was seen before."""
+    mid = d["message_id"]
+    if d["role"] not in ("prompter", "assistant"):
+        return DataError(f"{at}: role={d['role']!r}; valid: ['assistant', 'prompter']")
+    if seen_where is not None:
+        first = seen_where.get(mid, "an earlier line")
+        return DataError(f"{at}: message_id {mid!r} repeats the one at {first}; the first is kept")
+    if d.get("parent_id") is not None and not isinstance(d["parent_id"], str):
+        return DataError(f"{at}: message {mid!r}: parent_id must be a string")
+    if not (d.get("deleted") or d.get("review_result") is False) and not d["text"].strip():
+        return DataError(f"{at}: message {mid!r} has an empty text")
+    return None
+
+
+def _unreachable(
+    kept: dict[str, dict], reached: set[str], where: dict[str, str], removed: set[str]
+) -> list[DataError]:
+    """One problem per part no root reaches: a cycle of parents, or a parent that is nowhere
+    (a removed parent's replies go quietly)."""
+    problems: list[DataError] = []
     reported: set[str] = set()
     for mid in kept:
-        if mid in forest.by_id or mid in reported:
+        if mid in reached or mid in reported:
             continue
         chain: list[str] = []
         seen: set[str] = set()
@@ -112,4 +133,4 @@ def build_forest(rows: Iterable[Row]) -> tuple[Forest, list[DataError]]:
                 f"{where[top]}: message {top!r} names parent_id {node!r}, which is not in the "
                 "data; its replies are left out (not trained as a conversation of their own)"
             ))  # fmt: skip
-    return forest, problems
+    return problems

@@ -324,17 +324,7 @@ def run_pipeline(
     for i, st in enumerate(stages):
         if only is not None and st.name != only:
             continue
-        stage_over = [f"stage={st.name}"]
-        digests: dict[str, str] = {}
-        for key, src_name in st.inputs:
-            src = records.get(src_name)
-            if src is None or src.export_url is None or src.status != "done":
-                raise ConfigError(
-                    f"stage {st.name!r} needs stage {src_name!r}'s export, which does not exist "
-                    f"yet: run the pipeline (or stage={src_name}) first"
-                )
-            digests[key] = verified_input(src_name, src)
-            stage_over.append(f"{key}={src.export_url}")
+        stage_over, digests = stage_inputs(st, records)
         spent = sum(r.usd for n, r in records.items() if n != st.name)
         cap = stage_budget(top.budget.max_usd, stages, i, spent)
         if cap is not None:
@@ -350,13 +340,7 @@ def run_pipeline(
             continue
         if action == "refuse":
             assert record is not None
-            keys = changed_keys(record.config, ident) if record.config else ["(not recorded)"]
-            raise ConfigError(
-                f"stage {st.name!r} of run {run_name!r}: {why} ({', '.join(keys[:12])}"
-                f"{', ...' if len(keys) > 12 else ''}); it is not resumed under another config. "
-                f"Start it (and the stages after it) over with fresh={st.name}, or use a new "
-                f"run=<name>; to run longer, change only train.max_steps"
-            )
+            raise ConfigError(refusal(st.name, run_name, why, record, ident))
         generation = (record.generation if record else 0) + (
             1 if record is not None and i >= fresh_from else 0
         )
@@ -380,12 +364,7 @@ def run_pipeline(
                 )
                 break
         # started: a relaunch with another config is refused from here on
-        if record is None or record.generation != generation:
-            record = StageRecord("started", digest, stage_run, "", "", 0.0, None, None, ident,
-                                 generation)  # fmt: skip
-        else:
-            record.status, record.config_hash, record.config = "started", digest, ident
-        records[st.name] = record
+        records[st.name] = started(record, digest, stage_run, ident, generation)
         save()
         print(f"stage {st.name} ({i + 1}/{len(stages)})" + (f", budget ${cap:.4f}" if cap else ""))
         try:
@@ -440,6 +419,47 @@ def completion_message(stages: list[str], only: str | None, records: dict[str, A
     return f"stage {only} finished" + (
         f"; stages {', '.join(pending)} not run" if pending else "; every stage is done"
     )
+
+
+def stage_inputs(st: Stage, records: dict[str, StageRecord]) -> tuple[list[str], dict[str, str]]:
+    """The overrides that point a stage at its inputs' exports, and those exports' digests
+    (each checked: `verified_input`).
+
+    Raises:
+        ConfigError: an input stage has no finished export yet.
+    """
+    over, digests = [f"stage={st.name}"], {}
+    for key, src_name in st.inputs:
+        src = records.get(src_name)
+        if src is None or src.export_url is None or src.status != "done":
+            raise ConfigError(
+                f"stage {st.name!r} needs stage {src_name!r}'s export, which does not exist "
+                f"yet: run the pipeline (or stage={src_name}) first"
+            )
+        digests[key] = verified_input(src_name, src)
+        over.append(f"{key}={src.export_url}")
+    return over, digests
+
+
+def refusal(stage: str, run: str, why: str, record: StageRecord, ident: dict[str, Any]) -> str:
+    """Pure: why a changed stage is not run, naming what changed and how to start over."""
+    keys = changed_keys(record.config, ident) if record.config else ["(not recorded)"]
+    return (
+        f"stage {stage!r} of run {run!r}: {why} ({', '.join(keys[:12])}"
+        f"{', ...' if len(keys) > 12 else ''}); it is not resumed under another config. "
+        f"Start it (and the stages after it) over with fresh={stage}, or use a new "
+        "run=<name>; to run longer, change only train.max_steps"
+    )
+
+
+def started(
+    record: StageRecord | None, identity: str, run: str, ident: dict[str, Any], generation: int
+) -> StageRecord:
+    """Pure: the record of a stage about to run (a new one for a new generation)."""
+    if record is None or record.generation != generation:
+        return StageRecord("started", identity, run, "", "", 0.0, None, None, ident, generation)
+    record.status, record.config_hash, record.config = "started", identity, ident
+    return record
 
 
 def verified_input(name: str, record: StageRecord) -> str:
