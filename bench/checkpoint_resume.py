@@ -54,6 +54,10 @@ def _rank_main(rank: int, d: str, s3_url: str, repeats: int, out: str) -> None:
 
     times: dict[str, list[float]] = {"baseline": [], "now": []}
     fetched: dict[str, int] = {}
+
+    def read(folder: Path, _manifest: dict) -> None:
+        strategy.read_checkpoint(folder)
+
     for i in range(repeats):
         for code in ("baseline", "now") if i % 2 == 0 else ("now", "baseline"):
             cache = Path(d) / f"cache_{code}_{i}"
@@ -62,7 +66,7 @@ def _rank_main(rank: int, d: str, s3_url: str, repeats: int, out: str) -> None:
             dist.barrier()
             t0 = time.perf_counter()
             if code == "now":
-                found = ck.load_latest(strategy.read_checkpoint, cache, strategy.checkpoint_files)
+                found = ck.load_latest(read, cache, strategy.checkpoint_files)
                 fetched[code] = ck.fetch_stats.fetched_bytes
             else:
                 found = ck.load_latest(strategy.read_checkpoint, cache)

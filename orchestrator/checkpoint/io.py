@@ -242,12 +242,14 @@ class Checkpointer:
     # ------------------------------------------------------------------ load
     def load_latest(
         self,
-        read_shards: Callable[[Path], None],
+        read_shards: Callable[[Path, dict[str, Any]], None],
         cache: Path,
         plan_files: Callable[[Callable[[list[str]], Path]], set[str] | None] | None = None,
     ) -> tuple[Path, dict[str, Any]] | None:
         """Load the newest complete checkpoint (shards + this rank's RNG). Returns (folder,
-        manifest), or None when there is none. Every rank fetches and verifies only the files
+        manifest), or None when there is none. `read_shards(folder, manifest)` reads the
+        strategy's shards; the folder holds only the files this rank reads (the manifest, checked
+        once on rank 0, lists them all). Every rank fetches and verifies only the files
         it reads (checkpoint/fetch.py): `plan_files(ensure)` names the strategy's shard files
         for this rank (DCP's load plan; None: every shard file), after `ensure`-ing what it
         needs to plan. A checkpoint that fails verification on any rank is skipped with a
@@ -294,7 +296,7 @@ class Checkpointer:
                     shutil.rmtree(fetch.folder.parent, ignore_errors=True)
                 continue
             folder = fetch.folder
-            read_shards(folder)
+            read_shards(folder, manifest)
             rng = folder / f"rng_rank{self.rank}.pt"
             if rng.exists():  # absent when resuming on more workers than saved
                 torch.set_rng_state(torch.load(rng, weights_only=True))  # a tensor, no pickle

@@ -496,11 +496,9 @@ class FinetuneRecipe:
     def _load_extra_state(self, state: dict[str, Any], path: Path) -> None:
         """Restore what `_extra_state` saved."""
 
-    def _read_checkpoint_checked(self, path: Path) -> None:
-        """Refuse a checkpoint this strategy/worker count cannot read, then read it."""
-        from orchestrator.checkpoint.manifest import read_manifest
-
-        state = read_manifest(path, verify_hashes=False)
+    def _read_checkpoint_checked(self, path: Path, state: dict[str, Any]) -> None:
+        """Refuse a checkpoint this strategy/worker count cannot read, then read it. `path` holds
+        only the files this rank reads (fetched and verified); `state` is the manifest."""
         problem = resume_problem(
             state, self.cfg, self.world, self.base_digest,
             "trainable" if getattr(self.strategy, "trainable_only", False) else "all",

@@ -213,7 +213,8 @@ def test_nodes_share_no_disk_and_a_killed_node_costs_one_interval(
     store = open_durable(f"{r['root']}/vicuna/mn")
     result = json.loads(store.read_text("result.json"))
     assert result["step"] == STEPS and result["stop_reason"] == "completed"
-    assert [f.kind for f in read_failures(store)] == ["preemption"]
+    failures = read_failures(store)
+    assert [f.kind for f in failures] == ["preemption"], (failures, r["log"][-5000:])
 
     # Same per-step losses as the uninterrupted run, including the steps redone after the kill.
     events = [json.loads(x) for x in store.read_lines("events.jsonl")]

@@ -53,7 +53,7 @@ def load(url: str, cache: Path) -> tuple[int | None, list[str]]:
     logging.getLogger("orchestrator.checkpoint.io").addHandler(handler)
     try:
         found = Checkpointer(url, staging=cache / "staging", keep_last=9).load_latest(
-            seen.append, cache
+            lambda folder, _manifest: seen.append(folder), cache
         )
     finally:
         logging.getLogger("orchestrator.checkpoint.io").removeHandler(handler)
@@ -147,7 +147,7 @@ def test_a_signed_store_refuses_a_forged_manifest_before_reading_any_pickle(tmp_
         evil, {"step": 6, "files": {".metadata": {"bytes": len(payload), "sha256": _sha(payload)}}}
     )
 
-    def read_shards(folder: Path) -> None:  # what DCP does with .metadata
+    def read_shards(folder: Path, _manifest) -> None:  # what DCP does with .metadata
         if (folder / ".metadata").exists():
             pickle.loads((folder / ".metadata").read_bytes())
 
@@ -233,6 +233,32 @@ def test_a_failed_download_leaves_nothing_behind(s3, tmp_path):
         S3Store(url).fetch(4, cache)
     assert not (cache / step_dirname(4)).exists()
     assert load(url, cache)[0] == 2
+
+
+def test_a_rank_reads_its_own_files_and_the_manifest_lists_all(s3, tmp_path):
+    """A resume from S3 on a node of its own: rank 0's folder holds the shared files and its own
+    RNG state only; the reader is handed the (rank-0-checked) manifest, which lists every rank's
+    files, and must not look for the others on disk (a multi-node resume failed that way)."""
+    url = "s3://ckpt/run4"
+    ck = Checkpointer(url, staging=tmp_path / "staging", keep_last=9)
+
+    def write(target, group) -> None:
+        for name in ("__0_0.distcp", "__1_0.distcp", "rng_rank0.pt", "rng_rank1.pt"):
+            target.write_bytes(name, name.encode() * 8)
+
+    ck.save(2, write, {"step": 2})
+    seen: dict[str, set[str]] = {}
+
+    def read_shards(folder: Path, manifest) -> None:
+        seen["folder"] = {p.name for p in folder.iterdir() if p.suffix in (".distcp", ".pt")}
+        seen["manifest"] = set(manifest["files"])
+
+    found = Checkpointer(url, staging=tmp_path / "st", keep_last=9).load_latest(
+        read_shards, tmp_path / "cache"
+    )
+    assert found is not None and found[1]["step"] == 2
+    assert seen["folder"] == {"__0_0.distcp", "__1_0.distcp", "rng_rank0.pt"}
+    assert seen["manifest"] == seen["folder"] | {"rng_rank1.pt"}
 
 
 # --------------------------------------------------------------------------- secrets
