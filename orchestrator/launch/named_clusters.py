@@ -163,6 +163,11 @@ def _up_fake(name: str, wait_s: float) -> dict[str, Any]:
         # No Prometheus exporter: Ray binds it to every interface, unauthenticated, unless the
         # node's IP is a loopback one (the fake nodes have made-up IPs). Nothing here reads it.
         "RAY_enable_metrics_collection": "0",
+        # Every node of this cluster is on this machine: Ray then takes 127.0.0.1 as the node
+        # IP of the head and of the nodes the fake autoscaler adds (with RAY_FAKE_CLUSTER it
+        # ignores --node-ip-address), and binds its autoscaler and dashboard Prometheus
+        # servers (ports 44217, 44227) to loopback instead of every interface.
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
         # The job driver on the head runs `python`: this environment's.
         "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
     }
