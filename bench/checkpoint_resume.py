@@ -1,5 +1,6 @@
 """Resume wall time and bytes fetched per rank from S3 (moto_server): each rank fetching and
-verifying its own files vs the node leader fetching the whole checkpoint; 2 ranks, 338 MB.
+verifying the blocks its load plan reads vs the node leader fetching the whole checkpoint;
+2 ranks, 338 MB.
 
     .venv/bin/python bench/run.py checkpoint_resume
 """
@@ -25,12 +26,11 @@ checkpoint and hash it on one thread while the node's other ranks waited."""
 WORLD = 2
 
 NOTE = (
-    "one machine (2 cores) plays both ranks and the S3 endpoint. Both ways fetch the "
-    "whole checkpoint here: DCP spreads the small replicated items (optimizer step "
-    "counts) over the ranks' files, so rank 0's load plan reads a few bytes of rank "
-    "1's file and the per-file fetch downloads all of it; per-item byte ranges (with "
-    "per-item hashes) are what would cut a rank's bytes to its shard. What changed: "
-    "no rank waits on a leader's one-thread fetch"
+    "one machine (2 cores) plays both ranks and the S3 endpoint. DCP stores the small "
+    "replicated items (optimizer step counts) in one rank's file, so the baseline's leader "
+    "fetched everything; now each rank fetches its own file and, of the other's, only the "
+    "8 MiB blocks holding the items it reads (ranged GETs, each block checked against its "
+    "hash in the signed manifest)"
 )
 
 

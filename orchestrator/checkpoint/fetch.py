@@ -4,17 +4,23 @@ A 13B FSDP checkpoint is ~156 GB in 64 rank files. Fetched whole by one process 
 hashed on one thread, a resume idled eight GPUs for 10-15 minutes (and timed out the collective
 below ~120 MB/s). Here every rank asks for its own files, at the current world size:
 
-- DCP: the shared `.metadata`, then the `.distcp` files its load plan reads (the plan is the one
-  `dcp.load` makes: the rank's shards of the state dict against the checkpoint's metadata, so a
-  resume on another worker count fetches whatever files the resharding needs);
+- DCP: the shared `.metadata`, then the byte ranges of the `.distcp` files its load plan reads
+  (the plan is the one `dcp.load` makes: the rank's shards of the state dict against the
+  checkpoint's metadata, so a resume on another worker count fetches whatever the resharding
+  needs). A large file is fetched by the blocks covering those ranges (ranged GETs), each block
+  checked against its hash in the signed manifest (checkpoint/blocks.py): DCP stores replicated
+  items once, in some rank's file, and a rank reading a few KB of another rank's file fetches
+  one block of it, not the file;
 - DeepSpeed: its own `zero_pp_rank_<rank>_*` files and the shared ones;
 - its own `rng_rank<rank>.pt`, and every file no rank owns (the metrics tail).
 
 Files land in a node-local folder shared by the node's ranks: a file is downloaded by the first
 rank that needs it (a per-file lock), hashed while it is written and renamed into place only when
-its SHA-256 matches the manifest, so a file that exists is verified. The node's ranks download in
-parallel, and each rank uses a few threads. From a folder store (`LocalStore`) nothing is copied:
-each rank verifies its own files in place.
+its SHA-256 matches the manifest, so a file that exists without a `.blocks` record beside it is
+verified whole. A file fetched in part is a sparse file of its full size, and its `.blocks` record
+lists the blocks written and verified so far. The node's ranks download in parallel, and each
+rank uses a few threads. From a folder store (`LocalStore`) nothing is copied: each rank verifies
+what it reads (files, or their blocks) in place.
 """
 
 from __future__ import annotations
@@ -24,12 +30,13 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator.checkpoint.blocks import block_runs, needed_blocks
 from orchestrator.checkpoint.manifest import FILES_KEY, MANIFEST, step_dirname
 
 THREADS = 4
@@ -39,7 +46,13 @@ _RANK_OWNED = (re.compile(r"(?:^|/)rng_rank(\d+)\.pt$"), re.compile(r"(?:^|/)zer
 _DISTCP = re.compile(r"(?:^|/)__\d+_\d+\.distcp$")
 
 
-def rank_files(files: Iterable[str], rank: int, dcp_shards: set[str] | None = None) -> set[str]:
+Reads = Mapping[str, list[tuple[int, int]]]
+"""{file: [(offset, length), ...]}: the byte ranges a rank's load plan reads from each file."""
+
+
+def rank_files(
+    files: Iterable[str], rank: int, dcp_shards: Iterable[str] | None = None
+) -> set[str]:
     """Pure: the checkpoint files rank `rank` reads. Files owned by a rank (RNG states,
     DeepSpeed's ZeRO partitions) only its own; DCP shard files only those in `dcp_shards` (its
     load plan's; None: all of them); everything else (metadata, shared module states, the
@@ -58,10 +71,11 @@ def rank_files(files: Iterable[str], rank: int, dcp_shards: set[str] | None = No
     return out
 
 
-def dcp_plan_files(state: dict[str, Any], metadata_path: Path, rank: int) -> set[str]:
-    """The `.distcp` files `dcp.load(state)` will read on this rank: DCP's default load plan
-    for the rank's state dict (its shards under FSDP), mapped through the metadata's storage
-    index. `metadata_path` must already be verified (it is a pickle)."""
+def dcp_plan_reads(state: dict[str, Any], metadata_path: Path, rank: int) -> dict[str, list]:
+    """The byte ranges `dcp.load(state)` will read on this rank, per `.distcp` file: DCP's
+    default load plan for the rank's state dict (its shards under FSDP), mapped through the
+    metadata's storage index (DCP reads each planned item's whole stored range). `metadata_path`
+    must already be verified (it is a pickle)."""
     import pickle
 
     from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
@@ -72,7 +86,11 @@ def dcp_plan_files(state: dict[str, Any], metadata_path: Path, rank: int) -> set
     planner.set_up_planner(state, metadata, rank == 0)
     plan = planner.create_local_plan()
     data = metadata.storage_data
-    return {data[item.storage_index].relative_path for item in plan.items}
+    reads: dict[str, list[tuple[int, int]]] = {}
+    for item in plan.items:
+        info = data[item.storage_index]
+        reads.setdefault(info.relative_path, []).append((info.offset, info.length))
+    return reads
 
 
 @dataclass
@@ -100,8 +118,9 @@ class RankFetch:
         self.stats = FetchStats()
         self._done: set[str] = set()
 
-    def ensure(self, rels: Iterable[str]) -> Path:
-        """Every file in `rels` present in `self.folder` and matching its manifest entry.
+    def ensure(self, rels: Iterable[str], reads: Reads | None = None) -> Path:
+        """Every file in `rels` present in `self.folder` and matching its manifest entry; for a
+        file in `reads` with block hashes, only the blocks covering its ranges.
 
         Raises:
             IncompleteCheckpoint: a file is missing, listed with another size, or corrupted.
@@ -119,8 +138,18 @@ class RankFetch:
                 tmp = self.folder / f"{MANIFEST}.{os.getpid()}.part"
                 tmp.write_text(json.dumps(self.manifest, indent=1, sort_keys=True))
                 tmp.replace(self.folder / MANIFEST)
+
+        def one(rel: str) -> None:
+            meta = listed[rel]
+            if reads is None or rel not in reads or "blocks" not in meta:
+                return self._one(rel)
+            blocks = needed_blocks(reads[rel], meta["bytes"], meta["block_bytes"])
+            if len(blocks) == len(meta["blocks"]):
+                return self._one(rel)
+            return self._blocks(rel, blocks)
+
         with ThreadPoolExecutor(max_workers=THREADS) as pool:
-            list(pool.map(self._one, todo))
+            list(pool.map(one, todo))
         self._done.update(todo)
         self.stats.files.extend(todo)
         return self.folder
@@ -141,9 +170,10 @@ class RankFetch:
             self.stats.verified_bytes += meta["bytes"]
             return
         dest.parent.mkdir(parents=True, exist_ok=True)
+        record = _record(dest)
         with open(dest.with_name(dest.name + ".lock"), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # one download per file per node
-            if dest.exists():  # another rank of this node fetched it, and verified it
+            if dest.exists() and not record.exists():  # another rank fetched and verified it
                 return
             key = self.store._key(self.step, rel)
             part = dest.with_name(f"{dest.name}.{os.getpid()}.part")
@@ -159,11 +189,77 @@ class RankFetch:
                     )
                 if _sha256(part) != meta["sha256"]:
                     raise IncompleteCheckpoint(f"{self._where(rel)}: does not match its sha256")
-                part.replace(dest)
+                part.replace(dest)  # a reader of the partial copy keeps the inode it opened
+                record.unlink(missing_ok=True)
             finally:
                 part.unlink(missing_ok=True)
             self.stats.fetched_bytes += meta["bytes"]
             self.stats.verified_bytes += meta["bytes"]
+
+    def _blocks(self, rel: str, blocks: list[int]) -> None:
+        """Blocks `blocks` of `rel` present in `self.folder/rel` and matching their hashes."""
+        from orchestrator.checkpoint.store import IncompleteCheckpoint
+
+        meta = self.manifest[FILES_KEY][rel]
+        size, block = meta["bytes"], meta["block_bytes"]
+        dest = self.folder / rel
+
+        def span(i: int) -> tuple[int, int]:
+            return i * block, min((i + 1) * block, size)
+
+        def check(i: int, data: bytes) -> None:
+            if hashlib.sha256(data).hexdigest() != meta["blocks"][i]:
+                raise IncompleteCheckpoint(
+                    f"{self._where(rel)}: block {i} does not match its sha256"
+                )
+
+        if self.in_place:
+            if not dest.is_file() or dest.is_symlink() or dest.stat().st_size != size:
+                raise IncompleteCheckpoint(f"{self._where(rel)}: missing or of the wrong size")
+            with open(dest, "rb") as src:
+                for i in blocks:
+                    start, end = span(i)
+                    src.seek(start)
+                    check(i, src.read(end - start))
+                    self.stats.verified_bytes += end - start
+            return
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        record = _record(dest)
+        with open(dest.with_name(dest.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if dest.exists() and not record.exists():  # fetched whole, and verified
+                return
+            have = set(json.loads(record.read_text())) if record.exists() else set()
+            if not dest.exists():  # the record first: a file without one reads as verified
+                record.write_text("[]")
+                with open(dest, "wb") as new:
+                    new.truncate(size)  # sparse: only the fetched blocks take disk
+            todo = [i for i in blocks if i not in have]
+            key = self.store._key(self.step, rel)
+            with open(dest, "r+b") as f:
+                for first, last in block_runs(todo):
+                    start, end = span(first)[0], span(last)[1]
+                    try:
+                        data = self.store.s3.get_range(self.store.bucket, key, start, end)
+                    except Exception as e:  # noqa: BLE001 - named below
+                        raise IncompleteCheckpoint(f"{self._where(rel)}: {e}") from None
+                    for i in range(first, last + 1):
+                        a, b = span(i)
+                        check(i, data[a - start : b - start])
+                    f.seek(start)
+                    f.write(data)
+                    self.stats.fetched_bytes += end - start
+                    self.stats.verified_bytes += end - start
+                f.flush()
+            have.update(todo)
+            tmp = record.with_name(f"{record.name}.{os.getpid()}.part")
+            tmp.write_text(json.dumps(sorted(have)))
+            tmp.replace(record)
+
+
+def _record(dest: Path) -> Path:
+    """Beside a file fetched in part: the blocks of it written and verified."""
+    return dest.with_name(dest.name + ".blocks")
 
 
 def _sha256(path: Path) -> str:

@@ -1,7 +1,8 @@
 """Hash checkpoint files while they are written, so nothing is read back to hash it.
 
 `SaveTarget` is what a strategy writes a checkpoint into: its folder for this rank, a DCP
-storage writer whose streams compute each file's SHA-256 and size as bytes go out, and
+storage writer whose streams compute each file's SHA-256, block hashes (checkpoint/blocks.py)
+and size as bytes go out, and
 `write_bytes` for small extra files (RNG state, the metric tail). Files a writer puts there
 without going through it (DeepSpeed's own torch.save calls) are hashed afterwards by `files()`.
 """
@@ -9,7 +10,6 @@ without going through it (DeepSpeed's own torch.save calls) are hashed afterward
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import os
 import threading
@@ -17,20 +17,21 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from orchestrator.checkpoint.blocks import BlockHasher, hash_file
+
 
 class _HashingStream(io.RawIOBase):
-    """A write-only file wrapper: every byte written also updates a SHA-256."""
+    """A write-only file wrapper: every byte written also updates the file's hashes."""
 
     def __init__(self, raw) -> None:
-        self.raw, self.sha, self.n = raw, hashlib.sha256(), 0
+        self.raw, self.hasher = raw, BlockHasher()
 
     def writable(self) -> bool:
         return True
 
     def write(self, b) -> int:
         view = memoryview(b).cast("B")
-        self.sha.update(view)
-        self.n += len(view)
+        self.hasher.update(view)
         return self.raw.write(view)
 
     def tell(self) -> int:
@@ -47,27 +48,27 @@ class _HashingStream(io.RawIOBase):
 
 
 class Registry:
-    """{path: (bytes, sha256)} of the files written through the target (thread-safe: DCP
-    writes with several threads)."""
+    """{path: manifest entry (bytes, sha256, block hashes)} of the files written through the
+    target (thread-safe: DCP writes with several threads)."""
 
     def __init__(self) -> None:
-        self._files: dict[str, tuple[int, str]] = {}
+        self._files: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
 
-    def put(self, path: Path, n: int, sha: str) -> None:
+    def put(self, path: Path, entry: dict[str, Any]) -> None:
         with self._lock:
-            self._files[str(path)] = (n, sha)
+            self._files[str(path)] = entry
 
     def move(self, old: Path, new: Path) -> None:
         with self._lock:
             if str(old) in self._files:
                 self._files[str(new)] = self._files.pop(str(old))
 
-    def get(self, path: Path) -> tuple[int, str] | None:
+    def get(self, path: Path) -> dict[str, Any] | None:
         with self._lock:
             return self._files.get(str(path))
 
-    def items(self) -> list[tuple[str, tuple[int, str]]]:
+    def items(self) -> list[tuple[str, dict[str, Any]]]:
         with self._lock:
             return sorted(self._files.items())
 
@@ -85,7 +86,7 @@ def _hashing_filesystem(registry: Registry):
             with super().create_stream(path, mode) as s:
                 h = _HashingStream(s)
                 yield h
-            registry.put(Path(path), h.n, h.sha.hexdigest())
+            registry.put(Path(path), h.hasher.entry())
 
         def rename(self, path, new_path) -> None:
             super().rename(path, new_path)
@@ -115,23 +116,23 @@ class SaveTarget:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        self.registry.put(path, len(data), hashlib.sha256(data).hexdigest())
+        h = BlockHasher()
+        h.update(data)
+        self.registry.put(path, h.entry())
 
     def written(self) -> dict[str, dict[str, Any]]:
         """{relative path: {bytes, sha256}} of the files written through this target (by this
         rank), for the ones still there with the size that was written."""
         out = {}
-        for path, (n, sha) in self.registry.items():
+        for path, entry in self.registry.items():
             p = Path(path)
-            if p.is_file() and p.stat().st_size == n:
-                out[str(p.relative_to(self.folder))] = {"bytes": n, "sha256": sha}
+            if p.is_file() and p.stat().st_size == entry["bytes"]:
+                out[str(p.relative_to(self.folder))] = entry
         return out
 
     def files(self, names: list[str] | None = None) -> dict[str, dict[str, Any]]:
         """{relative path: {bytes, sha256}} of this rank's files: hashed while written, or now
         for files written around the target (only `names` when given)."""
-        from orchestrator.checkpoint.manifest import sha256_file
-
         out = {}
         paths = (
             [self.folder / n for n in names]
@@ -140,7 +141,7 @@ class SaveTarget:
         )
         for p in paths:
             got = self.registry.get(p)
-            if got is None or got[0] != p.stat().st_size:
-                got = (p.stat().st_size, sha256_file(p))
-            out[str(p.relative_to(self.folder))] = {"bytes": got[0], "sha256": got[1]}
+            if got is None or got["bytes"] != p.stat().st_size:
+                got = hash_file(p)
+            out[str(p.relative_to(self.folder))] = got
         return out

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from orchestrator.checkpoint.fetch import FetchStats
+from orchestrator.checkpoint.fetch import FetchStats, Reads
 from orchestrator.checkpoint.hashing import SaveTarget
 from orchestrator.checkpoint.manifest import FILES_KEY, step_dirname
 from orchestrator.checkpoint.store import IncompleteCheckpoint, LocalStore, open_store
@@ -244,15 +244,15 @@ class Checkpointer:
         self,
         read_shards: Callable[[Path, dict[str, Any]], None],
         cache: Path,
-        plan_files: Callable[[Callable[[list[str]], Path]], set[str] | None] | None = None,
+        plan_files: Callable[[Callable[[list[str]], Path]], Reads | None] | None = None,
     ) -> tuple[Path, dict[str, Any]] | None:
         """Load the newest complete checkpoint (shards + this rank's RNG). Returns (folder,
         manifest), or None when there is none. `read_shards(folder, manifest)` reads the
         strategy's shards; the folder holds only the files this rank reads (the manifest, checked
-        once on rank 0, lists them all). Every rank fetches and verifies only the files
-        it reads (checkpoint/fetch.py): `plan_files(ensure)` names the strategy's shard files
-        for this rank (DCP's load plan; None: every shard file), after `ensure`-ing what it
-        needs to plan. A checkpoint that fails verification on any rank is skipped with a
+        once on rank 0, lists them all). Every rank fetches and verifies only what it reads
+        (checkpoint/fetch.py): `plan_files(ensure)` gives the byte ranges of the strategy's
+        shard files this rank reads (DCP's load plan; None: every shard file, whole), after
+        `ensure`-ing what it needs to plan. A checkpoint that fails verification on any rank is skipped with a
         warning naming it, and the next older one is tried."""
         from orchestrator.checkpoint.fetch import RankFetch, rank_files
 
@@ -277,7 +277,7 @@ class Checkpointer:
             ok, error = 1, None
             try:
                 shards = plan_files(fetch.ensure) if plan_files is not None else None
-                fetch.ensure(rank_files(manifest[FILES_KEY], self.rank, shards))
+                fetch.ensure(rank_files(manifest[FILES_KEY], self.rank, shards), shards)
             except IncompleteCheckpoint as e:
                 log.warning("skipping incomplete checkpoint: %s", e)
                 ok = 0

@@ -30,6 +30,8 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from orchestrator.checkpoint.blocks import check_entry
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
@@ -119,6 +121,8 @@ def parse_manifest(
             raise BadManifest(f"{where}: entry {rel!r} has no valid size (bytes={n!r})")
         if not isinstance(digest, str) or not _SHA256.match(digest):
             raise BadManifest(f"{where}: entry {rel!r} has no valid sha256")
+        if problem := check_entry(meta):
+            raise BadManifest(f"{where}: entry {rel!r}: {problem}")
     return manifest
 
 
@@ -160,9 +164,12 @@ def publish(tmp_dir: Path, final_dir: Path, manifest: dict[str, Any]) -> None:
 
 
 def file_hashes(folder: Path) -> dict[str, dict[str, Any]]:
-    """{relative path: {bytes, sha256}} of every file under `folder` but the manifest."""
+    """{relative path: {bytes, sha256, block hashes}} of every file under `folder` but the
+    manifest."""
+    from orchestrator.checkpoint.blocks import hash_file
+
     return {
-        str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+        str(p.relative_to(folder)): hash_file(p)
         for p in sorted(folder.rglob("*"))
         if p.is_file() and p.name != MANIFEST
     }

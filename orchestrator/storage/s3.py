@@ -137,6 +137,19 @@ class S3:
             raise
         return obj["Body"].read()
 
+    def get_range(self, bucket: str, key: str, start: int, end: int) -> bytes:
+        """Bytes [start, end) of an object (one ranged GET, retried). Raises when the object
+        returns another number of bytes."""
+
+        def get() -> bytes:
+            obj = self.client.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}")
+            data = obj["Body"].read()
+            if len(data) != end - start:
+                raise OSError(f"got {len(data)} bytes of s3://{bucket}/{key}[{start}:{end}]")
+            return data
+
+        return self.retry(f"get s3://{bucket}/{key} bytes {start}-{end - 1}", get)
+
     def put_bytes(self, bucket: str, key: str, data: bytes) -> None:
         self.retry(
             f"put s3://{bucket}/{key}",

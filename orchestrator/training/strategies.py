@@ -163,14 +163,15 @@ class _DcpStrategy:
         dcp.save(state, storage_writer=target.dcp_writer())
         return None
 
-    def checkpoint_files(self, ensure: Callable[[list[str]], Path]) -> set[str]:
-        """The `.distcp` files `read_checkpoint` will read on this rank (its load plan against
-        the checkpoint's metadata, which `ensure` fetches and verifies first)."""
-        from orchestrator.checkpoint.fetch import dcp_plan_files
+    def checkpoint_files(self, ensure: Callable[[list[str]], Path]) -> dict[str, list]:
+        """The byte ranges of the `.distcp` files `read_checkpoint` will read on this rank (its
+        load plan against the checkpoint's metadata, which `ensure` fetches and verifies
+        first)."""
+        from orchestrator.checkpoint.fetch import dcp_plan_reads
 
         folder = ensure([".metadata"])
         rank = dist.get_rank() if dist.is_initialized() else 0
-        return dcp_plan_files(self._checkpoint_state(), folder / ".metadata", rank)
+        return dcp_plan_reads(self._checkpoint_state(), folder / ".metadata", rank)
 
     def read_checkpoint(self, folder: Path) -> None:
         import torch.distributed.checkpoint as dcp

@@ -261,6 +261,42 @@ def test_a_rank_reads_its_own_files_and_the_manifest_lists_all(s3, tmp_path):
     assert seen["manifest"] == seen["folder"] | {"rng_rank1.pt"}
 
 
+def test_a_rank_fetches_the_blocks_it_reads_of_another_ranks_file(s3, tmp_path, monkeypatch):
+    """DCP stores replicated items once, in some rank's file: a rank reading a few bytes of
+    another rank's file fetches the block holding them (a ranged GET, verified against its
+    hash in the manifest), not the file; a tampered block it reads is refused."""
+    from orchestrator.checkpoint import blocks
+
+    monkeypatch.setattr(blocks, "BLOCK_BYTES", 64 << 10)
+    url = "s3://ckpt/run5"
+    big = bytes(range(256)) * 1024  # 256 KiB: 4 blocks
+
+    def write(target, group) -> None:
+        target.write_bytes("__0_0.distcp", big)
+        target.write_bytes("__1_0.distcp", big[::-1])
+
+    Checkpointer(url, staging=tmp_path / "staging", keep_last=9).save(2, write, {"step": 2})
+    reads = {"__0_0.distcp": [(0, len(big))], "__1_0.distcp": [(70000, 16)]}  # block 1 of 4
+    got: dict[str, bytes] = {}
+
+    def read_shards(folder: Path, manifest) -> None:
+        with open(folder / "__1_0.distcp", "rb") as f:
+            f.seek(70000)
+            got["item"] = f.read(16)
+
+    ck = Checkpointer(url, staging=tmp_path / "st", keep_last=9)
+    found = ck.load_latest(read_shards, tmp_path / "cache", lambda ensure: reads)
+    assert found is not None and got["item"] == big[::-1][70000:70016]
+    rng = found[1]["files"]["rng_rank0.pt"]["bytes"]  # the save wrote this rank's RNG state
+    assert ck.fetch_stats.fetched_bytes == len(big) + (64 << 10) + rng  # its file + one block
+    # the block it reads, replaced in the store with bytes of the same size: refused
+    bad = bytearray(big[::-1])
+    bad[70001] ^= 0xFF
+    s3.put_object(Bucket="ckpt", Key="run5/step_00000002/__1_0.distcp", Body=bytes(bad))
+    ck = Checkpointer(url, staging=tmp_path / "st2", keep_last=9)
+    assert ck.load_latest(read_shards, tmp_path / "cache2", lambda ensure: reads) is None
+
+
 # --------------------------------------------------------------------------- secrets
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY"  # AWS-style: contains '/'
 URL_PW = "p4ss/w@rd"  # a URL password with '/' and '@'
