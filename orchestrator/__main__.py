@@ -246,30 +246,26 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from orchestrator.launch.failures import RunFailed
+    from orchestrator.tracking.redact import scrub
+
+    try:
+        return args.fn(args)
+    except (ConfigError, DataError) as e:
+        print(f"error: {scrub(str(e))}", file=sys.stderr)
+        return 2
+    except RunFailed as e:  # training stopped for good: say what, where, and how to go on
+        print(scrub(e.summary()), file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The command line: one sub-command per Makefile target."""
     parser = argparse.ArgumentParser(prog="orchestrator", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
-
-    p = sub.add_parser("launch", help="run (or continue) a job")
-    p.add_argument("job", help="job name (jobs/<job>.yaml) or path to a job file")
-    p.add_argument("--scale", choices=["local", "full"], default=None)
-    p.add_argument("--run", default=None, help="run name; an existing run is continued")
-    p.add_argument(
-        "--set", action="append", default=None,
-        help='overrides, e.g. "optim.lr=1e-5 train.max_steps=20" (repeatable)',
-    )  # fmt: skip
-    p.add_argument(
-        "--yes", action="store_true", help="launch even if the projection exceeds budget.max_usd"
-    )
-    p.add_argument(
-        "--cluster", default=None, help="a cluster from infra/ (e.g. aws-spot, local-fake)"
-    )
-    p.add_argument("--detach", action="store_true", help="with --cluster: submit and return")
-    p.add_argument("--stage", default=None, help="a pipeline job: run this stage only")
-    p.add_argument(
-        "--fresh", default=None,
-        help="a pipeline job: start this stage and the ones after it over (new run folders)",
-    )  # fmt: skip
-    p.set_defaults(fn=cmd_launch)
+    _launch_parser(sub)
 
     p = sub.add_parser("cluster", help="named clusters from infra/: up, down, status, logs, stop")
     p.add_argument("action", choices=["up", "down", "status", "logs", "stop"])
@@ -297,7 +293,46 @@ def main(argv: list[str] | None = None) -> int:
         help="project the original run as it was (its batching and kernels), not ours",
     )  # fmt: skip
     p.set_defaults(fn=cmd_estimate)
+    _plan_parser(sub)
 
+    p = sub.add_parser(
+        "bills", help="projected full-scale bills of every job + actual bills in MLflow"
+    )
+    p.add_argument("--out", default=".")
+    p.add_argument("--no-mlflow", action="store_true")
+    p.set_defaults(fn=cmd_bills)
+
+    p = sub.add_parser("validate", help="compose and validate job files at both scales")
+    p.add_argument("jobs", nargs="*")
+    p.set_defaults(fn=cmd_validate)
+    return parser
+
+
+def _launch_parser(sub) -> None:
+    p = sub.add_parser("launch", help="run (or continue) a job")
+    p.add_argument("job", help="job name (jobs/<job>.yaml) or path to a job file")
+    p.add_argument("--scale", choices=["local", "full"], default=None)
+    p.add_argument("--run", default=None, help="run name; an existing run is continued")
+    p.add_argument(
+        "--set", action="append", default=None,
+        help='overrides, e.g. "optim.lr=1e-5 train.max_steps=20" (repeatable)',
+    )  # fmt: skip
+    p.add_argument(
+        "--yes", action="store_true", help="launch even if the projection exceeds budget.max_usd"
+    )
+    p.add_argument(
+        "--cluster", default=None, help="a cluster from infra/ (e.g. aws-spot, local-fake)"
+    )
+    p.add_argument("--detach", action="store_true", help="with --cluster: submit and return")
+    p.add_argument("--stage", default=None, help="a pipeline job: run this stage only")
+    p.add_argument(
+        "--fresh", default=None,
+        help="a pipeline job: start this stage and the ones after it over (new run folders)",
+    )  # fmt: skip
+    p.set_defaults(fn=cmd_launch)
+
+
+def _plan_parser(sub) -> None:
     p = sub.add_parser(
         "plan", help="Chinchilla planner: the compute-optimal model a budget buys, and its job"
     )
@@ -315,31 +350,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variant", default=None, help="e.g. 111m_mup for a muP job")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_plan)
-
-    p = sub.add_parser(
-        "bills", help="projected full-scale bills of every job + actual bills in MLflow"
-    )
-    p.add_argument("--out", default=".")
-    p.add_argument("--no-mlflow", action="store_true")
-    p.set_defaults(fn=cmd_bills)
-
-    p = sub.add_parser("validate", help="compose and validate job files at both scales")
-    p.add_argument("jobs", nargs="*")
-    p.set_defaults(fn=cmd_validate)
-
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from orchestrator.launch.failures import RunFailed
-    from orchestrator.tracking.redact import scrub
-
-    try:
-        return args.fn(args)
-    except (ConfigError, DataError) as e:
-        print(f"error: {scrub(str(e))}", file=sys.stderr)
-        return 2
-    except RunFailed as e:  # training stopped for good: say what, where, and how to go on
-        print(scrub(e.summary()), file=sys.stderr)
-        return 1
 
 
 if __name__ == "__main__":

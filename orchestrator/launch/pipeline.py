@@ -32,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -282,44 +281,19 @@ def run_pipeline(
     names it or an earlier stage: then it and every stage after it start over in new run
     folders (the old ones kept)."""
     from orchestrator.config.load import to_dict
-    from orchestrator.cost.estimator import project
     from orchestrator.launch.failures import RunFailed
     from orchestrator.launch.run import launch
-    from orchestrator.tracking import runs as mlruns
 
     check_name("run", run_name)
     overrides = list(overrides or [])
     stages = stages_of(job, scale)
-    if not stages:
-        raise ConfigError(f"job {job!r} has no stages: launch it with make launch job={job}")
-    names = [s.name for s in stages]
-    if only is not None and only not in names:
-        raise ConfigError(f"stage={only!r}: the job's stages are {names}")
-    if fresh is not None and fresh not in names:
-        raise ConfigError(f"fresh={fresh!r}: the job's stages are {names}")
+    names = _check_stage_args(job, [s.name for s in stages], only, fresh)
     fresh_from = names.index(fresh) if fresh is not None else len(names)
     # The pipeline's own settings (storage, tracking, budget) as its first stage resolves them:
     # a job's top level need not be a whole config (each stage brings its data).
     top = compose(job, scale, overrides + [f"stage={stages[0].name}"])
-    store = storage_resolve.resolve(top, run_name, os.environ).run_store()
-    state = json.loads(store.read_text(PIPELINE) or "{}")
-    records = {k: StageRecord(**v) for k, v in state.get("stages", {}).items()}
-    uri = mlruns.tracking_uri()
-    parent = state.get("mlflow_run_id") or mlruns.start_or_continue(
-        uri, top.tracking.experiment or top.job, run_name, None,
-        {"job": top.job, "scale": top.scale, "kind": "pipeline"},
-    )  # fmt: skip
-
-    def save() -> None:
-        store.write_text(
-            PIPELINE,
-            json.dumps(
-                {"mlflow_run_id": parent, "stages": {k: asdict(v) for k, v in records.items()}},
-                indent=1,
-            ),  # fmt: skip
-        )
-
-    save()
+    book = _Book.open(top, run_name)
+    records = book.records
     reason, message = StopReason.COMPLETED, "every stage finished"
     for i, st in enumerate(stages):
         if only is not None and st.name != only:
@@ -345,69 +319,139 @@ def run_pipeline(
             1 if record is not None and i >= fresh_from else 0
         )
         stage_run = f"{run_name}-{st.name}" + (f"-g{generation}" if generation else "")
-        if st.gate is not None:
-            value = _metric(uri, records.get(st.gate.stage), st.gate.metric)
-            if not gate_passes(st.gate, value):
-                reason = StopReason.GATE
-                message = (
-                    f"gate before stage {st.name!r}: {st.gate.stage}'s {st.gate.metric} = "
-                    f"{value} (needs min={st.gate.min}, max={st.gate.max})"
-                )
-                break
-        if cap is not None:
-            projected = project(cfg).usd
-            if projected > cap and not yes:
-                reason = StopReason.BUDGET
-                message = (
-                    f"stage {st.name!r} projects ${projected:.4f}, more than the ${cap:.4f} "
-                    "left for it (budget.max_usd and budget_share); stopped at its boundary"
-                )
-                break
+        stop = _boundary_stop(st, records, book.uri, cfg, cap, yes)
+        if stop is not None:
+            reason, message = stop
+            break
         # started: a relaunch with another config is refused from here on
         records[st.name] = started(record, digest, stage_run, ident, generation)
-        save()
+        book.save()
         print(f"stage {st.name} ({i + 1}/{len(stages)})" + (f", budget ${cap:.4f}" if cap else ""))
         try:
             res = launch(job, scale, overrides + stage_over, run_name=stage_run,
-                         yes=True, parent_run_id=parent)  # fmt: skip
+                         yes=True, parent_run_id=book.parent)  # fmt: skip
         except BudgetRefusal as e:  # its cap cannot pay its start-up: stop at the boundary
             reason, message = StopReason.BUDGET, f"stage {st.name!r}: {e}"
             break
         except RunFailed as e:  # the stage's own summary says what and how to continue
-            mlruns.finish(uri, parent, {"stop_reason": str(StopReason.FAILED),
-                                        "pipeline_message": f"stage {st.name!r} failed"},
-                          "FAILED")  # fmt: skip
+            book.fail(f"stage {st.name!r} failed")
             e.run = run_name  # continuing the pipeline continues this stage
             raise
-        from orchestrator.launch.mlflow_run import export_digest
-        from orchestrator.storage.durable import open_durable
-
-        exported = store_exists(res.run_dir, f"{EXPORT}/config.json")
-        records[st.name] = StageRecord(
-            "done" if res.stop_reason == StopReason.COMPLETED else "stopped",
-            digest, res.run, res.mlflow_run_id, str(res.stop_reason), res.usd_total,
-            f"{res.run_dir}/{EXPORT}" if exported else None,
-            export_digest(open_durable(res.run_dir)) if exported else None, ident, generation,
-        )  # fmt: skip
-        save()
+        records[st.name] = _finished_record(res, digest, ident, generation)
+        book.save()
         if res.stop_reason != StopReason.COMPLETED:
             reason = StopReason(res.stop_reason)
             message = f"stage {st.name!r} stopped: {res.stop_reason}"
             break
     if reason == StopReason.COMPLETED:
-        message = completion_message([s.name for s in stages], only, records)
-    total = sum(r.usd for r in records.values())
-    c = mlruns.client(uri)
-    for name, r in records.items():
-        c.log_metric(parent, f"pipeline/{name}/usd", r.usd)
-    mlruns.finish(uri, parent, {"stop_reason": str(reason), "pipeline_bill_usd": f"{total:.6f}",
-                                "pipeline_message": message},
-                  "FINISHED" if reason.ok else "FAILED")  # fmt: skip
-    print(
-        f"pipeline {run_name} ({job}): {reason}: {message}; ${total:.6f} in total", file=sys.stdout
-    )
-    return PipelineResult(job, run_name, str(reason), message, total, parent,
-                          {k: asdict(v) for k, v in records.items()})  # fmt: skip
+        message = completion_message(names, only, records)
+    return book.finish(job, run_name, reason, message)
+
+
+def _check_stage_args(job: str, names: list[str], only: str | None, fresh: str | None) -> list[str]:
+    """The stage names, after refusing a `stage=` or `fresh=` that names none of them."""
+    if not names:
+        raise ConfigError(f"job {job!r} has no stages: launch it with make launch job={job}")
+    if only is not None and only not in names:
+        raise ConfigError(f"stage={only!r}: the job's stages are {names}")
+    if fresh is not None and fresh not in names:
+        raise ConfigError(f"fresh={fresh!r}: the job's stages are {names}")
+    return names
+
+
+@dataclass
+class _Book:
+    """The pipeline's record: its stages' records in the run store (pipeline.json) and its
+    parent MLflow run, which each stage's run nests under."""
+
+    store: Any
+    uri: str
+    parent: str
+    records: dict[str, StageRecord]
+
+    @classmethod
+    def open(cls, top, run_name: str) -> _Book:
+        from orchestrator.tracking import runs as mlruns
+
+        store = storage_resolve.resolve(top, run_name, os.environ).run_store()
+        state = json.loads(store.read_text(PIPELINE) or "{}")
+        records = {k: StageRecord(**v) for k, v in state.get("stages", {}).items()}
+        uri = mlruns.tracking_uri()
+        parent = state.get("mlflow_run_id") or mlruns.start_or_continue(
+            uri, top.tracking.experiment or top.job, run_name, None,
+            {"job": top.job, "scale": top.scale, "kind": "pipeline"},
+        )  # fmt: skip
+        book = cls(store, uri, parent, records)
+        book.save()
+        return book
+
+    def save(self) -> None:
+        state = {
+            "mlflow_run_id": self.parent,
+            "stages": {k: asdict(v) for k, v in self.records.items()},
+        }
+        self.store.write_text(PIPELINE, json.dumps(state, indent=1))
+
+    def fail(self, message: str) -> None:
+        from orchestrator.tracking import runs as mlruns
+
+        mlruns.finish(self.uri, self.parent, {"stop_reason": str(StopReason.FAILED),
+                                              "pipeline_message": message}, "FAILED")  # fmt: skip
+
+    def finish(self, job: str, run_name: str, reason: StopReason, message: str) -> PipelineResult:
+        """Close the parent MLflow run with the bill per stage, print the outcome."""
+        from orchestrator.tracking import runs as mlruns
+
+        total = sum(r.usd for r in self.records.values())
+        c = mlruns.client(self.uri)
+        for name, r in self.records.items():
+            c.log_metric(self.parent, f"pipeline/{name}/usd", r.usd)
+        mlruns.finish(self.uri, self.parent, {"stop_reason": str(reason),
+                                              "pipeline_bill_usd": f"{total:.6f}",
+                                              "pipeline_message": message},
+                      "FINISHED" if reason.ok else "FAILED")  # fmt: skip
+        print(f"pipeline {run_name} ({job}): {reason}: {message}; ${total:.6f} in total")
+        return PipelineResult(job, run_name, str(reason), message, total, self.parent,
+                              {k: asdict(v) for k, v in self.records.items()})  # fmt: skip
+
+
+def _boundary_stop(
+    st: Stage, records: dict[str, StageRecord], uri: str, cfg, cap: float | None, yes: bool
+) -> tuple[StopReason, str] | None:
+    """Why the pipeline stops before stage `st` (its gate fails, or its projection exceeds
+    what is left of the budget without --yes), or None to run it."""
+    from orchestrator.cost.estimator import project
+
+    if st.gate is not None:
+        value = _metric(uri, records.get(st.gate.stage), st.gate.metric)
+        if not gate_passes(st.gate, value):
+            return StopReason.GATE, (
+                f"gate before stage {st.name!r}: {st.gate.stage}'s {st.gate.metric} = "
+                f"{value} (needs min={st.gate.min}, max={st.gate.max})"
+            )
+    if cap is not None:
+        projected = project(cfg).usd
+        if projected > cap and not yes:
+            return StopReason.BUDGET, (
+                f"stage {st.name!r} projects ${projected:.4f}, more than the ${cap:.4f} "
+                "left for it (budget.max_usd and budget_share); stopped at its boundary"
+            )
+    return None
+
+
+def _finished_record(res, digest: str, ident: dict[str, Any], generation: int) -> StageRecord:
+    """What a stage that ran leaves for the next: its outcome, bill, export and the export's
+    digest (the next stage verifies its input against it)."""
+    from orchestrator.launch.mlflow_run import export_digest
+    from orchestrator.storage.durable import open_durable
+
+    exported = store_exists(res.run_dir, f"{EXPORT}/config.json")
+    return StageRecord(
+        "done" if res.stop_reason == StopReason.COMPLETED else "stopped",
+        digest, res.run, res.mlflow_run_id, str(res.stop_reason), res.usd_total,
+        f"{res.run_dir}/{EXPORT}" if exported else None,
+        export_digest(open_durable(res.run_dir)) if exported else None, ident, generation,
+    )  # fmt: skip
 
 
 def completion_message(stages: list[str], only: str | None, records: dict[str, Any]) -> str:
