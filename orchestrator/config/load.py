@@ -147,52 +147,10 @@ def compose(
     """
     path = job_path(job)
     raw = read_yaml_mapping(path)
-    scales = raw.pop("scales", {}) or {}
-    variants = raw.pop("variants", {}) or {}
-    default_variant = raw.pop("default_variant", None)
     default_scale = raw.pop("default_scale", "local")
     scale = scale or default_scale
-    if scale not in SCALES:
-        raise ConfigError(f"scale={scale!r} is not valid; choose one of {list(SCALES)}")
-    if scale not in scales:
-        raise ConfigError(
-            f"{path}: the job has no 'scales.{scale}' section; it has {sorted(scales)}"
-        )
-    unknown = set(scales) - set(SCALES)
-    if unknown:
-        raise ConfigError(f"{path}: unknown scales {sorted(unknown)}; valid: {list(SCALES)}")
-
-    overrides = list(overrides or [])
-    variant = default_variant
-    stage = None
-    for item in list(overrides):  # `variant=1.3b` picks one of the job's variants
-        key, _, value = item.partition("=")
-        if key == "variant":
-            variant = value
-            overrides.remove(item)
-        elif key == "stage":  # one stage of a pipeline job (launch/pipeline.py)
-            stage = value
-            overrides.remove(item)
-    if variant is not None:
-        if variant not in variants:
-            raise ConfigError(
-                f"{path}: no variant {variant!r}; the job has {sorted(variants) or 'none'}"
-            )
-        spec = dict(variants[variant] or {})
-        # A variant may carry per-scale settings too; they win over the job's own.
-        scales = _deep_merge(scales, spec.pop("scales", None) or {})
-        raw = _deep_merge(raw, spec)
-    merged: dict[str, Any] = _deep_merge(raw, scales[scale] or {})
-    stages = merged.pop("stages", None) or {}
-    if stage is not None:
-        if stage not in stages:
-            raise ConfigError(
-                f"{path}: no stage {stage!r}; the job has {list(stages) or 'no stages'}"
-            )
-        spec = stages[stage] or {}
-        if not isinstance(spec, dict):
-            raise ConfigError(f"{path}: stages.{stage} must be a mapping, got {spec!r}")
-        merged = _deep_merge(merged, spec.get("config") or {})
+    overrides, variant, stage = _selectors(list(overrides or []), raw.pop("default_variant", None))
+    merged = _job_dict(path, raw, scale, variant, stage)
     for item in list(overrides):  # `model=llama_7b` swaps a whole block
         key, _, value = item.partition("=")
         if key in BLOCK_DIRS and value and not value.startswith(("{", "[")):
@@ -216,25 +174,89 @@ def compose(
                 cfg = _merge_into(cfg, {section: block_data}, str(block_path))
     _refuse_resolvers(merged, where)
     cfg = _merge_into(cfg, merged, where)
-
     if overrides:
-        for item in overrides:
-            if "=" not in item:
-                raise ConfigError(f"command line: override {item!r} must look like key=value")
-            _refuse_resolvers(item, "command line")
-            check_yaml_expansion(item.partition("=")[2], f"command line: {item.partition('=')[0]}")
-        try:
-            dotlist = cast(
-                dict[str, Any], OmegaConf.to_container(OmegaConf.from_dotlist(overrides))
-            )
-        except (OmegaConfBaseException, yaml.YAMLError, ValueError) as e:
-            raise ConfigError(
-                f"command line: cannot read the overrides {overrides}: "
-                f"{str(e).splitlines()[0]} (values are YAML: quote brackets and colons)"
-            ) from None
-        cfg = _merge_into(cfg, dotlist, "command line")
+        cfg = _merge_overrides(cfg, overrides)
         where += " with the command-line overrides"
+    return _to_job_config(cfg, where, blocks)
 
+
+def _selectors(
+    overrides: list[str], variant: str | None
+) -> tuple[list[str], str | None, str | None]:
+    """(the other overrides, the variant, the stage): `variant=1.3b` picks one of the job's
+    variants (default: the job's `default_variant`), `stage=sft` one stage of a pipeline job
+    (launch/pipeline.py)."""
+    stage = None
+    rest = []
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key == "variant":
+            variant = value
+        elif key == "stage":
+            stage = value
+        else:
+            rest.append(item)
+    return rest, variant, stage
+
+
+def _job_dict(
+    path: Path, raw: dict[str, Any], scale: str, variant: str | None, stage: str | None
+) -> dict[str, Any]:
+    """The job file's settings at `scale`: its top level, then the variant's, then the scale's
+    section, then the stage's config, each winning over the one before."""
+    scales = raw.pop("scales", {}) or {}
+    variants = raw.pop("variants", {}) or {}
+    if scale not in SCALES:
+        raise ConfigError(f"scale={scale!r} is not valid; choose one of {list(SCALES)}")
+    if scale not in scales:
+        raise ConfigError(
+            f"{path}: the job has no 'scales.{scale}' section; it has {sorted(scales)}"
+        )
+    unknown = set(scales) - set(SCALES)
+    if unknown:
+        raise ConfigError(f"{path}: unknown scales {sorted(unknown)}; valid: {list(SCALES)}")
+    if variant is not None:
+        if variant not in variants:
+            raise ConfigError(
+                f"{path}: no variant {variant!r}; the job has {sorted(variants) or 'none'}"
+            )
+        spec = dict(variants[variant] or {})
+        # A variant may carry per-scale settings too; they win over the job's own.
+        scales = _deep_merge(scales, spec.pop("scales", None) or {})
+        raw = _deep_merge(raw, spec)
+    merged: dict[str, Any] = _deep_merge(raw, scales[scale] or {})
+    stages = merged.pop("stages", None) or {}
+    if stage is not None:
+        if stage not in stages:
+            raise ConfigError(
+                f"{path}: no stage {stage!r}; the job has {list(stages) or 'no stages'}"
+            )
+        spec = stages[stage] or {}
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{path}: stages.{stage} must be a mapping, got {spec!r}")
+        merged = _deep_merge(merged, spec.get("config") or {})
+    return merged
+
+
+def _merge_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """The command line's `key=value` overrides (values are YAML) merged over `cfg`."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"command line: override {item!r} must look like key=value")
+        _refuse_resolvers(item, "command line")
+        check_yaml_expansion(item.partition("=")[2], f"command line: {item.partition('=')[0]}")
+    try:
+        dotlist = cast(dict[str, Any], OmegaConf.to_container(OmegaConf.from_dotlist(overrides)))
+    except (OmegaConfBaseException, yaml.YAMLError, ValueError) as e:
+        raise ConfigError(
+            f"command line: cannot read the overrides {overrides}: "
+            f"{str(e).splitlines()[0]} (values are YAML: quote brackets and colons)"
+        ) from None
+    return _merge_into(cfg, dotlist, "command line")
+
+
+def _to_job_config(cfg: DictConfig, where: str, blocks: dict[str, Path]) -> JobConfig:
+    """The validated JobConfig (its checks run here), sized by the planner when it is on."""
     try:
         obj = OmegaConf.to_object(cfg)
     except ConfigError as e:
