@@ -37,6 +37,11 @@ def is_fatal(err: BaseException) -> bool:
     return isinstance(err, FatalError) or any(k.__name__ == "FatalError" for k in type(err).__mro__)
 
 
+CAPACITY = "waiting for capacity"
+"""Detail prefix of a try whose workers' resources did not appear in time on an autoscaling
+cluster: a preemption's replacement node still booting, not a failure of the job."""
+
+
 def startup_failure(err: Exception) -> str | None:
     """What stopped the workers from starting, said as a configuration error (None: not a
     start-up failure). Ray Train retried it `STARTUP_RETRIES` times already: the same cause
@@ -61,8 +66,14 @@ def startup_failure(err: Exception) -> str | None:
     return f"the training workers could not start: {cause[:500]}.{advice}"
 
 
-def classify_failure(err: Exception) -> tuple[FailureKind, str]:
+def classify_failure(err: Exception, autoscaling: bool = False) -> tuple[FailureKind, str]:
     """(kind, detail) of a failed training try.
+
+    On an autoscaling cluster, workers that timed out waiting for their resources (Ray Train
+    waits 60 s per try for its placement group) are waiting for capacity, a preemption's
+    replacement node still coming up: a preemption, and the launcher waits for the nodes
+    itself before the next try (`autoscale.acquire`, with its spot wait and fallback). On a
+    fixed cluster the same timeout means the cluster lacks the resources: fatal.
 
     Preemption: Ray's PreemptionError (a drained node), a worker process or node that died
     (SIGKILL, node lost: RayActorError), or our `Preempted` after a spot notice. If any rank was
@@ -75,6 +86,9 @@ def classify_failure(err: Exception) -> tuple[FailureKind, str]:
 
     if isinstance(err, PreemptionError):
         return FailureKind.PREEMPTION, str(err)
+    controller = getattr(err, "controller_failure", None)
+    if autoscaling and type(controller).__name__ == "WorkerGroupStartupTimeoutError":
+        return FailureKind.PREEMPTION, f"{CAPACITY}: {str(controller).strip()[:300]}"
     startup = startup_failure(err)
     if startup is not None:
         return FailureKind.FATAL, startup

@@ -86,6 +86,8 @@ def _tries(
         failures = read_failures(store)  # before every try: the counts the loop starts from
         context.preemptions_before = sum(f.kind == FailureKind.PREEMPTION for f in failures)
         context.app_failures_before = sum(f.kind == FailureKind.APP for f in failures)
+        if grant is not None and attempt_try > 1:  # a replacement may still be booting
+            grant = _reacquire(cfg, context, store)
         trainer = _trainer(cfg, context, grant, attempt_try)
         if grant is not None:
             autoscale.release()  # Ray Train registers the workers' request from here on
@@ -93,7 +95,7 @@ def _tries(
             trainer.fit()
             return None
         except TrainingFailedError as e:
-            kind, detail = classify_failure(e)
+            kind, detail = classify_failure(e, autoscaling=grant is not None)
             tally = tally.add(kind)
             record = FailureRecord(context.attempt, attempt_try, kind, detail[:2000], time.time())
             store.append_lines(FAILURES, [record.to_json()])
@@ -116,6 +118,23 @@ def _tries(
             if kind == FailureKind.PREEMPTION:  # a spot notice: not on the doomed node again
                 drain(doomed_nodes(detail), f"spot notice ({cfg.job}, attempt {context.attempt})")
     return None
+
+
+def _reacquire(cfg: JobConfig, context: RunContext, store) -> autoscale.Grant:
+    """Before a retry on an autoscaling cluster: ask for the workers again and wait until the
+    cluster holds them (a preempted node's replacement takes minutes on a cloud), with the
+    same spot wait and on-demand fallback as the first try, so the try does not time out in
+    Ray Train's placement-group wait. No capacity at all ends the launch (RunFailed)."""
+    try:
+        grant = autoscale.acquire(cfg)
+    except RuntimeError as e:  # no capacity within the waits: say so, do not spin
+        raise RunFailed(f"restart: {e}") from None
+    assert grant is not None
+    _record_grant(store, grant)
+    if grant.market != cfg.hardware.market:  # fell back: price the rest as what it runs on
+        cfg.hardware.market = grant.market
+        context.price_per_hour_usd = cluster_price_per_hour(cfg)
+    return grant
 
 
 STARTUP_RETRIES = 2

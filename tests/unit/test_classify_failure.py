@@ -97,7 +97,35 @@ def test_workers_that_cannot_start_are_a_configuration_failure_naming_the_cause(
     d = decide(kind, Tally().add(kind), max_failures=3, max_preemptions=10, budget=None, spent=0)
     assert d.action == Action.FAIL  # not retried again by the launcher
     kind, detail = classify_failure(ControllerError(WorkerGroupStartupTimeoutError("timed out")))
-    assert kind == "fatal" and "make preflight" in detail
+    assert kind == "fatal" and "make preflight" in detail  # a fixed cluster lacks the resources
+
+
+def test_waiting_for_capacity_on_an_autoscaling_cluster_is_not_a_startup_failure():
+    """A replacement node still booting after a preemption: Ray Train's placement-group wait
+    times out, and the launcher waits for the nodes itself (autoscale.acquire) and retries,
+    as after any preemption; a worker that cannot import the code stays fatal there too."""
+    from ray.train.v2._internal.exceptions import (
+        WorkerGroupStartupFailedError,
+        WorkerGroupStartupTimeoutError,
+    )
+    from ray.train.v2.api.exceptions import ControllerError
+
+    from orchestrator.launch.failures import CAPACITY
+    from orchestrator.launch.restart import Action, Tally, decide
+
+    err = ControllerError(WorkerGroupStartupTimeoutError(num_workers=2))
+    kind, detail = classify_failure(err, autoscaling=True)
+    assert kind == "preemption" and detail.startswith(CAPACITY)
+    from orchestrator.config.schema import BudgetConfig
+    from orchestrator.launch.restart import Spend
+
+    d = decide(kind, Tally().add(kind), max_failures=0, max_preemptions=10,
+               budget=BudgetConfig(), spent=Spend(0.0, 0.0))  # fmt: skip
+    assert d.action == Action.RESTART
+    crash = ControllerError(
+        WorkerGroupStartupFailedError("ModuleNotFoundError: No module named 'x'")
+    )
+    assert classify_failure(crash, autoscaling=True)[0] == "fatal"
 
 
 def test_a_launch_through_ray_address_ships_the_code():
