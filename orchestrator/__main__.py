@@ -30,6 +30,12 @@ def cmd_launch(args: argparse.Namespace) -> int:
         configs = job_configs(args.job, args.scale, over)  # every stage: a typo fails here
         cfg = configs[args.stage] if args.stage else next(iter(configs.values()))
         named_clusters.check_submission(args.cluster, cfg, args.run)  # storage the nodes can reach
+        if (
+            "" in configs
+        ):  # a single job; a pipeline's stage caps are decided on the head, stage by stage
+            from orchestrator.launch.remote import remote_startup_check
+
+            remote_startup_check(cfg, args.run)
         _, status = named_clusters.submit(
             args.cluster, args.job, args.scale, over, args.run,
             follow=not args.detach, stage=args.stage, yes=yes, fresh=args.fresh,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from orchestrator.config.schema import ConfigError
+import os
+
+from orchestrator.config.schema import ConfigError, JobConfig
 from orchestrator.launch.checks import confirm_usd
 
 
@@ -31,3 +33,30 @@ def remote_consent(
         raise ConfigError(f"job {job!r} has no stages (stage={stage})")
     cfg = compose(job, scale, overrides)
     return confirm_usd(cfg.budget.max_usd, project(cfg).usd, yes) or yes
+
+
+def remote_startup_check(cfg: JobConfig, run_name: str | None) -> None:
+    """Before a job is submitted to a cluster: refuse it, here, when its cap cannot pay its
+    start-up and tear-down on top of what the run has spent (read from the run's store when
+    this machine can reach it; the launcher on the head checks again, before any worker
+    starts, in any case).
+
+    Raises:
+        BudgetRefusal: naming what is spent, what is left and what starting costs.
+    """
+    from orchestrator.cost.estimator import project
+    from orchestrator.cost.ledger import Ledger
+    from orchestrator.launch.run import check_startup_budget
+    from orchestrator.storage import resolve as storage_resolve
+
+    if cfg.budget.max_usd is None:
+        return
+    store, continued = None, False
+    if run_name:
+        try:
+            store = storage_resolve.resolve(cfg, run_name, os.environ).run_store()
+            continued = bool(Ledger(store).attempts)  # it has paid for a launch before
+        except Exception as e:  # noqa: BLE001 - not reachable from here: the head checks
+            print(f"note: the run's spend is checked on the cluster ({type(e).__name__})")
+            store, continued = None, False
+    check_startup_budget(cfg, store, project(cfg), continued)

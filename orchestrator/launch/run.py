@@ -113,7 +113,7 @@ def launch(
     digests = _model_digests(cfg)
     resume_bytes = checks.check_resume(cfg, storage, digests) if meta is not None else 0
     projection = _project_this_run(cfg, store, data, meta is not None)
-    _check_startup_budget(cfg, store, projection, meta is not None)
+    check_startup_budget(cfg, store, projection, meta is not None)
     checks.confirm_budget(cfg, projection, yes)
     run_id = _open_run(cfg, uri, run_name, storage, meta, data, parent_run_id)
     ledger = Ledger(store)
@@ -178,9 +178,9 @@ def _storage(cfg: JobConfig, run_name: str, uri: str) -> RunStorage:
     return storage
 
 
-def _check_startup_budget(cfg: JobConfig, store, projection: Projection, continued: bool) -> None:
-    """Refuse (ConfigError) a launch whose cap cannot cover what it spends before and after
-    its steps, given what the run has spent already."""
+def check_startup_budget(cfg: JobConfig, store, projection: Projection, continued: bool) -> None:
+    """Refuse (BudgetRefusal, a ConfigError) a launch whose cap cannot cover what it spends
+    before and after its steps, given what the run (`store`, when `continued`) has spent."""
     if cfg.budget.max_usd is None:
         return
     spent = Ledger(store).bill(read_timeline(store))["usd_total"] if continued else 0.0

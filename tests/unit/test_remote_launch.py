@@ -65,3 +65,28 @@ def test_a_launch_that_cannot_pay_its_start_up_under_the_cap_is_refused():
     why = startup_refusal(10.0, 9.0, 2.0, 0.5)
     assert why and "$9.0000 is spent and $1.0000 is left" in why and "$2.0000 (start-up)" in why
     assert startup_refusal(1.0, 3.0, 0.1, 0.1)  # already over: nothing left to start with
+
+
+def test_a_remote_launch_checks_its_start_up_against_what_the_run_spent(tmp_path, monkeypatch):
+    """Decided on the driver, before submitting: a cap below the start-up alone, and a run
+    whose ledger (in a store this machine reads) already spent its cap."""
+
+    from orchestrator.config.errors import BudgetRefusal
+    from orchestrator.config.load import compose
+    from orchestrator.launch.remote import remote_startup_check
+
+    monkeypatch.setenv("ORCHESTRATOR_STORAGE_ROOT", str(tmp_path))
+    with pytest.raises(BudgetRefusal, match=r"\$0.0000 is spent.*starting costs"):
+        remote_startup_check(compose("vicuna", "local", ["budget.max_usd=0.0000001"]), "r")
+    cfg = compose("vicuna", "local", ["budget.max_usd=1.0"])
+    remote_startup_check(cfg, "r")  # a new run: start-up is a fraction of a cent
+    from orchestrator.cost.ledger import Ledger, NodeLife
+    from orchestrator.storage.durable import open_durable
+
+    ledger = Ledger(open_durable(str(tmp_path / "vicuna" / "r")))
+    attempt = ledger.begin(0.0)
+    seconds = 1.001 / 2.0 * 3600  # a node at $2/h for a bit over the $1 cap
+    ledger.add_nodes([NodeLife("n1", "x", "on_demand", 2.0, 2.0, 0.0, seconds)])
+    ledger.end(attempt, seconds)
+    with pytest.raises(BudgetRefusal, match=r"\$1.00\d\d is spent and \$0.0000 is left"):
+        remote_startup_check(cfg, "r")
