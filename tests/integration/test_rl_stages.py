@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 
 from orchestrator.checkpoint.manifest import step_dirname
 from tests.faults import Chaos
+from tests.reference import check_reference
 
 pytestmark = pytest.mark.integration
 
@@ -93,6 +94,12 @@ def test_stack_llama_pipeline_ppo_sigkill_and_stage_resumes(launch_workdir):
                   ["stage=ppo", f"model.pretrained={sft}", f"ppo.reward_model={rm}"],
                   run_name="ppo-base")  # fmt: skip
     assert base.stop_reason == "completed" and base.step == 8
+    # one SFT and one PPO stage compute what they computed before the trainer was split into
+    # parts (tests/reference.py)
+    check_reference(
+        "stack_llama/sft", losses(launch_workdir / "runs" / "stack_llama" / "sl-sft", 1)
+    )
+    check_reference("stack_llama/ppo", losses(Path(base.run_dir), 1))
     killed = kids["sl-ppo"].info.run_id
     for key in PPO_METRICS:
         got, want = history(client, killed, key), history(client, base.mlflow_run_id, key)
@@ -139,6 +146,8 @@ def test_preference_stage_resumes(job, overrides, launch_workdir):
     metrics = client.get_run(res.mlflow_run_id).data.metrics
     prefix = "dpo/" if "stage=dpo" in overrides else "reward/"
     assert 0.0 <= metrics[f"{prefix}accuracy"] <= 1.0, metrics
+    if overrides == ["stage=dpo"]:  # and one DPO stage (tests/reference.py)
+        check_reference("stack_llama_2/dpo", losses(Path(res.run_dir), 1))
     cache = Path(res.run_dir) / "dpo_reference_logps.json"
     if cached:  # one log-prob per reply, all < 0; the resumed run reads them, not a new copy
         values = json.loads(cache.read_text())
