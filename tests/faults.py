@@ -221,3 +221,37 @@ def start_moto_server() -> tuple[str, subprocess.Popen]:
             time.sleep(0.1)
     proc.kill()
     raise TimeoutError("moto_server did not start")
+
+
+def prometheus_on_all_interfaces(temp_dir: str) -> list[str]:
+    """Ports of the cluster's processes (those writing under its temp dir) listening on every
+    interface that answer Prometheus text (Ray's exporters: unauthenticated, so they must not
+    face the network). Other Ray sessions on the machine are not this cluster's."""
+    import urllib.request
+
+    import psutil
+
+    def ours(pid: int | None) -> bool:
+        try:
+            return pid is not None and any(
+                f.path.startswith(temp_dir) for f in psutil.Process(pid).open_files()
+            )
+        except psutil.Error:
+            return False
+
+    ports = {c.laddr.port: c.pid for c in psutil.net_connections("tcp")
+             if c.status == "LISTEN" and c.laddr.ip in ("0.0.0.0", "::") and ours(c.pid)}  # fmt: skip
+    found = []
+    for port, pid in sorted(ports.items()):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as r:
+                body = r.read(4096)
+        except Exception:  # noqa: BLE001 - not HTTP, or no /metrics
+            continue
+        if b"# HELP" in body or b"# TYPE" in body:  # named by its process, to say whose it is
+            try:
+                who = " ".join(psutil.Process(pid).cmdline())[:200]
+            except psutil.Error:
+                who = "?"
+            found.append(f"{port}: pid {pid} {who}")
+    return found

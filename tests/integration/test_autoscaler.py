@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.faults import prometheus_on_all_interfaces
+
 pytestmark = pytest.mark.integration
 
 STEPS, EVERY = 20, 10
@@ -120,7 +122,7 @@ def run_preemption_scenario(tmp_path, monkeypatch=None, wait_fallback_release=Fa
             out["kill_to_resumed_step_s"] = resumed[0]["time"] - t_kill
         out["losses_before"] = {e["step"]: e["loss"] for e in before}
         out["losses_redone"] = {e["step"]: e["loss"] for e in resumed}
-        out["open_metrics_ports"] = _prometheus_on_all_interfaces(  # spot nodes still up
+        out["open_metrics_ports"] = prometheus_on_all_interfaces(  # spot nodes still up
             named_clusters.state("local-fake")["temp_dir"]
         )
         _, out["job_end_to_zero_spot_nodes_s"] = wait_for(
@@ -160,40 +162,6 @@ def _status_without_token(url: str) -> int:
             return r.status
     except urllib.error.HTTPError as e:
         return e.code
-
-
-def _prometheus_on_all_interfaces(temp_dir: str) -> list[str]:
-    """Ports of the cluster's processes (those writing under its temp dir) listening on every
-    interface that answer Prometheus text (Ray's exporters: unauthenticated, so they must not
-    face the network). Other Ray sessions on the machine are not this cluster's."""
-    import urllib.request
-
-    import psutil
-
-    def ours(pid: int | None) -> bool:
-        try:
-            return pid is not None and any(
-                f.path.startswith(temp_dir) for f in psutil.Process(pid).open_files()
-            )
-        except psutil.Error:
-            return False
-
-    ports = {c.laddr.port: c.pid for c in psutil.net_connections("tcp")
-             if c.status == "LISTEN" and c.laddr.ip in ("0.0.0.0", "::") and ours(c.pid)}  # fmt: skip
-    found = []
-    for port, pid in sorted(ports.items()):
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as r:
-                body = r.read(4096)
-        except Exception:  # noqa: BLE001 - not HTTP, or no /metrics
-            continue
-        if b"# HELP" in body or b"# TYPE" in body:  # named by its process, to say whose it is
-            try:
-                who = " ".join(psutil.Process(pid).cmdline())[:200]
-            except psutil.Error:
-                who = "?"
-            found.append(f"{port}: pid {pid} {who}")
-    return found
 
 
 def test_fake_spot_cluster_scales_up_survives_a_preemption_and_scales_down(tmp_path, monkeypatch):

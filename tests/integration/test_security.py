@@ -478,6 +478,37 @@ def test_a_private_cluster_refuses_jobs_api_requests_without_the_token():
     assert "OPEN" not in out.stdout
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="known defect, not fixed yet: ray.init(address='local') resolves a loopback node IP "
+    "to the machine's routable one, so Ray binds its unauthenticated Prometheus servers (the "
+    "autoscaler's 44217, the dashboard's 44227, each agent's) to every interface",
+)
+def test_a_private_cluster_exports_no_metrics_on_every_interface():
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import re
+        from orchestrator.launch.ray_session import ray_cluster
+        from tests.faults import prometheus_on_all_interfaces
+        with ray_cluster(1) as desc:
+            temp = re.search(r"temp (\\S+)\\)", desc).group(1)
+            for found in prometheus_on_all_interfaces(temp):
+                print("EXPORTER", found)
+            print("SCANNED")
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=180, env=env
+    )
+    assert "SCANNED" in out.stdout, out.stdout + out.stderr[-3000:]
+    assert "EXPORTER" not in out.stdout, out.stdout
+
+
 def test_jobs_api_uploads_leave_secret_looking_files_behind(tmp_path):
     """Ray's own packaging, with the launcher's excludes: what would reach the cluster's GCS."""
     import zipfile
