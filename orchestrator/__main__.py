@@ -79,9 +79,9 @@ def cmd_estimate(args: argparse.Namespace) -> int:
                 print(
                     f"  stage {name}: ${p['usd']:.4f} (${p['usd_low']:.4f}-${p['usd_high']:.4f}), {p['hours']:.3f} h"
                 )
-            t = pp["total"]
             print(
-                f"{args.job}: ${t['usd']:.4f} (${t['usd_low']:.4f}-${t['usd_high']:.4f}), {t['hours']:.3f} h in total"
+                f"{args.job}: ${pp['usd']:.4f} (${pp['usd_low']:.4f}-${pp['usd_high']:.4f}), "
+                f"{pp['hours']:.3f} h in total"
             )
         return 0
 

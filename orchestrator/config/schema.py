@@ -15,20 +15,29 @@ from dataclasses import dataclass, field, fields, is_dataclass
 
 from omegaconf import MISSING
 
+from orchestrator.config.checks import choice as _choice
+from orchestrator.config.checks import positive as _positive
 from orchestrator.config.errors import ConfigError
 from orchestrator.config.names import NAME, RULE
+from orchestrator.data.instruct import SFT_FORMATS
+from orchestrator.data.prompt_tasks import FORMATS as PROMPT_FORMATS
 from orchestrator.data.prompts import STYLES, format_templates
+from orchestrator.objectives import DATA_KINDS, OBJECTIVES
+from orchestrator.objectives import spec as objective_spec
+from orchestrator.objectives.dpo import DpoSettings
+from orchestrator.objectives.grpo import GrpoSettings
+from orchestrator.objectives.ppo import PpoSettings
+from orchestrator.objectives.reward import RewardSettings
 
 STRATEGIES = ("ddp", "fsdp", "deepspeed")
 METHODS = ("full", "lora", "adapter")
-OBJECTIVES = ("sft", "reward", "dpo", "ppo")
 PREFERENCE_FORMATS = ("stack_exchange_paired", "hh_rlhf", "webgpt", "oasst")
-"""Formats of `data.kind: preference` (data/preference.py: rows -> ranked reply groups)."""
+"""Formats of `data.kind: preference` (data/preference.py FORMATS: rows -> ranked reply
+groups; a unit test keeps the two equal: that module needs a tokenizer to import)."""
 SCALES = ("local", "full")
-DATA_FORMATS = (
-    "sharegpt", "alpaca", "dolly", "gpt4all", "baize", "oasst",
-    "hh_rlhf", "webgpt", "summarize", "hc3", "oig", "stack_exchange_paired", "mixture", "text",
-)  # fmt: skip
+SOURCE_FORMATS = SFT_FORMATS
+"""Formats a conversation source may have (data/instruct.py's adapters): a mixture's sources."""
+DATA_FORMATS = (*SOURCE_FORMATS, "mixture", "text")
 # Templates and the formats each reads: derived from the prompt styles (data/prompts.py), the one
 # place a template is defined. A mixture is checked source by source.
 TEMPLATES = tuple(STYLES)
@@ -38,20 +47,6 @@ SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("fp32", "bf16")
 RESUME_MODES = ("auto", "never", "must")
 MARKETS = ("spot", "on_demand")
-
-
-def _choice(key: str, value: object, choices: tuple) -> None:
-    if value not in choices:
-        raise ConfigError(f"{key}={value!r} is not valid; choose one of {list(choices)}")
-
-
-def _positive(key: str, value: float | int | None, allow_zero: bool = False) -> None:
-    if value is None:
-        return
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{key}={value!r} must be a finite number")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(f"{key}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
 
 
 def _check_finite(obj: object, prefix: str) -> None:
@@ -121,7 +116,8 @@ class ModelConfig:
     still given so the parameter count (and so the bill) is known without downloading anything."""
 
     arch: str = "llama"
-    """Architecture family: llama (LlamaForCausalLM) | gpt_neox (Pythia: GPTNeoXForCausalLM) |
+    """Architecture family: llama (LlamaForCausalLM) | qwen2 (Qwen2.5: LLaMA's with q/k/v
+    biases) | gpt_neox (Pythia: GPTNeoXForCausalLM) |
     gpt2 (GPT-2/GPT-3 style as Cerebras-GPT: learned positions, GELU, LayerNorm)."""
     pretrained: str | None = None
     """Hugging Face model id or local folder to load weights from; None = random init from the numbers below."""
@@ -161,7 +157,7 @@ class ModelConfig:
     """Base init std of the muP model (hidden matrices get mup_init_std * sqrt(base/width))."""
 
     def __post_init__(self) -> None:
-        _choice("model.arch", self.arch, ("llama", "gpt_neox", "gpt2"))
+        _choice("model.arch", self.arch, ("llama", "qwen2", "gpt_neox", "gpt2"))
         if self.mup_base_width is not None and self.arch != "gpt2":
             raise ConfigError(
                 f"model.mup_base_width is implemented for model.arch=gpt2 (got {self.arch!r})"
@@ -286,12 +282,22 @@ class DataConfig:
     anew; the checkpoint's data position then points into different data). Refused otherwise."""
 
     def __post_init__(self) -> None:
-        _choice("data.kind", self.kind, ("sft", "preference"))
+        _choice("data.kind", self.kind, DATA_KINDS)
         _choice("data.template", self.template, TEMPLATES)
         if self.kind == "preference":  # any prompt style renders a prompt and its replies
             _choice("data.format", self.format, PREFERENCE_FORMATS)
             self._check_sizes()
             return
+        if self.kind == "prompts":  # a prompt and the answer a reward checks
+            _choice("data.format", self.format, PROMPT_FORMATS)
+            if self.template not in FORMAT_TEMPLATES[self.format]:
+                raise ConfigError(
+                    f"data.template={self.template!r} cannot read data.format={self.format!r}; "
+                    f"valid: {list(FORMAT_TEMPLATES[self.format])}"
+                )
+            self._check_sizes()
+            return
+        _choice("data.format", self.format, DATA_FORMATS)
         _choice("data.format", self.format, DATA_FORMATS)
         _positive("data.eval_sequences", self.eval_sequences)
         _choice("data.conditioning", self.conditioning, ("positive_negative", "positive_only"))
@@ -300,7 +306,7 @@ class DataConfig:
                 raise ConfigError("data.format=mixture needs a list of data.sources")
             formats = [(f"data.sources[{i}]", src.format) for i, src in enumerate(self.sources)]
             for i, src in enumerate(self.sources):
-                _choice(f"data.sources[{i}].format", src.format, DATA_FORMATS[:-1])
+                _choice(f"data.sources[{i}].format", src.format, SOURCE_FORMATS)
                 if src.weight <= 0:
                     raise ConfigError(f"data.sources[{i}].weight={src.weight} must be > 0")
         elif self.format == "text":  # pretraining: documents, no template
@@ -382,7 +388,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _choice("train.strategy", self.strategy, STRATEGIES)
         _choice("train.method", self.method, METHODS)
-        _choice("train.objective", self.objective, OBJECTIVES)
+        _choice("train.objective", self.objective, tuple(OBJECTIVES))
         _choice("train.batching", self.batching, BATCHING_MODES)
         _positive("train.tokens_per_micro_batch", self.tokens_per_micro_batch)
         _positive("train.pack_len", self.pack_len)
@@ -469,128 +475,6 @@ class AdapterSettings:
     def __post_init__(self) -> None:
         _positive("adapter.adapter_len", self.adapter_len)
         _positive("adapter.adapter_layers", self.adapter_layers)
-
-
-@dataclass
-class RewardSettings:
-    """train.objective=reward: a scalar head on the model scores each reply (docs/rl.md)."""
-
-    loss: str = "pairwise"
-    """pairwise: -logsigmoid(r_best - r_other) over the pairs of a group (StackLLaMA,
-    ColossalChat); ranking: OpenAssistant's K-wise loss over every ordered pair of a group plus
-    l2 * 0.5 * (s_i^2 + s_j^2)."""
-    l2: float = 0.001
-    """ranking only: OpenAssistant's score_l2_reg."""
-    pooling: str = "last"
-    """How per-token head outputs become a reply's score: last (the last real token: TRL's
-    sequence classifier, OpenAssistant) or mean (over every position but the last, padding
-    included: ColossalChat as of April 2023)."""
-
-    def __post_init__(self) -> None:
-        _choice("reward.loss", self.loss, ("pairwise", "ranking"))
-        _choice("reward.pooling", self.pooling, ("last", "mean"))
-        _positive("reward.l2", self.l2, allow_zero=True)
-
-
-@dataclass
-class DpoSettings:
-    """train.objective=dpo (Rafailov et al. 2023)."""
-
-    beta: float = 0.1
-    label_smoothing: float = 0.0
-    """> 0: conservative DPO (cDPO): the preference labels are flipped with this probability."""
-    reference: str = "auto"
-    """The frozen reference's log-probs: adapter (LoRA: the same model with its adapter
-    disabled, no extra memory), copy (a frozen copy of the starting model: one more model in
-    memory for the whole stage), cached (computed once at the start by a temporary copy, kept in
-    the run's durable folder: no extra memory while training, one forward per reply), auto
-    (adapter for lora, copy for full)."""
-
-    def __post_init__(self) -> None:
-        _positive("dpo.beta", self.beta)
-        if not 0.0 <= self.label_smoothing < 0.5:
-            raise ConfigError(f"dpo.label_smoothing={self.label_smoothing} must be in [0, 0.5)")
-        _choice("dpo.reference", self.reference, ("auto", "adapter", "copy", "cached"))
-
-
-@dataclass
-class PpoSettings:
-    """train.objective=ppo: one iteration (a step) = generate replies to train.global_batch_size
-    prompts, score them, then `epochs` passes of clipped PPO updates in mini-batches of
-    train.micro_batch_size per worker. The switches cover both originals (docs/rl.md)."""
-
-    reward_model: str | None = None
-    """The reward model's folder or durable URL (a pipeline sets it from its reward stage)."""
-    reward_pooling: str = "last"
-    """As reward.pooling of the stage that trained it."""
-    reward_baseline: float = 0.0
-    """Subtracted from every score (StackLLaMA's --reward_baseline); no normalisation."""
-    epochs: int = 4
-    """PPO epochs over each rollout batch."""
-    kl: str = "adaptive"
-    """adaptive (Ziegler et al.: kl_coef moves toward kl_target) or fixed."""
-    kl_coef: float = 0.2
-    kl_target: float = 6.0
-    kl_horizon: float = 10000.0
-    kl_estimator: str = "k1"
-    """k1: log p - log ref (StackLLaMA); k3: (e^d - 1) - d (ColossalChat)."""
-    kl_placement: str = "token"
-    """token: -kl_coef * KL at every reply token, score added at the last (StackLLaMA);
-    sequence: one reward score - kl_coef * mean KL over the reply (ColossalChat)."""
-    advantage: str = "gae"
-    """gae (gamma, lam; whitened) or reward_minus_value (one scalar per reply, ColossalChat)."""
-    gamma: float = 1.0
-    lam: float = 0.95
-    whiten_advantages: bool = True
-    value_model: str = "head"
-    """head: a linear value head on the policy's last hidden state (StackLLaMA, TRL's
-    ValueHead); critic: a separate network initialised from the reward model (ColossalChat)."""
-    cliprange: float = 0.2
-    cliprange_value: float = 0.2
-    vf_coef: float = 0.1
-    critic_lr_scale: float = 1.0
-    """The value model's learning rate as a multiple of optim.lr."""
-    ptx_coef: float = 0.0
-    """ColossalChat's pretraining mix: actor loss = ptx_coef * ptx + (1 - ptx_coef) * policy,
-    ptx = next-token loss on the best-ranked replies of the stage's data."""
-    target_kl: float | None = None
-    """Stop an iteration's PPO epochs early once the policy's KL from the rollout policy exceeds
-    1.5 x target_kl (TRL's early_stopping)."""
-    max_new_tokens: int = 32
-    min_new_tokens: int | None = None
-    """When set, each iteration's reply length is drawn uniformly in [min, max] (StackLLaMA's
-    LengthSampler), seeded by the step."""
-    stop_at_eos: bool = True
-    """False: every reply is exactly the drawn length (StackLLaMA generated with eos_token_id
-    100000, a token that does not exist); True: a reply ends at EOS (ColossalChat)."""
-    max_prompt_tokens: int = 96
-    """Prompts are cut to their last this many tokens."""
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-
-    def __post_init__(self) -> None:
-        _choice("ppo.reward_pooling", self.reward_pooling, ("last", "mean"))
-        _choice("ppo.kl", self.kl, ("adaptive", "fixed"))
-        _choice("ppo.kl_estimator", self.kl_estimator, ("k1", "k3"))
-        _choice("ppo.kl_placement", self.kl_placement, ("token", "sequence"))
-        _choice("ppo.advantage", self.advantage, ("gae", "reward_minus_value"))
-        _choice("ppo.value_model", self.value_model, ("head", "critic"))
-        for key in ("epochs", "max_new_tokens", "max_prompt_tokens", "min_new_tokens",
-                    "kl_target", "kl_horizon", "temperature", "cliprange", "cliprange_value",
-                    "critic_lr_scale", "target_kl"):  # fmt: skip
-            _positive(f"ppo.{key}", getattr(self, key))
-        for key in ("kl_coef", "vf_coef", "top_k"):
-            _positive(f"ppo.{key}", getattr(self, key), allow_zero=True)
-        if not 0.0 <= self.ptx_coef < 1.0:
-            raise ConfigError(f"ppo.ptx_coef={self.ptx_coef} must be in [0, 1)")
-        if not 0.0 < self.top_p <= 1.0 or not 0.0 <= self.lam <= 1.0 or not 0 < self.gamma <= 1:
-            raise ConfigError("ppo.top_p must be in (0, 1], ppo.lam in [0, 1], ppo.gamma in (0, 1]")
-        if self.min_new_tokens is not None and self.min_new_tokens > self.max_new_tokens:
-            raise ConfigError(
-                f"ppo.min_new_tokens={self.min_new_tokens} exceeds ppo.max_new_tokens="
-                f"{self.max_new_tokens}"
-            )
 
 
 @dataclass
@@ -1034,6 +918,7 @@ class JobConfig:
     reward: RewardSettings = field(default_factory=RewardSettings)
     dpo: DpoSettings = field(default_factory=DpoSettings)
     ppo: PpoSettings = field(default_factory=PpoSettings)
+    grpo: GrpoSettings = field(default_factory=GrpoSettings)
     export: ExportConfig = field(default_factory=ExportConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     cost: CostConfig = field(default_factory=CostConfig)
@@ -1082,11 +967,15 @@ class JobConfig:
                 f"hardware.accelerator={hw.accelerator!r} has no spec in cost.gpus; "
                 f"known: {sorted(self.cost.gpus)}"
             )
-        per_step = self.train.micro_batch_size * hw.num_workers
+        if objective_spec(self.train.objective).micro_counts_items:
+            per_step = self.train.micro_batch_size * hw.num_workers
+            what = f"train.micro_batch_size * hardware.num_workers = {per_step}"
+        else:
+            per_step, what = hw.num_workers, f"hardware.num_workers = {hw.num_workers}"
         if self.train.global_batch_size % per_step:
             raise ConfigError(
                 f"train.global_batch_size={self.train.global_batch_size} must be a multiple of "
-                f"train.micro_batch_size * hardware.num_workers = {per_step}"
+                f"{what}"
             )
         if hw.accelerator == "cpu" and self.model.attn_implementation == "flash_attention_2":
             raise ConfigError(
@@ -1118,32 +1007,18 @@ class JobConfig:
             )
 
     def _check_objective(self) -> None:
-        """Preference and RL objectives: their data, strategies and what they start from."""
+        """The objective's data kind, what it starts from, and its own checks (its spec)."""
         obj, kind = self.train.objective, self.data.kind
-        if (obj == "sft") != (kind == "sft"):
+        spec = objective_spec(obj)
+        if kind != spec.data_kind:
+            reads = {k: [o for o, v in OBJECTIVES.items() if v.data_kind == k] for k in DATA_KINDS}
             raise ConfigError(
-                f"train.objective={obj!r} cannot read data.kind={kind!r}: sft reads data.kind=sft, "
-                "reward/dpo/ppo read data.kind=preference"
+                f"train.objective={obj!r} cannot read data.kind={kind!r}; it reads "
+                f"data.kind={spec.data_kind!r} (data kinds and their objectives: {reads})"
             )
-        if obj == "sft":
-            return
-        if self.train.strategy == "fsdp" or (
-            self.train.strategy == "deepspeed" and self.deepspeed.zero_stage == 3
-        ):
-            raise ConfigError(
-                f"train.objective={obj} runs with train.strategy=ddp or deepspeed (ZeRO 0-2): "
-                "its extra models (reference, reward) are whole on every worker; FSDP and ZeRO-3 "
-                "are not supported for preference and RL stages yet"
-            )
-        if self.train.method == "adapter":
-            raise ConfigError(f"train.objective={obj}: use train.method=full or lora")
-        if self.model.pretrained is None:
+        spec.check(self)
+        if spec.from_trained and self.model.pretrained is None:
             raise ConfigError(
                 f"train.objective={obj} starts from a trained model: set model.pretrained (a "
                 "pipeline sets it from the stage named in `input`)"
-            )
-        if obj == "ppo" and self.ppo.advantage == "gae" and self.ppo.value_model != "head":
-            raise ConfigError(
-                "ppo.advantage=gae needs per-token values: ppo.value_model=head (a critic gives "
-                "one value per reply: use ppo.advantage=reward_minus_value)"
             )

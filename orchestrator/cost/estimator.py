@@ -16,6 +16,7 @@ run, + idle workers until scale-down, + storage of the kept checkpoints and expo
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -23,6 +24,8 @@ from orchestrator.config.schema import ConfigError, InstancePrice, JobConfig
 from orchestrator.cost import steptime
 from orchestrator.cost.lengths import Lengths, job_lengths, sample_steps
 from orchestrator.cost.steptime import Device, ModelShape, Pass, Regime
+from orchestrator.objectives import ObjectiveWork
+from orchestrator.objectives import spec as objective_spec
 from orchestrator.training.model import count_params
 
 SAMPLED_STEPS = 16
@@ -187,65 +190,69 @@ def batching(cfg: JobConfig, replay: bool = False) -> tuple[str, int, int | None
     return mode, cfg.train.micro_batch_size, cfg.train.tokens_per_micro_batch
 
 
-REPLIES_PER_GROUP = 2
-"""Preference data is projected as pairs (OpenAssistant's ranked groups hold 2-5 replies:
-their steps cost more, which the measured local runs show)."""
-
-
-@dataclass(frozen=True)
-class ObjectiveWork:
-    """What a reward/DPO step or a PPO iteration costs beyond one pass over the step's
-    sequences (which the planner prices): multiples of that pass, plus decode-bound seconds."""
-
-    train_passes: float
-    """Training-pass equivalents (forward + backward = 1; a forward alone = 1/3)."""
-    tokens: float
-    """Tokens processed per sampled token (PPO: prompt + reply per prompt)."""
-    extra_s: float = 0.0
-    """Generation: seconds of decode steps (memory-bandwidth bound, steptime.decode_step_s)."""
-
-
 def objective_work(cfg: JobConfig, shape, dev, mean_len: float) -> ObjectiveWork:
-    """The passes of a step of `cfg.train.objective` (docs/rl.md#what-a-stage-costs):
+    """The work of a step of `cfg.train.objective`, from its spec (orchestrator/objectives/;
+    docs/rl.md#what-a-stage-costs). An objective without a work model has no price: an error,
+    never another objective's price."""
+    spec = objective_spec(cfg.train.objective)
+    if spec.work is None:
+        if spec.data_kind == "sft":
+            return ObjectiveWork(train_passes=1.0, tokens=1.0)
+        raise ConfigError(
+            f"train.objective={spec.name!r} has no cost model (ObjectiveSpec.work): it cannot "
+            "be estimated"
+        )
+    return spec.work(cfg, shape, dev, mean_len)
 
-    - reward: every reply of a group through the model: one training pass per reply; a
-      step of G groups is G x REPLIES_PER_GROUP sequences (the step's passes are planned over
-      G groups of single replies, so x REPLIES_PER_GROUP).
-    - dpo: the policy's training pass over chosen and rejected, plus the reference's forward
-      over both (1/3 of a pass of the full model; with a frozen base the policy's pass costs
-      ~2/3 of a full one, so the reference adds 1/2 of it).
-    - ppo: per iteration, generation of the replies (decode steps: the weights and the KV cache
-      read once per token, batch = prompts per worker), scoring (forwards of the policy + value,
-      the reference and the reward model: 3 x 1/3 pass, plus the critic's if any), then
-      `ppo.epochs` training passes (x 2 with a separate critic, + a ptx pass each epoch).
-      Sequences are prompt + reply long: the planned pass (over prompts) scales by
-      (prompt + reply) / prompt.
-    """
-    obj = cfg.train.objective
-    k = REPLIES_PER_GROUP
-    frozen = cfg.train.method != "full"
-    if obj == "reward":
-        return ObjectiveWork(train_passes=k, tokens=k)
-    if obj == "dpo":
-        ref = 0.5 if frozen else 1.0 / 3.0
-        if cfg.dpo.reference == "cached":  # one forward per reply per run, not per epoch
-            ref /= max(1.0, cfg.train.epochs)
-        return ObjectiveWork(train_passes=k * (1.0 + ref), tokens=k)
-    p = cfg.ppo
-    reply = (
-        p.max_new_tokens if p.min_new_tokens is None else (p.min_new_tokens + p.max_new_tokens) / 2
-    )
-    if p.stop_at_eos:
-        reply = reply / 2.0  # replies that stop at EOS end, on average, halfway (assumed)
-    prompt = max(1.0, min(mean_len, float(p.max_prompt_tokens)))
-    grow = (prompt + reply) / prompt
-    critic = 2.0 if p.value_model == "critic" else 1.0
-    forwards = (3.0 + (1.0 if p.value_model == "critic" else 0.0)) / 3.0
-    passes = grow * (forwards + p.epochs * critic) + (p.epochs if p.ptx_coef > 0 else 0.0)
-    per_worker = max(1, cfg.train.global_batch_size // max(1, dev.world))
+
+_SUMMED = ("tokens", "slots", "flops", "executed_flops", "compute_hours", "hours", "hours_low",
+           "hours_high", "usd_on_demand", "usd_on_demand_low", "usd_on_demand_high", "usd",
+           "usd_low", "usd_high")  # fmt: skip
+_SUMMED_OR_NONE = ("usd_spot", "usd_spot_low", "usd_spot_high")
+
+
+def combine_projections(parts: dict[str, dict]) -> dict:
+    """Pure: one projection (`Projection.as_dict()`'s keys) for several runs made one after
+    another (a pipeline's stages): what adds up is summed (hours, dollars, FLOPs, each overhead
+    and extra), utilisation is weighted by compute (total model FLOPs / the time they took at
+    each stage's rate), and what differs between stages is listed. A script reads a pipeline's
+    estimate and a single job's the same way; a pipeline's also has `stages`."""
+    rows = list(parts.values())
+    if not rows:
+        raise ValueError("no projections to combine")
+    out: dict = {k: sum(r[k] for r in rows) for k in _SUMMED}
+    for k in _SUMMED_OR_NONE:
+        out[k] = None if any(r[k] is None for r in rows) else sum(r[k] for r in rows)
+    for k in ("overhead_hours", "usd_extra"):
+        keys = sorted({name for r in rows for name in r[k]})
+        out[k] = {name: sum(r[k].get(name, 0.0) for r in rows) for name in keys}
+    for k, flops in (("mfu", "flops"), ("hfu", "executed_flops")):
+        at_rate = sum(r[flops] / r[k] for r in rows if r[k])
+        out[k] = sum(r[flops] for r in rows if r[k]) / at_rate if at_rate else 0.0
+
+    def one(k):
+        values = sorted({json.dumps(r[k], sort_keys=True) for r in rows})
+        return json.loads(values[0]) if len(values) == 1 else [json.loads(v) for v in values]
+
+    for k in ("instance_type", "market", "price_on_demand_per_hour_usd",
+              "price_spot_per_hour_usd", "replay"):  # fmt: skip
+        out[k] = one(k)
+    out["n_params"] = max(r["n_params"] for r in rows)
+    out["num_gpus"] = max(r["num_gpus"] for r in rows)
+    out["assumptions"] = {name: r["assumptions"] for name, r in parts.items()}
+    return out
+
+
+def decode_s(cfg: JobConfig, shape, dev, w: ObjectiveWork) -> float:
+    """Seconds of a step's generation: one decode step per sampled token (weights and KV cache
+    read once per token: steptime.decode_step_s)."""
+    if not w.decode_tokens:
+        return 0.0
     weight_bytes = 1.0 if cfg.model.load_8bit else (4.0 if cfg.train.precision == "fp32" else 2.0)
-    decode = steptime.decode_step_s(shape, dev, per_worker, int(prompt + reply / 2), weight_bytes)
-    return ObjectiveWork(train_passes=passes, tokens=grow, extra_s=math.ceil(reply) * decode)
+    step = steptime.decode_step_s(
+        shape, dev, max(1, w.decode_batch), w.decode_context, weight_bytes
+    )
+    return math.ceil(w.decode_tokens) * step
 
 
 def total_steps(cfg: JobConfig, num_examples: int) -> int:
@@ -254,8 +261,7 @@ def total_steps(cfg: JobConfig, num_examples: int) -> int:
     t = cfg.train
     if t.max_steps is not None:
         return t.max_steps
-    if t.objective in ("reward", "dpo", "ppo"):
-        num_examples = num_examples // REPLIES_PER_GROUP
+    num_examples = num_examples // objective_spec(t.objective).examples_per_item
     if cfg.data.format == "text":
         if t.max_tokens is None:
             raise ConfigError(
@@ -362,9 +368,10 @@ def project(
     real, slots = per_step(lambda p: p.real), per_step(lambda p: p.slots)
     model_f = per_step(lambda p: steptime.pass_flops(shape, reg, p)[2])
     exec_f = per_step(lambda p: sum(steptime.pass_flops(shape, reg, p)[:2]))
-    if cfg.train.objective != "sft":  # a step of groups or a PPO iteration (objective_work)
+    if cfg.train.objective != "sft":  # a step of groups or an RL iteration (objective_work)
         w = objective_work(cfg, shape, dev, dist.mean if dist else 0.0)
-        step_s, real, slots = step_s * w.train_passes + w.extra_s, real * w.tokens, slots * w.tokens
+        step_s = step_s * w.train_passes + decode_s(cfg, shape, dev, w)
+        real, slots = real * w.tokens, slots * w.tokens
         model_f, exec_f = model_f * w.train_passes, exec_f * w.train_passes
     compute_h = step_s * steps / 3600.0
     peak_all = dev.peak_flops * dev.world

@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from orchestrator.config.schema import ConfigError, JobConfig
+from orchestrator.objectives import spec as objective_spec
 
 GIB = 1024**3
 
@@ -73,37 +74,21 @@ class MemoryEstimate:
 
 
 def tokens_per_micro_batch(cfg: JobConfig) -> int:
-    """The most tokens a micro-batch can hold (what the pad mode needs at worst). Reward and
-    DPO micro-batches hold groups: two replies each (as the estimator counts them)."""
+    """The most tokens a micro-batch can hold (what the pad mode needs at worst), as the
+    objective counts a micro-batch (reward/DPO: groups of two replies; GRPO: completions)."""
     t = cfg.train
-    seq = cfg.data.max_seq_len
-    replies = 2 if t.objective in ("reward", "dpo") else 1
-    return t.tokens_per_micro_batch or t.micro_batch_size * seq * replies
+    spec = objective_spec(t.objective)
+    if t.tokens_per_micro_batch:
+        return t.tokens_per_micro_batch
+    if spec.micro_tokens is not None:
+        return spec.micro_tokens(cfg)
+    return t.micro_batch_size * cfg.data.max_seq_len * spec.sequences_per_item
 
 
 def extra_models_bytes(cfg: JobConfig, n_params: int) -> float:
-    """Whole models a preference or RL stage holds on every GPU besides the trained one, each
-    the size of the policy: DPO/PPO's frozen reference copy (full fine-tunes; LoRA disables
-    its adapter instead), PPO's reward model, and a critic trained in full (weights, gradients
-    and Adam states as the strategy keeps the policy's)."""
-    t = cfg.train
-    half = t.precision == "bf16"
-    dtype = 2 if half else 4
-    P = float(n_params)
-    out = 0.0
-    ref = cfg.dpo.reference if t.objective == "dpo" else "copy"
-    if t.objective in ("dpo", "ppo") and t.method == "full" and ref in ("auto", "copy"):
-        out += dtype * P
-    if t.objective == "ppo":
-        out += dtype * P  # the reward model, frozen
-        if cfg.ppo.value_model == "critic":
-            world = cfg.hardware.num_workers
-            zero = cfg.deepspeed.zero_stage if t.strategy == "deepspeed" else None
-            w, g, o = (2, 2, 12) if half else (4, 4, 8)
-            if zero is not None and cfg.deepspeed.offload_optimizer:
-                o = 0
-            out += (w + g + o) * P if zero in (None, 0) else w * P + (g + o) * P / world
-    return out
+    """Whole models a preference or RL stage holds on every GPU besides the trained one (its
+    spec's model: references, reward models, a critic trained in full)."""
+    return objective_spec(cfg.train.objective).extra_models_bytes(cfg, n_params)
 
 
 def estimate(cfg: JobConfig, n_params: int, n_trainable: int, vocab: int) -> MemoryEstimate:

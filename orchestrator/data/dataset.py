@@ -119,7 +119,7 @@ def build_prepared(
     """
     if cfg.format == "text":  # pretraining: streamed by the workers, see text.py
         return build_text_data(cfg, folder, key, identity or {})
-    if cfg.kind == "preference":  # ranked reply groups: reward models, DPO, PPO prompts
+    if cfg.kind in ("preference", "prompts"):  # ranked groups; prompts with their answers
         from orchestrator.data.preference import build_preference_prepared
 
         return build_preference_prepared(cfg, folder, key, identity)

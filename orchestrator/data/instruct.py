@@ -320,3 +320,5 @@ SAMPLE_ADAPTERS = {
     "stack_exchange_paired": stack_exchange_samples,
 }
 """Row-wise formats. `oasst` works on the whole message table (oasst_threads)."""
+SFT_FORMATS = (*SAMPLE_ADAPTERS, "oasst")
+"""Every conversation format (the schema's data.format choices derive from it)."""

@@ -177,7 +177,9 @@ def build_preference_prepared(
     cfg, folder: Path, key: str = "", identity: dict[str, Any] | None = None
 ) -> DataManifest:
     """Tokenize ranked groups into a prepared data folder: each group's replies are consecutive
-    examples, best first, with `groups.npy` naming each example's group. Bad rows raise or are
+    examples, best first, with `groups.npy` naming each example's group. Prompt data
+    (data.kind=prompts) is a group of one: the prompt and its answer as the reply, the answers
+    also kept as text in `answers.json` (what the rewards read). Bad rows raise or are
     skipped and counted (data.on_error) as elsewhere; groups with a reply over data.max_seq_len
     are skipped and counted.
 
@@ -185,8 +187,17 @@ def build_preference_prepared(
         DataError: a bad row (unless data.on_error=skip), or fewer than 2 usable groups.
     """
     st = style(cfg.template)
+    prompts = cfg.kind == "prompts"
 
     def groups() -> Iterator[RankedGroup | DataError]:
+        if prompts:  # a prompt and its answer: one reply per group, the answer kept apart
+            from orchestrator.data.prompt_tasks import read_tasks
+
+            return (
+                t if isinstance(t, DataError) else RankedGroup(t.prompt, [t.answer], t.where, t.key)
+                for t in read_tasks(cfg.source, cfg.format, cfg.max_examples, cfg.split,
+                                    cfg.data_dir)
+            )  # fmt: skip
         return read_groups(cfg.source, cfg.format, cfg.max_examples, cfg.split, cfg.data_dir)
 
     def texts() -> Iterator[str]:
@@ -205,6 +216,7 @@ def build_preference_prepared(
         group_of: list[int] = []
         train_idx: list[int] = []
         eval_idx: list[int] = []
+        answers: list[str] = []
         rows = skipped = too_long = n_groups = 0
         for g in groups():
             rows += 1
@@ -223,6 +235,7 @@ def build_preference_prepared(
                 side.append(len(examples))
                 examples.append(e)  # type: ignore[arg-type]
                 group_of.append(n_groups)
+            answers.append(g.replies[0])
             n_groups += 1
         if too_long:
             log.warning("%d groups skipped: a reply over data.max_seq_len=%d tokens", too_long,
@@ -243,4 +256,5 @@ def build_preference_prepared(
             folder, key=key, examples=examples, train_index=train_idx, eval_index=eval_idx,
             tokenizer_dir=tok_dir, vocab_size=len(tokenizer), pad_id=int(pad_id), num_rows=rows,
             skipped_rows=skipped + too_long, identity=identity or {}, groups=group_of,
+            answers=answers if prompts else None,
         )  # fmt: skip

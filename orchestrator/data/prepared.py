@@ -11,6 +11,7 @@ its key, and opened by every worker (fetched to node scratch first when the stor
     mask-00000.npy     uint8, 1 where the token is a training target (label = id), else 0 (-100)
     train.npy, eval.npy  int64 indices into examples.npy (train repeats examples by mixture weight)
     groups.npy         preference data only: int64 [n], the ranked group of every example
+    answers.json       prompt data only: the answer of every group (a JSON list of strings)
     tokenizer/         the tokenizer (save_pretrained)
 
 Nothing is a pickle: a prepared folder in a shared bucket cannot run code on the workers that
@@ -35,6 +36,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer"
 GROUPS = "groups.npy"
+ANSWERS = "answers.json"
 SHARD_TOKENS = 1 << 26  # 64M tokens (256 MB of int32) per shard
 
 
@@ -141,6 +143,8 @@ class PreparedData:
     tokenizer_dir: str
     groups: np.ndarray | None = None
     """Preference data: the group id of every example row (see write_prepared)."""
+    answers: list[str] | None = None
+    """Prompt data: the answer of every group id (what a verifiable reward checks)."""
 
     @property
     def vocab_size(self) -> int:
@@ -190,6 +194,7 @@ def write_prepared(
     identity: dict[str, Any],
     text_sources: list[str] | None = None,
     groups: list[int] | None = None,
+    answers: list[str] | None = None,
 ) -> DataManifest:
     """Write a prepared data folder (manifest last) into `folder` (new or empty). `groups`
     (preference data): the group id of every example; a group's replies are consecutive
@@ -197,6 +202,8 @@ def write_prepared(
     folder.mkdir(parents=True, exist_ok=True)
     if groups is not None:
         np.save(folder / GROUPS, np.asarray(groups, dtype=np.int64))
+    if answers is not None:
+        (folder / ANSWERS).write_text(json.dumps(answers))
     table = np.zeros((len(examples), 3), dtype=np.int64)
     shards: list[tuple[list, list]] = [([], [])]
     at = 0
@@ -302,4 +309,22 @@ def open_prepared(folder: Path, verify_hashes: bool = False) -> PreparedData:
     train = ExampleSet(table, weights, np.load(folder / "train.npy"), ids, mask)
     evals = ExampleSet(table, weights, np.load(folder / "eval.npy"), ids, mask)
     groups = np.load(folder / GROUPS) if (folder / GROUPS).exists() else None
-    return PreparedData(manifest, train, evals, str(folder / TOKENIZER), groups)
+    answers = _answers(folder, groups) if (folder / ANSWERS).exists() else None
+    return PreparedData(manifest, train, evals, str(folder / TOKENIZER), groups, answers)
+
+
+def _answers(folder: Path, groups: np.ndarray | None) -> list[str]:
+    """answers.json: a list of strings, one per group id (it is data: checked, never run)."""
+    path = folder / ANSWERS
+    try:
+        answers = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BadPreparedData(f"{path}: unreadable ({e})") from None
+    n_groups = int(groups.max()) + 1 if groups is not None and len(groups) else 0
+    if (
+        not isinstance(answers, list)
+        or not all(isinstance(a, str) for a in answers)
+        or len(answers) != n_groups
+    ):
+        raise BadPreparedData(f"{path}: must be a list of {n_groups} strings (one per group)")
+    return answers

@@ -16,6 +16,7 @@ What each original did, as implemented here:
 | gpt4all      | prompt + "\\n" + response (+ </s> unless truncated)          | response (+ </s>)     | prompt cut to max/2, then truncated |
 | baize        | "The conversation between human and AI assistant.\\n[|Human|] ..." | everything (no prompt masking) | truncated (512) |
 | oasst        | <|prompter|>q<|endoftext|><|assistant|>a<|endoftext|> ...   | assistant text + <|endoftext|> | truncated |
+| r1_zero      | "...User: q\\nAssistant: Let me solve this step by step.\\n<think>" (TinyZero's base template, reworded) | the answer (prompt data: not trained) | truncated |
 | koala        | "BEGINNING OF CONVERSATION: USER: q GPT:" a </s> USER: ... (negative samples: "An Unhelpful Answer:" for "GPT:") | answers + </s> | truncated |
 """
 
@@ -196,6 +197,22 @@ def _hh_render(s: Sample) -> list[Piece]:  # Anthropic hh-rlhf transcripts (Colo
     return pieces
 
 
+R1_ZERO_HEADER = (
+    "A conversation between User and Assistant. The user gives a task; the assistant first "
+    "reasons about it step by step inside <think> </think> tags, then gives only the final "
+    "answer inside <answer> </answer> tags.\n"
+)
+
+
+def r1_zero_prompt(user: str) -> str:
+    return f"{R1_ZERO_HEADER}User: {user}\nAssistant: Let me solve this step by step.\n<think>"
+
+
+def _r1_zero_render(s: Sample) -> list[Piece]:  # TinyZero's base-model template, in its shape
+    (_, user), (_, reply) = s.turns
+    return [Piece(r1_zero_prompt(user), False), Piece(reply, True)]
+
+
 def _first_piece(render: Callable[[Sample], list[Piece]]) -> Callable[[str], str]:
     """The prompt is the rendered sample's first piece (the masked prompt)."""
     return lambda user: render(Sample([("user", user), ("assistant", "")]))[0].text or ""
@@ -254,6 +271,11 @@ STYLES: dict[str, PromptStyle] = {
             "koala", ("sharegpt", "alpaca", *_CHATS), _koala_render,
             prompt=lambda u: f"{KOALA_HEADER}USER: {u} {KOALA_POSITIVE}",  # as at eval time
             stop_text="USER:", source="EasyLM docs/koala.md, koala_data_pipeline",
+        ),
+        PromptStyle(
+            "r1_zero", ("countdown", "prompt_answer"), _r1_zero_render, prompt=r1_zero_prompt,
+            stop_text="</answer>",
+            source="TinyZero examples/data_preprocess/countdown.py (base template), reworded",
         ),
     )
 }  # fmt: skip

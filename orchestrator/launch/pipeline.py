@@ -40,6 +40,7 @@ from orchestrator.config.errors import BudgetRefusal
 from orchestrator.config.load import compose, job_stages
 from orchestrator.config.names import check_name
 from orchestrator.config.schema import ConfigError
+from orchestrator.objectives import input_keys
 from orchestrator.storage import resolve as storage_resolve
 from orchestrator.storage.layout import EXPORT, StopReason
 
@@ -99,8 +100,9 @@ def stages_of(job: str, scale: str | None) -> list[Stage]:
     return out
 
 
-INPUT_KEYS = ("model.pretrained", "ppo.reward_model")
-"""Config keys a stage's `input` may set to an earlier stage's export."""
+INPUT_KEYS = input_keys()
+"""Config keys a stage's `input` may set to an earlier stage's export (model.pretrained and
+each objective's own model inputs: orchestrator/objectives/)."""
 
 
 def _inputs(job: str, name: str, raw: Any, earlier: list[str]) -> tuple[tuple[str, str], ...]:
@@ -177,7 +179,7 @@ class StageRecord:
 # digests stand for them). Everything else is what the stage is.
 CONTINUATION_KEYS = (
     "train.max_steps", "train.epochs", "train.log_every_steps", "train.max_failures",
-    "train.max_preemptions", "description", "model.pretrained", "ppo.reward_model",
+    "train.max_preemptions", "description", *INPUT_KEYS,
 )  # fmt: skip
 CONTINUATION_SECTIONS = ("budget.", "checkpoint.", "cost.", "tracking.", "storage.", "replay.")
 
@@ -238,21 +240,15 @@ def skip(record: StageRecord | None, config_hash: str) -> bool:
 
 
 def project_pipeline(job: str, scale: str | None, overrides: list[str] | None = None) -> dict:
-    """Each stage's projected bill (its own config, before anything runs) and the total."""
-    from orchestrator.cost.estimator import project
+    """The pipeline's projected bill in a single job's shape (`Projection.as_dict()`'s keys,
+    each stage's summed: `combine_projections`), with each stage's own under `stages`."""
+    from orchestrator.cost.estimator import combine_projections, project
 
-    out: dict[str, Any] = {"stages": {}}
+    stages: dict[str, Any] = {}
     for st in stages_of(job, scale):
         p = project(compose(job, scale, list(overrides or []) + [f"stage={st.name}"]))
-        out["stages"][st.name] = p.as_dict()
-    rows = out["stages"].values()
-    out["total"] = {
-        "usd": sum(r["usd"] for r in rows),
-        "usd_low": sum(r["usd_low"] for r in rows),
-        "usd_high": sum(r["usd_high"] for r in rows),
-        "hours": sum(r["hours"] for r in rows),
-    }
-    return out
+        stages[st.name] = p.as_dict()
+    return {**combine_projections(stages), "stages": stages}
 
 
 # ------------------------------------------------------------------------------ running

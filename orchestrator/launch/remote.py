@@ -26,7 +26,7 @@ def remote_consent(
             raise ConfigError(f"stage={stage!r}: the job's stages are {stages}")
         top = compose(job, scale, [*overrides, f"stage={stage or stages[0]}"])
         pp = project_pipeline(job, scale, overrides)
-        usd = pp["stages"][stage]["usd"] if stage else pp["total"]["usd"]
+        usd = pp["stages"][stage]["usd"] if stage else pp["usd"]
         what = f"bill of stage {stage}" if stage else "bill of the pipeline"
         return confirm_usd(top.budget.max_usd, usd, yes, what) or yes
     if stage is not None:

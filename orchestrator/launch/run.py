@@ -42,6 +42,8 @@ from orchestrator.data.prepared import DataManifest
 from orchestrator.launch import checks, mlflow_run
 from orchestrator.launch.failures import RunFailed
 from orchestrator.launch.supervise import supervise
+from orchestrator.objectives import config_value
+from orchestrator.objectives import spec as objective_spec
 from orchestrator.storage import resolve as storage_resolve
 from orchestrator.storage.layout import (
     CONFIGS,
@@ -387,8 +389,10 @@ def _model_digests(cfg: JobConfig) -> dict[str, str]:
     from orchestrator.training.bases import model_identity
 
     out = {"model.pretrained": model_identity(cfg.model.pretrained, cfg.model.revision)}
-    if cfg.train.objective == "ppo" and cfg.ppo.reward_model:
-        out["ppo.reward_model"] = model_identity(cfg.ppo.reward_model)
+    for key in objective_spec(cfg.train.objective).input_keys:
+        ref = config_value(cfg, key)
+        if ref:
+            out[key] = model_identity(ref)
     return out
 
 

@@ -59,6 +59,8 @@ class GroupBatches:
         """Added to positions in `examples` to make the `rows` ids of micro-batches (DPO's
         cached reference log-probs index the training set, then the held-out set)."""
         self.groups = group_rows(group_ids)
+        self.group_ids = [int(group_ids[rows[0]]) for rows in self.groups]
+        """The prepared data's id of each group (prompt data: the index of its answer)."""
         self.groups_per_step = groups_per_step
         self.micro_groups = micro_groups
         self.world, self.rank, self.seed, self.pad_id = world_size, rank, seed, pad_id
@@ -135,6 +137,10 @@ class GroupBatches:
     def prompts(self, step: int) -> list[list[int]]:
         """PPO: this rank's prompts of step `step` (the prompt of each group's first reply)."""
         return [prompt_ids(self.examples[self.groups[g][0]]) for g in self.rank_groups(step)]
+
+    def rank_group_ids(self, step: int) -> list[int]:
+        """This rank's groups of step `step` as the prepared data's group ids."""
+        return [self.group_ids[g] for g in self.rank_groups(step)]
 
     def best_replies(self, step: int) -> list[Example]:
         """PPO's pretraining mix: this rank's best-ranked replies of step `step`."""

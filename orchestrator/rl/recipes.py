@@ -660,8 +660,3 @@ class PpoRecipe(_GroupRecipe):
             self.publish_export(out, mode, hashed)
         if dist.is_initialized():
             dist.barrier()
-
-
-RECIPES: dict[str, type[FinetuneRecipe]] = {
-    "sft": FinetuneRecipe, "reward": RewardRecipe, "dpo": DpoRecipe, "ppo": PpoRecipe,
-}  # fmt: skip

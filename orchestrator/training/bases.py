@@ -250,3 +250,10 @@ def _s3_text(url: str, rel: str) -> str | None:
     from orchestrator.storage.durable import open_durable
 
     return open_durable(url).read_text(rel)
+
+
+if __name__ == "__main__":  # python -m orchestrator.training.bases build <name>
+    if len(sys.argv) != 3 or sys.argv[1] != "build":
+        known = sorted(p.stem for p in BASES.glob("*.yaml"))
+        sys.exit(f"usage: python -m orchestrator.training.bases build <name>; known: {known}")
+    print(f"{sys.argv[2]}: {local_base('base:' + sys.argv[2])}")

@@ -6,12 +6,12 @@ import os
 from typing import Any
 
 from orchestrator.config.load import from_dict
-from orchestrator.rl.recipes import RECIPES
+from orchestrator.objectives import spec as objective_spec
 from orchestrator.storage.layout import RunContext
 
 
 def train_fn(loop_config: dict[str, Any]) -> None:
-    """Build the job's recipe (fine-tuning, reward model, DPO, PPO) and run it."""
+    """Build the recipe of the job's objective (its spec names it) and run it."""
     from orchestrator.tracking.runs import set_fail_fast_http
 
     set_fail_fast_http()
@@ -19,4 +19,4 @@ def train_fn(loop_config: dict[str, Any]) -> None:
     cfg = from_dict(loop_config["config"])
     ctx = RunContext.from_dict(loop_config["context"])
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    RECIPES[cfg.train.objective](cfg, ctx).run()
+    objective_spec(cfg.train.objective).recipe_class()(cfg, ctx).run()

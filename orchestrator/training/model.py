@@ -11,7 +11,7 @@ from orchestrator.config.schema import ModelConfig
 
 def hf_config(cfg: ModelConfig, vocab_size: int | None = None):
     """The transformers config of the architecture (no weights, no download)."""
-    from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig
+    from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig, Qwen2Config
 
     if cfg.arch == "gpt2":  # GPT-2/GPT-3 style (Cerebras-GPT): learned positions, tied, no dropout
         return GPT2Config(
@@ -44,7 +44,8 @@ def hf_config(cfg: ModelConfig, vocab_size: int | None = None):
             use_parallel_residual=True,
             tie_word_embeddings=cfg.tie_word_embeddings,
         )
-    return LlamaConfig(
+    config_class = Qwen2Config if cfg.arch == "qwen2" else LlamaConfig  # Qwen2: + q/k/v biases
+    return config_class(
         vocab_size=vocab_size or cfg.vocab_size,
         hidden_size=cfg.hidden_size,
         intermediate_size=cfg.intermediate_size,

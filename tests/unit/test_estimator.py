@@ -293,6 +293,20 @@ def test_the_readme_bills_are_the_projections():
         assert f"{replay.usd:,.0f}" == m.group(5), (job, replay.usd)
         checked += 1
     assert checked == 9  # every fine-tuning recipe's row
+    # RL rows without a replay (the original ran another algorithm): ours only
+    for line in table.splitlines():
+        m = re.match(
+            r"\| `(\w+)` \|[^|]*\| [^|]*\| ([\d.]+) h, \$([\d,]+) \(\$([\d,]+)-\$([\d,]+)\) \| - \|",
+            line,
+        )
+        if not m or "stages" in line:
+            continue
+        ours = project(compose(m.group(1), "full"))
+        assert f"{ours.hours:.1f}" == m.group(2), (m.group(1), ours.hours)
+        got = [f"{v:,.0f}" for v in (ours.usd, *ours.usd_range)]
+        assert got == [m.group(3), m.group(4), m.group(5)], (m.group(1), got)
+        checked += 1
+    assert checked == 10  # and tiny_zero's
 
 
 def test_cpu_kernel_refit_recovers_the_constants_that_made_the_step_times():
@@ -352,7 +366,7 @@ def test_the_readme_pipeline_bills_are_the_projections():
         )
         if not m:
             continue
-        t = project_pipeline(m.group(1), "full")["total"]
+        t = project_pipeline(m.group(1), "full")
         # within the table's rounding (a sum of stage projections can sit on a .5 boundary,
         # and the length shapes measured from the shipped samples vary in the last cent)
         assert abs(t["hours"] - float(m.group(3))) <= 0.051, (m.group(1), t)
@@ -360,3 +374,26 @@ def test_the_readme_pipeline_bills_are_the_projections():
             assert abs(t[k] - float(m.group(g).replace(",", ""))) <= 0.51, (m.group(1), k, t)
         checked += 1
     assert checked == 3  # stack_llama, stack_llama_2, colossal_chat
+
+
+def test_estimate_json_has_one_shape_for_single_jobs_and_pipelines(capsys):
+    """`estimate JOB --json`: a pipeline's top level carries every key of a single job's
+    projection (summed over its stages), plus `stages`; a script reads both the same way."""
+    import json
+
+    from orchestrator.__main__ import main
+
+    def estimate(job: str) -> dict:
+        assert main(["estimate", job, "--json"]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    single, pipe = estimate("alpaca"), estimate("stack_llama")
+    assert set(single) - {"gpu_memory"} <= set(pipe), set(single) - set(pipe)
+    stages = pipe["stages"]
+    assert sorted(stages) == ["ppo", "reward", "sft"]
+    for key in ("usd", "usd_low", "usd_high", "hours", "usd_spot", "usd_on_demand", "flops"):
+        assert pipe[key] == pytest.approx(sum(s[key] for s in stages.values())), key
+    for key, value in pipe["overhead_hours"].items():
+        assert value == pytest.approx(sum(s["overhead_hours"].get(key, 0) for s in stages.values()))
+    assert 0 < pipe["mfu"] <= max(s["mfu"] for s in stages.values())
+    assert pipe["instance_type"] == "p4de.24xlarge" and pipe["market"] == "spot"

@@ -11,7 +11,7 @@ from orchestrator.data.templates import vicuna_v11_text
 def test_the_schema_choices_are_the_registered_styles():
     assert schema.TEMPLATES == tuple(STYLES)
     assert schema.FORMAT_TEMPLATES == format_templates()
-    assert set(format_templates()) <= set(schema.DATA_FORMATS)
+    assert set(format_templates()) <= set(schema.DATA_FORMATS) | set(schema.PROMPT_FORMATS)
     assert format_templates()["sharegpt"] == ("vicuna_v1.1", "koala")
 
 

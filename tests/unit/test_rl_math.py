@@ -117,7 +117,7 @@ def test_preference_prepared_splits_by_key_and_labels_only_the_reply(tmp_path):
 
 def test_objective_work_counts_pairs_references_and_generation():
     from orchestrator.config.load import compose
-    from orchestrator.cost.estimator import device, model_shape, objective_work
+    from orchestrator.cost.estimator import decode_s, device, model_shape, objective_work
 
     for stage, lo, hi in (("reward", 2.0, 2.0), ("ppo", 5.0, 40.0)):
         cfg = compose("stack_llama", "full", [f"stage={stage}"])
@@ -125,7 +125,9 @@ def test_objective_work_counts_pairs_references_and_generation():
         assert lo <= w.train_passes <= hi, (stage, w)
     ppo_cfg = compose("stack_llama", "full", ["stage=ppo"])
     w = objective_work(ppo_cfg, model_shape(ppo_cfg), device(ppo_cfg), 150.0)
-    assert w.extra_s > 0 and w.tokens > 1.0  # generation is priced, replies lengthen passes
+    assert (
+        decode_s(ppo_cfg, model_shape(ppo_cfg), device(ppo_cfg), w) > 0 and w.tokens > 1.0
+    )  # generation is priced, replies lengthen passes
     dpo = compose("stack_llama_2", "full", ["stage=dpo"])
     wd = objective_work(dpo, model_shape(dpo), device(dpo), 300.0)
     assert wd.train_passes == pytest.approx(2 * 1.5)  # LoRA: reference forward = 1/2 pass

@@ -1,0 +1,13 @@
+"""train.objective=sft: next-token loss on conversations or text (training/loop.py)."""
+
+from __future__ import annotations
+
+from orchestrator.objectives.spec import ObjectiveSpec
+
+SPEC = ObjectiveSpec(
+    name="sft",
+    data_kind="sft",
+    recipe="orchestrator.training.loop:FinetuneRecipe",
+    summary="next-token loss (fine-tuning, pretraining)",
+    work=None,
+)

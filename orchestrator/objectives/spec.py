@@ -1,0 +1,100 @@
+"""What the rest of the project needs to know about a training objective, in one place.
+
+An objective (sft, reward, dpo, ppo, grpo, ...) is one module in this package that defines its
+settings dataclass and a `SPEC`, plus one line in `orchestrator/objectives/__init__.py`. The
+schema checks a job against the spec (the data kind it reads, its own checks), the estimator
+prices a step with its work model, the fit check adds its extra models, the pipeline accepts its
+input keys, and the worker entry point imports its recipe lazily. An objective without a work
+model is refused by the estimator: it is never priced as another one.
+
+This module and the objective modules import nothing heavy (no torch, no transformers): the
+schema imports them to validate a config.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from orchestrator.config.schema import JobConfig
+
+DATA_KINDS = ("sft", "preference", "prompts")
+"""sft: conversations and text; preference: a prompt with ranked replies; prompts: a prompt with
+the answer a verifiable reward checks (orchestrator/data/prompt_tasks.py)."""
+
+
+@dataclass(frozen=True)
+class ObjectiveWork:
+    """What one step of an objective costs beyond one training pass over the step's planned
+    sequences (which the batch planner prices): multiples of that pass, plus decode seconds."""
+
+    train_passes: float
+    """Training-pass equivalents (forward + backward = 1; a forward alone = 1/3)."""
+    tokens: float
+    """Tokens processed per planned token (generation: prompt + reply per prompt)."""
+    decode_tokens: float = 0.0
+    """Generation: tokens sampled one after another per step (each a decode step, memory-
+    bandwidth bound: the estimator prices it with steptime.decode_step_s)."""
+    decode_batch: int = 0
+    """Sequences decoded together per worker."""
+    decode_context: int = 0
+    """Their mean context length (the KV cache read per token)."""
+
+
+def _no_check(cfg: JobConfig) -> None:
+    return None
+
+
+def _no_extra(cfg: JobConfig, n_params: int) -> float:
+    return 0.0
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    name: str
+    data_kind: str
+    """The data it reads (DATA_KINDS)."""
+    recipe: str
+    """`module:Class` of its recipe, imported only on a worker (`recipe_class`)."""
+    summary: str
+    work: Callable[[JobConfig, Any, Any, float], ObjectiveWork] | None
+    """(cfg, model shape, device, mean planned sequence length) -> the step's work; None for
+    an objective whose step is exactly the planned pass (sft)."""
+    section: str | None = None
+    """Its settings' key in the job config (`ppo:`), None when it has none."""
+    input_keys: tuple[str, ...] = ()
+    """Config keys naming a model it reads besides model.pretrained (a pipeline stage's
+    `input` may set them to an earlier stage's export; the launcher records their digests)."""
+    examples_per_item: int = 1
+    """Examples of its prepared data per unit its batch sizes count (a preference group is
+    projected as 2 replies; a prompt is 1)."""
+    sequences_per_item: int = 1
+    """Sequences in a micro-batch per unit of train.micro_batch_size (reward/DPO: 2 replies)."""
+    micro_counts_items: bool = True
+    """train.micro_batch_size counts the same units as global_batch_size (so the global batch
+    is a multiple of micro x workers); False: it counts what a step makes of them (GRPO:
+    completions), and the global batch need only split evenly over the workers."""
+    from_trained: bool = False
+    """It starts from a trained model: model.pretrained must be set."""
+    check: Callable[[JobConfig], None] = field(default=_no_check)
+    """Its own cross-field checks (raise ConfigError)."""
+    extra_models_bytes: Callable[[JobConfig, int], float] = field(default=_no_extra)
+    """Bytes per GPU of the models it holds besides the trained one (the fit check)."""
+    micro_tokens: Callable[[JobConfig], int] | None = None
+    """The most tokens of one micro-batch; None: micro_batch_size x data.max_seq_len x
+    sequences_per_item."""
+
+    def recipe_class(self) -> type:
+        module, name = self.recipe.split(":")
+        return getattr(importlib.import_module(module), name)
+
+
+def config_value(cfg: Any, key: str) -> Any:
+    """The value of a dotted config key (`ppo.reward_model`) of a JobConfig."""
+    out = cfg
+    for part in key.split("."):
+        out = getattr(out, part)
+    return out

@@ -1,0 +1,149 @@
+"""Objectives as specs (orchestrator/objectives/): what the schema, the estimator, the fit check,
+the pipeline and the entry point look up, and the enumerations derived from one place."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from orchestrator.config.errors import ConfigError
+from orchestrator.config.load import compose
+from orchestrator.objectives import DATA_KINDS, OBJECTIVES, input_keys, spec
+
+
+def test_every_objective_is_complete():
+    from orchestrator.config.schema import JobConfig
+
+    sections = {f.name for f in dataclasses.fields(JobConfig)}
+    for name, s in OBJECTIVES.items():
+        assert s.name == name and s.data_kind in DATA_KINDS
+        assert s.work is not None or s.data_kind == "sft", f"{name} has no cost model"
+        assert s.section is None or s.section in sections, f"{name}: no `{s.section}:` section"
+        assert callable(s.recipe_class().run)  # its recipe imports
+        for key in s.input_keys:
+            assert key.split(".")[0] == s.section
+
+
+def test_an_unknown_objective_names_the_registered_ones():
+    with pytest.raises(ConfigError, match="not valid; choose one of.*grpo"):
+        compose("vicuna", "local", ["train.objective=rlhf"])
+    with pytest.raises(ConfigError, match="registered"):
+        spec("rlhf")
+
+
+def test_an_objective_without_a_cost_model_is_never_priced_as_another(monkeypatch):
+    from orchestrator import objectives
+    from orchestrator.cost.estimator import device, model_shape, objective_work
+
+    cfg = compose("tiny_zero", "full", [])
+    monkeypatch.setitem(objectives.OBJECTIVES, "grpo",
+                        dataclasses.replace(OBJECTIVES["grpo"], work=None))  # fmt: skip
+    with pytest.raises(ConfigError, match="no cost model"):
+        objective_work(cfg, model_shape(cfg), device(cfg), 100.0)
+
+
+def test_the_data_kind_comes_from_the_spec():
+    with pytest.raises(ConfigError, match="reads data.kind='prompts'"):
+        compose("stack_llama", "local", ["stage=ppo", "train.objective=grpo"])
+    with pytest.raises(ConfigError, match="cannot read data.kind='prompts'"):
+        compose("tiny_zero", "local", ["train.objective=dpo", "train.micro_batch_size=2"])
+
+
+def test_pipeline_inputs_are_each_objectives_model_keys():
+    from orchestrator.launch.pipeline import CONTINUATION_KEYS, INPUT_KEYS
+
+    assert INPUT_KEYS == input_keys()
+    assert {"model.pretrained", "ppo.reward_model", "grpo.reward_model"} <= set(INPUT_KEYS)
+    assert set(INPUT_KEYS) <= set(CONTINUATION_KEYS)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("grpo.group_size=1", "at least 2"),
+        ("grpo.reward=reward_model", "needs grpo.reward_model"),
+        ("grpo.engine=vllm", "needs CUDA GPUs"),
+        ("grpo.epsilon_high=0.1", "clip-higher"),
+        ("grpo.loss=ppo", "not valid"),
+        ("train.strategy=fsdp", "ddp or deepspeed"),
+        ("grpo.max_new_tokens=2000", "max_position_embeddings"),
+    ],
+)
+def test_grpo_settings_are_checked(override, message):
+    with pytest.raises(ConfigError, match=message):
+        compose("tiny_zero", "local", [override])
+
+
+def test_grpo_batches_count_prompts_per_worker_and_completions_per_micro_batch():
+    cfg = compose("tiny_zero", "local", ["train.micro_batch_size=16"])  # > prompts per step
+    assert cfg.train.global_batch_size == 4
+    with pytest.raises(ConfigError, match="multiple of hardware.num_workers = 2"):
+        compose("tiny_zero", "local", ["train.global_batch_size=3"])
+
+
+def test_the_estimator_prices_grpo_generation_by_group_size():
+    from orchestrator.cost.estimator import decode_s, device, model_shape, objective_work, project
+
+    def priced(g: int):
+        cfg = compose("tiny_zero", "full", [f"grpo.group_size={g}"])
+        w = objective_work(cfg, model_shape(cfg), device(cfg), 150.0)
+        return w, decode_s(cfg, model_shape(cfg), device(cfg), w), project(cfg)
+
+    (w4, d4, p4), (w8, d8, p8) = priced(4), priced(8)
+    assert w8.train_passes == pytest.approx(2 * w4.train_passes)  # G sequences per prompt
+    assert d8 > d4 > 0  # decode batches of prompts x G
+    assert p8.usd_spot > p4.usd_spot > 0
+
+
+def test_mixture_sources_choose_from_the_conversation_formats():
+    """A mixture source of format `mixture` (or a prompt format) is a ConfigError naming the
+    valid formats, not a KeyError."""
+    from orchestrator.config.schema import DataConfig, SourceConfig
+
+    for bad in ("mixture", "countdown", "text"):
+        with pytest.raises(ConfigError, match=r"data.sources\[0\].format=.*choose one of"):
+            DataConfig(format="mixture", template="koala",
+                       sources=[SourceConfig(name="a", format=bad, source="x.jsonl")])  # fmt: skip
+
+
+def test_format_enumerations_are_derived():
+    from orchestrator.config import schema
+    from orchestrator.data.instruct import SAMPLE_ADAPTERS
+    from orchestrator.data.preference import FORMATS as PREFERENCE
+    from orchestrator.data.prompt_tasks import ADAPTERS
+
+    assert set(schema.PREFERENCE_FORMATS) == set(PREFERENCE)
+    assert schema.PROMPT_FORMATS == tuple(ADAPTERS)
+    assert set(SAMPLE_ADAPTERS) | {"oasst"} == set(schema.SOURCE_FORMATS)
+    assert set(schema.DATA_FORMATS) == set(schema.SOURCE_FORMATS) | {"mixture", "text"}
+
+
+def test_prompt_data_keeps_each_groups_answer_and_refuses_a_tampered_list(tmp_path):
+    from orchestrator.data.dataset import build_prepared
+    from orchestrator.data.prepared import ANSWERS, BadPreparedData, open_prepared
+
+    cfg = compose("tiny_zero", "local", ["data.tokenizer=null", "data.tokenizer_vocab_size=400"])
+    folder = tmp_path / "prepared"
+    build_prepared(cfg.data, folder)
+    data = open_prepared(folder, verify_hashes=True)
+    assert data.groups is not None and data.answers is not None
+    assert len(data.answers) == int(data.groups.max()) + 1
+    first = json.loads(data.answers[0])
+    rows = [json.loads(x) for x in open("data/samples/countdown_sample.jsonl")]
+    assert first == {"target": rows[0]["target"], "numbers": rows[0]["nums"]}
+    (folder / ANSWERS).write_text(json.dumps(data.answers[:-1] + [7]))
+    with pytest.raises(BadPreparedData, match="answers.json"):
+        open_prepared(folder)
+
+
+def test_a_bad_countdown_row_names_its_line(tmp_path):
+    from orchestrator.data.formats import DataError
+    from orchestrator.data.prompt_tasks import read_tasks
+
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"target": 5, "nums": [1, 4]}\n{"target": "five", "nums": [1]}\n')
+    got = list(read_tasks(str(path), "countdown"))
+    assert got[0].answer == json.dumps({"target": 5, "numbers": [1, 4]})
+    assert isinstance(got[1], DataError) and "line 2" in str(got[1]) and "target" in str(got[1])
