@@ -15,11 +15,23 @@ from pathlib import Path
 
 from bench._common import scratch_cwd
 
+
+def _sft_recipes() -> list[str]:
+    """The single-stage fine-tuning recipes of jobs/ (not pretraining, not RL), by name."""
+    from orchestrator.config.load import compose, job_names, job_stages
+
+    out = []
+    for job in job_names():
+        if job_stages(job):
+            continue
+        cfg = compose(job, "local")
+        if cfg.train.objective == "sft" and cfg.data.format != "text":
+            out.append(job)
+    return out
+
+
 # Alternating by name: the fit and the check halves both hold chat and instruction recipes.
-RECIPES = [
-    "alpaca", "alpaca_lora", "baize", "dolly", "gpt4all", "koala", "llama_adapter", "oasst",
-    "vicuna",
-]  # fmt: skip
+RECIPES = _sft_recipes()
 FIT = RECIPES[0::2]
 CHECK = RECIPES[1::2]
 

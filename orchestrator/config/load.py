@@ -39,13 +39,18 @@ BLOCK_DIRS = {"model": "model", "data": "data", "hardware": "hardware", "cost": 
 DEFAULT_BLOCKS = {"cost": "catalog"}
 
 
+def job_names() -> list[str]:
+    """Every recipe: the files under jobs/ (tests, bench and reports enumerate from here)."""
+    return sorted(p.stem for p in JOBS_DIR.glob("*.yaml"))
+
+
 def job_path(job: str) -> Path:
     path = Path(job)
     if path.suffix in (".yaml", ".yml") and path.exists():
         return path
     path = JOBS_DIR / f"{job}.yaml"
     if not path.exists():
-        known = sorted(p.stem for p in JOBS_DIR.glob("*.yaml"))
+        known = job_names()
         raise ConfigError(f"no job named {job!r}: {path} does not exist; known jobs: {known}")
     return path
 
