@@ -76,6 +76,7 @@ from orchestrator.tracking.mlflow_logger import (
     replay_all,
     replay_rows,
 )
+from orchestrator.training.cost_control import Control, CostControl
 from orchestrator.training.export import (
     SAMPLE_MAX_PARAMS,
     export_hf,
@@ -88,15 +89,6 @@ from orchestrator.training.methods import apply_method, count_trainable
 from orchestrator.training.model import build_meta_model, build_model, pretrained_state_dict
 from orchestrator.training.schedule import lr_at, warmup_steps_for
 from orchestrator.training.strategies import build_strategy
-
-
-@dataclass(frozen=True)
-class Control:
-    """The ranks' agreement after a step (one collective): save, stop for the budget, notice."""
-
-    save: bool
-    budget_stop: bool
-    notice: bool
 
 
 @dataclass
@@ -301,6 +293,16 @@ class FinetuneRecipe:
             self._load_pretrained(data)
         self.last_save_step = self.step
         self.watcher = NoticeWatcher(poll_s=cfg.checkpoint.notice_poll_s).start()
+        self.cost = CostControl(
+            self.meter,
+            self.interval,
+            notice=self.watcher.notice,
+            save_blocked_s=lambda: self.checkpointer.stats.blocked_s,
+            say=self._print,
+            started_at=self._t_created,
+            checkpoint_s=self.checkpoint_s,
+            preemptions=self.preemptions,
+        )
         if self.rank == 0:
             # Work after the checkpoint we resumed from (and earlier redone work) was paid for
             # and is lost: price it now, so `cost/usd_wasted` is right from the first step.
@@ -645,29 +647,24 @@ class FinetuneRecipe:
         return {}
 
     def _control(self, step_times: list[float]) -> Control:
-        """What every rank does next, agreed in the step's one control collective (a 3-flag
-        MAX all-reduce): rank 0 owns the policies (the checkpoint interval and the budget,
-        `cost/budget.py`: time-based decisions must not diverge between ranks); any rank may
-        have received a spot notice (SIGTERM, metadata endpoint, Ray drain)."""
-        save = budget = 0
-        if self.rank == 0:
-            save_s = max(self.checkpointer.stats.blocked_s[-3:], default=None)
-            save = int(
-                self.interval.save_due(
-                    self.step,
-                    self.last_save_step,
-                    time.perf_counter() - self.t_last_save,
-                    save_s,
-                    run_s=time.time() - self._t_created,
-                    preemptions=self.preemptions,
-                )
-            )
-            budget = int(self._budget_stop(step_times, saving=bool(save)))
-        self.notice = self.watcher.notice()
-        flags = torch.tensor([save, budget, int(self.notice is not None)], device=self.device)
+        """What every rank does next (training/cost_control.py), agreed in the step's one
+        control collective (a 3-flag MAX all-reduce)."""
+        self.cost.preemptions = self.preemptions
+        control, self.notice = self.cost.decide(
+            rank=self.rank,
+            step=self.step,
+            last_save_step=self.last_save_step,
+            since_save_s=time.perf_counter() - self.t_last_save,
+            step_times=step_times,
+            agree=self._agree_max,
+        )
+        return control
+
+    def _agree_max(self, flags: list[int]) -> list[int]:
+        t = torch.tensor(flags, device=self.device)
         if dist.is_initialized():
-            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        return Control(save=bool(flags[0]), budget_stop=bool(flags[1]), notice=bool(flags[2]))
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return [int(x) for x in t.tolist()]
 
     # ------------------------------------------------------------------ cost
     def usd_total(self) -> float:
@@ -686,40 +683,10 @@ class FinetuneRecipe:
         )
 
     def _projected_usd(self, step_times: list[float]) -> float:
-        """The bill at the pace measured so far: remaining steps, saves and tear-down."""
-        recent = step_times[-20:] or [0.0]
-        saves_left = (self.total_steps - self.step) // self._interval_steps(recent) + 1
-        return self.meter.projected_usd(
-            self.total_steps - self.step,
-            sum(recent) / len(recent),
-            saves_left,
-            max(self.checkpoint_s, default=0.0),
-        )
+        return self.cost.projected_usd(self.step, self.total_steps, step_times)
 
     def _interval_steps(self, recent_step_s: list[float]) -> int:
-        """The checkpoint interval in steps, at the current pace (for projections and logs)."""
-        seconds = self.interval.seconds(
-            max(self.checkpointer.stats.blocked_s[-3:], default=None),
-            time.time() - self._t_created,
-            self.preemptions,
-        )
-        if seconds is None or not recent_step_s:
-            return self.cfg.checkpoint.every_steps
-        return max(1, round(seconds / (sum(recent_step_s) / len(recent_step_s))))
-
-    def _budget_stop(self, step_times: list[float], saving: bool) -> bool:
-        """Rank 0: would the next step (after the save now due, if any) plus stopping cross
-        budget.max_usd / max_hours? The meter decides (cost/meter.py, cost/budget.py)."""
-        save_s = max(self.checkpoint_s, default=0.0)
-        next_s = (max(step_times[-5:]) if step_times else 0.0) + (save_s if saving else 0.0)
-        cap = self.meter.budget_stop(next_s, save_s)
-        if cap is not None:
-            spent = self.meter.spent()
-            self._print(
-                f"budget: the next step would cross {cap}={getattr(self.cfg.budget, cap)} "
-                f"(spent ${spent.usd:.4f}, {spent.hours:.3f} h); saving and stopping"
-            )
-        return cap is not None
+        return self.cost.interval_steps(recent_step_s)
 
     # ------------------------------------------------------------------ logging
     def _log_step(
