@@ -55,6 +55,18 @@ def ray_cluster(num_cpus: int, num_gpus: int = 0) -> Iterator[str]:
     dashboard_port = free_port()
     # Ray (>= 2.59) starts a cluster on this machine with token auth: its dashboard and Jobs
     # API refuse requests without the token (tests/integration/test_security.py checks it).
+    with _loopback_node_ip():
+        _init_local(num_cpus, num_gpus, dashboard_port, temp_dir)
+    try:
+        yield f"local Ray cluster (dashboard http://127.0.0.1:{dashboard_port}, temp {temp_dir})"
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _init_local(num_cpus: int, num_gpus: int, dashboard_port: int, temp_dir: str) -> None:
+    import ray
+
     ray.init(
         address="local",
         num_cpus=max(num_cpus, os.cpu_count() or 1),
@@ -66,8 +78,26 @@ def ray_cluster(num_cpus: int, num_gpus: int = 0) -> Iterator[str]:
         configure_logging=True,
         logging_level="warning",
     )
+
+
+@contextlib.contextmanager
+def _loopback_node_ip() -> Iterator[None]:
+    """While a private cluster starts: every one of its processes takes 127.0.0.1 as its node
+    IP, so Ray binds its unauthenticated Prometheus servers (the autoscaler's, the dashboard's,
+    each agent's) to loopback instead of every interface. Ray resolves a loopback
+    `_node_ip_address` back to the routable IP unless clusters are "disabled" (its setting for
+    single-machine use): for this process, its constant; for the processes it starts, the
+    environment variable. Both restored after."""
+    from ray._private import ray_constants
+
+    name = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
+    old_env, old_const = os.environ.get(name), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[name], ray_constants.ENABLE_RAY_CLUSTER = "0", False
     try:
-        yield f"local Ray cluster (dashboard http://127.0.0.1:{dashboard_port}, temp {temp_dir})"
+        yield
     finally:
-        ray.shutdown()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        ray_constants.ENABLE_RAY_CLUSTER = old_const
+        if old_env is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old_env

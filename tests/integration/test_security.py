@@ -478,12 +478,6 @@ def test_a_private_cluster_refuses_jobs_api_requests_without_the_token():
     assert "OPEN" not in out.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known defect, not fixed yet: ray.init(address='local') resolves a loopback node IP "
-    "to the machine's routable one, so Ray binds its unauthenticated Prometheus servers (the "
-    "autoscaler's 44217, the dashboard's 44227, each agent's) to every interface",
-)
 def test_a_private_cluster_exports_no_metrics_on_every_interface():
     import subprocess
     import sys
