@@ -1010,11 +1010,12 @@ class JobConfig:
         """The objective's data kind, what it starts from, and its own checks (its spec)."""
         obj, kind = self.train.objective, self.data.kind
         spec = objective_spec(obj)
-        if kind != spec.data_kind:
-            reads = {k: [o for o, v in OBJECTIVES.items() if v.data_kind == k] for k in DATA_KINDS}
+        if kind not in spec.data_kinds:
+            reads = {k: [o for o, v in OBJECTIVES.items() if k in v.data_kinds] for k in DATA_KINDS}
             raise ConfigError(
                 f"train.objective={obj!r} cannot read data.kind={kind!r}; it reads "
-                f"data.kind={spec.data_kind!r} (data kinds and their objectives: {reads})"
+                f"data.kind={' or '.join(repr(k) for k in spec.data_kinds)} (data kinds and "
+                f"their objectives: {reads})"
             )
         spec.check(self)
         if spec.from_trained and self.model.pretrained is None:

@@ -196,7 +196,7 @@ def objective_work(cfg: JobConfig, shape, dev, mean_len: float) -> ObjectiveWork
     never another objective's price."""
     spec = objective_spec(cfg.train.objective)
     if spec.work is None:
-        if spec.data_kind == "sft":
+        if spec.data_kinds == ("sft",):
             return ObjectiveWork(train_passes=1.0, tokens=1.0)
         raise ConfigError(
             f"train.objective={spec.name!r} has no cost model (ObjectiveSpec.work): it cannot "
@@ -261,7 +261,8 @@ def total_steps(cfg: JobConfig, num_examples: int) -> int:
     t = cfg.train
     if t.max_steps is not None:
         return t.max_steps
-    num_examples = num_examples // objective_spec(t.objective).examples_per_item
+    if cfg.data.kind == "preference":  # ranked groups, projected as pairs
+        num_examples = num_examples // objective_spec(t.objective).examples_per_item
     if cfg.data.format == "text":
         if t.max_tokens is None:
             raise ConfigError(

@@ -60,7 +60,7 @@ def extra_models_bytes(cfg: JobConfig, n_params: int) -> float:
 
 SPEC = ObjectiveSpec(
     name="dpo",
-    data_kind="preference",
+    data_kinds=("preference",),
     recipe="orchestrator.rl.recipes:DpoRecipe",
     summary="direct preference optimisation against a frozen reference",
     work=work,

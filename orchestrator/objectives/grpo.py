@@ -159,7 +159,7 @@ def check(cfg: JobConfig) -> None:
 
 SPEC = ObjectiveSpec(
     name="grpo",
-    data_kind="prompts",
+    data_kinds=("prompts",),
     recipe="orchestrator.rl.grpo:GrpoRecipe",
     summary="GRPO (Dr. GRPO, DAPO switches) with verifiable rewards or a reward model",
     work=work,

@@ -26,6 +26,12 @@ class PpoSettings:
     prompts, score them, then `epochs` passes of clipped PPO updates in mini-batches of
     train.micro_batch_size per worker. The switches cover both originals (docs/rl.md)."""
 
+    reward: str = "reward_model"
+    """reward_model: a trained reward model scores each reply; countdown, math, format: a
+    verifiable reward (orchestrator/rl/rewards.py) checks it against the prompt's answer
+    (data.kind=prompts), as TinyZero's PPO did."""
+    format_score: float = 0.1
+    """reward=countdown: the reward of a well-formed but wrong answer."""
     reward_model: str | None = None
     """The reward model's folder or durable URL (a pipeline sets it from its reward stage)."""
     reward_pooling: str = "last"
@@ -51,7 +57,8 @@ class PpoSettings:
     whiten_advantages: bool = True
     value_model: str = "head"
     """head: a linear value head on the policy's last hidden state (StackLLaMA, TRL's
-    ValueHead); critic: a separate network initialised from the reward model (ColossalChat)."""
+    ValueHead); critic: a separate network initialised from the reward model (ColossalChat),
+    or from the starting policy with a verifiable reward (TinyZero's veRL critic)."""
     cliprange: float = 0.2
     cliprange_value: float = 0.2
     vf_coef: float = 0.1
@@ -77,6 +84,8 @@ class PpoSettings:
     top_p: float = 1.0
 
     def __post_init__(self) -> None:
+        _choice("ppo.reward", self.reward, ("reward_model", "countdown", "math", "format"))
+        _positive("ppo.format_score", self.format_score, allow_zero=True)
         _choice("ppo.reward_pooling", self.reward_pooling, ("last", "mean"))
         _choice("ppo.kl", self.kl, ("adaptive", "fixed"))
         _choice("ppo.kl_estimator", self.kl_estimator, ("k1", "k3"))
@@ -118,7 +127,8 @@ def work(cfg: JobConfig, shape, dev, mean_len: float) -> ObjectiveWork:
     prompt = max(1.0, min(mean_len, float(p.max_prompt_tokens)))
     grow = (prompt + reply) / prompt
     critic = 2.0 if p.value_model == "critic" else 1.0
-    forwards = (3.0 + (1.0 if p.value_model == "critic" else 0.0)) / 3.0
+    models = 2.0 + (p.reward == "reward_model") + (p.value_model == "critic")
+    forwards = models / 3.0  # policy + value, reference, reward model, critic
     passes = grow * (forwards + p.epochs * critic) + (p.epochs if p.ptx_coef > 0 else 0.0)
     per_worker = max(1, cfg.train.global_batch_size // max(1, dev.world))
     return ObjectiveWork(
@@ -134,7 +144,8 @@ def extra_models_bytes(cfg: JobConfig, n_params: int) -> float:
     """A full fine-tune's frozen reference copy, the frozen reward model, and a critic trained
     in full."""
     out = float(dtype_bytes(cfg) * n_params) if cfg.train.method == "full" else 0.0
-    out += dtype_bytes(cfg) * n_params  # the reward model, frozen
+    if cfg.ppo.reward == "reward_model":
+        out += dtype_bytes(cfg) * n_params  # the reward model, frozen
     if cfg.ppo.value_model == "critic":
         out += trained_state_bytes(cfg, n_params)
     return out
@@ -142,6 +153,17 @@ def extra_models_bytes(cfg: JobConfig, n_params: int) -> float:
 
 def check(cfg: JobConfig) -> None:
     whole_model_stage(cfg)
+    p = cfg.ppo
+    if p.reward != "reward_model" and cfg.data.kind != "prompts":
+        raise ConfigError(
+            f"ppo.reward={p.reward} checks replies against answers: it reads data.kind=prompts "
+            f"(got {cfg.data.kind!r}); preference data needs ppo.reward=reward_model"
+        )
+    if p.ptx_coef > 0 and cfg.data.kind == "prompts":
+        raise ConfigError(
+            "ppo.ptx_coef > 0 imitates the data's best replies; prompt data has none: set "
+            "ppo.ptx_coef=0 or use data.kind=preference"
+        )
     if cfg.ppo.advantage == "gae" and cfg.ppo.value_model != "head":
         raise ConfigError(
             "ppo.advantage=gae needs per-token values: ppo.value_model=head (a critic gives "
@@ -151,7 +173,7 @@ def check(cfg: JobConfig) -> None:
 
 SPEC = ObjectiveSpec(
     name="ppo",
-    data_kind="preference",
+    data_kinds=("preference", "prompts"),
     recipe="orchestrator.rl.recipes:PpoRecipe",
     summary="PPO from a reward model (value head or critic)",
     work=work,

@@ -47,7 +47,7 @@ def work(cfg: JobConfig, shape, dev, mean_len: float) -> ObjectiveWork:
 
 SPEC = ObjectiveSpec(
     name="reward",
-    data_kind="preference",
+    data_kinds=("preference",),
     recipe="orchestrator.rl.recipes:RewardRecipe",
     summary="a reward model on ranked replies",
     work=work,

@@ -6,7 +6,7 @@ from orchestrator.objectives.spec import ObjectiveSpec
 
 SPEC = ObjectiveSpec(
     name="sft",
-    data_kind="sft",
+    data_kinds=("sft",),
     recipe="orchestrator.training.loop:FinetuneRecipe",
     summary="next-token loss (fine-tuning, pretraining)",
     work=None,

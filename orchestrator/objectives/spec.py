@@ -55,8 +55,8 @@ def _no_extra(cfg: JobConfig, n_params: int) -> float:
 @dataclass(frozen=True)
 class ObjectiveSpec:
     name: str
-    data_kind: str
-    """The data it reads (DATA_KINDS)."""
+    data_kinds: tuple[str, ...]
+    """The data kinds it reads (DATA_KINDS)."""
     recipe: str
     """`module:Class` of its recipe, imported only on a worker (`recipe_class`)."""
     summary: str
@@ -69,8 +69,8 @@ class ObjectiveSpec:
     """Config keys naming a model it reads besides model.pretrained (a pipeline stage's
     `input` may set them to an earlier stage's export; the launcher records their digests)."""
     examples_per_item: int = 1
-    """Examples of its prepared data per unit its batch sizes count (a preference group is
-    projected as 2 replies; a prompt is 1)."""
+    """On preference data: examples per unit its batch sizes count (a ranked group is
+    projected as 2 replies). Prompt data has one example per prompt."""
     sequences_per_item: int = 1
     """Sequences in a micro-batch per unit of train.micro_batch_size (reward/DPO: 2 replies)."""
     micro_counts_items: bool = True

@@ -375,7 +375,13 @@ class PpoRecipe(_GroupRecipe):
         cfg = self.cfg
         p = cfg.ppo
         dtype = _dtype(cfg)
-        rm_path = self._local_model(p.reward_model)
+        learned = p.reward == "reward_model"
+        if not learned and data.answers is None:
+            raise RuntimeError(
+                f"{self.ctx.data_url}: prompt data without answers.json: ppo.reward={p.reward} "
+                "checks replies against answers (data.kind=prompts)"
+            )
+        rm_path = self._local_model(p.reward_model) if learned else None
         policy = build_model(cfg.model, data.vocab_size, dtype=base_dtype(cfg))
         self.reference = None
         if cfg.train.method != "lora":  # the starting policy, frozen (ColossalChat), read in
@@ -388,33 +394,61 @@ class PpoRecipe(_GroupRecipe):
                 gradient_checkpointing_kwargs={"use_reentrant": False}
             )
         critic = None
-        if p.value_model == "critic":  # initialised from the reward model, trained in full
-            critic = ScoreModel(load_score_model(rm_path, data.vocab_size, data.pad_id,
+        if p.value_model == "critic":  # from the reward model (ColossalChat), else from the
+            # starting policy with a new head (TinyZero's veRL critic); trained in full
+            start = rm_path or self._local_model_at("model.pretrained", cfg.model.pretrained)
+            critic = ScoreModel(load_score_model(start, data.vocab_size, data.pad_id,
                                                  cfg.train.seed, base_dtype(cfg)))  # fmt: skip
-        # The reward model is frozen: in 8-bit when the job's bases are (as StackLLaMA's PPO
-        # loaded it), else in the training dtype.
-        quantized = quantized_kwargs(cfg.model)
-        self.reward_model = ScoreModel(
-            load_score_model(rm_path, data.vocab_size, data.pad_id, cfg.train.seed, dtype,
-                             quantized)
-        )  # fmt: skip
-        if not quantized:  # an 8-bit model is placed on its device as it loads
-            self.reward_model.to(self.device)
-        self.reward_model.eval().requires_grad_(False)
+        self.reward_model = None
+        self.verify = None
+        if learned:
+            # The reward model is frozen: in 8-bit when the job's bases are (as StackLLaMA's
+            # PPO loaded it), else in the training dtype.
+            quantized = quantized_kwargs(cfg.model)
+            self.reward_model = ScoreModel(
+                load_score_model(rm_path, data.vocab_size, data.pad_id, cfg.train.seed, dtype,
+                                 quantized)
+            )  # fmt: skip
+            if not quantized:  # an 8-bit model is placed on its device as it loads
+                self.reward_model.to(self.device)
+            self.reward_model.eval().requires_grad_(False)
+        else:
+            from orchestrator.rl.rewards import reward_fn
+
+            self.verify = reward_fn(p.reward, p.format_score)
         self.kl_ctl = (klmod.adaptive(p.kl_coef, p.kl_target, p.kl_horizon) if p.kl == "adaptive"
                        else klmod.fixed(p.kl_coef))  # fmt: skip
         self._last: dict[str, float] = {}
         from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(data.tokenizer_dir)
-        self.eos_id = tok.eos_token_id
+        self.tok = AutoTokenizer.from_pretrained(data.tokenizer_dir)
+        self.eos_id = self.tok.eos_token_id
         return PolicyValue(policy, critic, cfg.train.seed)
 
-    def _local_model(self, ref: str | None) -> str:
+    def _local_model_at(self, key: str, ref: str | None) -> str:
         if ref is None:
-            raise RuntimeError("ppo.reward_model is not set")
-        digest = self.ctx.model_digests.get("ppo.reward_model", "")
+            raise RuntimeError(f"{key} is not set")
+        digest = self.ctx.model_digests.get(key, "")
         return str(self._fetch_pretrained(ref, digest)) if is_durable(ref) else ref
+
+    @torch.no_grad()
+    def _scores(self, ids, mask, reply, answers: list[str]) -> torch.Tensor:
+        """One score per reply: the reward model's (pooled), or the verifiable reward of the
+        reply's text against its prompt's answer."""
+        if self.reward_model is not None:
+            return pool(self.reward_model(ids, mask), mask, self.cfg.ppo.reward_pooling)
+        assert self.verify is not None
+        rows = [r[m.bool()].tolist() for r, m in zip(ids.cpu(), reply.cpu(), strict=True)]
+        texts = self.tok.batch_decode(rows, skip_special_tokens=True)
+        got = [self.verify(t, a) for t, a in zip(texts, answers, strict=True)]
+        return torch.tensor(got, device=ids.device, dtype=torch.float32)
+
+    def _answers(self, group_ids: list[int]) -> list[str]:
+        answers = self.data.answers
+        return [answers[g] for g in group_ids] if answers is not None else [""] * len(group_ids)
+
+    def _local_model(self, ref: str | None) -> str:
+        return self._local_model_at("ppo.reward_model", ref)
 
     # --------------------------------------------------------------- state in the manifest
     def _extra_state(self) -> dict[str, Any]:
@@ -481,7 +515,7 @@ class PpoRecipe(_GroupRecipe):
         return ids, mask, reply, sum(lr for _, lr in spans)
 
     @torch.no_grad()
-    def _score(self, ids, mask, reply) -> dict[str, torch.Tensor]:
+    def _score(self, ids, mask, reply, answers: list[str]) -> dict[str, torch.Tensor]:
         """Old log-probs and values, reference log-probs, reward-model scores, advantages."""
         p = self.cfg.ppo
         net = _unwrapped(self.model)
@@ -495,7 +529,7 @@ class PpoRecipe(_GroupRecipe):
             with net.policy.disable_adapter():
                 ref_logits = net.policy(input_ids=ids, attention_mask=mask, use_cache=False).logits
         ref_logp = token_logprobs(ref_logits, ids)
-        score = pool(self.reward_model(ids, mask), mask, p.reward_pooling) - p.reward_baseline
+        score = self._scores(ids, mask, reply, answers) - p.reward_baseline
         kl_tok = (klmod.k1 if p.kl_estimator == "k1" else klmod.k3)(logp, ref_logp) * act
         if p.value_model == "critic":  # one value per reply: the mean over the prompt
             old_v = self._seq_value(values, mask, reply)
@@ -542,7 +576,8 @@ class PpoRecipe(_GroupRecipe):
             ids, mask, reply, n_reply = self._generate(self.batches.prompts(self.step))
         t1 = time.perf_counter()
         with self.strategy.autocast():
-            ro = self._score(ids.to(self.device), mask.to(self.device), reply.to(self.device))
+            ro = self._score(ids.to(self.device), mask.to(self.device), reply.to(self.device),
+                             self._answers(self.batches.rank_group_ids(self.step)))  # fmt: skip
         t2 = time.perf_counter()
         ptx_rows = self.batches.best_replies(self.step) if p.ptx_coef > 0 else []
         b = ids.shape[0]
@@ -630,12 +665,14 @@ class PpoRecipe(_GroupRecipe):
         prompts = [held.replies(g)[0] for g in range(len(held.groups))]
         from orchestrator.rl.batches import prompt_ids
 
-        mine = [prompt_ids(e) for e in prompts[self.rank :: self.world]] or [prompt_ids(prompts[0])]
+        groups = list(range(len(prompts)))[self.rank :: self.world] or [0]
+        mine = [prompt_ids(prompts[g]) for g in groups]
         self._seed(10_000)
         with self.strategy.autocast():
-            ids, mask, _, _ = self._generate(mine)
-            ids, mask = ids.to(self.device), mask.to(self.device)
-            score = pool(self.reward_model(ids, mask), mask, self.cfg.ppo.reward_pooling)
+            ids, mask, reply, _ = self._generate(mine)
+            ids, mask, reply = ids.to(self.device), mask.to(self.device), reply.to(self.device)
+            answers = self._answers([held.group_ids[g] for g in groups])
+            score = self._scores(ids, mask, reply, answers)
         agg = torch.tensor([float(score.sum()), float(len(score))], device=self.device)
         dist.all_reduce(agg)
         self.eval_metrics = {"rl/eval_reward_mean": float(agg[0] / agg[1])}

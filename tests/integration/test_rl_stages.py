@@ -220,3 +220,18 @@ def test_tiny_zero_grpo_sigkill_resumes_exactly(launch_workdir):
         assert a.keys() == b.keys()
         for k in a:
             assert (a[k] - b[k]).abs().max() <= 1e-6, (shard, k)
+
+
+@pytest.mark.slow  # (keeps make test's RL share within its budget; the GRPO test above is fast)
+def test_tiny_zero_ppo_variant_resumes(launch_workdir):
+    """TinyZero's own setting (PPO with the Countdown reward on prompt data, value head, GAE):
+    trains, and a relaunch after its last checkpoint is deleted redoes the same losses."""
+    from orchestrator.launch.run import launch
+
+    ov = ["variant=ppo", "checkpoint.keep_last=5"]
+    res = launch("tiny_zero", "local", ov, run_name="tz-ppo")
+    assert res.stop_reason == "completed" and res.step == 6
+    client = MlflowClient(f"sqlite:///{launch_workdir}/mlflow.db")
+    metrics = client.get_run(res.mlflow_run_id).data.metrics
+    assert 0.0 <= metrics["rl/reward_mean"] <= 1.0 and 0.0 <= metrics["rl/eval_reward_mean"] <= 1.0
+    redo_last_checkpoint("tiny_zero", ov, "tz-ppo", 6)

@@ -495,10 +495,14 @@ def test_a_private_cluster_exports_no_metrics_on_every_interface():
             print("SCANNED")
         """
     )
+    from orchestrator.paths import REPO_ROOT
+
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     out = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=180, env=env
-    )
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=180, env=env,
+        cwd=str(REPO_ROOT),
+    )  # fmt: skip
     assert "SCANNED" in out.stdout, out.stdout + out.stderr[-3000:]
     assert "EXPORTER" not in out.stdout, out.stdout
 

@@ -296,17 +296,18 @@ def test_the_readme_bills_are_the_projections():
     # RL rows without a replay (the original ran another algorithm): ours only
     for line in table.splitlines():
         m = re.match(
-            r"\| `(\w+)` \|[^|]*\| [^|]*\| ([\d.]+) h, \$([\d,]+) \(\$([\d,]+)-\$([\d,]+)\) \| - \|",
+            r"\| `(\w+)( variant=\w+)?` \|[^|]*\| [^|]*\| ([\d.]+) h, \$([\d,]+) \(\$([\d,]+)-\$([\d,]+)\) \| - \|",
             line,
         )
         if not m or "stages" in line:
             continue
-        ours = project(compose(m.group(1), "full"))
-        assert f"{ours.hours:.1f}" == m.group(2), (m.group(1), ours.hours)
+        variant = [m.group(2).strip()] if m.group(2) else []
+        ours = project(compose(m.group(1), "full", variant))
+        assert f"{ours.hours:.1f}" == m.group(3), (m.group(1), ours.hours)
         got = [f"{v:,.0f}" for v in (ours.usd, *ours.usd_range)]
-        assert got == [m.group(3), m.group(4), m.group(5)], (m.group(1), got)
+        assert got == [m.group(4), m.group(5), m.group(6)], (m.group(1), got)
         checked += 1
-    assert checked == 10  # and tiny_zero's
+    assert checked == 11  # and tiny_zero's (GRPO, and its PPO variant)
 
 
 def test_cpu_kernel_refit_recovers_the_constants_that_made_the_step_times():

@@ -18,8 +18,8 @@ def test_every_objective_is_complete():
 
     sections = {f.name for f in dataclasses.fields(JobConfig)}
     for name, s in OBJECTIVES.items():
-        assert s.name == name and s.data_kind in DATA_KINDS
-        assert s.work is not None or s.data_kind == "sft", f"{name} has no cost model"
+        assert s.name == name and set(s.data_kinds) <= set(DATA_KINDS)
+        assert s.work is not None or s.data_kinds == ("sft",), f"{name} has no cost model"
         assert s.section is None or s.section in sections, f"{name}: no `{s.section}:` section"
         assert callable(s.recipe_class().run)  # its recipe imports
         for key in s.input_keys:
@@ -45,7 +45,7 @@ def test_an_objective_without_a_cost_model_is_never_priced_as_another(monkeypatc
 
 
 def test_the_data_kind_comes_from_the_spec():
-    with pytest.raises(ConfigError, match="reads data.kind='prompts'"):
+    with pytest.raises(ConfigError, match="it reads data.kind='prompts'"):
         compose("stack_llama", "local", ["stage=ppo", "train.objective=grpo"])
     with pytest.raises(ConfigError, match="cannot read data.kind='prompts'"):
         compose("tiny_zero", "local", ["train.objective=dpo", "train.micro_batch_size=2"])
@@ -147,3 +147,33 @@ def test_a_bad_countdown_row_names_its_line(tmp_path):
     got = list(read_tasks(str(path), "countdown"))
     assert got[0].answer == json.dumps({"target": 5, "numbers": [1, 4]})
     assert isinstance(got[1], DataError) and "line 2" in str(got[1]) and "target" in str(got[1])
+
+
+@pytest.mark.parametrize(
+    "job, overrides, message",
+    [
+        ("stack_llama", ["stage=ppo", "ppo.reward=countdown"], "reads data.kind=prompts"),
+        ("tiny_zero", ["variant=ppo", "ppo.ptx_coef=0.5"], "prompt data has none"),
+        ("tiny_zero", ["variant=ppo", "ppo.reward=votes"], "not valid"),
+    ],
+)
+def test_ppo_rewards_match_the_data(job, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        compose(job, "local", overrides)
+
+
+def test_ppo_with_a_verifiable_reward_holds_no_reward_model_and_is_priced_without_one():
+    from orchestrator.cost.estimator import device, model_shape, objective_work, total_steps
+    from orchestrator.cost.memory import extra_models_bytes
+
+    verifiable = compose("tiny_zero", "full", ["variant=ppo"])
+    learned = compose("tiny_zero", "full", ["variant=ppo", "ppo.reward=reward_model"])
+    n = 1_000_000
+    assert extra_models_bytes(verifiable, n) == 2 * n  # a full fine-tune's frozen reference (bf16)
+    assert extra_models_bytes(learned, n) == 4 * n  # + the frozen reward model
+    w_v = objective_work(verifiable, model_shape(verifiable), device(verifiable), 150.0)
+    w_l = objective_work(learned, model_shape(learned), device(learned), 150.0)
+    assert w_l.train_passes > w_v.train_passes  # the reward model's forward
+    # prompt data: one example per prompt (not a pair): 2,560 prompts = 10 steps of 256
+    assert total_steps(compose("tiny_zero", "full", ["variant=ppo", "train.max_steps=null",
+                                                      "train.epochs=1"]), 2560) == 10  # fmt: skip
