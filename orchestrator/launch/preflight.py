@@ -13,8 +13,9 @@ any money is spent. Every failed check says how to fix it.
 6. the cluster's container image exists (ECR: DescribeImages) and holds what the job needs
    (its labels, written at build time by infra/Dockerfile: flash-attn, bitsandbytes).
 
-Checks 2, 3 and 6 are for clusters on AWS (provider `aws` in infra/); the others for every
-cluster. The quota decision is a pure function (`quota_check`), unit-tested with numbers.
+Checks 2, 3 and 6 are for clusters on AWS (provider `aws` in infra/); on another cluster they
+are listed as not run (`[n/a ]`, with the reason) and the summary counts them apart; the others
+run for every cluster. The quota decision is a pure function (`quota_check`), unit-tested with numbers.
 """
 
 from __future__ import annotations
@@ -44,12 +45,35 @@ class Check:
     ok: bool
     detail: str
     fix: str = ""
+    applies: bool = True
+    """False: not run, because it does not apply to this cluster (it says why)."""
 
     def line(self) -> str:
-        mark = "ok  " if self.ok else "FAIL"
+        mark = "n/a " if not self.applies else "ok  " if self.ok else "FAIL"
         return f"[{mark}] {self.name}: {self.detail}" + (
             f"\n       fix: {self.fix}" if self.fix and not self.ok else ""
         )
+
+
+AWS_ONLY = ("AWS credentials and region", "node types and EC2 vCPU quotas", "container image")
+"""What only a cluster on AWS is checked for (checks 2, 3 and 6)."""
+
+
+def not_applicable(provider: str) -> list[Check]:
+    """The AWS checks, reported as not run on a cluster of another provider."""
+    why = f"not run: the cluster's provider is {provider!r}, these are for provider 'aws'"
+    return [Check(name, True, why, applies=False) for name in AWS_ONLY]
+
+
+def summary(checks: list[Check]) -> str:
+    ran = [c for c in checks if c.applies]
+    failed = [c for c in ran if not c.ok]
+    skipped = len(checks) - len(ran)
+    return (
+        f"{len(ran) - len(failed)} of {len(ran)} checks passed"
+        + (f", {skipped} did not apply to this cluster" if skipped else "")
+        + ("" if not failed else f"; fix the {len(failed)} above before launching")
+    )
 
 
 def family(instance_type: str) -> str:
@@ -123,6 +147,8 @@ def run_checks(cluster: str, cfg: JobConfig, env: dict[str, str]) -> list[Check]
     checks.append(_tracking_check(env))
     if on_aws:
         checks += _image_checks(cluster, provider.get("region"), cfg)
+    else:
+        checks += not_applicable(str(provider.get("type", "none")))
     return checks
 
 
@@ -337,7 +363,5 @@ def main(cluster: str, job: str, scale: str | None, overrides: list[str]) -> int
     checks = run_checks(cluster, cfg, dict(os.environ))
     for c in checks:
         print(c.line())
-    failed = [c for c in checks if not c.ok]
-    print(f"\n{len(checks) - len(failed)} of {len(checks)} checks passed"
-          + ("" if not failed else f"; fix the {len(failed)} above before launching"))  # fmt: skip
-    return 1 if failed else 0
+    print(f"\n{summary(checks)}")
+    return 1 if any(c.applies and not c.ok for c in checks) else 0

@@ -373,3 +373,15 @@ def test_preflight_names_the_node_type_it_will_launch_and_its_quota_family():
     assert itype == "g6e.xlarge" and QUOTA_CODES[family(itype)]["name"] == "G and VT"
     bad, none = node_type_checks({}, compose("baize", "full"))
     assert not none and not any(c.ok for c in bad) and len(bad) == 2
+
+
+def test_preflight_says_which_checks_do_not_apply_to_a_cluster():
+    from orchestrator.launch.preflight import AWS_ONLY, Check, not_applicable, summary
+
+    na = not_applicable("fake_multinode")
+    assert [c.name for c in na] == list(AWS_ONLY)
+    assert all(c.line().startswith("[n/a ]") and "fake_multinode" in c.line() for c in na)
+    ran = [Check("storage", True, "s3://b"), Check("tracking", False, "down", "start one")]
+    text = summary(ran + na)
+    assert text.startswith("1 of 2 checks passed, 3 did not apply") and "fix the 1" in text
+    assert summary([Check("storage", True, "ok")]) == "1 of 1 checks passed"
