@@ -64,7 +64,7 @@ class MemoryEstimate:
             f"gathered layers {g(self.gathered_bytes)}, activations {g(self.activation_bytes)} at "
             f"{self.tokens_per_micro_batch:,} tokens per micro-batch, logits {g(self.logits_bytes)}, "
             f"overhead {g(self.overhead_bytes)}"
-            + (f", reference/reward/critic models {g(self.extra_models_bytes)}"
+            + (f", other models (reference, reward, critic, rollout engine) {g(self.extra_models_bytes)}"
                if self.extra_models_bytes else "")
             + ")"
         )  # fmt: skip

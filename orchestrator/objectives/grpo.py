@@ -69,6 +69,9 @@ class GrpoSettings:
     engine: str = "hf"
     """hf: transformers `generate` with the KV cache (everywhere); vllm: vLLM on GPUs (the
     optional extra; see docs/rl.md#rollout-engines)."""
+    vllm_memory_fraction: float = 0.2
+    """engine=vllm: the share of each GPU's memory vLLM takes for its weights and KV cache
+    (its gpu_memory_utilization), next to training's; the fit check counts it."""
 
     def __post_init__(self) -> None:
         _choice("grpo.reward", self.reward, REWARDS)
@@ -121,10 +124,13 @@ def work(cfg: JobConfig, shape, dev, mean_len: float) -> ObjectiveWork:
 
 
 def extra_models_bytes(cfg: JobConfig, n_params: int) -> float:
-    """The frozen reference of a full fine-tune with beta > 0 (LoRA disables its adapter), and
-    a reward model when the reward is one."""
+    """The frozen reference of a full fine-tune with beta > 0 (LoRA disables its adapter), a
+    reward model when the reward is one, and vLLM's share of the GPU with engine=vllm."""
     g = cfg.grpo
     out = 0.0
+    gpu = cfg.cost.gpus.get(cfg.hardware.accelerator)
+    if g.engine == "vllm" and gpu is not None and gpu.memory_gib:
+        out += g.vllm_memory_fraction * gpu.memory_gib * 2**30
     if cfg.train.method == "full" and g.beta > 0:
         out += dtype_bytes(cfg) * n_params
     if g.reward == "reward_model":

@@ -101,7 +101,8 @@ class GrpoRecipe(_GroupRecipe):
             if self.cfg.grpo.engine == "vllm":  # pragma: no cover - GPUs with vLLM only
                 ref = self.cfg.model.pretrained or ""
                 local = self._local_model_of("model.pretrained", ref)
-                self.engine = VllmEngine(local, seed=self.cfg.train.seed)
+                self.engine = VllmEngine(local, seed=self.cfg.train.seed,
+                                         gpu_memory_utilization=self.cfg.grpo.vllm_memory_fraction)  # fmt: skip
                 self.engine.sync_weights(policy)  # a resumed policy is not the starting one
             else:
                 self.engine = HfEngine(policy, self.device)

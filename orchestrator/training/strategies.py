@@ -338,9 +338,12 @@ def deepspeed_config(cfg: JobConfig, world_size: int) -> dict[str, Any]:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
     if ds.offload_params:
         zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
-    accum = cfg.train.global_batch_size // (cfg.train.micro_batch_size * world_size)
+    # DeepSpeed checks train_batch_size = micro x accumulation x world at start-up; our
+    # backward sets each accumulation boundary itself, so these only need to agree (an RL
+    # step's micro-batches count completions, not the global batch's prompts).
+    accum = max(1, cfg.train.global_batch_size // (cfg.train.micro_batch_size * world_size))
     conf: dict[str, Any] = {
-        "train_batch_size": cfg.train.global_batch_size,
+        "train_batch_size": cfg.train.micro_batch_size * accum * world_size,
         "train_micro_batch_size_per_gpu": cfg.train.micro_batch_size,
         "gradient_accumulation_steps": accum,
         "gradient_clipping": o.grad_clip or 0.0,

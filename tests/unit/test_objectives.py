@@ -177,3 +177,25 @@ def test_ppo_with_a_verifiable_reward_holds_no_reward_model_and_is_priced_withou
     # prompt data: one example per prompt (not a pair): 2,560 prompts = 10 steps of 256
     assert total_steps(compose("tiny_zero", "full", ["variant=ppo", "train.max_steps=null",
                                                       "train.epochs=1"]), 2560) == 10  # fmt: skip
+
+
+def test_the_fit_check_counts_vllms_share_of_the_gpu():
+    from orchestrator.cost.memory import extra_models_bytes
+
+    hf = compose("tiny_zero", "full", ["grpo.engine=hf"])
+    vllm = compose("tiny_zero", "full", ["grpo.engine=vllm", "grpo.vllm_memory_fraction=0.25"])
+    gib = vllm.cost.gpus[vllm.hardware.accelerator].memory_gib
+    extra = extra_models_bytes(vllm, 10**9) - extra_models_bytes(hf, 10**9)
+    assert extra == 0.25 * gib * 2**30
+
+
+def test_deepspeed_batch_numbers_agree_when_micro_batches_count_completions():
+    from orchestrator.training.strategies import deepspeed_config
+
+    cfg = compose("tiny_zero", "local", ["train.strategy=deepspeed", "train.micro_batch_size=8"])
+    conf = deepspeed_config(cfg, 2)  # 4 prompts per step, 8 completions per micro-batch
+    assert conf["gradient_accumulation_steps"] >= 1
+    assert conf["train_batch_size"] == conf["train_micro_batch_size_per_gpu"] * conf[
+        "gradient_accumulation_steps"] * 2  # fmt: skip
+    sft = compose("vicuna", "full", [])
+    assert deepspeed_config(sft, 8)["train_batch_size"] == sft.train.global_batch_size
