@@ -56,8 +56,6 @@ from orchestrator.storage.layout import (
     EVENTS,
     EXPORT,
     EXPORT_STAGING,
-    METRICS_JOURNAL,
-    METRICS_PENDING,
     METRICS_TAIL,
     RESULT,
     RESUMES,
@@ -69,13 +67,6 @@ from orchestrator.storage.layout import (
     TimelineRecord,
 )
 from orchestrator.storage.streams import RecordStream
-from orchestrator.tracking.mlflow_logger import (
-    BufferedMlflowLogger,
-    MetricLogger,
-    NullLogger,
-    replay_all,
-    replay_rows,
-)
 from orchestrator.training.cost_control import Control, CostControl
 from orchestrator.training.export import (
     SAMPLE_MAX_PARAMS,
@@ -86,6 +77,7 @@ from orchestrator.training.export import (
     sample_generations,
 )
 from orchestrator.training.methods import apply_method, count_trainable
+from orchestrator.training.metrics_sink import MetricsSink
 from orchestrator.training.model import build_meta_model, build_model, pretrained_state_dict
 from orchestrator.training.schedule import lr_at, warmup_steps_for
 from orchestrator.training.strategies import build_strategy
@@ -152,13 +144,13 @@ class FinetuneRecipe:
         self.notice: Notice | None = None
         self.max_log_call_s = 0.0
         self.system_metrics = None
-        self.logger: MetricLogger = NullLogger()
         self.eval_loss: float | None = None
         self.eval_metrics: dict[str, float] = {}
         self._t_created = time.time()
         self.storage = ctx.storage
         self.run_store = ctx.storage.run_store()
-        self._tail_rows: list[dict[str, Any]] = []
+        self.metrics = MetricsSink(ctx.tracking_uri, ctx.mlflow_run_id, self.storage.node_dir,
+                                   self.run_store, say=self._print)  # fmt: skip
         # Rank 0 reports the timeline and events to the durable store (the ledger's input).
         self.timeline = RecordStream(self.run_store, TIMELINE, ctx.flush_s)
         self.events = RecordStream(self.run_store, EVENTS, ctx.flush_s)
@@ -311,23 +303,7 @@ class FinetuneRecipe:
             self.meter.set_lost(len(redone), sum(r["end"] - r["start"] for r in redone))
             self._start_system_metrics()
             self._record("setup", self._t_created, time.time())
-            # Before asking what MLflow has: journals a dead process left on this node, and the
-            # unsent tail committed with the checkpoint we resumed from (its node may be gone).
-            # Replaying is idempotent: MLflow drops exact duplicates (same key, step, time, value).
-            replay_all(self.ctx.tracking_uri, self.storage.node_dir())
-            try:
-                replay_rows(self.ctx.tracking_uri, self._tail_rows)
-            except Exception as e:  # noqa: BLE001 - MLflow down: the launcher replays at the end
-                self._print(f"warning: could not replay the checkpoint's metric tail yet: {e}")
-                self.run_store.append_lines(
-                    METRICS_PENDING, [json.dumps(r) for r in self._tail_rows]
-                )
-            self.logger = BufferedMlflowLogger(
-                self.ctx.tracking_uri,
-                self.ctx.mlflow_run_id,
-                spill_path=self.storage.node_dir() / METRICS_JOURNAL,
-                skip_through_step=self._last_logged_step(),
-            )
+            self.metrics.open(resumed_step=self.step)
             self._print(
                 f"{cfg.train.strategy} / {cfg.train.method}: {self.n_trainable:,} of "
                 f"{self.n_params:,} parameters trainable, {self.world} workers, "
@@ -508,21 +484,8 @@ class FinetuneRecipe:
         if problem:  # the launcher checks this before starting; here in case it changed since
             raise FatalError(f"{path}: {problem}")
         self.strategy.read_checkpoint(path)
-        tail = path / METRICS_TAIL
-        if self.rank == 0 and tail.exists():  # metrics MLflow may not have got before the save
-            self._tail_rows = [json.loads(x) for x in tail.read_text().splitlines() if x.strip()]
-
-    def _last_logged_step(self) -> int:
-        """The last step MLflow already has (so a resumed run logs no step twice)."""
-        try:
-            from mlflow.tracking import MlflowClient
-
-            hist = MlflowClient(self.ctx.tracking_uri).get_metric_history(
-                self.ctx.mlflow_run_id, "loss"
-            )
-            return max((m.step for m in hist), default=0)
-        except Exception:  # noqa: BLE001 - MLflow down: may re-log steps after the checkpoint
-            return self.step
+        if self.rank == 0:
+            self.metrics.read_tail(path)
 
     # ------------------------------------------------------------------ train
     def train(self) -> None:
@@ -725,7 +688,7 @@ class FinetuneRecipe:
         if self.system_metrics is not None:
             metrics.update(self.system_metrics.maybe_sample(force=self.step == self.total_steps))
         t = time.perf_counter()
-        self.logger.log(metrics, step=self.step)
+        self.metrics.log(metrics, step=self.step)
         self.max_log_call_s = max(self.max_log_call_s, time.perf_counter() - t)
         recent = step_times[-20:]
         eta_s = (self.total_steps - self.step) * (sum(recent) / len(recent))
@@ -787,12 +750,9 @@ class FinetuneRecipe:
         """The strategy's shards, plus (rank 0) the metrics MLflow does not have yet: committed
         with the manifest, they reach MLflow even if this node is gone before it sends them."""
         future = self.strategy.write_checkpoint(target, group)
-        if self.rank == 0 and isinstance(self.logger, BufferedMlflowLogger):
-            rows = self.logger.unsent()
-            if rows:
-                target.write_bytes(
-                    METRICS_TAIL, "".join(json.dumps(r) + "\n" for r in rows).encode()
-                )
+        tail = self.metrics.tail_bytes() if self.rank == 0 else None
+        if tail:
+            target.write_bytes(METRICS_TAIL, tail)
         return future
 
     @torch.no_grad()
@@ -891,14 +851,14 @@ class FinetuneRecipe:
         if self.rank != 0:
             return
         if self.eval_loss is not None:
-            self.logger.log({"eval_loss": self.eval_loss}, step=max(self.step, 1))
+            self.metrics.log({"eval_loss": self.eval_loss}, step=max(self.step, 1))
             _say(f"eval loss {self.eval_loss:.4f} at step {self.step}")
         if self.eval_metrics:  # an objective's held-out metrics (reward/accuracy, dpo/accuracy)
-            self.logger.log(self.eval_metrics, step=max(self.step, 1))
+            self.metrics.log(self.eval_metrics, step=max(self.step, 1))
             _say("held out: " + ", ".join(f"{k} {v:.4f}" for k, v in self.eval_metrics.items()))
         pretrain = self._pretrain_summary()
         if pretrain:
-            self.logger.log(pretrain, step=max(self.step, 1))
+            self.metrics.log(pretrain, step=max(self.step, 1))
             _say(
                 f"tokens: planned {pretrain['pretrain/tokens_planned']:,.0f}, trained "
                 f"{pretrain['pretrain/tokens_trained']:,.0f} ({pretrain['pretrain/tokens_per_param']:.1f}"
@@ -962,10 +922,7 @@ class FinetuneRecipe:
             self.checkpointer.wait()
         self.timeline.flush()
         self.events.flush()
-        if isinstance(self.logger, BufferedMlflowLogger):
-            left = self.logger.close()
-            if left:  # MLflow still down: leave them where the launcher (anywhere) finds them
-                self.run_store.append_lines(METRICS_PENDING, [json.dumps(r) for r in left])
+        self.metrics.close()
         if dist.is_initialized():
             dist.barrier()  # avoids gloo aborting at exit (docs/facts/stack.md, Ray)
 
