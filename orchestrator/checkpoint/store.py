@@ -41,6 +41,7 @@ from orchestrator.checkpoint.manifest import (
     tmp_dirname,
 )
 from orchestrator.storage.s3 import S3, join_key, split_url
+from orchestrator.urls import is_object_store, local_path
 
 log = logging.getLogger(__name__)
 
@@ -245,4 +246,4 @@ class S3Store:
 
 def open_store(url: str) -> LocalStore | S3Store:
     """`s3://bucket/prefix` -> S3Store; anything else is a local (or shared) folder."""
-    return S3Store(url) if url.startswith("s3://") else LocalStore(url)
+    return S3Store(url) if is_object_store(url) else LocalStore(local_path(url))

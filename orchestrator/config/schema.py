@@ -28,6 +28,8 @@ from orchestrator.objectives.dpo import DpoSettings
 from orchestrator.objectives.grpo import GrpoSettings
 from orchestrator.objectives.ppo import PpoSettings
 from orchestrator.objectives.reward import RewardSettings
+from orchestrator.urls import is_object_store
+from orchestrator.urls import scheme as url_scheme
 
 STRATEGIES = ("ddp", "fsdp", "deepspeed")
 METHODS = ("full", "lora", "adapter")
@@ -558,7 +560,9 @@ class CheckpointConfig:
         _choice("checkpoint.resume", self.resume, RESUME_MODES)
         if self.interval == "minutes" and self.every_minutes is None:
             raise ConfigError("checkpoint.interval=minutes needs checkpoint.every_minutes")
-        if self.dir is not None and self.dir.startswith("s3://") and len(self.dir.rstrip("/")) <= 5:
+        if self.dir is not None:
+            url_scheme(self.dir, "checkpoint.dir")
+        if is_object_store(self.dir) and len((self.dir or "").rstrip("/")) <= 5:
             raise ConfigError(f"checkpoint.dir={self.dir!r}: expected s3://bucket[/prefix]")
 
 
@@ -813,13 +817,11 @@ class StorageConfig:
     """How long the kept checkpoints and the export stay in the store (priced in the bill)."""
 
     def __post_init__(self) -> None:
-        if (
-            self.root is not None
-            and self.root.startswith("s3://")
-            and len(self.root.rstrip("/")) <= 5
-        ):
+        if self.root is not None:
+            url_scheme(self.root, "storage.root")
+        if is_object_store(self.root) and len((self.root or "").rstrip("/")) <= 5:
             raise ConfigError(f"storage.root={self.root!r}: expected s3://bucket[/prefix]")
-        if self.shared and self.root is not None and self.root.startswith("s3://"):
+        if self.shared and is_object_store(self.root):
             raise ConfigError("storage.shared declares a shared folder; storage.root is s3://")
         _positive("storage.flush_s", self.flush_s)
         _positive("storage.retention_days", self.retention_days, allow_zero=True)

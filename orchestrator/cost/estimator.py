@@ -27,6 +27,7 @@ from orchestrator.cost.steptime import Device, ModelShape, Pass, Regime
 from orchestrator.objectives import ObjectiveWork
 from orchestrator.objectives import spec as objective_spec
 from orchestrator.training.model import count_params
+from orchestrator.urls import is_object_store
 
 SAMPLED_STEPS = 16
 """Steps drawn from the length distribution and planned, to average the step time over."""
@@ -443,7 +444,7 @@ def project(
     )
     kept += 2.0 * shape.n_params  # the bf16 export
     # A folder on the local machine's own disk is not billed (the ledger does not bill it either).
-    billed_store = hw.accelerator != "cpu" or str(cfg.storage.root or "").startswith("s3://")
+    billed_store = hw.accelerator != "cpu" or is_object_store(cfg.storage.root)
     per_gb = cm.storage_usd_per_gb_month if billed_store else 0.0
     extra["storage"] = kept / 1e9 * per_gb * cfg.storage.retention_days / 30.0
     extra["volumes"] = nodes * price.ebs_gb * cm.ebs_usd_per_gb_month * hours / 730.0

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 
 from orchestrator.config.schema import ConfigError, JobConfig
 from orchestrator.objectives import spec as objective_spec
+from orchestrator.urls import is_object_store
 
 GIB = 1024**3
 
@@ -293,7 +294,7 @@ def disk_bytes_per_node(
     S3 (bf16), and the prepared data copy (from an S3 store)."""
     nodes = max(1, cfg.hardware.num_nodes)
     ckpt = checkpoint_bytes(cfg, n_params, n_trainable, n_tensors, n_held)
-    base = 2.0 * n_params if (cfg.model.pretrained or "").startswith("s3://") else 0.0
+    base = 2.0 * n_params if is_object_store(cfg.model.pretrained) else 0.0
     return 2 * ckpt / nodes + base + data_bytes
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.paths import REPO_ROOT
+from orchestrator.urls import is_object_store
 
 Turn = tuple[str, str]  # (role, text), role in {"user", "assistant"}
 
@@ -46,7 +47,7 @@ def read_rows(
     """Rows of a local .json (list) / .jsonl / .parquet file, an s3:// object of those kinds
     (fetched once into ~/.cache/orchestrator/s3, with the S3 store's retries), or a Hugging
     Face dataset id (`datasets.load_dataset`, the full-scale path)."""
-    if source.startswith("s3://"):
+    if is_object_store(source):
         if not source.endswith(FILE_SUFFIXES):
             raise DataError(f"data.source={source!r}: an s3:// source must end in {FILE_SUFFIXES}")
         yield from _read_file(fetch_s3_source(source), max_rows, shown=source)

@@ -39,6 +39,7 @@ from orchestrator.data.prepared import (
 from orchestrator.paths import REPO_ROOT
 from orchestrator.storage.durable import FolderStore, S3Prefix, open_durable
 from orchestrator.storage.layout import DATA
+from orchestrator.urls import is_object_store
 
 KEY_EXCLUDES = ("rebuild", "lengths")
 """Config keys that do not change the prepared tokens."""
@@ -48,7 +49,7 @@ def _file_identity(source: str) -> dict[str, Any]:
     """One data file: its S3 ETag, or a local file's path, size and SHA-256 (its content: a
     file rewritten in place with the same size and mtime is another file; local data files are
     small next to a training run, and hashing them costs well under a second per GB)."""
-    if source.startswith("s3://"):
+    if is_object_store(source):
         from orchestrator.storage.s3 import S3, split_url
 
         bucket, key = split_url(source)

@@ -36,6 +36,7 @@ from orchestrator.config.schema import DataConfig
 from orchestrator.data.formats import DataError, fetch_s3_source
 from orchestrator.data.tokenizer import load_or_train_tokenizer
 from orchestrator.paths import REPO_ROOT
+from orchestrator.urls import is_object_store
 
 LINE_FORMATS = (".jsonl", ".json")
 EVAL_BUCKETS = 10_000
@@ -85,7 +86,7 @@ def is_local(source: str) -> bool:
 
 def is_files(source: str) -> bool:
     """Local files or s3:// objects (else a Hugging Face dataset id)."""
-    return source.startswith("s3://") or is_local(source)
+    return is_object_store(source) or is_local(source)
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ class TextFile:
     location: str
 
     def local(self) -> str:
-        if self.location.startswith("s3://"):
+        if is_object_store(self.location):
             return str(fetch_s3_source(self.location))
         return self.location
 
@@ -115,7 +116,7 @@ def resolve_files(source: str, exclude: list[str] | None = None) -> list[TextFil
         DataError: nothing matches (names the pattern).
     """
     src = expand_source(source)
-    if src.startswith("s3://"):
+    if is_object_store(src):
         return [TextFile(u, u) for u in _list_s3(src, exclude)]
     p = Path(src)
     if p.is_dir():

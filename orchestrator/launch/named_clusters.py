@@ -33,6 +33,7 @@ import yaml
 from orchestrator.config.names import is_safe_name
 from orchestrator.config.schema import ConfigError
 from orchestrator.paths import REPO_ROOT
+from orchestrator.urls import is_object_store
 
 INFRA = REPO_ROOT / "infra"
 
@@ -362,7 +363,7 @@ def job_env(name: str) -> dict[str, str]:
         env.update({k: os.environ[k] for k in secrets})
     if is_fake(name):
         root = env.get("ORCHESTRATOR_STORAGE_ROOT", "runs")
-        if not root.startswith("s3://"):
+        if not is_object_store(root):
             env["ORCHESTRATOR_STORAGE_ROOT"] = str(Path(root).resolve())
             env["ORCHESTRATOR_STORAGE_SHARED"] = "1"
         env.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{Path('mlflow.db').resolve()}")

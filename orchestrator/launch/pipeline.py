@@ -43,6 +43,7 @@ from orchestrator.config.schema import ConfigError
 from orchestrator.objectives import input_keys
 from orchestrator.storage import resolve as storage_resolve
 from orchestrator.storage.layout import EXPORT, StopReason
+from orchestrator.urls import is_object_store
 
 PIPELINE = "pipeline.json"  # in the pipeline run's folder of the durable store
 
@@ -516,7 +517,7 @@ def verified_input(name: str, record: StageRecord) -> str:
     url = str(record.export_url)
     try:
         found = model_identity(url)
-        if not url.startswith("s3://"):  # a folder: read it all now (workers fetching from
+        if not is_object_store(url):  # a folder: read it all now (workers fetching from
             verify_model_folder(Path(url))  # s3 verify every file as they download it)
     except (BadModel, ConfigError, OSError, ValueError) as e:
         raise ConfigError(f"stage {name!r}'s export {url}: {e}") from None

@@ -25,6 +25,7 @@ from typing import Protocol
 
 from orchestrator.storage.s3 import S3, join_key, split_url
 from orchestrator.tracking.redact import scrub
+from orchestrator.urls import is_object_store, local_path
 
 PARTS = ".parts"
 
@@ -232,9 +233,10 @@ class S3Prefix:
 
 
 def is_s3(url: str) -> bool:
-    return str(url).startswith("s3://")
+    """An s3:// location (orchestrator/urls.py parses every location)."""
+    return is_object_store(str(url))
 
 
 def open_durable(url: str | Path) -> FolderStore | S3Prefix:
     """`s3://bucket/prefix` -> S3Prefix; anything else is a folder."""
-    return S3Prefix(str(url)) if is_s3(str(url)) else FolderStore(url)
+    return S3Prefix(str(url)) if is_s3(str(url)) else FolderStore(local_path(str(url)))

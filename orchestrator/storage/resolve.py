@@ -20,6 +20,8 @@ from typing import Any
 from orchestrator.config.schema import ConfigError, JobConfig
 from orchestrator.storage.durable import is_s3
 from orchestrator.storage.layout import CHECKPOINTS, RAY_STORAGE, RunStorage
+from orchestrator.urls import local_path
+from orchestrator.urls import scheme as url_scheme
 
 ROOT_ENV = "ORCHESTRATOR_STORAGE_ROOT"
 SHARED_ENV = "ORCHESTRATOR_STORAGE_SHARED"
@@ -32,7 +34,8 @@ def _truthy(value: str | None) -> bool:
 def root_of(cfg: JobConfig, env: Mapping[str, str]) -> str:
     """storage.root, else $ORCHESTRATOR_STORAGE_ROOT, else ./runs (folders made absolute)."""
     root = cfg.storage.root or env.get(ROOT_ENV) or "runs"
-    return root.rstrip("/") if is_s3(root) else str(Path(root).expanduser().resolve())
+    url_scheme(root, f"storage.root (or ${ROOT_ENV})")
+    return root.rstrip("/") if is_s3(root) else str(Path(local_path(root)).expanduser().resolve())
 
 
 def is_shared(cfg: JobConfig, env: Mapping[str, str]) -> bool:
@@ -45,7 +48,7 @@ def resolve(cfg: JobConfig, run_name: str, env: Mapping[str, str]) -> RunStorage
     if d is None:
         ckpt = f"{root}/{cfg.job}/{run_name}/{CHECKPOINTS}"
     else:
-        ckpt = d.rstrip("/") if is_s3(d) else str(Path(d).expanduser().resolve())
+        ckpt = d.rstrip("/") if is_s3(d) else str(Path(local_path(d)).expanduser().resolve())
     return RunStorage(root, cfg.job, run_name, ckpt, cfg.storage.scratch)
 
 

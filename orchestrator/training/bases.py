@@ -30,6 +30,7 @@ from pathlib import Path
 
 from orchestrator.config.schema import ConfigError
 from orchestrator.paths import CONF_DIR
+from orchestrator.urls import is_object_store
 
 PREFIX = "base:"
 BASES = CONF_DIR / "bases"
@@ -223,7 +224,7 @@ def model_identity(ref: str | None, revision: str | None = None) -> str:
 
     if not ref:
         return "random-init"
-    if ref.startswith("s3://"):
+    if is_object_store(ref):
         from orchestrator.storage.s3 import S3, split_url
 
         text = _s3_text(ref, MODEL_MANIFEST)

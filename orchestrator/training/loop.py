@@ -81,6 +81,7 @@ from orchestrator.training.metrics_sink import MetricsSink
 from orchestrator.training.model import build_meta_model, build_model, pretrained_state_dict
 from orchestrator.training.schedule import lr_at, warmup_steps_for
 from orchestrator.training.strategies import build_strategy
+from orchestrator.urls import is_object_store, local_path
 
 
 @dataclass
@@ -954,7 +955,7 @@ def on_leaders(fn, leader: bool, what: str) -> Any:
 def is_durable(ref: str) -> bool:
     """A model reference in a durable store (an s3:// prefix or an existing folder), not a
     Hugging Face hub id."""
-    return ref.startswith("s3://") or Path(ref).is_dir()
+    return is_object_store(ref) or Path(local_path(ref)).is_dir()
 
 
 def train_dtype(precision: str) -> torch.dtype:
