@@ -102,8 +102,11 @@ bills: $(STAMP)
 validate-configs: $(STAMP)
 	$(BIN)/python -m orchestrator validate
 
+# The unit tier runs on every core (its tests start no cluster and share nothing); the
+# integration tier runs one test at a time (each starts its own Ray cluster on both cores).
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not gpu and not slow" --durations=15
+	$(BIN)/python -m pytest -m "not integration and not gpu and not slow" -n 2 --durations=10
+	$(BIN)/python -m pytest -m "integration and not gpu and not slow" --durations=15
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest
