@@ -209,7 +209,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
 
 def cmd_preflight(args: argparse.Namespace) -> int:
-    from orchestrator.launch.preflight import main as preflight
+    from orchestrator.launch.backends import preflight_main as preflight
 
     return preflight(args.cluster, args.job, args.scale, _overrides(args.set))
 

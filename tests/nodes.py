@@ -92,10 +92,10 @@ class IsolatedCluster:
         return self
 
     def _wait_dashboard(self, timeout_s: float = 60.0) -> None:
-        from orchestrator.launch.named_clusters import _dashboard_alive
+        from orchestrator.launch.cluster_state import dashboard_alive
 
         deadline = time.time() + timeout_s
-        while not _dashboard_alive(self.dashboard_url):
+        while not dashboard_alive(self.dashboard_url):
             if time.time() > deadline:
                 raise TimeoutError(f"no dashboard at {self.dashboard_url}")
             time.sleep(0.5)

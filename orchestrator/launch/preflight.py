@@ -1,5 +1,8 @@
-"""`make preflight cluster=aws-spot job=vicuna`: what a first real run trips on, checked before
-any money is spent. Every failed check says how to fix it.
+"""The checks of `make preflight cluster=aws-spot job=vicuna`: what a first real run trips on,
+checked before any money is spent. Every failed check says how to fix it. Which run where is
+decided in backends.py (`run_checks`): the ones every cluster gets (1, 4, 5), then the
+cluster backend's own (2, 3, 6 for a Ray-launcher cluster on AWS; kubectl, the KubeRay
+operator and the image for KubeRay).
 
 1. the job composes, and its storage and tracking are reachable from every node
    (storage.root on S3 or a declared shared folder, a tracking server: resolve.check_cluster);
@@ -13,21 +16,17 @@ any money is spent. Every failed check says how to fix it.
 6. the cluster's container image exists (ECR: DescribeImages) and holds what the job needs
    (its labels, written at build time by infra/Dockerfile: flash-attn, bitsandbytes).
 
-Checks 2, 3 and 6 are for clusters on AWS (provider `aws` in infra/); on another cluster they
-are listed as not run (`[n/a ]`, with the reason) and the summary counts them apart; the others
+Checks 2, 3 and 6 are for clusters on AWS (provider `aws` in infra/); on another cluster those
+that do not apply are listed as not run (`[n/a ]`, with the reason) and the summary counts them apart; the others
 run for every cluster. The quota decision is a pure function (`quota_check`), unit-tested with numbers.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import urllib.request
 import uuid
 from dataclasses import dataclass
-from typing import Any
-
-import yaml
 
 from orchestrator.config.schema import ConfigError, JobConfig
 
@@ -129,41 +128,7 @@ def node_type_checks(node_types: dict, cfg: JobConfig) -> tuple[list[Check], dic
     return checks, found
 
 
-def run_checks(cluster: str, cfg: JobConfig, env: dict[str, str]) -> list[Check]:
-    from orchestrator.launch import named_clusters
-
-    checks = [_storage_check(cluster, cfg)]
-    spec = yaml.safe_load(named_clusters.cluster_config(cluster).read_text())
-    provider = spec.get("provider", {})
-    on_aws = provider.get("type") == "aws"
-    if on_aws:
-        typed, launched = node_type_checks(spec.get("available_node_types", {}), cfg)
-        checks += typed
-        ident = _aws_identity(provider.get("region"))
-        checks.append(ident)
-        if ident.ok and launched:
-            checks += _quota_checks(cfg, provider.get("region"), launched)
-    checks += _store_checks(cfg, env)
-    checks.append(_tracking_check(env))
-    if on_aws:
-        checks += _image_checks(cluster, provider.get("region"), cfg)
-    else:
-        checks += not_applicable(str(provider.get("type", "none")))
-    return checks
-
-
-def _storage_check(cluster: str, cfg: JobConfig) -> Check:
-    from orchestrator.launch import named_clusters
-
-    try:
-        named_clusters.check_submission(cluster, cfg, None)
-        return Check("storage and tracking reachable from every node", True, "yes")
-    except ConfigError as e:
-        return Check("storage and tracking reachable from every node", False, str(e),
-                     "see docs/storage.md")  # fmt: skip
-
-
-def _aws_identity(region: str | None) -> Check:
+def aws_identity(region: str | None) -> Check:
     import boto3
 
     try:
@@ -180,7 +145,7 @@ def _aws_identity(region: str | None) -> Check:
         )  # fmt: skip
 
 
-def _quota_checks(cfg: JobConfig, region: str | None, launched: dict[str, dict]) -> list[Check]:
+def quota_checks(cfg: JobConfig, region: str | None, launched: dict[str, dict]) -> list[Check]:
     """The vCPU quota of each node type the launch will ask for (its family, its vCPUs)."""
     import boto3
 
@@ -205,7 +170,7 @@ def _quota_checks(cfg: JobConfig, region: str | None, launched: dict[str, dict])
     return out
 
 
-def _store_checks(cfg: JobConfig, env: dict[str, str]) -> list[Check]:
+def store_checks(cfg: JobConfig, env: dict[str, str]) -> list[Check]:
     from orchestrator.storage import resolve
     from orchestrator.storage.durable import open_durable
 
@@ -231,7 +196,7 @@ def _store_checks(cfg: JobConfig, env: dict[str, str]) -> list[Check]:
     return out
 
 
-def _tracking_check(env: dict[str, str]) -> Check:
+def tracking_check(env: dict[str, str]) -> Check:
     uri = env.get("MLFLOW_TRACKING_URI", "")
     if not uri.startswith(("http://", "https://")):
         return Check("MLflow tracking server", False, f"MLFLOW_TRACKING_URI={uri!r} is not a server",
@@ -323,19 +288,16 @@ def _image_labels(ecr, account: str, repo: str, ref: dict) -> dict[str, str]:
     return dict((config.get("config") or {}).get("Labels") or {})
 
 
-def _image_checks(cluster: str, region: str | None, cfg: JobConfig) -> list[Check]:
-    """The image exists; and holds what the job needs (when it needs something)."""
+def image_checks(image: str, where: str, region: str | None, cfg: JobConfig) -> list[Check]:
+    """The image (`where` names the file that sets it) exists; and holds what the job needs
+    (when it needs something)."""
     import boto3
 
-    from orchestrator.launch import named_clusters
-
-    doc: dict[str, Any] = yaml.safe_load(named_clusters.cluster_config(cluster).read_text())
-    image = (doc.get("docker") or {}).get("image", "")
     m = ECR.match(image)
     if not m:
         return [Check("container image", False, f"{image!r} is not an ECR image reference",
-                     "push infra/Dockerfile's image to ECR and set docker.image in "
-                     f"infra/{cluster}.yaml (account.dkr.ecr.region.amazonaws.com/repo:tag)")]  # fmt: skip
+                     "push infra/Dockerfile's image to ECR and set it in "
+                     f"{where} (account.dkr.ecr.region.amazonaws.com/repo:tag)")]  # fmt: skip
     ref = {"imageDigest": m["digest"]} if m["digest"] else {"imageTag": m["tag"] or "latest"}
     try:
         ecr = boto3.client("ecr", region_name=m["region"] or region)
@@ -354,14 +316,3 @@ def _image_checks(cluster: str, region: str | None, cfg: JobConfig) -> list[Chec
                      f"{image}: could not read its labels: {type(e).__name__}: {str(e)[:200]}",
                      "allow ecr:BatchGetImage and ecr:GetDownloadUrlForLayer")]  # fmt: skip
     return [exists, image_contents_check(image, cfg, labels)]
-
-
-def main(cluster: str, job: str, scale: str | None, overrides: list[str]) -> int:
-    from orchestrator.config.load import compose
-
-    cfg = compose(job, scale, overrides)
-    checks = run_checks(cluster, cfg, dict(os.environ))
-    for c in checks:
-        print(c.line())
-    print(f"\n{summary(checks)}")
-    return 1 if any(c.applies and not c.ok for c in checks) else 0

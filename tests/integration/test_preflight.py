@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from orchestrator.launch.preflight import run_checks
+from orchestrator.launch.backends import run_checks
 
 pytestmark = pytest.mark.integration
 
@@ -91,3 +91,28 @@ def test_preflight_passes_what_is_there_and_names_the_fix_for_what_is_not(
     )
     checks = _by_name(run_checks("aws-spot", cfg, dict(os.environ)))
     assert not checks["container image"].ok and "docker push" in checks["container image"].fix
+
+
+def test_kuberay_preflight_checks_kubectl_and_the_image_and_skips_ec2(aws, tracking, monkeypatch):
+    """The KubeRay backend's checks: kubectl (absent here: failed, with its fix), the pods'
+    image on ECR (moto), and the EC2 node-type and quota checks reported as not applying."""
+    import os
+
+    from orchestrator.config.load import compose
+    from orchestrator.launch.preflight import summary
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
+    monkeypatch.setenv("PATH", os.path.dirname(os.sys.executable))  # this venv, no kubectl
+    cfg = compose("vicuna", "full", ["storage.root=s3://runs/orchestrator"])
+    checks = run_checks("kuberay", cfg, dict(os.environ))
+    by = _by_name(checks)
+    assert by["storage and tracking reachable from every node"].ok
+    assert by["read/write durable store"].ok and by["MLflow tracking server"].ok
+    assert not by["kubectl"].ok and "install kubectl" in by["kubectl"].fix
+    assert by["Ray token Secret"].ok and by["container image"].ok
+    skipped = [c for c in checks if not c.applies]
+    assert {c.name for c in skipped} == {
+        "AWS credentials and region",
+        "node types and EC2 vCPU quotas",
+    }
+    assert "2 did not apply" in summary(checks)

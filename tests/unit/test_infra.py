@@ -192,7 +192,7 @@ def test_unknown_cluster_name_is_a_clear_error():
     from orchestrator.launch.named_clusters import cluster_config
 
     with pytest.raises(
-        ConfigError, match=r"no cluster named 'gcp'.*known: \['aws-spot', 'local-fake'\]"
+        ConfigError, match=r"no cluster named 'gcp'.*known: \['aws-spot', 'kuberay', 'local-fake'\]"
     ):
         cluster_config("gcp")
 
