@@ -713,10 +713,14 @@ class CostConfig:
     cpu_kernel: KernelModel = field(default_factory=KernelModel)
     """The kernel model of CPU workers (local scale), fitted on this machine's recorded runs."""
     overheads: Overheads = field(default_factory=Overheads)
-    storage_usd_per_gb_month: float = 0.023
-    """S3 Standard, first 50 TB/month, us-east-1 (checkpoints and exports kept)."""
-    ebs_usd_per_gb_month: float = 0.08
-    """EBS gp3 root volumes of the nodes."""
+    object_store_usd_per_gb_month: dict[str, float] = field(default_factory=lambda: {"s3": 0.023})
+    """What the kept checkpoints and export cost in `storage.root`'s store, by its scheme (s3,
+    gs). A folder root is a volume: priced as the nodes' cloud's volumes (free on this
+    machine)."""
+    volume_usd_per_gb_month: dict[str, float] = field(
+        default_factory=lambda: {"aws": 0.08, "local": 0.0}
+    )
+    """The nodes' root volumes (`instances.<type>.ebs_gb`), by the instance's cloud."""
     cpu_peak_flops_per_worker: float = 95.0e9
     """CPU workers (local scale): fp32 peak of one core (torch.mm ~190 GFLOP/s on 2 cores here)."""
     live_spot_prices: bool = True
@@ -735,8 +739,10 @@ class CostConfig:
                 raise ConfigError(f"cost.{name}.range_low must not exceed range_high")
             for key, factor in {**k.gpu_factor, **k.frameworks}.items():
                 _positive(f"cost.{name}.{key}", factor)
-        _positive("cost.storage_usd_per_gb_month", self.storage_usd_per_gb_month, allow_zero=True)
-        _positive("cost.ebs_usd_per_gb_month", self.ebs_usd_per_gb_month, allow_zero=True)
+        for key, table in (("object_store_usd_per_gb_month", self.object_store_usd_per_gb_month),
+                           ("volume_usd_per_gb_month", self.volume_usd_per_gb_month)):  # fmt: skip
+            for name, usd in table.items():
+                _positive(f"cost.{key}.{name}", usd, allow_zero=True)
         for name in ("startup_s", "restart_s", "teardown_s"):
             _positive(f"cost.overheads.{name}", getattr(self.overheads, name), allow_zero=True)
         for name in (
@@ -766,6 +772,11 @@ class CostConfig:
             _positive(f"{key}.gpu_link_bytes_per_s", price.gpu_link_bytes_per_s)
             _positive(f"{key}.network_bytes_per_s", price.network_bytes_per_s)
             _positive(f"{key}.ebs_gb", price.ebs_gb, allow_zero=True)
+            if price.cloud not in self.volume_usd_per_gb_month:
+                raise ConfigError(
+                    f"{key}.cloud={price.cloud!r} has no cost.volume_usd_per_gb_month entry; "
+                    f"priced clouds: {sorted(self.volume_usd_per_gb_month)}"
+                )
             if not str(price.source or "").strip():
                 raise ConfigError(f"{key}.source is empty: every price needs its source")
         for name, gpu in self.gpus.items():

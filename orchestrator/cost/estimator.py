@@ -27,7 +27,7 @@ from orchestrator.cost.steptime import Device, ModelShape, Pass, Regime
 from orchestrator.objectives import ObjectiveWork
 from orchestrator.objectives import spec as objective_spec
 from orchestrator.training.model import count_params
-from orchestrator.urls import is_object_store
+from orchestrator.urls import is_object_store, scheme
 
 SAMPLED_STEPS = 16
 """Steps drawn from the length distribution and planned, to average the step time over."""
@@ -340,6 +340,27 @@ def measured_save_times(blocked_s: list[float], total_s: list[float]) -> SaveTim
     return SaveTimes(statistics.median(blocked_s), statistics.median(total_s), measured=True)
 
 
+def storage_prices(cfg: JobConfig) -> tuple[float, float]:
+    """(USD per GB-month of the kept checkpoints and export, of the nodes' volumes): the store
+    by storage.root's scheme, the volumes by the instance's cloud. A folder on this machine's
+    own disk is not billed (the ledger does not bill it either); a folder root on GPU nodes is
+    priced as S3 keeps it for `storage.retention_days` (the nodes' disks go with them)."""
+    cm = cfg.cost
+    cloud = cm.instances[cfg.hardware.instance_type].cloud
+    volume = cm.volume_usd_per_gb_month[cloud]  # every instance's cloud is priced (schema)
+    root = cfg.storage.root or ""
+    folder = not is_object_store(root)
+    if folder and cfg.hardware.accelerator == "cpu":
+        return 0.0, volume
+    store = "s3" if folder else scheme(root, "storage.root")
+    if store not in cm.object_store_usd_per_gb_month:
+        raise ConfigError(
+            f"storage.root={root!r}: no cost.object_store_usd_per_gb_month.{store} price; "
+            f"priced stores: {sorted(cm.object_store_usd_per_gb_month)}"
+        )
+    return cm.object_store_usd_per_gb_month[store], volume
+
+
 def project(
     cfg: JobConfig,
     vocab_size: int | None = None,
@@ -443,11 +464,9 @@ def project(
         cfg, shape.n_params, shape.n_trainable, shape.n_tensors, shape.n_held
     )
     kept += 2.0 * shape.n_params  # the bf16 export
-    # A folder on the local machine's own disk is not billed (the ledger does not bill it either).
-    billed_store = hw.accelerator != "cpu" or is_object_store(cfg.storage.root)
-    per_gb = cm.storage_usd_per_gb_month if billed_store else 0.0
+    per_gb, volume_per_gb = storage_prices(cfg)
     extra["storage"] = kept / 1e9 * per_gb * cfg.storage.retention_days / 30.0
-    extra["volumes"] = nodes * price.ebs_gb * cm.ebs_usd_per_gb_month * hours / 730.0
+    extra["volumes"] = nodes * price.ebs_gb * volume_per_gb * hours / 730.0
     usd_extra = sum(extra.values())
 
     k = dev.kernel
