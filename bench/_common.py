@@ -95,7 +95,7 @@ def ckpt_strategy(world: int, batch_shape: tuple[int, int], seed: int = 0):
     strategy on `world` workers (a process group must exist), and one step on a fixed batch."""
     import torch
 
-    from orchestrator.config.load import compose
+    from orchestrator.compose.load import compose
     from orchestrator.training.model import build_model
     from orchestrator.training.strategies import build_strategy
 

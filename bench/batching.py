@@ -107,7 +107,7 @@ def hf_trainer(examples, steps: int, padding: str, threads: int) -> dict:
 
 def _config(steps: int, mode: str, workers: int, threads: int, **train):
     """The bench job: vicuna's local recipe with the bench model, batch and mode."""
-    from orchestrator.config.load import compose
+    from orchestrator.compose.load import compose
 
     mc = model_config()
     return compose(
@@ -188,7 +188,7 @@ def ours_on_ray(examples, steps: int, mode: str, workers: int = 2) -> dict:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from orchestrator.config.load import to_dict
+    from orchestrator.compose.load import to_dict
     from orchestrator.data.dataset import StepBatches
     from orchestrator.training.entry import train_fn
 

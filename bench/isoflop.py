@@ -21,7 +21,7 @@ RATIOS = (5.0, 10.0, 20.0, 40.0, 80.0)
 
 
 def sweep(ratios: tuple[float, ...] = RATIOS, batch_sequences: int | None = None) -> dict:
-    from orchestrator.config.load import compose
+    from orchestrator.compose.load import compose
     from orchestrator.launch.run import launch
     from orchestrator.training.model import count_params
 

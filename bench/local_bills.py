@@ -18,7 +18,7 @@ from bench._common import scratch_cwd
 
 def _sft_recipes() -> list[str]:
     """The single-stage fine-tuning recipes of jobs/ (not pretraining, not RL), by name."""
-    from orchestrator.config.load import compose, job_names, job_stages
+    from orchestrator.compose.load import compose, job_names, job_stages
 
     out = []
     for job in job_names():
@@ -40,7 +40,7 @@ def run() -> dict:
     """One fresh local run of each recipe (a private Ray cluster each, as `make launch` does);
     then the CPU kernel (e_max, t_half) is fitted on the mean step times of FIT, and CHECK is
     projected with it and compared with what it measured: wall time and dollars."""
-    from orchestrator.config.load import compose
+    from orchestrator.compose.load import compose
     from orchestrator.cost.calibration import fit_cpu, predicted_step_s, recorded_run
     from orchestrator.cost.estimator import project
     from orchestrator.cost.lengths import Lengths
@@ -122,7 +122,7 @@ def run() -> dict:
 def _fixed_seconds(run_dir: Path) -> tuple[float, float]:
     """(start-up, tail) seconds of a finished local run, from its bill: dollars of the
     `startup` category, and of `eval_export` + `idle`, at the instance's price."""
-    from orchestrator.config.load import compose
+    from orchestrator.compose.load import compose
 
     bill = json.loads((run_dir / "bill.json").read_text())
     cats = bill["by_category"]

@@ -23,7 +23,7 @@ def run(steps: int = 30, threads: int = 2) -> dict:
     """Our recipe vs a bare loop, one process each in turn, same batches."""
 
     from bench._common import bench_context
-    from orchestrator.config.load import compose
+    from orchestrator.compose.load import compose
     from orchestrator.data.dataset import StepBatches, prepare_data
     from orchestrator.training.loop import FinetuneRecipe
     from orchestrator.training.model import build_model

@@ -21,7 +21,7 @@ def _overrides(texts: list[str] | str | None) -> list[str]:
 
 def cmd_launch(args: argparse.Namespace) -> int:
     if args.cluster:  # a named cluster (infra/): submit through the Ray Jobs API
-        from orchestrator.config.load import job_configs
+        from orchestrator.compose.load import job_configs
         from orchestrator.launch import named_clusters
         from orchestrator.launch.remote import remote_consent
 
@@ -41,7 +41,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
             follow=not args.detach, stage=args.stage, yes=yes, fresh=args.fresh,
         )  # fmt: skip
         return 0 if status in ("SUCCEEDED", "SUBMITTED") else 1
-    from orchestrator.config.load import job_stages
+    from orchestrator.compose.load import job_stages
     from orchestrator.launch.run import launch
     from orchestrator.storage.layout import StopReason
 
@@ -64,7 +64,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
 def cmd_estimate(args: argparse.Namespace) -> int:
     """Our run's projected bill (the headline), or with --replay the original run's."""
-    from orchestrator.config.load import compose, job_stages
+    from orchestrator.compose.load import compose, job_stages
     from orchestrator.cost.estimator import project
     from orchestrator.cost.lengths import Lengths
 
@@ -124,7 +124,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     """The Chinchilla planner on the job's hardware, or on `--gpu`'s cheapest 8-GPU node."""
-    from orchestrator.config.load import compose
+    from orchestrator.compose.load import compose
     from orchestrator.plan.planner import make_plan, report
 
     budgets = {
@@ -159,7 +159,7 @@ def _hardware_overrides(args: argparse.Namespace) -> list[str]:
     """--gpu X (--market, --nodes): the catalog's cheapest node of that GPU, all its GPUs used."""
     if args.gpu in (None, "cpu"):
         return [f"hardware.market={args.market}"] if args.market else []
-    from orchestrator.config.load import job_configs
+    from orchestrator.compose.load import job_configs
     from orchestrator.cost.estimator import price_per_hour
 
     cost = next(iter(job_configs(args.job, "full").values())).cost
@@ -227,7 +227,7 @@ def cmd_bills(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from orchestrator.config.load import JOBS_DIR, job_configs
+    from orchestrator.compose.load import JOBS_DIR, job_configs
     from orchestrator.cost.memory import check_job
 
     jobs = args.jobs or sorted(p.stem for p in JOBS_DIR.glob("*.yaml"))

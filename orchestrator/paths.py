@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from orchestrator.config.errors import ConfigError
+from orchestrator.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 JOBS_DIR = REPO_ROOT / "jobs"

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 
-from orchestrator.config.errors import ConfigError
+from orchestrator.errors import ConfigError
 
 SCHEMES = {"s3": "S3 or an S3-compatible store", "file": "a folder"}
 NOT_YET = {"gs": "Google Cloud Storage"}

@@ -19,9 +19,6 @@ from orchestrator.config.checks import choice as _choice
 from orchestrator.config.checks import positive as _positive
 from orchestrator.config.errors import ConfigError
 from orchestrator.config.names import NAME, RULE
-from orchestrator.data.instruct import SFT_FORMATS
-from orchestrator.data.prompt_tasks import FORMATS as PROMPT_FORMATS
-from orchestrator.data.prompts import STYLES, format_templates
 from orchestrator.objectives import DATA_KINDS, OBJECTIVES
 from orchestrator.objectives import spec as objective_spec
 from orchestrator.objectives.dpo import DpoSettings
@@ -37,13 +34,8 @@ PREFERENCE_FORMATS = ("stack_exchange_paired", "hh_rlhf", "webgpt", "oasst")
 """Formats of `data.kind: preference` (data/preference.py FORMATS: rows -> ranked reply
 groups; a unit test keeps the two equal: that module needs a tokenizer to import)."""
 SCALES = ("local", "full")
-SOURCE_FORMATS = SFT_FORMATS
-"""Formats a conversation source may have (data/instruct.py's adapters): a mixture's sources."""
-DATA_FORMATS = (*SOURCE_FORMATS, "mixture", "text")
-# Templates and the formats each reads: derived from the prompt styles (data/prompts.py), the one
-# place a template is defined. A mixture is checked source by source.
-TEMPLATES = tuple(STYLES)
-FORMAT_TEMPLATES = format_templates()
+# Templates and data formats are checked against their registries (data/prompts.py, the
+# adapters) when a job is composed: orchestrator/compose/names.py.
 BATCHING_MODES = ("auto", "pad", "grouped", "packed")
 SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("fp32", "bf16")
@@ -284,43 +276,19 @@ class DataConfig:
     anew; the checkpoint's data position then points into different data). Refused otherwise."""
 
     def __post_init__(self) -> None:
+        """Structure only: the template and format names are checked against their registries
+        when the job is composed (compose/names.py)."""
         _choice("data.kind", self.kind, DATA_KINDS)
-        _choice("data.template", self.template, TEMPLATES)
         if self.kind == "preference":  # any prompt style renders a prompt and its replies
             _choice("data.format", self.format, PREFERENCE_FORMATS)
-            self._check_sizes()
-            return
-        if self.kind == "prompts":  # a prompt and the answer a reward checks
-            _choice("data.format", self.format, PROMPT_FORMATS)
-            if self.template not in FORMAT_TEMPLATES[self.format]:
-                raise ConfigError(
-                    f"data.template={self.template!r} cannot read data.format={self.format!r}; "
-                    f"valid: {list(FORMAT_TEMPLATES[self.format])}"
-                )
-            self._check_sizes()
-            return
-        _choice("data.format", self.format, DATA_FORMATS)
-        _choice("data.format", self.format, DATA_FORMATS)
-        _positive("data.eval_sequences", self.eval_sequences)
-        _choice("data.conditioning", self.conditioning, ("positive_negative", "positive_only"))
-        if self.format == "mixture":
-            if not self.sources:
+        elif self.kind == "sft":
+            _positive("data.eval_sequences", self.eval_sequences)
+            _choice("data.conditioning", self.conditioning, ("positive_negative", "positive_only"))
+            if self.format == "mixture" and not self.sources:
                 raise ConfigError("data.format=mixture needs a list of data.sources")
-            formats = [(f"data.sources[{i}]", src.format) for i, src in enumerate(self.sources)]
-            for i, src in enumerate(self.sources):
-                _choice(f"data.sources[{i}].format", src.format, SOURCE_FORMATS)
+            for i, src in enumerate(self.sources if self.format == "mixture" else []):
                 if src.weight <= 0:
                     raise ConfigError(f"data.sources[{i}].weight={src.weight} must be > 0")
-        elif self.format == "text":  # pretraining: documents, no template
-            formats = []
-        else:  # (a missing data.source is caught in JobConfig: defaults are built without one)
-            formats = [("data", self.format)]
-        for key, fmt in formats:
-            if self.template not in FORMAT_TEMPLATES[fmt]:
-                raise ConfigError(
-                    f"data.template={self.template!r} cannot read {key}.format={fmt!r}; "
-                    f"valid: {list(FORMAT_TEMPLATES[fmt])}"
-                )
         self._check_sizes()
 
     def _check_sizes(self) -> None:

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from orchestrator.config.load import JOBS_DIR, job_configs
+from orchestrator.compose.load import JOBS_DIR, job_configs
 from orchestrator.cost.estimator import project
 
 

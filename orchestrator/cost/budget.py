@@ -7,23 +7,12 @@ $0/h local cluster still stops on time).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # a type only: this module stays a leaf (storage/layout.py imports Spend)
+from orchestrator.contract.records import Spend
+
+if TYPE_CHECKING:  # a type only
     from orchestrator.config.schema import BudgetConfig
-
-
-@dataclass(frozen=True)
-class Spend:
-    usd: float
-    """Dollars spent by the run so far (every launch)."""
-    hours: float
-    """Cluster wall-clock hours of the run so far (every launch)."""
-
-    def after(self, seconds: float, usd_per_hour: float) -> Spend:
-        """The spend `seconds` from now at `usd_per_hour`."""
-        return Spend(self.usd + seconds / 3600.0 * usd_per_hour, self.hours + seconds / 3600.0)
 
 
 def over_cap(cap: BudgetConfig, spend: Spend) -> str | None:

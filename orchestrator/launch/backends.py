@@ -517,7 +517,7 @@ def run_checks(cluster: str, cfg: JobConfig, env: dict[str, str]) -> list[pf.Che
 
 
 def preflight_main(cluster: str, job: str, scale: str | None, overrides: list[str]) -> int:
-    from orchestrator.config.load import compose
+    from orchestrator.compose.load import compose
 
     cfg = compose(job, scale, overrides)
     checks = run_checks(cluster, cfg, dict(os.environ))

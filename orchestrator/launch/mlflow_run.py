@@ -7,7 +7,7 @@ import hashlib
 import os
 from typing import Any
 
-from orchestrator.config.load import to_yaml
+from orchestrator.compose.load import to_yaml
 from orchestrator.config.schema import JobConfig
 from orchestrator.storage.layout import EXPORT, RUN_META, RunMeta, RunResult
 from orchestrator.tracking import runs as mlruns

@@ -36,13 +36,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator.compose.load import compose, job_stages
 from orchestrator.config.errors import BudgetRefusal
-from orchestrator.config.load import compose, job_stages
 from orchestrator.config.names import check_name
 from orchestrator.config.schema import ConfigError
 from orchestrator.objectives import input_keys
 from orchestrator.storage import resolve as storage_resolve
-from orchestrator.storage.layout import EXPORT, StopReason
+from orchestrator.storage.layout import EXPORT, StopReason, run_store
 from orchestrator.urls import is_object_store
 
 PIPELINE = "pipeline.json"  # in the pipeline run's folder of the durable store
@@ -277,7 +277,7 @@ def run_pipeline(
     config or inputs changed since it started is refused (naming the keys) unless `fresh`
     names it or an earlier stage: then it and every stage after it start over in new run
     folders (the old ones kept)."""
-    from orchestrator.config.load import to_dict
+    from orchestrator.compose.load import to_dict
     from orchestrator.launch.failures import RunFailed
     from orchestrator.launch.run import launch
 
@@ -370,7 +370,7 @@ class _Book:
     def open(cls, top, run_name: str) -> _Book:
         from orchestrator.tracking import runs as mlruns
 
-        store = storage_resolve.resolve(top, run_name, os.environ).run_store()
+        store = run_store(storage_resolve.resolve(top, run_name, os.environ))
         state = json.loads(store.read_text(PIPELINE) or "{}")
         records = {k: StageRecord(**v) for k, v in state.get("stages", {}).items()}
         uri = mlruns.tracking_uri()

@@ -15,7 +15,7 @@ def remote_consent(
     projection of what will run (the one stage, or the whole pipeline, or the job) against
     its cap. Returns whether the submission carries `--yes` (given, or answered at the
     prompt); raises ConfigError before anything is submitted when it is refused."""
-    from orchestrator.config.load import compose, job_stages
+    from orchestrator.compose.load import compose, job_stages
     from orchestrator.cost.estimator import project
 
     if job_stages(job, scale):
@@ -48,13 +48,14 @@ def remote_startup_check(cfg: JobConfig, run_name: str | None) -> None:
     from orchestrator.cost.ledger import Ledger
     from orchestrator.launch.run import check_startup_budget
     from orchestrator.storage import resolve as storage_resolve
+    from orchestrator.storage.layout import run_store
 
     if cfg.budget.max_usd is None:
         return
     store, continued = None, False
     if run_name:
         try:
-            store = storage_resolve.resolve(cfg, run_name, os.environ).run_store()
+            store = run_store(storage_resolve.resolve(cfg, run_name, os.environ))
             continued = bool(Ledger(store).attempts)  # it has paid for a launch before
         except Exception as e:  # noqa: BLE001 - not reachable from here: the head checks
             print(f"note: the run's spend is checked on the cluster ({type(e).__name__})")

@@ -22,8 +22,8 @@ from typing import Any
 
 import yaml
 
+from orchestrator.compose.load import compose, to_dict
 from orchestrator.config.errors import BudgetRefusal
-from orchestrator.config.load import compose, to_dict
 from orchestrator.config.names import check_name
 from orchestrator.config.schema import ConfigError, JobConfig
 from orchestrator.cost.estimator import (
@@ -56,6 +56,7 @@ from orchestrator.storage.layout import (
     RunResult,
     RunStorage,
     StopReason,
+    run_store,
 )
 from orchestrator.tracking import runs as mlruns
 from orchestrator.tracking.mlflow_logger import replay_all, replay_durable
@@ -108,7 +109,7 @@ def launch(
     cfg, run_name = _configure(job, scale, overrides, run_name)
     uri = mlruns.tracking_uri()
     storage = _storage(cfg, run_name, uri)
-    store = storage.run_store()
+    store = run_store(storage)
     meta = _existing_meta(store, cfg, run_name)
     data_url, data = _prepare_data(cfg, storage, meta)
     _publish_base(cfg, storage)
@@ -229,7 +230,7 @@ def _open_run(
     could not. Returns the MLflow run id."""
     mlruns.set_fail_fast_http()
     run_id = mlflow_run.start_run(cfg, uri, run_name, meta, parent_run_id)
-    store = storage.run_store()
+    store = run_store(storage)
     meta = RunMeta(
         job=cfg.job,
         run=run_name,
@@ -260,7 +261,7 @@ def _begin_attempt(
 ) -> tuple[RunContext, dict[str, Any]]:
     """Open this launch in the ledger (its record: attempt number, start, end), record its
     config, and say what the workers need."""
-    store = storage.run_store()
+    store = run_store(storage)
     ledger.close_dangling(read_timeline(store))
     usd_before = ledger.bill(read_timeline(store))["usd_total"]
     hours_before = ledger.hours()
@@ -301,7 +302,7 @@ def _finish_mlflow_run(
 ) -> None:
     """Metrics the workers could not send, the bill, plots, the export as a logged model, the
     bill as tags, and the run's status. A dead tracking server must not hide the result."""
-    store = storage.run_store()
+    store = run_store(storage)
     try:
         replay_durable(uri, store, METRICS_PENDING)
         log_bill(uri, run_id, store)

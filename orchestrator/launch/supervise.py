@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from orchestrator.checkpoint.notice import doomed_nodes
-from orchestrator.config.load import to_dict
+from orchestrator.compose.load import to_dict
 from orchestrator.config.schema import JobConfig
 from orchestrator.cost.estimator import cluster_price_per_hour
 from orchestrator.cost.ledger import Ledger

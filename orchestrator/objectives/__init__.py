@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestrator.config.errors import ConfigError
+from orchestrator.errors import ConfigError
 from orchestrator.objectives import dpo, grpo, ppo, reward, sft
 from orchestrator.objectives.spec import DATA_KINDS, ObjectiveSpec, ObjectiveWork, config_value
 

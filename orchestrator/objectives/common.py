@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from orchestrator.config.errors import ConfigError
+from orchestrator.errors import ConfigError
 
 if TYPE_CHECKING:
     from orchestrator.config.schema import JobConfig

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from orchestrator.config.checks import choice as _choice
-from orchestrator.config.checks import positive as _positive
-from orchestrator.config.errors import ConfigError
+from orchestrator.errors import ConfigError
+from orchestrator.fields import choice as _choice
+from orchestrator.fields import positive as _positive
 from orchestrator.objectives.common import (
     dtype_bytes,
     trained_state_bytes,

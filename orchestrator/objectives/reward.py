@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from orchestrator.config.checks import choice as _choice
-from orchestrator.config.checks import positive as _positive
+from orchestrator.fields import choice as _choice
+from orchestrator.fields import positive as _positive
 from orchestrator.objectives.common import whole_model_stage
 from orchestrator.objectives.spec import ObjectiveSpec, ObjectiveWork
 

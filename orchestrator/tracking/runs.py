@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from orchestrator.config.load import flatten
+from orchestrator.compose.load import flatten
 from orchestrator.paths import REPO_ROOT
 from orchestrator.tracking.redact import redact, redact_value, scrub
 

@@ -19,9 +19,9 @@ import torch
 import torch.distributed as dist
 
 from orchestrator.checkpoint.exports import write_model_manifest
-from orchestrator.config.load import compose
+from orchestrator.compose.load import compose
 from orchestrator.data.dataset import prepare_data
-from orchestrator.storage.layout import RunContext, RunResult, RunStorage
+from orchestrator.storage.layout import RunContext, RunResult, RunStorage, run_store
 from orchestrator.training.bases import PREFIX, definition, local_base
 from orchestrator.training.loop import FinetuneRecipe
 
@@ -42,7 +42,7 @@ def build(name: str, out: Path) -> dict:
         ctx = RunContext(storage, str(d / "data"), uri, run_id, 1, time.time(), 0.0, 0.0, "base")
         FinetuneRecipe(cfg, ctx).run()
         export = Path(storage.run_url) / "export"
-        result = RunResult.from_json(storage.run_store().read_text("result.json") or "{}")
+        result = RunResult.from_json(run_store(storage).read_text("result.json") or "{}")
         tmp = out.with_name(f".{out.name}.{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(export, tmp)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from orchestrator.config.load import from_dict
+from orchestrator.compose.load import from_dict
 from orchestrator.objectives import spec as objective_spec
 from orchestrator.storage.layout import RunContext
 

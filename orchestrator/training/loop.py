@@ -65,6 +65,7 @@ from orchestrator.storage.layout import (
     RunResult,
     StopReason,
     TimelineRecord,
+    run_store,
 )
 from orchestrator.storage.streams import RecordStream
 from orchestrator.training.cost_control import Control, CostControl
@@ -149,7 +150,7 @@ class FinetuneRecipe:
         self.eval_metrics: dict[str, float] = {}
         self._t_created = time.time()
         self.storage = ctx.storage
-        self.run_store = ctx.storage.run_store()
+        self.run_store = run_store(ctx.storage)
         self.metrics = MetricsSink(ctx.tracking_uri, ctx.mlflow_run_id, self.storage.node_dir,
                                    self.run_store, say=self._print)  # fmt: skip
         # Rank 0 reports the timeline and events to the durable store (the ledger's input).

@@ -107,7 +107,7 @@ def test_peak_gpu_memory_within_the_fit_estimate(workdir):
     """A model large enough for its state to dominate (~0.4B parameters, random init), one GPU,
     FSDP2: the measured peak stays under the estimate, and the estimate is not vacuous (the
     state it counts is really there)."""
-    from orchestrator.config.load import compose
+    from orchestrator.compose.load import compose
     from orchestrator.cost.memory import estimate, trainable_params
     from orchestrator.launch.run import launch
 

@@ -222,7 +222,7 @@ def test_launch_request_survives_the_coordinator_and_hands_over_to_train():
     )
     from ray.experimental.internal_kv import _internal_kv_get
 
-    from orchestrator.config.load import compose
+    from orchestrator.compose.load import compose
     from orchestrator.launch import autoscale
 
     def requested() -> list[dict]:

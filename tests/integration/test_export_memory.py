@@ -23,7 +23,7 @@ SCRIPT = textwrap.dedent(
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
     torch.set_num_threads(1)
     from transformers import AutoModelForCausalLM, LlamaConfig
-    from orchestrator.config.load import compose
+    from orchestrator.compose.load import compose
     from orchestrator.training.export import export_sharded
     from orchestrator.training.strategies import build_strategy
 

@@ -23,7 +23,7 @@ SCRIPT = textwrap.dedent(
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     torch.set_num_threads(1)
     from torch.distributed.fsdp import FSDPModule
-    from orchestrator.config.load import compose
+    from orchestrator.compose.load import compose
     from orchestrator.training.model import build_model
     from orchestrator.training.strategies import FsdpStrategy
 

@@ -52,7 +52,7 @@ def test_preflight_passes_what_is_there_and_names_the_fix_for_what_is_not(
 ):
     import os
 
-    from orchestrator.config.load import compose
+    from orchestrator.compose.load import compose
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
     cfg = compose("vicuna", "full", ["storage.root=s3://runs/orchestrator"])
@@ -98,7 +98,7 @@ def test_kuberay_preflight_checks_kubectl_and_the_image_and_skips_ec2(aws, track
     image on ECR (moto), and the EC2 node-type and quota checks reported as not applying."""
     import os
 
-    from orchestrator.config.load import compose
+    from orchestrator.compose.load import compose
     from orchestrator.launch.preflight import summary
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)

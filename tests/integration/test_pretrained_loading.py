@@ -25,7 +25,7 @@ SCRIPT = textwrap.dedent(
     torch.set_num_threads(1)
     import safetensors, safetensors.torch
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-    from orchestrator.config.load import compose
+    from orchestrator.compose.load import compose
     from orchestrator.training.methods import apply_method
     from orchestrator.training.model import build_meta_model, pretrained_state_dict
     from orchestrator.training.strategies import build_strategy

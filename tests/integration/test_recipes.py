@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.checkpoint.manifest import step_dirname
-from orchestrator.config.load import job_names, job_stages
+from orchestrator.compose.load import job_names, job_stages
 from orchestrator.storage.layout import METRICS_TAIL
 
 pytestmark = pytest.mark.integration
@@ -53,7 +53,7 @@ def test_recipe_trains_exports_and_resumes(job, launch_workdir):
 
     verify_model_folder(export)  # content-addressed: every file matches its manifest
     ckpt = json.loads((Path(res.checkpoint_dir) / step_dirname(4) / "manifest.json").read_text())
-    from orchestrator.config.load import compose
+    from orchestrator.compose.load import compose
 
     cfg = compose(job, "local", OVERRIDES)
     # LoRA/adapter checkpoints hold the trained parameters, and name the base they apply to

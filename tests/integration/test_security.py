@@ -305,7 +305,7 @@ BEARER = "eyJhbGciOiJIUzI1NiJ9.payload.sig123"
 
 
 def test_resolvers_are_refused_and_the_secret_never_printed(monkeypatch):
-    from orchestrator.config.load import compose
+    from orchestrator.compose.load import compose
     from orchestrator.config.schema import ConfigError
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
@@ -378,7 +378,7 @@ def test_run_names_that_escape_are_refused_before_anything_exists(tmp_path, monk
 
 
 def test_job_names_that_escape_are_refused():
-    from orchestrator.config.load import compose
+    from orchestrator.compose.load import compose
     from orchestrator.config.schema import ConfigError
 
     with pytest.raises(ConfigError, match=r"job='../../x' is not a valid name"):
@@ -426,7 +426,7 @@ def test_make_passes_user_values_as_data_never_as_shell(tmp_path, args):
     ],
 )
 def test_numbers_that_would_disable_safety_are_config_errors(override, match):
-    from orchestrator.config.load import compose
+    from orchestrator.compose.load import compose
     from orchestrator.config.schema import ConfigError
 
     with pytest.raises(ConfigError, match=match):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.config.load import compose
+from orchestrator.compose.load import compose
 from orchestrator.cost.prices import apply_live_prices, spot_price
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.config.load import compose
+from orchestrator.compose.load import compose
 from orchestrator.config.schema import ConfigError
 from orchestrator.launch import backends
 from orchestrator.launch.cluster_state import known

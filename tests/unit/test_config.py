@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config.load import compose, flatten, job_configs, to_dict
+from orchestrator.compose.load import compose, flatten, job_configs, to_dict
 from orchestrator.config.schema import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.config.load import compose
+from orchestrator.compose.load import compose
 from orchestrator.config.schema import ConfigError
 
 
@@ -30,7 +30,7 @@ def test_out_of_bounds_settings_are_refused_naming_the_key(override, message):
 def test_every_shipped_job_is_within_bounds():
     import os
 
-    from orchestrator.config.load import job_configs
+    from orchestrator.compose.load import job_configs
     from orchestrator.paths import JOBS_DIR
 
     for job in sorted(p.stem for p in JOBS_DIR.glob("*.yaml")):
@@ -54,7 +54,7 @@ def test_resolvers_are_refused_whatever_the_spelling(value, tmp_path, monkeypatc
 
 
 def test_interpolating_another_key_is_allowed():
-    from orchestrator.config.load import calls_resolver
+    from orchestrator.compose.load import calls_resolver
 
     assert not calls_resolver("${optim.lr}") and not calls_resolver("lr ${ optim.lr } x")
     assert not calls_resolver(r"\${oc.env:HOME}")  # escaped: a literal, never resolved

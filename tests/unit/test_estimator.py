@@ -1,6 +1,6 @@
 import pytest
 
-from orchestrator.config.load import compose
+from orchestrator.compose.load import compose
 from orchestrator.config.schema import ConfigError
 from orchestrator.cost import steptime
 from orchestrator.cost.estimator import cluster_price_per_hour, project
@@ -154,7 +154,7 @@ def test_decode_is_memory_bound_at_small_batches():
 
 
 def test_print_projected_bills_of_all_jobs(capsys):
-    from orchestrator.config.load import job_configs
+    from orchestrator.compose.load import job_configs
     from orchestrator.paths import JOBS_DIR
 
     for job in sorted(JOBS_DIR.glob("*.yaml")):
@@ -334,7 +334,7 @@ def test_the_catalog_cpu_kernel_is_the_benchmarked_fit():
     import json
     from pathlib import Path
 
-    from orchestrator.config.load import compose
+    from orchestrator.compose.load import compose
 
     bench = json.loads((Path(__file__).parents[2] / "bench/results/local_bills.json").read_text())
     cfg = compose("vicuna", "local")

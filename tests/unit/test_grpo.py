@@ -144,7 +144,7 @@ def test_the_engine_takes_the_weights_after_every_update(iterations):
     """After each optimizer step the engine gets the new weights, before it samples again."""
     import torch.distributed as dist
 
-    from orchestrator.config.load import compose
+    from orchestrator.compose.load import compose
     from orchestrator.data.templates import Example
     from orchestrator.rl.batches import GroupBatches
     from orchestrator.rl.grpo import GrpoRecipe

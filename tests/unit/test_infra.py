@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.config.load import compose
+from orchestrator.compose.load import compose
 from orchestrator.config.schema import ConfigError
 from orchestrator.paths import REPO_ROOT
 
@@ -309,7 +309,7 @@ def test_a_job_asks_for_its_gpu_type():
 def _full_scale_configs():
     """Every full-scale config a job runs (each stage of a pipeline), and every GPU hardware
     block in conf/hardware/ applied to vicuna (a block a user may pick)."""
-    from orchestrator.config.load import job_configs
+    from orchestrator.compose.load import job_configs
     from orchestrator.paths import CONF_DIR, JOBS_DIR
 
     for path in sorted(JOBS_DIR.glob("*.yaml")):

@@ -195,5 +195,7 @@ def test_prepare_data_for_an_instruction_file_with_a_bad_row(tmp_path):
 
     tok = AutoTokenizer.from_pretrained(data.tokenizer_dir)
     assert len(tok.encode("### Response:", add_special_tokens=False)) == 1  # a special token
+    from orchestrator.compose.names import check_data
+
     with pytest.raises(ConfigError, match="cannot read data.format='dolly'"):
-        DataConfig(format="dolly", source="x.jsonl", template="vicuna_v1.1")
+        check_data(DataConfig(format="dolly", source="x.jsonl", template="vicuna_v1.1"))

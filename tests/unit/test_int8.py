@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from orchestrator.config.load import compose
+from orchestrator.compose.load import compose
 
 LORA = ["train.method=lora", "train.strategy=ddp", "lora.r=4", "lora.alpha=8"]
 

@@ -145,8 +145,10 @@ def test_mixture_config_errors_name_the_source():
     with pytest.raises(ConfigError, match="needs a list of data.sources"):
         DataConfig(format="mixture", template="koala")
     bad = [SourceConfig(name="d", format="dolly", source="d.jsonl")]
+    from orchestrator.compose.names import check_data
+
     with pytest.raises(ConfigError, match=r"cannot read data.sources\[0\].format='dolly'"):
-        DataConfig(format="mixture", template="koala", sources=bad)
+        check_data(DataConfig(format="mixture", template="koala", sources=bad))
     with pytest.raises(ConfigError, match=r"data.sources\[0\].weight=0"):
         DataConfig(
             format="mixture",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orchestrator.config.load import job_names
+from orchestrator.compose.load import job_names
 from orchestrator.paths import REPO_ROOT
 
 LAYOUT = (REPO_ROOT / "docs" / "layout.md").read_text()

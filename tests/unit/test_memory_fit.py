@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.config.load import compose
+from orchestrator.compose.load import compose
 from orchestrator.config.schema import ConfigError
 from orchestrator.cost.memory import GIB, check_job, estimate, trainable_params
 from orchestrator.paths import JOBS_DIR
@@ -16,7 +16,7 @@ JOBS = sorted(p.stem for p in JOBS_DIR.glob("*.yaml"))
 
 @pytest.mark.parametrize("job", JOBS)
 def test_every_recipe_fits_its_gpus(job):
-    from orchestrator.config.load import job_configs
+    from orchestrator.compose.load import job_configs
 
     for stage, cfg in job_configs(job, "full").items():  # every stage of a pipeline job
         est = check_job(cfg)
@@ -24,7 +24,7 @@ def test_every_recipe_fits_its_gpus(job):
 
 
 def test_rl_stages_count_their_extra_models():
-    from orchestrator.config.load import compose
+    from orchestrator.compose.load import compose
     from orchestrator.cost.memory import extra_models_bytes
 
     ppo = compose("colossal_chat", "full", ["stage=ppo"])  # full: reference + RM + critic

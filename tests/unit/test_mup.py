@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from orchestrator.config.load import compose
+from orchestrator.compose.load import compose
 from orchestrator.training.export import fold_mup
 from orchestrator.training.model import build_model
 from orchestrator.training.strategies import _adamw, _set_lr

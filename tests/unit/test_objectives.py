@@ -8,8 +8,8 @@ import json
 
 import pytest
 
+from orchestrator.compose.load import compose
 from orchestrator.config.errors import ConfigError
-from orchestrator.config.load import compose
 from orchestrator.objectives import DATA_KINDS, OBJECTIVES, input_keys, spec
 
 
@@ -100,24 +100,26 @@ def test_the_estimator_prices_grpo_generation_by_group_size():
 def test_mixture_sources_choose_from_the_conversation_formats():
     """A mixture source of format `mixture` (or a prompt format) is a ConfigError naming the
     valid formats, not a KeyError."""
+    from orchestrator.compose.names import check_data
     from orchestrator.config.schema import DataConfig, SourceConfig
 
     for bad in ("mixture", "countdown", "text"):
         with pytest.raises(ConfigError, match=r"data.sources\[0\].format=.*choose one of"):
-            DataConfig(format="mixture", template="koala",
-                       sources=[SourceConfig(name="a", format=bad, source="x.jsonl")])  # fmt: skip
+            check_data(DataConfig(format="mixture", template="koala",
+                       sources=[SourceConfig(name="a", format=bad, source="x.jsonl")]))  # fmt: skip
 
 
 def test_format_enumerations_are_derived():
+    from orchestrator.compose import names
     from orchestrator.config import schema
     from orchestrator.data.instruct import SAMPLE_ADAPTERS
     from orchestrator.data.preference import FORMATS as PREFERENCE
     from orchestrator.data.prompt_tasks import ADAPTERS
 
     assert set(schema.PREFERENCE_FORMATS) == set(PREFERENCE)
-    assert schema.PROMPT_FORMATS == tuple(ADAPTERS)
-    assert set(SAMPLE_ADAPTERS) | {"oasst"} == set(schema.SOURCE_FORMATS)
-    assert set(schema.DATA_FORMATS) == set(schema.SOURCE_FORMATS) | {"mixture", "text"}
+    assert names.PROMPT_FORMATS == tuple(ADAPTERS)
+    assert set(SAMPLE_ADAPTERS) | {"oasst"} == set(names.SOURCE_FORMATS)
+    assert set(names.DATA_FORMATS) == set(names.SOURCE_FORMATS) | {"mixture", "text"}
 
 
 def test_prompt_data_keeps_each_groups_answer_and_refuses_a_tampered_list(tmp_path):

@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from orchestrator.config.load import compose
+from orchestrator.compose.load import compose
 from orchestrator.config.schema import ConfigError
 from orchestrator.launch.pipeline import (
     Gate,
@@ -115,7 +115,7 @@ def test_a_one_stage_launch_says_which_stages_are_left():
 
 
 def test_a_stages_identity_ignores_what_may_change_and_sees_everything_else():
-    from orchestrator.config.load import compose, to_dict
+    from orchestrator.compose.load import compose, to_dict
     from orchestrator.launch.pipeline import changed_keys, identity_config, stage_identity
 
     base = to_dict(compose("vicuna", "local"))

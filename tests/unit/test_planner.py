@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from orchestrator.config.load import compose
+from orchestrator.compose.load import compose
 from orchestrator.config.schema import ConfigError, ModelConfig
 from orchestrator.plan.arch import CEREBRAS_GPT, GPT2_VOCAB, gpt_params, shape_for
 from orchestrator.plan.planner import compute_budget, make_plan, size_for

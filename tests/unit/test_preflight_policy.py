@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestrator.config.load import compose
+from orchestrator.compose.load import compose
 from orchestrator.launch.preflight import QUOTA_CODES, family, needed_vcpus, quota_check
 
 
@@ -16,7 +16,7 @@ def test_quota_decision_and_families():
 
 
 def test_vcpus_needed_follow_the_nodes():
-    from orchestrator.config.load import compose
+    from orchestrator.compose.load import compose
 
     assert needed_vcpus(compose("vicuna", "full")) == ("p4de.24xlarge", 96)
     big = compose("cerebras_gpt", "full", ["variant=13b"])

@@ -1,6 +1,6 @@
 import pytest
 
-from orchestrator.config.load import compose, flatten, to_dict
+from orchestrator.compose.load import compose, flatten, to_dict
 from orchestrator.tracking.redact import REDACTED, redact, redact_value
 
 

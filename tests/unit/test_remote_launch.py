@@ -71,8 +71,8 @@ def test_a_remote_launch_checks_its_start_up_against_what_the_run_spent(tmp_path
     """Decided on the driver, before submitting: a cap below the start-up alone, and a run
     whose ledger (in a store this machine reads) already spent its cap."""
 
+    from orchestrator.compose.load import compose
     from orchestrator.config.errors import BudgetRefusal
-    from orchestrator.config.load import compose
     from orchestrator.launch.remote import remote_startup_check
 
     monkeypatch.setenv("ORCHESTRATOR_STORAGE_ROOT", str(tmp_path))

@@ -116,7 +116,7 @@ def test_preference_prepared_splits_by_key_and_labels_only_the_reply(tmp_path):
 
 
 def test_objective_work_counts_pairs_references_and_generation():
-    from orchestrator.config.load import compose
+    from orchestrator.compose.load import compose
     from orchestrator.cost.estimator import decode_s, device, model_shape, objective_work
 
     for stage, lo, hi in (("reward", 2.0, 2.0), ("ppo", 5.0, 40.0)):

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orchestrator.config.load import compose
+from orchestrator.compose.load import compose
 from orchestrator.config.schema import ConfigError, DataConfig, LengthStats
 from orchestrator.data.prepared import BadPreparedData, open_prepared, write_prepared
 from orchestrator.data.publish import data_key

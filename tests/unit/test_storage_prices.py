@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from orchestrator.config.load import compose
+from orchestrator.compose.load import compose
 from orchestrator.config.schema import ConfigError, CostConfig
 from orchestrator.cost.estimator import storage_prices
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from orchestrator.config.load import compose
+from orchestrator.compose.load import compose
 from orchestrator.config.schema import ConfigError
 from orchestrator.training.export import export_hf
 from orchestrator.training.methods import apply_method, count_trainable, decoder_layers

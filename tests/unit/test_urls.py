@@ -32,7 +32,7 @@ def test_file_urls_are_folders():
 @pytest.mark.parametrize("url, message", [("gs://b/p", "not supported yet"),
                                           ("hdfs://nn/p", "unknown scheme hdfs://")])  # fmt: skip
 def test_other_schemes_are_refused_at_config_time_naming_the_key(url, message):
-    from orchestrator.config.load import compose
+    from orchestrator.compose.load import compose
 
     with pytest.raises(ConfigError, match=f"storage.root='{url}'.*{message}"):
         compose("vicuna", "local", [f"storage.root={url}"])
@@ -42,7 +42,7 @@ def test_other_schemes_are_refused_at_config_time_naming_the_key(url, message):
 
 
 def test_a_file_url_root_is_a_folder_store(tmp_path):
-    from orchestrator.config.load import compose
+    from orchestrator.compose.load import compose
     from orchestrator.storage.durable import FolderStore, open_durable
     from orchestrator.storage.resolve import resolve
 

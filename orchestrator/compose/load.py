@@ -30,6 +30,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from orchestrator.compose.names import check_names
 from orchestrator.config.schema import SCALES, ConfigError, JobConfig
 from orchestrator.paths import CONF_DIR, JOBS_DIR, check_yaml_expansion, read_yaml_mapping
 
@@ -272,6 +273,10 @@ def _to_job_config(cfg: DictConfig, where: str, blocks: dict[str, Path]) -> JobC
         key = getattr(e, "full_key", "") or ""
         raise ConfigError(f"{where}: {key}: {str(e).splitlines()[0]}") from None
     assert isinstance(obj, JobConfig)
+    try:
+        check_names(obj)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
     if obj.plan.enabled:  # from-scratch pretraining sized by the Chinchilla planner
         from orchestrator.plan.planner import apply_plan
 
@@ -293,7 +298,7 @@ def to_yaml(cfg: JobConfig) -> str:
 def from_dict(data: dict[str, Any]) -> JobConfig:
     obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(JobConfig), data))
     assert isinstance(obj, JobConfig)
-    return obj
+    return check_names(obj)
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
