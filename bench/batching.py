@@ -162,14 +162,14 @@ def _tokens(b, steps: int) -> tuple[int, int]:
 
 
 def ours(examples, steps: int, mode: str, threads: int, **train) -> dict:
-    """Our FinetuneRecipe (FSDP2 on one gloo rank, exact token-mean loss, logging, cost, the
+    """Our Trainer (FSDP2 on one gloo rank, exact token-mean loss, logging, cost, the
     end-of-run checkpoint) with one batching mode."""
-    from orchestrator.training.loop import FinetuneRecipe
+    from orchestrator.training.loop import Trainer
 
     torch.set_num_threads(threads)
     cfg = _config(steps, mode, 1, threads, **train)
     with tempfile.TemporaryDirectory() as d:
-        recipe = FinetuneRecipe(cfg, _run_context(Path(d), examples))
+        recipe = Trainer(cfg, _run_context(Path(d), examples))
         recipe.setup()
         real, slots = _tokens(recipe.batches, steps)
         t = time.perf_counter()

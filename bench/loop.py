@@ -1,4 +1,4 @@
-"""Tokens/s of our training loop (FinetuneRecipe: FSDP2 wrapping, exact token-mean loss, logging,
+"""Tokens/s of our training loop (Trainer: FSDP2 wrapping, exact token-mean loss, logging,
 cost) against a bare torch loop (plain model, AdamW, same micro-batches), both in one process
 with the same threads, same model, same batches, in the same run. The ratio is what matters on
 this noisy machine.
@@ -25,7 +25,7 @@ def run(steps: int = 30, threads: int = 2) -> dict:
     from bench._common import bench_context
     from orchestrator.compose.load import compose
     from orchestrator.data.dataset import StepBatches, prepare_data
-    from orchestrator.training.loop import FinetuneRecipe
+    from orchestrator.training.loop import Trainer
     from orchestrator.training.model import build_model
 
     torch.set_num_threads(threads)
@@ -88,7 +88,7 @@ def run(steps: int = 30, threads: int = 2) -> dict:
 
             shutil.rmtree(d / "ckpt", ignore_errors=True)
             shutil.rmtree(d / "bench", ignore_errors=True)  # the run folder: timeline, events
-            recipe = FinetuneRecipe(cfg, ctx)
+            recipe = Trainer(cfg, ctx)
             recipe.setup()
             t = time.perf_counter()
             recipe.train()  # includes the end-of-run checkpoint and eval, as a user pays them

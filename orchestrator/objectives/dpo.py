@@ -61,7 +61,7 @@ def extra_models_bytes(cfg: JobConfig, n_params: int) -> float:
 SPEC = ObjectiveSpec(
     name="dpo",
     data_kinds=("preference",),
-    recipe="orchestrator.rl.recipes:DpoRecipe",
+    recipe="orchestrator.rl.recipes:DpoObjective",
     summary="direct preference optimisation against a frozen reference",
     work=work,
     section="dpo",

@@ -166,7 +166,7 @@ def check(cfg: JobConfig) -> None:
 SPEC = ObjectiveSpec(
     name="grpo",
     data_kinds=("prompts",),
-    recipe="orchestrator.rl.grpo:GrpoRecipe",
+    recipe="orchestrator.rl.grpo:GrpoObjective",
     summary="GRPO (Dr. GRPO, DAPO switches) with verifiable rewards or a reward model",
     work=work,
     section="grpo",

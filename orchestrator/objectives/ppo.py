@@ -174,7 +174,7 @@ def check(cfg: JobConfig) -> None:
 SPEC = ObjectiveSpec(
     name="ppo",
     data_kinds=("preference", "prompts"),
-    recipe="orchestrator.rl.recipes:PpoRecipe",
+    recipe="orchestrator.rl.recipes:PpoObjective",
     summary="PPO from a reward model (value head or critic)",
     work=work,
     section="ppo",

@@ -48,7 +48,7 @@ def work(cfg: JobConfig, shape, dev, mean_len: float) -> ObjectiveWork:
 SPEC = ObjectiveSpec(
     name="reward",
     data_kinds=("preference",),
-    recipe="orchestrator.rl.recipes:RewardRecipe",
+    recipe="orchestrator.rl.recipes:RewardObjective",
     summary="a reward model on ranked replies",
     work=work,
     section="reward",

@@ -7,7 +7,7 @@ from orchestrator.objectives.spec import ObjectiveSpec
 SPEC = ObjectiveSpec(
     name="sft",
     data_kinds=("sft",),
-    recipe="orchestrator.training.loop:FinetuneRecipe",
+    recipe="orchestrator.training.sft:SftObjective",
     summary="next-token loss (fine-tuning, pretraining)",
     work=None,
 )

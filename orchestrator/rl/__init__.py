@@ -5,5 +5,7 @@
 - ppo.py: PPO's arithmetic (token/sequence rewards, GAE, whitening, clipped losses).
 - models.py: ScoreModel (a scalar head per position), PolicyValue (policy + value head/critic).
 - batches.py: deterministic steps of ranked groups (or their prompts) per rank.
-- recipes.py: RewardRecipe, DpoRecipe, PpoRecipe: the fine-tuning loop with their step.
+- recipes.py: RewardObjective, DpoObjective, PpoObjective: their batches, models, step,
+  evaluation and export behind the trainer's objective interface (training/objective.py).
+- grpo.py: GrpoObjective; rewards.py, rollout.py: verifiable rewards, rollout engines.
 """

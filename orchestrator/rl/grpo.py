@@ -22,21 +22,22 @@ from orchestrator.data.prepared import PreparedData
 from orchestrator.rl import grpo_loss
 from orchestrator.rl.batches import GroupBatches, prompt_ids
 from orchestrator.rl.models import ScoreModel, load_score_model, pool, token_logprobs
-from orchestrator.rl.recipes import _dtype, _GroupRecipe
+from orchestrator.rl.recipes import _dtype, _GroupObjective
 from orchestrator.rl.rewards import reward_fn
 from orchestrator.rl.rollout import HfEngine, RolloutEngine, Sampling, VllmEngine
 from orchestrator.training.loop import StepWork, _unwrapped, base_dtype, is_durable
 from orchestrator.training.methods import apply_method
 from orchestrator.training.model import build_model, quantized_kwargs
+from orchestrator.training.sft import export_policy
 
 
-class GrpoRecipe(_GroupRecipe):
+class GrpoObjective(_GroupObjective):
     """GRPO: the loop's steps of prompt groups, its own iteration; the model is the policy
     itself (no value head), exported as a fine-tune is."""
 
     engine: RolloutEngine | None = None
 
-    def _build_model(self, data: PreparedData):
+    def build(self, data: PreparedData):
         cfg, g = self.cfg, self.cfg.grpo
         if g.reward != "reward_model" and data.answers is None:
             raise RuntimeError(
@@ -76,9 +77,9 @@ class GrpoRecipe(_GroupRecipe):
         if ref is None:
             raise RuntimeError(f"{key} is not set")
         digest = self.ctx.model_digests.get(key, "")
-        return str(self._fetch_pretrained(ref, digest)) if is_durable(ref) else ref
+        return str(self.fetch_pretrained(ref, digest)) if is_durable(ref) else ref
 
-    def _group_batches(self, examples, group_ids) -> GroupBatches:
+    def group_batches(self, examples, group_ids) -> GroupBatches:
         cfg = self.cfg  # micro-batches are of completions (made here), not of prompts
         return GroupBatches(
             examples, group_ids, groups_per_step=cfg.train.global_batch_size, micro_groups=1,
@@ -88,10 +89,10 @@ class GrpoRecipe(_GroupRecipe):
     def _seed(self, salt: int) -> None:
         """Everything random in a step: seeded by (seed, step, rank, what)."""
         torch.manual_seed(
-            (self.cfg.train.seed * 1_000_003 + self.step) * 7919 + self.rank * 31 + salt
+            (self.cfg.train.seed * 1_000_003 + self.step_index) * 7919 + self.rank * 31 + salt
         )
 
-    def _step_metrics(self) -> dict[str, float]:
+    def metrics(self) -> dict[str, float]:
         return dict(self._last)
 
     # --------------------------------------------------------------- the engine
@@ -156,13 +157,13 @@ class GrpoRecipe(_GroupRecipe):
         with policy.disable_adapter():
             return self._logps(policy, ids, mask, mini)
 
-    def _train_step(self, lr: float) -> StepWork:
+    def step(self, lr: float) -> StepWork:
         cfg, g = self.cfg, self.cfg.grpo
         n, mini = g.group_size, cfg.train.micro_batch_size
         self._seed(0)
-        prompts = [q[-g.max_prompt_tokens :] for q in self.batches.prompts(self.step)]
+        prompts = [q[-g.max_prompt_tokens :] for q in self.batches.prompts(self.step_index)]
         answers = [self.data.answers[i] if self.data.answers else ""
-                   for i in self.batches.rank_group_ids(self.step) for _ in range(n)]  # fmt: skip
+                   for i in self.batches.rank_group_ids(self.step_index) for _ in range(n)]  # fmt: skip
         t0 = time.perf_counter()
         with self.strategy.autocast():
             completions = self._engine().generate(prompts, self._sampling(n))
@@ -245,3 +246,6 @@ class GrpoRecipe(_GroupRecipe):
         dist.all_reduce(agg)
         self.eval_metrics = {"grpo/eval_reward_mean": float(agg[0] / agg[1])}
         return None
+
+    def export(self) -> None:
+        export_policy(self)  # the policy, as SFT exports it

@@ -3,14 +3,14 @@
 Each class keeps everything else of the loop: strategies, checkpoints with the same data order
 and MLflow run, spot notices, the budget cap, cost metrics and the export. What differs:
 
-- `RewardRecipe` (train.objective=reward): a scalar head on the model (`ScoreModel`); batches
+- `RewardObjective` (train.objective=reward): a scalar head on the model (`ScoreModel`); batches
   are ranked groups; the pairwise or OpenAssistant K-wise loss; held-out `reward/accuracy`
   (pairs in the right order) and `reward/best_vs_worst`. Exports a sequence-classification
   model folder (LoRA merged) that `AutoModelForSequenceClassification` loads.
-- `DpoRecipe` (train.objective=dpo): DPO/cDPO against a frozen reference: the same model with
+- `DpoObjective` (train.objective=dpo): DPO/cDPO against a frozen reference: the same model with
   its LoRA adapter disabled (no extra memory) or a frozen copy (full fine-tune). Held-out
   `dpo/accuracy` and `dpo/reward_margin`.
-- `PpoRecipe` (train.objective=ppo): one step = one PPO iteration (generate, score, update).
+- `PpoObjective` (train.objective=ppo): one step = one PPO iteration (generate, score, update).
   Everything random in an iteration is seeded by (seed, step, rank), and the KL controller's
   coefficient is in the checkpoint manifest, so a resumed stage repeats exactly what an
   uninterrupted one does (tests/integration/test_rl_stages.py kills one to check).
@@ -43,8 +43,7 @@ from orchestrator.rl.models import (
     pool,
     token_logprobs,
 )
-from orchestrator.storage.durable import FolderStore
-from orchestrator.storage.layout import DPO_REFERENCE, EXPORT, EXPORT_STAGING
+from orchestrator.storage.layout import DPO_REFERENCE, EXPORT
 from orchestrator.training.export import (
     SAMPLE_MAX_PARAMS,
     export_mode,
@@ -53,7 +52,6 @@ from orchestrator.training.export import (
     sample_generations,
 )
 from orchestrator.training.loop import (
-    FinetuneRecipe,
     StepWork,
     _unwrapped,
     base_dtype,
@@ -63,6 +61,8 @@ from orchestrator.training.loop import (
 )
 from orchestrator.training.methods import apply_method
 from orchestrator.training.model import build_model, quantized_kwargs
+from orchestrator.training.objective import Objective
+from orchestrator.training.sft import export_policy
 
 
 def reference_cache_key(reference: str, data_key: str, rows: int, precision: str) -> str:
@@ -102,21 +102,18 @@ def _dtype(cfg) -> torch.dtype:
     return torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
 
 
-class _GroupRecipe(FinetuneRecipe):
-    """Shared by reward models and DPO: steps of ranked groups, held-out metrics per group."""
+class _GroupObjective(Objective):
+    """Shared by reward models, DPO, PPO and GRPO: steps of ranked groups (or prompts), held-out
+    metrics per group. Every rank loads its whole model (DDP / ZeRO-2; see the schema's check)
+    and `build` applies the method to the right part. Subclasses give `group_step` (the loss of
+    a micro-batch of groups) or their own `step`."""
 
-    def _deferred_load(self) -> bool:
-        return False  # every rank loads its whole model (DDP / ZeRO-2; see the schema's check)
-
-    def _wrap(self, model):
-        return model  # the stage's _build_model applies the method to the right part
-
-    def _step_batches(self, data: PreparedData) -> GroupBatches:  # type: ignore[override]
+    def step_batches(self, data: PreparedData) -> GroupBatches:  # type: ignore[override]
         if data.groups is None:
             raise RuntimeError(f"{self.ctx.data_url}: not preference data (no groups.npy)")
-        return self._group_batches(data.train, data.groups[data.train.rows()])
+        return self.group_batches(data.train, data.groups[data.train.rows()])
 
-    def _group_batches(self, examples, group_ids) -> GroupBatches:
+    def group_batches(self, examples, group_ids) -> GroupBatches:
         cfg = self.cfg
         return GroupBatches(
             examples, group_ids, groups_per_step=cfg.train.global_batch_size,
@@ -124,21 +121,21 @@ class _GroupRecipe(FinetuneRecipe):
             seed=cfg.train.seed, pad_id=self.data.pad_id,
         )  # fmt: skip
 
-    def _group_step(
+    def group_step(
         self, mb: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(loss summed over the micro-batch's groups, metric sums) for one micro-batch."""
         raise NotImplementedError
 
-    def _train_step(self, lr: float) -> StepWork:
-        micro_batches, n_groups = self.batches.step(self.step)
+    def step(self, lr: float) -> StepWork:
+        micro_batches, n_groups = self.batches.step(self.step_index)
         self.model.train()
         total = torch.zeros((), device=self.device)
         sums: dict[str, torch.Tensor] = {}
         for i, mb in enumerate(micro_batches):
             mb = to_device(mb, self.device)
             with self.strategy.autocast():
-                loss, metrics = self._group_step(mb)
+                loss, metrics = self.group_step(mb)
             # Gradients are averaged over ranks: the result is the mean over the step's groups.
             self.strategy.backward(
                 loss * self.world / n_groups, last_micro_batch=i == len(micro_batches) - 1
@@ -147,7 +144,7 @@ class _GroupRecipe(FinetuneRecipe):
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0) + v
         grad_norm = self.strategy.step(lr, self.cfg.optim.grad_clip)
-        real, padded = self.batches.tokens(self.step)
+        real, padded = self.batches.tokens(self.step_index)
         return StepWork(total, n_groups, real, padded, grad_norm, sums)
 
     @torch.no_grad()
@@ -169,7 +166,7 @@ class _GroupRecipe(FinetuneRecipe):
             weight = 1.0 if chunk else 0.0
             mb = held.collate_groups(chunk or [0])
             with self.strategy.autocast():
-                loss, metrics = self._group_step(to_device(mb, self.device))
+                loss, metrics = self.group_step(to_device(mb, self.device))
             for k, v in {"eval_loss": loss.detach().float(), **metrics}.items():
                 totals[k] = totals.get(k, 0) + weight * v
             count += len(chunk)
@@ -182,12 +179,6 @@ class _GroupRecipe(FinetuneRecipe):
         self.eval_metrics = out
         return eval_loss
 
-    def _export_dir(self) -> Path:
-        """Where rank 0 writes the export: in place in a folder store, else node scratch."""
-        if isinstance(self.run_store, FolderStore):
-            return self.run_store.local_path(EXPORT)
-        return self.storage.node_dir(EXPORT_STAGING)
-
     def _group_batches_all(self, examples, group_ids) -> GroupBatches:
         """All held-out groups in file order (one step holding every group); `rows` ids after
         the training set's."""
@@ -197,10 +188,10 @@ class _GroupRecipe(FinetuneRecipe):
                             offset=len(self.data.train))  # fmt: skip
 
 
-class RewardRecipe(_GroupRecipe):
+class RewardObjective(_GroupObjective):
     """A reward model: the pairwise or K-wise ranking loss on a scalar head."""
 
-    def _build_model(self, data: PreparedData):
+    def build(self, data: PreparedData):
         cfg = self.cfg
         lm = load_score_model(cfg.model.pretrained, data.vocab_size, data.pad_id, cfg.train.seed,
                               base_dtype(cfg), quantized_kwargs(cfg.model))  # fmt: skip
@@ -208,7 +199,7 @@ class RewardRecipe(_GroupRecipe):
             lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         return ScoreModel(apply_method(lm, cfg, task_type="SEQ_CLS"))
 
-    def _group_step(self, mb):
+    def group_step(self, mb):
         scores = pool(self.model(mb["input_ids"], mb["attention_mask"]), mb["attention_mask"],
                       self.cfg.reward.pooling)  # fmt: skip
         sizes = mb["group_sizes"].tolist()
@@ -235,7 +226,7 @@ class RewardRecipe(_GroupRecipe):
     def export(self) -> None:
         """A sequence-classification folder (LoRA merged) + tokenizer, and a probe: the scores
         of a few held-out replies, to check the export against the trained model."""
-        out = self._export_dir()
+        out = self.export_dir()
         if self.rank == 0:
             lm = _unwrapped(self.model).lm
             self.model.eval()
@@ -254,13 +245,13 @@ class RewardRecipe(_GroupRecipe):
             dist.barrier()
 
 
-class DpoRecipe(_GroupRecipe):
+class DpoObjective(_GroupObjective):
     """DPO / cDPO: chosen = a group's best reply, rejected = its worst. The reference's
     log-probs (dpo.reference): the LoRA model with its adapter disabled, a frozen copy of the
     starting model on every worker, or cached: computed once per run by a temporary copy (each
     worker its share) and kept in the run's durable folder, where a resumed stage reads them."""
 
-    def _build_model(self, data: PreparedData):
+    def build(self, data: PreparedData):
         cfg = self.cfg
         policy = apply_method(build_model(cfg.model, data.vocab_size, dtype=base_dtype(cfg)), cfg)
         mode = cfg.dpo.reference
@@ -284,8 +275,10 @@ class DpoRecipe(_GroupRecipe):
         model = build_model(self.cfg.model, data.vocab_size, dtype=_dtype(self.cfg))
         return model.to(self.device).eval().requires_grad_(False)
 
-    def setup(self) -> None:
-        super().setup()
+    def export(self) -> None:
+        export_policy(self)  # the policy, as SFT exports it (the reference is not trained)
+
+    def ready(self) -> None:
         if self.ref_mode == "cached":
             self.ref_cache = self._reference_cache().to(self.device)
 
@@ -304,7 +297,7 @@ class DpoRecipe(_GroupRecipe):
             cached = read_reference_cache(text, key, total)
             if cached is not None:
                 return torch.tensor(cached, dtype=torch.float32)
-            self._print(f"warning: {DPO_REFERENCE} is not this reference's on this data (or was "
+            self.say(f"warning: {DPO_REFERENCE} is not this reference's on this data (or was "
                         "changed since it was written); computing it again")  # fmt: skip
         reference = self._starting_model(self.data)
         mine = list(range(self.rank, total, self.world))
@@ -330,7 +323,7 @@ class DpoRecipe(_GroupRecipe):
                 merged[j] = v
         if self.rank == 0:
             self.run_store.write_text(DPO_REFERENCE, write_reference_cache(key, merged))
-            self._print(f"reference log-probs of {total} replies cached: {DPO_REFERENCE}")
+            self.say(f"reference log-probs of {total} replies cached: {DPO_REFERENCE}")
         return torch.tensor(merged, dtype=torch.float32)
 
     def _ref_logps(self, ids, mask, completion, rows) -> torch.Tensor:
@@ -345,7 +338,7 @@ class DpoRecipe(_GroupRecipe):
                 ).logits
         return completion_logprobs(logits, ids, completion)
 
-    def _group_step(self, mb):
+    def group_step(self, mb):
         sizes = mb["group_sizes"].tolist()
         starts = [sum(sizes[:i]) for i in range(len(sizes))]
         pick = torch.tensor([r for s, k in zip(starts, sizes, strict=True) for r in (s, s + k - 1)],
@@ -368,10 +361,10 @@ class DpoRecipe(_GroupRecipe):
         }
 
 
-class PpoRecipe(_GroupRecipe):
+class PpoObjective(_GroupObjective):
     """PPO from a reward model (see orchestrator/rl/ppo.py for the two originals' switches)."""
 
-    def _build_model(self, data: PreparedData):
+    def build(self, data: PreparedData):
         cfg = self.cfg
         p = cfg.ppo
         dtype = _dtype(cfg)
@@ -429,7 +422,7 @@ class PpoRecipe(_GroupRecipe):
         if ref is None:
             raise RuntimeError(f"{key} is not set")
         digest = self.ctx.model_digests.get(key, "")
-        return str(self._fetch_pretrained(ref, digest)) if is_durable(ref) else ref
+        return str(self.fetch_pretrained(ref, digest)) if is_durable(ref) else ref
 
     @torch.no_grad()
     def _scores(self, ids, mask, reply, answers: list[str]) -> torch.Tensor:
@@ -451,23 +444,23 @@ class PpoRecipe(_GroupRecipe):
         return self._local_model_at("ppo.reward_model", ref)
 
     # --------------------------------------------------------------- state in the manifest
-    def _extra_state(self) -> dict[str, Any]:
+    def state(self) -> dict[str, Any]:
         return {"ppo": {"kl_coef": self.kl_ctl.value}}
 
-    def _load_extra_state(self, state: dict[str, Any], path: Path) -> None:
+    def load_state(self, state: dict[str, Any], path: Path) -> None:
         saved = state.get("ppo")
         if not isinstance(saved, dict) or not isinstance(saved.get("kl_coef"), int | float):
             raise RuntimeError(f"{path}: a PPO checkpoint without ppo.kl_coef in its manifest")
         self.kl_ctl = klmod.KlController(float(saved["kl_coef"]), self.kl_ctl.target,
                                          self.kl_ctl.horizon)  # fmt: skip
 
-    def _step_metrics(self) -> dict[str, float]:
+    def metrics(self) -> dict[str, float]:
         return {"rl/kl_coef": self.kl_ctl.value, **self._last}
 
     # --------------------------------------------------------------- one iteration
     def _seed(self, salt: int) -> None:
         torch.manual_seed(
-            (self.cfg.train.seed * 1_000_003 + self.step) * 7919 + self.rank * 31 + salt
+            (self.cfg.train.seed * 1_000_003 + self.step_index) * 7919 + self.rank * 31 + salt
         )
 
     @torch.no_grad()
@@ -565,7 +558,7 @@ class PpoRecipe(_GroupRecipe):
         prompt = (mask.bool() & ~reply.bool()).float()
         return (values * prompt).sum(1) / prompt.sum(1).clamp(min=1.0)
 
-    def _train_step(self, lr: float) -> StepWork:
+    def step(self, lr: float) -> StepWork:
         cfg, p = self.cfg, self.cfg.ppo
         self._seed(0)
         t0 = time.perf_counter()
@@ -573,13 +566,13 @@ class PpoRecipe(_GroupRecipe):
         # base returns activations in the dtype it is given: outside autocast, fp32 ones would
         # reach attention kernels that refuse them).
         with self.strategy.autocast():
-            ids, mask, reply, n_reply = self._generate(self.batches.prompts(self.step))
+            ids, mask, reply, n_reply = self._generate(self.batches.prompts(self.step_index))
         t1 = time.perf_counter()
         with self.strategy.autocast():
             ro = self._score(ids.to(self.device), mask.to(self.device), reply.to(self.device),
-                             self._answers(self.batches.rank_group_ids(self.step)))  # fmt: skip
+                             self._answers(self.batches.rank_group_ids(self.step_index)))  # fmt: skip
         t2 = time.perf_counter()
-        ptx_rows = self.batches.best_replies(self.step) if p.ptx_coef > 0 else []
+        ptx_rows = self.batches.best_replies(self.step_index) if p.ptx_coef > 0 else []
         b = ids.shape[0]
         mini = cfg.train.micro_batch_size
         sums = {k: torch.zeros((), device=self.device) for k in
@@ -681,7 +674,7 @@ class PpoRecipe(_GroupRecipe):
     @torch.no_grad()
     def export(self) -> None:
         """The policy: merged (full, or LoRA with export.merge_lora) or its adapter folder."""
-        out = self._export_dir()
+        out = self.export_dir()
         if self.rank == 0:
             policy = _unwrapped(self.model).policy
             mode = export_mode(self.cfg)

@@ -23,7 +23,7 @@ from orchestrator.compose.load import compose
 from orchestrator.data.dataset import prepare_data
 from orchestrator.storage.layout import RunContext, RunResult, RunStorage, run_store
 from orchestrator.training.bases import PREFIX, definition, local_base
-from orchestrator.training.loop import FinetuneRecipe
+from orchestrator.training.loop import Trainer
 
 
 def build(name: str, out: Path) -> dict:
@@ -40,7 +40,7 @@ def build(name: str, out: Path) -> dict:
         run_id = client.create_run(client.create_experiment("base")).info.run_id
         storage = RunStorage(str(d / "runs"), cfg.job, "build", str(d / "ckpt"), str(d / "scratch"))
         ctx = RunContext(storage, str(d / "data"), uri, run_id, 1, time.time(), 0.0, 0.0, "base")
-        FinetuneRecipe(cfg, ctx).run()
+        Trainer(cfg, ctx).run()
         export = Path(storage.run_url) / "export"
         result = RunResult.from_json(run_store(storage).read_text("result.json") or "{}")
         tmp = out.with_name(f".{out.name}.{os.getpid()}")

@@ -1,4 +1,4 @@
-"""The Ray Train entry point every worker runs: the recipe of the job's objective."""
+"""The Ray Train entry point every worker runs: the trainer, around the job's objective."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ from orchestrator.storage.layout import RunContext
 
 
 def train_fn(loop_config: dict[str, Any]) -> None:
-    """Build the recipe of the job's objective (its spec names it) and run it."""
+    """Build the trainer around the job's objective (its spec names it) and run it."""
     from orchestrator.tracking.runs import set_fail_fast_http
+    from orchestrator.training.loop import Trainer  # torch: on workers only
 
     set_fail_fast_http()
     os.environ.update(loop_config.get("env", {}))  # the driver's S3/MLflow settings (run.py)
     cfg = from_dict(loop_config["config"])
     ctx = RunContext.from_dict(loop_config["context"])
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    objective_spec(cfg.train.objective).recipe_class()(cfg, ctx).run()
+    Trainer(cfg, ctx, objective_spec(cfg.train.objective).recipe_class()).run()

@@ -1,9 +1,11 @@
-"""The worker-side training loop: one recipe class, read from top to bottom.
+"""The worker-side trainer: the parts every run has, assembled around an objective.
 
 Runs inside each Ray Train worker (`training/entry.py` `train_fn`). Ray has already set up the
 process group (gloo on CPU, NCCL on GPU); this file does everything else. A worker may be on a node that shares
 no disk with the launcher: it gets its instructions in the RunContext (through Ray), its data and
-checkpoints from the durable store, and reports there (storage contract: orchestrator/storage).
+checkpoints from the durable store, and reports there (storage contract: orchestrator/contract).
+What is trained, and how one step goes, is the objective's (training/objective.py: SFT in
+training/sft.py, the preference and RL objectives in rl/).
 """
 
 from __future__ import annotations
@@ -43,8 +45,7 @@ from orchestrator.config.errors import FatalError
 from orchestrator.config.schema import JobConfig
 from orchestrator.cost.ledger import read_timeline, redone_steps
 from orchestrator.cost.meter import CostMeter
-from orchestrator.data.batching import collate, resolve_mode
-from orchestrator.data.dataset import StepBatches
+from orchestrator.data.batching import resolve_mode
 from orchestrator.data.prepared import PreparedData
 from orchestrator.data.templates import IGNORE_INDEX
 from orchestrator.plan.summary import pretrain_summary
@@ -69,17 +70,10 @@ from orchestrator.storage.layout import (
 )
 from orchestrator.storage.streams import RecordStream
 from orchestrator.training.cost_control import Control, CostControl
-from orchestrator.training.export import (
-    SAMPLE_MAX_PARAMS,
-    export_hf,
-    export_mode,
-    export_sharded,
-    load_export,
-    sample_generations,
-)
-from orchestrator.training.methods import apply_method, count_trainable
+from orchestrator.training.methods import count_trainable
 from orchestrator.training.metrics_sink import MetricsSink
-from orchestrator.training.model import build_meta_model, build_model, pretrained_state_dict
+from orchestrator.training.model import build_meta_model, pretrained_state_dict
+from orchestrator.training.objective import Objective
 from orchestrator.training.schedule import lr_at, warmup_steps_for
 from orchestrator.training.strategies import build_strategy
 from orchestrator.urls import is_object_store, local_path
@@ -107,29 +101,29 @@ class Preempted(RuntimeError):
     restarts the run (a preemption, not an application error)."""
 
 
-class FinetuneRecipe:
-    """Fine-tune (or train from scratch) a causal LM on any strategy, CPU (gloo) or GPU.
+class Trainer:
+    """Train the job's objective on any strategy, CPU (gloo) or GPU.
 
-    Supports:
+    The parts:
+        - Data: the prepared data from the durable store (fetched once per node from S3).
         - Strategies (`train.strategy`): ddp, fsdp (FSDP2 `fully_shard` per decoder layer, mixed
-          precision, CPU offload), deepspeed (ZeRO 0-3, optimizer/parameter offload).
-        - Methods (`train.method`): full, lora (peft LoRA), adapter (peft LLaMA-Adapter).
-        - Gradient accumulation with an exact token-mean loss over the whole global batch,
-          AdamW, warmup + cosine/linear/constant LR, global grad-norm clipping, activation
-          checkpointing, fp32 or bf16.
+          precision, CPU offload), deepspeed (ZeRO 0-3, optimizer/parameter offload); AdamW,
+          warmup + cosine/linear/constant LR, global grad-norm clipping, fp32 or bf16.
         - Checkpoints with a manifest; `resume: auto` continues from the newest complete one with
           the same data order and MLflow run (DCP checkpoints reshard to a new worker count).
-        - Cost as a metric and a budget cap that saves and stops before a step would cross it.
-        - Eval loss on the held-out split and a Hugging Face export at the end.
-        - Other objectives (reward models, DPO, PPO: orchestrator/rl/recipes.py) override
-          `_train_step`, `evaluate` and `export` and keep everything else.
+        - Cost control (training/cost_control.py): the meter, the budget cap that saves and
+          stops before a step would cross it, the checkpoint interval and spot notices.
+        - The metrics sink (training/metrics_sink.py): MLflow, the tail replayed on resume.
+        - The objective (training/objective.py; its spec names it): batches, model, the step,
+          held-out evaluation, export and its own checkpoint state. The trainer calls nothing
+          of it but that interface.
 
     Raises:
         RuntimeError: `checkpoint.resume: must` without a checkpoint; a checkpoint written by
             another strategy, or by DeepSpeed with another worker count.
     """
 
-    def __init__(self, cfg: JobConfig, ctx: RunContext) -> None:
+    def __init__(self, cfg: JobConfig, ctx: RunContext, objective: type[Objective] | None = None):
         self.cfg = cfg
         self.ctx = ctx
         self.rank = dist.get_rank() if dist.is_initialized() else 0
@@ -152,10 +146,15 @@ class FinetuneRecipe:
         self.storage = ctx.storage
         self.run_store = run_store(ctx.storage)
         self.metrics = MetricsSink(ctx.tracking_uri, ctx.mlflow_run_id, self.storage.node_dir,
-                                   self.run_store, say=self._print)  # fmt: skip
+                                   self.run_store, say=self.say)  # fmt: skip
         # Rank 0 reports the timeline and events to the durable store (the ledger's input).
         self.timeline = RecordStream(self.run_store, TIMELINE, ctx.flush_s)
         self.events = RecordStream(self.run_store, EVENTS, ctx.flush_s)
+        if objective is None:  # the one the job's objective spec names (imported here, lazily)
+            from orchestrator.objectives import spec as objective_spec
+
+            objective = objective_spec(cfg.train.objective).recipe_class()
+        self.objective = objective(self)
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -171,9 +170,7 @@ class FinetuneRecipe:
         )
         if cfg.data.format == "text":  # pretraining: packed rows streamed from the corpus
             self.batching = "streamed text rows"
-            self.batches = self._text_batches(data)
-        else:
-            self.batches = self._step_batches(data)
+        self.batches = self.objective.step_batches(data)
         if cfg.train.max_steps is not None:
             self.total_steps = cfg.train.max_steps
         elif cfg.data.format == "text":
@@ -204,47 +201,13 @@ class FinetuneRecipe:
             raise RuntimeError(f"no prepared data from {self.ctx.data_url} on this node")
         return data
 
-    def _step_batches(self, data: PreparedData) -> StepBatches:
-        cfg = self.cfg
-        return StepBatches(
-            data.train,
-            global_batch_size=cfg.train.global_batch_size,
-            micro_batch_size=cfg.train.micro_batch_size,
-            world_size=self.world,
-            rank=self.rank,
-            seed=cfg.train.seed,
-            pad_id=data.pad_id,
-            mode=self.batching,
-            tokens_per_micro_batch=cfg.train.tokens_per_micro_batch,
-            pack_len=cfg.train.pack_len,
-            group_steps=cfg.train.length_grouped_steps,
-            flatten=cfg.model.attn_implementation == "flash_attention_2",
-        )
-
-    def _text_batches(self, data: PreparedData):
-        from transformers import AutoTokenizer
-
-        from orchestrator.data.text import TextStepBatches, worker_files
-
-        cfg = self.cfg
-        return TextStepBatches(
-            cfg.data,
-            AutoTokenizer.from_pretrained(data.tokenizer_dir),
-            worker_files(cfg.data, data.text_sources),
-            global_batch_size=cfg.train.global_batch_size,
-            micro_batch_size=cfg.train.micro_batch_size,
-            world_size=self.world,
-            rank=self.rank,
-            pad_id=data.pad_id,
-        )
-
     def _setup_model(self, data: PreparedData) -> None:
         cfg = self.cfg
         self.base_ref = cfg.model.pretrained  # as the launcher named it (a durable URL, an id)
         self.base_digest = self.ctx.model_digests.get("model.pretrained", "")
         if cfg.model.pretrained and is_durable(cfg.model.pretrained):
             cfg.model.pretrained = str(
-                self._fetch_pretrained(cfg.model.pretrained, self.base_digest)
+                self.fetch_pretrained(cfg.model.pretrained, self.base_digest)
             )
         self.checkpointer = Checkpointer(
             self.storage.checkpoint_url,
@@ -257,19 +220,16 @@ class FinetuneRecipe:
         # from disk once (rank 0) then broadcast into place; not at all when a checkpoint will
         # overwrite it. DeepSpeed and 8-bit bases load through transformers (ZeRO-3 straight
         # into its partitions).
-        deferred = self._deferred_load()
+        deferred = self.objective.loads_base_deferred()
         if deferred:
             with torch.device("meta"):
-                model = self._wrap(build_meta_model(cfg.model, data.vocab_size))
+                model = self.objective.wrap(build_meta_model(cfg.model, data.vocab_size))
         else:
-            model = self._wrap(self._build_model(data))
+            model = self.objective.build(data)
         self.n_trainable, self.n_params = count_trainable(model)  # before wrapping: global counts
         self.flops_per_token, self.peak_flops = self._flops_model(data)
         self.strategy = build_strategy(model, cfg)
         self.model = self.strategy.model
-        # The ZeRO-3 loading hook has done its job: later model builds (the export's samples,
-        # on rank 0 alone) must not think they are collective.
-        self._hf_ds_config = None
         resuming = cfg.checkpoint.resume != "never" and bool(self._complete_steps())
         # A LoRA/adapter checkpoint holds only what was trained: the base is loaded first.
         holds_all = not getattr(self.strategy, "trainable_only", False)
@@ -292,7 +252,7 @@ class FinetuneRecipe:
             self.interval,
             notice=self.watcher.notice,
             save_blocked_s=lambda: self.checkpointer.stats.blocked_s,
-            say=self._print,
+            say=self.say,
             started_at=self._t_created,
             checkpoint_s=self.checkpoint_s,
             preemptions=self.preemptions,
@@ -306,22 +266,14 @@ class FinetuneRecipe:
             self._start_system_metrics()
             self._record("setup", self._t_created, time.time())
             self.metrics.open(resumed_step=self.step)
-            self._print(
+            self.say(
                 f"{cfg.train.strategy} / {cfg.train.method}: {self.n_trainable:,} of "
                 f"{self.n_params:,} parameters trainable, {self.world} workers, "
                 f"{self.batching} batching"
             )
+        self.objective.ready()
 
-    def _deferred_load(self) -> bool:
-        """Build on the meta device and fill by broadcast from rank 0 (FSDP/DDP bases)."""
-        cfg = self.cfg
-        return (
-            cfg.model.pretrained is not None
-            and cfg.train.strategy in ("fsdp", "ddp")
-            and not cfg.model.load_8bit
-        )
-
-    def _fetch_pretrained(self, url: str, digest: str = "") -> Path:
+    def fetch_pretrained(self, url: str, digest: str = "") -> Path:
         """A pretrained folder of the durable store on this node: from S3 downloaded once per
         node into its scratch; verified against its model manifest and the digest the
         launcher recorded by each node's leader (the other ranks wait, then use it)."""
@@ -331,36 +283,6 @@ class FinetuneRecipe:
         leader, _ = node_leader()
         on_leaders(lambda: fetch(url, cache, digest or None), leader, what=f"loading {url}")
         return fetch(url, cache, digest or None, verify=False)
-
-    def _wrap(self, model):
-        """Activation checkpointing and the training method (LoRA, adapter), before sharding."""
-        if self.cfg.train.activation_checkpointing:
-            model.activation_checkpointing_enable(
-                activation_checkpointing_kwargs={"use_reentrant": False}
-            )
-        return apply_method(model, self.cfg)
-
-    def _build_model(self, data: PreparedData):
-        cfg = self.cfg
-        if cfg.model.load_8bit:  # int8 base on this worker's device, in the training dtype
-            return build_model(cfg.model, data.vocab_size, dtype=train_dtype(cfg.train.precision))
-        dtype = base_dtype(cfg)
-        if (
-            cfg.model.pretrained
-            and cfg.train.strategy == "deepspeed"
-            and cfg.deepspeed.zero_stage == 3
-        ):
-            # ZeRO-3: with this config alive, from_pretrained loads straight into partitions
-            # (deepspeed.zero.Init): no rank ever holds the whole model.
-            import deepspeed
-            from transformers.integrations import HfDeepSpeedConfig
-
-            from orchestrator.training.strategies import deepspeed_config
-
-            # DeepSpeed's own view of the world first (its config checks the batch against it).
-            deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
-            self._hf_ds_config = HfDeepSpeedConfig(deepspeed_config(cfg, self.world))
-        return build_model(cfg.model, data.vocab_size, dtype=dtype)
 
     def _complete_steps(self) -> list[int]:
         steps = [self.checkpointer.store.complete_steps() if self.rank == 0 else None]
@@ -373,8 +295,8 @@ class FinetuneRecipe:
         part by broadcast."""
         state = None
         if self.rank == 0:
-            state = pretrained_state_dict(self.cfg.model, data.vocab_size, self._wrap)
-            self._print(f"loaded {self.cfg.model.pretrained} on rank 0; broadcasting")
+            state = pretrained_state_dict(self.cfg.model, data.vocab_size, self.objective.wrap)
+            self.say(f"loaded {self.cfg.model.pretrained} on rank 0; broadcasting")
         self.strategy.load_full_state_dict(state)
         del state
 
@@ -409,7 +331,7 @@ class FinetuneRecipe:
 
             self.system_metrics = SystemSampler(self.storage.node_dir())
         except Exception as e:  # noqa: BLE001 - monitoring is optional, training is not
-            self._print(f"warning: no system metrics: {e}")
+            self.say(f"warning: no system metrics: {e}")
 
     def _resume(self) -> bool:
         """Load the newest complete checkpoint; True when one was loaded."""
@@ -434,13 +356,13 @@ class FinetuneRecipe:
             if "data_stream" not in state:
                 raise RuntimeError(f"{path}: no data_stream position in its manifest")
             self.batches.load_state_dict(state["data_stream"])
-        self._load_extra_state(state, path)
+        self.objective.load_state(state, path)
         if state.get(CONFIG_HASH_KEY) != self.ctx.config_hash:
-            self._print(
+            self.say(
                 f"warning: the config changed since {path.name}; the new config wins "
                 "(weights, optimizer and data position come from the checkpoint)"
             )
-        self._print(f"resumed from {self.checkpointer.store.url}/{path.name} at step {self.step}")
+        self.say(f"resumed from {self.checkpointer.store.url}/{path.name} at step {self.step}")
         self._report_fetch(state)
         return True
 
@@ -460,7 +382,7 @@ class FinetuneRecipe:
             return
         total = sum(f["bytes"] for f in state.get(FILES_KEY, {}).values())
         most = max(r["fetched_bytes"] for r in ranks)
-        self._print(
+        self.say(
             f"resume: checkpoint of {total / 1e6:.1f} MB; the most one rank fetched "
             f"{most / 1e6:.1f} MB, verified {max(r['verified_bytes'] for r in ranks) / 1e6:.1f} MB"
         )
@@ -468,13 +390,6 @@ class FinetuneRecipe:
             "attempt": self.ctx.attempt, "step": self.step, "checkpoint_bytes": total,
             "ranks": ranks,
         })])  # fmt: skip
-
-    def _extra_state(self) -> dict[str, Any]:
-        """An objective's own state for the checkpoint manifest (PPO: the KL controller)."""
-        return {}
-
-    def _load_extra_state(self, state: dict[str, Any], path: Path) -> None:
-        """Restore what `_extra_state` saved."""
 
     def _read_checkpoint_checked(self, path: Path, state: dict[str, Any]) -> None:
         """Refuse a checkpoint this strategy/worker count cannot read, then read it. `path` holds
@@ -499,7 +414,7 @@ class FinetuneRecipe:
         t_log = time.perf_counter()
         step_times: list[float] = []
         if self.step >= self.total_steps:
-            self._print(f"nothing to do: already at step {self.step} of {self.total_steps}")
+            self.say(f"nothing to do: already at step {self.step} of {self.total_steps}")
         control = self._control(step_times)  # a resumed run may have spent its budget already
         while self.step < self.total_steps:
             if control.budget_stop:
@@ -514,7 +429,7 @@ class FinetuneRecipe:
                 schedule=cfg.optim.schedule,
                 min_lr_ratio=cfg.optim.min_lr_ratio,
             )
-            work = self._train_step(lr)
+            work = self.objective.step(lr)
             check_finite("gradient norm", work.grad_norm, self.step + 1, cfg.train.precision)
             loss_acc += work.loss_sum
             for k, v in work.sums.items():
@@ -545,7 +460,10 @@ class FinetuneRecipe:
                     tokens_since_log / max(elapsed, 1e-9),
                     step_times,
                     padding_efficiency=tokens_since_log / max(1, padded_since_log),
-                    extra={**dict(zip(names, per_unit[1:], strict=True)), **self._step_metrics()},
+                    extra={
+                        **dict(zip(names, per_unit[1:], strict=True)),
+                        **self.objective.metrics(),
+                    },
                 )
                 loss_acc.zero_()
                 sums.clear()
@@ -568,7 +486,7 @@ class FinetuneRecipe:
                     )
                 # It would be cut off mid-write: the interval checkpoint is the resume point.
                 self.checkpointer.wait()
-                self._print(
+                self.say(
                     f"spot notice: a save takes longer than the {window:.0f} s notice window; "
                     f"no emergency save, the run resumes from step {self.last_save_step}"
                 )
@@ -584,32 +502,12 @@ class FinetuneRecipe:
             self.save_checkpoint()  # stop cleanly; eval and export would spend past the cap
         else:
             t = time.time()
-            self.eval_loss = self.evaluate()
+            self.eval_loss = self.objective.evaluate()
+            self.eval_metrics = dict(self.objective.eval_metrics)
             if cfg.export.enabled:
-                self.export()
+                self.objective.export()
             self._record("eval", t, time.time())
         self._finish(step_times)
-
-    def _train_step(self, lr: float) -> StepWork:
-        """One optimizer step of next-token loss over the step's global batch. Objectives with
-        other steps (rl/recipes.py) override this and keep everything else of the loop."""
-        micro_batches, n_targets = self.batches.step(self.step)
-        self.model.train()
-        loss = forward_backward(
-            self.model, self.strategy, micro_batches, n_targets, self.world, self.device
-        )
-        grad_norm = self.strategy.step(lr, self.cfg.optim.grad_clip)
-        return StepWork(
-            loss_sum=loss,
-            units=self.batches.step_targets(self.step),
-            tokens=sum(len(e.input_ids) for e in self.batches.global_examples(self.step)),
-            padded=self.batches.padded_tokens(self.step),
-            grad_norm=grad_norm,
-        )
-
-    def _step_metrics(self) -> dict[str, float]:
-        """Metrics an objective logs as they are (not averaged), e.g. PPO's kl_coef."""
-        return {}
 
     def _control(self, step_times: list[float]) -> Control:
         """What every rank does next (training/cost_control.py), agreed in the step's one
@@ -701,7 +599,8 @@ class FinetuneRecipe:
         )
         self.events.append(EventRecord(self.ctx.attempt, self.step, loss, usd, time.time()))
 
-    def _print(self, msg: str) -> None:
+    def say(self, msg: str) -> None:
+        """Print on rank 0."""
         if self.rank == 0:
             _say(msg)
 
@@ -729,7 +628,7 @@ class FinetuneRecipe:
         }
         if hasattr(self.batches, "state_dict"):  # text stream: where step self.step starts
             state["data_stream"] = self.batches.state_dict()
-        state.update(self._extra_state())
+        state.update(self.objective.state())
         t = time.time()
         seconds = self.checkpointer.save(self.step, self._write_checkpoint, state)
         self.checkpoint_s.append(seconds)
@@ -741,12 +640,12 @@ class FinetuneRecipe:
         how = "emergency checkpoint (spot notice)" if emergency else "checkpoint"
         where = f"{self.checkpointer.store.url}/step_{self.step:08d}"
         if self.cfg.checkpoint.async_save and not emergency:
-            self._print(
+            self.say(
                 f"{how} step {self.step}: training blocked {seconds:.2f} s; writing and "
                 f"uploading in the background to {where}"
             )
         else:
-            self._print(f"{how} saved: {where} ({seconds:.2f} s)")
+            self.say(f"{how} saved: {where} ({seconds:.2f} s)")
 
     def _write_checkpoint(self, target, group):
         """The strategy's shards, plus (rank 0) the metrics MLflow does not have yet: committed
@@ -757,71 +656,11 @@ class FinetuneRecipe:
             target.write_bytes(METRICS_TAIL, tail)
         return future
 
-    @torch.no_grad()
-    def evaluate(self) -> float | None:
-        """Token-mean loss on the held-out split. Every rank runs the same number of forwards
-        (sharded forwards are collective); ranks past the end run a dummy batch with weight 0."""
-        examples = self.data.eval
-        if not examples:
-            return None
-        self.model.eval()
-        micro = self.cfg.train.micro_batch_size
-        n_batches = math.ceil(len(examples) / (micro * self.world))
-        totals = torch.zeros(2, device=self.device)
-        for b in range(n_batches):
-            start = (b * self.world + self.rank) * micro
-            chunk = examples[start : start + micro]
-            weight = 1.0 if chunk else 0.0
-            mb = to_device(collate(chunk or examples[:1], self.data.pad_id), self.device)
-            with self.strategy.autocast():
-                totals[0] += weight * loss_sum(self.model, mb).float()
-            totals[1] += weight * (mb["labels"][:, 1:] != IGNORE_INDEX).sum()
-        dist.all_reduce(totals)
-        return (totals[0] / totals[1]).item()
-
-    @torch.no_grad()
-    def export(self) -> None:
-        """A Hugging Face folder of the trained model (collective gather, rank 0 writes), plus
-        the logits of a probe batch so the export can be checked against the trained model."""
-        probe = collate((self.data.eval or self.data.train)[:2], self.data.pad_id)
-        self.model.eval()
-        on_device = to_device(probe, self.device)
-        with self.strategy.autocast():
-            logits = self.model(
-                input_ids=on_device["input_ids"], attention_mask=on_device["attention_mask"]
-            ).logits.cpu()
-        # A folder store is written in place; for S3 the export is staged on this node.
-        in_place = isinstance(self.run_store, FolderStore)
-        out = (
-            self.run_store.local_path(EXPORT) if in_place else self.storage.node_dir(EXPORT_STAGING)
-        )
-        tokenizer_dir = Path(self.data.tokenizer_dir)
-        hashed: dict[str, dict[str, Any]] = {}
-        if self.cfg.model.mup_base_width is not None:  # muP folds multipliers into the weights
-            state = self.strategy.full_state_dict()
-            if self.rank == 0:
-                export_hf(state, self.cfg, self.data.vocab_size, tokenizer_dir, out,
-                          base_ref=self.base_ref)  # fmt: skip
-        else:
-            names = None
-            if export_mode(self.cfg) == "adapter":  # gather only what was trained
-                names = {n for n, p in _unwrapped(self.model).named_parameters() if p.requires_grad}
-            hashed = export_sharded(
-                self.strategy.iter_full_tensors(names), _unwrapped(self.model), self.cfg,
-                tokenizer_dir, out, self.rank, base_ref=self.base_ref,
-            )  # fmt: skip
-        if self.rank == 0:
-            torch.save({**probe, "logits": logits.float()}, out / "probe.pt")
-            if self.n_params <= SAMPLE_MAX_PARAMS:
-                samples = sample_generations(load_export(out), tokenizer_dir, self.cfg)
-            else:
-                samples = {"skipped": f"{self.n_params:,} parameters: load {EXPORT}/ on a GPU "
-                           "to sample from it"}  # fmt: skip
-            (out / "samples.json").write_text(json.dumps(samples, indent=1))
-            kind = "model" if export_mode(self.cfg) == "model" else "adapter"
-            self.publish_export(out, kind, hashed)
-        if dist.is_initialized():
-            dist.barrier()
+    def export_dir(self) -> Path:
+        """Where rank 0 writes the export: in place in a folder store, else node scratch."""
+        if isinstance(self.run_store, FolderStore):
+            return self.run_store.local_path(EXPORT)
+        return self.storage.node_dir(EXPORT_STAGING)
 
     def publish_export(
         self, out: Path, kind: str, hashed: dict[str, dict[str, Any]] | None = None
@@ -835,7 +674,7 @@ class FinetuneRecipe:
         )
         if not isinstance(self.run_store, FolderStore):
             self.run_store.upload_dir(out, EXPORT)
-        self._print(
+        self.say(
             f"exported ({kind}, {model_digest(manifest)[:19]}...): {self.run_store.url}/{EXPORT}"
         )
 

@@ -20,7 +20,8 @@ SCRIPT = textwrap.dedent(
     from orchestrator.data.batching import collate
     from orchestrator.data.dataset import StepBatches
     from orchestrator.data.templates import Example
-    from orchestrator.training.loop import FinetuneRecipe, forward_backward, loss_sum, to_device
+    from orchestrator.training.loop import forward_backward, loss_sum, to_device
+    from orchestrator.training.sft import SftObjective
 
     dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=2)
     meta = torch.device("meta")
@@ -46,13 +47,14 @@ SCRIPT = textwrap.dedent(
     assert total.device == meta, total.device
     assert all(p.grad is not None and p.grad.device == meta for p in model.parameters())
 
-    # eval: the recipe's own method, on the meta model
-    r = FinetuneRecipe.__new__(FinetuneRecipe)
-    r.model, r.strategy, r.device, r.world, r.rank = model, OnDevice(), meta, 2, 0
+    # eval: the SFT objective's own method, on the meta model, through the trainer's view
+    import types
     class Data: eval, pad_id = examples[:5], 0
     class Train: micro_batch_size = 2
     class Cfg: train = Train()
-    r.data, r.cfg = Data(), Cfg()
+    trainer = types.SimpleNamespace(model=model, strategy=OnDevice(), device=meta, world=2,
+                                    rank=0, data=Data(), cfg=Cfg())
+    r = SftObjective(trainer)
     try:
         r.evaluate()
     except RuntimeError as e:  # .item() of the meta total: everything before it ran on meta

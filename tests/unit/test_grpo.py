@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import types
 
 import pytest
 import torch
@@ -147,7 +148,7 @@ def test_the_engine_takes_the_weights_after_every_update(iterations):
     from orchestrator.compose.load import compose
     from orchestrator.data.templates import Example
     from orchestrator.rl.batches import GroupBatches
-    from orchestrator.rl.grpo import GrpoRecipe
+    from orchestrator.rl.grpo import GrpoObjective
     from orchestrator.rl.rewards import reward_fn
     from orchestrator.training.model import build_model
     from orchestrator.training.strategies import build_strategy
@@ -158,22 +159,22 @@ def test_the_engine_takes_the_weights_after_every_update(iterations):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0,
                             world_size=1)  # fmt: skip
     try:
-        rec = GrpoRecipe.__new__(GrpoRecipe)
-        rec.cfg, rec.world, rec.rank, rec.step = cfg, 1, 0, 0
-        rec.device = torch.device("cpu")
+        # The trainer's parts an objective reads (training/objective.py), without a trainer.
+        t = types.SimpleNamespace(cfg=cfg, world=1, rank=0, step=0, device=torch.device("cpu"))
+        rec = GrpoObjective(t)
         policy = build_model(cfg.model, vocab)
         rec.reference = build_model(cfg.model, vocab).eval().requires_grad_(False)
-        rec.strategy = build_strategy(policy, cfg)
-        rec.model = rec.strategy.model
+        t.strategy = build_strategy(policy, cfg)
+        t.model = t.strategy.model
         examples = [Example([1, 2, 3, 4], [-100, -100, 3, 4]) for _ in range(8)]
 
         class Data:
             pad_id = 0
             answers = [json.dumps({"target": 1, "numbers": [1]})] * 8
 
-        rec.data = Data()
-        rec.batches = GroupBatches(examples, torch.arange(8).numpy(), groups_per_step=4,
-                                   micro_groups=1, world_size=1, rank=0, seed=0, pad_id=0)  # fmt: skip
+        t.data = Data()
+        t.batches = GroupBatches(examples, torch.arange(8).numpy(), groups_per_step=4,
+                                 micro_groups=1, world_size=1, rank=0, seed=0, pad_id=0)  # fmt: skip
         rec.reward_model, rec.eos_id = None, 2
         rec.verify = reward_fn("countdown")
         rec.tok = type("Tok", (), {"batch_decode": staticmethod(
@@ -181,8 +182,8 @@ def test_the_engine_takes_the_weights_after_every_update(iterations):
                                                for r in rows])})()  # fmt: skip
         rec.engine = RecordingEngine(policy, vocab, 2)
         for step in range(2):
-            rec.step = step
-            work = rec._train_step(1e-2)
+            t.step = step
+            work = rec.step(1e-2)
             assert work.units == 4 * cfg.grpo.group_size
         kinds = [k for k, _ in rec.engine.calls]
         assert kinds == (["generate"] + ["sync"] * iterations) * 2

@@ -15,13 +15,20 @@ from orchestrator.objectives import DATA_KINDS, OBJECTIVES, input_keys, spec
 
 def test_every_objective_is_complete():
     from orchestrator.config.schema import JobConfig
+    from orchestrator.training.loop import Trainer
+    from orchestrator.training.objective import Objective
 
     sections = {f.name for f in dataclasses.fields(JobConfig)}
     for name, s in OBJECTIVES.items():
         assert s.name == name and set(s.data_kinds) <= set(DATA_KINDS)
         assert s.work is not None or s.data_kinds == ("sft",), f"{name} has no cost model"
         assert s.section is None or s.section in sections, f"{name}: no `{s.section}:` section"
-        assert callable(s.recipe_class().run)  # its recipe imports
+        # its recipe imports, and is an objective behind the trainer's interface: it
+        # implements what the trainer calls and is no trainer itself
+        cls = s.recipe_class()
+        assert issubclass(cls, Objective) and not issubclass(cls, Trainer), name
+        for method in ("step_batches", "build", "step", "evaluate", "export"):
+            assert getattr(cls, method) is not getattr(Objective, method), (name, method)
         for key in s.input_keys:
             assert key.split(".")[0] == s.section
 
