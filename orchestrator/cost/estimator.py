@@ -401,26 +401,11 @@ def project(
     mfu = model_f / (step_s * peak_all) if step_s else 0.0
     hfu = exec_f / (step_s * peak_all) if step_s else 0.0
 
-    # The final eval: a forward pass (~1/3 of a training pass) over the held-out examples.
-    if dist is not None:
-        eval_examples = dist.num_examples * cfg.data.eval_fraction
-        eval_h = eval_examples / cfg.train.global_batch_size * step_s / 3.0 / 3600.0
-    else:
-        eval_h = cfg.data.eval_sequences / cfg.train.global_batch_size * step_s / 3.0 / 3600.0
+    eval_h = _eval_hours(cfg, dist, step_s)
     save = save_times(cfg, shape.n_params, shape.n_trainable, saves, shape.n_tensors, shape.n_held)
     rate = o.spot_preemptions_per_node_hour * max(1, hw.num_nodes)
     spot = hw.market == "spot"
-    ck = cfg.checkpoint
-    if ck.interval == "minutes" and ck.every_minutes:
-        n_saves = max(1, math.floor(compute_h * 60.0 / ck.every_minutes))
-    elif ck.interval == "auto":  # what the run chooses once it has measured a save
-        from orchestrator.checkpoint.policy import young_daly_interval_s
-
-        mtbf_h = min(ck.mtbf_hours, 1.0 / rate) if spot and rate else ck.mtbf_hours
-        every_s = young_daly_interval_s(max(save.blocked_s, 1e-3), mtbf_h * 3600.0)
-        n_saves = max(1, math.floor(compute_h * 3600.0 / every_s))
-    else:
-        n_saves = max(1, steps // ck.every_steps)
+    n_saves = _n_saves(cfg, steps, compute_h, save.blocked_s, rate if spot else 0.0)
     overhead = {
         "startup": (price.startup_s if price.startup_s is not None else o.startup_s) / 3600.0,
         "teardown": (price.teardown_s if price.teardown_s is not None else o.teardown_s) / 3600.0,
@@ -449,24 +434,8 @@ def project(
     )
     od = price.on_demand_per_hour_usd * nodes
     sp = price.spot_per_hour_usd * nodes if price.spot_per_hour_usd is not None else None
-    worker_rate = sp if spot and sp is not None else od
-    # Beyond the workers' hours: the head for the whole run (waits included), idle workers until
-    # the autoscaler removes them, the kept checkpoints and export in the store, the volumes.
     wait_h = o.spot_capacity_wait_s / 3600.0 if spot else 0.0
-    extra: dict[str, float] = {}
-    if hw.head_instance_type is not None:
-        head = cm.instances[hw.head_instance_type]
-        extra["head_node"] = (hours + wait_h) * head.on_demand_per_hour_usd
-    extra["idle_until_scale_down"] = hw.scale_down_s / 3600.0 * worker_rate
-    from orchestrator.cost.memory import checkpoint_bytes
-
-    kept = ck.keep_last * checkpoint_bytes(
-        cfg, shape.n_params, shape.n_trainable, shape.n_tensors, shape.n_held
-    )
-    kept += 2.0 * shape.n_params  # the bf16 export
-    per_gb, volume_per_gb = storage_prices(cfg)
-    extra["storage"] = kept / 1e9 * per_gb * cfg.storage.retention_days / 30.0
-    extra["volumes"] = nodes * price.ebs_gb * volume_per_gb * hours / 730.0
+    extra = _extra_usd(cfg, shape, nodes, hours, wait_h, sp if spot and sp is not None else od)
     usd_extra = sum(extra.values())
 
     k = dev.kernel
@@ -525,6 +494,55 @@ def project(
         replay=replay,
         assumptions=assumptions,
     )
+
+
+def _eval_hours(cfg: JobConfig, dist: Lengths | None, step_s: float) -> float:
+    """The final eval: a forward pass (~1/3 of a training pass) over the held-out examples."""
+    if dist is not None:
+        held = dist.num_examples * cfg.data.eval_fraction
+    else:
+        held = cfg.data.eval_sequences
+    return held / cfg.train.global_batch_size * step_s / 3.0 / 3600.0
+
+
+def _n_saves(cfg: JobConfig, steps: int, compute_h: float, blocked_s: float, rate: float) -> int:
+    """Checkpoints over the run by its interval policy (`rate`: spot preemptions per hour, 0 on
+    demand)."""
+    ck = cfg.checkpoint
+    if ck.interval == "minutes" and ck.every_minutes:
+        return max(1, math.floor(compute_h * 60.0 / ck.every_minutes))
+    if ck.interval == "auto":  # what the run chooses once it has measured a save
+        from orchestrator.checkpoint.policy import young_daly_interval_s
+
+        mtbf_h = min(ck.mtbf_hours, 1.0 / rate) if rate else ck.mtbf_hours
+        every_s = young_daly_interval_s(max(blocked_s, 1e-3), mtbf_h * 3600.0)
+        return max(1, math.floor(compute_h * 3600.0 / every_s))
+    return max(1, steps // ck.every_steps)
+
+
+def _extra_usd(
+    cfg: JobConfig, shape: ModelShape, nodes: int, hours: float, wait_h: float, worker_rate: float
+) -> dict[str, float]:
+    """Beyond the workers' hours: the head for the whole run (waits included), idle workers
+    until the autoscaler removes them, the kept checkpoints and export in the store, the
+    nodes' volumes."""
+    from orchestrator.cost.memory import checkpoint_bytes
+
+    hw, cm = cfg.hardware, cfg.cost
+    extra: dict[str, float] = {}
+    if hw.head_instance_type is not None:
+        head = cm.instances[hw.head_instance_type]
+        extra["head_node"] = (hours + wait_h) * head.on_demand_per_hour_usd
+    extra["idle_until_scale_down"] = hw.scale_down_s / 3600.0 * worker_rate
+    kept = cfg.checkpoint.keep_last * checkpoint_bytes(
+        cfg, shape.n_params, shape.n_trainable, shape.n_tensors, shape.n_held
+    )
+    kept += 2.0 * shape.n_params  # the bf16 export
+    per_gb, volume_per_gb = storage_prices(cfg)
+    extra["storage"] = kept / 1e9 * per_gb * cfg.storage.retention_days / 30.0
+    volume_gb = cm.instances[hw.instance_type].ebs_gb
+    extra["volumes"] = nodes * volume_gb * volume_per_gb * hours / 730.0
+    return extra
 
 
 def replay_check(cfg: JobConfig, hours: float, hfu: float) -> dict:

@@ -43,6 +43,7 @@ from orchestrator.rl.models import (
     pool,
     token_logprobs,
 )
+from orchestrator.rl.rollout import HfEngine, Sampling
 from orchestrator.storage.layout import DPO_REFERENCE, EXPORT
 from orchestrator.training.export import (
     SAMPLE_MAX_PARAMS,
@@ -365,9 +366,9 @@ class PpoObjective(_GroupObjective):
     """PPO from a reward model (see orchestrator/rl/ppo.py for the two originals' switches)."""
 
     def build(self, data: PreparedData):
-        cfg = self.cfg
-        p = cfg.ppo
-        dtype = _dtype(cfg)
+        """The policy (method applied) with its value head or critic; besides, the frozen
+        reference, the reward (a model or a verifier), the KL controller and the tokenizer."""
+        cfg, p = self.cfg, self.cfg.ppo
         learned = p.reward == "reward_model"
         if not learned and data.answers is None:
             raise RuntimeError(
@@ -376,39 +377,14 @@ class PpoObjective(_GroupObjective):
             )
         rm_path = self._local_model(p.reward_model) if learned else None
         policy = build_model(cfg.model, data.vocab_size, dtype=base_dtype(cfg))
-        self.reference = None
-        if cfg.train.method != "lora":  # the starting policy, frozen (ColossalChat), read in
-            # the training dtype (no fp32 copy of the policy); LoRA: the adapter disabled
-            self.reference = build_model(cfg.model, data.vocab_size, dtype=dtype)
-            self.reference.to(self.device).eval().requires_grad_(False)
+        self.reference = self._reference(data)
         policy = apply_method(policy, cfg)
         if cfg.train.activation_checkpointing:
             policy.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False}
             )
-        critic = None
-        if p.value_model == "critic":  # from the reward model (ColossalChat), else from the
-            # starting policy with a new head (TinyZero's veRL critic); trained in full
-            start = rm_path or self._local_model_at("model.pretrained", cfg.model.pretrained)
-            critic = ScoreModel(load_score_model(start, data.vocab_size, data.pad_id,
-                                                 cfg.train.seed, base_dtype(cfg)))  # fmt: skip
-        self.reward_model = None
-        self.verify = None
-        if learned:
-            # The reward model is frozen: in 8-bit when the job's bases are (as StackLLaMA's
-            # PPO loaded it), else in the training dtype.
-            quantized = quantized_kwargs(cfg.model)
-            self.reward_model = ScoreModel(
-                load_score_model(rm_path, data.vocab_size, data.pad_id, cfg.train.seed, dtype,
-                                 quantized)
-            )  # fmt: skip
-            if not quantized:  # an 8-bit model is placed on its device as it loads
-                self.reward_model.to(self.device)
-            self.reward_model.eval().requires_grad_(False)
-        else:
-            from orchestrator.rl.rewards import reward_fn
-
-            self.verify = reward_fn(p.reward, p.format_score)
+        critic = self._critic(data, rm_path)
+        self.reward_model, self.verify = self._rewarder(data, rm_path)
         self.kl_ctl = (klmod.adaptive(p.kl_coef, p.kl_target, p.kl_horizon) if p.kl == "adaptive"
                        else klmod.fixed(p.kl_coef))  # fmt: skip
         self._last: dict[str, float] = {}
@@ -417,6 +393,45 @@ class PpoObjective(_GroupObjective):
         self.tok = AutoTokenizer.from_pretrained(data.tokenizer_dir)
         self.eos_id = self.tok.eos_token_id
         return PolicyValue(policy, critic, cfg.train.seed)
+
+    def ready(self) -> None:
+        """The rollout engine on the trained policy (as the strategy wrapped it)."""
+        self.engine = HfEngine(_unwrapped(self.model).policy, self.device)
+
+    def _reference(self, data: PreparedData):
+        """The starting policy, frozen (ColossalChat), read in the training dtype (no fp32 copy
+        of the policy); None with LoRA: the policy with its adapter disabled is the reference."""
+        if self.cfg.train.method == "lora":
+            return None
+        ref = build_model(self.cfg.model, data.vocab_size, dtype=_dtype(self.cfg))
+        return ref.to(self.device).eval().requires_grad_(False)
+
+    def _critic(self, data: PreparedData, rm_path: str | None):
+        """`ppo.value_model: critic`: from the reward model (ColossalChat), else from the
+        starting policy with a new head (TinyZero's veRL critic); trained in full. None: a
+        value head on the policy."""
+        cfg = self.cfg
+        if cfg.ppo.value_model != "critic":
+            return None
+        start = rm_path or self._local_model_at("model.pretrained", cfg.model.pretrained)
+        return ScoreModel(load_score_model(start, data.vocab_size, data.pad_id, cfg.train.seed,
+                                           base_dtype(cfg)))  # fmt: skip
+
+    def _rewarder(self, data: PreparedData, rm_path: str | None):
+        """(the frozen reward model, None) or (None, the verifier of `ppo.reward`)."""
+        cfg = self.cfg
+        if rm_path is None:
+            from orchestrator.rl.rewards import reward_fn
+
+            return None, reward_fn(cfg.ppo.reward, cfg.ppo.format_score)
+        # In 8-bit when the job's bases are (as StackLLaMA's PPO loaded it), else in the
+        # training dtype.
+        quantized = quantized_kwargs(cfg.model)
+        rm = ScoreModel(load_score_model(rm_path, data.vocab_size, data.pad_id, cfg.train.seed,
+                                         _dtype(cfg), quantized))  # fmt: skip
+        if not quantized:  # an 8-bit model is placed on its device as it loads
+            rm.to(self.device)
+        return rm.eval().requires_grad_(False), None
 
     def _local_model_at(self, key: str, ref: str | None) -> str:
         if ref is None:
@@ -467,34 +482,22 @@ class PpoObjective(_GroupObjective):
     def _generate(
         self, prompts: list[list[int]]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-        """Sampled replies, right-padded with the prompts: (ids [B, T], attention mask,
-        reply mask, reply tokens)."""
+        """Sampled replies (the rollout engine: transformers `generate` with the KV cache, as
+        GRPO's), right-padded with the prompts: (ids [B, T], attention mask, reply mask, reply
+        tokens)."""
         p = self.cfg.ppo
         pad = self.data.pad_id
         prompts = [q[-p.max_prompt_tokens :] for q in prompts]
-        width = max(len(q) for q in prompts)
-        left = torch.full((len(prompts), width), pad, dtype=torch.long)
-        att = torch.zeros_like(left)
-        for i, q in enumerate(prompts):
-            left[i, width - len(q) :] = torch.tensor(q)
-            att[i, width - len(q) :] = 1
         n_new = p.max_new_tokens
         if p.min_new_tokens is not None:  # StackLLaMA's LengthSampler, one draw per iteration
             n_new = int(torch.randint(p.min_new_tokens, p.max_new_tokens + 1, (1,)))
-        policy = _unwrapped(self.model).policy
-        policy.eval()
-        out = policy.generate(
-            input_ids=left.to(self.device), attention_mask=att.to(self.device),
-            max_new_tokens=n_new, min_new_tokens=0 if p.stop_at_eos else n_new,
-            do_sample=True, top_k=p.top_k, top_p=p.top_p, temperature=p.temperature,
-            pad_token_id=pad, eos_token_id=self.eos_id if p.stop_at_eos else None,
-        )  # fmt: skip
-        replies = out[:, width:].cpu()
+        sampling = Sampling(n=1, max_new_tokens=n_new, temperature=p.temperature, top_p=p.top_p,
+                            top_k=p.top_k, eos_id=self.eos_id if p.stop_at_eos else None,
+                            pad_id=pad)  # fmt: skip
+        completions = self.engine.generate(prompts, sampling)
+        _unwrapped(self.model).policy.eval()  # (scoring and the old log-probs run in eval mode)
         rows, spans = [], []
-        for i, q in enumerate(prompts):
-            r = replies[i].tolist()
-            if p.stop_at_eos and self.eos_id in r:
-                r = r[: r.index(self.eos_id) + 1]
+        for q, r in zip(prompts, completions, strict=True):
             rows.append(q + r)
             spans.append((len(q), len(r)))
         t = max(len(r) for r in rows)
