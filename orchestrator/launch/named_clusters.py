@@ -1,6 +1,7 @@
 """Named clusters from infra/: bring them up and down, and submit launches to them.
 
     make cluster-up cluster=aws-spot       # `ray up infra/aws-spot.yaml`
+    make cluster-up cluster=kuberay        # kubectl apply infra/kuberay/raycluster.yaml
     make cluster-up cluster=local-fake     # Ray's fake multi-node provider on this machine
     make launch job=vicuna cluster=local-fake
     make logs id=<submission id> cluster=local-fake / make stop id=...
@@ -12,8 +13,9 @@ stream back here. Inside, the launcher sees RAY_ADDRESS and ORCHESTRATOR_CLUSTER
 autoscaler for the job's workers (request_resources), waits for them (falling back from spot to
 on-demand when configured), and releases the request when the job ends (see `autoscale.py`).
 
-What `up` learned about a cluster (its dashboard and GCS addresses) is kept in
-`.clusters/<name>.json`, so later commands need only the name.
+Up, down, status, a submitted job's environment and preflight are each cluster backend's
+(backends.py); what `up` learned about a cluster (its dashboard and GCS addresses) is kept in
+`.clusters/<name>.json` (cluster_state.py), so later commands need only the name.
 """
 
 from __future__ import annotations
