@@ -382,20 +382,7 @@ def project(
     shape, dev, reg = model_shape(cfg, vocab_size), device(cfg, replay), regime(cfg, replay)
     dist = None if cfg.data.format == "text" else (lengths or job_lengths(cfg))
     steps = total_steps(cfg, dist.num_examples if dist else 0)
-    sampled = step_passes(cfg, dist, replay, min(steps, SAMPLED_STEPS))
-
-    def per_step(f) -> float:  # the mean over the sampled steps of a sum over their passes
-        return sum(sum(f(p) for r in ranks for p in r) for ranks in sampled) / len(sampled)
-
-    step_s = sum(steptime.step_s(shape, reg, dev, ranks) for ranks in sampled) / len(sampled)
-    real, slots = per_step(lambda p: p.real), per_step(lambda p: p.slots)
-    model_f = per_step(lambda p: steptime.pass_flops(shape, reg, p)[2])
-    exec_f = per_step(lambda p: sum(steptime.pass_flops(shape, reg, p)[:2]))
-    if cfg.train.objective != "sft":  # a step of groups or an RL iteration (objective_work)
-        w = objective_work(cfg, shape, dev, dist.mean if dist else 0.0)
-        step_s = step_s * w.train_passes + decode_s(cfg, shape, dev, w)
-        real, slots = real * w.tokens, slots * w.tokens
-        model_f, exec_f = model_f * w.train_passes, exec_f * w.train_passes
+    step_s, real, slots, model_f, exec_f = _mean_step(cfg, shape, dev, reg, dist, replay, steps)
     compute_h = step_s * steps / 3600.0
     peak_all = dev.peak_flops * dev.world
     mfu = model_f / (step_s * peak_all) if step_s else 0.0
@@ -412,18 +399,8 @@ def project(
         "checkpoints": n_saves * save.blocked_s / 3600.0,
         "eval": eval_h,
     }
-    # Spot: each expected preemption loses half an interval, the save in flight and a restart.
-    interval_h = compute_h / max(1, n_saves)
-    lost_h = interval_h / 2 + (save.total_s - save.blocked_s) / 3600.0 + o.restart_s / 3600.0
     base_h = compute_h + sum(overhead.values())
-    lost_share = rate * lost_h
-    if spot and lost_share >= 0.9:
-        raise ConfigError(
-            f"job {cfg.job!r}: on spot, {rate:.2f} preemptions per hour over {hw.num_nodes} "
-            f"nodes, each losing {lost_h:.2f} h, leave no time to train; checkpoint more "
-            "often (checkpoint.interval=auto), use fewer nodes or on_demand"
-        )
-    spot_h = base_h / (1.0 - lost_share) if spot else base_h
+    spot_h = _spot_hours(cfg, base_h, compute_h / max(1, n_saves), save, rate) if spot else base_h
     hours = spot_h if spot else base_h
     overhead["preemptions"] = hours - base_h
 
@@ -494,6 +471,46 @@ def project(
         replay=replay,
         assumptions=assumptions,
     )
+
+
+def _mean_step(
+    cfg: JobConfig, shape: ModelShape, dev: Device, reg: Regime, dist: Lengths | None,
+    replay: bool, steps: int,
+) -> tuple[float, float, float, float, float]:  # fmt: skip
+    """(seconds, real tokens, token slots, model FLOPs, executed FLOPs) of a mean step, over
+    the sampled steps' passes; an objective other than SFT scales them by its work model."""
+    sampled = step_passes(cfg, dist, replay, min(steps, SAMPLED_STEPS))
+
+    def per_step(f) -> float:  # the mean over the sampled steps of a sum over their passes
+        return sum(sum(f(p) for r in ranks for p in r) for ranks in sampled) / len(sampled)
+
+    step_s = sum(steptime.step_s(shape, reg, dev, ranks) for ranks in sampled) / len(sampled)
+    real, slots = per_step(lambda p: p.real), per_step(lambda p: p.slots)
+    model_f = per_step(lambda p: steptime.pass_flops(shape, reg, p)[2])
+    exec_f = per_step(lambda p: sum(steptime.pass_flops(shape, reg, p)[:2]))
+    if cfg.train.objective != "sft":  # a step of groups or an RL iteration (objective_work)
+        w = objective_work(cfg, shape, dev, dist.mean if dist else 0.0)
+        step_s = step_s * w.train_passes + decode_s(cfg, shape, dev, w)
+        real, slots = real * w.tokens, slots * w.tokens
+        model_f, exec_f = model_f * w.train_passes, exec_f * w.train_passes
+    return step_s, real, slots, model_f, exec_f
+
+
+def _spot_hours(
+    cfg: JobConfig, base_h: float, interval_h: float, save: SaveTimes, rate: float
+) -> float:
+    """The hours on spot: each expected preemption (`rate` per hour) loses half a checkpoint
+    interval, the save in flight and a restart. A job that would lose 90% is refused."""
+    o, hw = cfg.cost.overheads, cfg.hardware
+    lost_h = interval_h / 2 + (save.total_s - save.blocked_s) / 3600.0 + o.restart_s / 3600.0
+    lost_share = rate * lost_h
+    if lost_share >= 0.9:
+        raise ConfigError(
+            f"job {cfg.job!r}: on spot, {rate:.2f} preemptions per hour over {hw.num_nodes} "
+            f"nodes, each losing {lost_h:.2f} h, leave no time to train; checkpoint more "
+            "often (checkpoint.interval=auto), use fewer nodes or on_demand"
+        )
+    return base_h / (1.0 - lost_share)
 
 
 def _eval_hours(cfg: JobConfig, dist: Lengths | None, step_s: float) -> float:
