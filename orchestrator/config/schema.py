@@ -21,10 +21,6 @@ from orchestrator.config.errors import ConfigError
 from orchestrator.config.names import NAME, RULE
 from orchestrator.objectives import DATA_KINDS, OBJECTIVES
 from orchestrator.objectives import spec as objective_spec
-from orchestrator.objectives.dpo import DpoSettings
-from orchestrator.objectives.grpo import GrpoSettings
-from orchestrator.objectives.ppo import PpoSettings
-from orchestrator.objectives.reward import RewardSettings
 from orchestrator.urls import is_object_store
 from orchestrator.urls import scheme as url_scheme
 
@@ -881,7 +877,23 @@ class ReplayConfig:
         _positive("replay.published_usd", self.published_usd)
 
 
+def objective_sections(cls: type) -> type:
+    """Add one field per registered objective's settings (`ppo: PpoSettings`, ...) to the
+    class before @dataclass reads its fields, so an objective's settings live next to its
+    code and registering it (orchestrator/objectives/__init__.py) is all a new one needs.
+    Code reads them typed through the objective's `SETTINGS.of(cfg)`."""
+    for s in OBJECTIVES.values():
+        if s.settings is not None:
+            key, settings = s.settings.key, s.settings.cls
+            if key in cls.__annotations__:
+                raise TypeError(f"objective {s.name}: its settings key {key!r} is taken")
+            cls.__annotations__[key] = settings
+            setattr(cls, key, field(default_factory=settings))
+    return cls
+
+
 @dataclass
+@objective_sections
 class JobConfig:
     job: str = MISSING
     """Recipe name (the file name under jobs/)."""
@@ -896,10 +908,6 @@ class JobConfig:
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
     adapter: AdapterSettings = field(default_factory=AdapterSettings)
-    reward: RewardSettings = field(default_factory=RewardSettings)
-    dpo: DpoSettings = field(default_factory=DpoSettings)
-    ppo: PpoSettings = field(default_factory=PpoSettings)
-    grpo: GrpoSettings = field(default_factory=GrpoSettings)
     export: ExportConfig = field(default_factory=ExportConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     cost: CostConfig = field(default_factory=CostConfig)

@@ -10,7 +10,7 @@ from orchestrator.fields import choice as _choice
 from orchestrator.fields import positive as _positive
 from orchestrator.objectives.common import dtype_bytes, whole_model_stage
 from orchestrator.objectives.reward import REPLIES_PER_GROUP
-from orchestrator.objectives.spec import ObjectiveSpec, ObjectiveWork
+from orchestrator.objectives.spec import ObjectiveSpec, ObjectiveWork, Settings
 
 if TYPE_CHECKING:
     from orchestrator.config.schema import JobConfig
@@ -37,12 +37,16 @@ class DpoSettings:
         _choice("dpo.reference", self.reference, ("auto", "adapter", "copy", "cached"))
 
 
+SETTINGS = Settings("dpo", DpoSettings)
+"""Its section of the job config (`dpo:`), read as SETTINGS.of(cfg)."""
+
+
 def work(cfg: JobConfig, shape, dev, mean_len: float) -> ObjectiveWork:
     """The policy's training pass over chosen and rejected, plus the reference's forward over
     both (1/3 of a pass of the full model; with a frozen base the policy's pass costs ~2/3 of a
     full one, so the reference adds 1/2 of it); a cached reference runs once per run."""
     ref = 0.5 if cfg.train.method != "full" else 1.0 / 3.0
-    if cfg.dpo.reference == "cached":  # one forward per reply per run, not per epoch
+    if SETTINGS.of(cfg).reference == "cached":  # one forward per reply per run, not per epoch
         ref /= max(1.0, cfg.train.epochs)
     k = REPLIES_PER_GROUP
     return ObjectiveWork(train_passes=k * (1.0 + ref), tokens=k)
@@ -53,7 +57,7 @@ def extra_models_bytes(cfg: JobConfig, n_params: int) -> float:
     full = cfg.train.method == "full"
     return (
         float(dtype_bytes(cfg) * n_params)
-        if full and cfg.dpo.reference in ("auto", "copy")
+        if full and SETTINGS.of(cfg).reference in ("auto", "copy")
         else 0.0
     )
 
@@ -64,7 +68,7 @@ SPEC = ObjectiveSpec(
     recipe="orchestrator.rl.recipes:DpoObjective",
     summary="direct preference optimisation against a frozen reference",
     work=work,
-    section="dpo",
+    settings=SETTINGS,
     examples_per_item=REPLIES_PER_GROUP,
     sequences_per_item=REPLIES_PER_GROUP,
     from_trained=True,

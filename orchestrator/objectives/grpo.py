@@ -19,7 +19,7 @@ from orchestrator.fields import choice as _choice
 from orchestrator.fields import positive as _positive
 from orchestrator.objectives.common import dtype_bytes, whole_model_stage
 from orchestrator.objectives.ppo import mean_reply_tokens
-from orchestrator.objectives.spec import ObjectiveSpec, ObjectiveWork
+from orchestrator.objectives.spec import ObjectiveSpec, ObjectiveWork, Settings
 
 if TYPE_CHECKING:
     from orchestrator.config.schema import JobConfig
@@ -97,8 +97,12 @@ class GrpoSettings:
             )
 
 
+SETTINGS = Settings("grpo", GrpoSettings)
+"""Its section of the job config (`grpo:`), read as SETTINGS.of(cfg)."""
+
+
 def _reply(cfg: JobConfig) -> float:
-    g = cfg.grpo
+    g = SETTINGS.of(cfg)
     return mean_reply_tokens(g.max_new_tokens, None, g.stop_at_eos)
 
 
@@ -107,7 +111,7 @@ def work(cfg: JobConfig, shape, dev, mean_len: float) -> ObjectiveWork:
     forwards of the reference (beta > 0), of the rollout policy (iterations > 1: the old
     log-probs) and of a reward model (1/3 pass each), then `iterations` training passes; all
     over G sequences per planned prompt, prompt + reply long."""
-    g = cfg.grpo
+    g = SETTINGS.of(cfg)
     reply = _reply(cfg)
     prompt = max(1.0, min(mean_len, float(g.max_prompt_tokens)))
     per_seq = (prompt + reply) / prompt
@@ -126,7 +130,7 @@ def work(cfg: JobConfig, shape, dev, mean_len: float) -> ObjectiveWork:
 def extra_models_bytes(cfg: JobConfig, n_params: int) -> float:
     """The frozen reference of a full fine-tune with beta > 0 (LoRA disables its adapter), a
     reward model when the reward is one, and vLLM's share of the GPU with engine=vllm."""
-    g = cfg.grpo
+    g = SETTINGS.of(cfg)
     out = 0.0
     gpu = cfg.cost.gpus.get(cfg.hardware.accelerator)
     if g.engine == "vllm" and gpu is not None and gpu.memory_gib:
@@ -140,13 +144,13 @@ def extra_models_bytes(cfg: JobConfig, n_params: int) -> float:
 
 def micro_tokens(cfg: JobConfig) -> int:
     """The most tokens of an update micro-batch: completions of prompt + reply."""
-    g = cfg.grpo
+    g = SETTINGS.of(cfg)
     return cfg.train.micro_batch_size * (g.max_prompt_tokens + g.max_new_tokens)
 
 
 def check(cfg: JobConfig) -> None:
     whole_model_stage(cfg)
-    g = cfg.grpo
+    g = SETTINGS.of(cfg)
     if (g.reward == "reward_model") != (g.reward_model is not None):
         raise ConfigError(
             "grpo.reward=reward_model needs grpo.reward_model (a folder, a durable URL, or a "
@@ -169,7 +173,7 @@ SPEC = ObjectiveSpec(
     recipe="orchestrator.rl.grpo:GrpoObjective",
     summary="GRPO (Dr. GRPO, DAPO switches) with verifiable rewards or a reward model",
     work=work,
-    section="grpo",
+    settings=SETTINGS,
     input_keys=("grpo.reward_model",),
     micro_counts_items=False,
     from_trained=True,

@@ -14,7 +14,7 @@ from orchestrator.objectives.common import (
     whole_model_stage,
 )
 from orchestrator.objectives.reward import REPLIES_PER_GROUP
-from orchestrator.objectives.spec import ObjectiveSpec, ObjectiveWork
+from orchestrator.objectives.spec import ObjectiveSpec, ObjectiveWork, Settings
 
 if TYPE_CHECKING:
     from orchestrator.config.schema import JobConfig
@@ -109,6 +109,10 @@ class PpoSettings:
             )
 
 
+SETTINGS = Settings("ppo", PpoSettings)
+"""Its section of the job config (`ppo:`), read as SETTINGS.of(cfg)."""
+
+
 def mean_reply_tokens(max_new: int, min_new: int | None, stop_at_eos: bool) -> float:
     """The mean sampled reply length: uniform in [min, max] when drawn; replies that stop at
     EOS end, on average, halfway (assumed)."""
@@ -122,7 +126,7 @@ def work(cfg: JobConfig, shape, dev, mean_len: float) -> ObjectiveWork:
     plus the critic's if any), then `ppo.epochs` training passes (x 2 with a separate critic,
     + a ptx pass each epoch). Sequences are prompt + reply long: the planned pass (over
     prompts) scales by (prompt + reply) / prompt."""
-    p = cfg.ppo
+    p = SETTINGS.of(cfg)
     reply = mean_reply_tokens(p.max_new_tokens, p.min_new_tokens, p.stop_at_eos)
     prompt = max(1.0, min(mean_len, float(p.max_prompt_tokens)))
     grow = (prompt + reply) / prompt
@@ -144,16 +148,16 @@ def extra_models_bytes(cfg: JobConfig, n_params: int) -> float:
     """A full fine-tune's frozen reference copy, the frozen reward model, and a critic trained
     in full."""
     out = float(dtype_bytes(cfg) * n_params) if cfg.train.method == "full" else 0.0
-    if cfg.ppo.reward == "reward_model":
+    if SETTINGS.of(cfg).reward == "reward_model":
         out += dtype_bytes(cfg) * n_params  # the reward model, frozen
-    if cfg.ppo.value_model == "critic":
+    if SETTINGS.of(cfg).value_model == "critic":
         out += trained_state_bytes(cfg, n_params)
     return out
 
 
 def check(cfg: JobConfig) -> None:
     whole_model_stage(cfg)
-    p = cfg.ppo
+    p = SETTINGS.of(cfg)
     if p.reward != "reward_model" and cfg.data.kind != "prompts":
         raise ConfigError(
             f"ppo.reward={p.reward} checks replies against answers: it reads data.kind=prompts "
@@ -164,7 +168,7 @@ def check(cfg: JobConfig) -> None:
             "ppo.ptx_coef > 0 imitates the data's best replies; prompt data has none: set "
             "ppo.ptx_coef=0 or use data.kind=preference"
         )
-    if cfg.ppo.advantage == "gae" and cfg.ppo.value_model != "head":
+    if SETTINGS.of(cfg).advantage == "gae" and SETTINGS.of(cfg).value_model != "head":
         raise ConfigError(
             "ppo.advantage=gae needs per-token values: ppo.value_model=head (a critic gives "
             "one value per reply: use ppo.advantage=reward_minus_value)"
@@ -177,7 +181,7 @@ SPEC = ObjectiveSpec(
     recipe="orchestrator.rl.recipes:PpoObjective",
     summary="PPO from a reward model (value head or critic)",
     work=work,
-    section="ppo",
+    settings=SETTINGS,
     input_keys=("ppo.reward_model",),
     examples_per_item=REPLIES_PER_GROUP,
     from_trained=True,

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from orchestrator.fields import choice as _choice
 from orchestrator.fields import positive as _positive
 from orchestrator.objectives.common import whole_model_stage
-from orchestrator.objectives.spec import ObjectiveSpec, ObjectiveWork
+from orchestrator.objectives.spec import ObjectiveSpec, ObjectiveWork, Settings
 
 if TYPE_CHECKING:
     from orchestrator.config.schema import JobConfig
@@ -39,6 +39,10 @@ class RewardSettings:
         _positive("reward.l2", self.l2, allow_zero=True)
 
 
+SETTINGS = Settings("reward", RewardSettings)
+"""Its section of the job config (`reward:`), read as SETTINGS.of(cfg)."""
+
+
 def work(cfg: JobConfig, shape, dev, mean_len: float) -> ObjectiveWork:
     """Every reply of a group through the model: one training pass per reply (a step of G
     groups is planned as G single replies, so x REPLIES_PER_GROUP)."""
@@ -51,7 +55,7 @@ SPEC = ObjectiveSpec(
     recipe="orchestrator.rl.recipes:RewardObjective",
     summary="a reward model on ranked replies",
     work=work,
-    section="reward",
+    settings=SETTINGS,
     examples_per_item=REPLIES_PER_GROUP,
     sequences_per_item=REPLIES_PER_GROUP,
     from_trained=True,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 if TYPE_CHECKING:
     from orchestrator.config.schema import JobConfig
@@ -44,6 +44,24 @@ class ObjectiveWork:
     """Their mean context length (the KV cache read per token)."""
 
 
+S = TypeVar("S")
+
+
+@dataclass(frozen=True)
+class Settings(Generic[S]):
+    """An objective's own settings: their dataclass and their key in the job config (`ppo:`).
+
+    The schema adds one field per registered objective's settings to JobConfig (config/
+    schema.py, `objective_sections`), so a new objective touches no central file; code reads
+    them typed through `of(cfg)` (mypy sees no `cfg.ppo` attribute)."""
+
+    key: str
+    cls: type[S]
+
+    def of(self, cfg: Any) -> S:
+        return cast(S, getattr(cfg, self.key))
+
+
 def _no_check(cfg: JobConfig) -> None:
     return None
 
@@ -63,8 +81,8 @@ class ObjectiveSpec:
     work: Callable[[JobConfig, Any, Any, float], ObjectiveWork] | None
     """(cfg, model shape, device, mean planned sequence length) -> the step's work; None for
     an objective whose step is exactly the planned pass (sft)."""
-    section: str | None = None
-    """Its settings' key in the job config (`ppo:`), None when it has none."""
+    settings: Settings[Any] | None = None
+    """Its settings and their key in the job config (`ppo:`), None when it has none."""
     input_keys: tuple[str, ...] = ()
     """Config keys naming a model it reads besides model.pretrained (a pipeline stage's
     `input` may set them to an earlier stage's export; the launcher records their digests)."""

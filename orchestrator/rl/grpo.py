@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from orchestrator.data.prepared import PreparedData
+from orchestrator.objectives.grpo import SETTINGS as GRPO
 from orchestrator.rl import grpo_loss
 from orchestrator.rl.batches import GroupBatches, prompt_ids
 from orchestrator.rl.models import ScoreModel, load_score_model, pool, token_logprobs
@@ -38,7 +39,7 @@ class GrpoObjective(_GroupObjective):
     engine: RolloutEngine | None = None
 
     def build(self, data: PreparedData):
-        cfg, g = self.cfg, self.cfg.grpo
+        cfg, g = self.cfg, GRPO.of(self.cfg)
         if g.reward != "reward_model" and data.answers is None:
             raise RuntimeError(
                 f"{self.ctx.data_url}: prompt data without answers.json: grpo.reward={g.reward} "
@@ -99,18 +100,18 @@ class GrpoObjective(_GroupObjective):
     def _engine(self) -> RolloutEngine:
         if self.engine is None:
             policy = _unwrapped(self.model)
-            if self.cfg.grpo.engine == "vllm":  # pragma: no cover - GPUs with vLLM only
+            if GRPO.of(self.cfg).engine == "vllm":  # pragma: no cover - GPUs with vLLM only
                 ref = self.cfg.model.pretrained or ""
                 local = self._local_model_of("model.pretrained", ref)
                 self.engine = VllmEngine(local, seed=self.cfg.train.seed,
-                                         gpu_memory_utilization=self.cfg.grpo.vllm_memory_fraction)  # fmt: skip
+                                         gpu_memory_utilization=GRPO.of(self.cfg).vllm_memory_fraction)  # fmt: skip
                 self.engine.sync_weights(policy)  # a resumed policy is not the starting one
             else:
                 self.engine = HfEngine(policy, self.device)
         return self.engine
 
     def _sampling(self, n: int) -> Sampling:
-        g = self.cfg.grpo
+        g = GRPO.of(self.cfg)
         return Sampling(n=n, max_new_tokens=g.max_new_tokens, temperature=g.temperature,
                         top_p=g.top_p, top_k=g.top_k, pad_id=self.data.pad_id,
                         eos_id=self.eos_id if g.stop_at_eos else None)  # fmt: skip
@@ -135,7 +136,7 @@ class GrpoObjective(_GroupObjective):
         if self.reward_model is not None:
             with self.strategy.autocast():
                 scores = self.reward_model(ids, mask)
-            return pool(scores, mask, self.cfg.grpo.reward_pooling).float().cpu()
+            return pool(scores, mask, GRPO.of(self.cfg).reward_pooling).float().cpu()
         return torch.tensor([self.verify(t, a) for t, a in zip(texts, answers, strict=True)])
 
     @torch.no_grad()
@@ -149,7 +150,7 @@ class GrpoObjective(_GroupObjective):
         return torch.cat(out)
 
     def _ref_logps(self, ids, mask, mini: int) -> torch.Tensor | None:
-        if self.cfg.grpo.beta == 0:
+        if GRPO.of(self.cfg).beta == 0:
             return None
         if self.reference is not None:
             return self._logps(self.reference, ids, mask, mini)
@@ -158,7 +159,7 @@ class GrpoObjective(_GroupObjective):
             return self._logps(policy, ids, mask, mini)
 
     def step(self, lr: float) -> StepWork:
-        cfg, g = self.cfg, self.cfg.grpo
+        cfg, g = self.cfg, GRPO.of(self.cfg)
         n, mini = g.group_size, cfg.train.micro_batch_size
         self._seed(0)
         prompts = [q[-g.max_prompt_tokens :] for q in self.batches.prompts(self.step_index)]
@@ -233,7 +234,7 @@ class GrpoObjective(_GroupObjective):
             return None
         held = self._group_batches_all(data.eval, data.groups[data.eval.rows()])
         groups = list(range(len(held.groups)))[self.rank :: self.world] or [0]
-        prompts = [prompt_ids(held.replies(i)[0])[-self.cfg.grpo.max_prompt_tokens :]
+        prompts = [prompt_ids(held.replies(i)[0])[-GRPO.of(self.cfg).max_prompt_tokens :]
                    for i in groups]  # fmt: skip
         answers = [data.answers[held.group_ids[i]] if data.answers else "" for i in groups]
         self._seed(10_000)

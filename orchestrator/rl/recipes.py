@@ -31,6 +31,9 @@ import torch.distributed as dist
 from orchestrator.data.batching import collate
 from orchestrator.data.prepared import PreparedData
 from orchestrator.data.templates import IGNORE_INDEX
+from orchestrator.objectives.dpo import SETTINGS as DPO
+from orchestrator.objectives.ppo import SETTINGS as PPO
+from orchestrator.objectives.reward import SETTINGS as REWARD
 from orchestrator.rl import kl as klmod
 from orchestrator.rl import ppo
 from orchestrator.rl.batches import GroupBatches
@@ -202,9 +205,9 @@ class RewardObjective(_GroupObjective):
 
     def group_step(self, mb):
         scores = pool(self.model(mb["input_ids"], mb["attention_mask"]), mb["attention_mask"],
-                      self.cfg.reward.pooling)  # fmt: skip
+                      REWARD.of(self.cfg).pooling)  # fmt: skip
         sizes = mb["group_sizes"].tolist()
-        l2 = self.cfg.reward.l2 if self.cfg.reward.loss == "ranking" else 0.0
+        l2 = REWARD.of(self.cfg).l2 if REWARD.of(self.cfg).loss == "ranking" else 0.0
         loss = ranking_loss(scores, sizes, l2=l2) * len(sizes)  # summed over groups
         acc = bvw = margin = 0.0
         at = 0
@@ -234,13 +237,13 @@ class RewardObjective(_GroupObjective):
             probe = collate((self.data.eval or self.data.train)[:2], self.data.pad_id)
             scores = pool(_unwrapped(self.model)(probe["input_ids"].to(self.device),
                                                  probe["attention_mask"].to(self.device)),
-                          probe["attention_mask"].to(self.device), self.cfg.reward.pooling)  # fmt: skip
+                          probe["attention_mask"].to(self.device), REWARD.of(self.cfg).pooling)  # fmt: skip
             # LoRA merged layer by layer into the base's weights (an 8-bit base: its original
             # weights), written one tensor at a time: no second copy of the model.
             hashed = export_whole(lm, self.cfg, Path(self.data.tokenizer_dir), out,
                                   self.base_ref, mode="model")  # fmt: skip
             torch.save({**probe, "scores": scores.float().cpu(),
-                        "pooling": self.cfg.reward.pooling}, out / "probe.pt")  # fmt: skip
+                        "pooling": REWARD.of(self.cfg).pooling}, out / "probe.pt")  # fmt: skip
             self.publish_export(out, "reward_model", hashed)
         if dist.is_initialized():
             dist.barrier()
@@ -255,7 +258,7 @@ class DpoObjective(_GroupObjective):
     def build(self, data: PreparedData):
         cfg = self.cfg
         policy = apply_method(build_model(cfg.model, data.vocab_size, dtype=base_dtype(cfg)), cfg)
-        mode = cfg.dpo.reference
+        mode = DPO.of(cfg).reference
         if mode == "auto":
             mode = "adapter" if cfg.train.method == "lora" else "copy"
         if mode == "adapter" and cfg.train.method != "lora":
@@ -350,7 +353,7 @@ class DpoObjective(_GroupObjective):
         logp = completion_logprobs(logits, ids, completion)
         with torch.no_grad():
             ref = self._ref_logps(ids, mask, completion, mb["rows"][pick])
-        d = self.cfg.dpo
+        d = DPO.of(self.cfg)
         out = dpo_loss(logp[0::2], logp[1::2], ref[0::2], ref[1::2], d.beta, d.label_smoothing)
         n = len(sizes)
         dev = self.device
@@ -368,7 +371,7 @@ class PpoObjective(_GroupObjective):
     def build(self, data: PreparedData):
         """The policy (method applied) with its value head or critic; besides, the frozen
         reference, the reward (a model or a verifier), the KL controller and the tokenizer."""
-        cfg, p = self.cfg, self.cfg.ppo
+        cfg, p = self.cfg, PPO.of(self.cfg)
         learned = p.reward == "reward_model"
         if not learned and data.answers is None:
             raise RuntimeError(
@@ -411,7 +414,7 @@ class PpoObjective(_GroupObjective):
         starting policy with a new head (TinyZero's veRL critic); trained in full. None: a
         value head on the policy."""
         cfg = self.cfg
-        if cfg.ppo.value_model != "critic":
+        if PPO.of(cfg).value_model != "critic":
             return None
         start = rm_path or self._local_model_at("model.pretrained", cfg.model.pretrained)
         return ScoreModel(load_score_model(start, data.vocab_size, data.pad_id, cfg.train.seed,
@@ -423,7 +426,7 @@ class PpoObjective(_GroupObjective):
         if rm_path is None:
             from orchestrator.rl.rewards import reward_fn
 
-            return None, reward_fn(cfg.ppo.reward, cfg.ppo.format_score)
+            return None, reward_fn(PPO.of(cfg).reward, PPO.of(cfg).format_score)
         # In 8-bit when the job's bases are (as StackLLaMA's PPO loaded it), else in the
         # training dtype.
         quantized = quantized_kwargs(cfg.model)
@@ -444,7 +447,7 @@ class PpoObjective(_GroupObjective):
         """One score per reply: the reward model's (pooled), or the verifiable reward of the
         reply's text against its prompt's answer."""
         if self.reward_model is not None:
-            return pool(self.reward_model(ids, mask), mask, self.cfg.ppo.reward_pooling)
+            return pool(self.reward_model(ids, mask), mask, PPO.of(self.cfg).reward_pooling)
         assert self.verify is not None
         rows = [r[m.bool()].tolist() for r, m in zip(ids.cpu(), reply.cpu(), strict=True)]
         texts = self.tok.batch_decode(rows, skip_special_tokens=True)
@@ -485,7 +488,7 @@ class PpoObjective(_GroupObjective):
         """Sampled replies (the rollout engine: transformers `generate` with the KV cache, as
         GRPO's), right-padded with the prompts: (ids [B, T], attention mask, reply mask, reply
         tokens)."""
-        p = self.cfg.ppo
+        p = PPO.of(self.cfg)
         pad = self.data.pad_id
         prompts = [q[-p.max_prompt_tokens :] for q in prompts]
         n_new = p.max_new_tokens
@@ -513,7 +516,7 @@ class PpoObjective(_GroupObjective):
     @torch.no_grad()
     def _score(self, ids, mask, reply, answers: list[str]) -> dict[str, torch.Tensor]:
         """Old log-probs and values, reference log-probs, reward-model scores, advantages."""
-        p = self.cfg.ppo
+        p = PPO.of(self.cfg)
         net = _unwrapped(self.model)
         net.eval()
         logits, values = net(ids, mask)
@@ -562,7 +565,7 @@ class PpoObjective(_GroupObjective):
         return (values * prompt).sum(1) / prompt.sum(1).clamp(min=1.0)
 
     def step(self, lr: float) -> StepWork:
-        cfg, p = self.cfg, self.cfg.ppo
+        cfg, p = self.cfg, PPO.of(self.cfg)
         self._seed(0)
         t0 = time.perf_counter()
         # Generation and scoring run in the training precision, as the updates do (an 8-bit
@@ -624,7 +627,7 @@ class PpoObjective(_GroupObjective):
         return StepWork(total * b / seen, n_global, int(agg[1]), int(agg[1]), grad_norm, sums)
 
     def _ppo_loss(self, ro, idx, ptx_rows) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        p = self.cfg.ppo
+        p = PPO.of(self.cfg)
         ids, mask, act = ro["ids"][idx], ro["mask"][idx], ro["act"][idx]
         with self.strategy.autocast():
             logits, values = self.model(ids, mask)

@@ -10,6 +10,7 @@ import types
 import pytest
 import torch
 
+from orchestrator.objectives.grpo import SETTINGS as GRPO
 from orchestrator.rl import grpo_loss
 from orchestrator.rl.rewards import countdown, evaluate_equation, format_only, math_exact
 
@@ -184,7 +185,7 @@ def test_the_engine_takes_the_weights_after_every_update(iterations):
         for step in range(2):
             t.step = step
             work = rec.step(1e-2)
-            assert work.units == 4 * cfg.grpo.group_size
+            assert work.units == 4 * GRPO.of(cfg).group_size
         kinds = [k for k, _ in rec.engine.calls]
         assert kinds == (["generate"] + ["sync"] * iterations) * 2
         calls = rec.engine.calls
