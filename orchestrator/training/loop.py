@@ -10,7 +10,6 @@ training/sft.py, the preference and RL objectives in rl/).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import resource
@@ -25,22 +24,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from orchestrator.checkpoint.io import Checkpointer, node_leader
-from orchestrator.checkpoint.manifest import FILES_KEY
+from orchestrator.checkpoint.io import node_leader
 from orchestrator.checkpoint.notice import Notice, NoticeWatcher, doomed_tag
 from orchestrator.checkpoint.policy import Interval
-from orchestrator.checkpoint.resume import (
-    BASE_KEY,
-    CONFIG_HASH_KEY,
-    COST_KEY,
-    HOLDS_KEY,
-    RUN_ID_KEY,
-    STEP_KEY,
-    STRATEGY_KEY,
-    TOKENS_KEY,
-    WORLD_KEY,
-    resume_problem,
-)
 from orchestrator.config.errors import FatalError
 from orchestrator.config.schema import JobConfig
 from orchestrator.cost.ledger import read_timeline, redone_steps
@@ -51,15 +37,11 @@ from orchestrator.data.templates import IGNORE_INDEX
 from orchestrator.plan.summary import pretrain_summary
 from orchestrator.storage.durable import FolderStore
 from orchestrator.storage.layout import (
-    CKPT_CACHE,
-    CKPT_STAGING,
     DATA_CACHE,
     EVENTS,
     EXPORT,
     EXPORT_STAGING,
-    METRICS_TAIL,
     RESULT,
-    RESUMES,
     TIMELINE,
     EventRecord,
     RunContext,
@@ -69,6 +51,7 @@ from orchestrator.storage.layout import (
     run_store,
 )
 from orchestrator.storage.streams import RecordStream
+from orchestrator.training.checkpoints import CheckpointPart
 from orchestrator.training.cost_control import Control, CostControl
 from orchestrator.training.methods import count_trainable
 from orchestrator.training.metrics_sink import MetricsSink
@@ -94,6 +77,32 @@ class StepWork:
     grad_norm: float
     sums: dict[str, torch.Tensor] = field(default_factory=dict)
     """Further per-rank sums over the same units, logged as means (e.g. reward/accuracy)."""
+
+
+@dataclass
+class LogWindow:
+    """What the steps since the last log summed (per rank, on the device)."""
+
+    loss: torch.Tensor
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    units: int = 0
+    tokens: int = 0
+    padded: int = 0
+    t0: float = field(default_factory=time.perf_counter)
+
+    def add(self, work: StepWork) -> None:
+        self.loss += work.loss_sum
+        for k, v in work.sums.items():
+            self.sums[k] = self.sums.get(k, 0) + v
+        self.units += work.units
+        self.tokens += work.tokens
+        self.padded += work.padded
+
+    def reset(self) -> None:
+        self.loss.zero_()
+        self.sums.clear()
+        self.units = self.tokens = self.padded = 0
+        self.t0 = time.perf_counter()
 
 
 class Preempted(RuntimeError):
@@ -131,12 +140,9 @@ class Trainer:
         self.step = 0
         self.tokens_so_far = 0
         self.stop_reason = StopReason.COMPLETED
-        self.checkpoint_s: list[float] = []
         self.preemptions = 0
         self.app_failures = 0
         self.meter = CostMeter(ctx, cfg.budget)
-        self.last_save_step = 0
-        self.t_last_save = time.perf_counter()
         self.notice: Notice | None = None
         self.max_log_call_s = 0.0
         self.system_metrics = None
@@ -209,13 +215,6 @@ class Trainer:
             cfg.model.pretrained = str(
                 self.fetch_pretrained(cfg.model.pretrained, self.base_digest)
             )
-        self.checkpointer = Checkpointer(
-            self.storage.checkpoint_url,
-            staging=self.storage.node_dir(CKPT_STAGING),
-            keep_last=cfg.checkpoint.keep_last,
-            keep_every=cfg.checkpoint.keep_every,
-            async_save=cfg.checkpoint.async_save,
-        )
         # A pretrained base under FSDP/DDP is built on the meta device on every rank and read
         # from disk once (rank 0) then broadcast into place; not at all when a checkpoint will
         # overwrite it. DeepSpeed and 8-bit bases load through transformers (ZeRO-3 straight
@@ -230,9 +229,13 @@ class Trainer:
         self.flops_per_token, self.peak_flops = self._flops_model(data)
         self.strategy = build_strategy(model, cfg)
         self.model = self.strategy.model
-        resuming = cfg.checkpoint.resume != "never" and bool(self._complete_steps())
+        self.checkpoints = CheckpointPart(
+            cfg, self.ctx, self.strategy, self.metrics, self.rank, self.world,
+            (self.base_ref, self.base_digest), self.say,
+        )  # fmt: skip
+        resuming = cfg.checkpoint.resume != "never" and bool(self.checkpoints.complete_steps())
         # A LoRA/adapter checkpoint holds only what was trained: the base is loaded first.
-        holds_all = not getattr(self.strategy, "trainable_only", False)
+        holds_all = self.checkpoints.holds == "all"
         if deferred and not (resuming and holds_all):
             self._load_pretrained(data)
         self.interval = Interval(
@@ -245,16 +248,15 @@ class Trainer:
         self.app_failures = self.ctx.app_failures_before
         if not self._resume() and deferred and resuming and holds_all:  # none verified after all
             self._load_pretrained(data)
-        self.last_save_step = self.step
         self.watcher = NoticeWatcher(poll_s=cfg.checkpoint.notice_poll_s).start()
         self.cost = CostControl(
             self.meter,
             self.interval,
             notice=self.watcher.notice,
-            save_blocked_s=lambda: self.checkpointer.stats.blocked_s,
+            save_blocked_s=lambda: self.checkpoints.stats.blocked_s,
             say=self.say,
             started_at=self._t_created,
-            checkpoint_s=self.checkpoint_s,
+            checkpoint_s=self.checkpoints.blocked_s,
             preemptions=self.preemptions,
         )
         if self.rank == 0:
@@ -283,12 +285,6 @@ class Trainer:
         leader, _ = node_leader()
         on_leaders(lambda: fetch(url, cache, digest or None), leader, what=f"loading {url}")
         return fetch(url, cache, digest or None, verify=False)
-
-    def _complete_steps(self) -> list[int]:
-        steps = [self.checkpointer.store.complete_steps() if self.rank == 0 else None]
-        if dist.is_initialized():
-            dist.broadcast_object_list(steps, src=0)
-        return steps[0] or []
 
     def _load_pretrained(self, data: PreparedData) -> None:
         """Rank 0 reads the base (and initialises the method's weights); every rank receives its
@@ -334,84 +330,24 @@ class Trainer:
             self.say(f"warning: no system metrics: {e}")
 
     def _resume(self) -> bool:
-        """Load the newest complete checkpoint; True when one was loaded."""
-        mode = self.cfg.checkpoint.resume
-        found = None
-        if mode != "never":
-            found = self.checkpointer.load_latest(
-                self._read_checkpoint_checked, self.storage.node_dir(CKPT_CACHE),
-                getattr(self.strategy, "checkpoint_files", None),
-            )  # fmt: skip
-        if mode == "must" and found is None:
-            raise RuntimeError(
-                f"checkpoint.resume=must but {self.storage.checkpoint_url} has no complete "
-                "checkpoint"
-            )
-        if found is None:
+        """Continue from the newest complete checkpoint (the checkpoint part reads the shards);
+        True when one was loaded."""
+        restored = self.checkpoints.restore()
+        if restored is None:
             return False
-        path, state = found
-        self.step = int(state[STEP_KEY])
-        self.tokens_so_far = int(state.get(TOKENS_KEY, 0))
+        self.step, self.tokens_so_far = restored.step, restored.tokens
         if hasattr(self.batches, "load_state_dict"):  # a text stream: its exact read position
-            if "data_stream" not in state:
-                raise RuntimeError(f"{path}: no data_stream position in its manifest")
-            self.batches.load_state_dict(state["data_stream"])
-        self.objective.load_state(state, path)
-        if state.get(CONFIG_HASH_KEY) != self.ctx.config_hash:
-            self.say(
-                f"warning: the config changed since {path.name}; the new config wins "
-                "(weights, optimizer and data position come from the checkpoint)"
-            )
-        self.say(f"resumed from {self.checkpointer.store.url}/{path.name} at step {self.step}")
-        self._report_fetch(state)
+            if "data_stream" not in restored.state:
+                raise RuntimeError(f"{restored.path}: no data_stream position in its manifest")
+            self.batches.load_state_dict(restored.state["data_stream"])
+        self.objective.load_state(restored.state, restored.path)
+        self.checkpoints.report_fetch(restored, self.run_store)
         return True
-
-    def _report_fetch(self, state: dict[str, Any]) -> None:
-        """What each rank fetched and verified of the checkpoint it resumed from (collective):
-        printed, and a line of the run's resumes.jsonl."""
-        from dataclasses import asdict
-
-        mine = asdict(self.checkpointer.fetch_stats)
-        mine.pop("files")
-        mine["rank"] = self.rank
-        ranks: list[Any] = [mine]
-        if dist.is_initialized():
-            ranks = [None] * self.world
-            dist.all_gather_object(ranks, mine)
-        if self.rank != 0:
-            return
-        total = sum(f["bytes"] for f in state.get(FILES_KEY, {}).values())
-        most = max(r["fetched_bytes"] for r in ranks)
-        self.say(
-            f"resume: checkpoint of {total / 1e6:.1f} MB; the most one rank fetched "
-            f"{most / 1e6:.1f} MB, verified {max(r['verified_bytes'] for r in ranks) / 1e6:.1f} MB"
-        )
-        self.run_store.append_lines(RESUMES, [json.dumps({
-            "attempt": self.ctx.attempt, "step": self.step, "checkpoint_bytes": total,
-            "ranks": ranks,
-        })])  # fmt: skip
-
-    def _read_checkpoint_checked(self, path: Path, state: dict[str, Any]) -> None:
-        """Refuse a checkpoint this strategy/worker count cannot read, then read it. `path` holds
-        only the files this rank reads (fetched and verified); `state` is the manifest."""
-        problem = resume_problem(
-            state, self.cfg, self.world, self.base_digest,
-            "trainable" if getattr(self.strategy, "trainable_only", False) else "all",
-        )  # fmt: skip
-        if problem:  # the launcher checks this before starting; here in case it changed since
-            raise FatalError(f"{path}: {problem}")
-        self.strategy.read_checkpoint(path)
-        if self.rank == 0:
-            self.metrics.read_tail(path)
 
     # ------------------------------------------------------------------ train
     def train(self) -> None:
         cfg = self.cfg
-        log_every = cfg.train.log_every_steps
-        loss_acc = torch.zeros((), device=self.device)  # on the device: no sync per step
-        sums: dict[str, torch.Tensor] = {}
-        units_since_log = tokens_since_log = padded_since_log = 0
-        t_log = time.perf_counter()
+        window = LogWindow(torch.zeros((), device=self.device))  # on the device: no sync
         step_times: list[float] = []
         if self.step >= self.total_steps:
             self.say(f"nothing to do: already at step {self.step} of {self.total_steps}")
@@ -431,80 +367,79 @@ class Trainer:
             )
             work = self.objective.step(lr)
             check_finite("gradient norm", work.grad_norm, self.step + 1, cfg.train.precision)
-            loss_acc += work.loss_sum
-            for k, v in work.sums.items():
-                sums[k] = sums.get(k, 0) + v
-
+            window.add(work)
             self._record("step", t0 + self._wall_offset(), time.time(), step=self.step + 1)
             self.step += 1
-            units_since_log += work.units
-            tokens_since_log += work.tokens
-            padded_since_log += work.padded
             self.tokens_so_far += work.tokens
             step_times.append(time.perf_counter() - t0)
-
-            if self.step % log_every == 0 or self.step == self.total_steps:
-                # One all-reduce of every sum; each logged value is the mean over the units
-                # (trained tokens, preference groups, rollout replies) since the last log.
-                names = sorted(sums)
-                totals = torch.stack([loss_acc, *(sums[k] for k in names)]).float()
-                dist.all_reduce(totals)
-                per_unit = (totals / max(1, units_since_log)).tolist()
-                loss = per_unit[0]
-                check_finite("loss", loss, self.step, "fp32")  # the same value on every rank
-                elapsed = time.perf_counter() - t_log
-                self._log_step(
-                    loss,
-                    lr,
-                    work.grad_norm,
-                    tokens_since_log / max(elapsed, 1e-9),
-                    step_times,
-                    padding_efficiency=tokens_since_log / max(1, padded_since_log),
-                    extra={
-                        **dict(zip(names, per_unit[1:], strict=True)),
-                        **self.objective.metrics(),
-                    },
-                )
-                loss_acc.zero_()
-                sums.clear()
-                units_since_log = tokens_since_log = padded_since_log = 0
-                t_log = time.perf_counter()
-
+            if self.step % cfg.train.log_every_steps == 0 or self.step == self.total_steps:
+                self._log_window(window, lr, work.grad_norm, step_times)
             control = self._control(step_times)
             if control.notice:
-                self.stop_reason = StopReason.PREEMPTED
-                window = cfg.checkpoint.notice_window_s
-                source = self.notice.source if self.notice else "another rank"
-                if self.notice is not None:  # this node goes: the launcher drains it first
-                    source += " " + doomed_tag(_node_id(), self.notice.received_at + window)
-                if self.checkpointer.save_fits(window):
-                    self.save_checkpoint(emergency=True)
-                    self.checkpointer.wait()
-                    raise Preempted(
-                        f"spot notice ({source}): saved step {self.step}; the launcher resumes "
-                        "from it"
-                    )
-                # It would be cut off mid-write: the interval checkpoint is the resume point.
-                self.checkpointer.wait()
-                self.say(
-                    f"spot notice: a save takes longer than the {window:.0f} s notice window; "
-                    f"no emergency save, the run resumes from step {self.last_save_step}"
-                )
-                raise Preempted(
-                    f"spot notice ({source}): no time to save step {self.step}; the launcher "
-                    f"resumes from step {self.last_save_step}"
-                )
+                self._leave_on_notice()
             if control.save or self.step == self.total_steps:
                 self.save_checkpoint()
+        self._end(step_times)
 
+    def _log_window(
+        self, window: LogWindow, lr: float, grad_norm: float, step_times: list[float]
+    ) -> None:
+        """Log the steps since the last log: one all-reduce of every sum; each value is the
+        mean over the units (trained tokens, preference groups, rollout replies)."""
+        names = sorted(window.sums)
+        totals = torch.stack([window.loss, *(window.sums[k] for k in names)]).float()
+        dist.all_reduce(totals)
+        per_unit = (totals / max(1, window.units)).tolist()
+        check_finite("loss", per_unit[0], self.step, "fp32")  # the same value on every rank
+        elapsed = time.perf_counter() - window.t0
+        self._log_step(
+            per_unit[0],
+            lr,
+            grad_norm,
+            window.tokens / max(elapsed, 1e-9),
+            step_times,
+            padding_efficiency=window.tokens / max(1, window.padded),
+            extra={**dict(zip(names, per_unit[1:], strict=True)), **self.objective.metrics()},
+        )
+        window.reset()
+
+    def _leave_on_notice(self) -> None:
+        """A spot notice (here or on another rank): save if the save fits the notice window,
+        then raise Preempted (the launcher resumes from the newest checkpoint)."""
+        self.stop_reason = StopReason.PREEMPTED
+        window = self.cfg.checkpoint.notice_window_s
+        source = self.notice.source if self.notice else "another rank"
+        if self.notice is not None:  # this node goes: the launcher drains it first
+            source += " " + doomed_tag(_node_id(), self.notice.received_at + window)
+        if self.checkpoints.save_fits(window):
+            self.save_checkpoint(emergency=True)
+            self.checkpoints.wait()
+            raise Preempted(
+                f"spot notice ({source}): saved step {self.step}; the launcher resumes from it"
+            )
+        # It would be cut off mid-write: the interval checkpoint is the resume point.
+        self.checkpoints.wait()
+        last = self.checkpoints.last_step
+        self.say(
+            f"spot notice: a save takes longer than the {window:.0f} s notice window; "
+            f"no emergency save, the run resumes from step {last}"
+        )
+        raise Preempted(
+            f"spot notice ({source}): no time to save step {self.step}; the launcher resumes "
+            f"from step {last}"
+        )
+
+    def _end(self, step_times: list[float]) -> None:
+        """Stopped by the budget: a last checkpoint (eval and export would spend past the cap).
+        Completed: held-out evaluation and the export. Then the run's result."""
         self.eval_loss = None
         if self.stop_reason == StopReason.BUDGET:
-            self.save_checkpoint()  # stop cleanly; eval and export would spend past the cap
+            self.save_checkpoint()
         else:
             t = time.time()
             self.eval_loss = self.objective.evaluate()
             self.eval_metrics = dict(self.objective.eval_metrics)
-            if cfg.export.enabled:
+            if self.cfg.export.enabled:
                 self.objective.export()
             self._record("eval", t, time.time())
         self._finish(step_times)
@@ -516,8 +451,8 @@ class Trainer:
         control, self.notice = self.cost.decide(
             rank=self.rank,
             step=self.step,
-            last_save_step=self.last_save_step,
-            since_save_s=time.perf_counter() - self.t_last_save,
+            last_save_step=self.checkpoints.last_step,
+            since_save_s=self.checkpoints.since_save_s,
             step_times=step_times,
             agree=self._agree_max,
         )
@@ -606,55 +541,23 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoint / eval / export
     def save_checkpoint(self, emergency: bool = False) -> None:
-        state = {
-            STEP_KEY: self.step,
-            TOKENS_KEY: self.tokens_so_far,
-            COST_KEY: self.usd_total(),
-            RUN_ID_KEY: self.ctx.mlflow_run_id,
-            CONFIG_HASH_KEY: self.ctx.config_hash,
-            STRATEGY_KEY: self.cfg.train.strategy,
-            WORLD_KEY: self.world,
-            "data_position": {
-                "epoch": self.step // self.batches.steps_per_epoch,
-                "step_in_epoch": self.step % self.batches.steps_per_epoch,
-                "seed": self.cfg.train.seed,
-            },
-            "attempt": self.ctx.attempt,
-            "emergency": emergency,
-            # What the shards hold, and the base they apply to (a LoRA/adapter checkpoint
-            # holds only the trained parameters: resuming on another base would be garbage).
-            HOLDS_KEY: "trainable" if getattr(self.strategy, "trainable_only", False) else "all",
-            BASE_KEY: {"ref": self.base_ref, "digest": self.base_digest},
-        }
+        """Save this step (the checkpoint part writes it); the timeline and events up to it
+        go to the durable store with it."""
+        spe = self.batches.steps_per_epoch
+        more: dict[str, Any] = {"data_position": {
+            "epoch": self.step // spe, "step_in_epoch": self.step % spe, "seed": self.cfg.train.seed,
+        }}  # fmt: skip
         if hasattr(self.batches, "state_dict"):  # text stream: where step self.step starts
-            state["data_stream"] = self.batches.state_dict()
-        state.update(self.objective.state())
+            more["data_stream"] = self.batches.state_dict()
+        more.update(self.objective.state())
+        state = self.checkpoints.manifest(
+            self.step, self.tokens_so_far, self.usd_total(), emergency, **more
+        )
         t = time.time()
-        seconds = self.checkpointer.save(self.step, self._write_checkpoint, state)
-        self.checkpoint_s.append(seconds)
-        self.last_save_step, self.t_last_save = self.step, time.perf_counter()
+        self.checkpoints.save(self.step, state)
         self._record("checkpoint", t, time.time(), step=self.step)
-        # Everything up to the resume point is in the durable store from here on.
         self.timeline.flush()
         self.events.flush()
-        how = "emergency checkpoint (spot notice)" if emergency else "checkpoint"
-        where = f"{self.checkpointer.store.url}/step_{self.step:08d}"
-        if self.cfg.checkpoint.async_save and not emergency:
-            self.say(
-                f"{how} step {self.step}: training blocked {seconds:.2f} s; writing and "
-                f"uploading in the background to {where}"
-            )
-        else:
-            self.say(f"{how} saved: {where} ({seconds:.2f} s)")
-
-    def _write_checkpoint(self, target, group):
-        """The strategy's shards, plus (rank 0) the metrics MLflow does not have yet: committed
-        with the manifest, they reach MLflow even if this node is gone before it sends them."""
-        future = self.strategy.write_checkpoint(target, group)
-        tail = self.metrics.tail_bytes() if self.rank == 0 else None
-        if tail:
-            target.write_bytes(METRICS_TAIL, tail)
-        return future
 
     def export_dir(self) -> Path:
         """Where rank 0 writes the export: in place in a folder store, else node scratch."""
@@ -679,7 +582,7 @@ class Trainer:
         )
 
     def _finish(self, step_times: list[float]) -> None:
-        self.checkpointer.wait()
+        self.checkpoints.wait()
         peak_rss_mb = [0.0] * self.world
         dist.all_gather_object(
             peak_rss_mb, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -720,11 +623,11 @@ class Trainer:
             batching=self.batching,
             peak_rss_mb_per_worker=peak_rss_mb,
             peak_gpu_mb_per_worker=peak_gpu_mb,
-            checkpoint_s=self.checkpoint_s,
-            checkpoint_persist_s=self.checkpointer.stats.persist_s,
-            checkpoint_bytes=self.checkpointer.stats.bytes,
-            checkpoints_committed=self.checkpointer.stats.committed,
-            checkpoints_failed=self.checkpointer.stats.failed,
+            checkpoint_s=self.checkpoints.blocked_s,
+            checkpoint_persist_s=self.checkpoints.stats.persist_s,
+            checkpoint_bytes=self.checkpoints.stats.bytes,
+            checkpoints_committed=self.checkpoints.stats.committed,
+            checkpoints_failed=self.checkpoints.stats.failed,
             preemptions=self.preemptions,
             lost_steps=self.meter.lost_steps,
             max_log_call_s=self.max_log_call_s,
@@ -759,8 +662,8 @@ class Trainer:
     def cleanup(self) -> None:
         if hasattr(self, "watcher"):
             self.watcher.stop()
-        if hasattr(self, "checkpointer"):
-            self.checkpointer.wait()
+        if hasattr(self, "checkpoints"):
+            self.checkpoints.wait()
         self.timeline.flush()
         self.events.flush()
         self.metrics.close()
