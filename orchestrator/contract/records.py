@@ -43,6 +43,7 @@ BILL_JSON = "bill.json"
 CONFIGS = "config"  # config/attempt-N.yaml
 METRICS_PENDING = "metrics_pending.jsonl"
 RESUMES = "resumes.jsonl"
+EXTRA_COSTS = "extra_costs.json"  # {"judge_api": usd, ...}: costs beyond node time, billed
 """One line per resume: the checkpoint, and what each rank fetched and verified of it."""
 CHECKPOINTS = "checkpoints"
 EXPORT = "export"

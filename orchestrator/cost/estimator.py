@@ -260,6 +260,8 @@ def total_steps(cfg: JobConfig, num_examples: int) -> int:
     """Optimizer steps of the run, as the loop counts them (reward/DPO: steps of groups, PPO:
     iterations of global_batch_size prompts)."""
     t = cfg.train
+    if not objective_spec(t.objective).trains:
+        return 1  # an evaluation: its whole work is priced as one step (ObjectiveSpec.work)
     if t.max_steps is not None:
         return t.max_steps
     if cfg.data.kind == "preference":  # ranked groups, projected as pairs
@@ -393,6 +395,8 @@ def project(
     rate = o.spot_preemptions_per_node_hour * max(1, hw.num_nodes)
     spot = hw.market == "spot"
     n_saves = _n_saves(cfg, steps, compute_h, save.blocked_s, rate if spot else 0.0)
+    if not objective_spec(cfg.train.objective).trains:
+        n_saves = 0  # an evaluation saves nothing
     overhead = {
         "startup": (price.startup_s if price.startup_s is not None else o.startup_s) / 3600.0,
         "teardown": (price.teardown_s if price.teardown_s is not None else o.teardown_s) / 3600.0,
@@ -555,10 +559,15 @@ def _extra_usd(
         cfg, shape.n_params, shape.n_trainable, shape.n_tensors, shape.n_held
     )
     kept += 2.0 * shape.n_params  # the bf16 export
+    if not objective_spec(cfg.train.objective).trains:
+        kept = 0.0  # an evaluation writes no checkpoint and no export
     per_gb, volume_per_gb = storage_prices(cfg)
     extra["storage"] = kept / 1e9 * per_gb * cfg.storage.retention_days / 30.0
     volume_gb = cm.instances[hw.instance_type].ebs_gb
     extra["volumes"] = nodes * volume_gb * volume_per_gb * hours / 730.0
+    spec = objective_spec(cfg.train.objective)
+    if spec.extra_usd is not None:
+        extra.update(spec.extra_usd(cfg))
     return extra
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from orchestrator.cost.estimator import Projection
 from orchestrator.cost.ledger import Ledger, read_timeline
-from orchestrator.storage.layout import BILL_JSON, BILL_MD, RUN_META, RunMeta
+from orchestrator.storage.layout import BILL_JSON, BILL_MD, EXTRA_COSTS, RUN_META, RunMeta
 
 
 def bill_markdown(job: str, run: str, bill: dict[str, Any]) -> str:
@@ -62,6 +62,9 @@ def write_bill(
     market fallback if any; saved with the ledger and as bill.md / bill.json."""
     meta = RunMeta.from_json(store.read_text(RUN_META) or "{}")
     bill = ledger.bill(read_timeline(store))
+    for line, usd in json.loads(store.read_text(EXTRA_COSTS) or "{}").items():
+        bill["by_category"][line] = usd  # beyond node time, e.g. the judge's tokens
+        bill["usd_total"] += usd
     if meta.projected is None:  # the first launch's projection is what the user was promised
         low, high = projection.usd_range
         meta.projected = {

@@ -113,6 +113,9 @@ def launch(
     meta = _existing_meta(store, cfg, run_name)
     data_url, data = _prepare_data(cfg, storage, meta)
     _publish_base(cfg, storage)
+    hooks = _launcher_hooks(cfg)
+    if hooks is not None:  # e.g. the eval stage's question set, before anything is spent
+        hooks.before_run(cfg, storage)
     digests = _model_digests(cfg)
     resume_bytes = checks.check_resume(cfg, storage, digests) if meta is not None else 0
     projection = _project_this_run(cfg, store, data, meta is not None)
@@ -125,6 +128,9 @@ def launch(
     status, launcher_stop = "FAILED", None
     try:
         launcher_stop = supervise(cfg, context, store, ledger, t_start)
+        result = _read_result(store)
+        if hooks is not None and result and result.stop_reason == StopReason.COMPLETED:
+            hooks.after_run(cfg, storage, uri, run_id)  # e.g. the eval stage's judge
         status = "FINISHED"
     except RunFailed as e:
         e.job, e.run, e.run_url = cfg.job, run_name, storage.run_url
@@ -395,6 +401,15 @@ def _model_digests(cfg: JobConfig) -> dict[str, str]:
         if ref:
             out[key] = model_identity(ref)
     return out
+
+
+def _launcher_hooks(cfg: JobConfig):
+    """The module whose before_run/after_run the launcher calls around the workers, when the
+    objective's spec names one (ObjectiveSpec.launcher)."""
+    import importlib
+
+    name = objective_spec(cfg.train.objective).launcher
+    return importlib.import_module(name) if name else None
 
 
 def _read_result(store) -> RunResult | None:

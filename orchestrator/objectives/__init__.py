@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from orchestrator.errors import ConfigError
-from orchestrator.objectives import dpo, grpo, ppo, reward, sft
+from orchestrator.objectives import dpo, eval, grpo, ppo, reward, sft
 from orchestrator.objectives.spec import DATA_KINDS, ObjectiveSpec, ObjectiveWork, config_value
 
-OBJECTIVES: dict[str, ObjectiveSpec] = {m.SPEC.name: m.SPEC for m in (sft, reward, dpo, ppo, grpo)}
+OBJECTIVES: dict[str, ObjectiveSpec] = {
+    m.SPEC.name: m.SPEC for m in (sft, reward, dpo, ppo, grpo, eval)
+}
 
 
 def spec(name: str) -> ObjectiveSpec:

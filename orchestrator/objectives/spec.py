@@ -95,6 +95,14 @@ class ObjectiveSpec:
     """train.micro_batch_size counts the same units as global_batch_size (so the global batch
     is a multiple of micro x workers); False: it counts what a step makes of them (GRPO:
     completions), and the global batch need only split evenly over the workers."""
+    extra_usd: Callable[[JobConfig], dict[str, float]] | None = None
+    """Costs beyond node time the estimate adds as their own lines (the eval stage's judge)."""
+    trains: bool = True
+    """False: it evaluates a model and trains nothing (the trainer takes no step; the estimator
+    prices its `work` as one step)."""
+    launcher: str | None = None
+    """A module whose `before_run(cfg, storage)` and `after_run(cfg, storage, uri, run_id)` the
+    launcher calls around the workers (the eval stage: the question set, then the judge)."""
     from_trained: bool = False
     """It starts from a trained model: model.pretrained must be set."""
     check: Callable[[JobConfig], None] = field(default=_no_check)

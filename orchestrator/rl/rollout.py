@@ -50,6 +50,14 @@ class RolloutEngine(Protocol):
         ...
 
 
+def _decoding(s: Sampling) -> dict[str, Any]:
+    """transformers' sampling arguments: temperature 0 is greedy decoding (an evaluation's
+    math and coding answers, as FastChat's temperature_config has them)."""
+    if s.temperature <= 0:
+        return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    return {"do_sample": True, "temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k}
+
+
 def _cut(ids: list[int], eos_id: int | None) -> list[int]:
     if eos_id is not None and eos_id in ids:
         return ids[: ids.index(eos_id) + 1]
@@ -78,9 +86,8 @@ class HfEngine:
         out = self.policy.generate(
             input_ids=left.to(self.device), attention_mask=att.to(self.device),
             max_new_tokens=s.max_new_tokens, min_new_tokens=0 if s.eos_id is not None
-            else s.max_new_tokens, do_sample=True, temperature=s.temperature, top_p=s.top_p,
-            top_k=s.top_k, num_return_sequences=s.n, use_cache=True, pad_token_id=s.pad_id,
-            eos_token_id=s.eos_id,
+            else s.max_new_tokens, num_return_sequences=s.n, use_cache=True,
+            pad_token_id=s.pad_id, eos_token_id=s.eos_id, **_decoding(s),
         )  # fmt: skip
         self.policy.train(was_training)
         return [_cut(row, s.eos_id) for row in out[:, width:].cpu().tolist()]

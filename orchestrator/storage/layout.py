@@ -21,6 +21,7 @@ from orchestrator.contract.records import (  # noqa: F401 - re-exported
     EVENTS,
     EXPORT,
     EXPORT_STAGING,
+    EXTRA_COSTS,
     FAILURES,
     LAUNCH_RESULT,
     LEDGER,

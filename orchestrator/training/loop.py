@@ -34,6 +34,7 @@ from orchestrator.cost.meter import CostMeter
 from orchestrator.data.batching import resolve_mode
 from orchestrator.data.prepared import PreparedData
 from orchestrator.data.templates import IGNORE_INDEX
+from orchestrator.objectives import spec as objective_spec
 from orchestrator.plan.summary import pretrain_summary
 from orchestrator.storage.durable import FolderStore
 from orchestrator.storage.layout import (
@@ -157,8 +158,6 @@ class Trainer:
         self.timeline = RecordStream(self.run_store, TIMELINE, ctx.flush_s)
         self.events = RecordStream(self.run_store, EVENTS, ctx.flush_s)
         if objective is None:  # the one the job's objective spec names (imported here, lazily)
-            from orchestrator.objectives import spec as objective_spec
-
             objective = objective_spec(cfg.train.objective).recipe_class()
         self.objective = objective(self)
 
@@ -186,6 +185,8 @@ class Trainer:
             self.total_steps = math.ceil(cfg.train.max_tokens / step_tokens)
         else:
             self.total_steps = math.ceil(cfg.train.epochs * self.batches.steps_per_epoch)
+        if not objective_spec(cfg.train.objective).trains:
+            self.total_steps = 0  # an evaluation: no step; eval (and export) at the end
         self.warmup = warmup_steps_for(
             self.total_steps, cfg.optim.warmup_ratio, cfg.optim.warmup_steps
         )
