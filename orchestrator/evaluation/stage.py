@@ -90,6 +90,14 @@ def after_run(cfg: JobConfig, storage, uri: str, run_id: str) -> dict[str, float
     mlflow.set_tag(run_id, "eval.judge", label)
     if j.url == LOCAL_JUDGE:
         mlflow.set_tag(run_id, "eval.note", "local rubric judge: a plumbing check, not quality")
+    try:  # MLflow's evaluation views; the metrics above are logged whatever happens here
+        from orchestrator.evaluation import mlflow_eval
+
+        model_id = mlflow_eval.record(uri, run_id, questions, answers, judgments, label,
+                                      cfg.model.pretrained)  # fmt: skip
+        mlflow.set_tag(run_id, "eval.model_id", model_id or "")
+    except Exception as e:  # noqa: BLE001 - a view, not the result
+        print(f"warning: eval: could not record the judgments with mlflow.genai.evaluate: {e}")
     _print(metrics, label, j.url == LOCAL_JUDGE)
     return metrics
 

@@ -34,7 +34,8 @@ def test_sft_then_eval_judges_every_turn_and_a_relaunch_pays_nothing(launch_work
     job = launch_workdir / "evaled.yaml"
     job.write_text(yaml.safe_dump(raw, sort_keys=False))
 
-    out = run_pipeline(str(job), "local", [], "ev")
+    own = [f"storage.scratch={launch_workdir / 'ev-scratch'}"]  # a judge cache of its own
+    out = run_pipeline(str(job), "local", own, "ev")
     assert out.stop_reason == "completed", out
     run_dir = Path(launch_workdir / "runs" / "vicuna" / "ev-eval")
     cfg = yaml.safe_load(sorted((run_dir / "config").glob("attempt-*.yaml"))[-1].read_text())
@@ -53,12 +54,24 @@ def test_sft_then_eval_judges_every_turn_and_a_relaunch_pays_nothing(launch_work
     assert m["eval/judge_unparseable"] == 0 and m["eval/judge_failed"] == 0
     assert "eval_loss" in m and m["eval/answers"] == 8
     assert "local rubric" in tags["eval.judge"] and "plumbing" in tags["eval.note"]
+    # MLflow's evaluation views: one trace per judged turn, its rating an assessment, linked
+    # to the SFT export's logged model
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{launch_workdir}/mlflow.db")
+    traces = mlflow.search_traces(run_id=child.info.run_id, return_type="list")
+    assert len(traces) == 16
+    ratings = [a.value for t in traces for a in t.info.assessments if a.name == "judge_rating"]
+    assert len(ratings) == 16 and all(1 <= r <= 10 for r in ratings)
+    sft_models = [x for x in client.search_logged_models(experiment_ids=[child.info.experiment_id])
+                  if x.tags.get("export_uri") == out.stages["sft"]["export_url"]]  # fmt: skip
+    assert tags["eval.model_id"] == sft_models[0].model_id
     bill = json.loads((run_dir / "bill.json").read_text())
     assert bill["by_category"]["judge_api"] == 0.0  # the local judge is free; the line is there
     assert sum(bill["by_category"].values()) == pytest.approx(bill["usd_total"], abs=1e-9)
 
     # The eval stage again from scratch: the same answers (seeded), every judgment cached.
-    again = run_pipeline(str(job), "local", [], "ev", fresh="eval")
+    again = run_pipeline(str(job), "local", own, "ev", fresh="eval")
     assert again.stop_reason == "completed"
     runs = client.search_runs(
         [child.info.experiment_id], "attributes.run_name LIKE 'ev-eval%'",
