@@ -40,19 +40,20 @@ flops ?=
 gpu_hours ?=
 json ?=
 follow ?=
+model ?=
 MLFLOW_PORT ?= 5000
 
 # User values reach the program as ORCH_<name> environment variables, never as shell text:
 # `$` and `#` are escaped, the originals are not exported (Make would expand them, `$(shell ...)`
 # included, to build the recipes' environment), and recipes read the values in Python
 # (orchestrator/make_args.py). A run name like `x; rm -rf ~` is data, refused by the name check.
-USER_VARS := job scale run set yes variant stage fresh cluster id gpu budget_usd flops gpu_hours json follow MLFLOW_PORT
+USER_VARS := job scale run model set yes variant stage fresh cluster id gpu budget_usd flops gpu_hours json follow MLFLOW_PORT
 $(foreach v,$(USER_VARS),$(eval export ORCH_$(v) := $(subst #,\#,$(subst $$,$$$$,$(value $(v))))))
 unexport $(USER_VARS)
 MAKEOVERRIDES :=
 FROM_MAKE = $(BIN)/python -m orchestrator make $@
 
-.PHONY: help install launch preflight estimate plan cluster-up cluster-down cluster-status logs stop bills validate-configs test test-unit test-integration test-gpu \
+.PHONY: help install launch eval preflight estimate plan cluster-up cluster-down cluster-status logs stop bills validate-configs test test-unit test-integration test-gpu \
         bench lint fmt clean
 
 help:
@@ -70,6 +71,9 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 launch: $(STAMP)
+	$(FROM_MAKE)
+
+eval: $(STAMP)
 	$(FROM_MAKE)
 
 estimate: $(STAMP)

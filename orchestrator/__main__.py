@@ -19,6 +19,13 @@ def _overrides(texts: list[str] | str | None) -> list[str]:
     return [item for text in texts or [] for item in text.split()]
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from orchestrator.evaluation.command import cmd_eval as run_eval
+
+    return run_eval(args.job, args.scale, args.run, args.model, _overrides(args.set),
+                    args.run_as, args.yes)  # fmt: skip
+
+
 def cmd_launch(args: argparse.Namespace) -> int:
     if args.cluster:  # a named cluster (infra/): submit through the Ray Jobs API
         from orchestrator.compose.load import job_configs
@@ -336,6 +343,20 @@ def _launch_parser(sub) -> None:
         help="a pipeline job: start this stage and the ones after it over (new run folders)",
     )  # fmt: skip
     p.set_defaults(fn=cmd_launch)
+
+    p = sub.add_parser("eval", help="evaluate an existing export (docs/evaluation.md)")
+    p.add_argument("job", help="job name (its template, data and eval settings)")
+    p.add_argument("--run", default=None, help="the run of the job whose export to evaluate")
+    p.add_argument("--model", default=None, help="or a model: a HF folder, s3:// URL or id")
+    p.add_argument("--run-as", default=None, help="the evaluation's run name (default RUN-eval)")
+    p.add_argument("--scale", choices=["local", "full"], default=None)
+    p.add_argument(
+        "--set", action="append", default=None, help='overrides, e.g. "eval.questions=mt_bench"'
+    )
+    p.add_argument(
+        "--yes", action="store_true", help="launch even if the projection exceeds budget.max_usd"
+    )
+    p.set_defaults(fn=cmd_eval)
 
 
 def _plan_parser(sub) -> None:

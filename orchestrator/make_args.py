@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from orchestrator.config.errors import ConfigError
 
 TARGETS = (
-    "launch", "estimate", "preflight", "plan",
+    "launch", "eval", "estimate", "preflight", "plan",
     "cluster-up", "cluster-down", "cluster-status", "logs", "stop",
 )  # fmt: skip
 
@@ -43,6 +43,11 @@ def make_argv(target: str, env: Mapping[str, str]) -> list[str]:
             ["launch", get("job") or "vicuna"] + opt("--scale", "scale") + opt("--run", "run")
             + sets + (["--yes"] if get("yes") else []) + opt("--cluster", "cluster")
             + opt("--stage", "stage") + opt("--fresh", "fresh")
+        )  # fmt: skip
+    if target == "eval":
+        return (
+            ["eval", need("job", "vicuna")] + opt("--run", "run") + opt("--model", "model")
+            + opt("--scale", "scale") + sets + (["--yes"] if get("yes") else [])
         )  # fmt: skip
     if target == "estimate":
         return (
