@@ -868,6 +868,11 @@ class ReplayConfig:
     """The original's published wall time, when docs/facts has one (a band check, not a target)."""
     published_usd: float | None = None
     published_source: str = ""
+    published_mt_bench: float | None = None
+    """The released model's MT-bench score (GPT-4 judge; docs/facts/mt_bench.md), where the
+    LMSYS leaderboard lists one: a reference point next to the bill, not this run's quality."""
+    published_mt_bench_model: str = ""
+    """Which released model that score is of, and how it differs from the recipe."""
 
     def __post_init__(self) -> None:
         _choice("replay.batching", self.batching, REPLAY_BATCHING)
@@ -875,6 +880,10 @@ class ReplayConfig:
         _positive("replay.micro_batch_size", self.micro_batch_size)
         _positive("replay.published_hours", self.published_hours)
         _positive("replay.published_usd", self.published_usd)
+        if self.published_mt_bench is not None and not 1 <= self.published_mt_bench <= 10:
+            raise ConfigError(
+                f"replay.published_mt_bench={self.published_mt_bench}: MT-bench scores are 1-10"
+            )
 
 
 def objective_sections(cls: type) -> type:

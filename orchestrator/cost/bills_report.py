@@ -1,7 +1,9 @@
 """`make bills`: every recipe's projected full-scale bill, next to the actual bills of its runs.
 
-Writes bills.md, bills.json and bills.png (a bar chart), and logs them to the MLflow experiment
-`bills` so all recipes' bills are one click away in the UI.
+Writes bills.md, bills.json, bills.png (a bar chart) and quality.png (MT-bench score against
+dollars: the originals' published scores and this project's evaluated runs, each with its
+judge), and logs them to the MLflow experiment `bills` so all recipes' bills are one click away
+in the UI.
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ def projected_bills() -> list[dict[str, Any]]:
                 "published_hours": cfg.replay.published_hours,
                 "published_usd": cfg.replay.published_usd,
                 "published_source": cfg.replay.published_source,
+                "published_mt_bench": cfg.replay.published_mt_bench,
+                "published_mt_bench_model": cfg.replay.published_mt_bench_model,
             }
         )
     return rows
@@ -86,6 +90,39 @@ def actual_bills(tracking_uri: str, jobs: list[str]) -> list[dict[str, Any]]:
                 }
             )
     return rows
+
+
+def evaluated_runs(tracking_uri: str, jobs: list[str]) -> list[dict[str, Any]]:
+    """Runs with a judged score (an eval stage or `make eval`): the score, its judge, and what
+    the evaluated model cost: the training bill of the export it evaluated (its logged model's
+    bill, upstream stages included) plus the evaluation's own."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    rows = []
+    for job in jobs:
+        exp = client.get_experiment_by_name(job.split(":")[0])
+        if exp is None:
+            continue
+        for run in client.search_runs(
+            [exp.experiment_id], filter_string="metrics.`eval/mt_bench_score` >= 0",
+            max_results=200,
+        ):  # fmt: skip
+            t, m = run.data.tags, run.data.metrics
+            trained = 0.0
+            if t.get("eval.model_id"):
+                try:
+                    mt = client.get_logged_model(t["eval.model_id"]).tags
+                    trained = float(mt.get("bill_usd", 0)) + float(mt.get("bill_usd_upstream", 0))
+                except Exception:  # noqa: BLE001 - a deleted model: its training cost unknown
+                    trained = float("nan")
+            rows.append({
+                "job": job.split(":")[0], "run": run.info.run_name, "scale": t.get("scale"),
+                "score": m["eval/mt_bench_score"], "judge": t.get("eval.judge", "?"),
+                "usd_eval": float(t.get("bill_usd", 0)), "usd_trained": trained,
+                "usd": trained + float(t.get("bill_usd", 0)),
+            })  # fmt: skip
+    return list({r["run"]: r for r in rows}.values())
 
 
 def _markdown(proj: list[dict[str, Any]], actual: list[dict[str, Any]]) -> str:
@@ -132,6 +169,57 @@ def _markdown(proj: list[dict[str, Any]], actual: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _quality_markdown(proj: list[dict[str, Any]], evaluated: list[dict[str, Any]]) -> list[str]:
+    lines = ["", "## Quality next to the bill", "",
+             "Published: the released model's MT-bench (GPT-4 judge, LMSYS leaderboard of "
+             "2023-06-22; docs/facts/mt_bench.md) next to our projected bill of the recipe. "
+             "Evaluated: this project's runs with a judged score; scores compare only under the "
+             "same judge.", "",
+             "| job | released model | MT-bench (published) | ours: projected bill |",
+             "|---|---|---|---|"]  # fmt: skip
+    lines += [f"| {r['job']} | {r['published_mt_bench_model']} | {r['published_mt_bench']:.2f} | "
+              f"${r['usd']:,.0f} |" for r in proj if r.get("published_mt_bench")]  # fmt: skip
+    if evaluated:
+        lines += ["", "| job | run | scale | score | judge | trained | evaluation | total |",
+                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [f"| {r['job']} | {r['run']} | {r['scale']} | {r['score']:.2f} | {r['judge']} | "
+                  f"${r['usd_trained']:.6f} | ${r['usd_eval']:.6f} | ${r['usd']:.6f} |"
+                  for r in evaluated]  # fmt: skip
+    return lines
+
+
+def _quality_chart(proj: list[dict[str, Any]], evaluated: list[dict[str, Any]], path: Path) -> None:
+    """Score against dollars: published originals as reference points (at our projected bill
+    of the recipe), this project's evaluated runs, each labelled with its judge."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    pub = [r for r in proj if r.get("published_mt_bench")]
+    ax.scatter([r["usd"] for r in pub], [r["published_mt_bench"] for r in pub], marker="s",
+               facecolors="none", edgecolors="tab:blue",
+               label="published (GPT-4 judge) at our projected bill")  # fmt: skip
+    for k, r in enumerate(sorted(pub, key=lambda r: r["usd"])):
+        name = r["published_mt_bench_model"].replace(",", " ").split(" ")[0]
+        ax.annotate(name, (r["usd"], r["published_mt_bench"]), fontsize=7,
+                    xytext=(4, 4 if k % 2 else -10), textcoords="offset points")  # fmt: skip
+    for judge in sorted({r["judge"] for r in evaluated}):
+        mine = [r for r in evaluated if r["judge"] == judge and r["usd"] == r["usd"]]
+        ax.scatter([max(r["usd"], 1e-6) for r in mine], [r["score"] for r in mine],
+                   label=f"ours, judged by {judge}")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("USD (log scale)")
+    ax.set_ylabel("MT-bench score (1-10)")
+    ax.set_ylim(0, 10.5)
+    ax.set_title("What the bill bought: quality per dollar (compare within one judge)")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def _chart(proj: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -160,15 +248,21 @@ def _chart(proj: list[dict[str, Any]], path: Path) -> None:
 def write_bills(out_dir: Path, tracking_uri: str, log_to_mlflow: bool = True) -> dict[str, Path]:
     proj = projected_bills()
     actual = actual_bills(tracking_uri, [r["job"] for r in proj])
+    evaluated = evaluated_runs(tracking_uri, sorted({r["job"].split(":")[0] for r in proj}))
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {
         "md": out_dir / "bills.md",
         "json": out_dir / "bills.json",
         "png": out_dir / "bills.png",
+        "quality_png": out_dir / "quality.png",
     }
-    paths["md"].write_text(_markdown(proj, actual))
-    paths["json"].write_text(json.dumps({"projected": proj, "actual": actual}, indent=1))
+    md = _markdown(proj, actual) + "\n".join(_quality_markdown(proj, evaluated)) + "\n"
+    paths["md"].write_text(md)
+    paths["json"].write_text(
+        json.dumps({"projected": proj, "actual": actual, "evaluated": evaluated}, indent=1)
+    )
     _chart(proj, paths["png"])
+    _quality_chart(proj, evaluated, paths["quality_png"])
     if log_to_mlflow:
         from orchestrator.tracking.runs import client as mlflow_client
 

@@ -21,18 +21,37 @@ def test_bills_table_chart_and_mlflow_run(tmp_path):
             "attempts": "1",
         },
     )
+    # an evaluated run: its score, its judge, and the model it graded (a logged model's bill)
+    model = client.create_logged_model(exp, name="sft", tags={"bill_usd": "0.5",
+                                                                "bill_usd_upstream": "0.1"})  # fmt: skip
+    judged = client.create_run(exp, run_name="r1-eval", tags={
+        "scale": "local", "bill_usd": "0.001", "eval.judge": "local-rubric @ local",
+        "eval.model_id": model.model_id,
+    })  # fmt: skip
+    client.log_metric(judged.info.run_id, "eval/mt_bench_score", 4.25)
     paths = write_bills(tmp_path / "out", uri)
     md = paths["md"].read_text()
     assert "| vicuna | 13.0B | 8 x A100-80GB |" in md
     assert "| vicuna | r1 | local | $0.002000 | $0.001900 | +5.2% | completed | 1 |" in md
     data = json.loads(paths["json"].read_text())
-    assert data["projected"][0]["usd_spot"] > 0 and data["actual"][0]["run"] == "r1"
+    assert data["projected"][0]["usd_spot"] > 0 and {a["run"] for a in data["actual"]} == {
+        "r1",
+        "r1-eval",
+    }
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert paths["quality_png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    [ev] = data["evaluated"]
+    assert ev["run"] == "r1-eval" and ev["score"] == 4.25 and ev["usd"] == 0.601
+    assert "| koala | Koala-13B (the recipe) | 5.35 |" in md
+    assert (
+        "| vicuna | r1-eval | local | 4.25 | local-rubric @ local | $0.600000 | $0.001000 |" in md
+    )
     bills_exp = client.get_experiment_by_name("bills")
     [bills_run] = client.search_runs([bills_exp.experiment_id])
     assert {a.path for a in client.list_artifacts(bills_run.info.run_id)} == {
         "bills.md",
         "bills.json",
         "bills.png",
+        "quality.png",
     }
     assert run.info.run_id
