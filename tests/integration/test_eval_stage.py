@@ -59,7 +59,9 @@ def test_sft_then_eval_judges_every_turn_and_a_relaunch_pays_nothing(launch_work
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{launch_workdir}/mlflow.db")
-    traces = mlflow.search_traces(run_id=child.info.run_id, return_type="list")
+    traces = mlflow.search_traces(
+        locations=[child.info.experiment_id], run_id=child.info.run_id, return_type="list"
+    )
     assert len(traces) == 16
     ratings = [a.value for t in traces for a in t.info.assessments if a.name == "judge_rating"]
     assert len(ratings) == 16 and all(1 <= r <= 10 for r in ratings)
