@@ -70,8 +70,11 @@ SCRIPT = textwrap.dedent(
         report["buffers_ok"] = bool(torch.allclose(
             {k.removeprefix("module."): v for k, v in strategy.model.named_buffers()}["model.rotary_emb.inv_freq"].float().cpu(),
             1.0 / (10000 ** (torch.arange(0, 64, 2).float() / 64)), rtol=1e-5))
-    print("REPORT " + json.dumps(report))
+    print("REPORT " + json.dumps(report), flush=True)
     dist.barrier()
+    # torn down before exit: a gloo group left to the interpreter's exit can abort the process
+    # ("terminate called without an active exception", SIGABRT; seen once in CI)
+    dist.destroy_process_group()
     """
 )
 
