@@ -18,6 +18,7 @@ and MLflow run, spot notices, the budget cap, cost metrics and the export. What 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -483,7 +484,7 @@ class PpoObjective(_GroupObjective):
 
     @torch.no_grad()
     def _generate(
-        self, prompts: list[list[int]]
+        self, prompts: list[list[int]], engine: HfEngine | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
         """Sampled replies (the rollout engine: transformers `generate` with the KV cache, as
         GRPO's), right-padded with the prompts: (ids [B, T], attention mask, reply mask, reply
@@ -497,7 +498,7 @@ class PpoObjective(_GroupObjective):
         sampling = Sampling(n=1, max_new_tokens=n_new, temperature=p.temperature, top_p=p.top_p,
                             top_k=p.top_k, eos_id=self.eos_id if p.stop_at_eos else None,
                             pad_id=pad)  # fmt: skip
-        completions = self.engine.generate(prompts, sampling)
+        completions = (engine or self.engine).generate(prompts, sampling)
         _unwrapped(self.model).policy.eval()  # (scoring and the old log-probs run in eval mode)
         rows, spans = [], []
         for q, r in zip(prompts, completions, strict=True):
@@ -656,7 +657,10 @@ class PpoObjective(_GroupObjective):
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
-        """The mean reward-model score of greedy replies to the held-out prompts."""
+        """On the held-out prompts: the mean score of the policy's replies and, with a learned
+        reward model, its win rate over the starting (SFT) policy's replies to the same prompts
+        by that reward model (did PPO help by its own measure? docs/evaluation.md). Both are
+        sampled as in training, from the same seed."""
         data = self.data
         if data.groups is None or not len(data.eval):
             return None
@@ -664,18 +668,40 @@ class PpoObjective(_GroupObjective):
         prompts = [held.replies(g)[0] for g in range(len(held.groups))]
         from orchestrator.rl.batches import prompt_ids
 
-        groups = list(range(len(prompts)))[self.rank :: self.world] or [0]
-        mine = [prompt_ids(prompts[g]) for g in groups]
-        self._seed(10_000)
-        with self.strategy.autocast():
-            ids, mask, reply, _ = self._generate(mine)
-            ids, mask, reply = ids.to(self.device), mask.to(self.device), reply.to(self.device)
-            answers = self._answers([held.group_ids[g] for g in groups])
-            score = self._scores(ids, mask, reply, answers)
-        agg = torch.tensor([float(score.sum()), float(len(score))], device=self.device)
+        groups = list(range(len(prompts)))[self.rank :: self.world]
+        mine = [prompt_ids(prompts[g]) for g in groups or [0]]  # a rank with none repeats one
+        answers = self._answers([held.group_ids[g] for g in groups or [0]])
+        weight = 1.0 if groups else 0.0
+        score = self._held_out_scores(mine, answers)
+        sums = [weight * float(score.sum()), weight * len(score)]
+        if self.reward_model is not None:
+            start = self._held_out_scores(mine, answers, starting=True)
+            wins = (score > start).float() + 0.5 * (score == start).float()
+            sums += [weight * float(start.sum()), weight * float(wins.sum())]
+        agg = torch.tensor(sums, device=self.device, dtype=torch.float64)
         dist.all_reduce(agg)
-        self.eval_metrics = {"rl/eval_reward_mean": float(agg[0] / agg[1])}
+        n = float(agg[1])
+        self.eval_metrics = {"rl/eval_reward_mean": float(agg[0]) / n}
+        if self.reward_model is not None:
+            self.eval_metrics["rl/eval_reward_mean_start"] = float(agg[2]) / n
+            self.eval_metrics["eval/reward_win_rate"] = float(agg[3]) / n
+            self.eval_metrics["eval/reward_prompts"] = n
         return None
+
+    def _held_out_scores(self, prompts, answers: list[str], starting: bool = False):
+        """The reward of replies to `prompts` by the policy, or (`starting`) by the policy it
+        started from: the frozen reference, or the policy with its LoRA adapter disabled."""
+        self._seed(10_000)  # the same draws (reply length, sampling) for both policies
+        net = _unwrapped(self.model)
+        engine, off = self.engine, contextlib.nullcontext()
+        if starting and self.reference is not None:
+            engine = HfEngine(self.reference, self.device)
+        elif starting:
+            off = net.policy.disable_adapter()
+        with self.strategy.autocast(), off:
+            ids, mask, reply, _ = self._generate(prompts, engine)
+            ids, mask, reply = ids.to(self.device), mask.to(self.device), reply.to(self.device)
+            return self._scores(ids, mask, reply, answers).float()
 
     @torch.no_grad()
     def export(self) -> None:

@@ -87,6 +87,11 @@ def test_stack_llama_pipeline_ppo_sigkill_and_stage_resumes(launch_workdir):
     assert sorted(kids) == ["sl-ppo", "sl-reward", "sl-sft"]
     # The gate read the reward model's held-out accuracy (>= 0.6 at this scale).
     assert kids["sl-reward"].data.metrics["reward/accuracy"] >= 0.6
+    # Did PPO help by the pipeline's own measure? The reward model scored the policy's and
+    # the SFT model's replies to every held-out prompt (docs/evaluation.md).
+    ppo_m = kids["sl-ppo"].data.metrics
+    assert 0.0 <= ppo_m["eval/reward_win_rate"] <= 1.0, ppo_m
+    assert ppo_m["eval/reward_prompts"] >= 2 and "rl/eval_reward_mean_start" in ppo_m
 
     # An uninterrupted PPO stage from the same SFT and reward exports.
     sft, rm = out.stages["sft"]["export_url"], out.stages["reward"]["export_url"]
