@@ -620,6 +620,15 @@ class GpuSpec:
 
 
 @dataclass
+class JudgePrice:
+    """One judge model's API prices (cost.judges.<model>): the eval stage's judge line."""
+
+    usd_per_1m_input_tokens: float = MISSING
+    usd_per_1m_output_tokens: float = MISSING
+    source: str = MISSING
+
+
+@dataclass
 class KernelModel:
     """How fast one pass runs on a device: the share of peak FLOP/s its matmuls reach,
 
@@ -685,6 +694,8 @@ class CostConfig:
         default_factory=lambda: {"aws": 0.08, "local": 0.0}
     )
     """The nodes' root volumes (`instances.<type>.ebs_gb`), by the instance's cloud."""
+    judges: dict[str, JudgePrice] = field(default_factory=dict)
+    """Judge models' API prices by `eval.judge.model` (docs/facts/judge_prices.md)."""
     cpu_peak_flops_per_worker: float = 95.0e9
     """CPU workers (local scale): fp32 peak of one core (torch.mm ~190 GFLOP/s on 2 cores here)."""
     live_spot_prices: bool = True
@@ -742,6 +753,16 @@ class CostConfig:
                     f"priced clouds: {sorted(self.volume_usd_per_gb_month)}"
                 )
             if not str(price.source or "").strip():
+                raise ConfigError(f"{key}.source is empty: every price needs its source")
+        for name, judge in self.judges.items():
+            key = f"cost.judges.{name}"
+            _positive(
+                f"{key}.usd_per_1m_input_tokens", judge.usd_per_1m_input_tokens, allow_zero=True
+            )
+            _positive(
+                f"{key}.usd_per_1m_output_tokens", judge.usd_per_1m_output_tokens, allow_zero=True
+            )
+            if not str(judge.source or "").strip():
                 raise ConfigError(f"{key}.source is empty: every price needs its source")
         for name, gpu in self.gpus.items():
             key = f"cost.gpus.{name}"

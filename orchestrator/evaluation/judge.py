@@ -26,7 +26,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -163,6 +163,8 @@ class JudgeClient:
         backoff_s: float = 1.0,
         max_tokens: int = 1024,
         environ: Mapping[str, str] | None = None,
+        budget_usd: float | None = None,
+        price: Callable[[int, int], float] | None = None,
     ) -> None:
         env = os.environ if environ is None else environ
         self._key = None
@@ -183,6 +185,9 @@ class JudgeClient:
         self._next_start = 0.0
         self._lock = threading.Lock()
         self.stats = JudgeStats()
+        # No new call once `price(prompt tokens, completion tokens)` of the calls made reaches
+        # `budget_usd` (calls already in flight finish: at most max_concurrency calls over).
+        self.budget_usd, self._price = budget_usd, price
         cache_dir.mkdir(parents=True, exist_ok=True)
         self._cache_file = cache_dir / "judgments.jsonl"
         self._cache: dict[str, dict[str, Any]] = {}
@@ -256,6 +261,13 @@ class JudgeClient:
             with self._lock:
                 self.stats.cached += 1
             return Reply(hit["text"], hit["prompt_tokens"], hit["completion_tokens"]), True
+        if self.over_budget():
+            with self._lock:
+                self.stats.failed += 1
+            raise JudgeError(
+                f"judge {self.url}: not asked, the budget left for judging (${self.budget_usd:.4f},"
+                " budget.max_usd) is spent"
+            )
         reply = self.complete(messages)
         row = {"key": key, **asdict(reply)}
         with self._lock:
@@ -265,6 +277,13 @@ class JudgeClient:
             with self._cache_file.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
         return reply, False
+
+    def over_budget(self) -> bool:
+        if self.budget_usd is None or self._price is None:
+            return False
+        with self._lock:
+            spent = self._price(self.stats.prompt_tokens, self.stats.completion_tokens)
+        return spent >= self.budget_usd
 
     def judge_single(self, q: Question, turn: int, answers: list[str]) -> Judgment:
         j = Judgment("single", q.question_id, q.category, turn)

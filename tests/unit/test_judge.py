@@ -181,3 +181,22 @@ def test_mt_bench_is_checked_against_its_pinned_sha256(fastchat_mirror, tmp_path
 def test_no_network_names_the_local_sample(tmp_path):
     with pytest.raises(ConfigError, match="cannot download.*eval.questions=sample"):
         qmod.download_mt_bench(tmp_path, base_url="http://127.0.0.1:9", timeout_s=2)
+
+
+def test_the_judge_stops_asking_when_the_budget_left_is_spent(tmp_path):
+    """budget.max_usd covers the judge: once its calls have cost what the run had left, the
+    rest are not asked (counted as failed, named), and the cached ones still count."""
+
+    def price(prompt: int, completion: int) -> float:
+        return (prompt + completion) * 1e-3  # $ per token, high enough to run out
+
+    with JudgeServer() as server:
+        c = client(server.url, tmp_path, max_concurrency=1, budget_usd=1e-6, price=price)
+        first = c.judge_single(QUESTIONS[0], 1, ANSWERS[1])  # under the cap: asked
+        assert first.score is not None and c.stats.calls == 1
+        assert price(c.stats.prompt_tokens, c.stats.completion_tokens) > 0
+        rest = c.judge_all(QUESTIONS, ANSWERS)
+        assert server.calls == 1  # no call past the cap
+    assert rest[0].score == first.score  # from the cache: costs nothing, still counted
+    assert all(j.score is None and "budget" in (j.error or "") for j in rest[1:])
+    assert summarise(rest)["eval/judge_failed"] == len(rest) - 1
