@@ -14,6 +14,7 @@ from typing import Any
 
 from orchestrator.compose.load import JOBS_DIR, job_configs
 from orchestrator.cost.estimator import project
+from orchestrator.objectives import spec as objective_spec
 
 
 def projected_bills() -> list[dict[str, Any]]:
@@ -26,6 +27,7 @@ def projected_bills() -> list[dict[str, Any]]:
         for stage, cfg in job_configs(job, "full").items()  # a pipeline: a row per stage
     ]
     for job, cfg in configs:
+        trains = objective_spec(cfg.train.objective).trains  # an eval stage bought no score
         p = project(cfg)
         r = project(cfg, replay=True)
         low, high = p.usd_range
@@ -57,7 +59,7 @@ def projected_bills() -> list[dict[str, Any]]:
                 "published_hours": cfg.replay.published_hours,
                 "published_usd": cfg.replay.published_usd,
                 "published_source": cfg.replay.published_source,
-                "published_mt_bench": cfg.replay.published_mt_bench,
+                "published_mt_bench": cfg.replay.published_mt_bench if trains else None,
                 "published_mt_bench_model": cfg.replay.published_mt_bench_model,
             }
         )
@@ -121,6 +123,10 @@ def evaluated_runs(tracking_uri: str, jobs: list[str]) -> list[dict[str, Any]]:
                 "score": m["eval/mt_bench_score"], "judge": t.get("eval.judge", "?"),
                 "usd_eval": float(t.get("bill_usd", 0)), "usd_trained": trained,
                 "usd": trained + float(t.get("bill_usd", 0)),
+                "base_score": m.get("eval/base_mt_bench_score"),
+                "gain": m.get("eval/gain_over_base"),
+                "usd_per_point": m.get("eval/usd_per_point"),
+                "pair_win_rate_adjusted": m.get("eval/pair_win_rate_adjusted"),
             })  # fmt: skip
     return list({r["run"]: r for r in rows}.values())
 
@@ -180,12 +186,23 @@ def _quality_markdown(proj: list[dict[str, Any]], evaluated: list[dict[str, Any]
     lines += [f"| {r['job']} | {r['published_mt_bench_model']} | {r['published_mt_bench']:.2f} | "
               f"${r['usd']:,.0f} |" for r in proj if r.get("published_mt_bench")]  # fmt: skip
     if evaluated:
-        lines += ["", "| job | run | scale | score | judge | trained | evaluation | total |",
-                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
-        lines += [f"| {r['job']} | {r['run']} | {r['scale']} | {r['score']:.2f} | {r['judge']} | "
+        lines += ["", "Base: the model it was trained from, graded by the same judge in the same "
+                  "run; $/point: the training bill over the gain (a gain of 0 or less buys no "
+                  "point); vs base: the adjusted pairwise win rate against the base's answers.",
+                  "", "| job | run | scale | score | base | gain | $/point | vs base | judge "
+                  "| trained | evaluation | total |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [f"| {r['job']} | {r['run']} | {r['scale']} | {r['score']:.2f} | "
+                  f"{_num(r.get('base_score'), '{:.2f}')} | {_num(r.get('gain'), '{:+.2f}')} | "
+                  f"{_num(r.get('usd_per_point'), '${:,.6f}')} | "
+                  f"{_num(r.get('pair_win_rate_adjusted'), '{:.0%}')} | {r['judge']} | "
                   f"${r['usd_trained']:.6f} | ${r['usd_eval']:.6f} | ${r['usd']:.6f} |"
                   for r in evaluated]  # fmt: skip
     return lines
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "-" if value is None else fmt.format(value)
 
 
 def _quality_chart(proj: list[dict[str, Any]], evaluated: list[dict[str, Any]], path: Path) -> None:

@@ -16,6 +16,7 @@ run, + idle workers until scale-down, + storage of the kept checkpoints and expo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -390,7 +391,7 @@ def project(
     mfu = model_f / (step_s * peak_all) if step_s else 0.0
     hfu = exec_f / (step_s * peak_all) if step_s else 0.0
 
-    eval_h = _eval_hours(cfg, dist, step_s)
+    eval_h = _eval_hours(cfg, dist, _loss_step_s(cfg, shape, dev, reg, dist, replay, step_s))
     save = save_times(cfg, shape.n_params, shape.n_trainable, saves, shape.n_tensors, shape.n_held)
     rate = o.spot_preemptions_per_node_hour * max(1, hw.num_nodes)
     spot = hw.market == "spot"
@@ -515,6 +516,20 @@ def _spot_hours(
             "often (checkpoint.interval=auto), use fewer nodes or on_demand"
         )
     return base_h / (1.0 - lost_share)
+
+
+def _loss_step_s(cfg: JobConfig, shape, dev, reg, dist, replay: bool, step_s: float) -> float:
+    """The step time the held-out loss pass is priced by: a training step of the objective, or,
+    for one that trains nothing (the eval stage, whose one 'step' is its decoding), an SFT
+    step on the same data; 0 when it reports no loss (`eval.loss: false`)."""
+    spec = objective_spec(cfg.train.objective)
+    if spec.trains:
+        return step_s
+    if spec.settings is not None and not getattr(spec.settings.of(cfg), "loss", True):
+        return 0.0
+    sft = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, objective="sft"))
+    sft_steps = total_steps(sft, dist.num_examples if dist else 0)
+    return _mean_step(sft, shape, dev, reg, dist, replay, sft_steps)[0]
 
 
 def _eval_hours(cfg: JobConfig, dist: Lengths | None, step_s: float) -> float:

@@ -65,7 +65,7 @@ class MemoryEstimate:
             f"gathered layers {g(self.gathered_bytes)}, activations {g(self.activation_bytes)} at "
             f"{self.tokens_per_micro_batch:,} tokens per micro-batch, logits {g(self.logits_bytes)}, "
             f"overhead {g(self.overhead_bytes)}"
-            + (f", other models (reference, reward, critic, rollout engine) {g(self.extra_models_bytes)}"
+            + (f", besides (reference, reward, critic, rollout engine, KV cache) {g(self.extra_models_bytes)}"
                if self.extra_models_bytes else "")
             + ")"
         )  # fmt: skip
@@ -105,7 +105,10 @@ def estimate(cfg: JobConfig, n_params: int, n_trainable: int, vocab: int) -> Mem
     ds = cfg.deepspeed
     zero = ds.zero_stage if t.strategy == "deepspeed" else None
 
-    if t.method == "full":
+    trains = objective_spec(t.objective).trains
+    if not trains:  # an evaluation: the weights alone (no gradients, no optimizer state)
+        state = dtype * P
+    elif t.method == "full":
         if t.strategy == "ddp":
             state = 16 * P
         elif t.strategy == "fsdp":
@@ -139,7 +142,9 @@ def estimate(cfg: JobConfig, n_params: int, n_trainable: int, vocab: int) -> Mem
     efficient = m.attn_implementation in ("flash_attention_2", "sdpa")
     per_token_layer = 34 * h + (0 if efficient else 5 * a * s)
     scale = 1.0 if half else 2.0
-    if t.activation_checkpointing:
+    if not trains:  # forwards only: one layer's activations at a time
+        act = per_token_layer * tokens * scale
+    elif t.activation_checkpointing:
         act = (layers * 2 * h + per_token_layer) * tokens * scale
     else:
         act = layers * per_token_layer * tokens * scale

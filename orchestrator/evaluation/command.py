@@ -2,8 +2,13 @@
 
 The evaluation is a launch of the job with `train.objective=eval` (docs/evaluation.md), its
 model the export of run R of job X in the job's durable store (or `model=`: a Hugging Face
-folder, an s3:// export, a model id), under its own run name (`R-eval` unless `run_as=`). A
-pipeline job is evaluated with the configuration of its first stage (its data and template).
+folder, an s3:// export, a model id), under its own run name (`R-eval` unless `run_as=`).
+
+A pipeline job is evaluated with the configuration of its eval stage when it has one (its
+question set, judge, base and baseline), else of its first stage (its data and template); R
+may name the pipeline run: the export evaluated is then that of its last stage before the
+evaluation that has one (R-sft for koala), and the run is named `R-reeval` (R-eval is the
+pipeline's own eval stage).
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ worker (it generates on its own), no int8 base (an export is a merged model)."""
 
 
 def export_of(job: str, scale: str | None, run: str, overrides: list[str]) -> str:
-    """The durable URL of run `run`'s export of job `job`.
+    """The durable URL of run `run`'s export of job `job` (for a pipeline run, of its last
+    stage with one, the evaluation excepted).
 
     Raises:
         ConfigError: the run has no export, or only a LoRA adapter (not loadable alone yet).
@@ -30,16 +36,20 @@ def export_of(job: str, scale: str | None, run: str, overrides: list[str]) -> st
     from orchestrator.storage.layout import EXPORT, run_store
 
     check_name("run", run)
-    cfg = next(iter(job_configs(job, scale, overrides).values()))
+    configs = job_configs(job, scale, overrides)
+    cfg = next(iter(configs.values()))
+    trained = [s for s, c in reversed(configs.items()) if s and c.train.objective != "eval"]
+    for name in [run, *(f"{run}-{s}" for s in trained)]:
+        store = run_store(storage_resolve.resolve(cfg, name, os.environ))
+        if store.exists(f"{EXPORT}/config.json"):
+            return f"{store.url}/{EXPORT}"
+        if store.exists(f"{EXPORT}/adapter/adapter_config.json"):
+            raise ConfigError(
+                f"run {name!r} of {job!r} exported a LoRA adapter ({store.url}/{EXPORT}/"
+                "adapter), which is not loadable without its base yet: export it merged "
+                "(export.merge_lora=true) or pass model=<a merged folder>"
+            )
     store = run_store(storage_resolve.resolve(cfg, run, os.environ))
-    if store.exists(f"{EXPORT}/config.json"):
-        return f"{store.url}/{EXPORT}"
-    if store.exists(f"{EXPORT}/adapter/adapter_config.json"):
-        raise ConfigError(
-            f"run {run!r} of {job!r} exported a LoRA adapter ({store.url}/{EXPORT}/adapter), "
-            "which is not loadable without its base yet: export it merged "
-            "(export.merge_lora=true) or pass model=<a merged folder>"
-        )
     raise ConfigError(
         f"run {run!r} of {job!r} has no export at {store.url}/{EXPORT} (did it finish? "
         "`make bills` lists the runs)"
@@ -57,12 +67,14 @@ def eval_launch_args(
     """(overrides, run name) of the evaluation launch."""
     if (run is None) == (model is None):
         raise ConfigError("make eval: give run=<a run of the job> or model=<folder | s3:// | id>")
-    from orchestrator.compose.load import job_stages
+    from orchestrator.compose.load import job_configs
 
-    stages = job_stages(job, scale)
-    first = [f"stage={next(iter(stages))}"] if stages else []
+    configs = job_configs(job, scale, overrides)
+    evals = [s for s, c in configs.items() if s and c.train.objective == "eval"]
+    stage = evals[0] if evals else next(iter(configs))
+    first = [f"stage={stage}"] if stage else []
     url = model if model is not None else export_of(job, scale, run or "", overrides)
-    name = run_as or f"{run or 'model'}-eval"
+    name = run_as or f"{run or 'model'}-" + ("reeval" if "eval" in configs else "eval")
     check_name("run", name)
     return [*first, *EVAL_OVERRIDES, f"model.pretrained={url}", *overrides], name
 

@@ -106,3 +106,14 @@ def record(
     for name, body in (("answers", answers), ("judgments", [vars(j) for j in judgments])):
         client.log_text(run_id, json.dumps(body, indent=1), f"eval/{name}.json")
     return model_id
+
+
+def trained_usd(client, model_id: str | None) -> float | None:
+    """What the logged model's training cost: its own stage's bill plus its upstream stages'
+    (register_export's `bill_usd` and `bill_usd_upstream` tags); None when unknown."""
+    if not model_id:
+        return None
+    tags = client.get_logged_model(model_id).tags or {}
+    if "bill_usd" not in tags:
+        return None
+    return float(tags["bill_usd"]) + float(tags.get("bill_usd_upstream", 0.0))

@@ -8,7 +8,9 @@ evaluates and exports, this objective:
    it, through the rollout-engine interface (transformers `generate` with the KV cache; the
    same interface GRPO samples with), at FastChat's temperature for each category;
 3. gathers the answers on rank 0, which writes them to the store (ANSWERS) for the launcher's
-   judge, with the generation's tokens and tokens/s as `eval/*` metrics.
+   judge, with the generation's tokens and tokens/s as `eval/*` metrics;
+4. with `eval.base`, moves the evaluated model off the device, loads the base (fetched and
+   verified as every model input is) and answers the same questions with it (BASE_ANSWERS).
 """
 
 from __future__ import annotations
@@ -23,15 +25,21 @@ from orchestrator.data.prompts import style
 from orchestrator.evaluation.questions import Question, parse_questions
 from orchestrator.objectives.eval import SETTINGS as EVAL
 from orchestrator.rl.rollout import HfEngine, Sampling
-from orchestrator.training.loop import _unwrapped
+from orchestrator.training.loop import _unwrapped, is_durable, train_dtype
 from orchestrator.training.sft import SftObjective
 
 QUESTIONS = "eval/questions.jsonl"
 """The question set as the launcher resolved it (in the run's durable store)."""
 ANSWERS = "eval/answers.jsonl"
 """{"question_id", "category", "turns": [answer, ...]} per question, written by rank 0."""
+BASE_ANSWERS = "eval/base_answers.jsonl"
+"""The same for `eval.base`, when set."""
 JUDGMENTS = "eval/judgments.jsonl"
 """The judge's judgments, written by the launcher."""
+BASE_JUDGMENTS = "eval/base_judgments.jsonl"
+"""Its grades of the base's answers."""
+PAIR_JUDGMENTS = "eval/pair_judgments.jsonl"
+"""Its pairwise verdicts against eval.baseline."""
 
 
 def turn_prompt(template: str, q: Question, turn: int, answers: list[str]) -> str:
@@ -64,36 +72,60 @@ class EvalObjective(SftObjective):
                 f"{self.run_store.url}/{QUESTIONS}: no question set (the launcher writes it)"
             )
         questions = parse_questions(text, f"{self.run_store.url}/{QUESTIONS}")
-        t0 = time.perf_counter()
-        mine, tokens = self._answer(questions[self.rank :: self.world])
-        gathered: list = [None] * self.world
-        if dist.is_initialized():
-            dist.all_gather_object(gathered, (mine, tokens, time.perf_counter() - t0))
-        else:
-            gathered = [(mine, tokens, time.perf_counter() - t0)]
+        rows, total, slowest = self._answer_all(questions, _unwrapped(self.model), ANSWERS)
         if self.rank == 0:
-            rows = sorted(
-                (r for part, _, _ in gathered for r in part), key=lambda r: r["question_id"]
-            )
-            self.run_store.write_text(ANSWERS, "".join(json.dumps(r) + "\n" for r in rows))
-            total = sum(n for _, n, _ in gathered)
-            slowest = max(s for _, _, s in gathered)
             self.eval_metrics = {
                 "eval/answers": float(len(rows)),
                 "eval/answer_tokens": float(total),
                 "eval/generation_tokens_per_s": total / max(slowest, 1e-9),
             }
             self.say(f"answered {len(rows)} questions ({total} tokens) in {slowest:.1f} s")
+        if e.base:
+            self.model.to("cpu")  # room on the device for the base
+            base = self._load_base(e.base)
+            rows, total, slowest = self._answer_all(questions, base, BASE_ANSWERS)
+            if self.rank == 0:
+                self.eval_metrics["eval/base_answer_tokens"] = float(total)
+                self.say(f"the base answered {len(rows)} questions ({total} tokens) in "
+                         f"{slowest:.1f} s")  # fmt: skip
+            del base
         return loss
 
-    def _answer(self, questions: list[Question]) -> tuple[list[dict], int]:
+    def _answer_all(self, questions: list[Question], model, rel: str):
+        """Every rank answers its share (questions rank::world); rank 0 writes all of them to
+        `rel` in the run's store. (rows, answer tokens, the slowest rank's seconds)."""
+        t0 = time.perf_counter()
+        mine, tokens = self._answer(questions[self.rank :: self.world], model)
+        gathered: list = [None] * self.world
+        if dist.is_initialized():
+            dist.all_gather_object(gathered, (mine, tokens, time.perf_counter() - t0))
+        else:
+            gathered = [(mine, tokens, time.perf_counter() - t0)]
+        rows = sorted((r for part, _, _ in gathered for r in part), key=lambda r: r["question_id"])
+        if self.rank == 0:
+            self.run_store.write_text(rel, "".join(json.dumps(r) + "\n" for r in rows))
+        return rows, sum(n for _, n, _ in gathered), max(s for _, _, s in gathered)
+
+    def _load_base(self, ref: str):
+        """eval.base on this node (fetched from the durable store and checked against the
+        digest the launcher recorded), in the evaluation's dtype, on this worker's device."""
+        from transformers import AutoModelForCausalLM
+
+        digest = self.ctx.model_digests.get("eval.base", "")
+        path = str(self.fetch_pretrained(ref, digest)) if is_durable(ref) else ref
+        model = AutoModelForCausalLM.from_pretrained(
+            path, torch_dtype=train_dtype(self.cfg.train.precision)
+        )
+        return model.to(self.device).eval()
+
+    def _answer(self, questions: list[Question], model) -> tuple[list[dict], int]:
         """Answer every turn of `questions`; one generate call per (turn, temperature)."""
         from transformers import AutoTokenizer
 
         e = EVAL.of(self.cfg)
         tok = AutoTokenizer.from_pretrained(self.data.tokenizer_dir)
         st = style(self.cfg.data.template)
-        engine = HfEngine(_unwrapped(self.model), self.device)
+        engine = HfEngine(model, self.device)
         answers: dict[int, list[str]] = {q.question_id: [] for q in questions}
         bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
         max_prompt = self.cfg.model.max_position_embeddings - e.max_new_tokens

@@ -289,6 +289,7 @@ def run_pipeline(
     # The pipeline's own settings (storage, tracking, budget) as its first stage resolves them:
     # a job's top level need not be a whole config (each stage brings its data).
     top = compose(job, scale, overrides + [f"stage={stages[0].name}"])
+    _preflight_stages(job, scale, overrides, [s.name for s in stages if only in (None, s.name)])
     book = _Book.open(top, run_name)
     records = book.records
     reason, message = StopReason.COMPLETED, "every stage finished"
@@ -343,6 +344,21 @@ def run_pipeline(
     if reason == StopReason.COMPLETED:
         message = completion_message(names, only, records)
     return book.finish(job, run_name, reason, message)
+
+
+def _preflight_stages(job: str, scale: str | None, overrides: list[str], names: list[str]) -> None:
+    """Every stage's launcher checks before the first stage spends anything (a later stage's
+    judge key missing is found now, not after the training stages were paid for)."""
+    from orchestrator.launch.run import _launcher_hooks
+
+    for name in names:
+        cfg = compose(job, scale, [*overrides, f"stage={name}"])
+        hooks = _launcher_hooks(cfg)
+        if hooks is not None and hasattr(hooks, "preflight"):
+            try:
+                hooks.preflight(cfg)
+            except ConfigError as e:
+                raise ConfigError(f"stage {name!r}: {e}") from None
 
 
 def _check_stage_args(job: str, names: list[str], only: str | None, fresh: str | None) -> list[str]:

@@ -47,6 +47,7 @@ from orchestrator.objectives import spec as objective_spec
 from orchestrator.storage import resolve as storage_resolve
 from orchestrator.storage.layout import (
     CONFIGS,
+    EXTRA_COSTS,
     LAUNCH_RESULT,
     METRICS_PENDING,
     RESULT,
@@ -125,12 +126,13 @@ def launch(
     ledger = Ledger(store)
     context, attempt = _begin_attempt(cfg, storage, ledger, uri, run_id, data_url, t_start)
     context.model_digests, context.resume_bytes = digests, resume_bytes
-    status, launcher_stop = "FAILED", None
+    status, launcher_stop, extra = "FAILED", None, {}
     try:
         launcher_stop = supervise(cfg, context, store, ledger, t_start)
         result = _read_result(store)
         if hooks is not None and result and result.stop_reason == StopReason.COMPLETED:
-            hooks.after_run(cfg, storage, uri, run_id)  # e.g. the eval stage's judge
+            # e.g. the eval stage's judge, within what the budget leaves
+            extra = hooks.after_run(cfg, storage, uri, run_id, _budget_left(cfg, store, ledger))
         status = "FINISHED"
     except RunFailed as e:
         e.job, e.run, e.run_url = cfg.job, run_name, storage.run_url
@@ -154,7 +156,7 @@ def launch(
         stop_reason=stop_reason,
         eval_loss=result.eval_loss if result else None,
         usd_total=bill["usd_total"],
-        usd_attempt=ledger.usd_between(attempt["start"], attempt["end"]),
+        usd_attempt=ledger.usd_between(attempt["start"], attempt["end"]) + sum(extra.values()),
         wall_s=time.time() - t_start,
     )
     _print_summary(res)
@@ -381,13 +383,20 @@ def _prepare_data(
 
 
 def _publish_base(cfg: JobConfig, storage: RunStorage) -> None:
-    """A local base (`model.pretrained: base:NAME`) into the durable store, where every node
-    finds it; built on this machine first if it is not cached."""
+    """Local bases (`base:NAME` in model.pretrained or an objective's model input, e.g.
+    eval.base) into the durable store, where every node finds them; built on this machine
+    first if not cached."""
     from orchestrator.training import bases
 
     if bases.is_base(cfg.model.pretrained):
         cfg.model.pretrained = bases.publish(cfg.model.pretrained, storage.root)
         print(f"  base model: {cfg.model.pretrained}")
+    for key in objective_spec(cfg.train.objective).input_keys:
+        ref = config_value(cfg, key)
+        if ref and bases.is_base(ref):
+            section, _, name = key.partition(".")
+            setattr(getattr(cfg, section), name, bases.publish(ref, storage.root))
+            print(f"  {key}: {config_value(cfg, key)}")
 
 
 def _model_digests(cfg: JobConfig) -> dict[str, str]:
@@ -401,6 +410,14 @@ def _model_digests(cfg: JobConfig) -> dict[str, str]:
         if ref:
             out[key] = model_identity(ref)
     return out
+
+
+def _budget_left(cfg: JobConfig, store, ledger: Ledger) -> float | None:
+    """budget.max_usd minus what the run has spent so far (node time and billed extras)."""
+    if cfg.budget.max_usd is None:
+        return None
+    extra = json.loads(store.read_text(EXTRA_COSTS) or "{}")
+    return cfg.budget.max_usd - ledger.usd_between(0.0, time.time()) - sum(extra.values())
 
 
 def _launcher_hooks(cfg: JobConfig):

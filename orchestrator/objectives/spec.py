@@ -101,14 +101,17 @@ class ObjectiveSpec:
     """False: it evaluates a model and trains nothing (the trainer takes no step; the estimator
     prices its `work` as one step)."""
     launcher: str | None = None
-    """A module whose `before_run(cfg, storage)` and `after_run(cfg, storage, uri, run_id)` the
-    launcher calls around the workers (the eval stage: the question set, then the judge)."""
+    """A module whose `preflight(cfg)` a pipeline calls before its first stage, and whose
+    `before_run(cfg, storage)` and `after_run(cfg, storage, uri, run_id, budget_left)` the
+    launcher calls around the workers (the eval stage: its checks, the question set, the
+    judge)."""
     from_trained: bool = False
     """It starts from a trained model: model.pretrained must be set."""
     check: Callable[[JobConfig], None] = field(default=_no_check)
     """Its own cross-field checks (raise ConfigError)."""
     extra_models_bytes: Callable[[JobConfig, int], float] = field(default=_no_extra)
-    """Bytes per GPU of the models it holds besides the trained one (the fit check)."""
+    """Bytes per GPU it holds besides the trained model and its training state (the fit check):
+    other models (PPO's reference, reward model), an evaluation's KV cache."""
     micro_tokens: Callable[[JobConfig], int] | None = None
     """The most tokens of one micro-batch; None: micro_batch_size x data.max_seq_len x
     sequences_per_item."""

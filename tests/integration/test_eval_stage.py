@@ -1,58 +1,80 @@
-"""SFT -> eval end to end: the eval stage reads the SFT export by reference, answers the shipped
-question set on the workers, the launcher's judge (the local rubric server) grades every turn,
-the stage's MLflow run holds the eval/* metrics and its judge, the bill has the judge's line,
-and a second evaluation of the same answers asks the judge nothing (its cache)."""
+"""Koala's own pipeline at local scale, SFT -> eval, end to end: the eval stage reads the SFT
+export by reference, the workers answer the shipped question set with the export and with its
+base, the launcher's judge (the local rubric server) grades every turn of both and plays the
+export against the base pairwise, the stage's MLflow run holds the eval/* metrics, its judge
+and dollars per point, the bill has the judge's line, and a second evaluation of the same
+answers asks the judge nothing (its cache). Then the resume test every recipe has: the SFT
+stage's last checkpoint deleted, a relaunch redoes the steps after the one before."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from orchestrator.paths import JOBS_DIR
+from orchestrator.checkpoint.manifest import step_dirname
 
 pytestmark = pytest.mark.integration
 
+SFT = ["train.max_steps=4", "checkpoint.every_steps=2", "checkpoint.keep_last=5"]
 
-def test_sft_then_eval_judges_every_turn_and_a_relaunch_pays_nothing(launch_workdir):
+
+def losses(run_dir: Path, attempt: int) -> dict[int, float]:
+    rows = [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if r["attempt"] == attempt}
+
+
+def test_koala_trains_then_evaluates_against_its_base_and_a_relaunch_pays_nothing(
+    launch_workdir,
+):
     from orchestrator.launch.pipeline import run_pipeline
+    from orchestrator.launch.run import launch
 
-    raw = yaml.safe_load((JOBS_DIR / "vicuna.yaml").read_text())
-    raw["stages"] = {
-        "sft": {"config": {"train": {"max_steps": 3}}},
-        "eval": {
-            "input": "sft",
-            "config": {
-                "train": {"objective": "eval", "strategy": "ddp"},
-                "eval": {"max_new_tokens": 12},
-            },
-        },
-    }
-    job = launch_workdir / "evaled.yaml"
-    job.write_text(yaml.safe_dump(raw, sort_keys=False))
-
-    own = [f"storage.scratch={launch_workdir / 'ev-scratch'}"]  # a judge cache of its own
-    out = run_pipeline(str(job), "local", own, "ev")
+    own = [*SFT, f"storage.scratch={launch_workdir / 'ev-scratch'}"]  # a judge cache of its own
+    out = run_pipeline("koala", "local", own, "ev")
     assert out.stop_reason == "completed", out
-    run_dir = Path(launch_workdir / "runs" / "vicuna" / "ev-eval")
+    runs = launch_workdir / "runs" / "koala"
+    run_dir = runs / "ev-eval"
     cfg = yaml.safe_load(sorted((run_dir / "config").glob("attempt-*.yaml"))[-1].read_text())
     assert cfg["model"]["pretrained"] == out.stages["sft"]["export_url"]
+    assert "/.bases/" in cfg["eval"]["base"]  # the base, published where every node reads it
 
-    answers = [json.loads(x) for x in (run_dir / "eval" / "answers.jsonl").read_text().splitlines()]
-    assert [a["question_id"] for a in answers] == list(range(1, 9))
-    assert all(len(a["turns"]) == 2 for a in answers)  # both turns, from both workers
-    judged = (run_dir / "eval" / "judgments.jsonl").read_text().splitlines()
-    assert len(judged) == 16 and all(json.loads(j)["score"] is not None for j in judged)
+    def rows(name: str) -> list[dict]:
+        return [json.loads(x) for x in (run_dir / "eval" / name).read_text().splitlines()]
+
+    for name in ("answers.jsonl", "base_answers.jsonl"):
+        answers = rows(name)
+        assert [a["question_id"] for a in answers] == list(range(1, 9)), name
+        assert all(len(a["turns"]) == 2 for a in answers)  # both turns, from both workers
+    assert rows("answers.jsonl") != rows("base_answers.jsonl")  # two models answered
+    for name in ("judgments.jsonl", "base_judgments.jsonl"):
+        assert len(rows(name)) == 16 and all(j["score"] is not None for j in rows(name))
+    games = rows("pair_judgments.jsonl")
+    assert len(games) == 16 and all(len(g["texts"]) == 2 for g in games)  # both orders
 
     client = MlflowClient(f"sqlite:///{launch_workdir}/mlflow.db")
     child = client.get_run(out.stages["eval"]["mlflow_run_id"])
     m, tags = child.data.metrics, child.data.tags
-    assert 1 <= m["eval/mt_bench_score"] <= 10 and m["eval/judge_calls"] == 16
+    assert 1 <= m["eval/mt_bench_score"] <= 10 and 1 <= m["eval/base_mt_bench_score"] <= 10
+    assert m["eval/gain_over_base"] == pytest.approx(
+        m["eval/mt_bench_score"] - m["eval/base_mt_bench_score"]
+    )
+    assert m["eval/judge_calls"] == 16 + 16 + 32  # two graded models, 16 games of two orders
+    assert m["eval/pair_games"] == 16 and 0 <= m["eval/pair_win_rate_adjusted"] <= 1
     assert m["eval/judge_unparseable"] == 0 and m["eval/judge_failed"] == 0
     assert "eval_loss" in m and m["eval/answers"] == 8
+    sft_bill = json.loads((runs / "ev-sft" / "bill.json").read_text())["usd_total"]
+    assert m["eval/trained_usd"] == pytest.approx(sft_bill, rel=1e-3)  # a tag: 3 digits
+    if m["eval/gain_over_base"] > 0:
+        assert m["eval/usd_per_point"] == pytest.approx(
+            m["eval/trained_usd"] / m["eval/gain_over_base"]
+        )
+    else:
+        assert "eval/usd_per_point" not in m
     assert "local rubric" in tags["eval.judge"] and "plumbing" in tags["eval.note"]
     # MLflow's evaluation views: one trace per judged turn, its rating an assessment, linked
     # to the SFT export's logged model
@@ -73,12 +95,23 @@ def test_sft_then_eval_judges_every_turn_and_a_relaunch_pays_nothing(launch_work
     assert sum(bill["by_category"].values()) == pytest.approx(bill["usd_total"], abs=1e-9)
 
     # The eval stage again from scratch: the same answers (seeded), every judgment cached.
-    again = run_pipeline(str(job), "local", own, "ev", fresh="eval")
+    again = run_pipeline("koala", "local", own, "ev", fresh="eval")
     assert again.stop_reason == "completed"
-    runs = client.search_runs(
+    runs_now = client.search_runs(
         [child.info.experiment_id], "attributes.run_name LIKE 'ev-eval%'",
         order_by=["attributes.start_time DESC"],
     )  # fmt: skip
-    second = runs[0].data.metrics
-    assert second["eval/judge_calls"] == 0 and second["eval/judge_cached"] == 16
+    second = runs_now[0].data.metrics
+    assert second["eval/judge_calls"] == 0 and second["eval/judge_cached"] == 64
     assert second["eval/mt_bench_score"] == m["eval/mt_bench_score"]
+
+    # The SFT stage resumes from its own checkpoints with the same losses.
+    sft_dir = runs / "ev-sft"
+    first = losses(sft_dir, 1)
+    shutil.rmtree(sft_dir / "checkpoints" / step_dirname(4))
+    res = launch("koala", "local", [*own, "stage=sft"], run_name="ev-sft")
+    assert res.attempt == 2 and res.step == 4 and res.stop_reason == "completed"
+    second_losses = losses(sft_dir, 2)
+    assert sorted(second_losses) == [3, 4]
+    for step, loss in second_losses.items():
+        assert loss == pytest.approx(first[step], abs=1e-6), step

@@ -28,7 +28,10 @@ def test_bills_table_chart_and_mlflow_run(tmp_path):
         "scale": "local", "bill_usd": "0.001", "eval.judge": "local-rubric @ local",
         "eval.model_id": model.model_id,
     })  # fmt: skip
-    client.log_metric(judged.info.run_id, "eval/mt_bench_score", 4.25)
+    for key, value in (("eval/mt_bench_score", 4.25), ("eval/base_mt_bench_score", 3.0),
+                       ("eval/gain_over_base", 1.25), ("eval/usd_per_point", 0.48),
+                       ("eval/pair_win_rate_adjusted", 0.625)):  # fmt: skip
+        client.log_metric(judged.info.run_id, key, value)
     paths = write_bills(tmp_path / "out", uri)
     md = paths["md"].read_text()
     assert "| vicuna | 13.0B | 8 x A100-80GB |" in md
@@ -42,9 +45,10 @@ def test_bills_table_chart_and_mlflow_run(tmp_path):
     assert paths["quality_png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     [ev] = data["evaluated"]
     assert ev["run"] == "r1-eval" and ev["score"] == 4.25 and ev["usd"] == 0.601
-    assert "| koala | Koala-13B (the recipe) | 5.35 |" in md
+    assert "| koala:sft | Koala-13B (the recipe) | 5.35 | $222 |" in md  # its training stage
     assert (
-        "| vicuna | r1-eval | local | 4.25 | local-rubric @ local | $0.600000 | $0.001000 |" in md
+        "| vicuna | r1-eval | local | 4.25 | 3.00 | +1.25 | $0.480000 | 62% | local-rubric @ local "
+        "| $0.600000 | $0.001000 |" in md
     )
     bills_exp = client.get_experiment_by_name("bills")
     [bills_run] = client.search_runs([bills_exp.experiment_id])
