@@ -39,7 +39,7 @@ from typing import Any
 from orchestrator.compose.load import compose, job_stages
 from orchestrator.config.errors import BudgetRefusal
 from orchestrator.config.names import check_name
-from orchestrator.config.schema import ConfigError
+from orchestrator.config.schema import ConfigError, JobConfig
 from orchestrator.objectives import input_keys
 from orchestrator.storage import resolve as storage_resolve
 from orchestrator.storage.layout import EXPORT, StopReason, run_store
@@ -277,19 +277,55 @@ def run_pipeline(
     config or inputs changed since it started is refused (naming the keys) unless `fresh`
     names it or an earlier stage: then it and every stage after it start over in new run
     folders (the old ones kept)."""
-    from orchestrator.compose.load import to_dict
-    from orchestrator.launch.failures import RunFailed
-    from orchestrator.launch.run import launch
-
     check_name("run", run_name)
     overrides = list(overrides or [])
     stages = stages_of(job, scale)
     names = _check_stage_args(job, [s.name for s in stages], only, fresh)
-    fresh_from = names.index(fresh) if fresh is not None else len(names)
     # The pipeline's own settings (storage, tracking, budget) as its first stage resolves them:
     # a job's top level need not be a whole config (each stage brings its data).
     top = compose(job, scale, overrides + [f"stage={stages[0].name}"])
-    _preflight_stages(job, scale, overrides, [s.name for s in stages if only in (None, s.name)])
+    configs = _preflight_stages(
+        job, scale, overrides, [s.name for s in stages if only in (None, s.name)]
+    )
+    with _one_cluster(configs) as where:  # stages after the first skip Ray's start-up
+        if where:
+            print(f"cluster for every stage: {where}")
+        return _run_stages(job, scale, overrides, run_name, stages, names, only, yes, fresh, top)
+
+
+def _one_cluster(configs: list[JobConfig]):
+    """Without RAY_ADDRESS, one private Ray cluster for every stage of this pipeline (sized
+    for the largest), instead of one started and stopped per stage; with it, nothing."""
+    import contextlib
+
+    from orchestrator.launch.ray_session import ray_cluster
+
+    if os.environ.get("RAY_ADDRESS") or not configs:
+        return contextlib.nullcontext()
+    hw = [c.hardware for c in configs]
+    return ray_cluster(
+        num_cpus=max(h.num_workers * h.cpus_per_worker for h in hw),
+        num_gpus=max(h.num_workers * h.gpus_per_worker for h in hw),
+    )
+
+
+def _run_stages(
+    job: str,
+    scale: str | None,
+    overrides: list[str],
+    run_name: str,
+    stages: list[Stage],
+    names: list[str],
+    only: str | None,
+    yes: bool,
+    fresh: str | None,
+    top: JobConfig,
+) -> PipelineResult:
+    from orchestrator.compose.load import to_dict
+    from orchestrator.launch.failures import RunFailed
+    from orchestrator.launch.run import launch
+
+    fresh_from = names.index(fresh) if fresh is not None else len(names)
     book = _Book.open(top, run_name)
     records = book.records
     reason, message = StopReason.COMPLETED, "every stage finished"
@@ -346,19 +382,25 @@ def run_pipeline(
     return book.finish(job, run_name, reason, message)
 
 
-def _preflight_stages(job: str, scale: str | None, overrides: list[str], names: list[str]) -> None:
+def _preflight_stages(
+    job: str, scale: str | None, overrides: list[str], names: list[str]
+) -> list[JobConfig]:
     """Every stage's launcher checks before the first stage spends anything (a later stage's
-    judge key missing is found now, not after the training stages were paid for)."""
+    judge key missing is found now, not after the training stages were paid for); the stages'
+    configs as composed without their inputs."""
     from orchestrator.launch.run import _launcher_hooks
 
+    configs = []
     for name in names:
         cfg = compose(job, scale, [*overrides, f"stage={name}"])
+        configs.append(cfg)
         hooks = _launcher_hooks(cfg)
         if hooks is not None and hasattr(hooks, "preflight"):
             try:
                 hooks.preflight(cfg)
             except ConfigError as e:
                 raise ConfigError(f"stage {name!r}: {e}") from None
+    return configs
 
 
 def _check_stage_args(job: str, names: list[str], only: str | None, fresh: str | None) -> list[str]:

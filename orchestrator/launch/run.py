@@ -159,7 +159,7 @@ def launch(
         usd_attempt=ledger.usd_between(attempt["start"], attempt["end"]) + sum(extra.values()),
         wall_s=time.time() - t_start,
     )
-    _print_summary(res)
+    _print_summary(res, objective_spec(cfg.train.objective).trains)
     store.write_text(LAUNCH_RESULT, json.dumps(asdict(res), indent=1))
     return res
 
@@ -445,21 +445,23 @@ def _print_projection(cfg: JobConfig, job: str, overrides: list[str]) -> None:
         print(f"(no full-scale projection: {e})")
 
 
-def _print_summary(r: LaunchResult) -> None:
+def _print_summary(r: LaunchResult, trains: bool = True) -> None:
     loss = f"{r.eval_loss:.4f}" if r.eval_loss is not None else "n/a"
     print("\n" + "=" * 72)
-    print(
-        f"run {r.run} ({r.job}): step {r.step}/{r.total_steps}, stop reason: {r.stop_reason}, "
-        f"eval loss {loss}"
-    )
+    progress = f"step {r.step}/{r.total_steps}, " if trains else "an evaluation, "
+    print(f"run {r.run} ({r.job}): {progress}stop reason: {r.stop_reason}, eval loss {loss}")
     print(
         f"  bill:        ${r.usd_total:.6f} total (this launch ${r.usd_attempt:.6f}, "
         f"{r.wall_s:.0f} s, attempt {r.attempt})"
     )
-    print(f"  checkpoints: {r.checkpoint_dir}")
+    if trains:
+        print(f"  checkpoints: {r.checkpoint_dir}")
+    else:
+        print(f"  results:     {r.run_dir}/eval (answers, judgments)")
     print(f"  MLflow:      {r.tracking_uri}  run {r.mlflow_run_id}")
     print(
         f"               view: make mlflow-ui, then open {mlruns.run_url(r.tracking_uri, r.mlflow_run_id)}"
     )
-    print(f'  continue:    make launch job={r.job} run={r.run} set="train.max_steps=<more>"')
+    if trains:
+        print(f'  continue:    make launch job={r.job} run={r.run} set="train.max_steps=<more>"')
     print("=" * 72)

@@ -350,7 +350,9 @@ class Trainer:
         cfg = self.cfg
         window = LogWindow(torch.zeros((), device=self.device))  # on the device: no sync
         step_times: list[float] = []
-        if self.step >= self.total_steps:
+        if not objective_spec(cfg.train.objective).trains:
+            self.say(f"{cfg.train.objective}: nothing to train; evaluating")
+        elif self.step >= self.total_steps:
             self.say(f"nothing to do: already at step {self.step} of {self.total_steps}")
         control = self._control(step_times)  # a resumed run may have spent its budget already
         while self.step < self.total_steps:
