@@ -20,6 +20,7 @@ import dataclasses
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from orchestrator.config.schema import ConfigError, InstancePrice, JobConfig
 from orchestrator.cost import steptime
@@ -395,27 +396,13 @@ def project(
     save = save_times(cfg, shape.n_params, shape.n_trainable, saves, shape.n_tensors, shape.n_held)
     rate = o.spot_preemptions_per_node_hour * max(1, hw.num_nodes)
     spot = hw.market == "spot"
-    n_saves = _n_saves(cfg, steps, compute_h, save.blocked_s, rate if spot else 0.0)
-    if not objective_spec(cfg.train.objective).trains:
-        n_saves = 0  # an evaluation saves nothing
-    overhead = {
-        "startup": (price.startup_s if price.startup_s is not None else o.startup_s) / 3600.0,
-        "teardown": (price.teardown_s if price.teardown_s is not None else o.teardown_s) / 3600.0,
-        "checkpoints": n_saves * save.blocked_s / 3600.0,
-        "eval": eval_h,
-    }
+    overhead, n_saves = _overheads(cfg, price, steps, compute_h, eval_h, save, rate)
     base_h = compute_h + sum(overhead.values())
     spot_h = _spot_hours(cfg, base_h, compute_h / max(1, n_saves), save, rate) if spot else base_h
     hours = spot_h if spot else base_h
     overhead["preemptions"] = hours - base_h
 
-    nodes = (
-        max(hw.num_nodes, math.ceil(dev.world / max(1, price.num_gpus)))
-        if price.num_gpus
-        else hw.num_nodes
-    )
-    od = price.on_demand_per_hour_usd * nodes
-    sp = price.spot_per_hour_usd * nodes if price.spot_per_hour_usd is not None else None
+    nodes, od, sp = _node_prices(cfg, price, dev)
     wait_h = o.spot_capacity_wait_s / 3600.0 if spot else 0.0
     extra = _extra_usd(cfg, shape, nodes, hours, wait_h, sp if spot and sp is not None else od)
     usd_extra = sum(extra.values())
@@ -428,11 +415,7 @@ def project(
     spot_low, spot_high = at(spot_h, k.range_high), at(spot_h, k.range_low)
     assumptions = {
         "steps": steps,
-        "examples_per_epoch": dist.num_examples if dist else None,
-        "lengths": {"kind": dist.kind, "source": dist.source, "mean": dist.mean} if dist else None,
-        "batching": batching(cfg, replay)[0] if dist else "packed rows",
-        "attention": reg.attention,
-        "strategy": reg.strategy,
+        **_setting(cfg, dist, reg, replay),
         "step_s": step_s,
         "slots_per_real_token": slots / max(1.0, real),
         "peak_flops": dev.peak_flops,
@@ -476,6 +459,49 @@ def project(
         replay=replay,
         assumptions=assumptions,
     )
+
+
+def _setting(cfg: JobConfig, dist: Lengths | None, reg: Regime, replay: bool) -> dict[str, Any]:
+    """What the projection assumed about the data and the kernels (its `assumptions`)."""
+    return {
+        "examples_per_epoch": dist.num_examples if dist else None,
+        "lengths": {"kind": dist.kind, "source": dist.source, "mean": dist.mean} if dist else None,
+        "batching": batching(cfg, replay)[0] if dist else "packed rows",
+        "attention": reg.attention,
+        "strategy": reg.strategy,
+    }
+
+
+def _overheads(
+    cfg: JobConfig, price: InstancePrice, steps: int, compute_h: float, eval_h: float,
+    save: SaveTimes, rate: float,
+) -> tuple[dict[str, float], int]:  # fmt: skip
+    """(hours beyond the steps: start-up, teardown, blocking checkpoint saves, the final
+    eval; the number of saves). An objective that trains nothing saves nothing."""
+    o = cfg.cost.overheads
+    spot = cfg.hardware.market == "spot"
+    n_saves = _n_saves(cfg, steps, compute_h, save.blocked_s, rate if spot else 0.0)
+    if not objective_spec(cfg.train.objective).trains:
+        n_saves = 0
+    return {
+        "startup": (price.startup_s if price.startup_s is not None else o.startup_s) / 3600.0,
+        "teardown": (price.teardown_s if price.teardown_s is not None else o.teardown_s) / 3600.0,
+        "checkpoints": n_saves * save.blocked_s / 3600.0,
+        "eval": eval_h,
+    }, n_saves
+
+
+def _node_prices(
+    cfg: JobConfig, price: InstancePrice, dev: Device
+) -> tuple[int, float, float | None]:
+    """(nodes, on-demand $/h, spot $/h or None) of the whole cluster's workers."""
+    hw = cfg.hardware
+    nodes = hw.num_nodes
+    if price.num_gpus:
+        nodes = max(hw.num_nodes, math.ceil(dev.world / max(1, price.num_gpus)))
+    od = price.on_demand_per_hour_usd * nodes
+    sp = price.spot_per_hour_usd * nodes if price.spot_per_hour_usd is not None else None
+    return nodes, od, sp
 
 
 def _mean_step(

@@ -69,6 +69,18 @@ class PromptStyle:
     source: str = ""
     """The original's file this follows."""
 
+    def stop_ids(self, tok) -> list[int]:
+        """Token ids besides EOS that end a generation: the stop text when the tokenizer has it
+        as one (special) token (Dolly's and OA's keys); a longer stop text is cut in text."""
+        if not self.stop_text:
+            return []
+        ids = tok.encode(self.stop_text, add_special_tokens=False)
+        return ids if len(ids) == 1 else []
+
+    def reply(self, text: str) -> str:
+        """A generated reply up to its stop text, stripped."""
+        return (text.split(self.stop_text)[0] if self.stop_text else text).strip()
+
     def bpe_texts(self, s: Sample) -> Iterable[str]:
         """What a local BPE tokenizer is trained on for this sample."""
         if self.too_long == TooLong.SPLIT_ROUNDS:

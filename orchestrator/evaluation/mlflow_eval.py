@@ -103,6 +103,7 @@ def record(
         mlflow.genai.evaluate(data=rows_of(questions, answers), scorers=[judge_rating],
                               model_id=model_id)  # fmt: skip
     mlflow.clear_active_model()  # evaluate() made it active; the next stage logs its own
+    client.update_run(run_id, status="RUNNING")  # leaving start_run() ended it: the launcher does
     for name, body in (("answers", answers), ("judgments", [vars(j) for j in judgments])):
         client.log_text(run_id, json.dumps(body, indent=1), f"eval/{name}.json")
     return model_id

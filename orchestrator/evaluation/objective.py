@@ -142,13 +142,13 @@ class EvalObjective(SftObjective):
                 outs = engine.generate(prompts, Sampling(
                     n=1, max_new_tokens=e.max_new_tokens, temperature=temp,
                     eos_id=tok.eos_token_id, pad_id=self.data.pad_id,
+                    stop_ids=tuple(st.stop_ids(tok)),
                 ))  # fmt: skip
                 for q, ids in zip(batch, outs, strict=True):
                     tokens += len(ids)
-                    reply = tok.decode(ids, skip_special_tokens=True)
-                    if st.stop_text:
-                        reply = reply.split(st.stop_text)[0]
-                    answers[q.question_id].append(reply.strip())
+                    answers[q.question_id].append(
+                        st.reply(tok.decode(ids, skip_special_tokens=True))
+                    )
         rows = [{"question_id": q.question_id, "category": q.category,
                  "turns": answers[q.question_id]} for q in questions]  # fmt: skip
         return rows, tokens

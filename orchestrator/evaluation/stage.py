@@ -67,6 +67,11 @@ def before_run(cfg: JobConfig, storage) -> None:
     print(f"eval: {len(questions)} questions ({EVAL.of(cfg).questions})")
 
 
+SHOWN_ON_MODEL = ("eval/mt_bench_score", "eval/base_mt_bench_score", "eval/gain_over_base",
+                  "eval/usd_per_point", "eval/pair_win_rate_adjusted")  # fmt: skip
+"""The eval/* metrics also set as tags of the evaluated logged model."""
+
+
 def judge_label(cfg: JobConfig) -> str:
     """How every score of this run names its judge (scores compare only under the same one)."""
     j = EVAL.of(cfg).judge
@@ -81,9 +86,6 @@ def after_run(
     eval/* metrics to MLflow; what this launch added to the bill, by line ({"judge_api": $}).
     With `budget_left` (budget.max_usd minus what the run has spent), the judge stops asking
     once its calls have cost that much: the judgments not asked are counted as failed."""
-    from orchestrator.tracking.runs import client as mlflow_client
-
-    e = EVAL.of(cfg)
     store = run_store(storage)
     text, qtext = store.read_text(ANSWERS), store.read_text(QUESTIONS)
     if text is None or qtext is None:
@@ -91,12 +93,26 @@ def after_run(
         return {}
     questions = parse_questions(qtext, f"{store.url}/{QUESTIONS}")
     answers = answers_of(text, f"{store.url}/{ANSWERS}")
+    metrics, judgments, usd = _judge(cfg, storage, questions, answers, budget_left)
+    costs = json.loads(store.read_text(EXTRA_COSTS) or "{}")
+    costs["judge_api"] = costs.get("judge_api", 0.0) + usd  # each launch's calls, summed
+    store.write_text(EXTRA_COSTS, json.dumps(costs))
+    _log(cfg, uri, run_id, metrics, questions, answers, judgments)
+    _print(metrics, judge_label(cfg), EVAL.of(cfg).judge.url == LOCAL_JUDGE)
+    return {"judge_api": usd}
+
+
+def _judge(cfg: JobConfig, storage, questions, answers, budget_left: float | None):
+    """(eval/* metrics, the judgments of the evaluated model's answers, the judge's dollars):
+    single grades of the model's answers and of the base's, then the pairwise games against
+    the baseline, each set written beside the answers."""
+    e, store = EVAL.of(cfg), run_store(storage)
     base = None
     if e.base:
         base = answers_of(store.read_text(BASE_ANSWERS) or "", f"{store.url}/{BASE_ANSWERS}")
-    baseline = None
-    if e.baseline:
-        baseline = base if e.baseline == BASELINE_BASE else load_baseline(e.baseline)
+    baseline = base if e.baseline == BASELINE_BASE else None
+    if e.baseline and e.baseline != BASELINE_BASE:
+        baseline = load_baseline(e.baseline)
     j = e.judge
     with ExitStack() as stack:
         url = j.url
@@ -106,8 +122,8 @@ def after_run(
             url = stack.enter_context(JudgeServer()).url
         client = JudgeClient(
             url, j.model, storage.node_shared_dir("judge-cache"), api_key_env=j.api_key_env,
-            max_concurrency=j.max_concurrency,
-            max_retries=j.max_retries, timeout_s=j.timeout_s, budget_usd=budget_left,
+            max_concurrency=j.max_concurrency, max_retries=j.max_retries,
+            timeout_s=j.timeout_s, budget_usd=budget_left,
             # our own rubric server on 127.0.0.1 has no rate limit to respect
             requests_per_s=0.0 if j.url == LOCAL_JUDGE else j.requests_per_s,
             price=lambda p, c: judge_usd(cfg, tokens=(p, c)),
@@ -141,14 +157,21 @@ def after_run(
         metrics["eval/gain_over_base"] = (
             metrics["eval/mt_bench_score"] - metrics["eval/base_mt_bench_score"]
         )
-    costs = json.loads(store.read_text(EXTRA_COSTS) or "{}")
-    costs["judge_api"] = costs.get("judge_api", 0.0) + usd  # each launch's calls, summed
-    store.write_text(EXTRA_COSTS, json.dumps(costs))
+    return metrics, judgments, usd
+
+
+def _log(cfg: JobConfig, uri: str, run_id: str, metrics, questions, answers, judgments) -> None:
+    """The judge's name and the metrics on the stage's run; the judgments through
+    mlflow.genai.evaluate, linked to the evaluated export's logged model, which gets the
+    metrics too (and dollars per point, from its training bill)."""
+    from orchestrator.tracking.runs import client as mlflow_client
+
     label = judge_label(cfg)
     mlflow = mlflow_client(uri)
     mlflow.set_tag(run_id, "eval.judge", label)
-    if j.url == LOCAL_JUDGE:
+    if EVAL.of(cfg).judge.url == LOCAL_JUDGE:
         mlflow.set_tag(run_id, "eval.note", "local rubric judge: a plumbing check, not quality")
+    model_id: str | None = None
     try:  # MLflow's evaluation views; the metrics are logged whatever happens here
         from orchestrator.evaluation import mlflow_eval
 
@@ -162,10 +185,11 @@ def after_run(
                 metrics["eval/usd_per_point"] = trained / metrics["eval/gain_over_base"]
     except Exception as err:  # noqa: BLE001 - a view, not the result
         print(f"warning: eval: could not record the judgments with mlflow.genai.evaluate: {err}")
-    for key, value in metrics.items():
-        mlflow.log_metric(run_id, key, value)
-    _print(metrics, label, j.url == LOCAL_JUDGE)
-    return {"judge_api": usd}
+    for key, value in metrics.items():  # on the stage's run, and on the evaluated model
+        mlflow.log_metric(run_id, key, value, model_id=model_id)
+    if model_id:  # its page shows the score with its judge (scores compare under one judge)
+        shown = {k: f"{v:.6g}" for k, v in metrics.items() if k in SHOWN_ON_MODEL}
+        mlflow.set_logged_model_tags(model_id, {"eval.judge": label, **shown})
 
 
 def answers_of(text: str, where: str) -> dict[int, list[str]]:

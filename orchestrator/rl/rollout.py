@@ -34,6 +34,12 @@ class Sampling:
     eos_id: int | None = None
     """Stop at this token (kept as the completion's last); None: always max_new_tokens."""
     pad_id: int = 0
+    stop_ids: tuple[int, ...] = ()
+    """Other tokens that end a completion like eos_id (a template's end marker that is one
+    special token: Dolly's `### End`, OpenAssistant's `<|endoftext|>`)."""
+
+    def stops(self) -> list[int]:
+        return ([] if self.eos_id is None else [self.eos_id]) + list(self.stop_ids)
 
 
 class RolloutEngine(Protocol):
@@ -58,9 +64,11 @@ def _decoding(s: Sampling) -> dict[str, Any]:
     return {"do_sample": True, "temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k}
 
 
-def _cut(ids: list[int], eos_id: int | None) -> list[int]:
-    if eos_id is not None and eos_id in ids:
-        return ids[: ids.index(eos_id) + 1]
+def _cut(ids: list[int], stops: list[int]) -> list[int]:
+    """`ids` up to and including its first stop token."""
+    for i, t in enumerate(ids):
+        if t in stops:
+            return ids[: i + 1]
     return ids
 
 
@@ -87,10 +95,10 @@ class HfEngine:
             input_ids=left.to(self.device), attention_mask=att.to(self.device),
             max_new_tokens=s.max_new_tokens, min_new_tokens=0 if s.eos_id is not None
             else s.max_new_tokens, num_return_sequences=s.n, use_cache=True,
-            pad_token_id=s.pad_id, eos_token_id=s.eos_id, **_decoding(s),
+            pad_token_id=s.pad_id, eos_token_id=s.stops() or None, **_decoding(s),
         )  # fmt: skip
         self.policy.train(was_training)
-        return [_cut(row, s.eos_id) for row in out[:, width:].cpu().tolist()]
+        return [_cut(row, s.stops()) for row in out[:, width:].cpu().tolist()]
 
     def sync_weights(self, policy: torch.nn.Module) -> None:
         self.version += 1  # the same module: nothing to copy
@@ -131,11 +139,11 @@ class VllmEngine:  # pragma: no cover - GPUs with vLLM only (tests/gpu/test_vllm
         params = SamplingParams(
             n=s.n, max_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
             top_k=s.top_k if s.top_k > 0 else -1, ignore_eos=s.eos_id is None,
-            seed=int(torch.randint(0, 2**31 - 1, (1,))),
+            stop_token_ids=list(s.stop_ids), seed=int(torch.randint(0, 2**31 - 1, (1,))),
         )  # fmt: skip
         outs = self.llm.generate([{"prompt_token_ids": q} for q in prompts], params,
                                  use_tqdm=False)  # fmt: skip
-        return [_cut(list(c.token_ids), s.eos_id) for o in outs for c in o.outputs]
+        return [_cut(list(c.token_ids), s.stops()) for o in outs for c in o.outputs]
 
     def sync_weights(self, policy: torch.nn.Module) -> None:
         weights = list(merged_weights(policy))

@@ -471,11 +471,7 @@ def sample_generations(
         ]
     st = style(cfg.data.template)
     bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
-    stop = [tok.eos_token_id]
-    if st.stop_text:
-        stop_ids = tok.encode(st.stop_text, add_special_tokens=False)
-        if len(stop_ids) == 1:  # a special token (Dolly's and OA's keys)
-            stop.append(stop_ids[0])
+    stop = [tok.eos_token_id, *st.stop_ids(tok)]
     model.eval()
     rows = []
     for prompt in SAMPLE_PROMPTS:
@@ -488,9 +484,7 @@ def sample_generations(
             pad_token_id=tok.pad_token_id,
         )
         text = tok.decode(out[0, len(ids) :], skip_special_tokens=True)
-        if st.stop_text:
-            text = text.split(st.stop_text)[0]
-        rows.append({"prompt": prompt, "completion": text.strip()})
+        rows.append({"prompt": prompt, "completion": st.reply(text)})
     return rows
 
 

@@ -90,6 +90,12 @@ def test_koala_trains_then_evaluates_against_its_base_and_a_relaunch_pays_nothin
     sft_models = [x for x in client.search_logged_models(experiment_ids=[child.info.experiment_id])
                   if x.tags.get("export_uri") == out.stages["sft"]["export_url"]]  # fmt: skip
     assert tags["eval.model_id"] == sft_models[0].model_id
+    # the evaluated model carries its score, with its judge, on its own MLflow page
+    model = client.get_logged_model(tags["eval.model_id"])
+    assert model.tags["eval.judge"] == tags["eval.judge"]
+    assert float(model.tags["eval/mt_bench_score"]) == pytest.approx(m["eval/mt_bench_score"])
+    assert "eval/gain_over_base" in {x.key for x in model.metrics}
+    assert child.info.status == "FINISHED"
     bill = json.loads((run_dir / "bill.json").read_text())
     assert bill["by_category"]["judge_api"] == 0.0  # the local judge is free; the line is there
     assert sum(bill["by_category"].values()) == pytest.approx(bill["usd_total"], abs=1e-9)

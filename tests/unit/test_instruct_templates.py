@@ -199,3 +199,22 @@ def test_prepare_data_for_an_instruction_file_with_a_bad_row(tmp_path):
 
     with pytest.raises(ConfigError, match="cannot read data.format='dolly'"):
         check_data(DataConfig(format="dolly", source="x.jsonl", template="vicuna_v1.1"))
+
+
+def test_a_generation_stops_at_the_templates_end_token_as_at_eos(tok):
+    """Dolly's `### End` is one special token: generation stops at it (the sampler's stop ids,
+    not only EOS), and the reply is cut at the stop text either way (Baize's `[|Human|]` is
+    several tokens: cut in text)."""
+    from orchestrator.data.prompts import style
+    from orchestrator.rl.rollout import Sampling, _cut
+
+    dolly, baize = style("dolly"), style("baize")
+    end = tok.convert_tokens_to_ids("### End")
+    assert dolly.stop_ids(tok) == [end] and baize.stop_ids(tok) == []
+    s = Sampling(
+        n=1, max_new_tokens=8, eos_id=tok.eos_token_id, stop_ids=tuple(dolly.stop_ids(tok))
+    )
+    assert _cut([5, 6, end, 7, tok.eos_token_id], s.stops()) == [5, 6, end]
+    assert _cut([5, 6, 7], s.stops()) == [5, 6, 7]
+    assert Sampling(n=1, max_new_tokens=8).stops() == []  # PPO's fixed-length replies
+    assert baize.reply(" Sure.\n[|Human|] and more") == "Sure."
