@@ -780,12 +780,16 @@ class BudgetConfig:
     max_usd: float | None = None
     max_hours: float | None = None
     """Wall-clock hours of the cluster over all launches of the run."""
+    deadline_hours: float | None = None
+    """When the run should be done, in the same hours (not a stop): waiting for spot capacity
+    that would miss it gives way to on-demand nodes when they meet it (launch/capacity.py)."""
     teardown_s: float = 20.0
     """Reserved for stopping (final checkpoint, shutdown): still billed after the last step."""
 
     def __post_init__(self) -> None:
         _positive("budget.max_usd", self.max_usd)
         _positive("budget.max_hours", self.max_hours)
+        _positive("budget.deadline_hours", self.deadline_hours)
 
 
 @dataclass

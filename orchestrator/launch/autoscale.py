@@ -5,9 +5,12 @@ On a named cluster (infra/, `make launch cluster=...`), worker node types advert
 
 1. asks the autoscaler for the job's workers up front, as bundles `[{CPU, GPU, <market>:
    units}] * num_workers`, so every node is requested at once and before training starts;
-2. waits until the cluster holds them (progress printed), at most `hardware.spot_wait_s`;
-3. if spot capacity did not come and `hardware.spot_fallback: on_demand`, asks for the same
-   workers on `on_demand` nodes instead, and says so in the bill (`market_fallback`);
+2. waits until the cluster holds them (progress printed), at most `hardware.spot_wait_s`,
+   and while it waits asks the capacity policy (launch/capacity.py) whether waiting still
+   beats buying on demand by its expected cost and the job's `budget.deadline_hours`;
+3. if spot capacity did not come, or the policy says on-demand meets a deadline the wait would
+   miss, and `hardware.spot_fallback: on_demand`, asks for the same workers on `on_demand`
+   nodes instead, and says why in the bill (`market_fallback`, with the policy's numbers);
 4. pins the training workers to the granted market (`resources_per_worker`), so a spot job
    never lands on on-demand nodes by accident and the ledger prices what really ran;
 5. hands the request over to Ray Train when training starts: Train registers the same workers
@@ -34,6 +37,56 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from orchestrator.config.schema import JobConfig
+from orchestrator.launch import capacity
+
+
+@dataclass(frozen=True)
+class Need:
+    """What the capacity policy weighs while the launcher waits for spot workers."""
+
+    steps_left: int
+    step_s: float
+    spot_usd_per_hour: float
+    on_demand_usd_per_hour: float
+    head_usd_per_hour: float
+    prior_wait_s: float
+    """The catalog's expected wait for spot capacity (cost.overheads.spot_capacity_wait_s)."""
+    on_demand_start_s: float
+    time_left_s: float | None = None
+    budget_left_usd: float | None = None
+
+    def situation(self, waited_s: float) -> capacity.Situation:
+        wait = capacity.Option(capacity.Move.WAIT, "spot", self.spot_usd_per_hour, self.step_s,
+                               capacity.expected_wait_s(self.prior_wait_s, waited_s))  # fmt: skip
+        od = capacity.Option(capacity.Move.ON_DEMAND, "on-demand", self.on_demand_usd_per_hour,
+                             self.step_s, self.on_demand_start_s)  # fmt: skip
+        return capacity.Situation(self.steps_left, (wait, od), self.head_usd_per_hour,
+                                  self.time_left_s, self.budget_left_usd)  # fmt: skip
+
+
+def need_for(cfg: JobConfig, steps_left: int, step_s: float, spent_usd: float,
+             spent_hours: float) -> Need | None:  # fmt: skip
+    """The policy's inputs for this job from its projection (steps left, seconds a step), the
+    catalog's prices and what the run has spent (dollars, cluster hours); None when the
+    catalog has no spot price for its instance type (waiting cannot be priced: the wait is
+    `hardware.spot_wait_s`, as configured)."""
+    hw, cm, o = cfg.hardware, cfg.cost, cfg.cost.overheads
+    price = cm.instances[hw.instance_type]
+    if price.spot_per_hour_usd is None:
+        return None
+    nodes = max(1, hw.num_nodes)
+    head = cm.instances[hw.head_instance_type] if hw.head_instance_type else None
+    b = cfg.budget
+    return Need(
+        steps_left=steps_left, step_s=step_s,
+        spot_usd_per_hour=price.spot_per_hour_usd * nodes,
+        on_demand_usd_per_hour=price.on_demand_per_hour_usd * nodes,
+        head_usd_per_hour=head.on_demand_per_hour_usd if head else 0.0,
+        prior_wait_s=o.spot_capacity_wait_s,
+        on_demand_start_s=price.startup_s if price.startup_s is not None else o.startup_s,
+        time_left_s=None if b.deadline_hours is None else (b.deadline_hours - spent_hours) * 3600,
+        budget_left_usd=None if b.max_usd is None else b.max_usd - spent_usd,
+    )  # fmt: skip
 
 
 @dataclass
@@ -176,32 +229,42 @@ def _plain_request(want: list[dict[str, float]]) -> None:
 _request: _Request | None = None
 
 
-def _wait(cfg: JobConfig, market: str, timeout_s: float, poll_s: float) -> bool:
+def _wait(
+    cfg: JobConfig, market: str, timeout_s: float, poll_s: float, need: Need | None = None
+) -> bool | capacity.Decision:
+    """True once the cluster holds the workers; False after `timeout_s`; with `need`, the
+    policy's decision as soon as it prefers on-demand to waiting longer."""
     global _request
     if _request is None:
         _request = _Request()
     want = bundles(cfg, market)
-    need = sum(b[market] for b in want)
+    units = sum(b[market] for b in want)
     _request.send(want)
     t0, last = time.time(), -1.0
     while True:
-        have = _have(market, need)
-        if have >= need:
+        have = _have(market, units)
+        if have >= units:
             return True
         waited = time.time() - t0
         if waited >= timeout_s:
             return False
+        if need is not None:
+            decision = capacity.decide(need.situation(waited))
+            if decision.move == capacity.Move.ON_DEMAND:
+                return decision
         if time.time() - _request.sent_at >= RENEW_S:
             _request.send(want)  # keep it from expiring while the cloud is slow
         if have != last or int(waited) % 30 == 0:
-            print(f"waiting for {cfg.hardware.num_workers} {market} workers: {have:g}/{need:g} "
+            print(f"waiting for {cfg.hardware.num_workers} {market} workers: {have:g}/{units:g} "
                   f"{market} units after {waited:.0f} s (limit {timeout_s:.0f} s)", flush=True)  # fmt: skip
             last = have
         time.sleep(poll_s)
 
 
-def acquire(cfg: JobConfig, poll_s: float = 1.0) -> Grant | None:
-    """Request the job's workers and wait for them (None when autoscaling is off).
+def acquire(cfg: JobConfig, poll_s: float = 1.0, need: Need | None = None) -> Grant | None:
+    """Request the job's workers and wait for them (None when autoscaling is off). With
+    `need`, a spot wait gives way to on-demand nodes as soon as the capacity policy prices
+    them better (a deadline the wait would miss).
 
     Raises:
         RuntimeError: no capacity within the limits (and no fallback, or the fallback failed).
@@ -211,13 +274,20 @@ def acquire(cfg: JobConfig, poll_s: float = 1.0) -> Grant | None:
     hw = cfg.hardware
     t0 = time.time()
     market = hw.market
-    if _wait(cfg, market, hw.spot_wait_s, poll_s):
+    may_fall_back = market == "spot" and hw.spot_fallback == "on_demand"
+    got = _wait(cfg, market, hw.spot_wait_s, poll_s, need if may_fall_back else None)
+    if got is True:
         return Grant(market, market, max(1, hw.gpus_per_worker), time.time() - t0)
-    if market == "spot" and hw.spot_fallback == "on_demand":
+    if may_fall_back:
+        waited = time.time() - t0
         note = (
             f"spot capacity for {hw.num_workers} workers not obtained in {hw.spot_wait_s:.0f} s: "
             "fell back to on-demand"
         )
+        if isinstance(got, capacity.Decision):
+            note = (f"fell back to on-demand after waiting {waited:.0f} s for spot capacity "
+                    f"for {hw.num_workers} workers: the capacity policy chose "
+                    f"{got.message}")  # fmt: skip
         print(note, flush=True)
         if _wait(cfg, "on_demand", hw.on_demand_wait_s, poll_s):
             return Grant(

@@ -128,7 +128,7 @@ def launch(
     context.model_digests, context.resume_bytes = digests, resume_bytes
     status, launcher_stop, extra = "FAILED", None, {}
     try:
-        launcher_stop = supervise(cfg, context, store, ledger, t_start)
+        launcher_stop = supervise(cfg, context, store, ledger, t_start, _plan(projection, store))
         result = _read_result(store)
         if hooks is not None and result and result.stop_reason == StopReason.COMPLETED:
             # e.g. the eval stage's judge, within what the budget leaves
@@ -410,6 +410,14 @@ def _model_digests(cfg: JobConfig) -> dict[str, str]:
         if ref:
             out[key] = model_identity(ref)
     return out
+
+
+def _plan(projection: Projection, store) -> tuple[int, float]:
+    """(steps left, projected seconds a step) for the capacity policy."""
+    steps = int(projection.assumptions.get("steps") or 0)
+    previous = _read_result(store)  # a continued run: the steps it has done
+    done = previous.step if previous is not None else 0
+    return max(0, steps - done), float(projection.assumptions.get("step_s") or 0.0)
 
 
 def _budget_left(cfg: JobConfig, store, ledger: Ledger) -> float | None:

@@ -37,7 +37,12 @@ from orchestrator.storage.layout import (
 
 
 def supervise(
-    cfg: JobConfig, context: RunContext, store, ledger: Ledger, t_start: float
+    cfg: JobConfig,
+    context: RunContext,
+    store,
+    ledger: Ledger,
+    t_start: float,
+    plan: tuple[int, float] | None = None,
 ) -> StopReason | None:
     """Run training to its end on a Ray cluster (RAY_ADDRESS, or a private local one). Returns
     the launcher's own stop reason when it stopped training itself (the budget at a restart).
@@ -54,7 +59,11 @@ def supervise(
         num_gpus=0 if not on_gpu else hw.num_workers * hw.gpus_per_worker,
     ) as where:
         print(f"cluster: {where}")
-        grant = autoscale.acquire(cfg)  # None unless on an autoscaling cluster
+        need = None
+        if plan is not None:  # (steps left, seconds a step): the capacity policy's inputs
+            spent = context.spent(time.time())
+            need = autoscale.need_for(cfg, plan[0], plan[1], spent.usd, spent.hours)
+        grant = autoscale.acquire(cfg, need=need)  # None unless on an autoscaling cluster
         if grant is not None:
             _record_grant(store, grant)
             if grant.market != hw.market:  # the fallback: price the run as what it runs on
