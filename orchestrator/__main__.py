@@ -126,6 +126,14 @@ def cmd_estimate(args: argparse.Namespace) -> int:
             )
         if est is not None:
             print(f"  GPU memory: {est.summary()}")
+        from orchestrator.launch.failover import alternatives, summary
+
+        for alt in alternatives(cfg):  # where it fails over to without capacity
+            if alt.cfg is None:
+                print(f"  alternative {alt.name}: not used, {alt.why}")
+                continue
+            q = project(alt.cfg, vocab_size=vocab, lengths=lengths)
+            print(summary(alt.name, alt.cfg, q.usd, q.hours))
     return 0
 
 

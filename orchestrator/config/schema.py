@@ -557,6 +557,9 @@ class HardwareConfig:
     whole run, waits included; None: no separate head (a local cluster)."""
     scale_down_s: float = 0.0
     """Idle time before the autoscaler removes workers after the job (infra/: 300 s on AWS)."""
+    alternatives: list[str] = field(default_factory=list)
+    """Hardware blocks (conf/hardware) that run the same job, in preference order, for when
+    this one has no capacity (launch/failover.py): e.g. [a100_40gb_x8] for 8 x A100-80GB."""
 
     def __post_init__(self) -> None:
         _positive("hardware.num_workers", self.num_workers)

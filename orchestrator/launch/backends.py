@@ -235,12 +235,22 @@ class RayUpBackend(Backend):
     def preflight(self, cfg: JobConfig, env: dict[str, str]) -> list[pf.Check]:
         if self.provider.get("type") != "aws":
             return pf.not_applicable(str(self.provider.get("type", "none")))
+        from orchestrator.launch.failover import alternatives
+
         region = self.provider.get("region")
-        checks, launched = pf.node_type_checks(self.spec.get("available_node_types", {}), cfg)
+        types = self.spec.get("available_node_types", {})
+        # the job's own node types, then those of each alternative it may fail over to
+        configs = [cfg, *(a.cfg for a in alternatives(cfg) if a.cfg is not None)]
+        checks, launches = [], []
+        for c in configs:
+            found, launched = pf.node_type_checks(types, c)
+            checks += found
+            launches.append((c, launched))
         ident = pf.aws_identity(region)
         checks.append(ident)
-        if ident.ok and launched:
-            checks += pf.quota_checks(cfg, region, launched)
+        for c, launched in launches:
+            if ident.ok and launched:
+                checks += pf.quota_checks(c, region, launched)
         image = (self.spec.get("docker") or {}).get("image", "")
         return checks + pf.image_checks(image, f"infra/{self.path.name}", region, cfg)
 

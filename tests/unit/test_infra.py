@@ -307,14 +307,19 @@ def test_a_job_asks_for_its_gpu_type():
 
 
 def _full_scale_configs():
-    """Every full-scale config a job runs (each stage of a pipeline), and every GPU hardware
-    block in conf/hardware/ applied to vicuna (a block a user may pick)."""
+    """Every full-scale config a job runs (each stage of a pipeline) and each alternative it
+    may fail over to, and every GPU hardware block in conf/hardware/ applied to vicuna (a block
+    a user may pick)."""
     from orchestrator.compose.load import job_configs
+    from orchestrator.launch.failover import alternatives
     from orchestrator.paths import CONF_DIR, JOBS_DIR
 
     for path in sorted(JOBS_DIR.glob("*.yaml")):
         for stage, cfg in job_configs(path.stem, "full").items():
             yield f"{path.stem}{':' + stage if stage else ''}", cfg
+            for alt in alternatives(cfg):  # the node types it may fail over to
+                if alt.cfg is not None:
+                    yield f"{path.stem}{':' + stage if stage else ''} -> {alt.name}", alt.cfg
     for block in sorted((CONF_DIR / "hardware").glob("*.yaml")):
         if block.stem != "local_cpu":
             yield f"hardware={block.stem}", compose("vicuna", "full", [f"hardware={block.stem}"])
