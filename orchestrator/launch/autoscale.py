@@ -97,6 +97,9 @@ class Grant:
     units_per_worker: int
     waited_s: float
     fallback_note: str | None = None
+    """Why the workers are not where the job asked (another market or node type), for the bill."""
+    hardware: str | None = None
+    """The block of `hardware.alternatives` it failed over to (None: the job's own)."""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -117,7 +120,13 @@ def bundles(cfg: JobConfig, market: str) -> list[dict[str, float]]:
         gpu = cfg.cost.gpus.get(hw.accelerator)
         if gpu is not None and gpu.ray_type:  # the node type that has this GPU, no other
             one[f"accelerator_type:{gpu.ray_type}"] = 0.001
+    one[instance_resource(cfg)] = 0.001  # the node type priced, not another with the same GPU
     return [dict(one) for _ in range(hw.num_workers)]
+
+
+def instance_resource(cfg: JobConfig) -> str:
+    """The resource every worker node type advertises for its instance type (infra/)."""
+    return f"instance:{cfg.hardware.instance_type}"
 
 
 def markets(cfg: JobConfig) -> list[str]:
@@ -262,26 +271,43 @@ def _wait(
 
 
 def acquire(cfg: JobConfig, poll_s: float = 1.0, need: Need | None = None) -> Grant | None:
-    """Request the job's workers and wait for them (None when autoscaling is off). With
-    `need`, a spot wait gives way to on-demand nodes as soon as the capacity policy prices
-    them better (a deadline the wait would miss).
+    """Request the job's workers and wait for them (None when autoscaling is off): on its own
+    node type, then on each of `hardware.alternatives` that fits (each waited for
+    `hardware.spot_wait_s`), then on demand (`hardware.spot_fallback`). With `need`, a spot
+    wait gives way to on-demand nodes as soon as the capacity policy prices them better (a
+    deadline the wait would miss).
 
     Raises:
         RuntimeError: no capacity within the limits (and no fallback, or the fallback failed).
     """
+    from orchestrator.launch.failover import alternatives
+
     if not enabled(cfg):
         return None
     hw = cfg.hardware
     t0 = time.time()
     market = hw.market
     may_fall_back = market == "spot" and hw.spot_fallback == "on_demand"
-    got = _wait(cfg, market, hw.spot_wait_s, poll_s, need if may_fall_back else None)
-    if got is True:
-        return Grant(market, market, max(1, hw.gpus_per_worker), time.time() - t0)
+    units = max(1, hw.gpus_per_worker)
+    tried: list[str] = []
+    candidates = [(None, cfg), *((a.name, a.cfg) for a in alternatives(cfg) if a.cfg is not None)]
+    got: bool | capacity.Decision = False
+    for name, c in candidates:
+        got = _wait(c, market, hw.spot_wait_s, poll_s, need if may_fall_back else None)
+        if got is True:
+            note = None
+            if tried:
+                note = (f"no {market} capacity for {'; '.join(tried)}: failed over to "
+                        f"{name} ({c.hardware.instance_type})")  # fmt: skip
+                print(note, flush=True)
+            return Grant(market, market, units, time.time() - t0, note, name)
+        if got is not False:  # the policy chose on-demand now: no other type is waited for
+            break
+        tried.append(f"{c.hardware.instance_type} in {hw.spot_wait_s:.0f} s")
     if may_fall_back:
         waited = time.time() - t0
         note = (
-            f"spot capacity for {hw.num_workers} workers not obtained in {hw.spot_wait_s:.0f} s: "
+            f"spot capacity for {hw.num_workers} workers not obtained ({'; '.join(tried)}): "
             "fell back to on-demand"
         )
         if isinstance(got, capacity.Decision):
@@ -290,9 +316,7 @@ def acquire(cfg: JobConfig, poll_s: float = 1.0, need: Need | None = None) -> Gr
                     f"{got.message}")  # fmt: skip
         print(note, flush=True)
         if _wait(cfg, "on_demand", hw.on_demand_wait_s, poll_s):
-            return Grant(
-                "on_demand", "on_demand", max(1, hw.gpus_per_worker), time.time() - t0, note
-            )
+            return Grant("on_demand", "on_demand", units, time.time() - t0, note)
         release()
         raise RuntimeError(
             f"{note}, and no on-demand capacity either after {hw.on_demand_wait_s:.0f} s "
@@ -300,8 +324,8 @@ def acquire(cfg: JobConfig, poll_s: float = 1.0, need: Need | None = None) -> Gr
         )
     release()
     raise RuntimeError(
-        f"no capacity for {hw.num_workers} {market} workers after {hw.spot_wait_s:.0f} s "
-        f"(hardware.spot_fallback={hw.spot_fallback}); check the cluster's node types offer a "
+        f"no capacity for {hw.num_workers} {market} workers ({'; '.join(tried)}; "
+        f"hardware.spot_fallback={hw.spot_fallback}); check the cluster's node types offer a "
         f"{market!r} resource"
     )
 

@@ -66,6 +66,10 @@ def supervise(
         grant = autoscale.acquire(cfg, need=need)  # None unless on an autoscaling cluster
         if grant is not None:
             _record_grant(store, grant)
+            if grant.hardware is not None:  # failed over: run (and price) the alternative
+                _fail_over(cfg, grant.hardware)
+                hw = cfg.hardware
+                context.price_per_hour_usd = cluster_price_per_hour(cfg)
             if grant.market != hw.market:  # the fallback: price the run as what it runs on
                 hw.market = grant.market
                 context.price_per_hour_usd = cluster_price_per_hour(cfg)
@@ -129,6 +133,21 @@ def _tries(
     return None
 
 
+def _fail_over(cfg: JobConfig, block: str) -> None:
+    """The job's machine becomes alternative `block` (launch/failover.py): its hardware and
+    the micro-batch that fits there. It stays there for the rest of the launch."""
+    from orchestrator.launch.failover import alternatives
+
+    alt = next(a.cfg for a in alternatives(cfg) if a.name == block and a.cfg is not None)
+    cfg.hardware = alt.hardware
+    cfg.train.micro_batch_size = alt.train.micro_batch_size
+    print(
+        f"running on {block}: {cfg.hardware.num_workers} x {cfg.hardware.accelerator} "
+        f"({cfg.hardware.instance_type}), micro-batch {cfg.train.micro_batch_size}",
+        flush=True,
+    )
+
+
 def _reacquire(cfg: JobConfig, context: RunContext, store) -> autoscale.Grant:
     """Before a retry on an autoscaling cluster: ask for the workers again and wait until the
     cluster holds them (a preempted node's replacement takes minutes on a cloud), with the
@@ -140,6 +159,9 @@ def _reacquire(cfg: JobConfig, context: RunContext, store) -> autoscale.Grant:
         raise RunFailed(f"restart: {e}") from None
     assert grant is not None
     _record_grant(store, grant)
+    if grant.hardware is not None:  # failed over on a retry
+        _fail_over(cfg, grant.hardware)
+        context.price_per_hour_usd = cluster_price_per_hour(cfg)
     if grant.market != cfg.hardware.market:  # fell back: price the rest as what it runs on
         cfg.hardware.market = grant.market
         context.price_per_hour_usd = cluster_price_per_hour(cfg)
@@ -160,7 +182,9 @@ def _trainer(cfg: JobConfig, context: RunContext, grant: autoscale.Grant | None,
 
     hw = cfg.hardware
     on_gpu = hw.gpus_per_worker > 0
-    pinned = {grant.resource: grant.units_per_worker} if grant is not None else {}
+    pinned = {}
+    if grant is not None:  # its market's nodes, of the instance type it was granted
+        pinned = {grant.resource: grant.units_per_worker, autoscale.instance_resource(cfg): 0.001}
     storage_path, storage_fs = storage_resolve.ray_storage(context.storage)
     loop_config: dict[str, Any] = {
         "config": to_dict(cfg),

@@ -128,6 +128,21 @@ def run_preemption_scenario(tmp_path, monkeypatch=None, wait_fallback_release=Fa
         _, out["job_end_to_zero_spot_nodes_s"] = wait_for(
             "the spot nodes to be released", lambda: spot() == [], 180, explain=explain()
         )
+        # A capacity fault: the job's own spot type never has capacity (cpu_spot_scarce, whose
+        # max_workers is 0); after its spot wait (15 s) the job fails over to its alternative,
+        # the local_cpu block's local-2vcpu spot nodes, and runs there.
+        sid, status = named_clusters.submit(
+            "local-fake", "vicuna", "local",
+            ["train.max_steps=2", "export.enabled=false", "hardware.market=spot",
+             "hardware.instance_type=local-2vcpu-scarce", "hardware.alternatives=[local_cpu]",
+             "hardware.spot_wait_s=15"],
+            run_name="failover", follow=False,
+        )  # fmt: skip
+        out["failover_status"], _ = wait_for(
+            "the failover job to end", ended(sid), 300, explain=explain(sid)
+        )
+        out["failover_log"] = c.get_job_logs(sid)
+        out["failover_run_dir"] = tmp_path / "runs" / "vicuna" / "failover"
         # No spot capacity yet and a deadline (13 s) that waiting for it (the catalog's 300 s)
         # would miss: the capacity policy buys on-demand nodes long before spot_wait_s (spot
         # priced here at 30% of on-demand, so that waiting has a price to weigh).
@@ -197,6 +212,16 @@ def test_fake_spot_cluster_scales_up_survives_a_preemption_and_scales_down(tmp_p
     assert any(n["node_id"] == r["victim"] and n["end"] <= r["t_end"] for n in spot_lives)
     assert r["job_end_to_zero_spot_nodes_s"] < 180
 
+    # the failover run: its own type had no capacity; it ran on the alternative's, said in its
+    # log and run.json, and every node of its ledger is priced as what ran
+    assert r["failover_status"] == "SUCCEEDED", r["failover_log"][-4000:]
+    grant = json.loads((r["failover_run_dir"] / "run.json").read_text())["grants"][0]
+    assert grant["hardware"] == "local_cpu" and grant["market"] == "spot", grant
+    assert "no spot capacity for local-2vcpu-scarce in 15 s" in grant["fallback_note"]
+    assert "failed over to local_cpu" in r["failover_log"]
+    nodes = json.loads((r["failover_run_dir"] / "ledger.json").read_text())["nodes"]
+    workers = [n for n in nodes if n["market"] == "spot"]
+    assert workers and all(n["instance_type"] == "local-2vcpu" for n in workers), nodes
     # the fallback run: on on-demand nodes, said in its log, its run.json and its bill
     assert r["fallback_status"] == "SUCCEEDED", r["fallback_log"][-4000:]
     assert "fell back to on-demand" in r["fallback_log"]

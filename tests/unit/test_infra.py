@@ -201,10 +201,14 @@ def test_autoscale_bundles_and_modes(monkeypatch):
     from orchestrator.launch import autoscale
 
     gpu = compose("vicuna", "full")
-    want = {"CPU": 8, "spot": 1, "GPU": 1, "accelerator_type:A100-80G": 0.001}
+    want = {"CPU": 8, "spot": 1, "GPU": 1, "accelerator_type:A100-80G": 0.001,
+            "instance:p4de.24xlarge": 0.001}  # fmt: skip
     assert autoscale.bundles(gpu, "spot") == [want] * 8
     local = compose("vicuna", "local")
-    assert autoscale.bundles(local, "on_demand") == [{"CPU": 1, "on_demand": 1}] * 2
+    assert (
+        autoscale.bundles(local, "on_demand")
+        == [{"CPU": 1, "on_demand": 1, "instance:local-2vcpu": 0.001}] * 2
+    )
     monkeypatch.delenv("ORCHESTRATOR_CLUSTER", raising=False)
     assert not autoscale.enabled(local)
     monkeypatch.setenv("ORCHESTRATOR_CLUSTER", "local-fake")
@@ -303,6 +307,7 @@ def test_a_job_asks_for_its_gpu_type():
     assert _ray_accelerator(cfg) == "A100-40G"
     (one, *_) = autoscale.bundles(cfg, "spot")
     assert one["accelerator_type:A100-40G"] > 0 and one["GPU"] == 1
+    assert one["instance:p4d.24xlarge"] > 0  # the node type priced, not another A100-40GB one
     assert _ray_accelerator(compose("vicuna", "local")) is None
 
 
@@ -390,3 +395,16 @@ def test_preflight_says_which_checks_do_not_apply_to_a_cluster():
     text = summary(ran + na)
     assert text.startswith("1 of 2 checks passed, 3 did not apply") and "fix the 1" in text
     assert summary([Check("storage", True, "ok")]) == "1 of 1 checks passed"
+
+
+@pytest.mark.parametrize("name", ["aws-spot.yaml", "local-fake.yaml"])
+def test_every_worker_node_type_advertises_its_instance_type(name):
+    """Workers ask for `instance:<type>` (autoscale.bundles): each worker node type offers the
+    one its `instance_type` label names, so the autoscaler launches the type priced (or the
+    alternative failed over to) and nothing else."""
+    types = _load(name)["available_node_types"]
+    workers = {n: t for n, t in types.items() if t.get("labels", {}).get("market")
+               and ("spot" in t["resources"] or "on_demand" in t["resources"])}  # fmt: skip
+    assert len(workers) >= 3
+    for n, t in workers.items():
+        assert t["resources"].get(f"instance:{t['labels']['instance_type']}", 0) >= 1, n
