@@ -13,11 +13,21 @@ import socket
 import tempfile
 from collections.abc import Iterator
 
+RAY_DEFAULT_PORTS = frozenset({6379, 8265, 10001, 52365})
+"""Ports a Ray process takes by default when not told otherwise (GCS, dashboard, client
+server, dashboard agent): a port chosen here for one component must not be one of them, or Ray
+refuses to start ('... is trying to use a port number 52365 that is used by other
+components': a private cluster's dashboard once drew 52365, its agent's default)."""
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free on this machine now, and not one Ray would take by default."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in RAY_DEFAULT_PORTS:
+            return port
 
 
 def code_runtime_env(environ) -> dict | None:

@@ -114,3 +114,29 @@ def test_make_reaches_every_backend(tmp_path):
         capture_output=True, text=True, env={"PATH": str(tmp_path), "HOME": str(tmp_path)},
     )  # fmt: skip
     assert out.returncode != 0 and "needs kubectl" in out.stderr, out.stderr[-2000:]
+
+
+def test_a_chosen_port_is_never_one_ray_takes_by_default(monkeypatch):
+    """A private cluster's dashboard once drew 52365, the dashboard agent's default port, and
+    Ray refused to start (CI): free_port draws again past Ray's default ports."""
+    import socket
+
+    from orchestrator.launch import ray_session
+
+    drawn = iter([52365, 6379, 41234])
+
+    class Socket:  # the OS's port choice, scripted
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def bind(self, addr):
+            self.port = next(drawn)
+
+        def getsockname(self):
+            return ("127.0.0.1", self.port)
+
+    monkeypatch.setattr(socket, "socket", Socket)
+    assert ray_session.free_port() == 41234
