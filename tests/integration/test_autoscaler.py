@@ -128,21 +128,6 @@ def run_preemption_scenario(tmp_path, monkeypatch=None, wait_fallback_release=Fa
         _, out["job_end_to_zero_spot_nodes_s"] = wait_for(
             "the spot nodes to be released", lambda: spot() == [], 180, explain=explain()
         )
-        # A capacity fault: the job's own spot type never has capacity (cpu_spot_scarce, whose
-        # max_workers is 0); after its spot wait (15 s) the job fails over to its alternative,
-        # the local_cpu block's local-2vcpu spot nodes, and runs there.
-        sid, status = named_clusters.submit(
-            "local-fake", "vicuna", "local",
-            ["train.max_steps=2", "export.enabled=false", "hardware.market=spot",
-             "hardware.instance_type=local-2vcpu-scarce", "hardware.alternatives=[local_cpu]",
-             "hardware.spot_wait_s=15"],
-            run_name="failover", follow=False,
-        )  # fmt: skip
-        out["failover_status"], _ = wait_for(
-            "the failover job to end", ended(sid), 300, explain=explain(sid)
-        )
-        out["failover_log"] = c.get_job_logs(sid)
-        out["failover_run_dir"] = tmp_path / "runs" / "vicuna" / "failover"
         # No spot capacity yet and a deadline (13 s) that waiting for it (the catalog's 300 s)
         # would miss: the capacity policy buys on-demand nodes long before spot_wait_s (spot
         # priced here at 30% of on-demand, so that waiting has a price to weigh).
@@ -166,6 +151,22 @@ def run_preemption_scenario(tmp_path, monkeypatch=None, wait_fallback_release=Fa
                 180,
                 explain=explain(),
             )
+        # A capacity fault: the job's own spot type never has capacity (cpu_spot_scarce, whose
+        # max_workers is 0); after its spot wait (15 s) the job fails over to its alternative,
+        # the local_cpu block's local-2vcpu spot nodes, and runs there. (Last: the spot nodes
+        # it leaves up for the idle timeout would give the fallback job above spot capacity.)
+        sid, status = named_clusters.submit(
+            "local-fake", "vicuna", "local",
+            ["train.max_steps=2", "export.enabled=false", "hardware.market=spot",
+             "hardware.instance_type=local-2vcpu-scarce", "hardware.alternatives=[local_cpu]",
+             "hardware.spot_wait_s=15"],
+            run_name="failover", follow=False,
+        )  # fmt: skip
+        out["failover_status"], _ = wait_for(
+            "the failover job to end", ended(sid), 300, explain=explain(sid)
+        )
+        out["failover_log"] = c.get_job_logs(sid)
+        out["failover_run_dir"] = tmp_path / "runs" / "vicuna" / "failover"
     finally:
         named_clusters.down("local-fake")
     return out
