@@ -17,8 +17,10 @@ run, + idle workers until scale-down, + storage of the kept checkpoints and expo
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -388,9 +390,8 @@ def project(
     steps = total_steps(cfg, dist.num_examples if dist else 0)
     step_s, real, slots, model_f, exec_f = _mean_step(cfg, shape, dev, reg, dist, replay, steps)
     compute_h = step_s * steps / 3600.0
-    peak_all = dev.peak_flops * dev.world
-    mfu = model_f / (step_s * peak_all) if step_s else 0.0
-    hfu = exec_f / (step_s * peak_all) if step_s else 0.0
+    mfu, hfu = (f / (step_s * dev.peak_flops * dev.world) if step_s else 0.0
+                for f in (model_f, exec_f))  # fmt: skip
 
     eval_h = _eval_hours(cfg, dist, _loss_step_s(cfg, shape, dev, reg, dist, replay, step_s))
     save = save_times(cfg, shape.n_params, shape.n_trainable, saves, shape.n_tensors, shape.n_held)
@@ -405,24 +406,16 @@ def project(
     nodes, od, sp = _node_prices(cfg, price, dev)
     wait_h = o.spot_capacity_wait_s / 3600.0 if spot else 0.0
     extra = _extra_usd(cfg, shape, nodes, hours, wait_h, sp if spot and sp is not None else od)
-    usd_extra = sum(extra.values())
 
     k = dev.kernel
-
-    def at(h: float, scale: float) -> float:  # hours with the kernel efficiency scaled
-        return h - compute_h + compute_h / scale
-
-    spot_low, spot_high = at(spot_h, k.range_high), at(spot_h, k.range_low)
+    at = functools.partial(_scaled, compute_h)
     assumptions = {
         "steps": steps,
         **_setting(cfg, dist, reg, replay),
         "step_s": step_s,
         "slots_per_real_token": slots / max(1.0, real),
         "peak_flops": dev.peak_flops,
-        "checkpoint_saves": n_saves,
-        "checkpoint_blocked_s": save.blocked_s,
-        "checkpoint_total_s": save.total_s,
-        "checkpoint_save_measured": save.measured,
+        **_save_assumptions(n_saves, save),
         "preemptions_expected_on_spot": rate * spot_h,
         "hours_on_demand": base_h,
         "hours_spot": spot_h,
@@ -449,16 +442,40 @@ def project(
         hours_high=at(hours, k.range_low),
         price_on_demand_per_hour_usd=od,
         price_spot_per_hour_usd=sp,
-        usd_on_demand=base_h * od + usd_extra,
-        usd_on_demand_low=at(base_h, k.range_high) * od + usd_extra,
-        usd_on_demand_high=at(base_h, k.range_low) * od + usd_extra,
-        usd_spot=spot_h * sp + usd_extra if sp is not None else None,
-        usd_spot_low=spot_low * sp + usd_extra if sp is not None else None,
-        usd_spot_high=spot_high * sp + usd_extra if sp is not None else None,
+        **_dollars(at, base_h, spot_h, od, sp, extra, (k.range_high, k.range_low)),
         usd_extra=extra,
         replay=replay,
         assumptions=assumptions,
     )
+
+
+def _scaled(compute_h: float, h: float, scale: float) -> float:
+    """`h` hours with the kernel efficiency (the compute hours) scaled by `scale`."""
+    return h - compute_h + compute_h / scale
+
+
+def _dollars(
+    at: Callable[[float, float], float], base_h: float, spot_h: float, od: float,
+    sp: float | None, extra: dict[str, float], scales: tuple[float, float],
+) -> dict[str, Any]:  # fmt: skip
+    """The bill on demand and on spot, each with its low/high range (`at`: hours with the
+    kernel efficiency scaled by `scales`), the extra lines included."""
+    add = sum(extra.values())
+    fast, slow = scales
+    out: dict[str, Any] = {
+        "usd_on_demand": base_h * od + add,
+        "usd_on_demand_low": at(base_h, fast) * od + add,
+        "usd_on_demand_high": at(base_h, slow) * od + add,
+    }
+    for key, h in (("usd_spot", spot_h), ("usd_spot_low", at(spot_h, fast)),
+                   ("usd_spot_high", at(spot_h, slow))):  # fmt: skip
+        out[key] = h * sp + add if sp is not None else None
+    return out
+
+
+def _save_assumptions(n_saves: int, save: SaveTimes) -> dict[str, Any]:
+    return {"checkpoint_saves": n_saves, "checkpoint_blocked_s": save.blocked_s,
+            "checkpoint_total_s": save.total_s, "checkpoint_save_measured": save.measured}  # fmt: skip
 
 
 def _setting(cfg: JobConfig, dist: Lengths | None, reg: Regime, replay: bool) -> dict[str, Any]:
