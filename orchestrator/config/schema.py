@@ -531,6 +531,14 @@ class CheckpointConfig:
 
 
 @dataclass
+class NodeRange:
+    """Elastic training (hardware.nodes): run on any whole number of nodes in [min, max]."""
+
+    min: int = MISSING
+    max: int = MISSING
+
+
+@dataclass
 class HardwareConfig:
     """What the job runs on. One worker = one GPU (or one CPU process at local scale)."""
 
@@ -560,9 +568,32 @@ class HardwareConfig:
     alternatives: list[str] = field(default_factory=list)
     """Hardware blocks (conf/hardware) that run the same job, in preference order, for when
     this one has no capacity (launch/failover.py): e.g. [a100_40gb_x8] for 8 x A100-80GB."""
+    nodes: NodeRange | None = None
+    """Elastic: {min, max} nodes, max = num_nodes, each with num_workers / num_nodes workers.
+    The run starts on at least `min` nodes, goes on with fewer when one is lost, and grows back
+    at its next checkpoint when nodes return (Ray Train's elastic worker group; the global
+    batch stays the same, spread over the workers there are). None: always num_nodes."""
+
+    grow_back: str = "priced"
+    """Elastic: after a checkpoint with room for more nodes, priced (restart on them when the
+    steps left gain more than the restart costs), always, or never."""
+
+    @property
+    def workers_per_node(self) -> int:
+        return self.num_workers // self.num_nodes
+
+    @property
+    def min_workers(self) -> int:
+        """The fewest workers the job runs on (num_workers unless elastic)."""
+        return self.nodes.min * self.workers_per_node if self.nodes else self.num_workers
+
+    @property
+    def elastic(self) -> bool:
+        return self.nodes is not None and self.nodes.min < self.nodes.max
 
     def __post_init__(self) -> None:
         _positive("hardware.num_workers", self.num_workers)
+        self._check_nodes()
         _choice("hardware.spot_fallback", self.spot_fallback, ("on_demand", "none"))
         _positive("hardware.spot_wait_s", self.spot_wait_s, allow_zero=True)
         _positive("hardware.on_demand_wait_s", self.on_demand_wait_s)
@@ -578,6 +609,24 @@ class HardwareConfig:
         if self.accelerator != "cpu" and not self.gpus_per_worker:
             raise ConfigError(
                 f"hardware.accelerator={self.accelerator!r} needs hardware.gpus_per_worker >= 1"
+            )
+
+    def _check_nodes(self) -> None:
+        if self.nodes is None:
+            return
+        _choice("hardware.grow_back", self.grow_back, ("priced", "always", "never"))
+        lo, hi = self.nodes.min, self.nodes.max
+        if not (isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi):
+            raise ConfigError(f"hardware.nodes={{min: {lo}, max: {hi}}}: need 1 <= min <= max")
+        if hi != self.num_nodes:
+            raise ConfigError(
+                f"hardware.nodes.max={hi} must equal hardware.num_nodes={self.num_nodes} (the "
+                "size the job is priced and planned at)"
+            )
+        if self.num_workers % self.num_nodes:
+            raise ConfigError(
+                f"hardware.nodes: hardware.num_workers={self.num_workers} must be a multiple of "
+                f"hardware.num_nodes={self.num_nodes} (every node runs the same number of workers)"
             )
 
 
@@ -785,7 +834,7 @@ class BudgetConfig:
     """Wall-clock hours of the cluster over all launches of the run."""
     deadline_hours: float | None = None
     """When the run should be done, in the same hours (not a stop): waiting for spot capacity
-    that would miss it gives way to on-demand nodes when they meet it (launch/capacity.py)."""
+    that would miss it gives way to on-demand nodes when they meet it (cost/capacity.py)."""
     teardown_s: float = 20.0
     """Reserved for stopping (final checkpoint, shutdown): still billed after the last step."""
 
@@ -1032,6 +1081,30 @@ class JobConfig:
                 f"model.max_position_embeddings={self.model.max_position_embeddings}"
             )
 
+    def _check_elastic(self, spec) -> None:
+        """hardware.nodes {min < max}: only where a changing worker count trains the same."""
+        hw = self.hardware
+        if not hw.elastic:
+            return
+        assert hw.nodes is not None
+        where = f"hardware.nodes={{min: {hw.nodes.min}, max: {hw.nodes.max}}}"
+        if self.train.strategy == "deepspeed":
+            raise ConfigError(
+                f"{where}: train.strategy=deepspeed cannot change its worker count (its ZeRO "
+                "checkpoints do not reshard); use train.strategy=fsdp, or set hardware.nodes "
+                "min = max"
+            )
+        if not spec.elastic:
+            raise ConfigError(
+                f"{where}: train.objective={self.train.objective} sizes its per-worker work by "
+                "the worker count; elastic runs are for sft (set hardware.nodes min = max)"
+            )
+        if self.data.format == "text":
+            raise ConfigError(
+                f"{where}: data.format=text streams documents per worker (its read position is "
+                "one per rank); elastic runs need conversation data (set hardware.nodes min = max)"
+            )
+
     def _check_objective(self) -> None:
         """The objective's data kind, what it starts from, and its own checks (its spec)."""
         obj, kind = self.train.objective, self.data.kind
@@ -1044,6 +1117,7 @@ class JobConfig:
                 f"their objectives: {reads})"
             )
         spec.check(self)
+        self._check_elastic(spec)
         if spec.from_trained and self.model.pretrained is None:
             raise ConfigError(
                 f"train.objective={obj} starts from a trained model: set model.pretrained (a "

@@ -172,6 +172,8 @@ class RunMeta:
     """The projection made before the first launch (projected vs actual keeps this one)."""
     grants: list[dict[str, Any]] = field(default_factory=list)
     """What the autoscaler granted each launch (market, fallback)."""
+    resizes: list[dict[str, Any]] = field(default_factory=list)
+    """An elastic run's size changes: {time, workers, why} (a lost node, a grow-back)."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -217,6 +219,8 @@ class TimelineRecord:
     end: float
     node: str = ""
     """Ray node id of rank 0 (the writer)."""
+    workers: int = 0
+    """The worker group's size (0: not recorded, older timelines); an elastic run's changes."""
 
 
 @dataclass
@@ -369,6 +373,9 @@ class RunContext:
     resume_bytes: int = 0
     """Size of the checkpoint this launch resumes from (0: none), as its manifest says: the
     collective timeout of the worker group allows for fetching it."""
+    worker_resources: dict[str, float] = field(default_factory=dict)
+    """What one worker holds (Ray resources, as the launcher asked for them): an elastic run
+    counts how many more the cluster's free resources hold before growing back."""
 
     def spent(self, now: float) -> Spend:
         """What the run has spent by `now`, in dollars and cluster hours, over every launch:

@@ -67,6 +67,21 @@ def redone_steps(
     return out
 
 
+def restart_s(timeline: list[dict[str, Any]]) -> float | None:
+    """What the run's last restart took: from the last record of a worker group to the end of
+    its successor's setup (worker-group start, model load, checkpoint read), in one launch;
+    else the last setup alone; None before any."""
+    setups = [i for i, r in enumerate(timeline) if r["kind"] == "setup"]
+    for i in reversed(setups):
+        s = timeline[i]
+        before = [
+            r for r in timeline[:i] if r["attempt"] == s["attempt"] and r["end"] <= s["start"]
+        ]
+        if before:
+            return s["end"] - max(r["end"] for r in before)
+    return timeline[setups[-1]]["end"] - timeline[setups[-1]]["start"] if setups else None
+
+
 class Ledger:
     """The node lives and launches of one run, in `ledger.json` of its durable store (the
     launcher is its only writer)."""
@@ -168,8 +183,12 @@ class Ledger:
 
         cats = dict.fromkeys(CATEGORIES, 0.0)
         redone = {id(r) for r in redone_steps(timeline)}
+        sizes: dict[int, list[float]] = defaultdict(lambda: [0.0, 0.0])
         for r in timeline:
             usd = self.usd_between(r["start"], r["end"])
+            if r.get("workers") and r["kind"] in ("step", "checkpoint"):
+                sizes[int(r["workers"])][0] += (r["end"] - r["start"]) / 3600.0
+                sizes[int(r["workers"])][1] += usd
             if r["kind"] == "step":
                 cats["wasted" if id(r) in redone else "useful"] += usd
             elif r["kind"] == "checkpoint":
@@ -197,4 +216,6 @@ class Ledger:
             "by_category": cats,
             "node_hours": sum(((n.end or time.time()) - n.start) / 3600.0 for n in self.nodes),
             "attempts": len(self.attempts),
+            # Training time (steps, saves) at each worker-group size: an elastic run's sizes.
+            "by_workers": {str(w): {"hours": h, "usd": u} for w, (h, u) in sorted(sizes.items())},
         }

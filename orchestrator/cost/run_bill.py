@@ -31,6 +31,11 @@ def bill_markdown(job: str, run: str, bill: dict[str, Any]) -> str:
         )
     lines += ["", "| node type (market) | USD |", "|---|---|"]
     lines += [f"| {k} | {v:.6f} |" for k, v in bill["by_node_type"].items()]
+    sizes = bill.get("by_workers") or {}
+    if len(sizes) > 1 or bill.get("elastic"):  # an elastic run: what it ran at, and why
+        lines += ["", "| workers | training hours | USD |", "|---|---|---|"]
+        lines += [f"| {w} | {v['hours']:.4f} | {v['usd']:.6f} |" for w, v in sizes.items()]
+        lines += ["", *(f"- {why}" for why in bill.get("elastic", []))]
     lines += [
         "",
         f"- Same node-hours on-demand: ${bill['usd_on_demand_equivalent']:.6f} "
@@ -84,6 +89,8 @@ def write_bill(
     notes = [g["fallback_note"] for g in meta.grants if g.get("fallback_note")]
     if notes:  # spot capacity did not come: the run was moved to on-demand nodes
         bill["market_fallback"] = notes[-1]
+    if meta.resizes:  # an elastic run's capacity decisions (a node lost, a grow-back)
+        bill["elastic"] = [r["why"] for r in meta.resizes]
     ledger.save(bill)
     store.write_text(BILL_MD, bill_markdown(job, meta.run, bill))
     store.write_text(BILL_JSON, json.dumps(bill, indent=1))

@@ -83,10 +83,13 @@ def plan_step(
     n = len(lengths)
     if mode == "pad":  # fixed count, file order within the (already shuffled) global batch
         per = micro_batch_size
-        mbs = [
-            MicroBatch([[i] for i in range(s, min(n, s + per))], False) for s in range(0, n, per)
-        ]
-        return [mbs[r::world] for r in range(world)]  # rank r: micro-batches r, r+W, ...
+        if n % (per * world) == 0:  # the configured size: rank r gets micro-batches r, r+W, ...
+            mbs = [
+                MicroBatch([[i] for i in range(s, min(n, s + per))], False)
+                for s in range(0, n, per)
+            ]
+            return [mbs[r::world] for r in range(world)]
+        return _uneven_shares(n, per, world)
     order = sorted(range(n), key=lambda i: (-lengths[i], i))
     if mode == "grouped":
         mbs = [
@@ -110,6 +113,19 @@ def plan_step(
     else:
         raise ValueError(f"unknown batching mode {mode!r}; valid: {BATCHING_MODES[1:]}")
     return _balance(mbs, world, lengths)
+
+
+def _uneven_shares(n: int, per: int, world: int) -> list[list[MicroBatch]]:
+    """A global batch that does not split evenly (an elastic run on fewer workers): rank r
+    takes rows r, r+W, ... in micro-batches of at most `per`; ranks with fewer get empty
+    passes, so every rank runs the same number of forward/backward passes."""
+    shares = [list(range(r, n, world)) for r in range(world)]
+    ranks = [
+        [MicroBatch([[i] for i in rows[s : s + per]], False) for s in range(0, len(rows), per)]
+        for rows in shares
+    ]
+    passes = max(len(mbs) for mbs in ranks)
+    return [mbs + [MicroBatch([], False)] * (passes - len(mbs)) for mbs in ranks]
 
 
 def _group_sorted(desc: list[int], budget: int) -> list[tuple[int, int]]:

@@ -6,7 +6,7 @@ On a named cluster (infra/, `make launch cluster=...`), worker node types advert
 1. asks the autoscaler for the job's workers up front, as bundles `[{CPU, GPU, <market>:
    units}] * num_workers`, so every node is requested at once and before training starts;
 2. waits until the cluster holds them (progress printed), at most `hardware.spot_wait_s`,
-   and while it waits asks the capacity policy (launch/capacity.py) whether waiting still
+   and while it waits asks the capacity policy (cost/capacity.py) whether waiting still
    beats buying on demand by its expected cost and the job's `budget.deadline_hours`;
 3. if spot capacity did not come, or the policy says on-demand meets a deadline the wait would
    miss, and `hardware.spot_fallback: on_demand`, asks for the same workers on `on_demand`
@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from orchestrator.config.schema import JobConfig
-from orchestrator.launch import capacity
+from orchestrator.cost import capacity
 
 
 @dataclass(frozen=True)
@@ -54,13 +54,39 @@ class Need:
     on_demand_start_s: float
     time_left_s: float | None = None
     budget_left_usd: float | None = None
+    nodes: int = 1
+    restart_s: float = 0.0
+    """Workers restarting on nodes that are up (cost.overheads.restart_s)."""
+    nodes_have: int | None = None
+    """Elastic, after a node is lost: the nodes the run could go on with now (a SHRINK
+    option: on these until the missing capacity is expected back, then a restart at full
+    size). None: not elastic, or nothing lost."""
+    on_demand: bool = True
+    """Whether on-demand nodes are an option (hardware.spot_fallback)."""
 
     def situation(self, waited_s: float) -> capacity.Situation:
-        wait = capacity.Option(capacity.Move.WAIT, "spot", self.spot_usd_per_hour, self.step_s,
-                               capacity.expected_wait_s(self.prior_wait_s, waited_s))  # fmt: skip
-        od = capacity.Option(capacity.Move.ON_DEMAND, "on-demand", self.on_demand_usd_per_hour,
-                             self.step_s, self.on_demand_start_s)  # fmt: skip
-        return capacity.Situation(self.steps_left, (wait, od), self.head_usd_per_hour,
+        wait_s = capacity.expected_wait_s(self.prior_wait_s, waited_s)
+        full = f"spot x {self.nodes} node{'s' if self.nodes > 1 else ''}"
+        k = self.nodes_have
+        lost = k is not None and 0 < k < self.nodes
+        per_node = self.spot_usd_per_hour / self.nodes
+        # After a loss the nodes left are up: idle while they wait for the replacement.
+        idle = per_node * k if lost and k is not None else 0.0
+        options = [capacity.Option(capacity.Move.WAIT, full, self.spot_usd_per_hour,
+                                   self.step_s, wait_s, delay_usd_per_hour=idle)]  # fmt: skip
+        if self.on_demand:
+            options.append(capacity.Option(capacity.Move.ON_DEMAND, "on-demand",
+                                           self.on_demand_usd_per_hour, self.step_s,
+                                           self.on_demand_start_s))  # fmt: skip
+        if lost and k is not None:  # on the nodes left until the capacity is back, then grow
+            grown = capacity.Option(capacity.Move.WAIT, full, self.spot_usd_per_hour,
+                                    self.step_s, self.restart_s)  # fmt: skip
+            options.append(capacity.Option(
+                capacity.Move.SHRINK, f"spot x {k} of {self.nodes} nodes", per_node * k,
+                self.step_s * self.nodes / k, self.restart_s, delay_usd_per_hour=per_node * k,
+                then=grown, then_after_s=wait_s,
+            ))  # fmt: skip
+        return capacity.Situation(self.steps_left, tuple(options), self.head_usd_per_hour,
                                   self.time_left_s, self.budget_left_usd)  # fmt: skip
 
 
@@ -86,6 +112,8 @@ def need_for(cfg: JobConfig, steps_left: int, step_s: float, spent_usd: float,
         on_demand_start_s=price.startup_s if price.startup_s is not None else o.startup_s,
         time_left_s=None if b.deadline_hours is None else (b.deadline_hours - spent_hours) * 3600,
         budget_left_usd=None if b.max_usd is None else b.max_usd - spent_usd,
+        nodes=nodes, restart_s=o.restart_s,
+        on_demand=hw.market == "spot" and hw.spot_fallback == "on_demand",
     )  # fmt: skip
 
 
@@ -239,20 +267,23 @@ _request: _Request | None = None
 
 
 def _wait(
-    cfg: JobConfig, market: str, timeout_s: float, poll_s: float, need: Need | None = None
-) -> bool | capacity.Decision:
-    """True once the cluster holds the workers; False after `timeout_s`; with `need`, the
-    policy's decision as soon as it prefers on-demand to waiting longer."""
+    cfg: JobConfig, market: str, timeout_s: float, poll_s: float, need: Need | None = None,
+    workers: int | None = None,
+) -> bool | capacity.Decision:  # fmt: skip
+    """True once the cluster holds the workers (an elastic job: its minimum; all of them are
+    requested); False after `timeout_s`; with `need`, the policy's decision as soon as it
+    prefers on-demand to waiting longer."""
     global _request
     if _request is None:
         _request = _Request()
     want = bundles(cfg, market)
     units = sum(b[market] for b in want)
+    enough = units * (workers or cfg.hardware.min_workers) / len(want)
     _request.send(want)
     t0, last = time.time(), -1.0
     while True:
         have = _have(market, units)
-        if have >= units:
+        if have >= enough:
             return True
         waited = time.time() - t0
         if waited >= timeout_s:
@@ -264,14 +295,22 @@ def _wait(
         if time.time() - _request.sent_at >= RENEW_S:
             _request.send(want)  # keep it from expiring while the cloud is slow
         if have != last or int(waited) % 30 == 0:
-            print(f"waiting for {cfg.hardware.num_workers} {market} workers: {have:g}/{units:g} "
+            print(f"waiting for {_count(cfg)} {market} workers: {have:g}/{enough:g} "
                   f"{market} units after {waited:.0f} s (limit {timeout_s:.0f} s)", flush=True)  # fmt: skip
             last = have
         time.sleep(poll_s)
 
 
-def acquire(cfg: JobConfig, poll_s: float = 1.0, need: Need | None = None) -> Grant | None:
-    """Request the job's workers and wait for them (None when autoscaling is off): on its own
+def _count(cfg: JobConfig) -> str:
+    hw = cfg.hardware
+    return f"{hw.min_workers}-{hw.num_workers}" if hw.elastic else str(hw.num_workers)
+
+
+def acquire(
+    cfg: JobConfig, poll_s: float = 1.0, need: Need | None = None, workers: int | None = None
+) -> Grant | None:
+    """Request the job's workers and wait for `workers` of them (default: all of them, an
+    elastic job's minimum; None when autoscaling is off): on its own
     node type, then on each of `hardware.alternatives` that fits (each waited for
     `hardware.spot_wait_s`), then on demand (`hardware.spot_fallback`). With `need`, a spot
     wait gives way to on-demand nodes as soon as the capacity policy prices them better (a
@@ -293,7 +332,7 @@ def acquire(cfg: JobConfig, poll_s: float = 1.0, need: Need | None = None) -> Gr
     candidates = [(None, cfg), *((a.name, a.cfg) for a in alternatives(cfg) if a.cfg is not None)]
     got: bool | capacity.Decision = False
     for name, c in candidates:
-        got = _wait(c, market, hw.spot_wait_s, poll_s, need if may_fall_back else None)
+        got = _wait(c, market, hw.spot_wait_s, poll_s, need if may_fall_back else None, workers)
         if got is True:
             note = None
             if tried:
@@ -307,15 +346,15 @@ def acquire(cfg: JobConfig, poll_s: float = 1.0, need: Need | None = None) -> Gr
     if may_fall_back:
         waited = time.time() - t0
         note = (
-            f"spot capacity for {hw.num_workers} workers not obtained ({'; '.join(tried)}): "
+            f"spot capacity for {_count(cfg)} workers not obtained ({'; '.join(tried)}): "
             "fell back to on-demand"
         )
         if isinstance(got, capacity.Decision):
             note = (f"fell back to on-demand after waiting {waited:.0f} s for spot capacity "
-                    f"for {hw.num_workers} workers: the capacity policy chose "
+                    f"for {_count(cfg)} workers: the capacity policy chose "
                     f"{got.message}")  # fmt: skip
         print(note, flush=True)
-        if _wait(cfg, "on_demand", hw.on_demand_wait_s, poll_s):
+        if _wait(cfg, "on_demand", hw.on_demand_wait_s, poll_s, workers=workers):
             return Grant("on_demand", "on_demand", units, time.time() - t0, note)
         release()
         raise RuntimeError(
@@ -324,10 +363,63 @@ def acquire(cfg: JobConfig, poll_s: float = 1.0, need: Need | None = None) -> Gr
         )
     release()
     raise RuntimeError(
-        f"no capacity for {hw.num_workers} {market} workers ({'; '.join(tried)}; "
+        f"no capacity for {_count(cfg)} {market} workers ({'; '.join(tried)}; "
         f"hardware.spot_fallback={hw.spot_fallback}); check the cluster's node types offer a "
         f"{market!r} resource"
     )
+
+
+def hold(cfg: JobConfig, market: str) -> None:
+    """Ask for the job's workers again right away (after a try ended, Ray Train's request is
+    gone): without a request, the nodes left idle would be scaled down while the launcher
+    decides what to do next."""
+    global _request
+    if _request is None:
+        _request = _Request()
+    _request.send(bundles(cfg, market))
+
+
+def alive_nodes() -> set[str]:
+    """Ids of the cluster's live nodes, as the GCS sees them."""
+    import ray
+
+    return {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+
+
+def settle(before: set[str], timeout_s: float = 60.0, poll_s: float = 1.0) -> float:
+    """After a node was lost: wait until the GCS has marked one of the nodes alive `before` dead
+    (its health checks take seconds to fail), at most `timeout_s`; returns the seconds waited.
+    An elastic try sized before that would count the dead node and wait for it in vain."""
+    t0 = time.time()
+    while time.time() - t0 < timeout_s and before <= alive_nodes():
+        time.sleep(poll_s)
+    return time.time() - t0
+
+
+def refresh_reservations() -> None:
+    """Make the AutoscalingCoordinator look at the cluster now (it does every 20 s): Ray Train's
+    elastic worker group is sized by what the coordinator reserves it, from its view of the
+    nodes, so a node that just joined or died must be in that view first."""
+    import ray
+
+    try:
+        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+            get_or_create_autoscaling_coordinator,
+        )
+
+        actor = get_or_create_autoscaling_coordinator()
+        ray.get(actor.get_reserved_resources.remote("orchestrator-refresh", recompute=True),
+                timeout=60)  # fmt: skip
+    except Exception as e:  # noqa: BLE001 - sized from a stale view: one more try at worst
+        print(f"warning: could not refresh the autoscaling coordinator: {e!r}", flush=True)
+
+
+def workers_there(cfg: JobConfig, market: str) -> int:
+    """Workers of the job the cluster's `market` nodes hold in all (busy or not)."""
+    import ray
+
+    units = max(1, cfg.hardware.gpus_per_worker)
+    return int(ray.cluster_resources().get(market, 0.0) // units)
 
 
 def release() -> None:

@@ -66,6 +66,16 @@ class Backend:
 
 
 # ---------------------------------------------------------------------- the fake cluster
+FAULTS_FILE = "capacity_faults.json"
+
+
+def is_fake(provider: dict[str, Any]) -> bool:
+    """Ray's fake multi-node provider, or ours with capacity faults (launch/fake_capacity.py)."""
+    return provider.get("type") == "fake_multinode" or str(provider.get("module", "")).endswith(
+        "fake_capacity.FakeCapacityProvider"
+    )
+
+
 class FakeBackend(Backend):
     """Ray's fake multi-node provider: every node a process group on this machine."""
 
@@ -84,7 +94,9 @@ class FakeBackend(Backend):
         port, dash = free_port(), free_port()
         temp_dir = tempfile.mkdtemp(prefix="rayfake-", dir="/tmp")
         cfg = dict(self.spec)
-        cfg["provider"] = {**cfg["provider"], "gcs_address": f"127.0.0.1:{port}"}
+        cfg["provider"] = {**cfg["provider"], "gcs_address": f"127.0.0.1:{port}",
+                           "capacity_faults_file": str(Path(temp_dir) / FAULTS_FILE),
+                           "node_temp_root": temp_dir}  # fmt: skip
         filled = Path(temp_dir) / "autoscaling.yaml"
         filled.write_text(yaml.safe_dump(cfg))
         head = cfg["available_node_types"][cfg["head_node_type"]]
@@ -470,7 +482,7 @@ def backend(name: str) -> Backend:
     spec = yaml.safe_load(path.read_text()) or {}
     if not isinstance(spec.get("provider"), dict) or "type" not in spec["provider"]:
         raise ConfigError(f"{path}: provider.type is missing (a Ray cluster launcher file)")
-    kind = "fake" if spec["provider"]["type"] == "fake_multinode" else "ray-up"
+    kind = "fake" if is_fake(spec["provider"]) else "ray-up"
     return BACKENDS[kind](name, path, spec)
 
 

@@ -112,6 +112,9 @@ def classify_failure(err: Exception, autoscaling: bool = False) -> tuple[Failure
     ]
     fatal = [r for r, c in causes.items() if is_fatal(c)]
     notices = [r for r, c in causes.items() if type(c).__name__ == "Preempted"]
+    grows = [r for r, c in causes.items() if type(c).__name__ == "Regrow"]
+    if grows and not lost and len(grows) == len(causes):  # every rank, after the checkpoint
+        return FailureKind.RESIZE, str(causes[grows[0]])
     if notices:  # every noticing rank's message: each names its doomed node
         said = "; ".join(dict.fromkeys(str(causes[r]) for r in notices))
         return FailureKind.PREEMPTION, f"spot notice on rank(s) {notices}: {said}"

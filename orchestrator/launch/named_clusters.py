@@ -24,6 +24,7 @@ import json
 import shlex
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from orchestrator.launch import backends
@@ -100,6 +101,20 @@ def market_nodes(name: str, market: str, alive: bool = True) -> list[dict[str, A
         if (n.get("labels") or {}).get("market") == market and (n["state"] == "ALIVE") == alive
         and not n.get("is_head_node")
     ]  # fmt: skip
+
+
+def capacity_fault(
+    name: str, node_type: str, for_s: float | None = None, fail_fraction: float | None = None
+) -> dict[str, Any]:
+    """A fake cluster's capacity fault (launch/fake_capacity.py): `node_type` has no capacity
+    for the next `for_s` seconds and/or fails `fail_fraction` of its launches; neither: the
+    fault is cleared. Returns every fault in force."""
+    from orchestrator.launch.backends import FAULTS_FILE
+    from orchestrator.launch.fake_capacity import write_fault
+
+    until = None if for_s is None else time.time() + for_s
+    path = Path(state(name)["temp_dir"]) / FAULTS_FILE
+    return write_fault(path, node_type, no_capacity_until=until, fail_fraction=fail_fraction)
 
 
 def preempt_fake_node(node_id: str) -> int:

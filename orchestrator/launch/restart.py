@@ -18,6 +18,9 @@ class FailureKind(StrEnum):
     """A worker or node lost (SIGKILL, a drained or dead node), or a spot notice."""
     APP = "app"
     """Anything else: an exception in training code, bad data, out of memory."""
+    RESIZE = "resize"
+    """Not a failure: an elastic run stopped after a checkpoint to restart on more nodes
+    (training/elastic.py). Counted by no limit; the budget still applies."""
     FATAL = "fatal"
     """An error a retry cannot fix (config.errors.FatalError): a model or checkpoint that fails
     verification, a resume the job cannot make. Never retried."""
@@ -40,6 +43,8 @@ class Tally:
     app_errors: int = 0
 
     def add(self, kind: FailureKind) -> Tally:
+        if kind == FailureKind.RESIZE:
+            return self
         if kind == FailureKind.PREEMPTION:
             return Tally(self.preemptions + 1, self.app_errors)
         return Tally(self.preemptions, self.app_errors + 1)
@@ -99,6 +104,8 @@ def decide(
             f"{cap}={getattr(budget, cap)} reached",
             StopReason.BUDGET,
         )
+    if kind == FailureKind.RESIZE:
+        return Decision(Action.RESTART, "restarting on more nodes from the checkpoint just saved")
     return Decision(
         Action.RESTART,
         f"restarting from the latest complete checkpoint ({kind} #{tally.of(kind)})",

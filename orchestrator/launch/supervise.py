@@ -8,7 +8,9 @@ On an autoscaling cluster the workers are requested first and released at the en
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import json
 import os
 import time
 from typing import Any
@@ -16,8 +18,9 @@ from typing import Any
 from orchestrator.checkpoint.notice import doomed_nodes
 from orchestrator.compose.load import to_dict
 from orchestrator.config.schema import JobConfig
+from orchestrator.cost import capacity
 from orchestrator.cost.estimator import cluster_price_per_hour
-from orchestrator.cost.ledger import Ledger
+from orchestrator.cost.ledger import Ledger, read_timeline, restart_s
 from orchestrator.launch import autoscale
 from orchestrator.launch.checks import collective_timeout_s
 from orchestrator.launch.failures import RunFailed, classify_failure
@@ -26,6 +29,7 @@ from orchestrator.launch.restart import Action, FailureKind, Tally, decide
 from orchestrator.launch.worker_env import worker_env
 from orchestrator.storage import resolve as storage_resolve
 from orchestrator.storage.layout import (
+    EVENTS,
     FAILURES,
     RUN_META,
     FailureRecord,
@@ -74,7 +78,7 @@ def supervise(
                 hw.market = grant.market
                 context.price_per_hour_usd = cluster_price_per_hour(cfg)
         try:
-            return _tries(cfg, context, store, ledger, t_start, grant)
+            return _tries(cfg, context, store, ledger, t_start, grant, plan)
         finally:
             ledger.sync_nodes(cluster_nodes(cfg, t_start))
             if grant is not None:
@@ -88,20 +92,30 @@ def _tries(
     ledger: Ledger,
     t_start: float,
     grant: autoscale.Grant | None,
+    plan: tuple[int, float] | None = None,
 ) -> StopReason | None:
     """Training tries of one launch, each from the latest complete checkpoint, until one ends
     or `restart.decide` says stop."""
     from ray.train.v2.api.exceptions import TrainingFailedError
 
     tally = Tally()
+    kind: FailureKind | None = None
+    nodes_before: set[str] = set()
     for attempt_try in itertools.count(1):
         ledger.sync_nodes(cluster_nodes(cfg, t_start))
         failures = read_failures(store)  # before every try: the counts the loop starts from
         context.preemptions_before = sum(f.kind == FailureKind.PREEMPTION for f in failures)
         context.app_failures_before = sum(f.kind == FailureKind.APP for f in failures)
+        if cfg.hardware.elastic and kind == FailureKind.PREEMPTION:
+            if grant is not None:
+                autoscale.hold(cfg, grant.market)  # keep the nodes left while deciding
+            autoscale.settle(nodes_before)  # the lost node out of the GCS's view first
         if grant is not None and attempt_try > 1:  # a replacement may still be booting
-            grant = _reacquire(cfg, context, store)
+            grant = _reacquire(cfg, context, store, kind, plan)
+        if cfg.hardware.elastic:  # Ray Train sizes the try from the coordinator's view
+            autoscale.refresh_reservations()
         trainer = _trainer(cfg, context, grant, attempt_try)
+        nodes_before = autoscale.alive_nodes() if cfg.hardware.elastic else set()
         if grant is not None:
             autoscale.release()  # Ray Train registers the workers' request from here on
         try:
@@ -109,9 +123,14 @@ def _tries(
             return None
         except TrainingFailedError as e:
             kind, detail = classify_failure(e, autoscaling=grant is not None)
-            tally = tally.add(kind)
-            record = FailureRecord(context.attempt, attempt_try, kind, detail[:2000], time.time())
-            store.append_lines(FAILURES, [record.to_json()])
+            if kind == FailureKind.RESIZE:  # not a failure: more nodes, right after a save
+                _record_resize(store, detail)
+            else:
+                tally = tally.add(kind)
+                record = FailureRecord(
+                    context.attempt, attempt_try, kind, detail[:2000], time.time()
+                )
+                store.append_lines(FAILURES, [record.to_json()])
             decision = decide(
                 kind,
                 tally,
@@ -127,6 +146,9 @@ def _tries(
                 print(decision.message)
                 return decision.stop_reason
             last_line = detail.strip().splitlines()[-1] if detail.strip() else kind
+            if kind == FailureKind.RESIZE:
+                print(f"elastic: {last_line[:300]}\n{decision.message}", flush=True)
+                continue
             print(f"{kind} #{tally.of(kind)}: {last_line[:300]}\n{decision.message}")
             if kind == FailureKind.PREEMPTION:  # a spot notice: not on the doomed node again
                 drain(doomed_nodes(detail), f"spot notice ({cfg.job}, attempt {context.attempt})")
@@ -148,13 +170,21 @@ def _fail_over(cfg: JobConfig, block: str) -> None:
     )
 
 
-def _reacquire(cfg: JobConfig, context: RunContext, store) -> autoscale.Grant:
+def _reacquire(
+    cfg: JobConfig, context: RunContext, store, kind: FailureKind | None,
+    plan: tuple[int, float] | None,
+) -> autoscale.Grant:  # fmt: skip
     """Before a retry on an autoscaling cluster: ask for the workers again and wait until the
     cluster holds them (a preempted node's replacement takes minutes on a cloud), with the
     same spot wait and on-demand fallback as the first try, so the try does not time out in
-    Ray Train's placement-group wait. No capacity at all ends the launch (RunFailed)."""
+    Ray Train's placement-group wait. An elastic job that lost a node asks the capacity policy
+    whether to go on with the nodes left (shrink) or wait for the replacement, by what each
+    costs. No capacity at all ends the launch (RunFailed)."""
+    workers = None
+    if cfg.hardware.elastic and kind == FailureKind.PREEMPTION:
+        workers = _shrink_or_wait(cfg, context, store, plan)
     try:
-        grant = autoscale.acquire(cfg)
+        grant = autoscale.acquire(cfg, workers=workers)
     except RuntimeError as e:  # no capacity within the waits: say so, do not spin
         raise RunFailed(f"restart: {e}") from None
     assert grant is not None
@@ -166,6 +196,54 @@ def _reacquire(cfg: JobConfig, context: RunContext, store) -> autoscale.Grant:
         cfg.hardware.market = grant.market
         context.price_per_hour_usd = cluster_price_per_hour(cfg)
     return grant
+
+
+def _shrink_or_wait(
+    cfg: JobConfig, context: RunContext, store, plan: tuple[int, float] | None
+) -> int | None:
+    """An elastic job lost a node: the capacity policy prices going on with the nodes left
+    against waiting for the replacement (and on-demand nodes); returns the workers to wait
+    for (None: the job's minimum). The decision and its numbers go into run.json (resizes),
+    the log and the bill."""
+    hw = cfg.hardware
+    have = min(hw.num_nodes, autoscale.workers_there(cfg, hw.market) // hw.workers_per_node)
+    if not hw.nodes or not hw.nodes.min <= have < hw.num_nodes:
+        return None  # all there (the replacement came), or too few: wait for the minimum
+    spent = context.spent(time.time())
+    need = None
+    if plan is not None:
+        steps_left = max(1, plan[0] - _last_step(store))
+        need = autoscale.need_for(cfg, steps_left, plan[1], spent.usd, spent.hours)
+    lost = f"a node lost, {have} of {hw.num_nodes} left"
+    if need is None:  # nothing to weigh waiting against: go on with the nodes there are
+        why = (f"{lost}: shrink (no {hw.market} price for {hw.instance_type} in the catalog "
+               "to weigh waiting for the replacement against)")  # fmt: skip
+        move = capacity.Move.SHRINK
+    else:
+        restart = restart_s(read_timeline(store)) or need.restart_s  # measured here
+        need = dataclasses.replace(need, nodes_have=have, restart_s=restart)
+        decision = capacity.decide(need.situation(0.0))
+        why, move = f"{lost}: {decision.message}", decision.move
+    _record_resize(store, why, workers=have * hw.workers_per_node)
+    print(f"elastic: {why}", flush=True)
+    return None if move == capacity.Move.SHRINK else hw.num_workers
+
+
+def _last_step(store) -> int:
+    """The last step the run logged (events.jsonl), 0 before any."""
+    steps = []
+    for line in store.read_lines(EVENTS):
+        try:
+            steps.append(int(json.loads(line)["step"]))
+        except (ValueError, KeyError, TypeError):  # a line cut by a kill mid-write
+            continue
+    return max(steps, default=0)
+
+
+def _record_resize(store, why: str, workers: int | None = None) -> None:
+    meta = RunMeta.from_json(store.read_text(RUN_META) or "{}")
+    meta.resizes.append({"time": time.time(), "workers": workers, "why": why})
+    store.write_text(RUN_META, meta.to_json())
 
 
 STARTUP_RETRIES = 2
@@ -185,6 +263,12 @@ def _trainer(cfg: JobConfig, context: RunContext, grant: autoscale.Grant | None,
     pinned = {}
     if grant is not None:  # its market's nodes, of the instance type it was granted
         pinned = {grant.resource: grant.units_per_worker, autoscale.instance_resource(cfg): 0.001}
+    per_worker = {
+        "CPU": hw.cpus_per_worker,
+        **({"GPU": hw.gpus_per_worker} if on_gpu else {}),
+        **pinned,  # spot / on_demand nodes of an autoscaling cluster
+    }
+    context.worker_resources = dict(per_worker)  # an elastic run counts room for more of them
     storage_path, storage_fs = storage_resolve.ray_storage(context.storage)
     loop_config: dict[str, Any] = {
         "config": to_dict(cfg),
@@ -195,16 +279,17 @@ def _trainer(cfg: JobConfig, context: RunContext, grant: autoscale.Grant | None,
         train_fn,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(
-            num_workers=hw.num_workers,
+            # Elastic: Ray asks for the maximum and starts each try on what the cluster holds,
+            # at least the minimum. It never resizes a running group on its own (the interval
+            # is effectively infinite): growing back happens right after a checkpoint, decided
+            # by the trainer (training/elastic.py), so no step is redone.
+            num_workers=(hw.min_workers, hw.num_workers) if hw.elastic else hw.num_workers,
+            **({"elastic_resize_monitor_interval_s": 1e9} if hw.elastic else {}),
             use_gpu=on_gpu,
             # The GPU type is part of the request: an A100-80GB job never lands on 24 GB
             # cards, or on pricier ones (infra/ node types carry the same resource).
             accelerator_type=ray_accelerator(cfg),
-            resources_per_worker={
-                "CPU": hw.cpus_per_worker,
-                **({"GPU": hw.gpus_per_worker} if on_gpu else {}),
-                **pinned,  # spot / on_demand nodes of an autoscaling cluster
-            },
+            resources_per_worker=per_worker,
         ),
         # On GPUs, NCCL for the tensors on the device and gloo for the few CPU-side ones
         # (object collectives, checkpoint agreement flags): one process group serves both.

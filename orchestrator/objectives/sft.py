@@ -10,4 +10,5 @@ SPEC = ObjectiveSpec(
     recipe="orchestrator.training.sft:SftObjective",
     summary="next-token loss (fine-tuning, pretraining)",
     work=None,
+    elastic=True,
 )

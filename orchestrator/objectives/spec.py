@@ -97,6 +97,10 @@ class ObjectiveSpec:
     completions), and the global batch need only split evenly over the workers."""
     extra_usd: Callable[[JobConfig], dict[str, float]] | None = None
     """Costs beyond node time the estimate adds as their own lines (the eval stage's judge)."""
+    elastic: bool = False
+    """Its steps can run on a worker count that changes between tries (hardware.nodes): every
+    step's examples depend only on (seed, step) and its loss is normalised by the global count,
+    whatever the world size. Rollout objectives size their per-worker work by the count."""
     trains: bool = True
     """False: it evaluates a model and trains nothing (the trainer takes no step; the estimator
     prices its `work` as one step)."""

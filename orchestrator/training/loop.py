@@ -29,7 +29,7 @@ from orchestrator.checkpoint.notice import Notice, NoticeWatcher, doomed_tag
 from orchestrator.checkpoint.policy import Interval
 from orchestrator.config.errors import FatalError
 from orchestrator.config.schema import JobConfig
-from orchestrator.cost.ledger import read_timeline, redone_steps
+from orchestrator.cost.ledger import read_timeline, redone_steps, restart_s
 from orchestrator.cost.meter import CostMeter
 from orchestrator.data.batching import resolve_mode
 from orchestrator.data.prepared import PreparedData
@@ -54,6 +54,7 @@ from orchestrator.storage.layout import (
 from orchestrator.storage.streams import RecordStream
 from orchestrator.training.checkpoints import CheckpointPart
 from orchestrator.training.cost_control import Control, CostControl
+from orchestrator.training.elastic import Regrow, grow_target, spare_workers
 from orchestrator.training.methods import count_trainable
 from orchestrator.training.metrics_sink import MetricsSink
 from orchestrator.training.model import build_meta_model, pretrained_state_dict
@@ -150,6 +151,8 @@ class Trainer:
         self.eval_loss: float | None = None
         self.eval_metrics: dict[str, float] = {}
         self._t_created = time.time()
+        self._setup_s = 0.0
+        self._last_grow_note = ""
         self.storage = ctx.storage
         self.run_store = run_store(ctx.storage)
         self.metrics = MetricsSink(ctx.tracking_uri, ctx.mlflow_run_id, self.storage.node_dir,
@@ -268,6 +271,11 @@ class Trainer:
             self.meter.set_lost(len(redone), sum(r["end"] - r["start"] for r in redone))
             self._start_system_metrics()
             self._record("setup", self._t_created, time.time())
+            # What a restart costs (the grow-back rule): this one, from the last record of the
+            # worker group before (else this setup alone).
+            mine = {"attempt": self.ctx.attempt, "kind": "setup", "start": self._t_created,
+                    "end": time.time()}  # fmt: skip
+            self._setup_s = restart_s([*timeline, mine]) or 0.0
             self.metrics.open(resumed_step=self.step)
             self.say(
                 f"{cfg.train.strategy} / {cfg.train.method}: {self.n_trainable:,} of "
@@ -382,6 +390,8 @@ class Trainer:
                 self._leave_on_notice()
             if control.save or self.step == self.total_steps:
                 self.save_checkpoint()
+                if cfg.hardware.elastic and self.step < self.total_steps:
+                    self._grow_back(step_times)
         self._end(step_times)
 
     def _log_window(
@@ -432,6 +442,32 @@ class Trainer:
             f"from step {last}"
         )
 
+    def _grow_back(self, step_times: list[float]) -> None:
+        """An elastic run below its maximum, right after a checkpoint: if the cluster has room
+        for more nodes' workers and growing pays (training/elastic.py), every rank waits for
+        the checkpoint to be complete and raises Regrow (the launcher restarts on them)."""
+        hw = self.cfg.hardware
+        if self.world >= hw.num_workers:
+            return
+        target, why = 0, ""
+        if self.rank == 0:
+            import ray
+
+            recent = step_times[-20:]
+            target, why = grow_target(
+                world=self.world, max_workers=hw.num_workers, per_node=hw.workers_per_node,
+                spare=spare_workers(ray.available_resources(), self.ctx.worker_resources),
+                mode=hw.grow_back, steps_left=self.total_steps - self.step,
+                step_s=sum(recent) / max(1, len(recent)), restart_s=self._setup_s,
+            )  # fmt: skip
+        if self._agree_max([target])[0]:
+            self.checkpoints.wait()
+            self.say(why)
+            raise Regrow(f"step {self.step} saved; {why}")
+        if why and why != self._last_grow_note:
+            self.say(why)
+            self._last_grow_note = why
+
     def _end(self, step_times: list[float]) -> None:
         """Stopped by the budget: a last checkpoint (eval and export would spend past the cap).
         Completed: held-out evaluation and the export. Then the run's result."""
@@ -480,7 +516,9 @@ class Trainer:
         if self.rank != 0:
             return
         self.timeline.append(
-            TimelineRecord(self.ctx.attempt, os.getpid(), kind, step, start, end, _node_id())
+            TimelineRecord(
+                self.ctx.attempt, os.getpid(), kind, step, start, end, _node_id(), self.world
+            )
         )
 
     def _projected_usd(self, step_times: list[float]) -> float:
@@ -519,6 +557,7 @@ class Trainer:
             "preemptions": float(self.preemptions),
             "app_failures": float(self.app_failures),
             "attempt": float(self.ctx.attempt),
+            "cluster/workers": float(self.world),
             "checkpoint/interval_steps": float(self._interval_steps(step_times[-20:])),
             **self.meter.metrics(self.tokens_so_far, self._projected_usd(step_times)),
         }

@@ -295,7 +295,9 @@ class FsdpStrategy(_DcpStrategy):
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.trainable_only = cfg.train.method != "full"
-        shape = fsdp_mesh_shape(dist.get_world_size(), cfg.hardware.num_nodes, cfg.fsdp.hsdp)
+        world = dist.get_world_size()  # an elastic run's nodes now, not its maximum
+        nodes = -(-world // cfg.hardware.workers_per_node)
+        shape = fsdp_mesh_shape(world, nodes, cfg.fsdp.hsdp)
         self.hsdp = len(shape) == 2
         names = ("replicate", "shard") if self.hsdp else ("shard",)
         mesh = init_device_mesh(device, shape, mesh_dim_names=names)

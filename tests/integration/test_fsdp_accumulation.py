@@ -6,12 +6,11 @@ keep the whole model's fp32 gradients on every GPU (~48 GiB for 13B)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import textwrap
 
 import pytest
+
+from tests.gloo import run_ranks
 
 pytestmark = pytest.mark.integration
 
@@ -88,20 +87,7 @@ def test_fsdp_accumulation_keeps_gradients_sharded(tmp_path, world, nodes, mesh)
     micro-batch, the reduce-scatter within a node does not.)"""
     init = f"file://{tmp_path / 'pg'}"
     args = [str(world), str(nodes), init]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", SCRIPT, str(r), *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for r in range(world)
-    ]
-    reports = []
-    for p in procs:
-        out, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err[-4000:]
-        reports.append(json.loads(next(x for x in out.splitlines() if x.startswith("REPORT "))[7:]))
+    reports = run_ranks(SCRIPT, world, args)
     for r in reports:
         assert r["mesh"] == mesh, r
         assert r["sharded_grads"], r  # reduce-scattered after the non-final micro-batch

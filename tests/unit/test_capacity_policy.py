@@ -1,4 +1,4 @@
-"""The capacity policy (orchestrator/launch/capacity.py) as tables of situations -> decisions.
+"""The capacity policy (orchestrator/cost/capacity.py) as tables of situations -> decisions.
 
 A 13B job on 2 x p4de.24xlarge: spot $19.21/h for the pair, on demand $81.94/h, a head at
 $0.384/h; 1000 steps left at 6.0 s a step on both nodes (1.67 h), 11.0 s on one."""
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.launch.capacity import (
+from orchestrator.cost.capacity import (
     Move,
     Option,
     Situation,

@@ -9,8 +9,9 @@ rest of a wait, a restart, a new node's start-up). `decide` prices every option 
     hours = (delay + steps left x step time) / 3600
     usd   = run hours x the workers' $/h + hours x the head's $/h
 
-(workers are not billed while the cloud has no capacity for them; the head is billed
-throughout). A shrunk run is priced as it goes: on the nodes there are until the missing
+(workers are not billed while the cloud has no capacity for them, but nodes that are up and
+idle are: `delay_usd_per_hour`, e.g. the nodes left after a loss while they wait for the
+replacement; the head is billed throughout). A shrunk run is priced as it goes: on the nodes there are until the missing
 capacity is expected back, then a restart and the rest at full size (`Option.then`) and picks, among the options that meet the deadline and the budget, the cheapest
 (ties: the sooner done). If none meets the deadline, the soonest done that the budget pays; if
 the budget pays none, stop. The message carries the numbers of the choice and of the
@@ -56,6 +57,9 @@ class Option:
     """What it becomes after `then_after_s` of steps (a shrunk run grows back once the
     capacity is expected back: `then` is the full size, its delay the restart)."""
     then_after_s: float = 0.0
+    delay_usd_per_hour: float = 0.0
+    """Billed during the delay: nodes that are up but not stepping (after a node is lost, the
+    nodes left wait for the replacement, or restart, at their price)."""
 
 
 @dataclass(frozen=True)
@@ -97,7 +101,8 @@ def _phases(o: Option, steps: float) -> tuple[float, float, float]:
     """(workers' run hours, hours, workers' dollars) of `steps` on `o` and what it becomes."""
     mine = steps if o.then is None else min(steps, o.then_after_s / o.step_s)
     run_h = mine * o.step_s / 3600.0
-    hours, usd = o.delay_s / 3600.0 + run_h, run_h * o.workers_usd_per_hour
+    hours = o.delay_s / 3600.0 + run_h
+    usd = run_h * o.workers_usd_per_hour + o.delay_s / 3600.0 * o.delay_usd_per_hour
     if o.then is not None and steps > mine:
         more_run, more_hours, more_usd = _phases(o.then, steps - mine)
         restart_usd = o.then.delay_s / 3600.0 * o.then.workers_usd_per_hour  # nodes up, no step
@@ -114,7 +119,7 @@ def decide(s: Situation) -> Decision:
     if not paid:
         cheapest = min(priced, key=lambda p: p.usd)
         return Decision(Move.STOP, None, (
-            f"stop: the budget left (${s.budget_left_usd:,.2f}) pays for no option; the cheapest, "
+            f"stop: the budget left ({usd(s.budget_left_usd or 0.0)}) pays for no option; the cheapest, "
             f"{_describe(cheapest)}"), priced)  # fmt: skip
     on_time = [p for p in paid if s.time_left_s is None or p.hours * 3600.0 <= s.time_left_s]
     if on_time:
@@ -122,7 +127,8 @@ def decide(s: Situation) -> Decision:
         why = "the cheapest" + (" that meets the deadline" if s.time_left_s is not None else "")
     else:
         best = min(paid, key=lambda p: (p.hours, p.usd))
-        why = f"none meets the deadline ({s.time_left_s / 3600.0:.1f} h left): the soonest done"
+        left_h = (s.time_left_s or 0.0) / 3600.0  # not None here: only a deadline is missed
+        why = f"none meets the deadline ({left_h:.1f} h left): the soonest done"
     others = "; ".join(_describe(p) for p in priced if p is not best)
     message = f"{best.option.move}: {_describe(best)} ({why})" + (
         f"; vs {others}" if others else ""
@@ -131,7 +137,12 @@ def decide(s: Situation) -> Decision:
 
 
 def _describe(p: Priced) -> str:
-    return f"{p.option.label}: {p.hours:.2f} h, ${p.usd:,.2f}"
+    return f"{p.option.label}: {p.hours:.2f} h, {usd(p.usd)}"
+
+
+def usd(x: float) -> str:
+    """Dollars as people read them: cents from $1 up, four decimals below (a local run's)."""
+    return f"${x:,.2f}" if abs(x) >= 1 else f"${x:.4f}"
 
 
 def may_grow(

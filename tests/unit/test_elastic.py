@@ -1,0 +1,202 @@
+"""Elastic workers (hardware.nodes {min, max}): what the config accepts and refuses, how a step's
+examples are shared when the global batch does not divide, when to grow back, how the launcher
+prices going on with fewer nodes, and how the bill shows the sizes."""
+
+from __future__ import annotations
+
+import dataclasses
+import traceback
+
+import pytest
+from ray.train.v2._internal.exceptions import UserExceptionWithTraceback
+from ray.train.v2.api.exceptions import WorkerGroupError
+
+from orchestrator.compose.load import compose
+from orchestrator.config.schema import ConfigError
+from orchestrator.cost import capacity
+from orchestrator.cost.ledger import Ledger, NodeLife
+from orchestrator.data.batching import plan_step
+from orchestrator.launch import autoscale
+from orchestrator.launch.failures import classify_failure
+from orchestrator.launch.restart import Action, FailureKind, Tally, decide
+from orchestrator.storage.durable import FolderStore
+from orchestrator.training.elastic import Regrow, grow_target, spare_workers
+
+ELASTIC = ["hardware.num_workers=3", "hardware.num_nodes=3", "hardware.nodes={min: 2, max: 3}",
+           "train.micro_batch_size=2", "train.global_batch_size=18"]  # fmt: skip
+
+
+def test_an_elastic_job_and_its_sizes():
+    hw = compose("vicuna", overrides=ELASTIC).hardware
+    assert hw.elastic and (hw.min_workers, hw.num_workers, hw.workers_per_node) == (2, 3, 1)
+    full = compose("vicuna", "full", ["hardware.num_workers=16", "hardware.num_nodes=2",
+                                      "hardware.nodes={min: 1, max: 2}",
+                                      "train.global_batch_size=64"]).hardware  # fmt: skip
+    assert (full.min_workers, full.workers_per_node) == (8, 8)  # whole nodes of 8 GPUs
+    fixed = compose("vicuna").hardware
+    assert not fixed.elastic and fixed.min_workers == fixed.num_workers
+
+
+@pytest.mark.parametrize(
+    ("overrides", "says"),
+    [
+        (["hardware.nodes={min: 2, max: 4}"], "must equal hardware.num_nodes=3"),
+        (["hardware.nodes={min: 0, max: 3}"], "need 1 <= min <= max"),
+        (["hardware.nodes={min: 4, max: 3}"], "need 1 <= min <= max"),
+        (["hardware.num_workers=4", "train.global_batch_size=16"], "must be a multiple of"),
+        (["train.strategy=deepspeed"], "deepspeed cannot change its worker count"),
+        (["hardware.grow_back=sometimes"], "hardware.grow_back"),
+    ],
+)
+def test_what_an_elastic_job_refuses(overrides, says):
+    with pytest.raises(ConfigError, match=says):
+        compose("vicuna", overrides=ELASTIC + overrides)
+
+
+def test_objectives_that_size_work_by_the_worker_count_are_refused():
+    with pytest.raises(ConfigError, match="elastic runs are for sft"):
+        compose("stack_llama", overrides=["stage=ppo", "hardware.num_workers=2",
+                                          "hardware.num_nodes=2", "hardware.nodes={min: 1, max: 2}"])  # fmt: skip
+    with pytest.raises(ConfigError, match="data.format=text streams"):
+        compose("cerebras_gpt", overrides=["hardware.num_workers=2", "hardware.num_nodes=2",
+                                           "hardware.nodes={min: 1, max: 2}"])  # fmt: skip
+    # min = max is no elastic run: any strategy, any objective
+    compose("vicuna", overrides=ELASTIC[:2] + ["hardware.nodes={min: 3, max: 3}",
+                                               "train.micro_batch_size=2", "train.global_batch_size=18",
+                                               "train.strategy=deepspeed"])  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("n", "per", "world"), [(18, 2, 2), (18, 2, 3), (16, 4, 3), (5, 4, 3), (7, 1, 4)]
+)
+def test_uneven_shares_cover_every_example_once_in_equal_passes(n, per, world):
+    ranks = plan_step([10] * n, mode="pad", world=world, micro_batch_size=per,
+                      tokens_per_micro_batch=per * 10, pack_len=10)  # fmt: skip
+    rows = sorted(i for mbs in ranks for mb in mbs for (i,) in mb.rows)
+    assert rows == list(range(n))  # every example of the step, once
+    assert len({len(mbs) for mbs in ranks}) == 1  # the same number of passes on every rank
+    assert all(len(mb.rows) <= per for mbs in ranks for mb in mbs)
+    if n % (per * world):  # uneven: rank r holds rows r, r+W, ...
+        for r, mbs in enumerate(ranks):
+            assert [i for mb in mbs for (i,) in mb.rows] == list(range(r, n, world))
+
+
+def test_the_configured_size_keeps_its_split():
+    ranks = plan_step([10] * 16, mode="pad", world=2, micro_batch_size=4,
+                      tokens_per_micro_batch=40, pack_len=10)  # fmt: skip
+    assert [[mb.rows[0][0] for mb in mbs] for mbs in ranks] == [[0, 8], [4, 12]]
+
+
+def test_spare_workers_counts_whole_workers_of_every_resource():
+    per = {"CPU": 1, "spot": 1, "instance:local-2vcpu": 0.001}
+    assert spare_workers({"CPU": 3.0, "spot": 1.0, "instance:local-2vcpu": 0.999}, per) == 1
+    assert spare_workers({"CPU": 3.0, "spot": 0.0, "instance:local-2vcpu": 1.0}, per) == 0
+    assert (
+        spare_workers({"CPU": 8.0, "GPU": 8.0, "spot": 8.0}, {"CPU": 1, "GPU": 1, "spot": 1}) == 8
+    )
+    assert spare_workers({"CPU": 2.0}, {}) == 0
+
+
+@pytest.mark.parametrize(
+    ("world", "spare", "mode", "steps_left", "restart_s", "target"),
+    [
+        (2, 1, "priced", 1000, 60.0, 3),  # 1000 x (1 - 2/3) s = 333 s gained > 60 s restart
+        (2, 1, "priced", 100, 60.0, 0),  # 33 s gained < 60 s: stay
+        (2, 1, "always", 100, 60.0, 3),
+        (2, 1, "never", 1000, 60.0, 0),
+        (2, 0, "always", 1000, 60.0, 0),  # no room
+        (2, 5, "always", 1000, 60.0, 3),  # never past the maximum
+        (2, 1, "always", 0, 60.0, 0),  # nothing left to train
+    ],
+)
+def test_growing_back(world, spare, mode, steps_left, restart_s, target):
+    got, why = grow_target(world=world, max_workers=3, per_node=1, spare=spare, mode=mode,
+                           steps_left=steps_left, step_s=1.0, restart_s=restart_s)  # fmt: skip
+    assert got == target
+    if mode == "priced" and spare:
+        assert "a restart takes ~60 s" in why
+
+
+def test_growing_back_is_by_whole_nodes():
+    # 8 workers a node: 7 spare GPUs are not a node
+    assert grow_target(world=8, max_workers=16, per_node=8, spare=7, mode="always",
+                       steps_left=10, step_s=1.0, restart_s=0.0)[0] == 0  # fmt: skip
+    assert grow_target(world=8, max_workers=16, per_node=8, spare=8, mode="always",
+                       steps_left=10, step_s=1.0, restart_s=0.0)[0] == 16  # fmt: skip
+
+
+def _need(**kw):
+    base = dict(steps_left=3600, step_s=1.0, spot_usd_per_hour=30.0, on_demand_usd_per_hour=100.0,
+                head_usd_per_hour=1.0, prior_wait_s=1800.0, on_demand_start_s=600.0, nodes=3,
+                restart_s=300.0)  # fmt: skip
+    return autoscale.Need(**{**base, **kw})
+
+
+def test_after_a_lost_node_the_policy_prices_shrinking_against_waiting():
+    d = capacity.decide(_need(nodes_have=2).situation(0.0))
+    assert d.move == capacity.Move.SHRINK, d.message
+    assert "spot x 2 of 3 nodes" in d.message and "vs spot x 3 nodes" in d.message
+    # a deadline only on-demand meets
+    d = capacity.decide(_need(nodes_have=2, time_left_s=3600 + 700).situation(0.0))
+    assert d.move == capacity.Move.ON_DEMAND, d.message
+    # one node of ten left: on 1/10 of the speed until capacity is back, a wait is cheaper
+    d = capacity.decide(_need(nodes_have=1, nodes=10, spot_usd_per_hour=300.0,
+                              restart_s=3000.0, prior_wait_s=60.0, on_demand=False).situation(0.0))  # fmt: skip
+    assert d.move == capacity.Move.WAIT, d.message
+    # without a lost node there is nothing to shrink to
+    assert all(o.move != capacity.Move.SHRINK for o in _need().situation(0.0).options)
+
+
+def test_a_grow_back_is_a_resize_not_a_failure():
+    def user(e):
+        try:
+            raise e
+        except Exception as x:  # noqa: BLE001
+            return UserExceptionWithTraceback(x, "".join(traceback.format_exception(x)))
+
+    err = WorkerGroupError("stopped", {r: user(Regrow("step 40 saved; growing")) for r in (0, 1)})
+    kind, detail = classify_failure(err)
+    assert kind == FailureKind.RESIZE and "growing" in detail
+    assert Tally().add(kind) == Tally()  # counted by no limit
+    budget = compose("vicuna").budget
+    spend = type("S", (), {"usd": 0.0, "hours": 0.0})()
+    assert decide(kind, Tally(), max_failures=0, max_preemptions=0, budget=budget,
+                  spent=spend).action == Action.RESTART  # fmt: skip
+    capped = dataclasses.replace(budget, max_usd=1.0)
+    spend.usd = 2.0
+    assert decide(kind, Tally(), max_failures=0, max_preemptions=0, budget=capped,
+                  spent=spend).action == Action.STOP  # the budget still applies  # fmt: skip
+
+
+def test_the_bill_prices_each_size(tmp_path):
+    store = FolderStore(tmp_path)
+    ledger = Ledger(store)
+    ledger.begin(0.0)
+    ledger.add_nodes(
+        [NodeLife(f"n{i}", "m7i.large", "spot", 3.6, 10.0, 0.0, 300.0) for i in range(3)]
+    )
+    rows = [
+        {"attempt": 1, "pid": 1, "kind": "step", "step": 1, "start": 0.0, "end": 100.0, "workers": 3},
+        {"attempt": 1, "pid": 2, "kind": "step", "step": 2, "start": 100.0, "end": 300.0, "workers": 2},
+        {"attempt": 1, "pid": 2, "kind": "setup", "step": None, "start": 90.0, "end": 100.0, "workers": 2},
+    ]  # fmt: skip
+    by = ledger.bill(rows)["by_workers"]
+    assert set(by) == {"3", "2"}  # setup time is not training time at a size
+    assert by["3"]["hours"] == pytest.approx(100 / 3600) and by["2"]["hours"] == pytest.approx(
+        200 / 3600
+    )
+    assert by["3"]["usd"] == pytest.approx(3 * 3.6 * 100 / 3600)
+
+
+def test_the_restart_measured_from_the_timeline():
+    from orchestrator.cost.ledger import restart_s
+
+    rows = [
+        {"attempt": 1, "kind": "setup", "start": 0.0, "end": 10.0},
+        {"attempt": 1, "kind": "step", "start": 10.0, "end": 50.0},
+        {"attempt": 1, "kind": "setup", "start": 60.0, "end": 72.0},  # 22 s after the last step
+    ]
+    assert restart_s(rows) == pytest.approx(22.0)
+    assert restart_s(rows[:2]) == pytest.approx(10.0)  # no restart yet: the setup
+    assert restart_s([{**rows[2], "attempt": 2}]) == pytest.approx(12.0)  # a new launch
+    assert restart_s([]) is None
