@@ -21,8 +21,9 @@ def run() -> dict:
     with tempfile.TemporaryDirectory() as d:
         r = run_preemption_scenario(Path(d), wait_fallback_release=True)
     keys = [
-        "submit_to_2_spot_nodes_s", "submit_to_first_step_s", "kill_to_replacement_node_s",
-        "kill_to_resumed_step_s", "resumed_at_step", "job_end_to_zero_spot_nodes_s",
+        "submit_to_3_spot_nodes_s", "submit_to_first_step_s", "kill_to_replacement_node_s",
+        "kill_to_resumed_step_s", "kill_to_first_step_on_2_s", "resumed_at_step",
+        "job_end_to_zero_spot_nodes_s",
         "fallback_end_to_zero_on_demand_nodes_s",
     ]  # fmt: skip
     out = {k: round(r[k], 1) if isinstance(r.get(k), float) else r.get(k) for k in keys}

@@ -141,8 +141,10 @@ def _describe(p: Priced) -> str:
 
 
 def usd(x: float) -> str:
-    """Dollars as people read them: cents from $1 up, four decimals below (a local run's)."""
-    return f"${x:,.2f}" if abs(x) >= 1 else f"${x:.4f}"
+    """Dollars as people read them: cents from $1 up, more decimals below (a local run's)."""
+    if abs(x) >= 1:
+        return f"${x:,.2f}"
+    return f"${x:.4f}" if abs(x) >= 0.01 else f"${x:.6f}"
 
 
 def may_grow(

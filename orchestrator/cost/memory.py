@@ -183,6 +183,24 @@ def check_fits(cfg: JobConfig, n_params: int, n_trainable: int, vocab: int) -> M
     )
 
 
+def _check_fits_at_min(cfg: JobConfig, n_params: int, n_trainable: int, vocab: int) -> None:
+    """An elastic job at its fewest nodes (hardware.nodes.min)."""
+    import copy
+
+    hw = cfg.hardware
+    assert hw.nodes is not None
+    small = copy.deepcopy(cfg)
+    small.hardware.num_workers, small.hardware.num_nodes = hw.min_workers, hw.nodes.min
+    small.hardware.nodes = None
+    try:
+        check_fits(small, n_params, n_trainable, vocab)
+    except ConfigError as e:
+        raise ConfigError(
+            f"hardware.nodes.min={hw.nodes.min}: on its fewest nodes ({hw.min_workers} GPUs) "
+            f"{e}; or a larger hardware.nodes.min"
+        ) from None
+
+
 _COUNTS: dict[tuple, tuple[int, int, int, int]] = {}
 
 
@@ -314,6 +332,8 @@ def check_job(cfg: JobConfig, data_bytes: float | None = None) -> MemoryEstimate
     vocab = cfg.model.vocab_size
     total, trainable, tensors, held = _counts(cfg, vocab)
     est = check_fits(cfg, total, trainable, vocab)
+    if cfg.hardware.elastic:  # fewer nodes shard over fewer GPUs: it must fit there too
+        _check_fits_at_min(cfg, total, trainable, vocab)
     price = cfg.cost.instances.get(cfg.hardware.instance_type)
     if data_bytes is None:
         d = cfg.data

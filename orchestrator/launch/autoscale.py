@@ -25,11 +25,13 @@ merges every requester's bundles and writes them to the autoscaler. A plain
 `ray.autoscaler.sdk.request_resources` call would not survive: the coordinator rewrites the
 cluster's whole request every 20 s with what *it* holds, erasing anything set beside it (this
 lost the on-demand fallback request of a second job on the fake cluster). The request expires
-by itself 180 s after its last renewal, so a launcher that dies cannot hold nodes forever.
+by itself 180 s after its last renewal ($ORCHESTRATOR_REQUEST_EXPIRE_S), so a launcher that dies
+cannot hold nodes forever (`scale_to_zero_bound_s`: Ray Train's own request lasts as long).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 import uuid
@@ -63,6 +65,10 @@ class Need:
     size). None: not elastic, or nothing lost."""
     on_demand: bool = True
     """Whether on-demand nodes are an option (hardware.spot_fallback)."""
+    switches: tuple[tuple[str, float, float], ...] = ()
+    """(hardware block, spot $/h of its workers, seconds a step there) of each alternative
+    (hardware.alternatives): another node type, whose capacity is as unknown as this one's
+    (its expected wait the catalog's prior; the wait for this type grows with the waiting)."""
 
     def situation(self, waited_s: float) -> capacity.Situation:
         wait_s = capacity.expected_wait_s(self.prior_wait_s, waited_s)
@@ -78,6 +84,9 @@ class Need:
             options.append(capacity.Option(capacity.Move.ON_DEMAND, "on-demand",
                                            self.on_demand_usd_per_hour, self.step_s,
                                            self.on_demand_start_s))  # fmt: skip
+        for name, usd_per_hour, step_s in self.switches:
+            options.append(capacity.Option(capacity.Move.SWITCH, switch_label(name), usd_per_hour,
+                                           step_s, self.prior_wait_s))  # fmt: skip
         if lost and k is not None:  # on the nodes left until the capacity is back, then grow
             grown = capacity.Option(capacity.Move.WAIT, full, self.spot_usd_per_hour,
                                     self.step_s, self.restart_s)  # fmt: skip
@@ -90,11 +99,17 @@ class Need:
                                   self.time_left_s, self.budget_left_usd)  # fmt: skip
 
 
+def switch_label(block: str) -> str:
+    return f"{block} spot"
+
+
 def need_for(cfg: JobConfig, steps_left: int, step_s: float, spent_usd: float,
-             spent_hours: float) -> Need | None:  # fmt: skip
+             spent_hours: float, alternative_step_s: dict[str, float] | None = None,
+             ) -> Need | None:  # fmt: skip
     """The policy's inputs for this job from its projection (steps left, seconds a step), the
-    catalog's prices and what the run has spent (dollars, cluster hours); None when the
-    catalog has no spot price for its instance type (waiting cannot be priced: the wait is
+    catalog's prices and what the run has spent (dollars, cluster hours), and each alternative
+    node type's projected seconds a step (`alternative_step_s`, by hardware block); None when
+    the catalog has no spot price for its instance type (waiting cannot be priced: the wait is
     `hardware.spot_wait_s`, as configured)."""
     hw, cm, o = cfg.hardware, cfg.cost, cfg.cost.overheads
     price = cm.instances[hw.instance_type]
@@ -114,7 +129,23 @@ def need_for(cfg: JobConfig, steps_left: int, step_s: float, spent_usd: float,
         budget_left_usd=None if b.max_usd is None else b.max_usd - spent_usd,
         nodes=nodes, restart_s=o.restart_s,
         on_demand=hw.market == "spot" and hw.spot_fallback == "on_demand",
+        switches=_switches(cfg, alternative_step_s or {}),
     )  # fmt: skip
+
+
+def _switches(cfg: JobConfig, step_s: dict[str, float]) -> tuple[tuple[str, float, float], ...]:
+    """The alternatives the policy can price: a spot price in the catalog and a step time."""
+    from orchestrator.launch.failover import alternatives
+
+    out = []
+    for a in alternatives(cfg) if step_s else []:
+        price = a.cfg.cost.instances[a.cfg.hardware.instance_type] if a.cfg else None
+        if price is None or price.spot_per_hour_usd is None or not step_s.get(a.name):
+            continue
+        assert a.cfg is not None
+        usd = price.spot_per_hour_usd * max(1, a.cfg.hardware.num_nodes)
+        out.append((a.name, usd, step_s[a.name]))
+    return tuple(out)
 
 
 @dataclass
@@ -202,9 +233,44 @@ def _have(market: str, need: float) -> float:
     return min(need, ray.cluster_resources().get(market, 0.0))
 
 
-EXPIRE_S = 180.0
-"""A request not renewed for this long is dropped by the coordinator (as Ray Train's are)."""
+EXPIRE_ENV = "ORCHESTRATOR_REQUEST_EXPIRE_S"
+TRAIN_EXPIRE_S = 180.0
+"""Ray Train's own request for the workers expires 180 s after its last renewal (a constant
+of ray.train 2.60, AUTOSCALING_REQUESTS_EXPIRE_TIME_S): a driver killed mid-run leaves it
+standing that long."""
+COORDINATOR_TICK_S = 20.0
+"""The AutoscalingCoordinator drops expired requests at its ticks, every 20 s."""
 RENEW_S = 20.0
+
+
+def expire_s(env: dict[str, str] | None = None) -> float:
+    """How long the launcher's request outlives its last renewal (a launcher that dies cannot
+    hold nodes longer): $ORCHESTRATOR_REQUEST_EXPIRE_S, default 180 s (as Ray Train's), at
+    least two renewals."""
+    from orchestrator.config.schema import ConfigError
+
+    raw = (os.environ if env is None else env).get(EXPIRE_ENV, "180")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value >= 2 * RENEW_S:  # also refuses nan
+        raise ConfigError(
+            f"{EXPIRE_ENV}={raw[:40]!r}: expected seconds, at least {2 * RENEW_S:.0f} (the "
+            f"launcher renews its request every {RENEW_S:.0f} s)"
+        )
+    return value
+
+
+def scale_to_zero_bound_s(
+    request_expire_s: float, idle_timeout_s: float, autoscaler_period_s: float
+) -> float:
+    """Pure: the longest a cluster keeps a job's worker nodes after its driver is gone, even
+    killed (nothing released): the last request standing expires (the launcher's or Ray
+    Train's), the coordinator drops it at its next tick, the nodes are idle for the idle
+    timeout, and the autoscaler's next update terminates them."""
+    return (max(request_expire_s, TRAIN_EXPIRE_S) + COORDINATOR_TICK_S + idle_timeout_s
+            + autoscaler_period_s)  # fmt: skip
 
 
 class _Request:
@@ -239,7 +305,7 @@ class _Request:
                 self._actor.request_resources.remote(
                     requester_id=self.requester_id,
                     resources=want,
-                    expire_after_s=EXPIRE_S,
+                    expire_after_s=expire_s(),
                     priority=self._priority,
                 ),
                 timeout=60,
@@ -290,7 +356,7 @@ def _wait(
             return False
         if need is not None:
             decision = capacity.decide(need.situation(waited))
-            if decision.move == capacity.Move.ON_DEMAND:
+            if decision.move in (capacity.Move.ON_DEMAND, capacity.Move.SWITCH):
                 return decision
         if time.time() - _request.sent_at >= RENEW_S:
             _request.send(want)  # keep it from expiring while the cloud is slow
@@ -331,8 +397,13 @@ def acquire(
     tried: list[str] = []
     candidates = [(None, cfg), *((a.name, a.cfg) for a in alternatives(cfg) if a.cfg is not None)]
     got: bool | capacity.Decision = False
-    for name, c in candidates:
-        got = _wait(c, market, hw.spot_wait_s, poll_s, need if may_fall_back else None, workers)
+    i = 0
+    while i < len(candidates):
+        name, c = candidates[i]
+        # The policy weighs switching only while the job's own type is waited for.
+        mine = need if i == 0 or need is None else dataclasses.replace(need, switches=())
+        t_wait = time.time()
+        got = _wait(c, market, hw.spot_wait_s, poll_s, mine, workers)
         if got is True:
             note = None
             if tried:
@@ -340,9 +411,20 @@ def acquire(
                         f"{name} ({c.hardware.instance_type})")  # fmt: skip
                 print(note, flush=True)
             return Grant(market, market, units, time.time() - t0, note, name)
+        waited = time.time() - t_wait
+        if isinstance(got, capacity.Decision) and got.move == capacity.Move.SWITCH:
+            to = next(j for j, (n, _) in enumerate(candidates)
+                      if n and switch_label(n) == got.option.label)  # fmt: skip
+            tried.append(f"{c.hardware.instance_type} in {waited:.0f} s, when the capacity policy "
+                         f"chose {got.message}")  # fmt: skip
+            print(f"switching to {candidates[to][0]}: the capacity policy chose {got.message}",
+                  flush=True)  # fmt: skip
+            i = to
+            continue
         if got is not False:  # the policy chose on-demand now: no other type is waited for
             break
         tried.append(f"{c.hardware.instance_type} in {hw.spot_wait_s:.0f} s")
+        i += 1
     if may_fall_back:
         waited = time.time() - t0
         note = (

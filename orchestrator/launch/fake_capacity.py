@@ -9,14 +9,15 @@ set by `make cluster-up` to the cluster's temp dir; `named_clusters.capacity_fau
 
 A refused launch raises Ray's `NodeLaunchException`, as the AWS provider does: the autoscaler
 logs it ("Failed to launch ... InsufficientInstanceCapacity") and tries again at its next
-update. Which launches of a fraction fail is drawn from a generator seeded by
-`provider.fault_seed`, so a scenario is repeatable.
+update. Which launches of a fraction fail is fixed, not drawn, so a scenario is repeatable:
+launch k (0-based, per node type) fails when ceil((k + 1) f) > ceil(k f), i.e. the first, and
+then exactly a fraction f of every run of launches.
 """
 
 from __future__ import annotations
 
 import json
-import random
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -24,16 +25,16 @@ from typing import Any
 CATEGORY = "InsufficientInstanceCapacity"
 
 
-def refusal(faults: dict[str, Any], node_type: str, now: float, draw: float) -> str | None:
-    """Why a launch of `node_type` at `now` is refused (None: it goes ahead). Pure: `draw` is
-    a uniform [0, 1) number, refused when below the type's `fail_fraction`."""
+def refusal(faults: dict[str, Any], node_type: str, now: float, launch: int) -> str | None:
+    """Why launch number `launch` (0-based, of this node type) at `now` is refused (None: it
+    goes ahead). Pure."""
     fault = faults.get(node_type) or {}
     until = fault.get("no_capacity_until")
     if until is not None and now < float(until):
         return f"no {node_type} capacity for another {float(until) - now:.0f} s"
-    fraction = float(fault.get("fail_fraction") or 0.0)
-    if draw < fraction:
-        return f"{node_type}: launch failed ({fraction:.0%} of launches fail)"
+    f = min(1.0, max(0.0, float(fault.get("fail_fraction") or 0.0)))
+    if math.ceil((launch + 1) * f - 1e-9) > math.ceil(launch * f - 1e-9):
+        return f"{node_type}: launch {launch + 1} failed ({f:.0%} of launches fail)"
     return None
 
 
@@ -80,7 +81,7 @@ class FakeCapacityProvider(_provider_base()):  # type: ignore[misc]
         super().__init__(provider_config, cluster_name)
         self._faults_file = provider_config.get("capacity_faults_file")
         self._node_temp_root = provider_config.get("node_temp_root")
-        self._draws = random.Random(int(provider_config.get("fault_seed", 0)))
+        self._launches: dict[str, int] = {}
 
     def _create_node_with_resources_and_labels(self, node_config, tags, count, resources, labels):
         import ray._private.parameter as parameter
@@ -128,7 +129,9 @@ class FakeCapacityProvider(_provider_base()):  # type: ignore[misc]
         from ray.autoscaler.tags import TAG_RAY_USER_NODE_TYPE
 
         node_type = tags[TAG_RAY_USER_NODE_TYPE]
-        why = refusal(read_faults(self._faults_file), node_type, time.time(), self._draws.random())
+        launch = self._launches.get(node_type, 0)
+        self._launches[node_type] = launch + 1
+        why = refusal(read_faults(self._faults_file), node_type, time.time(), launch)
         if why is not None:
             raise NodeLaunchException(CATEGORY, why, src_exc_info=None)
         return super().create_node_with_resources_and_labels(

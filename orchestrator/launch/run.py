@@ -128,7 +128,8 @@ def launch(
     context.model_digests, context.resume_bytes = digests, resume_bytes
     status, launcher_stop, extra = "FAILED", None, {}
     try:
-        launcher_stop = supervise(cfg, context, store, ledger, t_start, _plan(projection, store))
+        plan = _plan(projection, store, _alternative_step_s(cfg, data))
+        launcher_stop = supervise(cfg, context, store, ledger, t_start, plan)
         result = _read_result(store)
         if hooks is not None and result and result.stop_reason == StopReason.COMPLETED:
             # e.g. the eval stage's judge, within what the budget leaves
@@ -207,10 +208,7 @@ def check_startup_budget(cfg: JobConfig, store, projection: Projection, continue
 def _project_this_run(cfg: JobConfig, store, data: DataManifest, continued: bool) -> Projection:
     """This run's bill, from its measured lengths (and a continued run's measured saves)."""
     previous = _read_result(store) if continued else None
-    lengths = None
-    if cfg.data.format != "text" and data.train_length_counts:
-        values = tuple(data.train_lengths())
-        lengths = Lengths(values, len(values), "measured", f"prepared data {data.key}")
+    lengths = _measured_lengths(cfg, data)
     saves = (
         measured_save_times(previous.checkpoint_s, previous.checkpoint_persist_s)
         if previous
@@ -412,12 +410,37 @@ def _model_digests(cfg: JobConfig) -> dict[str, str]:
     return out
 
 
-def _plan(projection: Projection, store) -> tuple[int, float]:
-    """(steps left, projected seconds a step) for the capacity policy."""
+def _plan(
+    projection: Projection, store, alternative_step_s: dict[str, float]
+) -> tuple[int, float, dict[str, float]]:
+    """(steps left, projected seconds a step, the same on each alternative node type) for the
+    capacity policy."""
     steps = int(projection.assumptions.get("steps") or 0)
     previous = _read_result(store)  # a continued run: the steps it has done
     done = previous.step if previous is not None else 0
-    return max(0, steps - done), float(projection.assumptions.get("step_s") or 0.0)
+    step_s = float(projection.assumptions.get("step_s") or 0.0)
+    return max(0, steps - done), step_s, alternative_step_s
+
+
+def _alternative_step_s(cfg: JobConfig, data: DataManifest) -> dict[str, float]:
+    """Projected seconds a step on each of `hardware.alternatives` that fits (its own
+    micro-batch and GPUs), from the same measured lengths as this run's projection."""
+    from orchestrator.launch.failover import alternatives
+
+    out = {}
+    for a in alternatives(cfg):
+        if a.cfg is not None:
+            p = project(a.cfg, lengths=_measured_lengths(cfg, data), vocab_size=data.vocab_size)
+            out[a.name] = float(p.assumptions.get("step_s") or 0.0)
+    return out
+
+
+def _measured_lengths(cfg: JobConfig, data: DataManifest) -> Lengths | None:
+    """The prepared data's example lengths (None for text streams, or none recorded)."""
+    if cfg.data.format == "text" or not data.train_length_counts:
+        return None
+    values = tuple(data.train_lengths())
+    return Lengths(values, len(values), "measured", f"prepared data {data.key}")
 
 
 def _budget_left(cfg: JobConfig, store, ledger: Ledger) -> float | None:

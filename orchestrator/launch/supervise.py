@@ -46,7 +46,7 @@ def supervise(
     store,
     ledger: Ledger,
     t_start: float,
-    plan: tuple[int, float] | None = None,
+    plan: tuple[int, float, dict[str, float]] | None = None,
 ) -> StopReason | None:
     """Run training to its end on a Ray cluster (RAY_ADDRESS, or a private local one). Returns
     the launcher's own stop reason when it stopped training itself (the budget at a restart).
@@ -66,7 +66,7 @@ def supervise(
         need = None
         if plan is not None:  # (steps left, seconds a step): the capacity policy's inputs
             spent = context.spent(time.time())
-            need = autoscale.need_for(cfg, plan[0], plan[1], spent.usd, spent.hours)
+            need = autoscale.need_for(cfg, plan[0], plan[1], spent.usd, spent.hours, plan[2])
         grant = autoscale.acquire(cfg, need=need)  # None unless on an autoscaling cluster
         if grant is not None:
             _record_grant(store, grant)
@@ -92,7 +92,7 @@ def _tries(
     ledger: Ledger,
     t_start: float,
     grant: autoscale.Grant | None,
-    plan: tuple[int, float] | None = None,
+    plan: tuple[int, float, dict[str, float]] | None = None,
 ) -> StopReason | None:
     """Training tries of one launch, each from the latest complete checkpoint, until one ends
     or `restart.decide` says stop."""
@@ -109,7 +109,8 @@ def _tries(
         if cfg.hardware.elastic and kind == FailureKind.PREEMPTION:
             if grant is not None:
                 autoscale.hold(cfg, grant.market)  # keep the nodes left while deciding
-            autoscale.settle(nodes_before)  # the lost node out of the GCS's view first
+            took = autoscale.settle(nodes_before)  # the lost node out of the GCS's view first
+            print(f"elastic: the lost node left the cluster's view after {took:.0f} s", flush=True)
         if grant is not None and attempt_try > 1:  # a replacement may still be booting
             grant = _reacquire(cfg, context, store, kind, plan)
         if cfg.hardware.elastic:  # Ray Train sizes the try from the coordinator's view
@@ -172,7 +173,7 @@ def _fail_over(cfg: JobConfig, block: str) -> None:
 
 def _reacquire(
     cfg: JobConfig, context: RunContext, store, kind: FailureKind | None,
-    plan: tuple[int, float] | None,
+    plan: tuple[int, float, dict[str, float]] | None,
 ) -> autoscale.Grant:  # fmt: skip
     """Before a retry on an autoscaling cluster: ask for the workers again and wait until the
     cluster holds them (a preempted node's replacement takes minutes on a cloud), with the
@@ -180,13 +181,18 @@ def _reacquire(
     Ray Train's placement-group wait. An elastic job that lost a node asks the capacity policy
     whether to go on with the nodes left (shrink) or wait for the replacement, by what each
     costs. No capacity at all ends the launch (RunFailed)."""
-    workers = None
+    workers, move = None, None
     if cfg.hardware.elastic and kind == FailureKind.PREEMPTION:
-        workers = _shrink_or_wait(cfg, context, store, plan)
+        workers, move = _shrink_or_wait(cfg, context, store, plan)
+    spot_wait_s = cfg.hardware.spot_wait_s
+    if move == capacity.Move.ON_DEMAND:  # the policy chose it: no spot wait before it
+        cfg.hardware.spot_wait_s = 0.0
     try:
         grant = autoscale.acquire(cfg, workers=workers)
     except RuntimeError as e:  # no capacity within the waits: say so, do not spin
         raise RunFailed(f"restart: {e}") from None
+    finally:
+        cfg.hardware.spot_wait_s = spot_wait_s
     assert grant is not None
     _record_grant(store, grant)
     if grant.hardware is not None:  # failed over on a retry
@@ -199,16 +205,16 @@ def _reacquire(
 
 
 def _shrink_or_wait(
-    cfg: JobConfig, context: RunContext, store, plan: tuple[int, float] | None
-) -> int | None:
+    cfg: JobConfig, context: RunContext, store, plan: tuple[int, float, dict[str, float]] | None
+) -> tuple[int | None, capacity.Move | None]:
     """An elastic job lost a node: the capacity policy prices going on with the nodes left
-    against waiting for the replacement (and on-demand nodes); returns the workers to wait
-    for (None: the job's minimum). The decision and its numbers go into run.json (resizes),
-    the log and the bill."""
+    against waiting for the replacement and on-demand nodes. Returns the workers to wait for
+    (None: the job's minimum) and the move chosen. The decision and its numbers go into
+    run.json (resizes), the log and the bill."""
     hw = cfg.hardware
     have = min(hw.num_nodes, autoscale.workers_there(cfg, hw.market) // hw.workers_per_node)
     if not hw.nodes or not hw.nodes.min <= have < hw.num_nodes:
-        return None  # all there (the replacement came), or too few: wait for the minimum
+        return None, None  # all there (the replacement came), or too few: wait for the minimum
     spent = context.spent(time.time())
     need = None
     if plan is not None:
@@ -226,7 +232,7 @@ def _shrink_or_wait(
         why, move = f"{lost}: {decision.message}", decision.move
     _record_resize(store, why, workers=have * hw.workers_per_node)
     print(f"elastic: {why}", flush=True)
-    return None if move == capacity.Move.SHRINK else hw.num_workers
+    return (None if move == capacity.Move.SHRINK else hw.num_workers), move
 
 
 def _last_step(store) -> int:

@@ -159,7 +159,9 @@ def run_preemption_scenario(
             return out
         # No spot capacity yet and a deadline (13 s) that waiting for it (the catalog's 300 s)
         # would miss: the capacity policy buys on-demand nodes long before spot_wait_s (spot
-        # priced here at 30% of on-demand, so that waiting has a price to weigh).
+        # priced here at 30% of on-demand, so that waiting has a price to weigh). Half of the
+        # on-demand launches fail (the first of them): the autoscaler launches again.
+        named_clusters.capacity_fault("local-fake", "cpu_on_demand", fail_fraction=0.5)
         sid, status = named_clusters.submit(
             "local-fake", "vicuna", "local",
             ["train.max_steps=2", "export.enabled=false", "hardware.market=spot",
@@ -171,6 +173,12 @@ def run_preemption_scenario(
             "the fallback job to end", ended(sid), 300, explain=explain(sid)
         )
         out["fallback_log"] = c.get_job_logs(sid)
+        monitor = Path(named_clusters.state("local-fake")["temp_dir"]) / "session_latest/logs"
+        out["refused_launches"] = [
+            line for line in (monitor / "monitor.log").read_text(errors="replace").splitlines()
+            if "InsufficientInstanceCapacity" in line and "cpu_on_demand" in line
+        ]  # fmt: skip
+        named_clusters.capacity_fault("local-fake", "cpu_on_demand")
         out["fallback_run_dir"] = tmp_path / "runs" / "vicuna" / "fallback"
         if wait_fallback_release:  # the same release as the spot nodes': the bench times it
             on_demand = lambda: named_clusters.market_nodes("local-fake", "on_demand")  # noqa: E731
@@ -181,14 +189,18 @@ def run_preemption_scenario(
                 explain=explain(),
             )
         # A capacity fault: the job's own spot type never has capacity (cpu_spot_scarce, whose
-        # max_workers is 0); after its spot wait (15 s) the job fails over to its alternative,
-        # the local_cpu block's local-2vcpu spot nodes, and runs there. (Last: the spot nodes
-        # it leaves up for the idle timeout would give the fallback job above spot capacity.)
+        # max_workers is 0). Both types priced alike and the catalog expecting spot capacity
+        # within 3 s, the capacity policy switches to the alternative (the local_cpu block's
+        # local-2vcpu spot nodes) as soon as the wait outgrows that, long before the spot wait
+        # (600 s), and the run trains there. (Last: the spot nodes it leaves up for the idle
+        # timeout would give the fallback job above spot capacity.)
         sid, status = named_clusters.submit(
             "local-fake", "vicuna", "local",
             ["train.max_steps=2", "export.enabled=false", "hardware.market=spot",
              "hardware.instance_type=local-2vcpu-scarce", "hardware.alternatives=[local_cpu]",
-             "hardware.spot_wait_s=15"],
+             "hardware.spot_wait_s=600", "cost.overheads.spot_capacity_wait_s=3",
+             "cost.instances.local-2vcpu-scarce.spot_per_hour_usd=0.0302",
+             "cost.instances.local-2vcpu.spot_per_hour_usd=0.0302"],
             run_name="failover", follow=False,
         )  # fmt: skip
         out["failover_status"], _ = wait_for(
@@ -285,13 +297,16 @@ def test_fake_spot_cluster_scales_up_survives_a_preemption_and_scales_down(tmp_p
     assert r["failover_status"] == "SUCCEEDED", r["failover_log"][-4000:]
     grant = json.loads((r["failover_run_dir"] / "run.json").read_text())["grants"][0]
     assert grant["hardware"] == "local_cpu" and grant["market"] == "spot", grant
-    assert "no spot capacity for local-2vcpu-scarce in 15 s" in grant["fallback_note"]
+    assert "the capacity policy chose switch: local_cpu spot" in grant["fallback_note"], grant
+    assert grant["waited_s"] < 120, grant  # not the 600 s spot wait
     assert "failed over to local_cpu" in r["failover_log"]
     nodes = json.loads((r["failover_run_dir"] / "ledger.json").read_text())["nodes"]
     workers = [n for n in nodes if n["market"] == "spot"]
     assert workers and all(n["instance_type"] == "local-2vcpu" for n in workers), nodes
-    # the fallback run: on on-demand nodes, said in its log, its run.json and its bill
+    # the fallback run: on on-demand nodes (after a refused launch), said in its log, its
+    # run.json and its bill
     assert r["fallback_status"] == "SUCCEEDED", r["fallback_log"][-4000:]
+    assert r["refused_launches"], "the fault refused no on-demand launch"
     assert "fell back to on-demand" in r["fallback_log"]
     grant = json.loads((r["fallback_run_dir"] / "run.json").read_text())["grants"][0]
     note = grant["fallback_note"]
@@ -353,3 +368,61 @@ def test_launch_request_survives_the_coordinator_and_hands_over_to_train():
     finally:
         autoscale.release()
         ray.shutdown()
+
+
+def _kill_driver(run_name: str) -> int:
+    """SIGKILL the job's driver (the launcher: `python -m orchestrator launch ... --run NAME`),
+    the way a lost head process or an OOM kill ends it: nothing is released."""
+    import psutil
+
+    killed = 0
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if "orchestrator launch" in cmd and f"--run {run_name}" in cmd:
+            p.kill()
+            killed += 1
+    return killed
+
+
+@pytest.mark.slow
+def test_a_killed_driver_leaves_no_worker_nodes_past_the_bound(tmp_path, monkeypatch):
+    """Scale-to-zero after a driver killed mid-run: every spot node is gone within
+    `scale_to_zero_bound_s` (the requests' expiry, Ray Train's 180 s the longest, plus the
+    coordinator's tick, the idle timeout and an autoscaler period). ~5 minutes: slow."""
+    import yaml
+
+    from orchestrator.launch import autoscale, named_clusters
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    for k, v in {
+        "ORCHESTRATOR_CLUSTERS_DIR": str(tmp_path / "clusters"),
+        "ORCHESTRATOR_STORAGE_ROOT": str(tmp_path / "runs"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "ORCHESTRATOR_REQUEST_EXPIRE_S": "60",  # the launcher's own: Ray Train's is longer
+    }.items():
+        monkeypatch.setenv(k, v)
+    fake = yaml.safe_load(named_clusters.cluster_config("local-fake").read_text())
+    bound = autoscale.scale_to_zero_bound_s(
+        autoscale.expire_s(),
+        60 * fake["idle_timeout_minutes"],
+        5.0,  # AUTOSCALER_UPDATE_INTERVAL_S
+    )
+    spot = lambda: named_clusters.market_nodes("local-fake", "spot")  # noqa: E731
+    named_clusters.up("local-fake")
+    try:
+        sid, _ = named_clusters.submit(
+            "local-fake", "vicuna", "local",
+            ["train.max_steps=2000", "hardware.market=spot", "export.enabled=false"],
+            run_name="killed", follow=False,
+        )  # fmt: skip
+        events = tmp_path / "runs" / "vicuna" / "killed" / "events.jsonl"
+        wait_for("training steps", lambda: events.exists() and events.read_text().count("\n") >= 3,
+                 240, explain=lambda: named_clusters.diagnose("local-fake"))  # fmt: skip
+        assert spot(), "no spot nodes while training"
+        assert _kill_driver("killed") >= 1
+        _, took = wait_for("no spot nodes", lambda: spot() == [], bound + 60, poll=2.0,
+                           explain=lambda: named_clusters.diagnose("local-fake"))  # fmt: skip
+        print(f"driver killed -> 0 spot nodes in {took:.0f} s (bound {bound:.0f} s)")
+        assert took <= bound, (took, bound)
+    finally:
+        named_clusters.down("local-fake")

@@ -200,3 +200,79 @@ def test_the_restart_measured_from_the_timeline():
     assert restart_s(rows[:2]) == pytest.approx(10.0)  # no restart yet: the setup
     assert restart_s([{**rows[2], "attempt": 2}]) == pytest.approx(12.0)  # a new launch
     assert restart_s([]) is None
+
+
+def test_capacity_faults_of_the_fake_cluster(tmp_path):
+    from orchestrator.launch.fake_capacity import read_faults, refusal, write_fault
+
+    path = tmp_path / "faults.json"
+    assert read_faults(str(path)) == {}  # no file: no fault
+    write_fault(path, "cpu_spot", no_capacity_until=100.0)
+    faults = read_faults(str(path))
+    assert "for another 40 s" in refusal(faults, "cpu_spot", 60.0, 0)
+    assert refusal(faults, "cpu_spot", 100.0, 0) is None  # over
+    assert refusal(faults, "cpu_on_demand", 60.0, 0) is None  # another type
+    write_fault(path, "cpu_on_demand", fail_fraction=0.5)
+    faults = read_faults(str(path))
+    assert set(faults) == {"cpu_spot", "cpu_on_demand"}
+    refused = [refusal(faults, "cpu_on_demand", 0.0, k) is not None for k in range(10)]
+    assert refused == [True, False] * 5  # the first, then exactly half
+    third = [refusal({"t": {"fail_fraction": 1 / 3}}, "t", 0.0, k) is not None for k in range(9)]
+    assert sum(third) == 3 and third[0]
+    assert not any(refusal({"t": {"fail_fraction": 0}}, "t", 0.0, k) for k in range(5))
+    write_fault(path, "cpu_spot")  # no fields: cleared
+    assert set(read_faults(str(path))) == {"cpu_on_demand"}
+
+
+def test_the_scale_to_zero_bound_and_the_request_expiry():
+    from orchestrator.config.schema import ConfigError
+
+    assert autoscale.expire_s({}) == 180.0
+    assert autoscale.expire_s({"ORCHESTRATOR_REQUEST_EXPIRE_S": "60"}) == 60.0
+    for bad in ("10", "soon", "nan", "-5"):
+        with pytest.raises(ConfigError, match="ORCHESTRATOR_REQUEST_EXPIRE_S"):
+            autoscale.expire_s({"ORCHESTRATOR_REQUEST_EXPIRE_S": bad})
+    # Ray Train's own request (180 s) bounds it from below: a shorter launcher expiry does not
+    # bring the nodes down sooner after a killed driver
+    assert autoscale.scale_to_zero_bound_s(60.0, 30.0, 5.0) == 180 + 20 + 30 + 5
+    assert autoscale.scale_to_zero_bound_s(600.0, 300.0, 5.0) == 600 + 20 + 300 + 5
+
+
+def test_an_elastic_job_must_fit_on_its_fewest_nodes():
+    from orchestrator.cost.memory import check_job
+
+    flat = ["hardware=a100_40gb_x8", "hardware.num_workers=32", "hardware.num_nodes=4",
+            "train.global_batch_size=128", "fsdp.hsdp=false", "train.micro_batch_size=1",
+            "train.activation_checkpointing=false"]  # fmt: skip
+    assert check_job(compose("vicuna", "full", flat)).fits  # 32 GPUs shard 13B's state thinly
+    with pytest.raises(ConfigError, match=r"hardware.nodes.min=1: on its fewest nodes \(8 GPUs\)"):
+        check_job(
+            compose("vicuna", "full", [*flat, "hardware.nodes.min=1", "hardware.nodes.max=4"])
+        )
+    assert check_job(
+        compose("vicuna", "full", [*flat, "hardware.nodes.min=3", "hardware.nodes.max=4"])
+    ).fits
+
+
+def test_the_policy_switches_node_type_once_the_wait_outgrows_the_prior():
+    # the alternative costs more for the same work ($25/h at 1.3 s a step against $30/h at 1 s)
+    need = _need(nodes=1, on_demand=False, prior_wait_s=600.0,
+                 switches=(("a100_40gb_x8", 25.0, 1.3),))  # fmt: skip
+    assert capacity.decide(need.situation(0.0)).move == capacity.Move.WAIT
+    late = capacity.decide(need.situation(4 * 3600.0))  # 4 h without capacity: 4 h more expected
+    assert late.move == capacity.Move.SWITCH and late.option.label == "a100_40gb_x8 spot"
+    assert "vs spot x 1 node" in late.message  # the head's hours decided it
+    # the same price for the same work and no head: waiting until the prior, then the sooner
+    even = _need(nodes=1, on_demand=False, prior_wait_s=600.0, head_usd_per_hour=0.0,
+                 switches=(("b", 30.0, 1.0),))  # fmt: skip
+    assert capacity.decide(even.situation(600.0)).move == capacity.Move.WAIT
+    assert capacity.decide(even.situation(601.0)).move == capacity.Move.SWITCH
+
+
+def test_need_for_prices_the_alternatives_it_has_step_times_for():
+    cfg = compose("vicuna", "full")
+    need = autoscale.need_for(cfg, 1000, 10.0, 0.0, 0.0, {"a100_40gb_x8": 12.0})
+    assert need is not None and [s[0] for s in need.switches] == ["a100_40gb_x8"]
+    price = cfg.cost.instances["p4d.24xlarge"].spot_per_hour_usd
+    assert need.switches[0][1:] == (price, 12.0)
+    assert autoscale.need_for(cfg, 1000, 10.0, 0.0, 0.0).switches == ()  # no step times
