@@ -40,6 +40,8 @@ class NodeLife:
     on_demand_per_hour_usd: float
     start: float
     end: float | None = None
+    zone: str = ""
+    """Where the cloud placed it, when its node type names a zone (`zone` label)."""
 
 
 def read_timeline(store: Any) -> list[dict[str, Any]]:
@@ -177,7 +179,7 @@ class Ledger:
                 if e <= s:
                     continue
                 usd = (e - s) / 3600.0 * n.price_per_hour_usd
-                by_node[f"{n.instance_type} ({n.market})"] += usd
+                by_node[f"{n.instance_type} ({n.market}{', ' + n.zone if n.zone else ''})"] += usd
                 total += usd
                 on_demand += (e - s) / 3600.0 * n.on_demand_per_hour_usd
 

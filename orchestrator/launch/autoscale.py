@@ -159,6 +159,9 @@ class Grant:
     """Why the workers are not where the job asked (another market or node type), for the bill."""
     hardware: str | None = None
     """The block of `hardware.alternatives` it failed over to (None: the job's own)."""
+    zone: str | None = None
+    """The zone its nodes are in, when the cluster's node types name zones (infra/aws-spot.yaml
+    has one node type per instance type and zone): the workers are pinned to it."""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -170,7 +173,7 @@ def enabled(cfg: JobConfig) -> bool:
     return bool(os.environ.get("ORCHESTRATOR_CLUSTER"))
 
 
-def bundles(cfg: JobConfig, market: str) -> list[dict[str, float]]:
+def bundles(cfg: JobConfig, market: str, zone: str | None = None) -> list[dict[str, float]]:
     hw = cfg.hardware
     units = max(1, hw.gpus_per_worker)
     one = {"CPU": hw.cpus_per_worker, market: units}
@@ -180,7 +183,57 @@ def bundles(cfg: JobConfig, market: str) -> list[dict[str, float]]:
         if gpu is not None and gpu.ray_type:  # the node type that has this GPU, no other
             one[f"accelerator_type:{gpu.ray_type}"] = 0.001
     one[instance_resource(cfg)] = 0.001  # the node type priced, not another with the same GPU
+    if zone is not None:  # every node of the job in one zone (EFA: one placement group)
+        one[zone_resource(zone)] = 0.001
     return [dict(one) for _ in range(hw.num_workers)]
+
+
+def zone_resource(zone: str) -> str:
+    """The resource every node type of a zone advertises (infra/aws-spot.yaml)."""
+    return f"zone:{zone}"
+
+
+def zones_for(node_types: dict[str, Any], cfg: JobConfig, market: str) -> list[str | None]:
+    """Pure: the zones, in the cluster file's order (its preference), of the node types that
+    would run the job's workers in `market`; [None] when they name none (the autoscaler
+    picks)."""
+    hw = cfg.hardware
+    gpus_per_node = hw.num_workers * hw.gpus_per_worker // max(1, hw.num_nodes)
+    zones = []
+    for t in node_types.values():
+        res, labels = t.get("resources", {}), t.get("labels", {})
+        if (market in res and labels.get("instance_type") == hw.instance_type
+                and res.get("GPU", 0) == gpus_per_node and labels.get("zone")):  # fmt: skip
+            zones.append(labels["zone"])
+    return list(dict.fromkeys(zones)) or [None]
+
+
+def cluster_node_types() -> dict[str, Any]:
+    """The shapes (resources, labels) of the node types of the cluster this launch runs on:
+    from $ORCHESTRATOR_NODE_TYPES (set by the submission: infra/ is not uploaded), else from
+    $ORCHESTRATOR_CLUSTER's file; {} when unknown (KubeRay, a plain Ray address)."""
+    import json
+
+    import yaml
+
+    from orchestrator.launch.cluster_state import NODE_TYPES_ENV, cluster_config, node_type_shapes
+
+    raw = os.environ.get(NODE_TYPES_ENV)
+    if raw:
+        try:
+            types = json.loads(raw)
+        except ValueError:
+            types = None
+        if isinstance(types, dict):
+            return types
+        print(f"warning: ${NODE_TYPES_ENV} is not a JSON object; zones not used", flush=True)
+        return {}
+    name = os.environ.get("ORCHESTRATOR_CLUSTER")
+    try:
+        path = cluster_config(name) if name else None
+        return node_type_shapes(yaml.safe_load(path.read_text())) if path else {}
+    except Exception:  # noqa: BLE001 - no zones then: the autoscaler picks
+        return {}
 
 
 def instance_resource(cfg: JobConfig) -> str:
@@ -227,10 +280,15 @@ def node_type_for(node_types: dict[str, Any], cfg: JobConfig, market: str) -> tu
     )
 
 
-def _have(market: str, need: float) -> float:
+def _have(market: str, need: float, zone: str | None = None) -> float:
+    """The cluster's `market` units (on the nodes of `zone`), at most `need`."""
     import ray
 
-    return min(need, ray.cluster_resources().get(market, 0.0))
+    if zone is None:
+        return min(need, ray.cluster_resources().get(market, 0.0))
+    key = zone_resource(zone)
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive") and key in n["Resources"]]
+    return min(need, sum(r.get(market, 0.0) for r in nodes))
 
 
 EXPIRE_ENV = "ORCHESTRATOR_REQUEST_EXPIRE_S"
@@ -334,7 +392,7 @@ _request: _Request | None = None
 
 def _wait(
     cfg: JobConfig, market: str, timeout_s: float, poll_s: float, need: Need | None = None,
-    workers: int | None = None,
+    workers: int | None = None, zone: str | None = None,
 ) -> bool | capacity.Decision:  # fmt: skip
     """True once the cluster holds the workers (an elastic job: its minimum; all of them are
     requested); False after `timeout_s`; with `need`, the policy's decision as soon as it
@@ -342,13 +400,13 @@ def _wait(
     global _request
     if _request is None:
         _request = _Request()
-    want = bundles(cfg, market)
+    want = bundles(cfg, market, zone)
     units = sum(b[market] for b in want)
     enough = units * (workers or cfg.hardware.min_workers) / len(want)
     _request.send(want)
     t0, last = time.time(), -1.0
     while True:
-        have = _have(market, units)
+        have = _have(market, units, zone)
         if have >= enough:
             return True
         waited = time.time() - t0
@@ -373,8 +431,9 @@ def _count(cfg: JobConfig) -> str:
 
 
 def acquire(
-    cfg: JobConfig, poll_s: float = 1.0, need: Need | None = None, workers: int | None = None
-) -> Grant | None:
+    cfg: JobConfig, poll_s: float = 1.0, need: Need | None = None, workers: int | None = None,
+    prefer_zone: str | None = None,
+) -> Grant | None:  # fmt: skip
     """Request the job's workers and wait for `workers` of them (default: all of them, an
     elastic job's minimum; None when autoscaling is off): on its own
     node type, then on each of `hardware.alternatives` that fits (each waited for
@@ -395,35 +454,43 @@ def acquire(
     may_fall_back = market == "spot" and hw.spot_fallback == "on_demand"
     units = max(1, hw.gpus_per_worker)
     tried: list[str] = []
+    types = cluster_node_types()
     candidates = [(None, cfg), *((a.name, a.cfg) for a in alternatives(cfg) if a.cfg is not None)]
+    # Each node type, in each of its zones (the one a previous try ran in first).
+    targets = [
+        (name, c, zone)
+        for name, c in candidates
+        for zone in sorted(zones_for(types, c, market), key=lambda z: z != prefer_zone)
+    ]
     got: bool | capacity.Decision = False
     i = 0
-    while i < len(candidates):
-        name, c = candidates[i]
-        # The policy weighs switching only while the job's own type is waited for.
-        mine = need if i == 0 or need is None else dataclasses.replace(need, switches=())
+    while i < len(targets):
+        name, c, zone = targets[i]
+        # The policy weighs switching type only while the job's own type is waited for.
+        mine = need if name is None or need is None else dataclasses.replace(need, switches=())
         t_wait = time.time()
-        got = _wait(c, market, hw.spot_wait_s, poll_s, mine, workers)
+        got = _wait(c, market, hw.spot_wait_s, poll_s, mine, workers, zone)
+        where = c.hardware.instance_type + (f" in {zone}" if zone else "")
         if got is True:
             note = None
             if tried:
-                note = (f"no {market} capacity for {'; '.join(tried)}: failed over to "
-                        f"{name} ({c.hardware.instance_type})")  # fmt: skip
+                note = (f"no {market} capacity for {'; '.join(tried)}: "
+                        + (f"failed over to {name} ({where})" if name else f"running in {zone}"))  # fmt: skip
                 print(note, flush=True)
-            return Grant(market, market, units, time.time() - t0, note, name)
+            return Grant(market, market, units, time.time() - t0, note, name, zone)
         waited = time.time() - t_wait
         if isinstance(got, capacity.Decision) and got.move == capacity.Move.SWITCH:
-            to = next(j for j, (n, _) in enumerate(candidates)
+            to = next(j for j, (n, _, _) in enumerate(targets)
                       if n and switch_label(n) == got.option.label)  # fmt: skip
-            tried.append(f"{c.hardware.instance_type} in {waited:.0f} s, when the capacity policy "
+            tried.append(f"{where} in {waited:.0f} s, when the capacity policy "
                          f"chose {got.message}")  # fmt: skip
-            print(f"switching to {candidates[to][0]}: the capacity policy chose {got.message}",
+            print(f"switching to {targets[to][0]}: the capacity policy chose {got.message}",
                   flush=True)  # fmt: skip
             i = to
             continue
         if got is not False:  # the policy chose on-demand now: no other type is waited for
             break
-        tried.append(f"{c.hardware.instance_type} in {hw.spot_wait_s:.0f} s")
+        tried.append(f"{where} in {hw.spot_wait_s:.0f} s")
         i += 1
     if may_fall_back:
         waited = time.time() - t0
@@ -436,8 +503,9 @@ def acquire(
                     f"for {_count(cfg)} workers: the capacity policy chose "
                     f"{got.message}")  # fmt: skip
         print(note, flush=True)
-        if _wait(cfg, "on_demand", hw.on_demand_wait_s, poll_s, workers=workers):
-            return Grant("on_demand", "on_demand", units, time.time() - t0, note)
+        for zone in zones_for(types, cfg, "on_demand"):
+            if _wait(cfg, "on_demand", hw.on_demand_wait_s, poll_s, workers=workers, zone=zone):
+                return Grant("on_demand", "on_demand", units, time.time() - t0, note, None, zone)
         release()
         raise RuntimeError(
             f"{note}, and no on-demand capacity either after {hw.on_demand_wait_s:.0f} s "
@@ -451,14 +519,14 @@ def acquire(
     )
 
 
-def hold(cfg: JobConfig, market: str) -> None:
+def hold(cfg: JobConfig, market: str, zone: str | None = None) -> None:
     """Ask for the job's workers again right away (after a try ended, Ray Train's request is
     gone): without a request, the nodes left idle would be scaled down while the launcher
     decides what to do next."""
     global _request
     if _request is None:
         _request = _Request()
-    _request.send(bundles(cfg, market))
+    _request.send(bundles(cfg, market, zone))
 
 
 def alive_nodes() -> set[str]:

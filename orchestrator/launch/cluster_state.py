@@ -108,3 +108,20 @@ def dashboard_alive(url: str) -> bool:
             return r.status == 200
     except Exception:  # noqa: BLE001 - not up (yet)
         return False
+
+
+NODE_TYPES_ENV = "ORCHESTRATOR_NODE_TYPES"
+"""A submitted launch's view of its cluster's node types (infra/ is not uploaded)."""
+
+
+def node_type_shapes(spec: Any) -> dict[str, dict[str, Any]]:
+    """{node type: {resources, labels}} of a cluster launcher file's node types (what the
+    launcher on the head needs to choose zones; no node_config, nothing secret)."""
+    types = spec.get("available_node_types") if isinstance(spec, dict) else None
+    if not isinstance(types, dict):
+        return {}
+    return {
+        name: {"resources": dict(t.get("resources") or {}), "labels": dict(t.get("labels") or {})}
+        for name, t in types.items()
+        if isinstance(t, dict)
+    }

@@ -47,7 +47,8 @@ def cluster_nodes(cfg: JobConfig, t_start: float) -> list[NodeLife]:
             end = (n.end_time_ms / 1000.0) if getattr(n, "end_time_ms", None) else time.time()
             if end <= t_start:
                 continue  # gone before this launch
-        nodes.append(NodeLife(n.node_id, itype, market, p, od, max(start, t_start), end))
+        zone = str(labels.get("zone", ""))
+        nodes.append(NodeLife(n.node_id, itype, market, p, od, max(start, t_start), end, zone))
     return nodes
 
 

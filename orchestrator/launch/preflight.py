@@ -112,7 +112,7 @@ def needed_vcpus(cfg: JobConfig) -> tuple[str, int]:
 def node_type_checks(node_types: dict, cfg: JobConfig) -> tuple[list[Check], dict[str, dict]]:
     """Pure: for each market the launch may use, the node type it will launch (a Check each),
     and those node types by market."""
-    from orchestrator.launch.autoscale import markets, node_type_for
+    from orchestrator.launch.autoscale import markets, node_type_for, zones_for
 
     checks, found = [], {}
     for market in markets(cfg):
@@ -123,8 +123,10 @@ def node_type_checks(node_types: dict, cfg: JobConfig) -> tuple[list[Check], dic
             checks.append(Check(name, False, str(e), "see docs/clusters.md (node types)"))
             continue
         found[market] = t
+        zones = [z for z in zones_for(node_types, cfg, market) if z]
+        where = f", zones {', '.join(zones)} in this order" if zones else ""
         checks.append(Check(name, True, f"{tname} ({t['node_config'].get('InstanceType')}, "
-                                        f"{t['resources'].get('GPU', 0)} GPUs per node)"))  # fmt: skip
+                                        f"{t['resources'].get('GPU', 0)} GPUs per node{where})"))  # fmt: skip
     return checks, found
 
 

@@ -107,12 +107,12 @@ def _tries(
         context.preemptions_before = sum(f.kind == FailureKind.PREEMPTION for f in failures)
         context.app_failures_before = sum(f.kind == FailureKind.APP for f in failures)
         if cfg.hardware.elastic and kind == FailureKind.PREEMPTION:
-            if grant is not None:
-                autoscale.hold(cfg, grant.market)  # keep the nodes left while deciding
+            if grant is not None:  # keep the nodes left while deciding
+                autoscale.hold(cfg, grant.market, grant.zone)
             took = autoscale.settle(nodes_before)  # the lost node out of the GCS's view first
             print(f"elastic: the lost node left the cluster's view after {took:.0f} s", flush=True)
         if grant is not None and attempt_try > 1:  # a replacement may still be booting
-            grant = _reacquire(cfg, context, store, kind, plan)
+            grant = _reacquire(cfg, context, store, kind, plan, grant.zone)
         if cfg.hardware.elastic:  # Ray Train sizes the try from the coordinator's view
             autoscale.refresh_reservations()
         trainer = _trainer(cfg, context, grant, attempt_try)
@@ -173,7 +173,7 @@ def _fail_over(cfg: JobConfig, block: str) -> None:
 
 def _reacquire(
     cfg: JobConfig, context: RunContext, store, kind: FailureKind | None,
-    plan: tuple[int, float, dict[str, float]] | None,
+    plan: tuple[int, float, dict[str, float]] | None, zone: str | None = None,
 ) -> autoscale.Grant:  # fmt: skip
     """Before a retry on an autoscaling cluster: ask for the workers again and wait until the
     cluster holds them (a preempted node's replacement takes minutes on a cloud), with the
@@ -188,7 +188,7 @@ def _reacquire(
     if move == capacity.Move.ON_DEMAND:  # the policy chose it: no spot wait before it
         cfg.hardware.spot_wait_s = 0.0
     try:
-        grant = autoscale.acquire(cfg, workers=workers)
+        grant = autoscale.acquire(cfg, workers=workers, prefer_zone=zone)  # its nodes' zone
     except RuntimeError as e:  # no capacity within the waits: say so, do not spin
         raise RunFailed(f"restart: {e}") from None
     finally:
@@ -269,6 +269,8 @@ def _trainer(cfg: JobConfig, context: RunContext, grant: autoscale.Grant | None,
     pinned = {}
     if grant is not None:  # its market's nodes, of the instance type it was granted
         pinned = {grant.resource: grant.units_per_worker, autoscale.instance_resource(cfg): 0.001}
+        if grant.zone:  # all in the granted zone (EFA: one placement group)
+            pinned[autoscale.zone_resource(grant.zone)] = 0.001
     per_worker = {
         "CPU": hw.cpus_per_worker,
         **({"GPU": hw.gpus_per_worker} if on_gpu else {}),

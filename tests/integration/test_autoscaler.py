@@ -188,17 +188,19 @@ def run_preemption_scenario(
                 180,
                 explain=explain(),
             )
-        # A capacity fault: the job's own spot type never has capacity (cpu_spot_scarce, whose
+        # Capacity faults: the job's own spot type never has capacity (cpu_spot_scarce, whose
         # max_workers is 0). Both types priced alike and the catalog expecting spot capacity
         # within 3 s, the capacity policy switches to the alternative (the local_cpu block's
         # local-2vcpu spot nodes) as soon as the wait outgrows that, long before the spot wait
-        # (600 s), and the run trains there. (Last: the spot nodes it leaves up for the idle
-        # timeout would give the fallback job above spot capacity.)
+        # would end; there the first zone (local-a) has no capacity either, and after the spot
+        # wait (20 s) the run gets its nodes in local-b and trains there. (Last: the spot nodes
+        # it leaves up for the idle timeout would give the fallback job spot capacity.)
+        named_clusters.capacity_fault("local-fake", "cpu_spot", for_s=600)
         sid, status = named_clusters.submit(
             "local-fake", "vicuna", "local",
             ["train.max_steps=2", "export.enabled=false", "hardware.market=spot",
              "hardware.instance_type=local-2vcpu-scarce", "hardware.alternatives=[local_cpu]",
-             "hardware.spot_wait_s=600", "cost.overheads.spot_capacity_wait_s=3",
+             "hardware.spot_wait_s=20", "cost.overheads.spot_capacity_wait_s=3",
              "cost.instances.local-2vcpu-scarce.spot_per_hour_usd=0.0302",
              "cost.instances.local-2vcpu.spot_per_hour_usd=0.0302"],
             run_name="failover", follow=False,
@@ -298,11 +300,13 @@ def test_fake_spot_cluster_scales_up_survives_a_preemption_and_scales_down(tmp_p
     grant = json.loads((r["failover_run_dir"] / "run.json").read_text())["grants"][0]
     assert grant["hardware"] == "local_cpu" and grant["market"] == "spot", grant
     assert "the capacity policy chose switch: local_cpu spot" in grant["fallback_note"], grant
-    assert grant["waited_s"] < 120, grant  # not the 600 s spot wait
+    assert "local-2vcpu in local-a in 20 s" in grant["fallback_note"], grant
+    assert grant["zone"] == "local-b" and grant["waited_s"] < 120, grant
     assert "failed over to local_cpu" in r["failover_log"]
     nodes = json.loads((r["failover_run_dir"] / "ledger.json").read_text())["nodes"]
     workers = [n for n in nodes if n["market"] == "spot"]
     assert workers and all(n["instance_type"] == "local-2vcpu" for n in workers), nodes
+    assert {n["zone"] for n in workers} == {"local-b"}, nodes  # pinned to the zone granted
     # the fallback run: on on-demand nodes (after a refused launch), said in its log, its
     # run.json and its bill
     assert r["fallback_status"] == "SUCCEEDED", r["fallback_log"][-4000:]

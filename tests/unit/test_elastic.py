@@ -276,3 +276,12 @@ def test_need_for_prices_the_alternatives_it_has_step_times_for():
     price = cfg.cost.instances["p4d.24xlarge"].spot_per_hour_usd
     assert need.switches[0][1:] == (price, 12.0)
     assert autoscale.need_for(cfg, 1000, 10.0, 0.0, 0.0).switches == ()  # no step times
+
+
+def test_the_bill_names_the_zone_a_node_ran_in(tmp_path):
+    ledger = Ledger(FolderStore(tmp_path))
+    ledger.begin(0.0)
+    ledger.add_nodes([NodeLife("a", "p4de.24xlarge", "spot", 36.0, 40.0, 0.0, 3600.0, "us-east-1b"),
+                      NodeLife("b", "m7i.2xlarge", "on_demand", 0.4, 0.4, 0.0, 3600.0)])  # fmt: skip
+    by = ledger.bill([])["by_node_type"]
+    assert by == {"p4de.24xlarge (spot, us-east-1b)": 36.0, "m7i.2xlarge (on_demand)": 0.4}

@@ -383,6 +383,8 @@ def test_preflight_names_the_node_type_it_will_launch_and_its_quota_family():
     assert itype == "g6e.xlarge" and QUOTA_CODES[family(itype)]["name"] == "G and VT"
     bad, none = node_type_checks({}, compose("baize", "full"))
     assert not none and not any(c.ok for c in bad) and len(bad) == 2
+    spot, _ = node_type_checks(types, compose("vicuna", "full"))  # the zones it will try
+    assert "zones us-east-1a, us-east-1b in this order" in spot[0].detail, spot[0]
 
 
 def test_preflight_says_which_checks_do_not_apply_to_a_cluster():
@@ -408,3 +410,60 @@ def test_every_worker_node_type_advertises_its_instance_type(name):
     assert len(workers) >= 3
     for n, t in workers.items():
         assert t["resources"].get(f"instance:{t['labels']['instance_type']}", 0) >= 1, n
+
+
+def test_multi_node_spot_types_come_per_zone_each_with_its_subnet_and_placement_group():
+    """One node type per (instance type, market, zone) for the EFA types, each with its own
+    subnet and cluster placement group (one placement group is one zone), advertising its zone
+    (`zone:<az>`, label `zone`); the launcher tries the zones in the file's order and pins a
+    job's workers to the one it got."""
+    from orchestrator.compose.load import compose
+    from orchestrator.launch.autoscale import bundles, zones_for
+
+    aws = _load("aws-spot.yaml")
+    types = aws["available_node_types"]
+    efa = {"p4d.24xlarge", "p4de.24xlarge", "p5.48xlarge"}
+    by_kind: dict[tuple[str, str], list[tuple[str, str, str]]] = {}
+    for name, t in types.items():
+        itype = t["node_config"]["InstanceType"]
+        if itype not in efa:
+            continue
+        zone = t["labels"].get("zone")
+        assert zone and t["resources"].get(f"zone:{zone}") == 1, name
+        market = t["labels"]["market"]
+        nc = t["node_config"]
+        by_kind.setdefault((itype, market), []).append(
+            (zone, nc["NetworkInterfaces"][0]["SubnetId"], nc["Placement"]["GroupName"])
+        )
+    for kind, zones in by_kind.items():
+        for i in range(3):  # zones, subnets, placement groups: all distinct
+            assert len({z[i] for z in zones}) == len(zones), (kind, zones)
+    assert len(by_kind[("p4de.24xlarge", "spot")]) >= 2  # a second zone to fail over to
+    cfg = compose("vicuna", "full")
+    assert zones_for(types, cfg, "spot") == ["us-east-1a", "us-east-1b"]
+    assert zones_for(types, cfg, "on_demand") == ["us-east-1a"]
+    assert zones_for({}, cfg, "spot") == [None]  # a cluster without zones: the autoscaler picks
+    one = bundles(cfg, "spot", "us-east-1b")[0]
+    assert one["zone:us-east-1b"] == 0.001 and one["instance:p4de.24xlarge"] == 0.001
+    assert not any(k.startswith("zone:") for k in bundles(cfg, "spot")[0])
+
+
+def test_a_submitted_launch_learns_the_node_shapes_and_zones_through_its_env(monkeypatch):
+    """infra/ is not uploaded with a job: the submission passes the node types' resources and
+    labels (no node_config: no subnets, images or profiles) for the launcher to pick zones."""
+    import json
+
+    from orchestrator.launch.autoscale import cluster_node_types
+    from orchestrator.launch.backends import job_env
+    from orchestrator.launch.cluster_state import NODE_TYPES_ENV
+
+    env = job_env("aws-spot")
+    shapes = json.loads(env[NODE_TYPES_ENV])
+    assert shapes["p4de_spot_b"]["labels"]["zone"] == "us-east-1b"
+    assert all(set(t) == {"resources", "labels"} for t in shapes.values())
+    assert "subnet-" not in env[NODE_TYPES_ENV] and NODE_TYPES_ENV not in job_env("kuberay")
+    monkeypatch.setenv(NODE_TYPES_ENV, env[NODE_TYPES_ENV])
+    monkeypatch.delenv("ORCHESTRATOR_CLUSTER", raising=False)
+    assert cluster_node_types() == shapes
+    monkeypatch.setenv(NODE_TYPES_ENV, "[not json")
+    assert cluster_node_types() == {}
