@@ -435,33 +435,24 @@ def acquire(
     prefer_zone: str | None = None,
 ) -> Grant | None:  # fmt: skip
     """Request the job's workers and wait for `workers` of them (default: all of them, an
-    elastic job's minimum; None when autoscaling is off): on its own
-    node type, then on each of `hardware.alternatives` that fits (each waited for
-    `hardware.spot_wait_s`), then on demand (`hardware.spot_fallback`). With `need`, a spot
-    wait gives way to on-demand nodes as soon as the capacity policy prices them better (a
-    deadline the wait would miss).
+    elastic job's minimum; None when autoscaling is off): on its own node type, then on each
+    of `hardware.alternatives` that fits, each in each of its zones (`_targets`; each waited
+    for `hardware.spot_wait_s`), then on demand (`hardware.spot_fallback`). With `need`, a spot
+    wait gives way as soon as the capacity policy prices another move better: another node
+    type (switch), or on-demand nodes (a deadline the wait would miss).
 
     Raises:
         RuntimeError: no capacity within the limits (and no fallback, or the fallback failed).
     """
-    from orchestrator.launch.failover import alternatives
-
     if not enabled(cfg):
         return None
     hw = cfg.hardware
     t0 = time.time()
     market = hw.market
-    may_fall_back = market == "spot" and hw.spot_fallback == "on_demand"
     units = max(1, hw.gpus_per_worker)
     tried: list[str] = []
     types = cluster_node_types()
-    candidates = [(None, cfg), *((a.name, a.cfg) for a in alternatives(cfg) if a.cfg is not None)]
-    # Each node type, in each of its zones (the one a previous try ran in first).
-    targets = [
-        (name, c, zone)
-        for name, c in candidates
-        for zone in sorted(zones_for(types, c, market), key=lambda z: z != prefer_zone)
-    ]
+    targets = _targets(cfg, types, market, prefer_zone)
     got: bool | capacity.Decision = False
     i = 0
     while i < len(targets):
@@ -492,30 +483,60 @@ def acquire(
             break
         tried.append(f"{where} in {hw.spot_wait_s:.0f} s")
         i += 1
-    if may_fall_back:
-        waited = time.time() - t0
-        note = (
-            f"spot capacity for {_count(cfg)} workers not obtained ({'; '.join(tried)}): "
-            "fell back to on-demand"
-        )
-        if isinstance(got, capacity.Decision):
-            note = (f"fell back to on-demand after waiting {waited:.0f} s for spot capacity "
-                    f"for {_count(cfg)} workers: the capacity policy chose "
-                    f"{got.message}")  # fmt: skip
-        print(note, flush=True)
-        for zone in zones_for(types, cfg, "on_demand"):
-            if _wait(cfg, "on_demand", hw.on_demand_wait_s, poll_s, workers=workers, zone=zone):
-                return Grant("on_demand", "on_demand", units, time.time() - t0, note, None, zone)
+    return _fall_back(cfg, types, got, tried, t0, poll_s, workers)
+
+
+def _targets(
+    cfg: JobConfig, types: dict[str, Any], market: str, prefer_zone: str | None
+) -> list[tuple[str | None, JobConfig, str | None]]:
+    """(alternative block or None for the job's own, its config, zone) in the order waited
+    for: each node type that fits, in each of its zones (`prefer_zone`, where a previous try
+    ran, first)."""
+    from orchestrator.launch.failover import alternatives
+
+    candidates = [(None, cfg), *((a.name, a.cfg) for a in alternatives(cfg) if a.cfg is not None)]
+    return [
+        (name, c, zone)
+        for name, c in candidates
+        for zone in sorted(zones_for(types, c, market), key=lambda z: z != prefer_zone)
+    ]
+
+
+def _fall_back(
+    cfg: JobConfig, types: dict[str, Any], got: bool | capacity.Decision, tried: list[str],
+    t0: float, poll_s: float, workers: int | None,
+) -> Grant:  # fmt: skip
+    """No spot capacity (`tried`), or the policy chose on-demand (`got`): the job's workers on
+    demand, zone by zone, when `hardware.spot_fallback` allows it.
+
+    Raises:
+        RuntimeError: no fallback, or no on-demand capacity either.
+    """
+    hw = cfg.hardware
+    if not (hw.market == "spot" and hw.spot_fallback == "on_demand"):
         release()
         raise RuntimeError(
-            f"{note}, and no on-demand capacity either after {hw.on_demand_wait_s:.0f} s "
-            "(check the cluster's node types, max_workers and quotas)"
+            f"no capacity for {_count(cfg)} {hw.market} workers ({'; '.join(tried)}; "
+            f"hardware.spot_fallback={hw.spot_fallback}); check the cluster's node types offer "
+            f"a {hw.market!r} resource"
         )
+    note = (
+        f"spot capacity for {_count(cfg)} workers not obtained ({'; '.join(tried)}): "
+        "fell back to on-demand"
+    )
+    if isinstance(got, capacity.Decision):
+        note = (f"fell back to on-demand after waiting {time.time() - t0:.0f} s for spot "
+                f"capacity for {_count(cfg)} workers: the capacity policy chose "
+                f"{got.message}")  # fmt: skip
+    print(note, flush=True)
+    units = max(1, hw.gpus_per_worker)
+    for zone in zones_for(types, cfg, "on_demand"):
+        if _wait(cfg, "on_demand", hw.on_demand_wait_s, poll_s, workers=workers, zone=zone):
+            return Grant("on_demand", "on_demand", units, time.time() - t0, note, None, zone)
     release()
     raise RuntimeError(
-        f"no capacity for {_count(cfg)} {market} workers ({'; '.join(tried)}; "
-        f"hardware.spot_fallback={hw.spot_fallback}); check the cluster's node types offer a "
-        f"{market!r} resource"
+        f"{note}, and no on-demand capacity either after {hw.on_demand_wait_s:.0f} s "
+        "(check the cluster's node types, max_workers and quotas)"
     )
 
 
