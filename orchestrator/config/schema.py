@@ -642,6 +642,9 @@ class InstancePrice:
     vcpus: int = 0
     on_demand_per_hour_usd: float = MISSING
     spot_per_hour_usd: float | None = None
+    spot_per_hour_usd_by_zone: dict[str, float] = field(default_factory=dict)
+    """Spot $/h per availability zone where known (live prices fill it: spot prices differ by
+    zone); a zone not listed is priced at spot_per_hour_usd."""
     source: str = MISSING
     startup_s: float | None = None
     """Launch start-up on this kind of node (None = cost.overheads.startup_s)."""
@@ -792,6 +795,8 @@ class CostConfig:
             key = f"cost.instances.{name}"
             _positive(f"{key}.on_demand_per_hour_usd", price.on_demand_per_hour_usd)
             _positive(f"{key}.spot_per_hour_usd", price.spot_per_hour_usd)
+            for zone, usd in price.spot_per_hour_usd_by_zone.items():
+                _positive(f"{key}.spot_per_hour_usd_by_zone.{zone}", usd)
             _positive(f"{key}.num_gpus", price.num_gpus, allow_zero=True)
             _positive(f"{key}.startup_s", price.startup_s, allow_zero=True)
             _positive(f"{key}.teardown_s", price.teardown_s, allow_zero=True)

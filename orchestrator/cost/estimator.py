@@ -651,8 +651,11 @@ def replay_check(cfg: JobConfig, hours: float, hfu: float) -> dict:
     }
 
 
-def price_per_hour(price: InstancePrice, market: str) -> float:
-    """$/h of one node of `price` in `market` (spot falls back to on-demand without a spot price)."""
+def price_per_hour(price: InstancePrice, market: str, zone: str | None = None) -> float:
+    """$/h of one node of `price` in `market`, in `zone` when its spot price is known there
+    (spot falls back to on-demand without a spot price)."""
+    if market == "spot" and zone and zone in price.spot_per_hour_usd_by_zone:
+        return price.spot_per_hour_usd_by_zone[zone]
     if market == "spot" and price.spot_per_hour_usd is not None:
         return price.spot_per_hour_usd
     return price.on_demand_per_hour_usd

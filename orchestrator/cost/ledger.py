@@ -11,7 +11,13 @@ splits that money into:
     startup     from the start of a launch to the end of the first worker setup
     checkpoint  checkpoint saves
     eval_export eval and export at the end
-    idle        everything else (tear-down, gaps)
+    idle        everything else: tear-down, gaps, and the scale-down tail (below)
+
+When a launch ends, the autoscaled worker nodes it leaves up are not gone: the autoscaler
+removes them once idle for the cluster's idle timeout, at its next update. The run pays for that
+tail, so those nodes stay billed until `scale_down_at` (the workers' last record + the idle
+timeout + half an autoscaler update, `autoscale.scale_down_at`), beyond the launch's end. A
+launch that starts within the tail takes the nodes over from there.
 
 By construction the categories add up to the total, and the total is exactly
 sum(node-seconds x price). The ledger (`ledger.json`) and the timeline live in the run's folder
@@ -42,6 +48,8 @@ class NodeLife:
     end: float | None = None
     zone: str = ""
     """Where the cloud placed it, when its node type names a zone (`zone` label)."""
+    autoscaled: bool = False
+    """A worker node of an autoscaling cluster: it outlives a launch by the scale-down tail."""
 
 
 def read_timeline(store: Any) -> list[dict[str, Any]]:
@@ -84,6 +92,14 @@ def restart_s(timeline: list[dict[str, Any]]) -> float | None:
     return timeline[setups[-1]]["end"] - timeline[setups[-1]]["start"] if setups else None
 
 
+def _billed_until(attempt: dict[str, Any], open_end: float) -> float:
+    """Where a launch's billing stops: its end, or the end of its scale-down tail; an open
+    launch: `open_end`."""
+    if attempt["end"] is None:
+        return open_end
+    return max(attempt["end"], attempt.get("billed_until") or 0.0)
+
+
 class Ledger:
     """The node lives and launches of one run, in `ledger.json` of its durable store (the
     launcher is its only writer)."""
@@ -116,6 +132,12 @@ class Ledger:
         )
 
     def begin(self, start: float) -> dict[str, Any]:
+        for prev in self.attempts:  # still in an earlier launch's tail: this launch's from now
+            if prev.get("billed_until", 0.0) > start:
+                prev["billed_until"] = max(prev["end"], start)
+        for n in self.nodes:
+            if n.autoscaled and n.end is not None and n.end > start:
+                n.end = max(n.start, start)
         a = {"attempt": len(self.attempts) + 1, "start": start, "end": None}
         self.attempts.append(a)
         self.save()
@@ -138,11 +160,18 @@ class Ledger:
                 mine.end = n.end
         self.save()
 
-    def end(self, attempt: dict[str, Any], end: float | None = None) -> None:
+    def end(
+        self, attempt: dict[str, Any], end: float | None = None, scale_down_at: float | None = None
+    ) -> None:
+        """Close the launch at `end` (now): its open node lives end there, except autoscaled
+        worker nodes, which stay billed until `scale_down_at` when that is later."""
         attempt["end"] = end or time.time()
+        tail = scale_down_at if scale_down_at and scale_down_at > attempt["end"] else None
         for n in self.nodes:
             if n.end is None:
-                n.end = attempt["end"]
+                n.end = tail if tail is not None and n.autoscaled else attempt["end"]
+        if tail is not None and any(n.end == tail for n in self.nodes):
+            attempt["billed_until"] = tail
         self.save()
 
     def close_dangling(self, timeline: list[dict[str, Any]]) -> None:
@@ -159,7 +188,7 @@ class Ledger:
         """Dollars all nodes cost between t0 and t1 (only inside attempts)."""
         total = 0.0
         for a in self.attempts:
-            lo, hi = max(t0, a["start"]), min(t1, a["end"] if a["end"] is not None else t1)
+            lo, hi = max(t0, a["start"]), min(t1, _billed_until(a, t1))
             if hi <= lo:
                 continue
             for n in self.nodes:
@@ -170,18 +199,25 @@ class Ledger:
 
     def bill(self, timeline: list[dict[str, Any]]) -> dict[str, Any]:
         """Totals by node type/market and by category; categories sum to the total exactly."""
-        by_node: dict[str, float] = defaultdict(float)
+        by_node: dict[str, dict[str, float]] = defaultdict(lambda: {"hours": 0.0, "usd": 0.0})
         on_demand = total = 0.0
+        tail = {"nodes": 0, "node_hours": 0.0, "usd": 0.0}
         for a in self.attempts:
-            a_end = a["end"] if a["end"] is not None else time.time()
+            a_end = _billed_until(a, time.time())
             for n in self.nodes:
                 s, e = max(a["start"], n.start), min(a_end, n.end if n.end is not None else a_end)
                 if e <= s:
                     continue
                 usd = (e - s) / 3600.0 * n.price_per_hour_usd
-                by_node[f"{n.instance_type} ({n.market}{', ' + n.zone if n.zone else ''})"] += usd
+                kind = by_node[f"{n.instance_type} ({n.market}{', ' + n.zone if n.zone else ''})"]
+                kind["hours"] += (e - s) / 3600.0
+                kind["usd"] += usd
                 total += usd
                 on_demand += (e - s) / 3600.0 * n.on_demand_per_hour_usd
+                if a["end"] is not None and e > a["end"]:  # after the launch: scale-down tail
+                    tail["nodes"] += 1
+                    tail["node_hours"] += (e - max(s, a["end"])) / 3600.0
+                    tail["usd"] += (e - max(s, a["end"])) / 3600.0 * n.price_per_hour_usd
 
         cats = dict.fromkeys(CATEGORIES, 0.0)
         redone = {id(r) for r in redone_steps(timeline)}
@@ -214,8 +250,13 @@ class Ledger:
             "usd_total": total,
             "usd_on_demand_equivalent": on_demand,
             "usd_spot_savings": on_demand - total,
-            "by_node_type": dict(by_node),
+            "by_node_type": {k: v["usd"] for k, v in by_node.items()},
+            # Which node types ran for how long (a failed-over run: each type's share).
+            "hours_by_node_type": {k: v["hours"] for k, v in by_node.items()},
             "by_category": cats,
+            # Part of idle: worker nodes left up after the launch until the autoscaler's
+            # scale-down (their idle timeout), billed to the run.
+            "scale_down_tail": tail,
             "node_hours": sum(((n.end or time.time()) - n.start) / 3600.0 for n in self.nodes),
             "attempts": len(self.attempts),
             # Training time (steps, saves) at each worker-group size: an elastic run's sizes.

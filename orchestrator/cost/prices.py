@@ -1,8 +1,9 @@
 """Live AWS spot prices (describe_spot_price_history), cached, with the catalog as fallback.
 
 Spot prices move; the catalog's are a snapshot. When AWS credentials are present, a launch or an
-estimate asks EC2 for the current spot price of the job's instance type in its region (the mean
-over availability zones of each zone's newest price), caches it for `ttl_s` with a timestamp, and
+estimate asks EC2 for the current spot price of the job's instance type in its region (each
+availability zone's newest price, which prices the nodes of that zone, and their mean, which
+prices the projection), caches it for `ttl_s` with a timestamp, and
 falls back to the catalog with a warning when the call fails. The endpoint follows boto3's own
 settings (AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_EC2), which is how tests point it at moto_server.
 """
@@ -35,8 +36,8 @@ def _have_credentials() -> bool:
         return False
 
 
-def fetch_spot_price(instance_type: str, region: str) -> float:
-    """Current spot $/h: mean over AZs of each AZ's newest Linux price. Raises on any failure."""
+def fetch_spot_price(instance_type: str, region: str) -> dict[str, float]:
+    """Current spot $/h in each AZ: its newest Linux price. Raises on any failure."""
     import boto3
     from botocore.config import Config
 
@@ -58,21 +59,23 @@ def fetch_spot_price(instance_type: str, region: str) -> float:
             newest[az] = (row["Timestamp"], float(row["SpotPrice"]))
     if not newest:
         raise LookupError(f"no spot price history for {instance_type} in {region}")
-    return sum(p for _, p in newest.values()) / len(newest)
+    return {az: price for az, (_, price) in sorted(newest.items())}
 
 
 def spot_price(
     instance_type: str, region: str, cache: Path = DEFAULT_CACHE, ttl_s: float = 3600.0
 ) -> dict:
-    """{"price", "fetched_at", "source"} from the cache if fresh, else from EC2 (then cached)."""
+    """{"price" (the zones' mean), "zones" ({zone: price}), "fetched_at", "source"} from the
+    cache if fresh, else from EC2 (then cached)."""
     key = f"{region}/{instance_type}"
     data = json.loads(cache.read_text()) if cache.exists() else {}
     hit = data.get(key)
-    if hit and time.time() - hit["fetched_at"] < ttl_s:
+    if hit and "zones" in hit and time.time() - hit["fetched_at"] < ttl_s:
         return {**hit, "source": f"{hit['source']} (cached)"}
-    price = fetch_spot_price(instance_type, region)
+    zones = fetch_spot_price(instance_type, region)
     entry = {
-        "price": price,
+        "price": sum(zones.values()) / len(zones),
+        "zones": zones,
         "fetched_at": time.time(),
         "source": f"AWS describe_spot_price_history {region} {time.strftime('%Y-%m-%dT%H:%MZ', time.gmtime())}",
     }
@@ -101,7 +104,10 @@ def apply_live_prices(cfg: JobConfig, cache: Path = DEFAULT_CACHE) -> str | None
         log.warning(msg)
         return msg
     inst.spot_per_hour_usd = live["price"]
+    inst.spot_per_hour_usd_by_zone = dict(live["zones"])
     inst.source = live["source"]
+    zones = ", ".join(f"{z} ${p:.4f}" for z, p in live["zones"].items())
     return (
-        f"spot price of {cfg.hardware.instance_type}: ${live['price']:.4f}/h from {live['source']}"
+        f"spot price of {cfg.hardware.instance_type}: ${live['price']:.4f}/h ({zones}) from "
+        f"{live['source']}"
     )

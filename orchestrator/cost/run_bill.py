@@ -29,8 +29,19 @@ def bill_markdown(job: str, run: str, bill: dict[str, Any]) -> str:
         lines.append(
             f"| {cat} | {usd:.6f} | {usd / total:.1%} |" if total else f"| {cat} | {usd:.6f} | - |"
         )
-    lines += ["", "| node type (market) | USD |", "|---|---|"]
-    lines += [f"| {k} | {v:.6f} |" for k, v in bill["by_node_type"].items()]
+    hours = bill.get("hours_by_node_type") or {}
+    lines += ["", "| node type (market, zone) | node-hours | USD |", "|---|---|---|"]
+    lines += [
+        f"| {k} | {hours.get(k, 0.0):.4f} | {v:.6f} |" for k, v in bill["by_node_type"].items()
+    ]
+    tail = bill.get("scale_down_tail") or {}
+    if tail.get("nodes"):  # worker nodes left up after the launch, until the autoscaler's
+        lines += [  # scale-down
+            "",
+            f"Idle includes the scale-down tail: {tail['nodes']} worker node(s) left up after "
+            f"the launch for the cluster's idle timeout, {tail['node_hours']:.4f} node-hours, "
+            f"${tail['usd']:.6f}.",
+        ]
     sizes = bill.get("by_workers") or {}
     if len(sizes) > 1 or bill.get("elastic"):  # an elastic run: what it ran at, and why
         lines += ["", "| workers | training hours | USD |", "|---|---|---|"]
@@ -44,7 +55,8 @@ def bill_markdown(job: str, run: str, bill: dict[str, Any]) -> str:
         f"${proj['usd_high']:.6f}); actual is {proj['error_pct']:+.1f}% off the projection.",
         "",
         "useful = last run of every step; wasted = steps redone after a preemption or crash, and "
-        "recovery gaps; startup = launch to first worker setup; idle = tear-down and gaps.",
+        "recovery gaps; startup = launch to first worker setup; idle = tear-down, gaps and "
+        "the nodes' time until the autoscaler removes them.",
     ]
     return "\n".join(lines) + "\n"
 

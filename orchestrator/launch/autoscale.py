@@ -40,6 +40,7 @@ from typing import Any
 
 from orchestrator.config.schema import JobConfig
 from orchestrator.cost import capacity
+from orchestrator.cost.estimator import price_per_hour
 
 
 @dataclass(frozen=True)
@@ -194,9 +195,9 @@ def zone_resource(zone: str) -> str:
 
 
 def zones_for(node_types: dict[str, Any], cfg: JobConfig, market: str) -> list[str | None]:
-    """Pure: the zones, in the cluster file's order (its preference), of the node types that
-    would run the job's workers in `market`; [None] when they name none (the autoscaler
-    picks)."""
+    """Pure: the zones of the node types that would run the job's workers in `market`, the
+    cheapest first where the catalog prices spot by zone, else in the cluster file's order (its
+    preference); [None] when they name none (the autoscaler picks)."""
     hw = cfg.hardware
     gpus_per_node = hw.num_workers * hw.gpus_per_worker // max(1, hw.num_nodes)
     zones = []
@@ -205,7 +206,9 @@ def zones_for(node_types: dict[str, Any], cfg: JobConfig, market: str) -> list[s
         if (market in res and labels.get("instance_type") == hw.instance_type
                 and res.get("GPU", 0) == gpus_per_node and labels.get("zone")):  # fmt: skip
             zones.append(labels["zone"])
-    return list(dict.fromkeys(zones)) or [None]
+    price = cfg.cost.instances[hw.instance_type]
+    ordered = sorted(dict.fromkeys(zones), key=lambda z: price_per_hour(price, market, z))
+    return list(ordered) or [None]
 
 
 def cluster_node_types() -> dict[str, Any]:
@@ -329,6 +332,46 @@ def scale_to_zero_bound_s(
     timeout, and the autoscaler's next update terminates them."""
     return (max(request_expire_s, TRAIN_EXPIRE_S) + COORDINATOR_TICK_S + idle_timeout_s
             + autoscaler_period_s)  # fmt: skip
+
+
+AUTOSCALER_PERIOD_S = 5.0
+"""Ray's autoscaler updates every AUTOSCALER_UPDATE_INTERVAL_S, 5 s by default."""
+
+
+def idle_timeout_s(cfg: JobConfig, env: dict[str, str] | None = None) -> float:
+    """How long the cluster keeps an idle worker node: its launcher file's
+    idle_timeout_minutes, passed by the submission as $ORCHESTRATOR_IDLE_TIMEOUT_S (infra/ is
+    not uploaded) or read from $ORCHESTRATOR_CLUSTER's file; else `hardware.scale_down_s`,
+    what the job's hardware says of its cluster (KubeRay, a plain Ray address)."""
+    import yaml
+
+    from orchestrator.config.schema import ConfigError
+    from orchestrator.launch.cluster_state import IDLE_TIMEOUT_ENV, cluster_config, idle_timeout_of
+
+    env = os.environ if env is None else env
+    raw = env.get(IDLE_TIMEOUT_ENV)
+    if raw is None:
+        try:
+            name = env.get("ORCHESTRATOR_CLUSTER")
+            path = cluster_config(name) if name else None
+            found = idle_timeout_of(yaml.safe_load(path.read_text())) if path else None
+        except Exception:  # noqa: BLE001 - not a file of ours: the hardware's figure then
+            found = None
+        return cfg.hardware.scale_down_s if found is None else found
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0.0:  # also refuses nan
+        raise ConfigError(f"{IDLE_TIMEOUT_ENV}={raw[:40]!r}: expected seconds, at least 0")
+    return value
+
+
+def scale_down_at(last_use: float, idle_timeout: float) -> float:
+    """Pure: when the autoscaler is expected to remove a worker node whose last task ended at
+    `last_use` (its requests withdrawn by then): after the idle timeout, at the next of its
+    updates, on average half a period later."""
+    return last_use + idle_timeout + AUTOSCALER_PERIOD_S / 2
 
 
 class _Request:

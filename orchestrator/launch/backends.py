@@ -507,9 +507,13 @@ def job_env(name: str) -> dict[str, str]:
 
     env = {"ORCHESTRATOR_CLUSTER": name, "PYTHONUNBUFFERED": "1"}
     env.update({k: os.environ[k] for k in SUBMITTED_ENV if os.environ.get(k)})
-    types = cs.node_type_shapes(getattr(backend(name), "spec", None))
+    spec = getattr(backend(name), "spec", None)
+    types = cs.node_type_shapes(spec)
     if types:  # infra/ is not uploaded: the launcher's zones and node shapes come this way
         env[cs.NODE_TYPES_ENV] = json.dumps(types, sort_keys=True)
+    idle = cs.idle_timeout_of(spec)
+    if idle is not None:  # how long the nodes outlive the launch: billed to the run
+        env[cs.IDLE_TIMEOUT_ENV] = f"{idle:g}"
     # Static secrets only by name (ORCHESTRATOR_FORWARD_SECRETS): a runtime environment is
     # stored in the cluster's GCS and shown on its dashboard.
     secrets = [k for k in forwarded_secrets(os.environ) if os.environ.get(k)]

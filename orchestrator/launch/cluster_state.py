@@ -111,7 +111,17 @@ def dashboard_alive(url: str) -> bool:
 
 
 NODE_TYPES_ENV = "ORCHESTRATOR_NODE_TYPES"
+IDLE_TIMEOUT_ENV = "ORCHESTRATOR_IDLE_TIMEOUT_S"
 """A submitted launch's view of its cluster's node types (infra/ is not uploaded)."""
+
+
+def idle_timeout_of(spec: Any) -> float | None:
+    """Seconds a cluster launcher file keeps an idle worker node (idle_timeout_minutes,
+    Ray's default 5 minutes when unset); None when `spec` is not such a file."""
+    if not isinstance(spec, dict) or "available_node_types" not in spec:
+        return None
+    minutes = spec.get("idle_timeout_minutes", 5)
+    return 60.0 * float(minutes) if isinstance(minutes, int | float) else None
 
 
 def node_type_shapes(spec: Any) -> dict[str, dict[str, Any]]:

@@ -16,9 +16,9 @@ def cluster_nodes(cfg: JobConfig, t_start: float) -> list[NodeLife]:
     type; on a Ray cluster every node says what it is through its `instance_type`/`market`
     labels (set by infra/), falling back to the job's hardware with a warning."""
 
-    def price(instance_type: str, market: str) -> tuple[float, float]:
+    def price(instance_type: str, market: str, zone: str = "") -> tuple[float, float]:
         p = cfg.cost.instances.get(instance_type) or cfg.cost.instances[cfg.hardware.instance_type]
-        return price_per_hour(p, market), p.on_demand_per_hour_usd
+        return price_per_hour(p, market, zone), p.on_demand_per_hour_usd
 
     hw = cfg.hardware
     if not os.environ.get("RAY_ADDRESS"):
@@ -40,15 +40,18 @@ def cluster_nodes(cfg: JobConfig, t_start: float) -> list[NodeLife]:
                 f"warning: node {n.node_id[:8]} has no instance_type label; priced as {itype}",
                 file=sys.stderr,
             )
-        p, od = price(itype, market)
+        zone = str(labels.get("zone", ""))
+        p, od = price(itype, market, zone)
         start = (n.start_time_ms / 1000.0) if getattr(n, "start_time_ms", None) else t_start
         end = None
         if getattr(n, "state", "ALIVE") == "DEAD":
             end = (n.end_time_ms / 1000.0) if getattr(n, "end_time_ms", None) else time.time()
             if end <= t_start:
                 continue  # gone before this launch
-        zone = str(labels.get("zone", ""))
-        nodes.append(NodeLife(n.node_id, itype, market, p, od, max(start, t_start), end, zone))
+        worker = not getattr(n, "is_head_node", False)  # the autoscaler removes it when idle
+        nodes.append(
+            NodeLife(n.node_id, itype, market, p, od, max(start, t_start), end, zone, worker)
+        )
     return nodes
 
 

@@ -39,7 +39,7 @@ from orchestrator.cost.prices import apply_live_prices
 from orchestrator.cost.run_bill import log_bill, write_bill
 from orchestrator.data.formats import DataError
 from orchestrator.data.prepared import DataManifest
-from orchestrator.launch import checks, mlflow_run
+from orchestrator.launch import autoscale, checks, mlflow_run
 from orchestrator.launch.failures import RunFailed
 from orchestrator.launch.supervise import supervise
 from orchestrator.objectives import config_value
@@ -139,7 +139,7 @@ def launch(
         e.job, e.run, e.run_url = cfg.job, run_name, storage.run_url
         raise
     finally:  # also after a failure: the bill of what was spent
-        ledger.end(attempt)
+        ledger.end(attempt, scale_down_at=_scale_down_at(cfg, store, attempt["attempt"]))
         result = _read_result(store)
         stop_reason = result.stop_reason if result else (launcher_stop or StopReason.FAILED)
         bill = write_bill(cfg.job, store, ledger, projection, stop_reason)
@@ -165,6 +165,16 @@ def launch(
     return res
 
 
+def _scale_down_at(cfg: JobConfig, store, attempt: int) -> float | None:
+    """On a Ray cluster, when the worker nodes this launch leaves up are expected to be gone:
+    the cluster's idle timeout after the workers' last record (None elsewhere: a private local
+    cluster stops with the launch)."""
+    if not os.environ.get("RAY_ADDRESS"):
+        return None
+    ends = [r["end"] for r in read_timeline(store) if r["attempt"] == attempt]
+    return autoscale.scale_down_at(max(ends, default=time.time()), autoscale.idle_timeout_s(cfg))
+
+
 def _configure(
     job: str, scale: str | None, overrides: list[str] | None, run_name: str | None
 ) -> tuple[JobConfig, str]:
@@ -175,6 +185,8 @@ def _configure(
     check_job(cfg)  # GPU memory and node disk: a job that cannot fit fails here
     checks.check_hardware(cfg)
     checks.check_capabilities(cfg)
+    if os.environ.get("RAY_ADDRESS"):  # a bad $ORCHESTRATOR_IDLE_TIMEOUT_S fails here, not
+        autoscale.idle_timeout_s(cfg)  # when the bill is written
     note = apply_live_prices(cfg)
     if note:
         print(note)

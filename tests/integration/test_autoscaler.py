@@ -17,6 +17,9 @@ from tests.faults import prometheus_on_all_interfaces
 pytestmark = pytest.mark.integration
 
 STEPS, EVERY = 80, 5
+# A billed scale-down is at most half an autoscaler update (2.5 s) off when it happens, plus
+# the workers' shut-down after their last record and the GCS seeing the node go: 8 s in all.
+TAIL_TOLERANCE_S = 8.0
 JOB = ["hardware.num_workers=3", "hardware.num_nodes=3", "train.micro_batch_size=2",
        "train.global_batch_size=18", "train.batching=pad"]  # fmt: skip
 """3 workers, one per spot node; 18 examples a step split 3 x 3 x 2 or, on 2 workers, 9 + 9."""
@@ -155,6 +158,11 @@ def run_preemption_scenario(
         _, out["job_end_to_zero_spot_nodes_s"] = wait_for(
             "the spot nodes to be released", lambda: spot() == [], 180, explain=explain()
         )
+        out["spot_node_ends"] = {  # when the GCS saw each spot node go
+            n["node_id"]: n["end_time_ms"] / 1000.0
+            for n in named_clusters.market_nodes("local-fake", "spot", alive=False)
+            if n.get("end_time_ms")
+        }
         if only_preemption:
             return out
         # No spot capacity yet and a deadline (13 s) that waiting for it (the catalog's 300 s)
@@ -293,6 +301,22 @@ def test_fake_spot_cluster_scales_up_survives_a_preemption_and_scales_down(tmp_p
     assert len({n["node_id"] for n in spot_lives}) >= 4, ledger["nodes"]
     assert any(n["node_id"] == r["victim"] and n["end"] <= r["t_end"] for n in spot_lives)
     assert r["job_end_to_zero_spot_nodes_s"] < 180
+    # the scale-down tail: the spot nodes the launch left up are billed until the autoscaler
+    # removed them (the cluster's idle timeout after the workers' last record, half an update
+    # later); each billed end is when the GCS saw that node go, within one autoscaler update
+    # and the node's shut-down
+    end = ledger["attempts"][-1]["end"]
+    tails = {n["node_id"]: n["end"] for n in spot_lives if n["end"] > end}
+    assert len(tails) == 3, (ledger, r["spot_node_ends"])
+    gone = {node: r["spot_node_ends"][node] for node in tails}
+    print("scale-down tail after the launch, billed vs measured (s):",
+          {k[-6:]: (round(tails[k] - end, 1), round(gone[k] - end, 1)) for k in tails})  # fmt: skip
+    for node, billed in tails.items():
+        assert abs(billed - gone[node]) <= TAIL_TOLERANCE_S, (node, billed - end, gone[node] - end)
+    assert bill["scale_down_tail"]["nodes"] == 3
+    assert bill["scale_down_tail"]["node_hours"] == pytest.approx(
+        sum(g - end for g in gone.values()) / 3600, abs=3 * TAIL_TOLERANCE_S / 3600
+    )
 
     # the failover run: its own type had no capacity; it ran on the alternative's, said in its
     # log and run.json, and every node of its ledger is priced as what ran

@@ -28,11 +28,14 @@ def test_live_spot_price_replaces_the_catalog_and_is_cached(moto, tmp_path):
     live = cfg.cost.instances["p4de.24xlarge"].spot_per_hour_usd
     assert live != catalog_price and live == pytest.approx(0.00001)  # what moto quotes
     assert "describe_spot_price_history" in note and cache.exists()
+    zones = cfg.cost.instances["p4de.24xlarge"].spot_per_hour_usd_by_zone  # each zone's price
+    assert zones and all(z.startswith("us-east-1") for z in zones), zones
 
     moto.kill()
     moto.wait()  # the endpoint is gone: the cached price (with its timestamp) still answers
     cached = spot_price("p4de.24xlarge", "us-east-1", cache)
     assert cached["price"] == pytest.approx(0.00001) and "(cached)" in cached["source"]
+    assert cached["zones"] == zones
 
 
 def test_unreachable_endpoint_falls_back_to_the_catalog_with_a_warning(moto, tmp_path, caplog):

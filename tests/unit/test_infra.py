@@ -446,6 +446,15 @@ def test_multi_node_spot_types_come_per_zone_each_with_its_subnet_and_placement_
     one = bundles(cfg, "spot", "us-east-1b")[0]
     assert one["zone:us-east-1b"] == 0.001 and one["instance:p4de.24xlarge"] == 0.001
     assert not any(k.startswith("zone:") for k in bundles(cfg, "spot")[0])
+    # spot priced by zone (live prices fill it): the cheaper zone first, and nodes priced there
+    from orchestrator.cost.estimator import price_per_hour
+
+    price = cfg.cost.instances["p4de.24xlarge"]
+    price.spot_per_hour_usd_by_zone = {"us-east-1b": 9.5, "us-east-1a": 11.0}
+    assert zones_for(types, cfg, "spot") == ["us-east-1b", "us-east-1a"]
+    assert price_per_hour(price, "spot", "us-east-1a") == 11.0
+    assert price_per_hour(price, "spot", "us-east-1c") == price.spot_per_hour_usd  # not listed
+    assert price_per_hour(price, "on_demand", "us-east-1b") == price.on_demand_per_hour_usd
 
 
 def test_a_submitted_launch_learns_the_node_shapes_and_zones_through_its_env(monkeypatch):
@@ -467,3 +476,22 @@ def test_a_submitted_launch_learns_the_node_shapes_and_zones_through_its_env(mon
     assert cluster_node_types() == shapes
     monkeypatch.setenv(NODE_TYPES_ENV, "[not json")
     assert cluster_node_types() == {}
+
+
+def test_the_bill_knows_the_clusters_idle_timeout_and_the_hardware_agrees():
+    """The launcher bills the nodes it leaves up until the cluster's idle timeout: a
+    submission passes it ($ORCHESTRATOR_IDLE_TIMEOUT_S), and every GPU hardware block's
+    scale_down_s (what the estimator projects) is aws-spot's idle timeout."""
+    import yaml
+
+    from orchestrator.launch.backends import job_env
+    from orchestrator.launch.cluster_state import IDLE_TIMEOUT_ENV
+
+    spot = yaml.safe_load((REPO_ROOT / "infra" / "aws-spot.yaml").read_text())
+    assert job_env("aws-spot")[IDLE_TIMEOUT_ENV] == f"{60 * spot['idle_timeout_minutes']:g}"
+    assert job_env("local-fake")[IDLE_TIMEOUT_ENV] == "30"
+    assert IDLE_TIMEOUT_ENV not in job_env("kuberay")  # KubeRay: the hardware's figure
+    for path in sorted((REPO_ROOT / "conf" / "hardware").glob("*.yaml")):
+        hw = yaml.safe_load(path.read_text())
+        if hw.get("gpus_per_worker", 0) > 0:
+            assert hw.get("scale_down_s") == 60 * spot["idle_timeout_minutes"], path.name

@@ -100,3 +100,63 @@ def test_ledger_survives_restarts_and_closes_a_dead_launch(ledger, tmp_path):
     assert third.bill(TIMELINE)["usd_total"] == pytest.approx(
         ledger.bill(TIMELINE)["usd_total"] + extra
     )
+
+
+def _tail_ledger(tmp_path, scale_down_at):
+    """A launch from 0 to 1000 s: an on-demand head, an autoscaled spot worker ($3/h) and a
+    spot worker the autoscaler does not manage (a local private cluster's node)."""
+    lg = Ledger(FolderStore(tmp_path))
+    a = lg.begin(0.0)
+    lg.add_nodes(
+        [
+            NodeLife("head", "m7i.large", "on_demand", 1.0, 1.0, 0.0),
+            NodeLife("w1", "p4de.24xlarge", "spot", 3.0, 10.0, 0.0, autoscaled=True),
+            NodeLife("w2", "p4de.24xlarge", "spot", 3.0, 10.0, 0.0),
+        ]
+    )
+    lg.end(a, 1000.0, scale_down_at=scale_down_at)
+    return lg
+
+
+def test_autoscaled_workers_are_billed_until_their_scale_down(tmp_path):
+    lg = _tail_ledger(tmp_path, 1360.0)  # the idle timeout ends 360 s after the launch
+    bill = lg.bill([rec("step", 0, 900, 1, 1)])
+    assert {n.node_id: n.end for n in lg.nodes} == {"head": 1000.0, "w1": 1360.0, "w2": 1000.0}
+    h = 1 / 3600
+    assert bill["usd_total"] == pytest.approx(1000 * 7 * h + 360 * 3 * h)
+    assert bill["scale_down_tail"] == pytest.approx(
+        {"nodes": 1, "node_hours": 360 * h, "usd": 360 * 3 * h}
+    )
+    # the tail is idle: the workers' last record ended at 900 s
+    assert bill["by_category"]["idle"] == pytest.approx(100 * 7 * h + 360 * 3 * h)
+    assert bill["hours_by_node_type"] == pytest.approx(
+        {"m7i.large (on_demand)": 1000 * h, "p4de.24xlarge (spot)": 2360 * h}
+    )
+    # a scale-down before the end (the nodes were idle long before) adds nothing
+    early = _tail_ledger(tmp_path / "early", 800.0).bill([])
+    assert early["scale_down_tail"]["nodes"] == 0
+    assert early["usd_total"] == pytest.approx(1000 * 7 * h)
+
+
+def test_a_launch_within_the_tail_takes_the_nodes_over(tmp_path):
+    lg = _tail_ledger(tmp_path, 1360.0)
+    lg.begin(1100.0)  # relaunched before the scale-down: the node is the new launch's
+    assert lg.nodes[1].end == 1100.0 and lg.attempts[0]["billed_until"] == 1100.0
+    assert lg.bill([])["scale_down_tail"]["node_hours"] == pytest.approx(100 / 3600)
+    again = Ledger(FolderStore(tmp_path))  # and it is saved
+    assert again.attempts[0]["billed_until"] == 1100.0
+
+
+def test_scale_down_at_and_the_idle_timeout(tmp_path):
+    from orchestrator.compose.load import compose
+    from orchestrator.config.schema import ConfigError
+    from orchestrator.launch import autoscale
+
+    assert autoscale.scale_down_at(100.0, 30.0) == 100.0 + 30.0 + autoscale.AUTOSCALER_PERIOD_S / 2
+    cfg = compose("vicuna", "full")
+    assert autoscale.idle_timeout_s(cfg, {}) == cfg.hardware.scale_down_s == 300
+    assert autoscale.idle_timeout_s(cfg, {"ORCHESTRATOR_IDLE_TIMEOUT_S": "30"}) == 30.0
+    assert autoscale.idle_timeout_s(cfg, {"ORCHESTRATOR_CLUSTER": "local-fake"}) == 30.0
+    for bad in ("-1", "nan", "soon"):
+        with pytest.raises(ConfigError, match="ORCHESTRATOR_IDLE_TIMEOUT_S"):
+            autoscale.idle_timeout_s(cfg, {"ORCHESTRATOR_IDLE_TIMEOUT_S": bad})
