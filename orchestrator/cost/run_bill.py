@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from orchestrator.cost import capacity
 from orchestrator.cost.estimator import Projection
 from orchestrator.cost.ledger import Ledger, read_timeline
 from orchestrator.storage.layout import BILL_JSON, BILL_MD, EXTRA_COSTS, RUN_META, RunMeta
@@ -42,6 +43,8 @@ def bill_markdown(job: str, run: str, bill: dict[str, Any]) -> str:
             f"the launch for the cluster's idle timeout, {tail['node_hours']:.4f} node-hours, "
             f"${tail['usd']:.6f}.",
         ]
+    if bill.get("capacity_waits"):
+        lines += ["", *(f"- {w}" for w in bill["capacity_waits"])]
     sizes = bill.get("by_workers") or {}
     if len(sizes) > 1 or bill.get("elastic"):  # an elastic run: what it ran at, and why
         lines += ["", "| workers | training hours | USD |", "|---|---|---|"]
@@ -59,6 +62,16 @@ def bill_markdown(job: str, run: str, bill: dict[str, Any]) -> str:
         "the nodes' time until the autoscaler removes them.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def capacity_wait(grant: dict[str, Any], ledger: Ledger) -> str:
+    """One wait for capacity, priced: "waited 14 min for spot (p4de.24xlarge block's
+    alternative a100_40gb_x8, us-east-1b): $3.10", the nodes up meanwhile at their prices."""
+    waited, got = grant["waited_s"], grant.get("time", 0.0)
+    where = ", ".join(x for x in (grant.get("hardware"), grant.get("zone")) if x)
+    took = f"{waited / 60:.0f} min" if waited >= 90 else f"{waited:.0f} s"
+    return (f"waited {took} for {grant['market']}{f' ({where})' if where else ''}: "
+            f"{capacity.usd(ledger.usd_between(got - waited, got))}")  # fmt: skip
 
 
 def log_bill(tracking_uri: str, run_id: str, store: Any) -> None:
@@ -103,6 +116,9 @@ def write_bill(
         bill["market_fallback"] = notes[-1]
     if meta.resizes:  # an elastic run's capacity decisions (a node lost, a grow-back)
         bill["elastic"] = [r["why"] for r in meta.resizes]
+    waits = [capacity_wait(g, ledger) for g in meta.grants if g.get("waited_s", 0.0) >= 1.0]
+    if waits:  # what waiting for capacity cost: the nodes up (the head) meanwhile
+        bill["capacity_waits"] = waits
     ledger.save(bill)
     store.write_text(BILL_MD, bill_markdown(job, meta.run, bill))
     store.write_text(BILL_JSON, json.dumps(bill, indent=1))

@@ -58,6 +58,8 @@ def bill_tags(bill: dict[str, Any], attempt: dict[str, Any], result: RunResult |
         tags["market_fallback"] = bill["market_fallback"]
     if (bill.get("scale_down_tail") or {}).get("nodes"):  # nodes left up after the launch
         tags["bill_usd_scale_down_tail"] = f"{bill['scale_down_tail']['usd']:.6f}"
+    if bill.get("capacity_waits"):  # each wait for capacity, priced
+        tags["capacity_waits"] = " | ".join(bill["capacity_waits"])[-4000:]
     if bill.get("elastic"):  # the capacity decisions of an elastic run, newest last
         tags["elastic_decisions"] = " | ".join(bill["elastic"])[-4000:]
     return tags

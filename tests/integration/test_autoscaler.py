@@ -331,6 +331,11 @@ def test_fake_spot_cluster_scales_up_survives_a_preemption_and_scales_down(tmp_p
     workers = [n for n in nodes if n["market"] == "spot"]
     assert workers and all(n["instance_type"] == "local-2vcpu" for n in workers), nodes
     assert {n["zone"] for n in workers} == {"local-b"}, nodes  # pinned to the zone granted
+    # the wait, priced in its bill: how long, where it ended, what the head cost meanwhile
+    fo_bill = json.loads((r["failover_run_dir"] / "bill.json").read_text())
+    assert fo_bill["capacity_waits"][0].startswith("waited "), fo_bill
+    assert "for spot (local_cpu, local-b): $" in fo_bill["capacity_waits"][0], fo_bill
+    assert set(fo_bill["hours_by_node_type"]) == set(fo_bill["by_node_type"]), fo_bill
     # the fallback run: on on-demand nodes (after a refused launch), said in its log, its
     # run.json and its bill
     assert r["fallback_status"] == "SUCCEEDED", r["fallback_log"][-4000:]

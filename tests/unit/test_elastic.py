@@ -285,3 +285,20 @@ def test_the_bill_names_the_zone_a_node_ran_in(tmp_path):
                       NodeLife("b", "m7i.2xlarge", "on_demand", 0.4, 0.4, 0.0, 3600.0)])  # fmt: skip
     by = ledger.bill([])["by_node_type"]
     assert by == {"p4de.24xlarge (spot, us-east-1b)": 36.0, "m7i.2xlarge (on_demand)": 0.4}
+
+
+def test_the_bill_prices_each_wait_for_capacity(tmp_path):
+    """A grant waited for: the bill says how long and what the nodes up meanwhile cost."""
+    from orchestrator.cost.run_bill import capacity_wait
+
+    ledger = Ledger(FolderStore(tmp_path))
+    ledger.begin(0.0)
+    ledger.add_nodes([NodeLife("head", "m7i.2xlarge", "on_demand", 0.4, 0.4, 0.0, 7200.0)])
+    grant = {"market": "spot", "waited_s": 840.0, "time": 900.0, "hardware": "a100_40gb_x8",
+             "zone": "us-east-1b"}  # fmt: skip
+    assert capacity_wait(grant, ledger) == (
+        "waited 14 min for spot (a100_40gb_x8, us-east-1b): $0.0933"  # 840 s x $0.4/h
+    )
+    assert capacity_wait({"market": "on_demand", "waited_s": 12.0, "time": 30.0}, ledger) == (
+        "waited 12 s for on_demand: $0.001333"
+    )
