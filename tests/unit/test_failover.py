@@ -14,24 +14,30 @@ from orchestrator.launch.failover import alternatives
 
 def test_an_80gb_job_fails_over_to_40gb_cards_at_a_batch_that_fits():
     cfg = compose("vicuna", "full")
-    assert cfg.hardware.alternatives == ["a100_40gb_x8"]  # the block's own list
-    [alt] = alternatives(cfg)
+    assert cfg.hardware.alternatives == ["a100_40gb_x8", "h100_x8"]  # the block's own list
+    alt, h100 = alternatives(cfg)
     hw = alt.cfg.hardware
     assert (hw.instance_type, hw.accelerator, hw.market) == ("p4d.24xlarge", "A100-40GB", "spot")
     assert alt.cfg.train.global_batch_size == cfg.train.global_batch_size  # the same training
     assert hw.head_instance_type == cfg.hardware.head_instance_type and not hw.alternatives
     own, there = project(cfg), project(alt.cfg)
     assert there.usd < own.usd  # the catalog prices it (p4d costs less per hour)
+    # then 8 x H100 (p5.48xlarge): faster, dearer per hour, at the job's own micro-batch
+    assert h100.cfg.hardware.instance_type == "p5.48xlarge"
+    assert h100.cfg.train.micro_batch_size == cfg.train.micro_batch_size
+    fast = project(h100.cfg)
+    assert fast.hours < own.hours and fast.usd / fast.hours > own.usd / own.hours
     # a 13B evaluation's weights and KV cache do not fit 40 GB cards: kept out, with why
-    [ev] = alternatives(compose("koala", "full", ["stage=eval"]))
+    ev, ev_h100 = alternatives(compose("koala", "full", ["stage=eval"]))
     assert ev.cfg is None and "would not fit on A100-40GB" in ev.why
+    assert ev_h100.cfg is not None  # 80 GB cards: it fits
 
 
 def test_a_smaller_card_gets_a_smaller_micro_batch():
     """Vicuna at 8 sequences of 2048 tokens per GPU: ~45 GiB on an 80 GB card; on 40 GB cards
     the largest that fits is 4 (the global batch of 64 is kept: twice the accumulation)."""
     cfg = compose("vicuna", "full", ["train.micro_batch_size=8", "train.global_batch_size=64"])
-    [alt] = alternatives(cfg)
+    alt = alternatives(cfg)[0]
     assert alt.cfg is not None and alt.cfg.train.micro_batch_size == 4
     assert alt.cfg.train.global_batch_size == 64
 
