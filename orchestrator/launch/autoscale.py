@@ -339,10 +339,10 @@ AUTOSCALER_PERIOD_S = 5.0
 
 
 def idle_timeout_s(cfg: JobConfig, env: dict[str, str] | None = None) -> float:
-    """How long the cluster keeps an idle worker node: its launcher file's
-    idle_timeout_minutes, passed by the submission as $ORCHESTRATOR_IDLE_TIMEOUT_S (infra/ is
-    not uploaded) or read from $ORCHESTRATOR_CLUSTER's file; else `hardware.scale_down_s`,
-    what the job's hardware says of its cluster (KubeRay, a plain Ray address)."""
+    """How long the cluster keeps an idle worker node: its definition's (a launcher file's
+    idle_timeout_minutes, a KubeRay RayCluster's idleTimeoutSeconds), passed by the submission
+    as $ORCHESTRATOR_IDLE_TIMEOUT_S (infra/ is not uploaded) or read from $ORCHESTRATOR_CLUSTER's
+    file; else `hardware.scale_down_s`, what the job's hardware says of its cluster."""
     import yaml
 
     from orchestrator.config.schema import ConfigError

@@ -116,12 +116,23 @@ IDLE_TIMEOUT_ENV = "ORCHESTRATOR_IDLE_TIMEOUT_S"
 
 
 def idle_timeout_of(spec: Any) -> float | None:
-    """Seconds a cluster launcher file keeps an idle worker node (idle_timeout_minutes,
-    Ray's default 5 minutes when unset); None when `spec` is not such a file."""
-    if not isinstance(spec, dict) or "available_node_types" not in spec:
+    """Seconds a cluster keeps an idle worker node: a cluster launcher file's
+    idle_timeout_minutes (Ray's default 5 minutes when unset), or a KubeRay manifest's
+    RayCluster `autoscalerOptions.idleTimeoutSeconds` (KubeRay's default 60 s); None when
+    `spec` is neither, or does not autoscale."""
+    if not isinstance(spec, dict):
         return None
-    minutes = spec.get("idle_timeout_minutes", 5)
-    return 60.0 * float(minutes) if isinstance(minutes, int | float) else None
+    if "available_node_types" in spec:
+        minutes = spec.get("idle_timeout_minutes", 5)
+        return 60.0 * float(minutes) if isinstance(minutes, int | float) else None
+    for doc in spec.get("documents") or []:  # KubeRay (launch/backends.py KubeRayBackend)
+        if isinstance(doc, dict) and doc.get("kind") == "RayCluster":
+            cluster = doc.get("spec") or {}
+            if not cluster.get("enableInTreeAutoscaling"):
+                return None
+            seconds = (cluster.get("autoscalerOptions") or {}).get("idleTimeoutSeconds", 60)
+            return float(seconds) if isinstance(seconds, int | float) else None
+    return None
 
 
 def node_type_shapes(spec: Any) -> dict[str, dict[str, Any]]:

@@ -490,7 +490,16 @@ def test_the_bill_knows_the_clusters_idle_timeout_and_the_hardware_agrees():
     spot = yaml.safe_load((REPO_ROOT / "infra" / "aws-spot.yaml").read_text())
     assert job_env("aws-spot")[IDLE_TIMEOUT_ENV] == f"{60 * spot['idle_timeout_minutes']:g}"
     assert job_env("local-fake")[IDLE_TIMEOUT_ENV] == "30"
-    assert IDLE_TIMEOUT_ENV not in job_env("kuberay")  # KubeRay: the hardware's figure
+    kuberay = [d for d in _k8s("raycluster.yaml") if d["kind"] == "RayCluster"][0]["spec"]
+    assert job_env("kuberay")[IDLE_TIMEOUT_ENV] == (
+        f"{kuberay['autoscalerOptions']['idleTimeoutSeconds']:g}"
+    )
+    job = [d for d in _k8s("rayjob.yaml") if d["kind"] == "RayJob"][0]["spec"]
+    env = yaml.safe_load(job["runtimeEnvYAML"])["env_vars"]  # a RayJob is not submitted by us
+    assert (
+        env[IDLE_TIMEOUT_ENV]
+        == f"{job['rayClusterSpec']['autoscalerOptions']['idleTimeoutSeconds']:g}"
+    )
     for path in sorted((REPO_ROOT / "conf" / "hardware").glob("*.yaml")):
         hw = yaml.safe_load(path.read_text())
         if hw.get("gpus_per_worker", 0) > 0:
