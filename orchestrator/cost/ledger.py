@@ -174,6 +174,18 @@ class Ledger:
             attempt["billed_until"] = tail
         self.save()
 
+    def hand_over(self, node_ids: set[str], at: float) -> bool:
+        """Autoscaled nodes another run took over at `at`, within this run's scale-down tail (a
+        pipeline's next stage on the same nodes), are that run's from then on: this run's
+        bill stops there. Returns whether anything changed."""
+        changed = False
+        for n in self.nodes:
+            if n.autoscaled and n.node_id in node_ids and n.end is not None and n.end > at:
+                n.end, changed = max(n.start, at), True
+        if changed:
+            self.save()
+        return changed
+
     def close_dangling(self, timeline: list[dict[str, Any]]) -> None:
         """A launch whose launcher died never got an end: bill it up to its last record."""
         for a in self.attempts:

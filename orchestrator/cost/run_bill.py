@@ -86,16 +86,19 @@ def log_bill(tracking_uri: str, run_id: str, store: Any) -> None:
 
 
 def write_bill(
-    job: str, store, ledger: Ledger, projection: Projection, stop_reason: str
+    job: str, store, ledger: Ledger, projection: Projection | None, stop_reason: str
 ) -> dict[str, Any]:
-    """The bill of the run so far: ledger + timeline, the first launch's projection, the
-    market fallback if any; saved with the ledger and as bill.md / bill.json."""
+    """The bill of the run so far: ledger + timeline, the first launch's projection (None:
+    the one recorded, a bill written again), the market fallback if any; saved with the
+    ledger and as bill.md / bill.json."""
     meta = RunMeta.from_json(store.read_text(RUN_META) or "{}")
     bill = ledger.bill(read_timeline(store))
     for line, usd in json.loads(store.read_text(EXTRA_COSTS) or "{}").items():
         bill["by_category"][line] = usd  # beyond node time, e.g. the judge's tokens
         bill["usd_total"] += usd
     if meta.projected is None:  # the first launch's projection is what the user was promised
+        if projection is None:
+            raise ValueError(f"{store.url}: no projection recorded to bill against")
         low, high = projection.usd_range
         meta.projected = {
             "usd": projection.usd,

@@ -323,12 +323,13 @@ def _run_stages(
 ) -> PipelineResult:
     from orchestrator.compose.load import to_dict
     from orchestrator.launch.failures import RunFailed
-    from orchestrator.launch.run import launch
+    from orchestrator.launch.run import hand_over, launch
 
     fresh_from = names.index(fresh) if fresh is not None else len(names)
     book = _Book.open(top, run_name)
     records = book.records
     reason, message = StopReason.COMPLETED, "every stage finished"
+    before: tuple[str, str] | None = None  # (stage, run folder) of the stage launched last
     for i, st in enumerate(stages):
         if only is not None and st.name != only:
             continue
@@ -372,6 +373,13 @@ def _run_stages(
             e.run = run_name  # continuing the pipeline continues this stage
             raise
         records[st.name] = _finished_record(res, digest, ident, generation)
+        if before is not None:  # the nodes it left up ran this stage: billed here, not there
+            usd = hand_over(job, before[1], res.run_dir)
+            if usd is not None:
+                records[before[0]].usd = usd
+                print(f"stage {before[0]}: the nodes it left up ran stage {st.name}; its bill "
+                      f"is now ${usd:.6f}")  # fmt: skip
+        before = (st.name, res.run_dir)
         book.save()
         if res.stop_reason != StopReason.COMPLETED:
             reason = StopReason(res.stop_reason)

@@ -45,7 +45,9 @@ from orchestrator.launch.supervise import supervise
 from orchestrator.objectives import config_value
 from orchestrator.objectives import spec as objective_spec
 from orchestrator.storage import resolve as storage_resolve
+from orchestrator.storage.durable import open_durable
 from orchestrator.storage.layout import (
+    BILL_JSON,
     CONFIGS,
     EXTRA_COSTS,
     LAUNCH_RESULT,
@@ -163,6 +165,29 @@ def launch(
     _print_summary(res, objective_spec(cfg.train.objective).trains)
     store.write_text(LAUNCH_RESULT, json.dumps(asdict(res), indent=1))
     return res
+
+
+def hand_over(job: str, prev_url: str, next_url: str) -> float | None:
+    """A pipeline's next stage (`next_url`) took over worker nodes its previous stage
+    (`prev_url`) left up: the previous stage's bill stops billing them when the next one
+    started, instead of at their scale-down (bill, ledger and MLflow tags written again).
+    Returns the previous stage's new total; None when no node was handed over."""
+    prev, nxt = open_durable(prev_url), open_durable(next_url)
+    ledger, later = Ledger(prev), Ledger(nxt)
+    ends = [a["end"] for a in ledger.attempts if a["end"] is not None]
+    starts = [a["start"] for a in later.attempts if ends and a["start"] >= max(ends)]
+    if not starts or not ledger.hand_over({n.node_id for n in later.nodes}, min(starts)):
+        return None
+    old = json.loads(prev.read_text(BILL_JSON) or "{}")
+    bill = write_bill(job, prev, ledger, None, old.get("stop_reason", StopReason.COMPLETED))
+    meta = RunMeta.from_json(prev.read_text(RUN_META) or "{}")
+    try:
+        log_bill(meta.tracking_uri, meta.mlflow_run_id, prev)
+        tags = mlflow_run.bill_tags(bill, ledger.attempts[-1], _read_result(prev))
+        mlruns.set_tags(meta.tracking_uri, meta.mlflow_run_id, tags)
+    except Exception as e:  # noqa: BLE001 - the durable bill is the record
+        print(f"warning: could not update the MLflow run's bill: {e}", file=sys.stderr)
+    return float(bill["usd_total"])
 
 
 def _scale_down_at(cfg: JobConfig, store, attempt: int) -> float | None:

@@ -202,10 +202,14 @@ def set_fail_fast_http() -> None:
 
 
 def finish(uri: str, run_id: str, tags: dict[str, str], status: str) -> None:
+    set_tags(uri, run_id, tags)
+    client(uri).set_terminated(run_id, status=status)
+
+
+def set_tags(uri: str, run_id: str, tags: dict[str, str]) -> None:
     c = client(uri)
     for k, v in tags.items():
         c.set_tag(run_id, k, v)
-    c.set_terminated(run_id, status=status)
 
 
 def run_url(uri: str, run_id: str) -> str:

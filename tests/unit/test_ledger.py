@@ -160,3 +160,44 @@ def test_scale_down_at_and_the_idle_timeout(tmp_path):
     for bad in ("-1", "nan", "soon"):
         with pytest.raises(ConfigError, match="ORCHESTRATOR_IDLE_TIMEOUT_S"):
             autoscale.idle_timeout_s(cfg, {"ORCHESTRATOR_IDLE_TIMEOUT_S": bad})
+
+
+def test_a_pipelines_next_stage_takes_over_the_nodes_its_previous_stage_left_up(tmp_path):
+    """SFT left its autoscaled worker up for the idle timeout (billed to 1360 s); the reward
+    stage started at 1010 s on that node: SFT's bill stops at 1010 s (bill.json, bill.md and
+    its MLflow tags written again), the reward stage pays from there."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.contract.records import RunMeta
+    from orchestrator.cost.run_bill import write_bill
+    from orchestrator.launch.run import hand_over
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_id = MlflowClient(uri).create_run("0").info.run_id
+    sft = FolderStore(tmp_path / "sft")
+    sft.write_text("run.json", RunMeta("vicuna", "p-sft", "full", run_id, uri,
+                                       projected={"usd": 1.0, "hours": 0.3, "usd_low": 0.8,
+                                                  "usd_high": 1.2}).to_json())  # fmt: skip
+    lg = _tail_ledger(tmp_path / "sft", 1360.0)
+    before = write_bill("vicuna", sft, lg, None, "completed")["usd_total"]
+    nxt = Ledger(FolderStore(tmp_path / "reward"))
+    a = nxt.begin(1010.0)
+    nxt.add_nodes([NodeLife("w1", "p4de.24xlarge", "spot", 3.0, 10.0, 1010.0, autoscaled=True)])
+    nxt.end(a, 2000.0)
+
+    usd = hand_over("vicuna", str(tmp_path / "sft"), str(tmp_path / "reward"))
+    assert usd == pytest.approx(before - 350 * 3.0 / 3600)  # 1010 -> 1360 s of w1, no more
+    bill = json.loads(sft.read_text("bill.json"))
+    assert bill["usd_total"] == pytest.approx(usd) and bill["stop_reason"] == "completed"
+    assert bill["scale_down_tail"]["node_hours"] == pytest.approx(10 / 3600)
+    assert Ledger(sft).nodes[1].end == 1010.0
+    tags = MlflowClient(uri).get_run(run_id).data.tags
+    assert tags["bill_usd"] == f"{usd:.6f}"
+    # nothing to hand over again, and not to a run that started before SFT ended
+    assert hand_over("vicuna", str(tmp_path / "sft"), str(tmp_path / "reward")) is None
+    early = Ledger(FolderStore(tmp_path / "early"))
+    early.begin(500.0)
+    early.add_nodes([NodeLife("w1", "p4de.24xlarge", "spot", 3.0, 10.0, 500.0, autoscaled=True)])
+    assert hand_over("vicuna", str(tmp_path / "sft"), str(tmp_path / "early")) is None
