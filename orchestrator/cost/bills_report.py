@@ -218,10 +218,8 @@ def _quality_chart(proj: list[dict[str, Any]], evaluated: list[dict[str, Any]], 
     ax.scatter([r["usd"] for r in pub], [r["published_mt_bench"] for r in pub], marker="s",
                facecolors="none", edgecolors="tab:blue",
                label="published (GPT-4 judge) at our projected bill")  # fmt: skip
-    for k, r in enumerate(sorted(pub, key=lambda r: r["usd"])):
-        name = r["published_mt_bench_model"].replace(",", " ").split(" ")[0]
-        ax.annotate(name, (r["usd"], r["published_mt_bench"]), fontsize=7,
-                    xytext=(4, 4 if k % 2 else -10), textcoords="offset points")  # fmt: skip
+    labels = [(r["published_mt_bench_model"].replace(",", " ").split(" ")[0],
+               (r["usd"], r["published_mt_bench"])) for r in sorted(pub, key=lambda r: r["usd"])]  # fmt: skip
     for judge in sorted({r["judge"] for r in evaluated}):
         mine = [r for r in evaluated if r["judge"] == judge and r["usd"] == r["usd"]]
         ax.scatter([max(r["usd"], 1e-6) for r in mine], [r["score"] for r in mine],
@@ -233,8 +231,52 @@ def _quality_chart(proj: list[dict[str, Any]], evaluated: list[dict[str, Any]], 
     ax.set_title("What the bill bought: quality per dollar (compare within one judge)")
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
+    _place_labels(ax, labels)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+LABEL_OFFSETS = ((0, 9), (0, -15), (7, -3), (-7, -3), (8, 14), (-8, 14), (8, -20), (-8, -20))
+"""Where a point's label may go, in points from it: the first that stays inside the axes and
+clear of the labels placed before it wins."""
+
+
+def _place_labels(ax: Any, labels: list[tuple[str, tuple[float, float]]]) -> None:
+    """Each (text, point) annotated at the first of LABEL_OFFSETS where it stays inside the
+    axes and covers no other point and no label already placed; where none is clear, at the
+    one inside the axes that covers least."""
+    from matplotlib.transforms import Bbox
+
+    renderer = ax.figure.canvas.get_renderer()
+    box = ax.get_window_extent(renderer)
+    r = 5 * ax.figure.dpi / 72  # a marker's half-width in pixels
+    marks = [ax.transData.transform(xy) for _, xy in labels]
+    placed: list[Any] = [Bbox([[x - r, y - r], [x + r, y + r]]) for x, y in marks]
+
+    def covered(ext: Any, others: list[Any]) -> float:
+        inter = [Bbox.intersection(ext, o) for o in others]
+        return sum(b.width * b.height for b in inter if b is not None)
+
+    for i, (text, xy) in enumerate(labels):
+        others = placed[:i] + placed[i + 1 :]  # its own marker aside
+        best: tuple[float, Any] | None = None
+        for dx, dy in LABEL_OFFSETS:
+            ha = "left" if dx > 0 else "right" if dx < 0 else "center"
+            note = ax.annotate(text, xy, fontsize=7, xytext=(dx, dy), textcoords="offset points",
+                               ha=ha)  # fmt: skip
+            ext = note.get_window_extent(renderer)
+            inside = box.x0 <= ext.x0 and ext.x1 <= box.x1 and box.y0 <= ext.y0 and ext.y1 <= box.y1
+            cost = covered(ext, others) + (0.0 if inside else float("inf"))
+            if best is None or cost < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (cost, note)
+            else:
+                note.remove()
+            if cost == 0.0:
+                break
+        assert best is not None
+        placed.append(best[1].get_window_extent(renderer))
 
 
 def _chart(proj: list[dict[str, Any]], path: Path) -> None:

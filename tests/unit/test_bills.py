@@ -59,3 +59,31 @@ def test_bills_table_chart_and_mlflow_run(tmp_path):
         "quality.png",
     }
     assert run.info.run_id
+
+
+def test_quality_chart_labels_neither_overlap_nor_leave_the_axes():
+    """Points a few dollars apart at nearly one score (GPT4All-13B-Snoozy 5.41 at $80, Koala-13B
+    5.35 at $230 near the right edge): every label inside the axes, none over another."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from orchestrator.cost.bills_report import _place_labels
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    points = [("Vicuna-13B", (94.0, 6.39)), ("GPT4All-13B-Snoozy", (80.0, 5.41)),
+              ("Koala-13B", (230.0, 5.35)), ("Koala-13B-again", (231.0, 5.36))]  # fmt: skip
+    ax.scatter([p[1][0] for p in points], [p[1][1] for p in points])
+    ax.set_xscale("log")
+    ax.set_xlim(1e-3, 300)
+    ax.set_ylim(0, 10.5)
+    fig.tight_layout()
+    _place_labels(ax, points)
+    renderer = fig.canvas.get_renderer()
+    box = ax.get_window_extent(renderer)
+    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    assert [t.get_text() for t in ax.texts] == [p[0] for p in points]
+    assert all(box.x0 <= b.x0 and b.x1 <= box.x1 for b in boxes)
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+    plt.close(fig)
