@@ -376,6 +376,9 @@ class RunContext:
     worker_resources: dict[str, float] = field(default_factory=dict)
     """What one worker holds (Ray resources, as the launcher asked for them): an elastic run
     counts how many more the cluster's free resources hold before growing back."""
+    scale_down_s: float = 0.0
+    """How long the nodes outlive the launch on an autoscaling cluster (its idle timeout):
+    billed to the run, so the budget's stop keeps room for it."""
 
     def spent(self, now: float) -> Spend:
         """What the run has spent by `now`, in dollars and cluster hours, over every launch:

@@ -25,11 +25,14 @@ def over_cap(cap: BudgetConfig, spend: Spend) -> str | None:
 
 
 def stop_before_next_step(
-    cap: BudgetConfig, spent: Spend, next_step_s: float, stop_s: float, usd_per_hour: float
-) -> str | None:
-    """Stop now if the next step plus stopping (a save and tear-down, `stop_s`) would cross a
-    cap: the run then ends inside it. Returns the cap, or None to go on."""
-    return over_cap(cap, spent.after(next_step_s + stop_s, usd_per_hour))
+    cap: BudgetConfig, spent: Spend, next_step_s: float, stop_s: float, usd_per_hour: float,
+    after_usd: float = 0.0,
+) -> str | None:  # fmt: skip
+    """Stop now if the next step plus stopping (a save and tear-down, `stop_s`, then
+    `after_usd` paid after the launch: its nodes until the autoscaler removes them) would cross
+    a cap: the run's bill then ends inside it. Returns the cap, or None to go on."""
+    end = spent.after(next_step_s + stop_s, usd_per_hour)
+    return over_cap(cap, Spend(end.usd + after_usd, end.hours))
 
 
 def restart_allowed(cap: BudgetConfig, spent: Spend) -> str | None:

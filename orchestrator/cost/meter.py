@@ -39,12 +39,19 @@ class CostMeter:
     def usd_wasted(self) -> float:
         return self.lost_s / 3600.0 * self.usd_per_hour
 
+    @property
+    def scale_down_usd(self) -> float:
+        """What the nodes cost after the launch until the autoscaler removes them (the bill's
+        scale-down tail; at the cluster's rate, head included: a cap errs on the safe side)."""
+        return self.ctx.scale_down_s / 3600.0 * self.usd_per_hour
+
     def projected_usd(
         self, steps_left: int, step_s: float, saves_left: int, save_s: float
     ) -> float:
-        """Spent so far + the remaining steps, saves and tear-down at the measured pace."""
+        """Spent so far + the remaining steps, saves, tear-down and scale-down at the measured
+        pace."""
         left_s = steps_left * step_s + saves_left * save_s + self.budget.teardown_s
-        return self.spent().usd + left_s / 3600.0 * self.usd_per_hour
+        return self.spent().usd + left_s / 3600.0 * self.usd_per_hour + self.scale_down_usd
 
     def budget_stop(self, next_step_s: float, save_s: float) -> str | None:
         """The cap the next step (of `next_step_s`, a save included when one is due) plus
@@ -58,6 +65,7 @@ class CostMeter:
             next_step_s=next_step_s,
             stop_s=save_s + b.teardown_s,
             usd_per_hour=self.usd_per_hour,
+            after_usd=self.scale_down_usd,
         )
 
     def metrics(self, tokens_so_far: int, projected_usd: float) -> dict[str, float]:

@@ -88,7 +88,8 @@ def startup_refusal(
     return (
         f"budget.max_usd=${cap:.4f}: ${spent_usd:.4f} is spent and ${max(0.0, cap - spent_usd):.4f}"
         f" is left, but starting costs ${startup_usd:.4f} (start-up) + ${teardown_usd:.4f} "
-        "(tear-down) before a step can run; not started. Raise the cap to continue"
+        "(tear-down, and the nodes until they scale down) before a step can run; not started. "
+        "Raise the cap to continue"
     )
 
 

@@ -190,6 +190,14 @@ def hand_over(job: str, prev_url: str, next_url: str) -> float | None:
     return float(bill["usd_total"])
 
 
+def _scale_down_s(cfg: JobConfig) -> float:
+    """How long this launch's worker nodes are expected to outlive it (billed to the run): the
+    cluster's idle timeout and half an autoscaler update on a Ray cluster, else 0."""
+    if not os.environ.get("RAY_ADDRESS"):
+        return 0.0
+    return autoscale.scale_down_at(0.0, autoscale.idle_timeout_s(cfg))
+
+
 def _scale_down_at(cfg: JobConfig, store, attempt: int) -> float | None:
     """On a Ray cluster, when the worker nodes this launch leaves up are expected to be gone:
     the cluster's idle timeout after the workers' last record (None elsewhere: a private local
@@ -236,7 +244,7 @@ def check_startup_budget(cfg: JobConfig, store, projection: Projection, continue
     rate = cluster_price_per_hour(cfg)
     why = checks.startup_refusal(
         cfg.budget.max_usd, spent, projection.overhead_hours.get("startup", 0.0) * rate,
-        cfg.budget.teardown_s / 3600.0 * rate,
+        (cfg.budget.teardown_s + _scale_down_s(cfg)) / 3600.0 * rate,
     )  # fmt: skip
     if why:
         raise BudgetRefusal(f"{cfg.job} ({cfg.scale}): {why}")
@@ -328,6 +336,7 @@ def _begin_attempt(
         config_hash=mlflow_run.config_hash(cfg),
         flush_s=cfg.storage.flush_s,
         hours_before_attempt=hours_before,
+        scale_down_s=_scale_down_s(cfg),
     )
     return context, record
 

@@ -40,6 +40,26 @@ def test_budget_stop_counts_the_next_step_the_stop_save_and_tear_down():
     assert hours.budget_stop(next_step_s=0.0, save_s=0.0) is not None  # 1 h + 10 s > 1.001 h
 
 
+def test_the_stop_keeps_room_for_the_nodes_until_they_scale_down():
+    """On an autoscaling cluster the nodes outlive the launch by the idle timeout, billed to
+    the run: the cap's stop comes that much earlier, and the projection includes it."""
+    ctx = _ctx()
+    ctx.scale_down_s = 10.0  # $10 at $1/s
+    meter = CostMeter(ctx, BudgetConfig(max_usd=40.0, teardown_s=20.0))
+    assert meter.scale_down_usd == pytest.approx(10.0)
+    assert (
+        CostMeter(_ctx(), BudgetConfig(max_usd=40.0, teardown_s=20.0)).budget_stop(
+            next_step_s=1.0, save_s=2.0
+        )
+        is None
+    )  # 11 + 1 + 2 + 20 = 34
+    assert meter.budget_stop(next_step_s=1.0, save_s=2.0) == "max_usd"  # + 10 = 44 > 40
+    assert meter.projected_usd(0, 1.0, 0, 1.0) == pytest.approx(11.0 + 20 + 10, abs=0.5)
+    hours = _ctx(hours_before=1.0)
+    hours.scale_down_s = 1e6  # dollars only: launches' hours do not include the tail
+    assert CostMeter(hours, BudgetConfig(max_hours=1.01, teardown_s=0)).budget_stop(0, 0) is None
+
+
 def test_wasted_and_projected_dollars():
     meter = CostMeter(_ctx(), BudgetConfig(teardown_s=5.0))
     meter.set_lost(steps=3, seconds=6.0)
