@@ -56,7 +56,8 @@ def test_preflight_passes_what_is_there_and_names_the_fix_for_what_is_not(
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
     cfg = compose("vicuna", "full", ["storage.root=s3://runs/orchestrator"])
-    checks = _by_name(run_checks("aws-spot", cfg, dict(os.environ)))
+    every = run_checks("aws-spot", cfg, dict(os.environ))
+    checks = _by_name(every)
     for name in (
         "storage and tracking reachable from every node",
         "AWS credentials",
@@ -65,9 +66,13 @@ def test_preflight_passes_what_is_there_and_names_the_fix_for_what_is_not(
         "container image",
     ):
         assert checks[name].ok, checks[name].line()  # fmt: skip
-    # moto serves no EC2 quotas: the check says it could not read them, and what to do
-    quota = checks["spot vCPU quota"]
-    assert not quota.ok and "L-7212CCBC" in quota.fix and "96 vCPUs" in quota.fix
+    # moto serves no EC2 quotas: the check says it could not read them, and what to do, for
+    # the job's own node type and each it may fail over to (p4d, then p5's 192 vCPUs)
+    quotas = [c for c in every if c.name.startswith("spot vCPU quota")]
+    assert quotas and not any(q.ok for q in quotas)
+    assert all("L-7212CCBC" in q.fix for q in quotas)
+    fixes = " ".join(q.fix for q in quotas)
+    assert "96 vCPUs of p4de.24xlarge" in fixes and "192 vCPUs of p5.48xlarge" in fixes
     assert "on_demand vCPU quota" in checks  # the job may fall back to on-demand
 
     # what a first run trips on, each with its fix
