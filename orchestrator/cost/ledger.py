@@ -135,9 +135,7 @@ class Ledger:
         for prev in self.attempts:  # still in an earlier launch's tail: this launch's from now
             if prev.get("billed_until", 0.0) > start:
                 prev["billed_until"] = max(prev["end"], start)
-        for n in self.nodes:
-            if n.autoscaled and n.end is not None and n.end > start:
-                n.end = max(n.start, start)
+        self.hand_over({n.node_id for n in self.nodes}, start)
         a = {"attempt": len(self.attempts) + 1, "start": start, "end": None}
         self.attempts.append(a)
         self.save()
