@@ -54,6 +54,23 @@ def test_block_with_inline_overrides(tmp_path):
     assert cfg.model.num_layers == 3 and cfg.model.hidden_size == 64
 
 
+def test_a_config_composed_again_is_a_copy_and_follows_its_files(tmp_path):
+    # compose keeps what it composed, by what it was made of: a caller changing its copy does
+    # not change the next one, and an edited job file composes anew
+    first = compose("vicuna", overrides=["train.max_steps=7"])
+    first.train.max_steps, first.hardware.num_workers = 99, 5
+    again = compose("vicuna", overrides=["train.max_steps=7"])
+    assert again.train.max_steps == 7 and again.hardware.num_workers == 2
+    assert compose("vicuna", overrides=["train.max_steps=8"]).train.max_steps == 8
+    job = write_job(tmp_path, MINIMAL)
+    assert compose(job).train.max_steps == 5
+    Path(job).write_text(MINIMAL.replace("max_steps: 5", "max_steps: 6"))
+    assert compose(job).train.max_steps == 6
+    Path(job).write_text(MINIMAL.replace("max_steps: 5", "max_stepz: 6"))
+    with pytest.raises(ConfigError, match="max_stepz"):  # refused again, not served from before
+        compose(job)
+
+
 def test_unknown_key_names_file_and_key(tmp_path):
     job = write_job(tmp_path, MINIMAL + "    optim: {lrr: 0.1}\n")
     with pytest.raises(ConfigError, match=r"myjob.yaml.*optim.lrr.*valid keys here.*'lr'"):
