@@ -9,7 +9,12 @@ launcher's judge. In one local Ray cluster (2 CPUs), one go:
 - `imports_fit_s`: the same, its workers importing what ours import (torch, transformers, the
   trainer's entry module): the floor of any stage with a worker group of its own;
 - `koala_sft_s`, `koala_eval_s`: `make launch job=koala` at local scale (SFT, then eval), each
-  stage's launch from its start to its bill (LaunchResult.wall_s).
+  stage's launch from its start to its bill (LaunchResult.wall_s);
+- `eval_again_ray_poll_s`, `eval_again_s`: the eval stage run again (`fresh=eval`), first with
+  Ray Train's controller polling its workers every 2 s (Ray's default), then every 0.25 s (the
+  local block's `hardware.poll_interval_s`): the end of a stage noticed sooner;
+- `compose_s`, `compose_again_s`: composing the eval stage's config, then the same again
+  (kept by what it is made of; a launch composes its job several times).
 
     .venv/bin/python bench/run.py eval_stage
 """
@@ -50,6 +55,7 @@ def _fit(fn, name: str, storage: str) -> float:
 def run() -> dict:
     from orchestrator.launch.pipeline import run_pipeline
     from orchestrator.launch.ray_session import ray_cluster
+    from orchestrator.launch.supervise import POLL_INTERVAL_ENV
 
     out: dict = {}
     with tempfile.TemporaryDirectory() as d:
@@ -62,7 +68,35 @@ def run() -> dict:
             res = run_pipeline("koala", "local", [], "bench")
             out["status"] = res.stop_reason
             for stage in ("sft", "eval"):
-                path = Path(d) / "runs" / "koala" / f"bench-{stage}" / "launch_result.json"
-                out[f"koala_{stage}_s"] = round(json.loads(path.read_text())["wall_s"], 1)
+                out[f"koala_{stage}_s"] = _wall(d, f"bench-{stage}")
+            os.environ[POLL_INTERVAL_ENV] = "2.0"  # set by the user: it wins over the block's
+            try:
+                run_pipeline("koala", "local", [], "bench", fresh="eval")
+            finally:
+                del os.environ[POLL_INTERVAL_ENV]
+            out["eval_again_ray_poll_s"] = _wall(d, "bench-eval-g1")
+            run_pipeline("koala", "local", [], "bench", fresh="eval")
+            out["eval_again_s"] = _wall(d, "bench-eval-g2")
     out["eval_over_floor"] = round(out["koala_eval_s"] / out["imports_fit_s"], 2)
+    out["eval_again_vs_ray_poll"] = round(out["eval_again_s"] / out["eval_again_ray_poll_s"], 2)
+    out.update(_compose_times())
     return out
+
+
+def _wall(d: str, run: str) -> float:
+    path = Path(d) / "runs" / "koala" / run / "launch_result.json"
+    return round(json.loads(path.read_text())["wall_s"], 1)
+
+
+def _compose_times() -> dict:
+    from orchestrator.compose import load
+
+    load._COMPOSED.clear()
+    t = time.perf_counter()
+    load.compose("koala", "local", ["stage=eval"])
+    first = time.perf_counter() - t
+    t = time.perf_counter()
+    load.compose("koala", "local", ["stage=eval"])
+    again = time.perf_counter() - t
+    return {"compose_s": round(first, 3), "compose_again_s": round(again, 3),
+            "compose_again_vs_first": round(again / first, 2)}  # fmt: skip
