@@ -264,71 +264,104 @@ def export_sharded(
             _copy_tokenizer(tokenizer_dir, out / "base")
         return {}
     dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
-    writer = _ShardWriter(out, dtype)
-    scale = (cfg.lora.alpha / cfg.lora.r) if peft and cfg.train.method == "lora" else 1.0
-    tied = bool(getattr(base.config, "tie_word_embeddings", False))
-    original = OriginalWeights.find(cfg.model.pretrained, cfg.model.revision) if (
-        cfg.model.load_8bit
-    ) else None  # fmt: skip
-    dequantized: list[str] = []
-    pending: dict[str, dict[str, torch.Tensor]] = {}
-    adapter: dict[str, torch.Tensor] = {}
-    codes: dict[str, torch.Tensor] = {}  # int8 weights waiting for their SCB (no original)
+    merged = _MergedWeights(_ShardWriter(out, dtype), cfg, bool(peft), base.config)
+    for full_name, t in tensors:
+        merged.take(full_name, t)
+    merged.close()
+    _save_config(base, dtype, merged.dequantized, cfg.model.pretrained, out)
+    _copy_tokenizer(tokenizer_dir, out)
+    if any(".lora_" in k for k in merged.adapter):  # the adapter alone too: what TRL users publish
+        _save_adapter(model, merged.adapter, out / "adapter", base_ref)
+    return dict(merged.writer.hashed)
 
-    def base_weight(module: str, t: torch.Tensor) -> torch.Tensor | None:
+
+class _MergedWeights:
+    """The stream of a trained model's tensors, written as the plain model they make: LoRA
+    pairs merged into their base weights (W + B A * alpha/r), int8 weights replaced by the
+    base's original ones (or dequantised from their codes and scales), peft's trained copies
+    under their plain names, a tied head left out. What the adapter alone needs is kept aside
+    (`adapter`)."""
+
+    def __init__(self, writer: _ShardWriter, cfg: JobConfig, peft: bool, config) -> None:
+        self.writer = writer
+        self.scale = (cfg.lora.alpha / cfg.lora.r) if peft and cfg.train.method == "lora" else 1.0
+        self.tied = bool(getattr(config, "tie_word_embeddings", False))
+        self.original = OriginalWeights.find(cfg.model.pretrained, cfg.model.revision) if (
+            cfg.model.load_8bit
+        ) else None  # fmt: skip
+        self.dequantized: list[str] = []
+        self.pending: dict[str, dict[str, torch.Tensor]] = {}
+        self.adapter: dict[str, torch.Tensor] = {}
+        self.codes: dict[str, torch.Tensor] = {}  # int8 weights waiting for their SCB (no original)
+
+    def take(self, full_name: str, t: torch.Tensor) -> None:
+        """One streamed tensor (valid only until the next: what is kept longer is copied)."""
+        name = full_name.removeprefix(_PEFT_PREFIX)
+        if ".original_module." in name:  # peft modules_to_save: the trained copy is the one
+            return
+        if ".modules_to_save." in name:  # e.g. a reward model's score head, trained in full
+            self.adapter[full_name] = t.clone()
+            name = re.sub(r"\.modules_to_save\.[^.]+\.", ".", name)
+        if name.endswith((".SCB", ".weight_format")):  # bitsandbytes' int8 bookkeeping
+            if name.endswith(".SCB"):
+                self._scales(name.rsplit(".", 1)[0].removesuffix(".base_layer"), t)
+        elif ".lora_A." in name or ".lora_B." in name or ".base_layer." in name:
+            self._lora_part(full_name, name, t)
+        elif self.tied and name == "lm_head.weight":
+            return
+        elif name.endswith(".weight") and t.dtype == torch.int8:  # a frozen int8 linear
+            w = self._base_weight(name.removesuffix(".weight"), t)
+            if w is not None:
+                self.writer.add(name, w)
+        else:
+            self.writer.add(name, t)
+
+    def _scales(self, module: str, scb: torch.Tensor) -> None:
+        """An int8 layer's scales: its weight, waiting in `codes`, dequantised with them."""
+        if module not in self.codes:
+            return  # its original weight was written instead
+        self.dequantized.append(module)
+        w = dequantize_int8(self.codes.pop(module), scb)
+        if module in self.pending:  # a LoRA linear: merge into the dequantised weight
+            self.pending[module]["weight"] = w
+            _merge_ready(self.pending, module, self.scale, self.writer)
+        else:
+            self.writer.add(f"{module}.weight", w)
+
+    def _lora_part(self, full_name: str, name: str, t: torch.Tensor) -> None:
+        """A LoRA linear's A, B, base weight or bias: merged and written once all are in."""
+        module, part = _lora_part(name)
+        if part in ("A", "B"):
+            self.adapter[full_name] = t.clone()
+        got = self.pending.setdefault(module, {})
+        if part == "weight":
+            w = self._base_weight(module, t)
+            if w is None:
+                return
+            got[part] = w.clone()
+        else:
+            got[part] = t.clone()  # kept past this item: the stream may reuse its tensor
+        _merge_ready(self.pending, module, self.scale, self.writer)
+
+    def _base_weight(self, module: str, t: torch.Tensor) -> torch.Tensor | None:
         """The frozen weight of `module`: `t` itself, or for an int8 one the original (None:
         wait for the SCB that comes next in the stream, and dequantise)."""
         if t.dtype != torch.int8:
             return t
-        w = original.get(f"{module}.weight") if original is not None else None
+        w = self.original.get(f"{module}.weight") if self.original is not None else None
         if w is None:
-            codes[module] = t.clone()
+            self.codes[module] = t.clone()
         return w
 
-    for full_name, t in tensors:
-        name = full_name.removeprefix(_PEFT_PREFIX)
-        if ".original_module." in name:  # peft modules_to_save: the trained copy is the one
-            continue
-        if ".modules_to_save." in name:  # e.g. a reward model's score head, trained in full
-            adapter[full_name] = t.clone()
-            name = re.sub(r"\.modules_to_save\.[^.]+\.", ".", name)
-        if name.endswith((".SCB", ".weight_format")):  # bitsandbytes' int8 bookkeeping
-            module = name.rsplit(".", 1)[0].removesuffix(".base_layer")
-            if name.endswith(".SCB") and module in codes:
-                dequantized.append(module)
-                w = dequantize_int8(codes.pop(module), t)
-                if module in pending:  # a LoRA linear: merge into the dequantised weight
-                    pending[module]["weight"] = w
-                    _merge_ready(pending, module, scale, writer)
-                else:
-                    writer.add(f"{module}.weight", w)
-            continue
-        if ".lora_A." in name or ".lora_B." in name or ".base_layer." in name:
-            module, part = _lora_part(name)
-            if part in ("A", "B"):
-                adapter[full_name] = t.clone()
-            got = pending.setdefault(module, {})
-            if part == "weight":
-                w = base_weight(module, t)
-                if w is None:
-                    continue
-                got[part] = w.clone()
-            else:
-                got[part] = t.clone()  # kept past this item: the stream may reuse its tensor
-            _merge_ready(pending, module, scale, writer)
-            continue
-        if tied and name == "lm_head.weight":
-            continue
-        if name.endswith(".weight") and t.dtype == torch.int8:  # a frozen int8 linear
-            w = base_weight(name.removesuffix(".weight"), t)
-            if w is not None:
-                writer.add(name, w)
-            continue
-        writer.add(name, t)
-    for module, got in pending.items():  # a bias that arrived after its weights
-        for part, t in got.items():
-            writer.add(f"{module}.{part}", t)
-    writer.close()
+    def close(self) -> None:
+        for module, got in self.pending.items():  # a bias that arrived after its weights
+            for part, t in got.items():
+                self.writer.add(f"{module}.{part}", t)
+        self.writer.close()
+
+
+def _save_config(base, dtype: torch.dtype, dequantized: list[str], pretrained, out: Path) -> None:
+    """The exported model's config.json: a plain model in the export's dtype."""
     config = base.config
     config.torch_dtype = dtype
     config.architectures = [type(base).__name__]
@@ -337,14 +370,10 @@ def export_sharded(
     if dequantized:
         config.export_note = (
             f"{len(dequantized)} int8 layers were dequantised (CB*SCB/127): the base's "
-            f"original weights were not found ({cfg.model.pretrained})"
+            f"original weights were not found ({pretrained})"
         )
         print(f"warning: {config.export_note}", flush=True)
     config.save_pretrained(out)
-    _copy_tokenizer(tokenizer_dir, out)
-    if any(".lora_" in k for k in adapter):  # the adapter alone too: what TRL users publish
-        _save_adapter(model, adapter, out / "adapter", base_ref)
-    return dict(writer.hashed)
 
 
 def export_whole(
