@@ -204,6 +204,40 @@ def write_prepared(
         np.save(folder / GROUPS, np.asarray(groups, dtype=np.int64))
     if answers is not None:
         (folder / ANSWERS).write_text(json.dumps(answers))
+    table = _write_shards(folder, examples)
+    np.save(folder / "examples.npy", table)
+    np.save(folder / "weights.npy", np.asarray([e.weight for e in examples], dtype=np.float32))
+    np.save(folder / "train.npy", np.asarray(train_index, dtype=np.int64))
+    np.save(folder / "eval.npy", np.asarray(eval_index, dtype=np.int64))
+    shutil.copytree(tokenizer_dir, folder / TOKENIZER)
+    train_lengths = table[np.asarray(train_index, dtype=np.int64), 2]
+    counts = np.unique(train_lengths, return_counts=True)
+    manifest = DataManifest(
+        key=key,
+        vocab_size=vocab_size,
+        pad_id=pad_id,
+        num_rows=num_rows,
+        skipped_rows=skipped_rows,
+        num_train=len(train_index),
+        num_eval=len(eval_index),
+        train_tokens=int(train_lengths.sum()),
+        identity=identity,
+        text_sources=text_sources,
+        train_length_counts=[[int(n), int(c)] for n, c in zip(*counts, strict=True)],
+        files={
+            str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+            for p in sorted(folder.rglob("*"))
+            if p.is_file()
+        },
+    )
+    (folder / MANIFEST).write_text(manifest.to_json())
+    return manifest
+
+
+def _write_shards(folder: Path, examples: list[Example]) -> np.ndarray:
+    """The examples' token ids and loss masks, concatenated into shards of about SHARD_TOKENS
+    (ids-NNNNN.npy, mask-NNNNN.npy); returns the table of (shard, offset, length) per
+    example."""
     table = np.zeros((len(examples), 3), dtype=np.int64)
     shards: list[tuple[list, list]] = [([], [])]
     at = 0
@@ -228,42 +262,7 @@ def write_prepared(
         np.save(
             folder / f"mask-{s:05d}.npy", np.concatenate(mask) if mask else np.zeros(0, np.uint8)
         )
-    np.save(folder / "examples.npy", table)
-    np.save(folder / "weights.npy", np.asarray([e.weight for e in examples], dtype=np.float32))
-    np.save(folder / "train.npy", np.asarray(train_index, dtype=np.int64))
-    np.save(folder / "eval.npy", np.asarray(eval_index, dtype=np.int64))
-    shutil.copytree(tokenizer_dir, folder / TOKENIZER)
-    lengths = table[:, 2]
-    manifest = DataManifest(
-        key=key,
-        vocab_size=vocab_size,
-        pad_id=pad_id,
-        num_rows=num_rows,
-        skipped_rows=skipped_rows,
-        num_train=len(train_index),
-        num_eval=len(eval_index),
-        train_tokens=int(lengths[np.asarray(train_index, dtype=np.int64)].sum())
-        if train_index
-        else 0,
-        identity=identity,
-        text_sources=text_sources,
-        train_length_counts=[
-            [int(n), int(c)]
-            for n, c in zip(
-                *np.unique(lengths[np.asarray(train_index, dtype=np.int64)], return_counts=True),
-                strict=True,
-            )
-        ]
-        if train_index
-        else [],
-        files={
-            str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-            for p in sorted(folder.rglob("*"))
-            if p.is_file()
-        },
-    )
-    (folder / MANIFEST).write_text(manifest.to_json())
-    return manifest
+    return table
 
 
 def read_manifest(folder: Path) -> DataManifest:
