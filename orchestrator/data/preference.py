@@ -21,7 +21,7 @@ import hashlib
 import logging
 import tempfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -189,19 +189,8 @@ def build_preference_prepared(
     st = style(cfg.template)
     prompts = cfg.kind == "prompts"
 
-    def groups() -> Iterator[RankedGroup | DataError]:
-        if prompts:  # a prompt and its answer: one reply per group, the answer kept apart
-            from orchestrator.data.prompt_tasks import read_tasks
-
-            return (
-                t if isinstance(t, DataError) else RankedGroup(t.prompt, [t.answer], t.where, t.key)
-                for t in read_tasks(cfg.source, cfg.format, cfg.max_examples, cfg.split,
-                                    cfg.data_dir)
-            )  # fmt: skip
-        return read_groups(cfg.source, cfg.format, cfg.max_examples, cfg.split, cfg.data_dir)
-
     def texts() -> Iterator[str]:
-        for g in groups():
+        for g in _groups(cfg):
             if isinstance(g, RankedGroup):
                 for r in g.replies:
                     yield from st.bpe_texts(Sample(turns=[*g.prompt, ("assistant", r)]))
@@ -211,39 +200,22 @@ def build_preference_prepared(
             Path(tmp) / "tokenizer", cfg.tokenizer, cfg.tokenizer_vocab_size, texts=texts,
             special=st.special_tokens,
         )  # fmt: skip
-        template = PieceTemplate(cfg.template, tokenizer)
-        examples: list[Example] = []
-        group_of: list[int] = []
-        train_idx: list[int] = []
-        eval_idx: list[int] = []
-        answers: list[str] = []
-        rows = skipped = too_long = n_groups = 0
-        for g in groups():
-            rows += 1
+        t = _Tokenized(PieceTemplate(cfg.template, tokenizer), cfg.max_seq_len, cfg.eval_fraction)
+        for g in _groups(cfg):
             if isinstance(g, DataError):
                 if cfg.on_error == "raise":
                     raise DataError(f"{g} (set data.on_error=skip to skip bad rows)") from None
-                skipped += 1
+                t.rows, t.skipped = t.rows + 1, t.skipped + 1
                 log.warning("skipping bad row: %s", g)
-                continue
-            replies = [reply_example(template, g.prompt, r, cfg.max_seq_len) for r in g.replies]
-            if any(e is None for e in replies):
-                too_long += 1
-                continue
-            side = eval_idx if held_out(g.key, cfg.eval_fraction) else train_idx
-            for e in replies:
-                side.append(len(examples))
-                examples.append(e)  # type: ignore[arg-type]
-                group_of.append(n_groups)
-            answers.append(g.replies[0])
-            n_groups += 1
-        if too_long:
-            log.warning("%d groups skipped: a reply over data.max_seq_len=%d tokens", too_long,
+            else:
+                t.add(g)
+        if t.too_long:
+            log.warning("%d groups skipped: a reply over data.max_seq_len=%d tokens", t.too_long,
                         cfg.max_seq_len)  # fmt: skip
-        if n_groups < 2 or not train_idx:
+        if t.n_groups < 2 or not t.train_idx:
             raise DataError(
-                f"data.source={cfg.source!r}: {n_groups} usable ranked groups in {rows} rows "
-                f"({too_long} over data.max_seq_len={cfg.max_seq_len}); need at least 2"
+                f"data.source={cfg.source!r}: {t.n_groups} usable ranked groups in {t.rows} rows "
+                f"({t.too_long} over data.max_seq_len={cfg.max_seq_len}); need at least 2"
             )
         pad_id = tokenizer.pad_token_id
         if pad_id is None:
@@ -253,8 +225,58 @@ def build_preference_prepared(
                 else tokenizer.eos_token_id
             )
         return write_prepared(
-            folder, key=key, examples=examples, train_index=train_idx, eval_index=eval_idx,
-            tokenizer_dir=tok_dir, vocab_size=len(tokenizer), pad_id=int(pad_id), num_rows=rows,
-            skipped_rows=skipped + too_long, identity=identity or {}, groups=group_of,
-            answers=answers if prompts else None,
+            folder, key=key, examples=t.examples, train_index=t.train_idx,
+            eval_index=t.eval_idx, tokenizer_dir=tok_dir, vocab_size=len(tokenizer),
+            pad_id=int(pad_id), num_rows=t.rows, skipped_rows=t.skipped + t.too_long,
+            identity=identity or {}, groups=t.group_of, answers=t.answers if prompts else None,
         )  # fmt: skip
+
+
+def _groups(cfg) -> Iterator[RankedGroup | DataError]:
+    """The data's ranked groups; prompt data (data.kind=prompts) as groups of one reply, the
+    prompt's answer (also kept apart as text)."""
+    if cfg.kind == "prompts":
+        from orchestrator.data.prompt_tasks import read_tasks
+
+        return (
+            t if isinstance(t, DataError) else RankedGroup(t.prompt, [t.answer], t.where, t.key)
+            for t in read_tasks(cfg.source, cfg.format, cfg.max_examples, cfg.split,
+                                cfg.data_dir)
+        )  # fmt: skip
+    return read_groups(cfg.source, cfg.format, cfg.max_examples, cfg.split, cfg.data_dir)
+
+
+@dataclass
+class _Tokenized:
+    """Ranked groups tokenized as they come: each group's replies consecutive examples, best
+    first, on the side of the split its key falls on; a group with a reply too long for
+    max_seq_len skipped whole and counted."""
+
+    template: PieceTemplate
+    max_seq_len: int
+    eval_fraction: float
+    examples: list[Example] = field(default_factory=list)
+    group_of: list[int] = field(default_factory=list)
+    """The group of every example."""
+    train_idx: list[int] = field(default_factory=list)
+    eval_idx: list[int] = field(default_factory=list)
+    answers: list[str] = field(default_factory=list)
+    """Each group's best reply, as text."""
+    rows: int = 0
+    skipped: int = 0
+    too_long: int = 0
+    n_groups: int = 0
+
+    def add(self, g: RankedGroup) -> None:
+        self.rows += 1
+        replies = [reply_example(self.template, g.prompt, r, self.max_seq_len) for r in g.replies]
+        if any(e is None for e in replies):
+            self.too_long += 1
+            return
+        side = self.eval_idx if held_out(g.key, self.eval_fraction) else self.train_idx
+        for e in replies:
+            side.append(len(self.examples))
+            self.examples.append(e)  # type: ignore[arg-type]
+            self.group_of.append(self.n_groups)
+        self.answers.append(g.replies[0])
+        self.n_groups += 1
