@@ -147,6 +147,11 @@ class PreparedData:
     """Prompt data: the answer of every group id (what a verifiable reward checks)."""
 
     @property
+    def key(self) -> str:
+        """What the data was prepared from (the manifest's key): caches of it are keyed by it."""
+        return self.manifest.key
+
+    @property
     def vocab_size(self) -> int:
         return self.manifest.vocab_size
 

@@ -131,10 +131,10 @@ def test_stack_llama_pipeline_ppo_sigkill_and_stage_resumes(launch_workdir):
     [
         ("stack_llama_2", ["stage=dpo"]),  # DPO, reference = the adapter disabled
         # full fine-tune, reference log-probs cached in the run folder (read back on resume)
-        pytest.param(
+        # (in make test: 46 s; marked slow, it broke unseen when the cache's format changed)
+        (
             "stack_llama_2",
             ["stage=dpo", "train.method=full", "model.load_8bit=false", "dpo.reference=cached"],
-            marks=pytest.mark.slow,  # (keeps make test's RL share under 5 minutes)
         ),
         ("oasst", ["variant=reward"]),  # OpenAssistant's K-wise loss, DeepSpeed ZeRO-2
     ],
@@ -155,7 +155,7 @@ def test_preference_stage_resumes(job, overrides, launch_workdir):
         check_reference("stack_llama_2/dpo", losses(Path(res.run_dir), 1))
     cache = Path(res.run_dir) / "dpo_reference_logps.json"
     if cached:  # one log-prob per reply, all < 0; the resumed run reads them, not a new copy
-        values = json.loads(cache.read_text())
+        values = json.loads(cache.read_text())["values"]  # beside its key and SHA-256
         assert values and all(v < 0 for v in values)
         before = cache.stat().st_mtime_ns
     redo_last_checkpoint(job, ov, run, 4)
