@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import math
 import os
-import resource
-import sys
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,18 +32,14 @@ from orchestrator.data.batching import resolve_mode
 from orchestrator.data.prepared import PreparedData
 from orchestrator.data.templates import IGNORE_INDEX
 from orchestrator.objectives import spec as objective_spec
-from orchestrator.plan.summary import pretrain_summary
 from orchestrator.storage.durable import FolderStore
 from orchestrator.storage.layout import (
     DATA_CACHE,
     EVENTS,
     EXPORT,
     EXPORT_STAGING,
-    RESULT,
     TIMELINE,
-    EventRecord,
     RunContext,
-    RunResult,
     StopReason,
     TimelineRecord,
     run_store,
@@ -59,6 +52,7 @@ from orchestrator.training.methods import count_trainable
 from orchestrator.training.metrics_sink import MetricsSink
 from orchestrator.training.model import build_meta_model, pretrained_state_dict
 from orchestrator.training.objective import Objective
+from orchestrator.training.progress import LogWindow, Progress, check_finite, say_line
 from orchestrator.training.schedule import lr_at, warmup_steps_for
 from orchestrator.training.strategies import build_strategy
 from orchestrator.urls import is_object_store, local_path
@@ -81,32 +75,6 @@ class StepWork:
     """Further per-rank sums over the same units, logged as means (e.g. reward/accuracy)."""
 
 
-@dataclass
-class LogWindow:
-    """What the steps since the last log summed (per rank, on the device)."""
-
-    loss: torch.Tensor
-    sums: dict[str, torch.Tensor] = field(default_factory=dict)
-    units: int = 0
-    tokens: int = 0
-    padded: int = 0
-    t0: float = field(default_factory=time.perf_counter)
-
-    def add(self, work: StepWork) -> None:
-        self.loss += work.loss_sum
-        for k, v in work.sums.items():
-            self.sums[k] = self.sums.get(k, 0) + v
-        self.units += work.units
-        self.tokens += work.tokens
-        self.padded += work.padded
-
-    def reset(self) -> None:
-        self.loss.zero_()
-        self.sums.clear()
-        self.units = self.tokens = self.padded = 0
-        self.t0 = time.perf_counter()
-
-
 class Preempted(RuntimeError):
     """Raised by every rank after the emergency checkpoint of a spot notice: the launcher
     restarts the run (a preemption, not an application error)."""
@@ -125,6 +93,8 @@ class Trainer:
         - Cost control (training/cost_control.py): the meter, the budget cap that saves and
           stops before a step would cross it, the checkpoint interval and spot notices.
         - The metrics sink (training/metrics_sink.py): MLflow, the tail replayed on resume.
+        - Progress (training/progress.py): each log window's metrics (loss, tokens/s, MFU,
+          dollars), the progress line with its ETA, and at the end the run's result.
         - The objective (training/objective.py; its spec names it): batches, model, the step,
           held-out evaluation, export and its own checkpoint state. The trainer calls nothing
           of it but that interface.
@@ -146,8 +116,6 @@ class Trainer:
         self.app_failures = 0
         self.meter = CostMeter(ctx, cfg.budget)
         self.notice: Notice | None = None
-        self.max_log_call_s = 0.0
-        self.system_metrics = None
         self.eval_loss: float | None = None
         self.eval_metrics: dict[str, float] = {}
         self._t_created = time.time()
@@ -160,6 +128,7 @@ class Trainer:
         # Rank 0 reports the timeline and events to the durable store (the ledger's input).
         self.timeline = RecordStream(self.run_store, TIMELINE, ctx.flush_s)
         self.events = RecordStream(self.run_store, EVENTS, ctx.flush_s)
+        self.progress = Progress(self)
         if objective is None:  # the one the job's objective spec names (imported here, lazily)
             objective = objective_spec(cfg.train.objective).recipe_class()
         self.objective = objective(self)
@@ -171,7 +140,7 @@ class Trainer:
         torch.set_num_threads(cfg.train.num_threads_per_worker)
         torch.manual_seed(cfg.train.seed + self.rank)
 
-        data = self._fetch_data()
+        data = fetch_prepared(self.storage, self.ctx.data_url)
         self.data = data
         self.batching = resolve_mode(
             cfg.train.batching, cfg.hardware.accelerator, cfg.model.attn_implementation
@@ -195,22 +164,6 @@ class Trainer:
         )
         self._setup_model(data)
 
-    def _fetch_data(self) -> PreparedData:
-        """The prepared data from the durable store: opened in place from a folder store; from
-        S3, fetched once per node by its leader into node scratch (verified by sha256)."""
-        from orchestrator.data.publish import fetch_data
-
-        cache = self.storage.node_shared_dir(DATA_CACHE)
-        leader, _ = node_leader()
-        data = fetch_data(self.ctx.data_url, cache, leader) if leader else None
-        if dist.is_initialized():
-            dist.barrier()
-        if data is None:
-            data = fetch_data(self.ctx.data_url, cache, leader=False)
-        if data is None:
-            raise RuntimeError(f"no prepared data from {self.ctx.data_url} on this node")
-        return data
-
     def _setup_model(self, data: PreparedData) -> None:
         cfg = self.cfg
         self.base_ref = cfg.model.pretrained  # as the launcher named it (a durable URL, an id)
@@ -230,7 +183,7 @@ class Trainer:
         else:
             model = self.objective.build(data)
         self.n_trainable, self.n_params = count_trainable(model)  # before wrapping: global counts
-        self.flops_per_token, self.peak_flops = self._flops_model(data)
+        self.progress.count_flops(data)
         self.strategy = build_strategy(model, cfg)
         self.model = self.strategy.model
         self.checkpoints = CheckpointPart(
@@ -269,7 +222,7 @@ class Trainer:
             timeline = read_timeline(self.run_store)
             redone = redone_steps(timeline, resumed_at=self.step)
             self.meter.set_lost(len(redone), sum(r["end"] - r["start"] for r in redone))
-            self._start_system_metrics()
+            self.progress.start_system_metrics()
             self._record("setup", self._t_created, time.time())
             # What a restart costs (the grow-back rule): this one, from the last record of the
             # worker group before (else this setup alone).
@@ -285,15 +238,8 @@ class Trainer:
         self.objective.ready()
 
     def fetch_pretrained(self, url: str, digest: str = "") -> Path:
-        """A pretrained folder of the durable store on this node: from S3 downloaded once per
-        node into its scratch; verified against its model manifest and the digest the
-        launcher recorded by each node's leader (the other ranks wait, then use it)."""
-        from orchestrator.training.bases import fetch
-
-        cache = self.storage.node_shared_dir("pretrained")
-        leader, _ = node_leader()
-        on_leaders(lambda: fetch(url, cache, digest or None), leader, what=f"loading {url}")
-        return fetch(url, cache, digest or None, verify=False)
+        """A pretrained folder of the durable store on this node (`fetch_pretrained`)."""
+        return fetch_pretrained(self.storage, url, digest)
 
     def _load_pretrained(self, data: PreparedData) -> None:
         """Rank 0 reads the base (and initialises the method's weights); every rank receives its
@@ -304,39 +250,6 @@ class Trainer:
             self.say(f"loaded {self.cfg.model.pretrained} on rank 0; broadcasting")
         self.strategy.load_full_state_dict(state)
         del state
-
-    def _flops_model(self, data: PreparedData) -> tuple[float, float]:
-        """Model FLOPs per trained token and the cluster's peak FLOP/s, for the `mfu` metric:
-        the step-time model's count (cost/steptime.py pass_flops) for one example of the mean
-        length: 6 N (or 4 N + 2 T for a frozen base) + 12 L d s per token, no padding and no
-        recomputation (those are in `hfu`)."""
-        from orchestrator.cost.steptime import ModelShape, Pass, Regime, pass_flops
-
-        cfg = self.cfg
-        mean = (
-            cfg.data.max_seq_len
-            if cfg.data.format == "text"
-            else data.train_tokens / max(1, len(data.train))
-        )
-        shape = ModelShape(self.n_params, self.n_trainable, cfg.model.num_layers,
-                           cfg.model.hidden_size)  # fmt: skip
-        one = Pass(slots=0, attn_sq=0.0, real=round(mean), real_sq=float(round(mean) ** 2))
-        per_token = pass_flops(shape, Regime(method=cfg.train.method), one)[2] / max(1, one.real)
-        hw = cfg.hardware
-        if hw.accelerator == "cpu":
-            peak = cfg.cost.cpu_peak_flops_per_worker * self.world
-        else:
-            peak = cfg.cost.gpus[hw.accelerator].peak_flops * hw.gpus_per_worker * self.world
-        return per_token, peak
-
-    def _start_system_metrics(self) -> None:
-        """CPU, memory, disk (and GPU memory) of this node, logged with the training metrics."""
-        try:
-            from orchestrator.tracking.system import SystemSampler
-
-            self.system_metrics = SystemSampler(self.storage.node_dir())
-        except Exception as e:  # noqa: BLE001 - monitoring is optional, training is not
-            self.say(f"warning: no system metrics: {e}")
 
     def _resume(self) -> bool:
         """Continue from the newest complete checkpoint (the checkpoint part reads the shards);
@@ -384,7 +297,7 @@ class Trainer:
             self.tokens_so_far += work.tokens
             step_times.append(time.perf_counter() - t0)
             if self.step % cfg.train.log_every_steps == 0 or self.step == self.total_steps:
-                self._log_window(window, lr, work.grad_norm, step_times)
+                self.progress.log_window(window, lr, work.grad_norm, step_times)
             control = self._control(step_times)
             if control.notice:
                 self._leave_on_notice()
@@ -393,28 +306,6 @@ class Trainer:
                 if cfg.hardware.elastic and self.step < self.total_steps:
                     self._grow_back(step_times)
         self._end(step_times)
-
-    def _log_window(
-        self, window: LogWindow, lr: float, grad_norm: float, step_times: list[float]
-    ) -> None:
-        """Log the steps since the last log: one all-reduce of every sum; each value is the
-        mean over the units (trained tokens, preference groups, rollout replies)."""
-        names = sorted(window.sums)
-        totals = torch.stack([window.loss, *(window.sums[k] for k in names)]).float()
-        dist.all_reduce(totals)
-        per_unit = (totals / max(1, window.units)).tolist()
-        check_finite("loss", per_unit[0], self.step, "fp32")  # the same value on every rank
-        elapsed = time.perf_counter() - window.t0
-        self._log_step(
-            per_unit[0],
-            lr,
-            grad_norm,
-            window.tokens / max(elapsed, 1e-9),
-            step_times,
-            padding_efficiency=window.tokens / max(1, window.padded),
-            extra={**dict(zip(names, per_unit[1:], strict=True)), **self.objective.metrics()},
-        )
-        window.reset()
 
     def _leave_on_notice(self) -> None:
         """A spot notice (here or on another rank): save if the save fits the notice window,
@@ -481,7 +372,7 @@ class Trainer:
             if self.cfg.export.enabled:
                 self.objective.export()
             self._record("eval", t, time.time())
-        self._finish(step_times)
+        self.progress.finish(step_times)
 
     def _control(self, step_times: list[float]) -> Control:
         """What every rank does next (training/cost_control.py), agreed in the step's one
@@ -521,65 +412,11 @@ class Trainer:
             )
         )
 
-    def _projected_usd(self, step_times: list[float]) -> float:
-        return self.cost.projected_usd(self.step, self.total_steps, step_times)
-
-    def _interval_steps(self, recent_step_s: list[float]) -> int:
-        return self.cost.interval_steps(recent_step_s)
-
     # ------------------------------------------------------------------ logging
-    def _log_step(
-        self,
-        loss: float,
-        lr: float,
-        grad_norm: float,
-        tokens_per_s: float,
-        step_times: list[float],
-        padding_efficiency: float,
-        extra: dict[str, float] | None = None,
-    ) -> None:
-        if self.rank != 0:
-            return
-        usd = self.usd_total()
-        metrics = {
-            "loss": loss,
-            "lr": lr,
-            "grad_norm": grad_norm,
-            "tokens_per_s": tokens_per_s,
-            "mfu": tokens_per_s * self.flops_per_token / self.peak_flops,
-            # executed: padding slots and recomputation count too
-            "hfu": tokens_per_s
-            * self.flops_per_token
-            / self.peak_flops
-            / max(1e-9, padding_efficiency)
-            * (4.0 / 3.0 if self.cfg.train.activation_checkpointing else 1.0),
-            "padding_efficiency": padding_efficiency,
-            "preemptions": float(self.preemptions),
-            "app_failures": float(self.app_failures),
-            "attempt": float(self.ctx.attempt),
-            "cluster/workers": float(self.world),
-            "checkpoint/interval_steps": float(self._interval_steps(step_times[-20:])),
-            **self.meter.metrics(self.tokens_so_far, self._projected_usd(step_times)),
-        }
-        metrics.update(extra or {})
-        if self.system_metrics is not None:
-            metrics.update(self.system_metrics.maybe_sample(force=self.step == self.total_steps))
-        t = time.perf_counter()
-        self.metrics.log(metrics, step=self.step)
-        self.max_log_call_s = max(self.max_log_call_s, time.perf_counter() - t)
-        recent = step_times[-20:]
-        eta_s = (self.total_steps - self.step) * (sum(recent) / len(recent))
-        _say(
-            f"step {self.step}/{self.total_steps} | loss {loss:.4f} | lr {lr:.2e} | "
-            f"grad {grad_norm:.3f} | {tokens_per_s / 1e3:.1f}k tok/s | ${usd:.5f} | "
-            f"ETA {timedelta(seconds=round(eta_s))}"
-        )
-        self.events.append(EventRecord(self.ctx.attempt, self.step, loss, usd, time.time()))
-
     def say(self, msg: str) -> None:
         """Print on rank 0."""
         if self.rank == 0:
-            _say(msg)
+            say_line(msg)
 
     # ------------------------------------------------------------------ checkpoint / eval / export
     def save_checkpoint(self, emergency: bool = False) -> None:
@@ -623,76 +460,6 @@ class Trainer:
             f"exported ({kind}, {model_digest(manifest)[:19]}...): {self.run_store.url}/{EXPORT}"
         )
 
-    def _finish(self, step_times: list[float]) -> None:
-        self.checkpoints.wait()
-        peak_rss_mb = [0.0] * self.world
-        dist.all_gather_object(
-            peak_rss_mb, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        )
-        peak_gpu_mb = [0.0] * self.world  # what the fit check estimated (cost/memory.py)
-        on_gpu = self.device.type == "cuda"
-        dist.all_gather_object(
-            peak_gpu_mb, torch.cuda.max_memory_allocated(self.device) / 2**20 if on_gpu else 0.0
-        )
-        if self.rank != 0:
-            return
-        if self.eval_loss is not None:
-            self.metrics.log({"eval_loss": self.eval_loss}, step=max(self.step, 1))
-            _say(f"eval loss {self.eval_loss:.4f} at step {self.step}")
-        if self.eval_metrics:  # an objective's held-out metrics (reward/accuracy, dpo/accuracy)
-            self.metrics.log(self.eval_metrics, step=max(self.step, 1))
-            _say("held out: " + ", ".join(f"{k} {v:.4f}" for k, v in self.eval_metrics.items()))
-        pretrain = self._pretrain_summary()
-        if pretrain:
-            self.metrics.log(pretrain, step=max(self.step, 1))
-            _say(
-                f"tokens: planned {pretrain['pretrain/tokens_planned']:,.0f}, trained "
-                f"{pretrain['pretrain/tokens_trained']:,.0f} ({pretrain['pretrain/tokens_per_param']:.1f}"
-                f" per parameter, {pretrain['pretrain/data_epochs']:.2f} passes over the corpus)"
-            )
-        result = RunResult(
-            step=self.step,
-            total_steps=self.total_steps,
-            eval_loss=self.eval_loss,
-            stop_reason=self.stop_reason,
-            usd_total=self.usd_total(),
-            tokens=self.tokens_so_far,
-            n_params=self.n_params,
-            n_trainable=self.n_trainable,
-            attempt=self.ctx.attempt,
-            strategy=self.cfg.train.strategy,
-            method=self.cfg.train.method,
-            batching=self.batching,
-            peak_rss_mb_per_worker=peak_rss_mb,
-            peak_gpu_mb_per_worker=peak_gpu_mb,
-            checkpoint_s=self.checkpoints.blocked_s,
-            checkpoint_persist_s=self.checkpoints.stats.persist_s,
-            checkpoint_bytes=self.checkpoints.stats.bytes,
-            checkpoints_committed=self.checkpoints.stats.committed,
-            checkpoints_failed=self.checkpoints.stats.failed,
-            preemptions=self.preemptions,
-            lost_steps=self.meter.lost_steps,
-            max_log_call_s=self.max_log_call_s,
-            step_s=step_times,
-            pretrain=pretrain,
-        )
-        self.timeline.flush()
-        self.events.flush()
-        self.run_store.write_text(RESULT, result.to_json())
-
-    def _pretrain_summary(self) -> dict[str, float]:
-        """Planned vs trained tokens and the scaling-law fit (pretraining runs only)."""
-        cfg = self.cfg
-        if cfg.data.format != "text":
-            return {}
-        stream = self.batches.stream
-        planned = (
-            cfg.train.max_tokens
-            or self.total_steps * cfg.train.global_batch_size * cfg.data.max_seq_len
-        )
-        epochs = stream.pos.epoch + stream.pos.file / max(1, len(stream.files) or 1)
-        return pretrain_summary(self.n_params, planned, self.tokens_so_far, epochs)
-
     def run(self) -> None:
         """setup, train (eval and export at the end), cleanup whatever happens."""
         self.setup()
@@ -711,6 +478,35 @@ class Trainer:
         self.metrics.close()
         if dist.is_initialized():
             dist.barrier()  # avoids gloo aborting at exit (docs/facts/stack.md, Ray)
+
+
+def fetch_prepared(storage, data_url: str) -> PreparedData:
+    """The prepared data from the durable store: opened in place from a folder store; from
+    S3, fetched once per node by its leader into node scratch (verified by sha256)."""
+    from orchestrator.data.publish import fetch_data
+
+    cache = storage.node_shared_dir(DATA_CACHE)
+    leader, _ = node_leader()
+    data = fetch_data(data_url, cache, leader) if leader else None
+    if dist.is_initialized():
+        dist.barrier()
+    if data is None:
+        data = fetch_data(data_url, cache, leader=False)
+    if data is None:
+        raise RuntimeError(f"no prepared data from {data_url} on this node")
+    return data
+
+
+def fetch_pretrained(storage, url: str, digest: str = "") -> Path:
+    """A pretrained folder of the durable store on this node: from S3 downloaded once per
+    node into its scratch; verified against its model manifest and the digest the launcher
+    recorded by each node's leader (the other ranks wait, then use it)."""
+    from orchestrator.training.bases import fetch
+
+    cache = storage.node_shared_dir("pretrained")
+    leader, _ = node_leader()
+    on_leaders(lambda: fetch(url, cache, digest or None), leader, what=f"loading {url}")
+    return fetch(url, cache, digest or None, verify=False)
 
 
 def on_leaders(fn, leader: bool, what: str) -> Any:
@@ -745,24 +541,6 @@ def is_durable(ref: str) -> bool:
 
 def train_dtype(precision: str) -> torch.dtype:
     return torch.bfloat16 if precision == "bf16" else torch.float32
-
-
-def check_finite(what: str, value: float | None, step: int, precision: str) -> None:
-    """A NaN or infinite loss or gradient norm stops the run as a failure, naming the step: it
-    would train garbage and report "completed" (a corrupted shard once did). Under fp16 loss
-    scaling an infinite gradient norm is a skipped step, not a failure.
-
-    Raises:
-        FatalError: on every rank (the values are all-reduced), so the launcher does not retry.
-    """
-    if value is None or math.isfinite(value):
-        return
-    if precision == "fp16" and what == "gradient norm":
-        return
-    raise FatalError(
-        f"non-finite {what} ({value}) at step {step}: stopped (the weights, data or learning "
-        "rate are broken; the last checkpoint before it is the resume point)"
-    )
 
 
 def base_dtype(cfg: JobConfig) -> torch.dtype:
@@ -851,10 +629,3 @@ def _node_id() -> str:
         return ray.get_runtime_context().get_node_id()
     except Exception:  # noqa: BLE001 - not in a Ray worker (benchmarks drive the recipe directly)
         return ""
-
-
-def _say(msg: str) -> None:
-    """Progress line to stdout. Not `print`: Ray Train patches print into logging, and the patched
-    print shows every line twice on the driver."""
-    sys.stdout.write(msg + "\n")
-    sys.stdout.flush()
