@@ -13,6 +13,7 @@ node type for each, in every market.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,17 +52,32 @@ class Alternative:
 def alternatives(cfg: JobConfig) -> list[Alternative]:
     """The job on each of `hardware.alternatives`, in order. One on which the job fits at no
     micro-batch (a 13B evaluation's weights and KV cache on 40 GB cards) is kept with the
-    reason and never launched.
+    reason and never launched. A launch asks several times (its plan, the capacity wait, a
+    fail-over): each answer is kept by what it was made of (the job's config and the blocks'
+    text), and every caller gets its own copy to change.
 
     Raises:
         ConfigError: an unknown block, naming it.
     """
+    where = f"{cfg.job} ({cfg.scale}): hardware.alternatives"
+    blocks = {name: _block(name, f"{where} {name!r}") for name in cfg.hardware.alternatives}
+    key = repr((cfg, blocks))
+    if key not in _KNOWN:
+        _KNOWN[key] = _alternatives(cfg, blocks)
+        if len(_KNOWN) > 16:
+            del _KNOWN[next(iter(_KNOWN))]  # the oldest
+    return copy.deepcopy(_KNOWN[key])
+
+
+_KNOWN: dict[str, list[Alternative]] = {}
+
+
+def _alternatives(cfg: JobConfig, blocks: dict[str, dict[str, Any]]) -> list[Alternative]:
     from orchestrator.cost.memory import check_job
 
     out = []
     base = to_dict(cfg)
-    for name in cfg.hardware.alternatives:
-        block = _block(name, f"{cfg.job} ({cfg.scale}): hardware.alternatives {name!r}")
+    for name, block in blocks.items():
         data = {**base, "hardware": {**base["hardware"], "alternatives": []}}
         data["hardware"].update({k: block[k] for k in MACHINE if k in block})
         why = ""

@@ -45,3 +45,18 @@ def test_a_smaller_card_gets_a_smaller_micro_batch():
 def test_an_unknown_alternative_is_refused_naming_it():
     with pytest.raises(ConfigError, match=r"hardware.alternatives 'h100_x99'.*have \["):
         alternatives(compose("vicuna", "full", ["hardware.alternatives=[h100_x99]"]))
+
+
+def test_asked_again_each_caller_gets_its_own_copy_of_the_same_answer():
+    # a launch asks several times; a fail-over then changes the job's config in place with
+    # the alternative's hardware: what the next caller gets must not have changed with it
+    cfg = compose("vicuna", "full")
+    first = alternatives(cfg)
+    cfg.hardware = first[0].cfg.hardware  # as supervise._fail_over does
+    cfg.hardware.num_workers = 99
+    again = alternatives(compose("vicuna", "full"))
+    assert again[0].cfg.hardware.num_workers == 8
+    assert [a.name for a in again] == ["a100_40gb_x8", "h100_x8"]
+    # a job changed by its caller is a new question
+    changed = compose("vicuna", "full", ["train.micro_batch_size=8", "train.global_batch_size=64"])
+    assert alternatives(changed)[0].cfg.train.micro_batch_size == 4
