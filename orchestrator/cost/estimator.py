@@ -508,6 +508,12 @@ def _overheads(
     }, n_saves
 
 
+def node_prices(cfg: JobConfig) -> tuple[int, float, float | None]:
+    """(nodes, on-demand $/h, spot $/h or None) of the whole cluster's workers, from the
+    catalog: what the estimate prices and what the capacity policy weighs."""
+    return _node_prices(cfg, cfg.cost.instances[cfg.hardware.instance_type], device(cfg))
+
+
 def _node_prices(
     cfg: JobConfig, price: InstancePrice, dev: Device
 ) -> tuple[int, float, float | None]:

@@ -40,7 +40,7 @@ from typing import Any
 
 from orchestrator.config.schema import JobConfig
 from orchestrator.cost import capacity
-from orchestrator.cost.estimator import price_per_hour
+from orchestrator.cost.estimator import node_prices, price_per_hour
 
 
 @dataclass(frozen=True)
@@ -114,15 +114,15 @@ def need_for(cfg: JobConfig, steps_left: int, step_s: float, spent_usd: float,
     `hardware.spot_wait_s`, as configured)."""
     hw, cm, o = cfg.hardware, cfg.cost, cfg.cost.overheads
     price = cm.instances[hw.instance_type]
-    if price.spot_per_hour_usd is None:
+    nodes, on_demand_usd, spot_usd = node_prices(cfg)  # as the estimate prices them
+    if spot_usd is None:
         return None
-    nodes = max(1, hw.num_nodes)
     head = cm.instances[hw.head_instance_type] if hw.head_instance_type else None
     b = cfg.budget
     return Need(
         steps_left=steps_left, step_s=step_s,
-        spot_usd_per_hour=price.spot_per_hour_usd * nodes,
-        on_demand_usd_per_hour=price.on_demand_per_hour_usd * nodes,
+        spot_usd_per_hour=spot_usd,
+        on_demand_usd_per_hour=on_demand_usd,
         head_usd_per_hour=head.on_demand_per_hour_usd if head else 0.0,
         prior_wait_s=o.spot_capacity_wait_s,
         on_demand_start_s=price.startup_s if price.startup_s is not None else o.startup_s,
