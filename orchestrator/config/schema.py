@@ -565,11 +565,6 @@ class HardwareConfig:
     whole run, waits included; None: no separate head (a local cluster)."""
     scale_down_s: float = 0.0
     """Idle time before the autoscaler removes workers after the job (infra/: 300 s on AWS)."""
-    poll_interval_s: float = 2.0
-    """How often Ray Train's controller checks its workers (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S):
-    a worker group that has finished, or failed, is noticed up to this long after. 2 s is Ray's
-    default, for clusters of many workers; the local block polls every 0.25 s, where a stage
-    lasts seconds and an idle half-poll at its end was a tenth of it."""
     alternatives: list[str] = field(default_factory=list)
     """Hardware blocks (conf/hardware) that run the same job, in preference order, for when
     this one has no capacity (launch/failover.py): e.g. [a100_40gb_x8] for 8 x A100-80GB."""
@@ -604,7 +599,6 @@ class HardwareConfig:
         _positive("hardware.on_demand_wait_s", self.on_demand_wait_s)
         _positive("hardware.num_nodes", self.num_nodes)
         _positive("hardware.scale_down_s", self.scale_down_s, allow_zero=True)
-        _positive("hardware.poll_interval_s", self.poll_interval_s)
         _positive("hardware.cpus_per_worker", self.cpus_per_worker, allow_zero=True)
         _positive("hardware.gpus_per_worker", self.gpus_per_worker, allow_zero=True)
         _choice("hardware.market", self.market, MARKETS)

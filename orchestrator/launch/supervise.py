@@ -8,7 +8,6 @@ On an autoscaling cluster the workers are requested first and released at the en
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import json
@@ -121,8 +120,7 @@ def _tries(
         if grant is not None:
             autoscale.release()  # Ray Train registers the workers' request from here on
         try:
-            with controller_env(cfg, os.environ):
-                trainer.fit()
+            trainer.fit()
             return None
         except TrainingFailedError as e:
             kind, detail = classify_failure(e, autoscaling=grant is not None)
@@ -156,25 +154,6 @@ def _tries(
             if kind == FailureKind.PREEMPTION:  # a spot notice: not on the doomed node again
                 drain(doomed_nodes(detail), f"spot notice ({cfg.job}, attempt {context.attempt})")
     return None
-
-
-POLL_INTERVAL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
-"""Ray Train's controller reads how often it polls its workers from this variable, which
-`fit` passes on from the calling process (ray.train.v2 ENV_VARS_TO_PROPAGATE)."""
-
-
-@contextlib.contextmanager
-def controller_env(cfg: JobConfig, environ):
-    """`environ` (os.environ) with the job's poll interval while Ray Train's controller starts
-    (`hardware.poll_interval_s`), restored after; a value the user set there wins."""
-    if POLL_INTERVAL_ENV in environ:
-        yield
-        return
-    environ[POLL_INTERVAL_ENV] = str(cfg.hardware.poll_interval_s)
-    try:
-        yield
-    finally:
-        environ.pop(POLL_INTERVAL_ENV, None)
 
 
 def _fail_over(cfg: JobConfig, block: str) -> None:
