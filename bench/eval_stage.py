@@ -10,9 +10,7 @@ launcher's judge. In one local Ray cluster (2 CPUs), one go:
   trainer's entry module): the floor of any stage with a worker group of its own;
 - `koala_sft_s`, `koala_eval_s`: `make launch job=koala` at local scale (SFT, then eval), each
   stage's launch from its start to its bill (LaunchResult.wall_s);
-- `eval_again_ray_poll_s`, `eval_again_s`: the eval stage run again (`fresh=eval`), first with
-  Ray Train's controller polling its workers every 2 s (Ray's default), then every 0.25 s (the
-  local block's `hardware.poll_interval_s`): the end of a stage noticed sooner;
+- `eval_again_s`: the eval stage run again (`fresh=eval`), its judgments from the cache;
 - `compose_s`, `compose_again_s`: composing the eval stage's config, then the same again
   (kept by what it is made of; a launch composes its job several times).
 
@@ -55,7 +53,6 @@ def _fit(fn, name: str, storage: str) -> float:
 def run() -> dict:
     from orchestrator.launch.pipeline import run_pipeline
     from orchestrator.launch.ray_session import ray_cluster
-    from orchestrator.launch.supervise import POLL_INTERVAL_ENV
 
     out: dict = {}
     with tempfile.TemporaryDirectory() as d:
@@ -69,16 +66,9 @@ def run() -> dict:
             out["status"] = res.stop_reason
             for stage in ("sft", "eval"):
                 out[f"koala_{stage}_s"] = _wall(d, f"bench-{stage}")
-            os.environ[POLL_INTERVAL_ENV] = "2.0"  # set by the user: it wins over the block's
-            try:
-                run_pipeline("koala", "local", [], "bench", fresh="eval")
-            finally:
-                del os.environ[POLL_INTERVAL_ENV]
-            out["eval_again_ray_poll_s"] = _wall(d, "bench-eval-g1")
             run_pipeline("koala", "local", [], "bench", fresh="eval")
-            out["eval_again_s"] = _wall(d, "bench-eval-g2")
+            out["eval_again_s"] = _wall(d, "bench-eval-g1")
     out["eval_over_floor"] = round(out["koala_eval_s"] / out["imports_fit_s"], 2)
-    out["eval_again_vs_ray_poll"] = round(out["eval_again_s"] / out["eval_again_ray_poll_s"], 2)
     out.update(_compose_times())
     return out
 
