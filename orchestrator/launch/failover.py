@@ -13,7 +13,6 @@ node type for each, in every market.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +21,7 @@ import yaml
 from orchestrator.compose.load import from_dict, to_dict
 from orchestrator.config.names import check_name
 from orchestrator.config.schema import ConfigError, JobConfig
+from orchestrator.memo import Memo
 from orchestrator.paths import CONF_DIR
 
 MACHINE = ("accelerator", "num_workers", "cpus_per_worker", "gpus_per_worker", "num_nodes",
@@ -61,15 +61,10 @@ def alternatives(cfg: JobConfig) -> list[Alternative]:
     """
     where = f"{cfg.job} ({cfg.scale}): hardware.alternatives"
     blocks = {name: _block(name, f"{where} {name!r}") for name in cfg.hardware.alternatives}
-    key = repr((cfg, blocks))
-    if key not in _KNOWN:
-        _KNOWN[key] = _alternatives(cfg, blocks)
-        if len(_KNOWN) > 16:
-            del _KNOWN[next(iter(_KNOWN))]  # the oldest
-    return copy.deepcopy(_KNOWN[key])
+    return _KNOWN.get(repr((cfg, blocks)), lambda: _alternatives(cfg, blocks))
 
 
-_KNOWN: dict[str, list[Alternative]] = {}
+_KNOWN: Memo[list[Alternative]] = Memo(16)
 
 
 def _alternatives(cfg: JobConfig, blocks: dict[str, dict[str, Any]]) -> list[Alternative]:
