@@ -7,12 +7,17 @@ import json
 import subprocess
 import sys
 
+EXIT = "\nimport os as _os, sys as _sys\n_sys.stdout.flush()\n_sys.stderr.flush()\n_os._exit(0)\n"
+"""Appended to every script: once it has reported (and torn its process group down), the rank
+leaves without running C++ destructors. A gloo thread still joinable then aborted ranks at
+exit in CI ("terminate called without an active exception", SIGABRT) after a good report."""
+
 
 def run_ranks(script: str, world: int, args: list[str], timeout_s: float = 300) -> list[dict]:
     """Every rank's report, in rank order; a rank that fails fails the caller with its stderr."""
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", script, str(r), *args],
+            [sys.executable, "-c", script + EXIT, str(r), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
