@@ -26,7 +26,7 @@ from orchestrator.plan.summary import pretrain_summary
 from orchestrator.storage.layout import RESULT, EventRecord, RunResult
 
 if TYPE_CHECKING:
-    from orchestrator.training.loop import Trainer
+    from orchestrator.training.loop import StepWork, Trainer
 
 
 @dataclass
@@ -40,8 +40,7 @@ class LogWindow:
     padded: int = 0
     t0: float = field(default_factory=time.perf_counter)
 
-    def add(self, work) -> None:
-        """One step's StepWork."""
+    def add(self, work: StepWork) -> None:
         self.loss += work.loss_sum
         for k, v in work.sums.items():
             self.sums[k] = self.sums.get(k, 0) + v
